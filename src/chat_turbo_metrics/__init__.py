@@ -1,0 +1,37 @@
+"""chat_turbo_metrics: the Chat-Turbo performance-monitoring API on OpenTelemetry.
+
+The whole public API is on this screen. Exporters live in :mod:`chat_turbo_metrics.exporters`.
+
+Example:
+    >>> import chat_turbo_metrics
+    >>> monitor = chat_turbo_metrics.configure()          # or PerformanceMonitor.get_instance()
+    >>> monitor.increment_counter("messages_sent", {"channel": "public"})
+"""
+
+from chat_turbo_metrics._config import (
+    ConfigurationError,
+    MonitoringConfig,
+    ViewConfig,
+    get_monitoring_config,
+    load_config_file,
+)
+from chat_turbo_metrics._monitor import PerformanceMonitor, Timer, configure
+from chat_turbo_metrics._recording import BoundInstrument
+from chat_turbo_metrics._secret import Secret
+from chat_turbo_metrics._snapshot import MetricsSnapshot
+from chat_turbo_metrics._version import __version__
+
+__all__ = [
+    "BoundInstrument",
+    "ConfigurationError",
+    "MetricsSnapshot",
+    "MonitoringConfig",
+    "PerformanceMonitor",
+    "Secret",
+    "Timer",
+    "ViewConfig",
+    "__version__",
+    "configure",
+    "get_monitoring_config",
+    "load_config_file",
+]

@@ -1,0 +1,35 @@
+"""``python -m chat_turbo_metrics`` / ``chat-turbo-metrics``: the demo and small tools."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from chat_turbo_metrics._config import ConfigurationError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a sub-command; returns the process exit status."""
+    parser = argparse.ArgumentParser(prog="chat-turbo-metrics", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="run an instrumented Chat-Turbo service with synthetic traffic")
+    demo.add_argument("--duration", type=float, default=30.0, help="seconds to run (0: until Ctrl-C)")
+    demo.add_argument("--environment", default=None, help="configs/<environment>.toml to load")
+    commands.add_parser("config", help="print the configuration resolved from files and the environment")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            from chat_turbo_metrics._demo import run_demo
+
+            return run_demo(duration_s=args.duration, environment=args.environment)
+        from chat_turbo_metrics._config import get_monitoring_config
+
+        print(get_monitoring_config())
+        return 0
+    except ConfigurationError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

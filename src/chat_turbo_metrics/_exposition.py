@@ -1,0 +1,140 @@
+"""Prometheus text exposition (format 0.0.4) of collected OpenTelemetry metrics.
+
+One serializer for the snapshot API and the ``/metrics`` endpoint, so what a test reads from a snapshot
+is byte for byte what Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from opentelemetry.sdk.metrics.export import Gauge, Histogram, Metric, MetricsData, Sum
+
+from chat_turbo_metrics._naming import Kind, prometheus_label, prometheus_name
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_TYPES: dict[Kind, str] = {"counter": "counter", "updowncounter": "gauge", "gauge": "gauge", "histogram": "histogram"}
+
+
+def metric_kind(metric: Metric) -> Kind:
+    """The kind of a collected metric, from its data type."""
+    data = metric.data
+    if isinstance(data, Sum):
+        return "counter" if data.is_monotonic else "updowncounter"
+    if isinstance(data, Histogram):
+        return "histogram"
+    return "gauge"
+
+
+def format_value(value: float) -> str:
+    """A sample value the way Prometheus parses it (integers without a fraction, ``+Inf``, ``NaN``)."""
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+
+
+def _escape_label_value(value: object) -> str:
+    text = value if isinstance(value, str) else str(value)
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def label_text(attributes: Mapping[str, object] | None) -> str:
+    """``k1="v1",k2="v2"`` for an attribute mapping, keys sanitized and sorted."""
+    if not attributes:
+        return ""
+    labels = {prometheus_label(key): _escape_label_value(value) for key, value in attributes.items()}
+    return ",".join(f'{key}="{labels[key]}"' for key in sorted(labels))
+
+
+@dataclass
+class _Family:
+    name: str
+    kind: Kind
+    help: str
+    lines: list[str] = field(default_factory=list)
+
+
+def _sample(name: str, labels: str, value: float) -> str:
+    return f"{name}{{{labels}}} {format_value(value)}" if labels else f"{name} {format_value(value)}"
+
+
+def _histogram_lines(family: str, labels: str, point: object) -> Iterable[str]:
+    bounds = point.explicit_bounds  # type: ignore[attr-defined]
+    counts = point.bucket_counts  # type: ignore[attr-defined]
+    prefix = labels + "," if labels else ""
+    running = 0
+    for bound, count in zip(bounds, counts):
+        running += count
+        yield f'{family}_bucket{{{prefix}le="{format_value(float(bound))}"}} {running}'
+    yield f'{family}_bucket{{{prefix}le="+Inf"}} {point.count}'  # type: ignore[attr-defined]
+    yield _sample(f"{family}_sum", labels, point.sum)  # type: ignore[attr-defined]
+    yield _sample(f"{family}_count", labels, point.count)  # type: ignore[attr-defined]
+
+
+def _add_metric(families: dict[str, _Family], metric: Metric) -> None:
+    kind = metric_kind(metric)
+    data = metric.data
+    monotonic = isinstance(data, Sum) and data.is_monotonic
+    name = prometheus_name(metric.name, metric.unit or "", kind, monotonic)
+    family = families.get(name)
+    if family is None:
+        family = families[name] = _Family(name, kind, metric.description or metric.name)
+    elif family.kind != kind:
+        return  # two metrics of different kinds cannot share one Prometheus family; first one wins
+    lines = family.lines
+    if isinstance(data, Histogram):
+        for point in data.data_points:
+            lines.extend(_histogram_lines(name, label_text(point.attributes), point))
+    elif isinstance(data, (Sum, Gauge)):
+        for point in data.data_points:
+            lines.append(_sample(name, label_text(point.attributes), point.value))
+
+
+def _target_info(metrics_data: MetricsData) -> _Family | None:
+    for resource_metrics in metrics_data.resource_metrics:
+        attributes = dict(resource_metrics.resource.attributes)
+        if attributes:
+            family = _Family("target_info", "gauge", "Target metadata")
+            family.lines.append(_sample("target_info", label_text(attributes), 1))
+            return family
+    return None
+
+
+def to_prometheus_text(metrics_data: MetricsData | None, *, target_info: bool = True) -> str:
+    """Render cumulative metrics as Prometheus text; delta sums must not be passed here.
+
+    Args:
+        metrics_data: what a reader collected, or None for nothing.
+        target_info: add a ``target_info`` family carrying the resource attributes.
+
+    Returns:
+        The exposition, ending with a newline (or empty when there is nothing).
+    """
+    if metrics_data is None:
+        return ""
+    families: dict[str, _Family] = {}
+    info = _target_info(metrics_data) if target_info else None
+    if info is not None:
+        families[info.name] = info
+    for resource_metrics in metrics_data.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                _add_metric(families, metric)
+    out: list[str] = []
+    for family in families.values():
+        if not family.lines:
+            continue
+        out.append(f"# HELP {family.name} {_escape_help(family.help)}")
+        out.append(f"# TYPE {family.name} {_TYPES[family.kind]}")
+        out.extend(family.lines)
+    return "\n".join(out) + "\n" if out else ""

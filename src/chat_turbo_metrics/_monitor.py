@@ -1,0 +1,293 @@
+"""The seed's ``PerformanceMonitor``: the documented API, bound at set-up time to a recorder."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, ClassVar, TypeVar
+
+from opentelemetry import metrics, trace
+
+from chat_turbo_metrics._config import MonitoringConfig, get_monitoring_config
+from chat_turbo_metrics._guard import Problems
+from chat_turbo_metrics._instruments import InstrumentRegistry
+from chat_turbo_metrics._naming import Kind
+from chat_turbo_metrics._pipeline import Pipeline
+from chat_turbo_metrics._recording import BoundInstrument, NoopRecorder, SdkRecorder, Tags
+from chat_turbo_metrics._snapshot import MetricsSnapshot
+
+_logger = logging.getLogger("chat_turbo_metrics")
+F = TypeVar("F", bound=Callable[..., Any])
+_RECORDING_METHODS = ("increment_counter", "record_gauge", "record_histogram", "start_timer", "record_timer")
+
+
+class _Runtime:
+    """A pipeline and the recorder that feeds it (or neither, when monitoring is disabled)."""
+
+    def __init__(self, config: MonitoringConfig, *, strict: bool = True) -> None:
+        self.config = config
+        self.problems = Problems()
+        self.pipeline: Pipeline | None = None
+        self.recorder: Any = NoopRecorder()
+        if config.enabled:
+            self.pipeline = Pipeline(config, strict=strict)
+            self.recorder = make_recorder(config, self.pipeline, self.problems)
+
+    def shutdown(self, timeout_s: float | None = None) -> None:
+        if self.pipeline is not None:
+            self.pipeline.shutdown(timeout_s)
+
+
+def make_recorder(config: MonitoringConfig, pipeline: Pipeline, problems: Problems) -> Any:
+    """The recording front end the configuration asks for."""
+    registry = InstrumentRegistry(problems)
+    return SdkRecorder(pipeline.meter, registry, problems, config.sampling_rate)
+
+
+class Timer:
+    """Times a block or a function into a histogram; usable as a context manager and a decorator.
+
+    Example:
+        >>> with monitor.timer("message_processing", {"channel": "public"}):
+        ...     process(message)
+        >>> @monitor.timer("db_call")
+        ... async def fetch(): ...
+    """
+
+    def __init__(self, monitor: PerformanceMonitor, name: str, tags: Tags) -> None:
+        self._monitor = monitor
+        self._name = name
+        self._tags = tags
+        self._starts = threading.local()
+
+    def __enter__(self) -> Timer:
+        stack = self._starts.__dict__.setdefault("stack", [])
+        stack.append(self._monitor.start_timer(self._name))
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._monitor.record_timer(self._name, self._starts.stack.pop(), self._tags)
+
+    def __call__(self, func: F) -> F:
+        monitor, name, tags = self._monitor, self._name, self._tags
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def timed_async(*args: Any, **kwargs: Any) -> Any:
+                start = monitor.start_timer(name)
+                try:
+                    return await func(*args, **kwargs)
+                finally:
+                    monitor.record_timer(name, start, tags)
+
+            return timed_async  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = monitor.start_timer(name)
+            try:
+                return func(*args, **kwargs)
+            finally:
+                monitor.record_timer(name, start, tags)
+
+        return timed  # type: ignore[return-value]
+
+
+class PerformanceMonitor:
+    """Collects HTTP, database, cache, system and custom metrics into OpenTelemetry.
+
+    ``PerformanceMonitor()`` and ``PerformanceMonitor.get_instance()`` share the process-wide pipeline
+    (configured from the environment on first use, or by :meth:`configure`). ``PerformanceMonitor(config)``
+    builds a private pipeline, e.g. for tests; shut it down when done.
+
+    Example:
+        >>> monitor = PerformanceMonitor.get_instance()
+        >>> monitor.increment_counter("messages_sent", {"channel": "public"})
+        >>> monitor.record_gauge("active_connections", 12)
+        >>> start = monitor.start_timer("api_request")
+        >>> monitor.record_timer("api_request", start, {"method": "GET", "endpoint": "/api/x", "status": 200})
+    """
+
+    _instance: ClassVar[PerformanceMonitor | None] = None
+    _global_runtime: ClassVar[_Runtime | None] = None
+    _global_lock: ClassVar[threading.RLock] = threading.RLock()
+    _global_monitors: ClassVar[weakref.WeakSet[PerformanceMonitor]] = weakref.WeakSet()
+
+    def __init__(self, config: MonitoringConfig | None = None) -> None:
+        """Args:
+        config: build a private pipeline from this configuration; None shares the process-wide one.
+        """
+        if config is None:
+            with PerformanceMonitor._global_lock:
+                runtime = PerformanceMonitor._global_runtime or PerformanceMonitor._install(
+                    get_monitoring_config(), strict=True
+                )
+                PerformanceMonitor._global_monitors.add(self)
+                self._bind(runtime)
+        else:
+            self._bind(_Runtime(config))
+
+    def _bind(self, runtime: _Runtime) -> None:
+        self._runtime = runtime
+        for method in _RECORDING_METHODS:
+            setattr(self, method, getattr(runtime.recorder, method))
+
+    # --- process-wide instance and configuration ----------------------------------------------
+    @classmethod
+    def get_instance(cls) -> PerformanceMonitor:
+        """The process-wide monitor (created from the environment on first use)."""
+        with cls._global_lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    @classmethod
+    def configure(
+        cls, config: MonitoringConfig | None = None, *, strict: bool = True, **overrides: Any
+    ) -> PerformanceMonitor:
+        """(Re)build the process-wide pipeline from ``config`` (default: :func:`get_monitoring_config`).
+
+        Args:
+            config: the configuration; None reads ``configs/<environment>.toml`` and the environment.
+            strict: raise on an unknown or unavailable exporter (False: log it and start the rest).
+            **overrides: settings given in code; they win over every other source.
+
+        Returns:
+            The process-wide monitor, now recording into the new pipeline.
+
+        Raises:
+            ConfigurationError: a setting has a bad value.
+        """
+        with cls._global_lock:
+            old = cls._global_runtime
+            if config is None:
+                config = get_monitoring_config(**overrides)
+            elif overrides:
+                config = config.replace(**overrides)
+            runtime = cls._install(config, strict)
+            for monitor in list(cls._global_monitors):
+                monitor._bind(runtime)
+            if old is not None:
+                old.shutdown()
+            return cls.get_instance()
+
+    @classmethod
+    def _install(cls, config: MonitoringConfig, strict: bool) -> _Runtime:
+        runtime = _Runtime(config, strict=strict)
+        if runtime.pipeline is not None:
+            if cls._global_runtime is None or cls._global_runtime.pipeline is None:
+                # OpenTelemetry's global providers can be set once per process; instrumentations use them.
+                metrics.set_meter_provider(runtime.pipeline.meter_provider)
+                trace.set_tracer_provider(runtime.pipeline.tracer_provider)
+            else:
+                _logger.warning(
+                    "reconfigured: chat_turbo_metrics now records into a new pipeline, but OpenTelemetry's "
+                    "global providers stay the first ones; configure once at start-up to avoid this"
+                )
+        cls._global_runtime = runtime
+        return runtime
+
+    # --- the documented recording API (replaced per instance by the recorder's bound methods) -----
+    def increment_counter(self, name: str, tags: Tags = None, value: float = 1) -> None:
+        """Add ``value`` (default 1) to counter ``name``; exported as ``<name>_total``."""
+
+    def record_gauge(self, name: str, value: float, tags: Tags = None) -> None:
+        """Set gauge ``name`` to ``value`` for these tags."""
+
+    def record_histogram(self, name: str, value: float, tags: Tags = None) -> None:
+        """Record ``value`` into histogram ``name``."""
+
+    def start_timer(self, name: str | None = None) -> float:
+        """A start token for :meth:`record_timer` (``time.perf_counter()`` seconds)."""
+        return 0.0
+
+    def record_timer(self, name: str, start: float, tags: Tags = None) -> None:
+        """Record the seconds since ``start`` into histogram ``<name>_duration`` (``_seconds`` in Prometheus)."""
+
+    def timer(self, name: str, tags: Tags = None) -> Timer:
+        """A context manager and decorator (sync or async) that records its duration like :meth:`record_timer`."""
+        return Timer(self, name, tags)
+
+    # --- bound handles for hot loops ------------------------------------------------------------
+    def counter(self, name: str, tags: Tags = None) -> BoundInstrument:
+        """A handle on one counter series: ``handle.inc(value=1)``."""
+        return self._runtime.recorder.bind("counter", name, tags)  # type: ignore[no-any-return]
+
+    def histogram(self, name: str, tags: Tags = None) -> BoundInstrument:
+        """A handle on one histogram series: ``handle.observe(value)``."""
+        return self._runtime.recorder.bind("histogram", name, tags)  # type: ignore[no-any-return]
+
+    def gauge(self, name: str, tags: Tags = None) -> BoundInstrument:
+        """A handle on one gauge series: ``handle.set(value)``."""
+        return self._runtime.recorder.bind("gauge", name, tags)  # type: ignore[no-any-return]
+
+    def define(
+        self,
+        name: str,
+        kind: Kind,
+        *,
+        unit: str | None = None,
+        description: str | None = None,
+        buckets: tuple[float, ...] | None = None,
+    ) -> None:
+        """Declare a metric's unit, description (HELP) or buckets before first use.
+
+        Raises:
+            ValueError: bad name, or the name is already in use with other settings.
+        """
+        self._runtime.recorder.define(kind, name, unit=unit, description=description, buckets=buckets)
+
+    # --- data and life cycle ------------------------------------------------------------------
+    @property
+    def config(self) -> MonitoringConfig:
+        """The configuration this monitor's pipeline was built from."""
+        return self._runtime.config
+
+    @property
+    def pipeline(self) -> Pipeline | None:
+        """The OpenTelemetry pipeline (None when monitoring is disabled)."""
+        return self._runtime.pipeline
+
+    @property
+    def dropped(self) -> int:
+        """Recordings dropped for bad input so far."""
+        return self._runtime.problems.total
+
+    def snapshot(self) -> MetricsSnapshot:
+        """Current values of every metric, serializable to JSON and Prometheus text."""
+        pipeline = self._runtime.pipeline
+        return MetricsSnapshot(pipeline.collect() if pipeline is not None else None)
+
+    def add_exporter(self, exporter: Any) -> None:
+        """Send metrics to ``exporter`` too: a ``PrometheusExporter`` or any OpenTelemetry ``MetricExporter``."""
+        pipeline = self._runtime.pipeline
+        if pipeline is None:
+            _logger.warning("monitoring is disabled; %r receives nothing", exporter)
+            return
+        pipeline.add_exporter(exporter)
+
+    def force_flush(self, timeout_s: float | None = None) -> bool:
+        """Export everything recorded so far to every push exporter; False if one timed out."""
+        pipeline = self._runtime.pipeline
+        return pipeline.force_flush(timeout_s) if pipeline is not None else True
+
+    def shutdown(self, timeout_s: float | None = None) -> None:
+        """Export the last data to every exporter once and stop them."""
+        self._runtime.shutdown(timeout_s)
+
+    def __repr__(self) -> str:
+        state = "disabled" if self._runtime.pipeline is None else f"recording={self._runtime.config.recording}"
+        return f"<PerformanceMonitor service={self._runtime.config.service_name!r} {state}>"
+
+
+def configure(config: MonitoringConfig | None = None, *, strict: bool = True, **overrides: Any) -> PerformanceMonitor:
+    """Configure the process-wide pipeline; see :meth:`PerformanceMonitor.configure`."""
+    return PerformanceMonitor.configure(config, strict=strict, **overrides)
+

@@ -1,0 +1,228 @@
+"""One pipeline per process: one MeterProvider with ONE reader, feeding the scrape and every push exporter.
+
+Every OpenTelemetry reader re-processes every measurement (facts.md §1), so the pipeline registers a single
+cumulative reader. Prometheus serves from it on demand; push exporters (file, database, OTLP, console,
+Datadog) share one periodic collection in :class:`~chat_turbo_metrics._fanout.Fanout`, which converts to
+delta per exporter. The cost of a recording call is therefore the same with one exporter or ten.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+from opentelemetry.sdk.metrics import (
+    Counter,
+    Histogram,
+    MeterProvider,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+    UpDownCounter,
+    _Gauge,
+)
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, MetricsData
+from opentelemetry.sdk.metrics.view import DropAggregation, ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+
+from chat_turbo_metrics import _registry
+from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, ViewConfig
+from chat_turbo_metrics._fanout import Fanout
+from chat_turbo_metrics._version import __version__
+
+_logger = logging.getLogger("chat_turbo_metrics.pipeline")
+
+MetricsProducer = Callable[[MetricsData | None], MetricsData | None]
+_INSTRUMENT_CLASSES = (
+    Counter,
+    UpDownCounter,
+    Histogram,
+    _Gauge,
+    ObservableCounter,
+    ObservableUpDownCounter,
+    ObservableGauge,
+)
+
+
+@runtime_checkable
+class PullExporter(Protocol):
+    """An exporter that is asked for data (a scrape) instead of being sent it."""
+
+    name: str
+
+    def attach(self, collect: Callable[[], MetricsData | None]) -> None: ...
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None: ...
+
+
+class PipelineReader(MetricReader):
+    """The one reader: cumulative for every instrument, collected on demand by whoever needs data."""
+
+    def __init__(self, cardinality_limit: int) -> None:
+        super().__init__(cardinality_limits=dict.fromkeys(_INSTRUMENT_CLASSES, cardinality_limit))
+        self._lock = threading.Lock()
+        self._received: MetricsData | None = None
+        # The fast recording path merges its pre-aggregated state in here (the MetricProducer seam).
+        self.producers: list[MetricsProducer] = []
+
+    def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
+        self._received = metrics_data
+
+    def collect_cumulative(self) -> MetricsData | None:
+        """Collect now; safe from any thread (cumulative data makes concurrent collections harmless)."""
+        with self._lock:
+            self._received = None
+            self.collect()
+            data = self._received
+            self._received = None
+        for producer in self.producers:
+            data = producer(data)
+        return data
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        """Nothing to release: exporters are shut down by the pipeline."""
+
+
+def build_views(views: tuple[ViewConfig, ...]) -> list[View]:
+    """SDK Views for the configured per-metric settings.
+
+    Raises:
+        ConfigurationError: the SDK refuses a view (e.g. a rename on a wildcard).
+    """
+    built = []
+    for spec in views:
+        aggregation: Any = None
+        if spec.drop:
+            aggregation = DropAggregation()
+        elif spec.buckets is not None:
+            aggregation = ExplicitBucketHistogramAggregation(boundaries=spec.buckets)
+        try:
+            built.append(
+                View(
+                    instrument_name=spec.instrument,
+                    name=spec.name,
+                    description=spec.description,
+                    attribute_keys=set(spec.attribute_keys) if spec.attribute_keys is not None else None,
+                    aggregation=aggregation,
+                )
+            )
+        except Exception as error:
+            raise ConfigurationError(f"views: {spec!r}: {error}") from None
+    return built
+
+
+def build_resource(config: MonitoringConfig) -> Resource:
+    """Resource attributes: service name and environment, then OTEL_RESOURCE_ATTRIBUTES on top."""
+    attributes: dict[str, Any] = {
+        "service.name": config.service_name,
+        "deployment.environment.name": config.environment,
+        "telemetry.distro.name": "chat_turbo_metrics",
+        "telemetry.distro.version": __version__,
+    }
+    attributes.update(config.resource_attributes)
+    # Resource.create also reads OTEL_RESOURCE_ATTRIBUTES; ours were parsed from it already, so pass them
+    # on top to keep the precedence the configuration resolved.
+    return Resource.create(attributes)
+
+
+class Pipeline:
+    """The MeterProvider, TracerProvider and exporters built from one :class:`MonitoringConfig`.
+
+    Example:
+        >>> pipeline = Pipeline(MonitoringConfig(metrics_exporters=()))
+        >>> pipeline.meter.create_counter("jobs").add(1)
+        >>> pipeline.shutdown()
+    """
+
+    def __init__(self, config: MonitoringConfig, *, strict: bool = True) -> None:
+        """Build every component; with ``strict=False`` a bad exporter is logged and skipped, not raised."""
+        self.config = config
+        self.resource = build_resource(config)
+        self.reader = PipelineReader(config.cardinality_limit)
+        self.meter_provider = MeterProvider(
+            metric_readers=[self.reader],
+            resource=self.resource,
+            views=build_views(config.views),
+            shutdown_on_exit=False,  # our own atexit hook flushes exporters first
+        )
+        self.meter = self.meter_provider.get_meter("chat_turbo_metrics", __version__)
+        self.tracer_provider = TracerProvider(resource=self.resource, shutdown_on_exit=False)
+        self.fanout = Fanout(
+            self.collect,
+            interval_s=config.export_interval_s,
+            timeout_s=config.export_timeout_s,
+        )
+        self.pull_exporters: list[PullExporter] = []
+        self._shutdown_lock = threading.Lock()
+        self._is_shutdown = False
+        for name in config.metrics_exporters:
+            self._add_named(name, "OTEL_METRICS_EXPORTER", _registry.build_metric_exporter, strict)
+        for name in config.traces_exporters:
+            self._add_named(name, "OTEL_TRACES_EXPORTER", _registry.build_span_processor, strict)
+        atexit.register(self.shutdown)
+
+    def _add_named(
+        self,
+        name: str,
+        variable: str,
+        build: Callable[[str, MonitoringConfig, str], Any],
+        strict: bool,
+    ) -> None:
+        try:
+            component = build(name, self.config, variable)
+        except ConfigurationError as error:
+            if strict:
+                raise
+            _logger.error("%s; continuing without it", error)
+            return
+        if isinstance(component, SpanProcessor):
+            self.tracer_provider.add_span_processor(component)
+        else:
+            self.add_exporter(component)
+
+    def add_exporter(self, exporter: MetricExporter | PullExporter) -> None:
+        """Attach a pull exporter to the reader, or add a push exporter to the shared periodic export."""
+        if isinstance(exporter, MetricExporter):
+            self.fanout.add(exporter)
+        elif isinstance(exporter, PullExporter):
+            exporter.attach(self.collect)
+            self.pull_exporters.append(exporter)
+        else:
+            raise TypeError(
+                f"add_exporter() takes an OpenTelemetry MetricExporter or a pull exporter with attach(); "
+                f"got {type(exporter).__name__}"
+            )
+
+    def add_span_processor(self, processor: SpanProcessor) -> None:
+        """Install a span processor (alerting, exporting) on the pipeline's TracerProvider."""
+        self.tracer_provider.add_span_processor(processor)
+
+    def collect(self) -> MetricsData | None:
+        """Cumulative metrics of the whole pipeline, right now."""
+        return self.reader.collect_cumulative()
+
+    def force_flush(self, timeout_s: float | None = None) -> bool:
+        """Export current data to every push exporter and flush spans; False if something timed out."""
+        flushed = self.fanout.force_flush(timeout_s)
+        return self.tracer_provider.force_flush(int((timeout_s or self.config.export_timeout_s) * 1000)) and flushed
+
+    def shutdown(self, timeout_s: float | None = None) -> None:
+        """Export the last data once, then stop every exporter and provider. Idempotent."""
+        with self._shutdown_lock:
+            if self._is_shutdown:
+                return
+            self._is_shutdown = True
+        atexit.unregister(self.shutdown)
+        self.fanout.shutdown(timeout_s)
+        for exporter in self.pull_exporters:
+            try:
+                exporter.shutdown()
+            except Exception:
+                _logger.exception("shutting down exporter %s failed", exporter.name)
+        self.tracer_provider.shutdown()
+        self.meter_provider.shutdown()
+

@@ -1,0 +1,141 @@
+"""Exporter names (``OTEL_METRICS_EXPORTER``, ``OTEL_TRACES_EXPORTER``) to configured components.
+
+Our own exporters and the OpenTelemetry ones we know are built from :class:`MonitoringConfig`; any other
+name is looked up among the installed ``opentelemetry_*_exporter`` entry points. A name that is unknown
+or whose package is missing raises one :class:`ConfigurationError` naming the variable and the choices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import import_module
+from importlib.metadata import entry_points
+from typing import Any
+
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
+from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig
+
+_OTLP_PACKAGES = {
+    "grpc": "opentelemetry.exporter.otlp.proto.grpc",
+    "http/protobuf": "opentelemetry.exporter.otlp.proto.http",
+}
+_OTLP_HINT = "pip install 'chat-turbo-metrics[otlp]'"
+
+
+def _otlp(signal: str, protocol: str | None = None) -> Callable[[MonitoringConfig], Any]:
+    module_name, class_name = {
+        "metrics": ("metric_exporter", "OTLPMetricExporter"),
+        "traces": ("trace_exporter", "OTLPSpanExporter"),
+    }[signal]
+
+    def build(config: MonitoringConfig) -> Any:
+        package = _OTLP_PACKAGES[protocol or config.otlp_protocol]
+        return getattr(import_module(f"{package}.{module_name}"), class_name)()
+
+    return build
+
+
+def _prometheus(config: MonitoringConfig) -> Any:
+    from chat_turbo_metrics.exporters.prometheus import PrometheusExporter
+
+    return PrometheusExporter.from_config(config)
+
+
+def _file(config: MonitoringConfig) -> Any:
+    from chat_turbo_metrics.exporters.file import FileExporter
+
+    return FileExporter.from_config(config)
+
+
+def _database(config: MonitoringConfig) -> Any:
+    from chat_turbo_metrics.exporters.database import DatabaseExporter
+
+    return DatabaseExporter.from_config(config)
+
+
+def _console_metrics(config: MonitoringConfig) -> Any:
+    from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+
+    return ConsoleMetricExporter()
+
+
+def _console_spans(config: MonitoringConfig) -> Any:
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    return ConsoleSpanExporter()
+
+
+# name -> (builder, how to get it when its package is missing)
+METRIC_EXPORTERS: dict[str, tuple[Callable[[MonitoringConfig], Any], str]] = {
+    "prometheus": (_prometheus, "pip install chat-turbo-metrics"),
+    "chat_turbo_file": (_file, "pip install chat-turbo-metrics"),
+    "chat_turbo_database": (_database, "pip install chat-turbo-metrics"),
+    "console": (_console_metrics, "pip install opentelemetry-sdk"),
+    "otlp": (_otlp("metrics"), _OTLP_HINT),
+    "otlp_proto_http": (_otlp("metrics", "http/protobuf"), _OTLP_HINT),
+    "otlp_proto_grpc": (_otlp("metrics", "grpc"), _OTLP_HINT),
+}
+SPAN_EXPORTERS: dict[str, tuple[Callable[[MonitoringConfig], Any], str]] = {
+    "console": (_console_spans, "pip install opentelemetry-sdk"),
+    "otlp": (_otlp("traces"), _OTLP_HINT),
+    "otlp_proto_http": (_otlp("traces", "http/protobuf"), _OTLP_HINT),
+    "otlp_proto_grpc": (_otlp("traces", "grpc"), _OTLP_HINT),
+}
+_GROUPS = {"metrics": "opentelemetry_metrics_exporter", "traces": "opentelemetry_traces_exporter"}
+
+
+def _entry_point_names(signal: str) -> set[str]:
+    return {ep.name for ep in entry_points(group=_GROUPS[signal])}
+
+
+def available(signal: str) -> list[str]:
+    """Every exporter name that can be used for ``signal`` ("metrics" or "traces") here."""
+    table = METRIC_EXPORTERS if signal == "metrics" else SPAN_EXPORTERS
+    return sorted(set(table) | _entry_point_names(signal))
+
+
+def _build(name: str, config: MonitoringConfig, variable: str, signal: str) -> Any:
+    table = METRIC_EXPORTERS if signal == "metrics" else SPAN_EXPORTERS
+    choices = ", ".join(available(signal))
+    if name in table:
+        builder, hint = table[name]
+        try:
+            return builder(config)
+        except ImportError as error:
+            raise ConfigurationError(
+                f"{variable}={name!r}: the exporter's package is not installed ({error.name}); {hint}. "
+                f"Available: {choices}"
+            ) from None
+    for entry_point in entry_points(group=_GROUPS[signal], name=name):
+        try:
+            return entry_point.load()()
+        except ImportError as error:
+            raise ConfigurationError(f"{variable}={name!r}: cannot load {entry_point.value}: {error}") from None
+    raise ConfigurationError(f"{variable}={name!r}: unknown exporter. Available: {choices}")
+
+
+def build_metric_exporter(name: str, config: MonitoringConfig, variable: str) -> Any:
+    """A push exporter (MetricExporter) or pull exporter for ``name``.
+
+    Raises:
+        ConfigurationError: unknown name, missing package, or a third-party reader (a second reader
+            would make every recording cost twice).
+    """
+    exporter = _build(name, config, variable, "metrics")
+    if isinstance(exporter, MetricReader):
+        exporter.shutdown()
+        raise ConfigurationError(
+            f"{variable}={name!r}: {type(exporter).__name__} is a MetricReader; chat_turbo_metrics feeds every "
+            "exporter from its one reader, so give it a MetricExporter instead"
+        )
+    if not isinstance(exporter, MetricExporter) and not hasattr(exporter, "attach"):
+        raise ConfigurationError(f"{variable}={name!r}: {type(exporter).__name__} is not a metric exporter")
+    return exporter
+
+
+def build_span_processor(name: str, config: MonitoringConfig, variable: str) -> SpanProcessor:
+    """A batch span processor around the span exporter named ``name``."""
+    return BatchSpanProcessor(_build(name, config, variable, "traces"))

@@ -1,0 +1,41 @@
+"""Environment variables read by chat_turbo_metrics (also ``opentelemetry-instrument --flags``).
+
+``opentelemetry-instrument`` turns every ``OTEL_*`` constant in this module into a command-line flag.
+Seed variables are listed for documentation; they are read by :func:`get_monitoring_config`.
+"""
+
+PERFORMANCE_MONITORING_ENABLED = "PERFORMANCE_MONITORING_ENABLED"
+"""``true``/``false``: ``false`` makes every recording call a no-op (twin: ``OTEL_SDK_DISABLED``)."""
+
+METRICS_SAMPLING_RATE = "METRICS_SAMPLING_RATE"
+"""Fraction (0, 1] of histogram and timer observations recorded; counters and gauges are exact."""
+
+METRICS_RETENTION_DAYS = "METRICS_RETENTION_DAYS"
+"""Days that stored history (rotated metric files, database rows) is kept."""
+
+METRICS_RECORDING = "METRICS_RECORDING"
+"""``fast`` (pre-aggregating front end) or ``sdk`` (plain OpenTelemetry SDK instruments)."""
+
+METRICS_CARDINALITY_LIMIT = "METRICS_CARDINALITY_LIMIT"
+"""Series per metric before further tag sets fold into ``otel.metric.overflow="true"``."""
+
+ALERT_EMAIL_ENABLED = "ALERT_EMAIL_ENABLED"
+"""``true`` to send alert notifications by email."""
+
+ALERT_SLACK_WEBHOOK_URL = "ALERT_SLACK_WEBHOOK_URL"
+"""Slack incoming-webhook URL for alert notifications (a secret: never logged)."""
+
+METRICS_PROMETHEUS_PORT = "METRICS_PROMETHEUS_PORT"
+"""Port of the ``/metrics`` endpoint (twin: ``OTEL_EXPORTER_PROMETHEUS_PORT``)."""
+
+METRICS_FILE_PATH = "METRICS_FILE_PATH"
+"""JSON Lines file for the file exporter; setting it enables file export."""
+
+METRICS_DATABASE_URL = "METRICS_DATABASE_URL"
+"""SQLAlchemy URL for metric history (default: SQLite file ``chat_turbo_metrics.db``)."""
+
+CHAT_TURBO_ENV = "CHAT_TURBO_ENV"
+"""Which ``configs/<environment>.toml`` to load: development, production or test."""
+
+OTEL_METRICS_EXPORTER = "OTEL_METRICS_EXPORTER"
+"""Comma-separated exporters: prometheus, chat_turbo_file, chat_turbo_database, otlp, console, none."""
