@@ -1,0 +1,238 @@
+"""Tables of the database exporter, their migrations, and the rows one export writes.
+
+Only portable SQLAlchemy Core is used (JSON is stored as canonical text) so the same code runs on
+SQLite and PostgreSQL. Times are unix nanoseconds in BIGINT columns: exact, and integer division
+buckets them the same way on every backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Gauge,
+    Histogram,
+    HistogramDataPoint,
+    MetricsData,
+    NumberDataPoint,
+    Sum,
+)
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+)
+
+from chat_turbo_metrics._config import ConfigurationError
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+schema_versions = Table(
+    "ctm_schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("applied_at", Float, nullable=False),
+)
+
+streams = Table(
+    "ctm_streams",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("hash", String(64), nullable=False, unique=True),
+    Column("name", String(255), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("unit", String(64), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("attributes", Text, nullable=False),
+    Column("resource", Text, nullable=False),
+)
+
+points = Table(
+    "ctm_points",
+    metadata,
+    # SQLite only autoincrements an INTEGER PRIMARY KEY; elsewhere a long-lived database needs 64 bits.
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("stream_id", Integer, ForeignKey("ctm_streams.id"), nullable=False),
+    Column("start_ns", BigInteger, nullable=False),
+    Column("end_ns", BigInteger, nullable=False),
+    Column("value", Float),
+    Column("count", BigInteger),
+    Column("sum", Float),
+    Column("min", Float),
+    Column("max", Float),
+    Column("bounds", Text),
+    Column("bucket_counts", Text),
+    Index("ix_ctm_points_stream_end", "stream_id", "end_ns"),
+    Index("ix_ctm_points_end", "end_ns"),
+)
+
+
+def _create_version_1(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[streams, points], checkfirst=True)
+
+
+# _MIGRATIONS[n - 1] takes a database from version n - 1 to version n.
+_MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_create_version_1,)
+
+
+def ensure_schema(conn: Connection, shown_url: str, now: float) -> None:
+    """Create or migrate the tables to :data:`SCHEMA_VERSION`, inside the caller's transaction.
+
+    Raises:
+        ConfigurationError: the database was written by a newer version of this package.
+    """
+    schema_versions.create(conn, checkfirst=True)
+    current = conn.scalar(select(func.max(schema_versions.c.version))) or 0
+    if current > SCHEMA_VERSION:
+        raise ConfigurationError(
+            f"database_url={shown_url!r}: schema version {current} in ctm_schema_version is newer than "
+            f"the version {SCHEMA_VERSION} this chat_turbo_metrics understands; upgrade chat_turbo_metrics "
+            "or point database_url at another database"
+        )
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        _MIGRATIONS[version - 1](conn)
+        conn.execute(insert(schema_versions).values(version=version, applied_at=now))
+
+
+# --- rows --------------------------------------------------------------------------------------
+
+_DELTA = AggregationTemporality.DELTA
+_CUMULATIVE = AggregationTemporality.CUMULATIVE
+
+# (data type, monotonic, temporality) -> stored kind. Anything else (cumulative counters, delta
+# up-down counters, exponential histograms) would make the stored rows mean something the queries
+# do not expect, so it is skipped.
+_KINDS: dict[tuple[type, bool, AggregationTemporality | None], str] = {
+    (Sum, True, _DELTA): "counter",
+    (Sum, False, _CUMULATIVE): "updowncounter",
+    (Gauge, False, None): "gauge",
+    (Histogram, False, _DELTA): "histogram",
+}
+
+
+def canonical_json(value: Any) -> str:
+    """The one text form of ``value``: sorted keys, no spaces, so equal attribute sets compare equal."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _number_row(point: NumberDataPoint) -> dict[str, Any]:
+    return {
+        # A gauge point may carry no start time; its interval then starts where it ends.
+        "start_ns": point.start_time_unix_nano or point.time_unix_nano,
+        "end_ns": point.time_unix_nano,
+        "value": float(point.value),
+        "count": None,
+        "sum": None,
+        "min": None,
+        "max": None,
+        "bounds": None,
+        "bucket_counts": None,
+    }
+
+
+def _histogram_row(point: HistogramDataPoint) -> dict[str, Any]:
+    return {
+        "start_ns": point.start_time_unix_nano,
+        "end_ns": point.time_unix_nano,
+        "value": None,
+        "count": point.count,
+        "sum": float(point.sum),
+        "min": _finite(point.min),
+        "max": _finite(point.max),
+        "bounds": json.dumps([float(bound) for bound in point.explicit_bounds]),
+        "bucket_counts": json.dumps(list(point.bucket_counts)),
+    }
+
+
+class ExportRows:
+    """The stream rows (by hash) and point rows (with their stream's hash) of one :class:`MetricsData`."""
+
+    def __init__(self, data: MetricsData) -> None:
+        self.streams: dict[str, dict[str, Any]] = {}
+        self.points: list[tuple[str, dict[str, Any]]] = []
+        self.skipped: set[str] = set()
+        for resource_metrics in data.resource_metrics:
+            resource = canonical_json(dict(resource_metrics.resource.attributes))
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    self._add_metric(metric.name, metric.unit, metric.description, metric.data, resource)
+
+    def _add_metric(self, name: str, unit: str | None, description: str | None, data: Any, resource: str) -> None:
+        key = (
+            type(data),
+            getattr(data, "is_monotonic", False),
+            getattr(data, "aggregation_temporality", None),
+        )
+        kind = _KINDS.get(key)
+        if kind is None:
+            self.skipped.add(name)
+            return
+        to_row: Callable[[Any], dict[str, Any]] = _histogram_row if kind == "histogram" else _number_row
+        for point in data.data_points:
+            stream = {
+                "name": name,
+                "kind": kind,
+                "unit": unit or "",
+                "description": description or "",
+                "attributes": canonical_json(dict(point.attributes or {})),
+                "resource": resource,
+            }
+            digest = hashlib.sha256(canonical_json(stream).encode()).hexdigest()
+            self.streams.setdefault(digest, {"hash": digest, **stream})
+            self.points.append((digest, to_row(point)))
+
+
+def chunks(rows: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """``rows`` in slices of at most ``size``."""
+    for first in range(0, len(rows), size):
+        yield rows[first : first + size]
+
+
+def _select_stream_ids(conn: Connection, hashes: Sequence[str], batch_size: int) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for part in chunks(hashes, batch_size):
+        query = select(streams.c.hash, streams.c.id).where(streams.c.hash.in_(part))
+        found.update(dict(conn.execute(query).all()))
+    return found
+
+
+def resolve_stream_ids(
+    conn: Connection,
+    wanted: Mapping[str, dict[str, Any]],
+    known: Mapping[str, int],
+    batch_size: int,
+) -> dict[str, int]:
+    """Return the id of every stream in ``wanted``, inserting the ones the database does not have.
+
+    Two processes inserting the same new stream at once make one transaction fail on the unique hash;
+    that export reports failure and its retry finds the other process's row.
+    """
+    ids = {digest: known[digest] for digest in wanted if digest in known}
+    ids.update(_select_stream_ids(conn, [digest for digest in wanted if digest not in ids], batch_size))
+    new = [wanted[digest] for digest in wanted if digest not in ids]
+    for part in chunks(new, batch_size):
+        conn.execute(insert(streams), list(part))
+    ids.update(_select_stream_ids(conn, [row["hash"] for row in new], batch_size))
+    return ids

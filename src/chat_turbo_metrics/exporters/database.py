@@ -1,0 +1,376 @@
+"""Store exported metrics in SQLite or PostgreSQL, and query their history.
+
+:class:`DatabaseExporter` writes each export interval's points (counter and histogram deltas, gauge
+and up-down counter values) through SQLAlchemy Core; :class:`MetricHistory` answers rate, percentile
+and series questions over what was stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ClassVar
+
+from opentelemetry.sdk.metrics import Counter, Histogram, ObservableCounter
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+)
+from sqlalchemy import Engine, create_engine, delete, insert, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, get_monitoring_config
+from chat_turbo_metrics._secret import Secret
+from chat_turbo_metrics.exporters import _database_query as _query
+from chat_turbo_metrics.exporters._database_query import GaugePoint, HistogramRow, Instant, RateRow
+from chat_turbo_metrics.exporters._database_schema import (
+    ExportRows,
+    chunks,
+    ensure_schema,
+    points,
+    resolve_stream_ids,
+)
+
+__all__ = ["DatabaseExporter", "GaugePoint", "HistogramRow", "MetricHistory", "RateRow"]
+
+_logger = logging.getLogger("chat_turbo_metrics.exporters.database")
+
+_DEFAULT_URL = "sqlite:///chat_turbo_metrics.db"
+_RETENTION_EVERY_S = 3600.0
+_DAY_S = 86400.0
+# Rows are per-interval increments for monotonic instruments; everything else stays cumulative
+# (the SDK default for instruments missing here), so up-down counters and gauges store values.
+_TEMPORALITY: dict[type, AggregationTemporality] = {
+    Counter: AggregationTemporality.DELTA,
+    ObservableCounter: AggregationTemporality.DELTA,
+    Histogram: AggregationTemporality.DELTA,
+}
+# Without a connect timeout a blackholed database host stalls the exporter thread for the OS TCP
+# timeout (minutes); drivers not listed here keep their own default.
+_CONNECT_TIMEOUT_ARG = {"psycopg": "connect_timeout", "psycopg2": "connect_timeout"}
+_CONNECT_TIMEOUT_S = 10
+
+
+@dataclass(frozen=True)
+class _Database:
+    """An engine plus the ways to talk about its URL without showing a credential."""
+
+    engine: Engine
+    shown_url: str
+    secrets: tuple[str, ...]
+
+    def scrub(self, text: str) -> str:
+        return _scrub(text, self.secrets)
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _open(url: str | Secret) -> _Database:
+    raw = url.reveal() if isinstance(url, Secret) else url
+    try:
+        parsed = make_url(raw)
+    except Exception as error:
+        # The parser's message can quote the URL, so only its type is shown.
+        raise ConfigurationError(f"database_url={Secret(raw).masked()!r}: {type(error).__name__}") from None
+    # The query string can carry credentials too (password=, sslpassword=), so it is not shown.
+    shown = parsed.set(query={}).render_as_string(hide_password=True)
+    secrets = tuple(s for s in (raw, parsed.password) if s)
+    connect_args: dict[str, Any] = {}
+    timeout_arg = _CONNECT_TIMEOUT_ARG.get(parsed.get_driver_name())
+    if timeout_arg and timeout_arg not in parsed.query:
+        connect_args[timeout_arg] = _CONNECT_TIMEOUT_S
+    try:
+        engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+    except Exception as error:
+        raise ConfigurationError(f"database_url={shown!r}: {_scrub(str(error), secrets)}") from None
+    return _Database(engine, shown, secrets)
+
+
+def _describe(database: _Database, error: BaseException) -> str:
+    return database.scrub(f"{type(error).__name__}: {error}".splitlines()[0])
+
+
+class MetricHistory:
+    """Historical questions over what :class:`DatabaseExporter` stored.
+
+    Times are unix seconds (float) or datetimes; a time bucket ``i`` covers
+    ``[start + i * bucket_s, start + (i + 1) * bucket_s)`` and holds the points collected in it.
+    Buckets without points are not returned.
+
+    Example:
+        >>> history = MetricHistory("sqlite:///chat_turbo_metrics.db")  # doctest: +SKIP
+        >>> for row in history.counter_rate("chat_requests", now - 3600, now, bucket_s=60):  # doctest: +SKIP
+        ...     print(row.start, row.attributes, row.rate)
+        >>> history.close()  # doctest: +SKIP
+
+    Args:
+        url_or_engine: a database URL (plain or :class:`Secret`) or an SQLAlchemy engine to share;
+            an engine passed in is not disposed by :meth:`close`.
+    """
+
+    def __init__(self, url_or_engine: str | Secret | Engine) -> None:
+        if isinstance(url_or_engine, Engine):
+            self._engine, self._owned = url_or_engine, False
+            self._shown = url_or_engine.url.set(query={}).render_as_string(hide_password=True)
+        else:
+            database = _open(url_or_engine)
+            self._engine, self._owned, self._shown = database.engine, True, database.shown_url
+
+    def counter_rate(self, name: str, start: Instant, end: Instant, bucket_s: float) -> list[RateRow]:
+        """Per attribute set and time bucket, the counter's increments summed and divided by ``bucket_s``.
+
+        Args:
+            name: the counter's metric name.
+            start: first instant included.
+            end: first instant excluded.
+            bucket_s: bucket width in seconds.
+
+        Returns:
+            Rows ordered by bucket, then attributes.
+
+        Raises:
+            ValueError: ``bucket_s`` is not positive.
+            sqlalchemy.exc.SQLAlchemyError: the database could not be queried.
+        """
+        return _query.counter_rate(self._engine, name, *self._window(start, end, bucket_s), bucket_s)
+
+    def histogram_stats(self, name: str, start: Instant, end: Instant, bucket_s: float) -> list[HistogramRow]:
+        """Per attribute set and time bucket, count, sum, mean, min, max and p50/p90/p95/p99.
+
+        Percentiles are interpolated inside the merged explicit buckets as Prometheus
+        ``histogram_quantile`` does; one that falls in the +Inf bucket is the highest finite bound.
+
+        Args:
+            name: the histogram's metric name.
+            start: first instant included.
+            end: first instant excluded.
+            bucket_s: bucket width in seconds.
+
+        Returns:
+            Rows ordered by bucket, then attributes.
+
+        Raises:
+            ValueError: ``bucket_s`` is not positive.
+            sqlalchemy.exc.SQLAlchemyError: the database could not be queried.
+        """
+        return _query.histogram_stats(self._engine, name, *self._window(start, end, bucket_s), bucket_s)
+
+    def gauge_series(self, name: str, start: Instant, end: Instant) -> list[GaugePoint]:
+        """Every stored value of a gauge or up-down counter collected in ``[start, end)``.
+
+        Returns:
+            Points ordered by time, then attributes.
+
+        Raises:
+            sqlalchemy.exc.SQLAlchemyError: the database could not be queried.
+        """
+        return _query.gauge_series(self._engine, name, *self._window(start, end, 1.0))
+
+    def metric_names(self) -> list[str]:
+        """Every metric name stored, sorted.
+
+        Raises:
+            sqlalchemy.exc.SQLAlchemyError: the database could not be queried.
+        """
+        return _query.metric_names(self._engine)
+
+    def close(self) -> None:
+        """Close the connections of an engine this object created."""
+        if self._owned:
+            self._engine.dispose()
+
+    def __enter__(self) -> MetricHistory:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"MetricHistory({self._shown!r})"
+
+    @staticmethod
+    def _window(start: Instant, end: Instant, bucket_s: float) -> tuple[int, int]:
+        if not bucket_s > 0:
+            raise ValueError(f"bucket_s={bucket_s!r}: must be > 0")
+        return _query.to_ns(start), _query.to_ns(end)
+
+
+class DatabaseExporter(MetricExporter):
+    """Write metrics to SQLite or PostgreSQL for historical analysis.
+
+    The schema is created (or migrated) when the exporter starts; if the database is unreachable
+    then, that happens on the first export that reaches it. Points older than ``retention_days``
+    are deleted at start and at most once an hour afterwards. ``export`` never raises: it returns
+    ``FAILURE`` when the database cannot take the rows, so the pipeline retries the interval.
+
+    Example:
+        >>> exporter = DatabaseExporter("sqlite:///metrics.db", retention_days=7)  # doctest: +SKIP
+        >>> reader = PeriodicExportingMetricReader(exporter)  # doctest: +SKIP
+        >>> exporter.history().metric_names()  # doctest: +SKIP
+        ['chat_request_duration', 'chat_requests']
+
+    Args:
+        url: database URL (a :class:`Secret` when it holds a password); defaults to the monitoring
+            configuration's ``database_url``, then ``sqlite:///chat_turbo_metrics.db``.
+        retention_days: how long points are kept; defaults to the configuration's ``retention_days``.
+        batch_size: most rows one INSERT statement carries.
+        clock: unix time in seconds, for retention.
+
+    Raises:
+        ConfigurationError: a bad setting, or a database written by a newer version of this package.
+    """
+
+    name: ClassVar[str] = "chat_turbo_database"
+
+    def __init__(
+        self,
+        url: str | Secret | None = None,
+        *,
+        retention_days: float | None = None,
+        batch_size: int = 500,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(preferred_temporality=dict(_TEMPORALITY))
+        if url is None or retention_days is None:
+            config = get_monitoring_config()
+            url = url if url is not None else config.database_url or _DEFAULT_URL
+            retention_days = retention_days if retention_days is not None else config.retention_days
+        if not retention_days > 0:
+            raise ConfigurationError(f"retention_days={retention_days!r}: must be > 0")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigurationError(f"batch_size={batch_size!r}: must be an integer >= 1")
+        self._database = _open(url)
+        self._retention_days = retention_days
+        self._batch_size = batch_size
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._stream_ids: dict[str, int] = {}
+        self._skipped: set[str] = set()
+        self._ready = False
+        self._failing = False
+        self._closed = False
+        self._next_retention = float("-inf")
+        self._start()
+
+    @classmethod
+    def from_config(cls, config: MonitoringConfig) -> DatabaseExporter:
+        """Build the exporter from a :class:`~chat_turbo_metrics._config.MonitoringConfig`.
+
+        Args:
+            config: the configuration; ``database_url`` and ``retention_days`` are used.
+
+        Returns:
+            The exporter, its schema created if the database was reachable.
+        """
+        return cls(config.database_url or _DEFAULT_URL, retention_days=config.retention_days)
+
+    def history(self) -> MetricHistory:
+        """A :class:`MetricHistory` sharing this exporter's engine."""
+        return MetricHistory(self._database.engine)
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        """Insert the points of ``metrics_data`` in one transaction.
+
+        Returns:
+            ``SUCCESS`` once committed; ``FAILURE`` (logged, never raised) if nothing was stored.
+        """
+        with self._lock:
+            if self._closed:
+                _logger.debug("export after shutdown of %s ignored", self._database.shown_url)
+                return MetricExportResult.FAILURE
+            try:
+                if not self._ready:
+                    self._prepare()
+                self._write(metrics_data)
+            except Exception as error:
+                self._report_failure(error)
+                return MetricExportResult.FAILURE
+            if self._failing:
+                self._failing = False
+                _logger.info("exporting to %s again", self._database.shown_url)
+            self._delete_expired()
+            return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        """Nothing is buffered between exports, so there is nothing to flush."""
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        """Close the database connections; later exports return ``FAILURE``."""
+        with self._lock:
+            self._closed = True
+            self._database.engine.dispose()
+
+    def __repr__(self) -> str:
+        return (
+            f"DatabaseExporter(url={self._database.shown_url!r}, retention_days={self._retention_days!r}, "
+            f"batch_size={self._batch_size!r})"
+        )
+
+    def _start(self) -> None:
+        try:
+            self._prepare()
+        except ConfigurationError:
+            self._database.engine.dispose()
+            raise
+        except SQLAlchemyError as error:
+            _logger.warning(
+                "database %s unreachable at start (%s); the first export that reaches it creates the schema",
+                self._database.shown_url,
+                _describe(self._database, error),
+            )
+            return
+        self._delete_expired()
+
+    def _prepare(self) -> None:
+        with self._database.engine.begin() as conn:
+            ensure_schema(conn, self._database.shown_url, self._clock())
+        self._ready = True
+
+    def _write(self, metrics_data: MetricsData) -> None:
+        rows = ExportRows(metrics_data)
+        for name in rows.skipped - self._skipped:
+            _logger.warning("metric %r skipped: its kind or temporality cannot be stored as deltas or values", name)
+        self._skipped |= rows.skipped
+        if not rows.points:
+            return
+        with self._database.engine.begin() as conn:
+            ids = resolve_stream_ids(conn, rows.streams, self._stream_ids, self._batch_size)
+            point_rows = [{"stream_id": ids[digest], **row} for digest, row in rows.points]
+            for part in chunks(point_rows, self._batch_size):
+                conn.execute(insert(points), list(part))
+        # Only ids from a committed transaction are remembered; a rolled-back insert left none.
+        self._stream_ids.update(ids)
+
+    def _report_failure(self, error: Exception) -> None:
+        # One warning when exports start failing; repeats while the database stays down go to debug.
+        log = _logger.debug if self._failing else _logger.warning
+        self._failing = True
+        log("export to %s failed, will retry: %s", self._database.shown_url, _describe(self._database, error))
+
+    def _delete_expired(self) -> None:
+        now = self._clock()
+        if now < self._next_retention:
+            return
+        self._next_retention = now + _RETENTION_EVERY_S
+        cutoff_ns = round((now - self._retention_days * _DAY_S) * 1e9)
+        # Stream rows stay: they are small, and another process may hold their ids in its cache.
+        try:
+            with self._database.engine.begin() as conn:
+                deleted = conn.execute(delete(points).where(points.c.end_ns < cutoff_ns)).rowcount
+        except SQLAlchemyError as error:
+            _logger.warning("retention on %s failed: %s", self._database.shown_url, _describe(self._database, error))
+            return
+        _logger.debug("retention deleted %d points older than %s days", deleted, self._retention_days)

@@ -1,0 +1,385 @@
+"""Metrics as JSON Lines on local disk, with size/time rotation and retention.
+
+Each data point becomes one self-describing JSON object on its own line, so ``jq``, pandas or
+:func:`read_metric_records` can read a file without knowing the instruments. A line is written
+with one ``write()`` call on an unbuffered file, so a process killed with SIGKILL loses at most
+the line it was writing; the reader skips that torn line with a warning.
+
+Non-finite floats become the strings ``"NaN"``, ``"+Inf"`` and ``"-Inf"`` (the Prometheus
+spellings) so every line stays strict JSON; bytes become text (undecodable bytes as ``\\xNN``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from opentelemetry.sdk.metrics import (
+    Counter,
+    Histogram,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+    UpDownCounter,
+    _Gauge,
+)
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+)
+
+from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, get_monitoring_config
+from chat_turbo_metrics._records import metric_records
+
+__all__ = ["FileExporter", "read_metric_records"]
+
+_logger = logging.getLogger("chat_turbo_metrics.exporters.file")
+
+_SECONDS_PER_DAY = 86400.0
+_INSTRUMENT_CLASSES = (
+    Counter,
+    UpDownCounter,
+    Histogram,
+    _Gauge,
+    ObservableCounter,
+    ObservableUpDownCounter,
+    ObservableGauge,
+)
+_NON_FINITE = {math.inf: "+Inf", -math.inf: "-Inf"}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    return str(value)
+
+
+def _sanitized(value: Any) -> Any:
+    """Return ``value`` with non-finite floats and non-string keys made JSON-safe (the slow path)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return _NON_FINITE.get(value, "NaN")
+    if isinstance(value, Mapping):
+        return {str(key): _sanitized(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_sanitized(item) for item in value]
+    return value
+
+
+def _encoded(record: dict[str, Any]) -> bytes:
+    try:
+        text = json.dumps(record, ensure_ascii=False, allow_nan=False, default=_json_default)
+    except (TypeError, ValueError):
+        # Rare (a NaN, an empty histogram's infinite min, a tuple key): walk the record only then.
+        text = json.dumps(_sanitized(record), ensure_ascii=False, allow_nan=False, default=_json_default)
+    return (text + "\n").encode("utf-8")
+
+
+# --- rotated file names -------------------------------------------------------------------------
+
+
+def _rotated_files(active: Path) -> list[Path]:
+    """Rotated files of ``active``, oldest first (by name: timestamp, then sequence number)."""
+    pattern = re.compile(re.escape(active.name) + r"\.(\d{8}T\d{6})(?:\.(\d+))?")
+    try:
+        names = os.listdir(active.parent)
+    except FileNotFoundError:
+        return []
+    found: list[tuple[str, int, Path]] = []
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match:
+            found.append((match.group(1), int(match.group(2) or 0), active.parent / name))
+    return [path for _, _, path in sorted(found)]
+
+
+class _RotatingFile:
+    """An append-only file that rotates by size and age; callers serialise access."""
+
+    def __init__(
+        self, path: Path, max_bytes: int, interval_s: float, retention_s: float, clock: Callable[[], float]
+    ) -> None:
+        self.path = path
+        self._max_bytes = max_bytes
+        self._interval_s = interval_s
+        self._retention_s = retention_s
+        self._clock = clock
+        self._file: IO[bytes] | None = None
+        self._size = 0
+        self._opened_at = 0.0
+        self._pending = b""
+
+    def write_line(self, line: bytes) -> None:
+        if self._file is None:
+            self._open()
+        self._rotate_if_due(len(self._pending) + len(line))
+        data = self._pending + line
+        assert self._file is not None  # opened above, reopened by any rotation
+        view = memoryview(data)
+        while view:  # a regular file takes the whole line in one write(); loop only on a short write
+            view = view[self._file.write(view) :]
+        self._size += len(data)
+        self._pending = b""
+
+    def sync(self) -> None:
+        if self._file is not None:
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                os.fsync(file.fileno())
+            finally:
+                file.close()
+
+    def delete_expired(self) -> None:
+        """Delete rotated files older than the retention; housekeeping, so errors are only logged."""
+        cutoff = self._clock() - self._retention_s
+        try:
+            rotated_files = _rotated_files(self.path)
+        except OSError as error:
+            _logger.warning("could not list rotated metrics files of %s: %s", self.path, error)
+            return
+        for rotated in rotated_files:
+            try:
+                if rotated.stat().st_mtime < cutoff:
+                    rotated.unlink()
+            except OSError as error:
+                _logger.warning("could not delete expired metrics file %s: %s", rotated, error)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Unbuffered: each line reaches the kernel in its own write(), so SIGKILL cannot lose it.
+        file = open(self.path, "a+b", buffering=0)  # noqa: SIM115 - kept open until close()
+        size = file.seek(0, os.SEEK_END)
+        if size:
+            file.seek(size - 1)
+        # A line torn by a killed writer must not swallow the next one: end it first.
+        self._pending = b"\n" if size and file.read(1) != b"\n" else b""
+        self._file, self._size, self._opened_at = file, size, self._clock()
+
+    def _rotate_if_due(self, incoming: int) -> None:
+        now = self._clock()
+        if now - self._opened_at >= self._interval_s:
+            if self._size == 0:
+                self._opened_at = now  # nothing to rotate; start the interval with the first line
+                return
+            self._rotate(now)
+        elif self._size and self._size + incoming > self._max_bytes:
+            self._rotate(now)
+
+    def _rotate(self, now: float) -> None:
+        self.close()
+        os.rename(self.path, self._rotated_name(now))
+        self._open()
+        self.delete_expired()
+
+    def _rotated_name(self, now: float) -> Path:
+        base = f"{self.path}.{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}"
+        candidate, sequence = Path(base), 0
+        while candidate.exists():
+            sequence += 1
+            candidate = Path(f"{base}.{sequence}")
+        return candidate
+
+
+# --- the exporter -------------------------------------------------------------------------------
+
+
+def _checked(setting: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigurationError(f"{setting}={value!r}: must be > 0")
+
+
+class FileExporter(MetricExporter):
+    """Write every exported data point as one JSON line to a rotating local file.
+
+    Arguments left as ``None`` come from :func:`~chat_turbo_metrics._config.get_monitoring_config`.
+
+    Example:
+        >>> exporter = FileExporter("/var/log/chat/metrics.jsonl", max_bytes=50_000_000, retention_days=7)
+        >>> reader = PeriodicExportingMetricReader(exporter)  # doctest: +SKIP
+        >>> for record in read_metric_records(exporter.path, include_rotated=True):  # doctest: +SKIP
+        ...     print(record["name"], record["kind"], record.get("value"))
+
+    Args:
+        path: the active file; rotated files sit next to it as ``<path>.<YYYYmmddTHHMMSS>[.<n>]`` (UTC).
+        max_bytes: rotate before a line would make the active file larger than this.
+        rotation_interval_s: rotate once the active file has been open this long (by ``clock``).
+        retention_days: delete rotated files whose modification time is older than this.
+        clock: seconds since the epoch; used for rotation age, rotated names and retention.
+
+    Raises:
+        ConfigurationError: a size, interval or retention setting is not positive.
+    """
+
+    name = "chat_turbo_file"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        max_bytes: int | None = None,
+        rotation_interval_s: float | None = None,
+        retention_days: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(preferred_temporality=dict.fromkeys(_INSTRUMENT_CLASSES, AggregationTemporality.CUMULATIVE))
+        # Read the configuration (files, environment) only when an argument leaves a gap.
+        given = (path, max_bytes, rotation_interval_s, retention_days)
+        config = get_monitoring_config() if None in given else MonitoringConfig()
+        path = config.file_path if path is None else path
+        max_bytes = config.file_max_bytes if max_bytes is None else max_bytes
+        interval_s = config.file_rotation_interval_s if rotation_interval_s is None else rotation_interval_s
+        retention_days = config.retention_days if retention_days is None else retention_days
+        for setting, value in (
+            ("max_bytes", max_bytes),
+            ("rotation_interval_s", interval_s),
+            ("retention_days", retention_days),
+        ):
+            _checked(setting, value)
+        retention_s = retention_days * _SECONDS_PER_DAY
+        self._file = _RotatingFile(Path(path), max_bytes, interval_s, retention_s, clock)
+        self._lock = threading.Lock()
+        self._is_shutdown = False
+        self._file.delete_expired()
+
+    @classmethod
+    def from_config(cls, config: MonitoringConfig) -> FileExporter:
+        """Build the exporter from the ``file_*`` and ``retention_days`` settings of ``config``."""
+        return cls(
+            config.file_path,
+            max_bytes=config.file_max_bytes,
+            rotation_interval_s=config.file_rotation_interval_s,
+            retention_days=config.retention_days,
+        )
+
+    @property
+    def path(self) -> Path:
+        """The active file (it exists once the first export wrote to it)."""
+        return self._file.path
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        """Append one line per data point; on any error log it and return ``FAILURE``, never raise."""
+        if self._is_shutdown:
+            return self._refused()
+        try:
+            lines = [_encoded(record) for record in metric_records(metrics_data)]
+        except Exception:
+            _logger.exception("could not encode metrics for %s", self._file.path)
+            return MetricExportResult.FAILURE
+        with self._lock:
+            if self._is_shutdown:
+                return self._refused()
+            try:
+                for line in lines:
+                    self._file.write_line(line)
+            except Exception as error:
+                # A traceback helps only when the cause is not the file system (disk full, permissions).
+                unexpected = not isinstance(error, OSError)
+                _logger.error("could not write metrics to %s: %s", self.path, error, exc_info=unexpected)
+                self._close_quietly()  # the next export reopens the file
+                return MetricExportResult.FAILURE
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        """Make written lines durable (``fsync``); every line already reached the OS when written."""
+        with self._lock:
+            try:
+                self._file.sync()
+            except OSError as error:
+                _logger.error("could not flush metrics file %s: %s", self._file.path, error)
+                return False
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        """Sync and close the file; later exports return ``FAILURE``."""
+        with self._lock:
+            if self._is_shutdown:
+                return
+            self._is_shutdown = True
+            self._close_quietly()
+
+    def _refused(self) -> MetricExportResult:
+        _logger.warning("export after shutdown: metrics for %s dropped", self._file.path)
+        return MetricExportResult.FAILURE
+
+    def _close_quietly(self) -> None:
+        try:
+            self._file.close()
+        except OSError as error:
+            _logger.error("could not close metrics file %s: %s", self._file.path, error)
+
+
+# --- reading back -------------------------------------------------------------------------------
+
+
+def read_metric_records(path: str | os.PathLike[str], include_rotated: bool = False) -> Iterator[dict[str, Any]]:
+    """Yield the records written by :class:`FileExporter`, skipping torn and invalid lines with a warning.
+
+    Args:
+        path: the active file, as given to :class:`FileExporter`.
+        include_rotated: read its rotated files first, oldest first, then the active file (which
+            may be missing, e.g. before the first export).
+
+    Yields:
+        One dict per data point; a file's warnings are logged once it has been read to the end.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist and ``include_rotated`` is false.
+    """
+    active = Path(path)
+    if not include_rotated:
+        yield from _read_file(active)
+        return
+    for file in [*_rotated_files(active), active]:
+        try:
+            yield from _read_file(file)
+        except FileNotFoundError:
+            continue  # deleted by retention while we read, or the active file is not created yet
+
+
+def _read_file(file: Path) -> Iterator[dict[str, Any]]:
+    invalid: list[int] = []
+    line_number, last = 0, b""
+    with file.open("rb") as stream:
+        # Binary lines split on b"\n" only; str.splitlines would also split inside U+2028 etc.
+        for line_number, line in enumerate(stream, start=1):
+            last = line
+            record = _parsed(line)
+            if record is None:
+                invalid.append(line_number)
+            else:
+                yield record
+    if invalid and invalid[-1] == line_number:
+        invalid.pop()
+        _logger.warning(
+            "%s: skipped a torn last line (line %d, %d bytes): the writer was probably killed mid-write",
+            file,
+            line_number,
+            len(last),
+        )
+    if invalid:
+        _logger.warning("%s: skipped %d invalid line(s), first at line %d", file, len(invalid), invalid[0])
+
+
+def _parsed(line: bytes) -> dict[str, Any] | None:
+    if not line.endswith(b"\n"):
+        return None  # only the last line can lack it: cut off mid-write
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None

@@ -1,0 +1,80 @@
+"""Shared fixtures: monitors on private pipelines, and real external tools that skip locally / fail in CI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip when a real peer is missing here; under CI=true a missing peer is a failure."""
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"required in CI: {reason}")
+        pytest.skip(reason)
+
+
+def require_tool(name: str) -> str:
+    """Path of an executable the test needs (prometheus, promtool, ...)."""
+    path = shutil.which(name)
+    require(path is not None, f"{name} is not installed (scripts/ensure-tools installs it)")
+    assert path is not None
+    return path
+
+
+def port_open(host: str, port: int) -> bool:
+    """True when something accepts TCP connections at host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (for servers that cannot bind port 0 themselves)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_config(**settings: object) -> MonitoringConfig:
+    """A test configuration: no exporters unless asked for."""
+    settings.setdefault("metrics_exporters", ())
+    settings.setdefault("environment", "test")
+    return MonitoringConfig(**settings)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def monitor_factory() -> Iterator[object]:
+    """Builds monitors on private pipelines and shuts them all down after the test."""
+    made: list[PerformanceMonitor] = []
+
+    def build(**settings: object) -> PerformanceMonitor:
+        monitor = PerformanceMonitor(make_config(**settings))
+        made.append(monitor)
+        return monitor
+
+    yield build
+    for monitor in made:
+        monitor.shutdown()
+
+
+@pytest.fixture(params=["sdk", "fast"])
+def recording(request: pytest.FixtureRequest) -> str:
+    """Both recording front ends: every behaviour of the seed's API must hold on each."""
+    return str(request.param)
+
+
+@pytest.fixture
+def monitor(monitor_factory: object, recording: str) -> PerformanceMonitor:
+    """A monitor on a private pipeline with no exporters, for each recording path."""
+    return monitor_factory(recording=recording)  # type: ignore[operator, no-any-return]

@@ -1,0 +1,536 @@
+"""DatabaseExporter and MetricHistory against real SQLite files and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    InMemoryMetricReader,
+    MetricExportResult,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from sqlalchemy import Engine, create_engine, event, func, inspect, select, text
+
+from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig
+from chat_turbo_metrics._secret import Secret
+from chat_turbo_metrics.exporters.database import DatabaseExporter, GaugePoint, MetricHistory
+
+T0 = 1_700_000_000.0
+DAY = 86400.0
+POSTGRES = ("127.0.0.1", 5432)
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+UNREACHABLE_URL = "postgresql+psycopg://user:s3cr3tpw@127.0.0.1:1/x"
+LATENCY_BOUNDS = (10.0, 20.0, 50.0, 100.0)
+
+
+# --- databases ---------------------------------------------------------------------------------
+
+
+def _postgres_unavailable() -> str | None:
+    try:
+        socket.create_connection(POSTGRES, timeout=1).close()
+    except OSError as error:
+        return f"PostgreSQL not reachable at {POSTGRES[0]}:{POSTGRES[1]}: {error}"
+    return None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database of its own for one test: a new SQLite file, or a new PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'metrics.db'}"
+        return
+    reason = _postgres_unavailable()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    schema = f"ctm_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Engine]:
+    """A separate connection to the test database, for looking behind the exporter's back."""
+    engine = create_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def make_exporter(database_url: str, clock: Clock) -> Iterator[Callable[..., DatabaseExporter]]:
+    """Build exporters on the test database (30 days retention, the test clock); shut them all down after."""
+    made: list[DatabaseExporter] = []
+
+    def make(**options: Any) -> DatabaseExporter:
+        options = {"retention_days": 30.0, "clock": clock, **options}
+        exporter = DatabaseExporter(options.pop("url", database_url), **options)
+        made.append(exporter)
+        return exporter
+
+    yield make
+    for exporter in made:
+        exporter.shutdown()
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+
+class Recorder:
+    """A real SDK pipeline whose collected points are re-stamped with the times a test chooses."""
+
+    def __init__(self) -> None:
+        self.reader = InMemoryMetricReader(
+            preferred_temporality={
+                Counter: AggregationTemporality.DELTA,
+                Histogram: AggregationTemporality.DELTA,
+            }
+        )
+        view = View(instrument_name="latency", aggregation=ExplicitBucketHistogramAggregation(LATENCY_BOUNDS))
+        self.provider = MeterProvider(metric_readers=[self.reader], views=[view])
+        self.meter = self.provider.get_meter("tests.exporters.test_database")
+
+    def collect(self, start: float, end: float) -> MetricsData:
+        data = self.reader.get_metrics_data()
+        assert data is not None
+        start_ns, end_ns = round(start * 1e9), round(end * 1e9)
+
+        def restamp(metric: Any) -> Any:
+            stamped = [
+                replace(point, start_time_unix_nano=start_ns, time_unix_nano=end_ns)
+                for point in metric.data.data_points
+            ]
+            return replace(metric, data=replace(metric.data, data_points=stamped))
+
+        return replace(
+            data,
+            resource_metrics=[
+                replace(
+                    resource,
+                    scope_metrics=[
+                        replace(scope, metrics=[restamp(metric) for metric in scope.metrics])
+                        for scope in resource.scope_metrics
+                    ],
+                )
+                for resource in data.resource_metrics
+            ],
+        )
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    recorder = Recorder()
+    yield recorder
+    recorder.provider.shutdown()
+
+
+def _count(engine: Engine, table: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.scalar(select(func.count()).select_from(text(table))) or 0)
+
+
+# --- schema ------------------------------------------------------------------------------------
+
+
+def test_start_creates_tables_and_records_schema_version_1(make_exporter: Callable[..., Any], db: Engine) -> None:
+    make_exporter()
+
+    assert {"ctm_schema_version", "ctm_streams", "ctm_points"} <= set(inspect(db).get_table_names())
+    with db.connect() as conn:
+        assert conn.scalars(text("SELECT version FROM ctm_schema_version")).all() == [1]
+
+
+def test_points_are_indexed_by_stream_and_end_time_and_by_end_time(
+    make_exporter: Callable[..., Any], db: Engine
+) -> None:
+    make_exporter()
+
+    indexed = {tuple(index["column_names"]) for index in inspect(db).get_indexes("ctm_points")}
+    assert {("stream_id", "end_ns"), ("end_ns",)} <= indexed
+
+
+def test_second_start_keeps_one_schema_version_row(make_exporter: Callable[..., Any], db: Engine) -> None:
+    make_exporter()
+    make_exporter()
+
+    assert _count(db, "ctm_schema_version") == 1
+
+
+def test_newer_schema_version_refuses_to_start_with_clear_error(make_exporter: Callable[..., Any], db: Engine) -> None:
+    make_exporter()
+    with db.begin() as conn:
+        conn.execute(text("INSERT INTO ctm_schema_version (version, applied_at) VALUES (2, 0)"))
+
+    with pytest.raises(ConfigurationError, match=r"schema version 2 .* newer than the version 1"):
+        make_exporter()
+
+
+# --- export and queries ------------------------------------------------------------------------
+
+
+def test_counter_rate_is_sum_of_deltas_per_attribute_set_per_bucket(
+    make_exporter: Callable[..., Any], recorder: Recorder
+) -> None:
+    exporter = make_exporter()
+    requests = recorder.meter.create_counter("chat_requests")
+    requests.add(3, {"route": "/a"})
+    requests.add(6, {"route": "/b"})
+    assert exporter.export(recorder.collect(T0, T0 + 10)) is MetricExportResult.SUCCESS
+    requests.add(9, {"route": "/a"})
+    assert exporter.export(recorder.collect(T0 + 10, T0 + 30)) is MetricExportResult.SUCCESS
+    requests.add(12, {"route": "/a"})
+    requests.add(1, {"route": "/b"})
+    assert exporter.export(recorder.collect(T0 + 30, T0 + 70)) is MetricExportResult.SUCCESS
+
+    rows = exporter.history().counter_rate("chat_requests", T0, T0 + 120, bucket_s=60)
+
+    assert [(row.start, row.end, dict(row.attributes), row.total) for row in rows] == [
+        (T0, T0 + 60, {"route": "/a"}, 12.0),
+        (T0, T0 + 60, {"route": "/b"}, 6.0),
+        (T0 + 60, T0 + 120, {"route": "/a"}, 12.0),
+        (T0 + 60, T0 + 120, {"route": "/b"}, 1.0),
+    ]
+    assert [row.rate for row in rows] == pytest.approx([0.2, 0.1, 0.2, 1 / 60])
+
+
+def test_counter_rate_accepts_datetimes(make_exporter: Callable[..., Any], recorder: Recorder) -> None:
+    exporter = make_exporter()
+    recorder.meter.create_counter("chat_requests").add(30)
+    exporter.export(recorder.collect(T0, T0 + 10))
+    start = datetime.fromtimestamp(T0, tz=timezone.utc)
+    end = datetime.fromtimestamp(T0 + 60, tz=timezone.utc)
+
+    rows = exporter.history().counter_rate("chat_requests", start, end, bucket_s=60)
+
+    assert [(row.start, row.rate) for row in rows] == [(T0, 0.5)]
+
+
+def test_histogram_stats_match_hand_computed_percentiles_mean_and_max(
+    make_exporter: Callable[..., Any], recorder: Recorder
+) -> None:
+    # Buckets (<=10, <=20, <=50, <=100, +Inf) get 40, 40, 16, 2, 2 observations over two exports,
+    # so the cumulative counts are 40, 80, 96, 98, 100 and:
+    #   p50: rank 50 in (10, 20]:  10 + 10 * (50 - 40) / 40 = 12.5
+    #   p90: rank 90 in (20, 50]:  20 + 30 * (90 - 80) / 16 = 38.75
+    #   p95: rank 95 in (20, 50]:  20 + 30 * (95 - 80) / 16 = 48.125
+    #   p99: rank 99 in +Inf:      the highest finite bound, 100
+    #   sum: 40*5 + 40*15 + 16*30 + 2*60 + 2*500 = 2400, mean 24, max 500
+    exporter = make_exporter()
+    latency = recorder.meter.create_histogram("latency", unit="ms")
+    for value, times in ((5, 20), (15, 40)):
+        for _ in range(times):
+            latency.record(value, {"model": "turbo"})
+    exporter.export(recorder.collect(T0, T0 + 10))
+    for value, times in ((5, 20), (30, 16), (60, 2), (500, 2)):
+        for _ in range(times):
+            latency.record(value, {"model": "turbo"})
+    exporter.export(recorder.collect(T0 + 10, T0 + 40))
+
+    [row] = exporter.history().histogram_stats("latency", T0, T0 + 60, bucket_s=60)
+
+    assert dict(row.attributes) == {"model": "turbo"}
+    assert (row.count, row.sum, row.mean, row.min, row.max) == (100, 2400.0, 24.0, 5.0, 500.0)
+    assert (row.p50, row.p90, row.p95, row.p99) == pytest.approx((12.5, 38.75, 48.125, 100.0))
+
+
+def test_histogram_stats_are_separate_per_time_bucket(make_exporter: Callable[..., Any], recorder: Recorder) -> None:
+    exporter = make_exporter()
+    latency = recorder.meter.create_histogram("latency")
+    latency.record(4)
+    exporter.export(recorder.collect(T0, T0 + 10))
+    latency.record(40)
+    latency.record(40)
+    exporter.export(recorder.collect(T0 + 10, T0 + 70))
+
+    rows = exporter.history().histogram_stats("latency", T0, T0 + 120, bucket_s=60)
+
+    assert [(row.start, row.count, row.max, row.p50) for row in rows] == [
+        (T0, 1, 4.0, 5.0),
+        (T0 + 60, 2, 40.0, 35.0),
+    ]
+
+
+def test_gauge_series_returns_every_value_in_time_order(make_exporter: Callable[..., Any], recorder: Recorder) -> None:
+    exporter = make_exporter()
+    connections = recorder.meter.create_gauge("db_connections")
+    connections.set(3, {"pool": "main"})
+    exporter.export(recorder.collect(T0, T0 + 10))
+    connections.set(5, {"pool": "main"})
+    exporter.export(recorder.collect(T0 + 10, T0 + 20))
+
+    series = exporter.history().gauge_series("db_connections", T0, T0 + 60)
+
+    assert series == [GaugePoint(T0 + 10, {"pool": "main"}, 3.0), GaugePoint(T0 + 20, {"pool": "main"}, 5.0)]
+
+
+def test_up_down_counter_is_stored_as_running_totals(make_exporter: Callable[..., Any], recorder: Recorder) -> None:
+    exporter = make_exporter()
+    active = recorder.meter.create_up_down_counter("active_sessions")
+    active.add(4)
+    exporter.export(recorder.collect(T0, T0 + 10))
+    active.add(-1)
+    exporter.export(recorder.collect(T0 + 10, T0 + 20))
+
+    values = [point.value for point in exporter.history().gauge_series("active_sessions", T0, T0 + 60)]
+
+    assert values == [4.0, 3.0]
+
+
+def test_metric_names_lists_every_exported_metric_sorted(make_exporter: Callable[..., Any], recorder: Recorder) -> None:
+    exporter = make_exporter()
+    recorder.meter.create_histogram("latency").record(1)
+    recorder.meter.create_counter("chat_requests").add(1)
+    exporter.export(recorder.collect(T0, T0 + 10))
+
+    assert exporter.history().metric_names() == ["chat_requests", "latency"]
+
+
+def test_repeated_exports_store_each_stream_once(
+    make_exporter: Callable[..., Any], recorder: Recorder, db: Engine
+) -> None:
+    requests = recorder.meter.create_counter("chat_requests")
+    for end in (T0 + 10, T0 + 20):
+        requests.add(1, {"route": "/a", "method": "GET"})
+        make_exporter().export(recorder.collect(end - 10, end))
+
+    assert (_count(db, "ctm_streams"), _count(db, "ctm_points")) == (1, 2)
+
+
+def test_export_inserts_in_statements_of_at_most_batch_size(
+    make_exporter: Callable[..., Any], recorder: Recorder, db: Engine
+) -> None:
+    exporter = make_exporter(batch_size=10)
+    requests = recorder.meter.create_counter("chat_requests")
+    for user in range(25):
+        requests.add(1, {"user": user})
+    statements: list[int] = []
+
+    def count_rows(**cursor_event: Any) -> None:
+        if cursor_event["statement"].startswith("INSERT INTO ctm_points"):
+            many = cursor_event["executemany"]
+            statements.append(len(cursor_event["parameters"]) if many else 1)
+
+    event.listen(Engine, "before_cursor_execute", count_rows, named=True)
+    try:
+        assert exporter.export(recorder.collect(T0, T0 + 10)) is MetricExportResult.SUCCESS
+    finally:
+        event.remove(Engine, "before_cursor_execute", count_rows)
+
+    assert statements == [10, 10, 5]
+    assert _count(db, "ctm_points") == 25
+
+
+# --- retention ---------------------------------------------------------------------------------
+
+
+def test_retention_at_start_deletes_points_older_than_retention_days_and_keeps_newer(
+    make_exporter: Callable[..., Any], recorder: Recorder, clock: Clock
+) -> None:
+    requests = recorder.meter.create_counter("chat_requests")
+    first = make_exporter(retention_days=30)
+    requests.add(1)
+    first.export(recorder.collect(T0 - 21 * DAY, T0 - 20 * DAY))
+    requests.add(2)
+    first.export(recorder.collect(T0 - 6 * DAY, T0 - 5 * DAY))
+
+    clock.now = T0 + 20 * DAY  # the cutoff is now T0 - 10 days
+    later = make_exporter(retention_days=30)
+
+    rows = later.history().counter_rate("chat_requests", T0 - 30 * DAY, T0, bucket_s=DAY)
+    assert [row.total for row in rows] == [2.0]
+
+
+def test_retention_during_export_runs_at_most_once_an_hour(
+    make_exporter: Callable[..., Any], recorder: Recorder, clock: Clock, db: Engine
+) -> None:
+    exporter = make_exporter(retention_days=1)  # retention ran at T0
+    requests = recorder.meter.create_counter("chat_requests")
+    requests.add(1)
+    exporter.export(recorder.collect(T0 - DAY, T0 - DAY + 1800))  # expires at T0 + 30 min
+
+    clock.now = T0 + 45 * 60
+    requests.add(1)
+    exporter.export(recorder.collect(T0, T0 + 45 * 60))
+    kept_within_the_hour = _count(db, "ctm_points")
+
+    clock.now = T0 + 61 * 60
+    requests.add(1)
+    exporter.export(recorder.collect(T0 + 45 * 60, T0 + 61 * 60))
+
+    assert (kept_within_the_hour, _count(db, "ctm_points")) == (2, 2)
+
+
+# --- failures and secrets ----------------------------------------------------------------------
+
+
+def test_export_to_unreachable_database_returns_failure(recorder: Recorder) -> None:
+    exporter = DatabaseExporter(UNREACHABLE_URL, retention_days=1)
+    recorder.meter.create_counter("chat_requests").add(1)
+
+    assert exporter.export(recorder.collect(T0, T0 + 10)) is MetricExportResult.FAILURE
+    exporter.shutdown()
+
+
+@pytest.mark.parametrize("url", [UNREACHABLE_URL, Secret(UNREACHABLE_URL)], ids=["str", "Secret"])
+def test_unreachable_database_password_never_appears_in_logs_or_reprs(
+    url: str | Secret, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    exporter = DatabaseExporter(url, retention_days=1)
+    recorder.meter.create_counter("chat_requests").add(1)
+    data = recorder.collect(T0, T0 + 10)
+    exporter.export(data)
+    exporter.export(data)  # the retry: logged at debug level this time
+    shown = [repr(exporter), repr(exporter.history()), caplog.text]
+    exporter.shutdown()
+
+    assert any(
+        record.name == "chat_turbo_metrics.exporters.database" and record.levelno == logging.WARNING
+        for record in caplog.records
+    )
+    assert "127.0.0.1" in shown[0]
+    assert not [text for text in shown if "s3cr3tpw" in text]
+
+
+def test_unparseable_url_raises_configuration_error_without_the_url() -> None:
+    with pytest.raises(ConfigurationError, match="database_url") as raised:
+        DatabaseExporter("not a url://s3cr3tpw", retention_days=1)
+
+    assert "s3cr3tpw" not in str(raised.value)
+
+
+def test_first_export_creates_schema_when_database_was_unreachable_at_start(tmp_path: Path, recorder: Recorder) -> None:
+    directory = tmp_path / "not-yet"
+    exporter = DatabaseExporter(f"sqlite:///{directory / 'metrics.db'}", retention_days=1)
+    recorder.meter.create_counter("chat_requests").add(1)
+    data = recorder.collect(T0, T0 + 10)
+    failed = exporter.export(data)
+
+    directory.mkdir()
+    recovered = exporter.export(data)  # the pipeline retries the interval it kept
+
+    assert (failed, recovered) == (MetricExportResult.FAILURE, MetricExportResult.SUCCESS)
+    assert exporter.history().metric_names() == ["chat_requests"]
+    exporter.shutdown()
+
+
+def test_export_after_shutdown_returns_failure(tmp_path: Path, recorder: Recorder) -> None:
+    exporter = DatabaseExporter(f"sqlite:///{tmp_path / 'metrics.db'}", retention_days=1)
+    exporter.shutdown()
+    recorder.meter.create_counter("chat_requests").add(1)
+
+    assert exporter.export(recorder.collect(T0, T0 + 10)) is MetricExportResult.FAILURE
+
+
+def test_cumulative_counter_is_skipped_with_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    reader = InMemoryMetricReader()  # cumulative: rows would be running totals, not increments
+    provider = MeterProvider(metric_readers=[reader])
+    provider.get_meter("t").create_counter("chat_requests").add(1)
+    exporter = DatabaseExporter(f"sqlite:///{tmp_path / 'metrics.db'}", retention_days=1)
+    for _ in range(2):
+        data = reader.get_metrics_data()
+        assert data is not None
+        exporter.export(data)
+
+    assert exporter.history().metric_names() == []
+    assert [r.getMessage() for r in caplog.records if "chat_requests" in r.getMessage()] == [
+        "metric 'chat_requests' skipped: its kind or temporality cannot be stored as deltas or values"
+    ]
+    exporter.shutdown()
+    provider.shutdown()
+
+
+def test_bad_batch_size_raises_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="batch_size=0"):
+        DatabaseExporter(f"sqlite:///{tmp_path / 'metrics.db'}", retention_days=1, batch_size=0)
+
+
+# --- with the SDK's periodic reader and the configuration ---------------------------------------
+
+
+def test_periodic_reader_stores_counter_increments_not_running_totals(tmp_path: Path) -> None:
+    exporter = DatabaseExporter(f"sqlite:///{tmp_path / 'metrics.db'}", retention_days=1)
+    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
+    provider = MeterProvider(metric_readers=[reader])
+    requests = provider.get_meter("t").create_counter("chat_requests")
+    requests.add(2)
+    reader.force_flush()
+    requests.add(3)
+    reader.force_flush()
+    history = MetricHistory(f"sqlite:///{tmp_path / 'metrics.db'}")
+    now = datetime.now(timezone.utc).timestamp()
+
+    [row] = history.counter_rate("chat_requests", now - 3600, now + 3600, bucket_s=7200)
+
+    assert row.total == 5.0
+    history.close()
+    provider.shutdown()
+
+
+def test_from_config_uses_database_url_and_retention_days(tmp_path: Path, recorder: Recorder) -> None:
+    url = f"sqlite:///{tmp_path / 'configured.db'}"
+    config = MonitoringConfig(database_url=Secret(url), retention_days=2)
+
+    exporter = DatabaseExporter.from_config(config)
+    recorder.meter.create_counter("chat_requests").add(1)
+    exporter.export(recorder.collect(T0, T0 + 10))
+
+    assert "retention_days=2" in repr(exporter)
+    with MetricHistory(url) as history:
+        assert history.metric_names() == ["chat_requests"]
+    exporter.shutdown()
+
+
+def test_no_url_uses_database_url_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAT_TURBO_ENV", "test")
+    monkeypatch.setenv("METRICS_DATABASE_URL", f"sqlite:///{tmp_path / 'from-env.db'}")
+
+    DatabaseExporter(retention_days=1).shutdown()
+
+    assert (tmp_path / "from-env.db").is_file()
+
+
+def test_no_url_anywhere_uses_sqlite_file_in_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAT_TURBO_ENV", "test")
+    monkeypatch.delenv("METRICS_DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    DatabaseExporter(retention_days=1).shutdown()
+
+    assert (tmp_path / "chat_turbo_metrics.db").is_file()
