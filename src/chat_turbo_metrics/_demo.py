@@ -6,6 +6,7 @@ Prometheus endpoint of the configured environment (``development``: http://local
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import resource
@@ -107,10 +108,8 @@ def _traffic(base: str, stop: threading.Event, monitor: PerformanceMonitor) -> N
             ]
         )
         request = urllib.request.Request(base + path, data=json.dumps(data).encode() if data else None)
-        try:
+        with contextlib.suppress(urllib.error.HTTPError):  # 404s and 500s are part of the traffic
             urllib.request.urlopen(request, timeout=5).read()
-        except urllib.error.HTTPError:
-            pass  # 404s and 500s are part of the traffic
         stop.wait(rng.uniform(0.005, 0.03))
 
 
@@ -139,10 +138,8 @@ def run_demo(duration_s: float = 30.0, environment: str | None = None) -> int:
     print(f"Chat-Turbo demo service on http://127.0.0.1:{server.server_port} ({monitor!r})")
     for exporter in monitor.pipeline.pull_exporters if monitor.pipeline else ():
         print(f"Prometheus metrics: {getattr(exporter, 'url', exporter)}")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         stop.wait(duration_s if duration_s > 0 else None)
-    except KeyboardInterrupt:
-        pass
     stop.set()
     server.shutdown()
     snapshot = monitor.snapshot()

@@ -11,7 +11,7 @@ import logging
 import os
 from typing import Any
 
-from opentelemetry.instrumentation.distro import BaseDistro
+from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr-defined]
 from opentelemetry.sdk._configuration import _BaseConfigurator
 
 from chat_turbo_metrics._config import ConfigurationError
@@ -19,7 +19,7 @@ from chat_turbo_metrics._config import ConfigurationError
 _logger = logging.getLogger("chat_turbo_metrics.distro")
 
 
-class ChatTurboDistro(BaseDistro):
+class ChatTurboDistro(BaseDistro):  # type: ignore[misc]
     """Selects the chat_turbo_metrics configurator unless the user picked another one."""
 
     def _configure(self, **kwargs: Any) -> None:

@@ -73,7 +73,8 @@ def _histogram_lines(family: str, labels: str, point: object) -> Iterable[str]:
     counts = point.bucket_counts  # type: ignore[attr-defined]
     prefix = labels + "," if labels else ""
     running = 0
-    for bound, count in zip(bounds, counts):
+    # bucket_counts has one more entry than bounds: the +Inf bucket, written from the total count below.
+    for bound, count in zip(bounds, counts, strict=False):
         running += count
         yield f'{family}_bucket{{{prefix}le="{format_value(float(bound))}"}} {running}'
     yield f'{family}_bucket{{{prefix}le="+Inf"}} {point.count}'  # type: ignore[attr-defined]
@@ -96,8 +97,7 @@ def _add_metric(families: dict[str, _Family], metric: Metric) -> None:
         for point in data.data_points:
             lines.extend(_histogram_lines(name, label_text(point.attributes), point))
     elif isinstance(data, (Sum, Gauge)):
-        for point in data.data_points:
-            lines.append(_sample(name, label_text(point.attributes), point.value))
+        lines.extend(_sample(name, label_text(p.attributes), p.value) for p in data.data_points)
 
 
 def _target_info(metrics_data: MetricsData) -> _Family | None:

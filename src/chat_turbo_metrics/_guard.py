@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import Counter
 from collections.abc import Mapping
@@ -64,7 +65,7 @@ def bad_value(value: object, *, non_negative: bool) -> str | None:
     """Why ``value`` cannot be recorded, or None when it can (finite real number, >= 0 if required)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"value of type {type(value).__name__} is not a number"
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         return f"value {value!r} is not finite"
     if non_negative and value < 0:
         return f"value {value!r} is negative"

@@ -290,4 +290,3 @@ class PerformanceMonitor:
 def configure(config: MonitoringConfig | None = None, *, strict: bool = True, **overrides: Any) -> PerformanceMonitor:
     """Configure the process-wide pipeline; see :meth:`PerformanceMonitor.configure`."""
     return PerformanceMonitor.configure(config, strict=strict, **overrides)
-

@@ -64,9 +64,7 @@ KNOWN_METRICS: dict[str, KnownMetric] = {
     "http_request_duration_seconds": KnownMetric(
         "histogram", "Duration of HTTP requests handled by the server.", HTTP_DURATION_BUCKETS
     ),
-    "database_query_duration_seconds": KnownMetric(
-        "histogram", "Duration of database queries.", DB_DURATION_BUCKETS
-    ),
+    "database_query_duration_seconds": KnownMetric("histogram", "Duration of database queries.", DB_DURATION_BUCKETS),
     "message_processing_time_seconds": KnownMetric(
         "histogram", "Time taken to process one message.", HTTP_DURATION_BUCKETS
     ),

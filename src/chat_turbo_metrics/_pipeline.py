@@ -225,4 +225,3 @@ class Pipeline:
                 _logger.exception("shutting down exporter %s failed", exporter.name)
         self.tracer_provider.shutdown()
         self.meter_provider.shutdown()
-

@@ -71,21 +71,27 @@ class BoundInstrument:
         try:
             self._instrument.add(value, self._tags)
         except Exception as error:
-            self._problems.report(("value", self.name, type(error)), "%s: cannot record %r: %s", self.name, value, error)
+            self._problems.report(
+                ("value", self.name, type(error)), "%s: cannot record %r: %s", self.name, value, error
+            )
 
     def observe(self, value: float) -> None:
         """Record one observation into a histogram."""
         try:
             self._instrument.record(value, self._tags)
         except Exception as error:
-            self._problems.report(("value", self.name, type(error)), "%s: cannot record %r: %s", self.name, value, error)
+            self._problems.report(
+                ("value", self.name, type(error)), "%s: cannot record %r: %s", self.name, value, error
+            )
 
     def set(self, value: float) -> None:
         """Set a gauge."""
         try:
             self._instrument.set(value, self._tags)
         except Exception as error:
-            self._problems.report(("value", self.name, type(error)), "%s: cannot record %r: %s", self.name, value, error)
+            self._problems.report(
+                ("value", self.name, type(error)), "%s: cannot record %r: %s", self.name, value, error
+            )
 
 
 class SdkRecorder:

@@ -1,7 +1,7 @@
 """Environment variables read by chat_turbo_metrics (also ``opentelemetry-instrument --flags``).
 
-``opentelemetry-instrument`` turns every ``OTEL_*`` constant in this module into a command-line flag.
-Seed variables are listed for documentation; they are read by :func:`get_monitoring_config`.
+The standard ``OTEL_*`` variables we read are OpenTelemetry's own (their flags come from the SDK); the
+seed's variables below are read by :func:`chat_turbo_metrics.get_monitoring_config`.
 """
 
 PERFORMANCE_MONITORING_ENABLED = "PERFORMANCE_MONITORING_ENABLED"
@@ -36,6 +36,3 @@ METRICS_DATABASE_URL = "METRICS_DATABASE_URL"
 
 CHAT_TURBO_ENV = "CHAT_TURBO_ENV"
 """Which ``configs/<environment>.toml`` to load: development, production or test."""
-
-OTEL_METRICS_EXPORTER = "OTEL_METRICS_EXPORTER"
-"""Comma-separated exporters: prometheus, chat_turbo_file, chat_turbo_database, otlp, console, none."""

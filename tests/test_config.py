@@ -1,0 +1,170 @@
+"""Configuration: sources, precedence, bad values, secrets."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from chat_turbo_metrics import (
+    ConfigurationError,
+    MonitoringConfig,
+    Secret,
+    get_monitoring_config,
+    load_config_file,
+)
+from chat_turbo_metrics._config import config_dirs
+
+
+@pytest.mark.parametrize("environment", ["development", "production", "test"])
+def test_each_shipped_environment_file_loads(environment: str) -> None:
+    config = get_monitoring_config(environment, env={})
+    assert config.environment == environment
+    assert config.enabled
+
+
+def test_environment_files_differ_where_they_should() -> None:
+    development = get_monitoring_config("development", env={})
+    production = get_monitoring_config("production", env={})
+    test = get_monitoring_config("test", env={})
+    assert test.metrics_exporters == ()
+    assert production.retention_days == 30
+    assert development.export_interval_s < production.export_interval_s
+
+
+def test_defaults_select_only_what_needs_no_extra_package_or_collector() -> None:
+    assert MonitoringConfig().metrics_exporters == ("prometheus",)
+    assert MonitoringConfig().traces_exporters == ()
+
+
+def test_chat_turbo_env_chooses_the_file() -> None:
+    assert get_monitoring_config(env={"CHAT_TURBO_ENV": "production"}).environment == "production"
+
+
+def test_unknown_environment_names_the_available_files() -> None:
+    with pytest.raises(ConfigurationError, match=r"staging.*available: development, production, test"):
+        get_monitoring_config("staging", env={})
+
+
+def test_environment_overrides_file() -> None:
+    config = get_monitoring_config("production", env={"METRICS_RETENTION_DAYS": "5"})
+    assert config.retention_days == 5
+
+
+def test_otel_variables_override_file() -> None:
+    env = {"OTEL_SERVICE_NAME": "chat-api", "OTEL_METRIC_EXPORT_INTERVAL": "2500", "OTEL_METRICS_EXPORTER": "console"}
+    config = get_monitoring_config("production", env=env)
+    assert config.service_name == "chat-api"
+    assert config.export_interval_s == 2.5
+    assert config.metrics_exporters == ("console",)
+
+
+def test_seed_variable_wins_over_its_otel_twin_with_a_warning_naming_both(caplog: pytest.LogCaptureFixture) -> None:
+    env = {"METRICS_PROMETHEUS_PORT": "9100", "OTEL_EXPORTER_PROMETHEUS_PORT": "9200"}
+    with caplog.at_level(logging.WARNING, logger="chat_turbo_metrics.config"):
+        config = get_monitoring_config("test", env=env)
+    assert config.prometheus_port == 9100
+    assert "METRICS_PROMETHEUS_PORT" in caplog.text
+    assert "OTEL_EXPORTER_PROMETHEUS_PORT" in caplog.text
+
+
+def test_agreeing_twins_do_not_warn(caplog: pytest.LogCaptureFixture) -> None:
+    env = {"PERFORMANCE_MONITORING_ENABLED": "false", "OTEL_SDK_DISABLED": "true"}
+    with caplog.at_level(logging.WARNING, logger="chat_turbo_metrics.config"):
+        config = get_monitoring_config("test", env=env)
+    assert not config.enabled
+    assert caplog.text == ""
+
+
+def test_otel_sdk_disabled_turns_monitoring_off() -> None:
+    assert not get_monitoring_config("test", env={"OTEL_SDK_DISABLED": "true"}).enabled
+
+
+def test_code_overrides_win_over_environment() -> None:
+    config = get_monitoring_config("test", env={"METRICS_SAMPLING_RATE": "0.5"}, sampling_rate=0.25)
+    assert config.sampling_rate == 0.25
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("METRICS_SAMPLING_RATE", "1.5"),
+        ("METRICS_SAMPLING_RATE", "0"),
+        ("METRICS_PROMETHEUS_PORT", "abc"),
+        ("METRICS_PROMETHEUS_PORT", "70000"),
+        ("METRICS_RETENTION_DAYS", "-1"),
+        ("PERFORMANCE_MONITORING_ENABLED", "maybe"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "soon"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "novalue"),
+        ("METRICS_RECORDING", "turbo"),
+    ],
+)
+def test_bad_value_error_names_variable_and_value(variable: str, value: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        get_monitoring_config("test", env={variable: value})
+    assert variable in str(caught.value)
+    assert value in str(caught.value)
+
+
+def test_empty_variable_is_ignored() -> None:
+    assert get_monitoring_config("test", env={"METRICS_SAMPLING_RATE": ""}).sampling_rate == 1.0
+
+
+def test_file_path_variable_enables_file_export() -> None:
+    config = get_monitoring_config("test", env={"METRICS_FILE_PATH": "/tmp/m.jsonl"})
+    assert config.file_path == "/tmp/m.jsonl"
+    assert "chat_turbo_file" in config.metrics_exporters
+
+
+def test_explicit_exporter_list_is_not_extended_by_file_path() -> None:
+    env = {"METRICS_FILE_PATH": "/tmp/m.jsonl", "OTEL_METRICS_EXPORTER": "prometheus"}
+    assert get_monitoring_config("test", env=env).metrics_exporters == ("prometheus",)
+
+
+def test_none_means_no_exporters() -> None:
+    assert get_monitoring_config("test", env={"OTEL_METRICS_EXPORTER": "none"}).metrics_exporters == ()
+
+
+def test_resource_attributes_are_parsed() -> None:
+    config = get_monitoring_config("test", env={"OTEL_RESOURCE_ATTRIBUTES": "team=chat, region=eu"})
+    assert config.resource_attributes == {"team": "chat", "region": "eu"}
+
+
+def test_file_with_unknown_key_names_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("sampling_rat = 0.5\n")
+    with pytest.raises(ConfigurationError, match=r"bad\.toml.*'sampling_rat'"):
+        load_config_file(path)
+
+
+def test_file_with_bad_value_names_key_and_value(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('prometheus_port = "http"\n')
+    with pytest.raises(ConfigurationError, match=r"prometheus_port='http'"):
+        load_config_file(path)
+
+
+def test_file_views_become_view_configs(tmp_path: Path) -> None:
+    path = tmp_path / "views.toml"
+    path.write_text('[views.api_request_duration]\nbuckets = [0.1, 1.0]\nattribute_keys = ["method"]\n')
+    (view,) = load_config_file(path).views
+    assert view.instrument == "api_request_duration"
+    assert view.buckets == (0.1, 1.0)
+    assert view.attribute_keys == ("method",)
+
+
+def test_slack_webhook_url_never_shows_in_repr_or_errors() -> None:
+    token = "T000/B000/XXXXSECRETXXXX"
+    config = get_monitoring_config("test", env={"ALERT_SLACK_WEBHOOK_URL": f"https://hooks.slack.com/services/{token}"})
+    assert isinstance(config.alert_slack_webhook_url, Secret)
+    assert config.alert_slack_webhook_url.reveal().endswith(token)
+    assert token not in repr(config)
+    assert token not in str(config)
+    with pytest.raises(ConfigurationError) as caught:
+        config.replace(alert_slack_webhook_url=123)
+    assert token not in str(caught.value)
+
+
+def test_configs_ship_inside_the_package_or_checkout() -> None:
+    assert any((directory / "production.toml").is_file() for directory in config_dirs())
