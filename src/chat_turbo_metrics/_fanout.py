@@ -1,0 +1,367 @@
+"""One periodic collection that feeds every push exporter.
+
+Recording cost must not grow with the number of exporters, so the provider has a single cumulative reader and
+this fan-out hands each snapshot to every push exporter. Each exporter has its own worker thread and a
+latest-snapshot slot: snapshots are cumulative, so a newer one supersedes an older one that was never exported
+without losing data, and a slow or hanging exporter delays neither the others nor the collection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
+
+from chat_turbo_metrics._temporality import DeltaConverter
+
+_log = logging.getLogger("chat_turbo_metrics.export")
+
+_THREAD_NAME = "chat-turbo-metrics-fanout"
+
+
+@dataclass
+class _Job:
+    generation: int
+    data: MetricsData
+    flush: bool
+
+
+class _Worker:
+    """One exporter, its own daemon thread and a one-snapshot slot."""
+
+    def __init__(
+        self,
+        name: str,
+        exporter: MetricExporter,
+        *,
+        timeout_s: float,
+        clock: Callable[[], float],
+        on_failure: Callable[[str], None],
+    ) -> None:
+        self.name = name
+        self.exporter = exporter
+        self._timeout_s = timeout_s
+        self._clock = clock
+        self._on_failure = on_failure
+        self._converter = DeltaConverter.for_exporter(exporter)
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._slot: _Job | None = None
+        self._done_generation = 0
+        self._done_ok = True
+        self._busy_since: float | None = None
+        self._hang_reported = False
+        self._closing = False
+        self._close_deadline = 0.0
+        self._finished = False
+
+    def offer(self, generation: int, data: MetricsData, *, flush: bool) -> None:
+        """Put a snapshot in the slot, replacing one not yet exported."""
+        with self._cond:
+            if self._closing:
+                return
+            flush = flush or (self._slot is not None and self._slot.flush)
+            self._slot = _Job(generation, data, flush)
+            self._report_hang()
+            self._ensure_thread()
+            self._cond.notify_all()
+
+    def wait_done(self, generation: int, deadline: float) -> bool:
+        """Wait until a snapshot as new as ``generation`` or newer was handled; True if it was exported."""
+        with self._cond:
+            while self._done_generation < generation:
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return self._done_ok
+
+    def close(self, deadline: float) -> None:
+        """Export what is in the slot, then flush and shut the exporter down, all on the worker thread."""
+        with self._cond:
+            if not self._closing:
+                self._closing = True
+                self._close_deadline = deadline
+                self._ensure_thread()
+                self._cond.notify_all()
+
+    def join(self, deadline: float) -> None:
+        thread = self._thread
+        # An exporter may shut the pipeline down from its own export; a thread cannot join itself.
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - self._clock()))
+
+    def after_fork_in_child(self) -> None:
+        # The parent's thread does not exist here and its lock may have been held at the fork.
+        self._cond = threading.Condition()
+        self._thread = None
+        self._slot = None
+        self._busy_since = None
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None and not self._finished:
+            self._thread = threading.Thread(target=self._run, name=f"{_THREAD_NAME}-{self.name}", daemon=True)
+            self._thread.start()
+
+    def _report_hang(self) -> None:
+        if self._busy_since is None or self._hang_reported:
+            return
+        busy_s = self._clock() - self._busy_since
+        if busy_s > self._timeout_s:
+            self._hang_reported = True
+            _log.warning(
+                "exporter %s is still exporting after %.1f s (timeout %.1f s); newer snapshots wait for it",
+                self.name,
+                busy_s,
+                self._timeout_s,
+            )
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._slot is None and not self._closing:
+                    self._cond.wait()
+                job, self._slot = self._slot, None
+                if job is None:
+                    self._finished = True
+                    break
+                self._busy_since = self._clock()
+                self._hang_reported = False
+            ok = self._export(job)
+            with self._cond:
+                self._busy_since = None
+                self._done_generation = job.generation
+                self._done_ok = ok
+                self._cond.notify_all()
+        self._finish(self._close_deadline)
+
+    def _export(self, job: _Job) -> bool:
+        started = self._clock()
+        try:
+            data, pending = (job.data, None) if self._converter is None else self._converter.convert(job.data)
+            ok = self.exporter.export(data, timeout_millis=self._timeout_s * 1000) is MetricExportResult.SUCCESS
+            if ok and pending is not None and self._converter is not None:
+                self._converter.commit(pending)
+            elif not ok:
+                _log.warning("exporter %s failed to export metrics", self.name)
+        except Exception:
+            ok = False
+            _log.exception("exporter %s raised while exporting metrics", self.name)
+        elapsed = self._clock() - started
+        if elapsed > self._timeout_s:
+            _log.warning(
+                "exporter %s was slow: export took %.2f s (timeout %.2f s)",
+                self.name,
+                elapsed,
+                self._timeout_s,
+            )
+        if not ok:
+            self._on_failure(self.name)
+        elif job.flush:
+            ok = self._call("force_flush", self._timeout_s)
+        return ok
+
+    def _finish(self, deadline: float) -> None:
+        self._call("force_flush", deadline - self._clock())
+        self._call("shutdown", deadline - self._clock())
+
+    def _call(self, method: str, timeout_s: float) -> bool:
+        try:
+            result = getattr(self.exporter, method)(timeout_millis=max(0.0, timeout_s) * 1000)
+        except Exception:
+            _log.exception("exporter %s raised in %s", self.name, method)
+            return False
+        return result is not False
+
+
+class Fanout:
+    """Collects the process's cumulative metrics periodically and hands each snapshot to every push exporter.
+
+    Example:
+        >>> fanout = Fanout(reader.get_metrics_data, interval_s=60, timeout_s=10)
+        >>> fanout.add(OTLPMetricExporter())
+        >>> fanout.force_flush()
+        True
+    """
+
+    def __init__(
+        self,
+        collect: Callable[[], MetricsData | None],
+        *,
+        interval_s: float,
+        timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
+        self._collect = collect
+        self._interval_s = interval_s
+        self._timeout_s = timeout_s
+        self._clock = clock
+        self._on_failure = on_failure
+        self._workers: tuple[_Worker, ...] = ()
+        self._failures: dict[str, int] = {}
+        self._generation = 0
+        self._shut_down = False
+        self._ticker: threading.Thread | None = None
+        self._reset_synchronisation()
+        _instances.add(self)
+
+    @property
+    def exporters(self) -> tuple[MetricExporter, ...]:
+        """The exporters in the order they were added."""
+        return tuple(worker.exporter for worker in self._workers)
+
+    @property
+    def failures(self) -> Mapping[str, int]:
+        """Failed exports per exporter display name (live, read-only)."""
+        return MappingProxyType(self._failures)
+
+    def add(self, exporter: MetricExporter) -> None:
+        """Feed ``exporter`` from the next collection on; starts the periodic thread on the first call."""
+        with self._lock:
+            if self._shut_down:
+                _log.warning("exporter %r added after shutdown; it is ignored", exporter)
+                return
+            name = self._unique_name(str(getattr(exporter, "name", type(exporter).__name__)))
+            self._failures[name] = 0
+            worker = _Worker(
+                name, exporter, timeout_s=self._timeout_s, clock=self._clock, on_failure=self._count_failure
+            )
+            self._workers = (*self._workers, worker)
+            if self._ticker is None:
+                self._start_ticker()
+
+    def collect_and_export(self) -> None:
+        """Collect once now and hand the snapshot to every exporter's worker."""
+        if self._shut_down:
+            return
+        try:
+            self._offer_snapshot(flush=False, deadline=self._clock() + self._timeout_s)
+        except Exception:
+            _log.exception("collecting metrics for the push exporters failed")
+
+    def force_flush(self, timeout_s: float | None = None) -> bool:
+        """Collect once, then wait until every exporter has exported that snapshot and flushed.
+
+        Args:
+            timeout_s: Longest total wait; defaults to the export timeout.
+
+        Returns:
+            True when every exporter exported and flushed in time, or there was nothing to export.
+        """
+        if self._shut_down:
+            return False
+        deadline = self._clock() + (self._timeout_s if timeout_s is None else timeout_s)
+        try:
+            generation, workers = self._offer_snapshot(flush=True, deadline=deadline)
+        except Exception:
+            _log.exception("collecting metrics for the push exporters failed")
+            return False
+        # Wait for all of them, not just until the first failure: the deadline bounds the total.
+        results = [worker.wait_done(generation, deadline) for worker in workers]
+        return all(results)
+
+    def shutdown(self, timeout_s: float | None = None) -> None:
+        """Export a final snapshot, then flush and shut down every exporter once; later calls do nothing.
+
+        Args:
+            timeout_s: Longest total wait; defaults to the export timeout. A hanging exporter is left to its
+                daemon thread when the time is up.
+        """
+        with self._lock:
+            if self._shut_down:
+                return
+            self._shut_down = True
+            ticker, workers = self._ticker, self._workers
+        deadline = self._clock() + (self._timeout_s if timeout_s is None else timeout_s)
+        self._stop.set()
+        if ticker is not None and ticker is not threading.current_thread():
+            ticker.join(max(0.0, deadline - self._clock()))
+        try:
+            self._offer_snapshot(flush=False, deadline=deadline)
+        except Exception:
+            _log.exception("collecting the final metrics for the push exporters failed")
+        for worker in workers:
+            worker.close(deadline)
+        for worker in workers:
+            worker.join(deadline)
+
+    def _offer_snapshot(self, *, flush: bool, deadline: float) -> tuple[int, tuple[_Worker, ...]]:
+        # One collection at a time, offered under the same lock, so workers never see an older snapshot after
+        # a newer one (that would look like a counter reset and double-count in the deltas).
+        if not self._cycle_lock.acquire(timeout=max(0.0, deadline - self._clock())):
+            raise TimeoutError("a previous collection is still running")
+        try:
+            data = self._collect()
+            workers = self._workers
+            if data is None:
+                return 0, ()
+            self._generation += 1
+            for worker in workers:
+                worker.offer(self._generation, data, flush=flush)
+            return self._generation, workers
+        finally:
+            self._cycle_lock.release()
+
+    def _count_failure(self, name: str) -> None:
+        # Each worker only touches its own key, so the read-modify-write needs no lock.
+        self._failures[name] += 1
+        if self._on_failure is not None:
+            try:
+                self._on_failure(name)
+            except Exception:
+                _log.exception("on_failure callback raised for exporter %s", name)
+
+    def _unique_name(self, name: str) -> str:
+        taken = {worker.name for worker in self._workers}
+        candidate, n = name, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{name}#{n}"
+        return candidate
+
+    def _start_ticker(self) -> None:
+        self._ticker = threading.Thread(target=self._tick, name=_THREAD_NAME, daemon=True)
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        stop = self._stop
+        while not stop.wait(self._interval_s):
+            self.collect_and_export()
+
+    def _reset_synchronisation(self) -> None:
+        self._lock = threading.Lock()
+        self._cycle_lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def _after_fork_in_child(self) -> None:
+        # Only the forking thread survives: locks another thread held would stay held forever, and the
+        # ticker and workers are gone. Workers restart on their next snapshot; the ticker restarts now because
+        # nothing else would drive the child's exports.
+        self._reset_synchronisation()
+        running = self._ticker is not None and not self._shut_down
+        self._ticker = None
+        for worker in self._workers:
+            worker.after_fork_in_child()
+        if running:
+            self._start_ticker()
+
+
+_instances: weakref.WeakSet[Fanout] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for fanout in list(_instances):
+        fanout._after_fork_in_child()
+
+
+# One process-wide hook: register_at_fork cannot unregister, so a hook per instance would keep each alive.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

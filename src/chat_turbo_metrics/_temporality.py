@@ -1,0 +1,185 @@
+"""Cumulative-to-delta conversion for push exporters that prefer delta temporality.
+
+The pipeline has one cumulative reader; an exporter that declares DELTA for an instrument kind gets its own
+:class:`DeltaConverter`, which subtracts the last cumulative point that exporter exported *successfully*.
+A failed export leaves the baseline where it was, so the next delta covers the failed interval too and
+nothing is lost.
+
+A collected :class:`Metric` does not say which instrument made it, so the exporter's preference is read by
+data type: a monotonic ``Sum`` follows ``Counter``/``ObservableCounter``, a non-monotonic ``Sum`` follows
+``UpDownCounter``/``ObservableUpDownCounter``, a ``Histogram`` follows ``Histogram``. When the two
+instrument kinds of one data type disagree, DELTA wins. Gauges and exponential histograms always pass
+through unchanged (the latter because buckets of different scales cannot be subtracted).
+
+An exporter's first delta for a series is its whole cumulative value since the series started, so an
+exporter added later, or a new series, loses nothing recorded before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+
+from opentelemetry.sdk.metrics import (
+    Counter,
+    Histogram,
+    ObservableCounter,
+    ObservableUpDownCounter,
+    UpDownCounter,
+)
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    HistogramDataPoint,
+    Metric,
+    MetricExporter,
+    MetricsData,
+    NumberDataPoint,
+    Sum,
+)
+from opentelemetry.sdk.metrics.export import Histogram as HistogramData
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.util.types import Attributes
+
+_DELTA = AggregationTemporality.DELTA
+_CUMULATIVE = AggregationTemporality.CUMULATIVE
+
+_Point = NumberDataPoint | HistogramDataPoint
+_SeriesKey = tuple[str, frozenset[tuple[str, object]]]
+# Keyed by (resource, scope) first: Resource hashes by serialising its attributes, so hash it once per scope.
+_Baseline = dict[tuple[Resource, InstrumentationScope], dict[_SeriesKey, _Point]]
+
+
+class DeltaConverter:
+    """Turns one exporter's cumulative snapshots into deltas against what it last exported.
+
+    Not thread-safe: each exporter's worker thread owns its converter.
+
+    Example:
+        >>> converter = DeltaConverter.for_exporter(exporter)
+        >>> delta, pending = converter.convert(snapshot)
+        >>> if exporter.export(delta) is MetricExportResult.SUCCESS:
+        ...     converter.commit(pending)
+    """
+
+    def __init__(self, *, monotonic_sums: bool, non_monotonic_sums: bool, histograms: bool) -> None:
+        self._monotonic_sums = monotonic_sums
+        self._non_monotonic_sums = non_monotonic_sums
+        self._histograms = histograms
+        self._baseline: _Baseline = {}
+
+    @classmethod
+    def for_exporter(cls, exporter: MetricExporter) -> DeltaConverter | None:
+        """Build the converter an exporter's temporality preference calls for.
+
+        Returns:
+            None when the exporter wants cumulative data for every kind, so it gets the snapshot untouched.
+        """
+        # MetricExporter stores the constructor's argument as is: None means cumulative for every kind. getattr
+        # because a third-party exporter may skip MetricExporter.__init__.
+        preferred: Mapping[type, AggregationTemporality] = getattr(exporter, "_preferred_temporality", None) or {}
+
+        def wants_delta(*kinds: type) -> bool:
+            return any(preferred.get(kind) == _DELTA for kind in kinds)
+
+        converter = cls(
+            monotonic_sums=wants_delta(Counter, ObservableCounter),
+            non_monotonic_sums=wants_delta(UpDownCounter, ObservableUpDownCounter),
+            histograms=wants_delta(Histogram),
+        )
+        wanted = converter._monotonic_sums or converter._non_monotonic_sums or converter._histograms
+        return converter if wanted else None
+
+    def convert(self, data: MetricsData) -> tuple[MetricsData, _Baseline]:
+        """Return the delta view of a cumulative snapshot and the baseline to commit if it is exported.
+
+        Min and max of a delta histogram point are the cumulative point's min and max: they cannot be
+        subtracted, and the bounds since start still contain every value of the interval.
+        """
+        pending: _Baseline = {}
+        resource_metrics = []
+        for rm in data.resource_metrics:
+            scope_metrics = []
+            for sm in rm.scope_metrics:
+                key = (rm.resource, sm.scope)
+                previous = self._baseline.get(key, {})
+                current: dict[_SeriesKey, _Point] = {}
+                metrics = [self._convert_metric(metric, previous, current) for metric in sm.metrics]
+                if current:
+                    pending[key] = current
+                scope_metrics.append(replace(sm, metrics=metrics))
+            resource_metrics.append(replace(rm, scope_metrics=scope_metrics))
+        return MetricsData(resource_metrics=resource_metrics), pending
+
+    def commit(self, pending: _Baseline) -> None:
+        """Advance the baseline to the snapshot just exported successfully."""
+        # Merge rather than replace: a series missing from one snapshot (an observable callback that skipped a
+        # cycle) keeps its baseline, so its return is not counted again from zero.
+        for key, points in pending.items():
+            self._baseline.setdefault(key, {}).update(points)
+
+    def _convert_metric(
+        self, metric: Metric, previous: Mapping[_SeriesKey, _Point], current: dict[_SeriesKey, _Point]
+    ) -> Metric:
+        data = metric.data
+        if isinstance(data, Sum) and data.aggregation_temporality == _CUMULATIVE:
+            wanted = self._monotonic_sums if data.is_monotonic else self._non_monotonic_sums
+            if not wanted:
+                return metric
+            numbers: list[NumberDataPoint] = []
+            for point in data.data_points:
+                key = (metric.name, _attributes_key(point.attributes))
+                current[key] = point
+                before = previous.get(key)
+                before = before if isinstance(before, NumberDataPoint) else None
+                numbers.append(_number_delta(point, before, monotonic=data.is_monotonic))
+            return replace(metric, data=replace(data, data_points=numbers, aggregation_temporality=_DELTA))
+        if self._histograms and isinstance(data, HistogramData) and data.aggregation_temporality == _CUMULATIVE:
+            histograms: list[HistogramDataPoint] = []
+            for hpoint in data.data_points:
+                key = (metric.name, _attributes_key(hpoint.attributes))
+                current[key] = hpoint
+                hbefore = previous.get(key)
+                hbefore = hbefore if isinstance(hbefore, HistogramDataPoint) else None
+                histograms.append(_histogram_delta(hpoint, hbefore))
+            return replace(metric, data=replace(data, data_points=histograms, aggregation_temporality=_DELTA))
+        return metric
+
+
+def _attributes_key(attributes: Attributes) -> frozenset[tuple[str, object]]:
+    if not attributes:
+        return frozenset()
+    # The SDK stores sequence values as tuples; a list from elsewhere would make the key unhashable.
+    return frozenset((k, tuple(v) if isinstance(v, list) else v) for k, v in attributes.items())
+
+
+def _number_delta(point: NumberDataPoint, before: NumberDataPoint | None, *, monotonic: bool) -> NumberDataPoint:
+    # A new start time or a monotonic value that went down means the cumulative series restarted: all of its
+    # current value belongs to this interval. A non-monotonic sum may go down legitimately.
+    if (
+        before is None
+        or before.start_time_unix_nano != point.start_time_unix_nano
+        or (monotonic and point.value < before.value)
+    ):
+        return point
+    return replace(point, start_time_unix_nano=before.time_unix_nano, value=point.value - before.value)
+
+
+def _histogram_delta(point: HistogramDataPoint, before: HistogramDataPoint | None) -> HistogramDataPoint:
+    if (
+        before is None
+        or before.start_time_unix_nano != point.start_time_unix_nano
+        or tuple(before.explicit_bounds) != tuple(point.explicit_bounds)
+        or len(before.bucket_counts) != len(point.bucket_counts)
+    ):
+        return point
+    buckets = [now - then for now, then in zip(point.bucket_counts, before.bucket_counts, strict=True)]
+    if point.count < before.count or any(count < 0 for count in buckets):
+        return point
+    return replace(
+        point,
+        start_time_unix_nano=before.time_unix_nano,
+        count=point.count - before.count,
+        sum=point.sum - before.sum,
+        bucket_counts=buckets,
+    )
