@@ -150,3 +150,17 @@ def test_bad_setting_under_instrument_is_reported_and_the_app_still_runs(tmp_pat
     assert "app ran" in result.stdout
     assert "METRICS_SAMPLING_RATE" in result.stderr
     assert "1.5" in result.stderr
+
+
+def test_taken_prometheus_port_is_reported_and_the_rest_starts(tmp_path: Path, base_env: dict[str, str]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        base_env["OTEL_EXPORTER_PROMETHEUS_PORT"] = str(port)
+        report, stderr = run_app(tmp_path, "instrument", base_env)
+    assert f"127.0.0.1:{port}" in stderr
+    assert report["push"] == ["ConsoleMetricExporter"]
+    assert report["global_meter_provider_is_ours"]

@@ -174,15 +174,14 @@ class Pipeline:
     ) -> None:
         try:
             component = build(name, self.config, variable)
-        except ConfigurationError as error:
+            if isinstance(component, SpanProcessor):
+                self.tracer_provider.add_span_processor(component)
+            else:
+                self.add_exporter(component)
+        except (ConfigurationError, OSError) as error:  # OSError: e.g. the Prometheus port is taken
             if strict:
                 raise
             _logger.error("%s; continuing without it", error)
-            return
-        if isinstance(component, SpanProcessor):
-            self.tracer_provider.add_span_processor(component)
-        else:
-            self.add_exporter(component)
 
     def add_exporter(self, exporter: MetricExporter | PullExporter) -> None:
         """Attach a pull exporter to the reader, or add a push exporter to the shared periodic export."""
