@@ -19,7 +19,7 @@ tools:
 	@scripts/ensure-tools
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 test: $(STAMP) tools lint
