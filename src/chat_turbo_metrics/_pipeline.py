@@ -15,14 +15,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from opentelemetry.sdk.metrics import (
-    Counter,
-    Histogram,
     MeterProvider,
-    ObservableCounter,
-    ObservableGauge,
-    ObservableUpDownCounter,
-    UpDownCounter,
-    _Gauge,
 )
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, MetricsData
 from opentelemetry.sdk.metrics.view import DropAggregation, ExplicitBucketHistogramAggregation, View
@@ -32,20 +25,12 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from chat_turbo_metrics import _registry
 from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, ViewConfig
 from chat_turbo_metrics._fanout import Fanout
+from chat_turbo_metrics._temporality import INSTRUMENT_CLASSES
 from chat_turbo_metrics._version import __version__
 
 _logger = logging.getLogger("chat_turbo_metrics.pipeline")
 
 MetricsProducer = Callable[[MetricsData | None], MetricsData | None]
-_INSTRUMENT_CLASSES = (
-    Counter,
-    UpDownCounter,
-    Histogram,
-    _Gauge,
-    ObservableCounter,
-    ObservableUpDownCounter,
-    ObservableGauge,
-)
 
 
 @runtime_checkable
@@ -63,7 +48,7 @@ class PipelineReader(MetricReader):
     """The one reader: cumulative for every instrument, collected on demand by whoever needs data."""
 
     def __init__(self, cardinality_limit: int) -> None:
-        super().__init__(cardinality_limits=dict.fromkeys(_INSTRUMENT_CLASSES, cardinality_limit))
+        super().__init__(cardinality_limits=dict.fromkeys(INSTRUMENT_CLASSES, cardinality_limit))
         self._lock = threading.Lock()
         self._received: MetricsData | None = None
         # The fast recording path merges its pre-aggregated state in here (the MetricProducer seam).

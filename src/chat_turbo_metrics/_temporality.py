@@ -24,8 +24,10 @@ from opentelemetry.sdk.metrics import (
     Counter,
     Histogram,
     ObservableCounter,
+    ObservableGauge,
     ObservableUpDownCounter,
     UpDownCounter,
+    _Gauge,
 )
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -41,6 +43,16 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.util.types import Attributes
 
+# Every SDK instrument class, for readers and exporters that set a preference for all of them.
+INSTRUMENT_CLASSES = (
+    Counter,
+    UpDownCounter,
+    Histogram,
+    _Gauge,
+    ObservableCounter,
+    ObservableUpDownCounter,
+    ObservableGauge,
+)
 _DELTA = AggregationTemporality.DELTA
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
 

@@ -22,15 +22,6 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from opentelemetry.sdk.metrics import (
-    Counter,
-    Histogram,
-    ObservableCounter,
-    ObservableGauge,
-    ObservableUpDownCounter,
-    UpDownCounter,
-    _Gauge,
-)
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     MetricExporter,
@@ -40,21 +31,13 @@ from opentelemetry.sdk.metrics.export import (
 
 from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, get_monitoring_config
 from chat_turbo_metrics._records import metric_records
+from chat_turbo_metrics._temporality import INSTRUMENT_CLASSES
 
 __all__ = ["FileExporter", "read_metric_records"]
 
 _logger = logging.getLogger("chat_turbo_metrics.exporters.file")
 
 _SECONDS_PER_DAY = 86400.0
-_INSTRUMENT_CLASSES = (
-    Counter,
-    UpDownCounter,
-    Histogram,
-    _Gauge,
-    ObservableCounter,
-    ObservableUpDownCounter,
-    ObservableGauge,
-)
 _NON_FINITE = {math.inf: "+Inf", -math.inf: "-Inf"}
 
 
@@ -236,7 +219,7 @@ class FileExporter(MetricExporter):
         retention_days: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(preferred_temporality=dict.fromkeys(_INSTRUMENT_CLASSES, AggregationTemporality.CUMULATIVE))
+        super().__init__(preferred_temporality=dict.fromkeys(INSTRUMENT_CLASSES, AggregationTemporality.CUMULATIVE))
         # Read the configuration (files, environment) only when an argument leaves a gap.
         given = (path, max_bytes, rotation_interval_s, retention_days)
         config = get_monitoring_config() if None in given else MonitoringConfig()
