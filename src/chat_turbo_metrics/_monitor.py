@@ -46,6 +46,10 @@ class _Runtime:
 def make_recorder(config: MonitoringConfig, pipeline: Pipeline, problems: Problems) -> Any:
     """The recording front end the configuration asks for."""
     registry = InstrumentRegistry(problems)
+    if config.recording == "fast":
+        from chat_turbo_metrics._fast import FastRecorder
+
+        return FastRecorder(pipeline, registry, problems, config)
     return SdkRecorder(pipeline.meter, registry, problems, config.sampling_rate)
 
 

@@ -1,0 +1,426 @@
+"""The fast recording path: pre-aggregate per (instrument, tag set) at the call, export when the reader collects.
+
+A recording call is one dict lookup keyed by ``(name, tuple(tags.items()))``, one chained comparison that
+rejects bad values (NaN, infinities, negatives, non-numbers: a comparison with a non-number raises inside
+a ``try`` that costs nothing when nothing is raised), and an update of a small list (a *cell*, laid out in
+:mod:`chat_turbo_metrics._producer`) under one uncontended lock. Everything else — name and tag validation,
+View attribute filters, the cardinality limit — runs once per new tag set on the slow path, which stores
+the cell the SDK would have aggregated into. The reader collects the cells through
+:class:`~chat_turbo_metrics._producer.FastPathProducer`.
+
+Differences from the SDK path: no exemplars are recorded; tag values that are equal in Python but of
+different types (``1``, ``1.0``, ``True``) share the series of the first one seen, where the SDK keeps
+them apart (the hot path's key compares by equality).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import threading
+import time
+import weakref
+from bisect import bisect_left
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry.sdk.metrics.export import Metric
+
+from chat_turbo_metrics._config import MonitoringConfig
+from chat_turbo_metrics._guard import Problems, bad_tags
+from chat_turbo_metrics._instruments import InstrumentRegistry, InstrumentSpec
+from chat_turbo_metrics._naming import Kind
+from chat_turbo_metrics._pipeline import Pipeline
+from chat_turbo_metrics._producer import (
+    AGGREGATE,
+    NATURAL,
+    Cell,
+    FastPathProducer,
+    Stream,
+    bounds_problem,
+    current_resource,
+    new_cell,
+    stream_specs,
+)
+from chat_turbo_metrics._recording import DROPPED, BoundInstrument, Tags
+
+_Route = tuple[dict[Any, Cell], Kind, bool]
+_INF = math.inf
+_perf_counter = time.perf_counter
+_random = random.random
+_EMPTY: Mapping[str, Any] = {}
+
+
+class _Instrument:
+    """What one instrument records into: its streams, and whether the hot path may cache one cell per tag set."""
+
+    __slots__ = ("broken", "cached", "direct", "exported", "non_negative", "sink", "streams")
+
+    def __init__(self, spec: InstrumentSpec, views: Any, limit: int) -> None:
+        specs = stream_specs(spec, views)
+        self.streams = [Stream(s, limit) for s in specs if s.aggregation != "drop"]
+        natural = NATURAL[spec.kind]
+        # One stream aggregating the way the instrument's hot path updates cells (or none: all dropped).
+        self.direct = not self.streams or (len(self.streams) == 1 and self.streams[0].spec.aggregation == natural)
+        self.sink: Cell | None = None if self.streams else new_cell(natural, (), {})
+        self.broken = next(
+            (why for s in self.streams if s.spec.aggregation == "histogram" and (why := bounds_problem(s.spec.bounds))),
+            None,
+        )
+        self.non_negative = spec.kind in ("counter", "histogram")
+        self.cached = 0  # tag sets the hot path caches for this instrument (bounded)
+        self.exported = False
+
+    def record(self, tags: Mapping[str, Any], value: Any, order: list[_Instrument]) -> tuple[Cell | None, bool]:
+        """Aggregate ``value`` into every stream; the cell the hot path may reuse, if any. Locked."""
+        if not self.exported:
+            self.exported = True
+            order.append(self)  # the SDK exports instruments in order of their first measurement
+        if self.sink is not None:
+            return self.sink, True
+        cell: Cell | None = None
+        own = True
+        for stream in self.streams:
+            cell, own = stream.cell(tags)
+            AGGREGATE[stream.spec.aggregation](cell, value)
+        return (cell, own) if self.direct else (None, False)
+
+
+def _value_problem(value: Any, non_negative: bool) -> tuple[str, str] | None:
+    """(cause, reason) when the SDK would drop ``value``: not a number, not finite, negative where it must not be."""
+    try:
+        if not -_INF < value < _INF:
+            return "finite", f"value {value!r} is not finite"
+        if non_negative and value < 0:
+            return "negative", f"value {value!r} is negative"
+    except Exception:
+        return "type", f"value of type {type(value).__name__} is not a number"
+    return None
+
+
+class FastRecorder:
+    """Records into pre-aggregated cells; the pipeline's reader collects them through the producer seam.
+
+    Same public methods as :class:`~chat_turbo_metrics._recording.SdkRecorder`, same exported data, at
+    a fraction of the cost (well under 1 µs a call with three tags, against 7 to 12 µs for the SDK).
+
+    Example:
+        >>> recorder = FastRecorder(pipeline, InstrumentRegistry(problems), problems, config)
+        >>> recorder.increment_counter("messages_sent", {"channel": "public"})
+    """
+
+    def __init__(
+        self, pipeline: Pipeline, registry: InstrumentRegistry, problems: Problems, config: MonitoringConfig
+    ) -> None:
+        self._registry = registry
+        self._problems = problems
+        self._views = config.views
+        self._limit = config.cardinality_limit
+        # Raw tag sets cached per instrument: enough for every series plus reordered/filtered variants.
+        self._cache_limit = 4 * config.cardinality_limit + 100
+        # Re-entrant: a signal handler or a finalizer run by the garbage collector may record while this
+        # thread holds the lock on the slow path or during a collection; a plain Lock would deadlock there.
+        self._lock = threading.RLock()
+        self._fork_held = False
+        self._counters: dict[Any, Cell] = {}
+        self._gauges: dict[Any, Cell] = {}
+        self._histograms: dict[Any, Cell] = {}
+        self._timers: dict[Any, Cell] = {}
+        self._by_name: dict[tuple[Kind, bool, str], _Instrument] = {}
+        self._by_identity: dict[tuple[Any, ...], _Instrument] = {}
+        self._order: list[_Instrument] = []
+        # What the slow path needs per hot-path method: its cache, and the instrument kind it records.
+        self._counter_route: _Route = (self._counters, "counter", False)
+        self._gauge_route: _Route = (self._gauges, "gauge", False)
+        self._histogram_route: _Route = (self._histograms, "histogram", False)
+        self._timer_route: _Route = (self._timers, "histogram", True)
+        self._rate = config.sampling_rate
+        if config.sampling_rate < 1.0:
+            # Sampling applies to distributions only; decided here so the unsampled path has no branch.
+            self.record_histogram = self._sampled_histogram  # type: ignore[method-assign]
+            self.record_timer = self._sampled_timer  # type: ignore[method-assign]
+        resource = current_resource(pipeline.meter_provider, pipeline.resource)
+        pipeline.reader.producers.append(FastPathProducer(self._collect_metrics, resource))
+        _hold_lock_across_fork(self)
+
+    # --- hot path -------------------------------------------------------------------------------
+    def increment_counter(self, name: str, tags: Tags = None, value: float = 1) -> None:
+        try:
+            cell = self._counters[name, tuple(tags.items()) if tags is not None else None]
+            if 0 <= value < _INF:
+                with self._lock:
+                    cell[0] += value
+                return
+        except Exception:  # a new tag set, or bad input: the slow path sorts it out
+            pass
+        self._miss(self._counter_route, name, tags, value)
+
+    def record_gauge(self, name: str, value: float, tags: Tags = None) -> None:
+        try:
+            cell = self._gauges[name, tuple(tags.items()) if tags is not None else None]
+            if -_INF < value < _INF:
+                cell[0] = value  # one store: atomic, no lock needed
+                return
+        except Exception:
+            pass
+        self._miss(self._gauge_route, name, tags, value)
+
+    def record_histogram(self, name: str, value: float, tags: Tags = None) -> None:
+        try:
+            cell = self._histograms[name, tuple(tags.items()) if tags is not None else None]
+            if 0 <= value < _INF:
+                with self._lock:
+                    cell[1][bisect_left(cell[0], value)] += 1
+                    cell[2] += value
+                    if value < cell[3]:  # noqa: PLR1730 - an if is ~2x cheaper than min() on the hot path
+                        cell[3] = value
+                    if value > cell[4]:  # noqa: PLR1730
+                        cell[4] = value
+                return
+        except Exception:
+            pass
+        self._miss(self._histogram_route, name, tags, value)
+
+    def start_timer(self, name: str | None = None) -> float:
+        return _perf_counter()
+
+    def record_timer(self, name: str, start: float, tags: Tags = None) -> None:
+        end = _perf_counter()
+        try:
+            value = end - start
+            cell = self._timers[name, tuple(tags.items()) if tags is not None else None]
+            if 0 <= value < _INF:
+                with self._lock:
+                    cell[1][bisect_left(cell[0], value)] += 1
+                    cell[2] += value
+                    if value < cell[3]:  # noqa: PLR1730 - an if is ~2x cheaper than min() on the hot path
+                        cell[3] = value
+                    if value > cell[4]:  # noqa: PLR1730
+                        cell[4] = value
+                return
+        except Exception:
+            pass
+        try:
+            value = end - start
+        except Exception:
+            value = start  # reported as not a number below, after the name and tags are checked
+        self._miss(self._timer_route, name, tags, value)
+
+    def _sampled_histogram(self, name: str, value: float, tags: Tags = None) -> None:
+        if _random() < self._rate:
+            FastRecorder.record_histogram(self, name, value, tags)
+
+    def _sampled_timer(self, name: str, start: float, tags: Tags = None) -> None:
+        if _random() < self._rate:
+            FastRecorder.record_timer(self, name, start, tags)
+
+    # --- slow path: a new (name, tag set), or bad input -----------------------------------------------
+    def _miss(self, route: _Route, name: Any, tags: Any, value: Any) -> None:
+        cache, kind, timer = route
+        try:
+            instrument = self._instrument(kind, name, timer)
+            if instrument is None:
+                return  # the registry reported the name
+            if tags is not None:
+                why = bad_tags(tags)
+                if why is not None:
+                    self._problems.report(("tags", name, why), "%s: %s", name, why)
+                    return
+            cell, own = self._record(instrument, name, tags or _EMPTY, value)
+            if own and cell is not None and instrument.cached < self._cache_limit:
+                instrument.cached += 1
+                cache[name, tuple(tags.items()) if tags is not None else None] = cell
+        except Exception as error:  # never raise while recording
+            self._problems.report(("internal", type(error)), "%s: recording failed: %r", name, error)
+
+    def _record(
+        self, instrument: _Instrument, name: Any, tags: Mapping[str, Any], value: Any
+    ) -> tuple[Cell | None, bool]:
+        """Check ``value`` and aggregate it: (the cell it went to if callers may reuse it, whether it is the
+        tag set's own cell rather than the overflow)."""
+        why = _value_problem(value, instrument.non_negative)
+        if why is None and instrument.broken is not None:
+            why = ("buckets", instrument.broken)
+        if why is not None:
+            self._problems.report(("value", name, why[0]), "%s: cannot record %r: %s", name, value, why[1])
+            return None, False
+        with self._lock:
+            return instrument.record(tags, value, self._order)
+
+    def _instrument(self, kind: Kind, name: Any, timer: bool) -> _Instrument | None:
+        try:
+            found = self._by_name.get((kind, timer, name))
+        except TypeError:  # an unhashable name; the registry reports it
+            found = None
+        if found is not None:
+            return found
+        spec = self._registry.resolve(kind, name, timer=timer)
+        return None if spec is None else self._adopt(kind, timer, name, spec)
+
+    def _adopt(self, kind: Kind, timer: bool, name: str, spec: InstrumentSpec) -> _Instrument:
+        # The SDK's Meter returns one instrument per (lower-cased name, kind, unit, description, buckets).
+        identity = (spec.name.lower(), spec.kind, spec.unit, spec.description, spec.buckets)
+        with self._lock:
+            instrument = self._by_identity.get(identity)
+            if instrument is None:
+                instrument = self._by_identity[identity] = _Instrument(spec, self._views, self._limit)
+            self._by_name[kind, timer, name] = instrument
+        return instrument
+
+    # --- set-up time ------------------------------------------------------------------------------
+    def bind(self, kind: Kind, name: str, tags: Tags, timer: bool = False) -> BoundInstrument:
+        """A handle for one series; bad names or tags give a handle that drops (reported once)."""
+        why = bad_tags(tags) if tags is not None else None
+        if why is not None:
+            self._problems.report(("tags", name, why), "%s: %s", name, why)
+            return BoundInstrument(DROPPED, None, self._problems, str(name))
+        handle_class = _HANDLES.get(kind)
+        if handle_class is None:
+            raise ValueError(f"bind(): kind {kind!r} is not one of {', '.join(_HANDLES)}")
+        instrument = self._instrument(kind, name, timer)
+        if instrument is None:
+            return BoundInstrument(DROPPED, None, self._problems, str(name))
+        return handle_class(self, instrument, dict(tags) if tags else {}, name)
+
+    def define(self, kind: Kind, name: str, **settings: Any) -> None:
+        """Create the instrument now with explicit unit/description/buckets."""
+        spec = self._registry.define(kind, name, **settings)
+        self._adopt(kind, bool(settings.get("timer")), name, spec)
+
+    # --- collection (called by the producer) -------------------------------------------------------
+    def _collect_metrics(self, now: int) -> list[Metric]:
+        """Every stream's cumulative metric at ``now``, instruments in order of first measurement."""
+        with self._lock:
+            instruments = list(self._order)
+        metrics = []
+        for instrument in instruments:
+            for stream in instrument.streams:
+                metric = stream.metric(now, self._lock)
+                if metric is not None:
+                    metrics.append(metric)
+        return metrics
+
+
+class _Handle(BoundInstrument):
+    """A bound series: the cell is looked up on first use, then updated without hashing tags."""
+
+    __slots__ = ("_cell", "_lock", "_recorder")
+    _method = "inc"
+
+    def __init__(self, recorder: FastRecorder, instrument: _Instrument, tags: dict[str, Any], name: str) -> None:
+        super().__init__(instrument, tags, recorder._problems, name)
+        self._recorder = recorder
+        self._lock = recorder._lock
+        self._cell: Cell | None = None
+
+    def _miss(self, value: Any) -> None:
+        try:
+            # A handle may keep even the overflow cell: its tag set can never get a series of its own later.
+            cell, _ = self._recorder._record(self._instrument, self.name, self._tags or _EMPTY, value)
+            if cell is not None:
+                self._cell = cell
+        except Exception as error:  # never raise while recording
+            self._problems.report(("internal", type(error)), "%s: recording failed: %r", self.name, error)
+
+    def _wrong(self, method: str) -> None:
+        self._problems.report(
+            ("handle", self.name, method), "%s: this handle has no %s(); use %s()", self.name, method, self._method
+        )
+
+    def inc(self, value: float = 1) -> None:
+        self._wrong("inc")
+
+    def observe(self, value: float) -> None:
+        self._wrong("observe")
+
+    def set(self, value: float) -> None:
+        self._wrong("set")
+
+
+class _CounterHandle(_Handle):
+    __slots__ = ()
+
+    def inc(self, value: float = 1) -> None:
+        """Add ``value`` (default 1)."""
+        try:
+            if 0 <= value < _INF:
+                with self._lock:
+                    self._cell[0] += value  # type: ignore[index]
+                return
+        except Exception:
+            pass
+        self._miss(value)
+
+
+class _HistogramHandle(_Handle):
+    __slots__ = ()
+    _method = "observe"
+
+    def observe(self, value: float) -> None:
+        """Record one observation."""
+        try:
+            if 0 <= value < _INF:
+                cell: Cell = self._cell  # type: ignore[assignment]
+                with self._lock:
+                    cell[1][bisect_left(cell[0], value)] += 1
+                    cell[2] += value
+                    if value < cell[3]:  # noqa: PLR1730 - an if is ~2x cheaper than min() on the hot path
+                        cell[3] = value
+                    if value > cell[4]:  # noqa: PLR1730
+                        cell[4] = value
+                return
+        except Exception:
+            pass
+        self._miss(value)
+
+    def inc(self, value: float = 1) -> None:
+        """Record ``value`` (default 1) as one observation."""
+        self.observe(value)
+
+
+class _GaugeHandle(_Handle):
+    __slots__ = ()
+    _method = "set"
+
+    def set(self, value: float) -> None:
+        """Set the gauge."""
+        try:
+            if -_INF < value < _INF:
+                self._cell[0] = value  # type: ignore[index]
+                return
+        except Exception:
+            pass
+        self._miss(value)
+
+
+_HANDLES: dict[str, type[_Handle]] = {
+    "counter": _CounterHandle,
+    "gauge": _GaugeHandle,
+    "histogram": _HistogramHandle,
+}
+
+
+def _hold_lock_across_fork(recorder: FastRecorder) -> None:
+    """Take the recorder's lock before ``fork()`` and free it after, in parent and child.
+
+    No cell is half-updated in the child, and the lock a recording thread held at fork time (a thread
+    the child does not have) is not left locked forever.
+    """
+    if not hasattr(os, "register_at_fork"):
+        return
+    ref = weakref.ref(recorder)
+
+    def before() -> None:
+        alive = ref()
+        if alive is not None:
+            alive._lock.acquire()
+            alive._fork_held = True
+
+    def after() -> None:
+        alive = ref()
+        if alive is not None and alive._fork_held:
+            alive._fork_held = False
+            alive._lock.release()
+
+    os.register_at_fork(before=before, after_in_parent=after, after_in_child=after)

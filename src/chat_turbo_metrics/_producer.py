@@ -1,0 +1,310 @@
+"""The MetricProducer seam: the fast path's aggregation state, the Views, and the merge into a collection.
+
+The fast path (:mod:`chat_turbo_metrics._fast`) updates *cells* at the call and reaches the pipeline only
+here, when the reader collects. This module holds what the SDK's ``_ViewInstrumentMatch`` and synchronous
+aggregations would do with the same measurements: the streams the configured Views make of an instrument
+(matched the way the SDK matches them), each stream's series under the View's attribute filter and the
+cardinality limit (with the SDK's overflow series), and the fold of each cell's delta into its cumulative
+total exactly as the SDK folds it. :class:`FastPathProducer` merges the resulting metrics into the
+collected ``MetricsData`` under the pipeline's resource and the ``chat_turbo_metrics`` scope, so every
+exporter receives one ``MetricsData`` whatever recorded it.
+
+Cell layouts (lists, indexed by constants on the hot path):
+
+* sum: ``[delta, total, start_ns, attributes]``
+* gauge: ``[value, attributes]``
+* histogram: ``[bounds, counts, delta_sum, delta_min, delta_max, sum, min, max, start_ns, attributes]``
+  (bucket counts are integers, so they are kept cumulative; sum, min and max fold like the SDK's).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any, Literal
+
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Gauge,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    MetricsData,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+    Sum,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from chat_turbo_metrics._config import ViewConfig
+from chat_turbo_metrics._instruments import InstrumentSpec
+from chat_turbo_metrics._version import __version__
+
+Aggregation = Literal["sum", "gauge", "histogram", "drop"]
+Cell = list[Any]
+_INF = math.inf
+_CUMULATIVE = AggregationTemporality.CUMULATIVE
+_time_ns = time.time_ns
+
+# The scope the SDK path's meter has (Pipeline.meter), so both paths export under the same one.
+SCOPE = InstrumentationScope("chat_turbo_metrics", __version__)
+
+# The SDK's default explicit bucket boundaries (used when neither a View nor the instrument advises any).
+DEFAULT_BOUNDARIES: tuple[float, ...] = (
+    0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0, 7500.0, 10000.0,
+)  # fmt: skip
+NATURAL: dict[str, Aggregation] = {
+    "counter": "sum",
+    "updowncounter": "sum",
+    "gauge": "gauge",
+    "histogram": "histogram",
+}
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """One exported metric of one instrument: the instrument after one matching View (or none).
+
+    Example:
+        >>> spec = InstrumentSpec("jobs", "counter", "", "Jobs done.")
+        >>> stream_specs(spec, ())[0].aggregation
+        'sum'
+    """
+
+    name: str
+    description: str
+    unit: str
+    aggregation: Aggregation
+    monotonic: bool
+    bounds: tuple[float, ...] = ()
+    attribute_keys: frozenset[str] | None = None
+
+
+def stream_specs(spec: InstrumentSpec, views: Sequence[ViewConfig]) -> tuple[StreamSpec, ...]:
+    """The streams the SDK would make for ``spec``: one per matching View, else one default stream.
+
+    Matching follows the SDK: the pattern is matched case-insensitively against the lower-cased
+    instrument name; a View's name and description replace the instrument's when set (non-empty).
+    """
+    name = spec.name.lower()
+    matched = [view for view in views if fnmatchcase(name, view.instrument.lower())]
+    if not matched:
+        return (_stream(spec, None),)
+    return tuple(_stream(spec, view) for view in matched)
+
+
+def _stream(spec: InstrumentSpec, view: ViewConfig | None) -> StreamSpec:
+    aggregation = NATURAL[spec.kind]
+    bounds: tuple[float, ...] = ()
+    if view is not None and view.drop:
+        aggregation = "drop"
+    elif view is not None and view.buckets is not None:
+        aggregation, bounds = "histogram", tuple(view.buckets)
+    elif aggregation == "histogram":
+        advice = spec.buckets
+        # The SDK ignores bucket advice that is not all numbers (and uses its defaults).
+        usable = advice is not None and all(isinstance(bound, (int, float)) for bound in advice)
+        bounds = tuple(advice) if usable and advice is not None else DEFAULT_BOUNDARIES
+    keys = view.attribute_keys if view is not None else None
+    return StreamSpec(
+        name=(view.name if view is not None and view.name else None) or spec.name.lower(),
+        description=(view.description if view is not None and view.description else None) or spec.description,
+        unit=spec.unit,
+        aggregation=aggregation,
+        monotonic=spec.kind == "counter",
+        bounds=bounds,
+        attribute_keys=frozenset(keys) if keys is not None else None,
+    )
+
+
+def bounds_problem(bounds: Sequence[float]) -> str | None:
+    """Why the SDK would refuse these bucket boundaries (it raises on the first measurement), or None."""
+    for index, bound in enumerate(bounds):
+        if not isinstance(bound, (int, float)) or not math.isfinite(bound):
+            return f"invalid bucket boundary {bound!r}"
+        if index and bounds[index - 1] >= bound:
+            return "bucket boundaries must be strictly increasing"
+    return None
+
+
+_OVERFLOW_ATTRIBUTES = {"otel.metric.overflow": True}  # what the SDK labels the overflow series with
+
+
+def _series_key(attributes: Mapping[str, Any]) -> tuple[tuple[str, type, Any], ...]:
+    """The SDK's identity of an attribute set: key order ignored, ``1``, ``1.0`` and ``True`` kept apart."""
+    return tuple(sorted((key, type(value), value) for key, value in attributes.items()))
+
+
+_OVERFLOW_KEY = _series_key(_OVERFLOW_ATTRIBUTES)
+
+
+def _add(cell: Cell, value: Any) -> None:
+    cell[0] += value
+
+
+def _set(cell: Cell, value: Any) -> None:
+    cell[0] = value
+
+
+def _observe(cell: Cell, value: Any) -> None:
+    cell[1][bisect_left(cell[0], value)] += 1
+    cell[2] += value
+    cell[3] = min(cell[3], value)
+    cell[4] = max(cell[4], value)
+
+
+AGGREGATE: dict[str, Callable[[Cell, Any], None]] = {"sum": _add, "gauge": _set, "histogram": _observe}
+
+
+def new_cell(aggregation: str, bounds: tuple[float, ...], attributes: dict[str, Any]) -> Cell:
+    """An empty cell (see the module docstring); sums and histograms start their cumulative time now."""
+    if aggregation == "sum":
+        return [0, 0, _time_ns(), attributes]
+    if aggregation == "gauge":
+        return [0, attributes]
+    return [bounds, [0] * (len(bounds) + 1), 0, _INF, -_INF, 0, _INF, -_INF, _time_ns(), attributes]
+
+
+class Stream:
+    """One exported metric: its series (attribute set -> cell) under the View's filter and the cardinality limit."""
+
+    __slots__ = ("limit", "series", "spec")
+
+    def __init__(self, spec: StreamSpec, limit: int) -> None:
+        self.spec = spec
+        self.limit = limit
+        self.series: dict[tuple[Any, ...], Cell] = {}
+
+    def cell(self, tags: Mapping[str, Any]) -> tuple[Cell, bool]:
+        """The cell for ``tags`` (created if new) and whether it is the tag set's own (not the overflow). Locked."""
+        keys = self.spec.attribute_keys
+        attributes = dict(tags) if keys is None else {k: v for k, v in tags.items() if k in keys}
+        key = _series_key(attributes)
+        cell = self.series.get(key)
+        if cell is not None:
+            return cell, key != _OVERFLOW_KEY
+        if len(self.series) < self.limit:
+            cell = self.series[key] = new_cell(self.spec.aggregation, self.spec.bounds, attributes)
+            return cell, True
+        # Like the SDK: past the limit, new attribute sets share one extra series.
+        cell = self.series.get(_OVERFLOW_KEY)
+        if cell is None:
+            cell = new_cell(self.spec.aggregation, self.spec.bounds, dict(_OVERFLOW_ATTRIBUTES))
+            self.series[_OVERFLOW_KEY] = cell
+        return cell, False
+
+    def metric(self, now: int, lock: AbstractContextManager[Any]) -> Metric | None:
+        """The cumulative metric now, folding each cell's delta into its total like the SDK's aggregations."""
+        spec = self.spec
+        data: Any
+        with lock:
+            cells = list(self.series.values())
+            if not cells:
+                return None
+            if spec.aggregation == "sum":
+                folded = []
+                for cell in cells:
+                    total = cell[1] = cell[0] + cell[1]
+                    cell[0] = 0
+                    folded.append((cell[3], cell[2], total))
+            elif spec.aggregation == "gauge":
+                gauges = [(cell[1], cell[0]) for cell in cells]
+            else:
+                histograms = []
+                for cell in cells:
+                    sum_ = cell[5] = cell[2] + cell[5]
+                    min_ = cell[6] = min(cell[3], cell[6])
+                    max_ = cell[7] = max(cell[4], cell[7])
+                    cell[2], cell[3], cell[4] = 0, _INF, -_INF
+                    histograms.append((cell[9], cell[8], tuple(cell[1]), sum_, min_, max_))
+        if spec.aggregation == "sum":
+            points = [NumberDataPoint(a, s, now, v) for a, s, v in folded]
+            data = Sum(data_points=points, aggregation_temporality=_CUMULATIVE, is_monotonic=spec.monotonic)
+        elif spec.aggregation == "gauge":
+            data = Gauge(data_points=[NumberDataPoint(a, None, now, v) for a, v in gauges])  # type: ignore[arg-type]
+        else:
+            bounds = spec.bounds
+            hist_points = [
+                HistogramDataPoint(a, s, now, sum(counts), total, counts, bounds, lo, hi)
+                for a, s, counts, total, lo, hi in histograms
+            ]
+            data = Histogram(data_points=hist_points, aggregation_temporality=_CUMULATIVE)
+        return Metric(name=spec.name, description=spec.description, unit=spec.unit, data=data)
+
+
+class FastPathProducer:
+    """Merges the fast path's metrics into what the pipeline's reader collected.
+
+    Registered in ``PipelineReader.producers``; called with the SDK's collection (or None) and returns it
+    with the fast path's metrics added to the ``chat_turbo_metrics`` scope of the pipeline's resource.
+
+    Example:
+        >>> pipeline.reader.producers.append(FastPathProducer(recorder.collect_metrics, lambda: resource))
+    """
+
+    def __init__(
+        self,
+        metrics: Callable[[int], list[Metric]],
+        resource: Callable[[], Resource],
+        scope: InstrumentationScope = SCOPE,
+    ) -> None:
+        """Args:
+        metrics: the fast path's metrics at a collection time (ns since the epoch).
+        resource: the pipeline's current resource (it changes after a fork).
+        scope: the instrumentation scope the metrics belong to.
+        """
+        self._metrics = metrics
+        self._resource = resource
+        self._scope = scope
+
+    def __call__(self, data: MetricsData | None) -> MetricsData | None:
+        metrics = self._metrics(time.time_ns())
+        if not metrics:
+            return data
+        if data is None or not data.resource_metrics:
+            resource = self._resource()
+            own = ScopeMetrics(scope=self._scope, metrics=metrics, schema_url=self._scope.schema_url or "")
+            return MetricsData(
+                resource_metrics=[
+                    ResourceMetrics(resource=resource, scope_metrics=[own], schema_url=resource.schema_url)
+                ]
+            )
+        first, *others = data.resource_metrics
+        return MetricsData(resource_metrics=[self._merged(first, metrics), *others])
+
+    def _merged(self, resource_metrics: ResourceMetrics, metrics: list[Metric]) -> ResourceMetrics:
+        scopes = list(resource_metrics.scope_metrics)
+        for index, scope_metrics in enumerate(scopes):
+            if scope_metrics.scope.name == self._scope.name:
+                scopes[index] = ScopeMetrics(
+                    scope=scope_metrics.scope,
+                    metrics=[*scope_metrics.metrics, *metrics],
+                    schema_url=scope_metrics.schema_url,
+                )
+                break
+        else:
+            scopes.append(ScopeMetrics(scope=self._scope, metrics=metrics, schema_url=self._scope.schema_url or ""))
+        return ResourceMetrics(
+            resource=resource_metrics.resource, scope_metrics=scopes, schema_url=resource_metrics.schema_url
+        )
+
+
+def current_resource(meter_provider: object, fallback: Resource) -> Callable[[], Resource]:
+    """A getter for the MeterProvider's resource, which the SDK refreshes after a fork.
+
+    The SDK keeps it in a private attribute; if a future SDK moves it, the pipeline's resource is used.
+    """
+
+    def resource() -> Resource:
+        config = getattr(meter_provider, "_sdk_config", None)
+        found = getattr(config, "resource", None)
+        return found if isinstance(found, Resource) else fallback
+
+    return resource

@@ -1,0 +1,535 @@
+"""The fast recording path exports exactly what the SDK path exports, at a fraction of the cost per call.
+
+Golden tests record the same calls through ``recording="sdk"`` and ``recording="fast"`` and compare the
+Prometheus text and the snapshot records (timestamps, ``service.instance.id`` and measured durations aside).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import select
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import pytest
+
+from chat_turbo_metrics import PerformanceMonitor, ViewConfig
+from chat_turbo_metrics._fast import FastRecorder
+
+Factory = Callable[..., PerformanceMonitor]
+TAGS = {"method": "GET", "endpoint": "/api/x", "status": 200}
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+def both(factory: Factory, **settings: Any) -> tuple[PerformanceMonitor, PerformanceMonitor]:
+    """An sdk-path and a fast-path monitor with the same settings, each on its own pipeline."""
+    return factory(recording="sdk", **settings), factory(recording="fast", **settings)
+
+
+def prometheus(monitor: PerformanceMonitor, timers: Iterable[str] = ()) -> str:
+    """The scrape text, without the per-process instance id and the sums of measured durations."""
+    text = re.sub(r'service_instance_id="[^"]*"', 'service_instance_id="*"', monitor.snapshot().to_prometheus())
+    for family in timers:
+        text = re.sub(rf"^({family}_sum(?:\{{.*\}})?) \S+$", r"\1 *", text, flags=re.MULTILINE)
+    return text
+
+
+def records(monitor: PerformanceMonitor, timers: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """The snapshot records without timestamps (but keeping whether a start time exists) or instance id."""
+    out = []
+    for original in monitor.snapshot().records():
+        record = dict(original)
+        record["time_unix_nano"] = record["time_unix_nano"] > 0
+        record["start_time_unix_nano"] = record["start_time_unix_nano"] is not None
+        record["resource"] = {k: v for k, v in record["resource"].items() if k != "service.instance.id"}
+        if record["name"] in timers:
+            record.update(sum="*", min="*", max="*")
+        out.append(record)
+    return out
+
+
+def assert_same_export(sdk: PerformanceMonitor, fast: PerformanceMonitor, timers: Iterable[str] = ()) -> None:
+    timers = tuple(timers)
+    families = tuple(f"{name}_seconds" for name in timers)
+    assert prometheus(fast, families) == prometheus(sdk, families)
+    assert records(fast, timers) == records(sdk, timers)
+
+
+def each(monitors: Iterable[PerformanceMonitor], script: Callable[[PerformanceMonitor], None]) -> None:
+    for monitor in monitors:
+        script(monitor)
+
+
+# --- golden: the same data on both paths ------------------------------------------------------------
+def test_counters_export_identically(monitor_factory: Factory) -> None:
+    def script(m: PerformanceMonitor) -> None:
+        m.increment_counter("api_requests", TAGS)
+        m.increment_counter("api_requests", {"status": 200, "endpoint": "/api/x", "method": "GET"}, value=2)
+        m.increment_counter("api_requests_total", {"method": "POST", "endpoint": "/api/y", "status": 500})
+        m.increment_counter("errors")
+        m.increment_counter("errors", {})
+        m.increment_counter("bytes_sent", {"peer": "a"}, value=0.1)
+        m.snapshot()  # a collection between increments: float totals must fold like the SDK's
+        m.increment_counter("bytes_sent", {"peer": "a"}, value=0.2)
+        m.increment_counter("bytes_sent", {"peer": "a"}, value=0.7)
+
+    sdk, fast = both(monitor_factory)
+    each((sdk, fast), script)
+    assert_same_export(sdk, fast)
+    assert fast.snapshot().value("api_requests", TAGS) == 3
+
+
+def test_gauges_export_identically(monitor_factory: Factory) -> None:
+    def script(m: PerformanceMonitor) -> None:
+        m.record_gauge("active_connections", 10)
+        m.record_gauge("active_connections", 7)
+        m.record_gauge("temperature", -3.5, {"room": "a"})
+        m.record_gauge("memory_usage_mb", 512.25, {"worker": 1})
+        m.snapshot()
+        m.record_gauge("temperature", 21.0, {"room": "a"})
+
+    sdk, fast = both(monitor_factory)
+    each((sdk, fast), script)
+    assert_same_export(sdk, fast)
+
+
+def test_histograms_with_default_buckets_export_identically(monitor_factory: Factory) -> None:
+    def script(m: PerformanceMonitor) -> None:
+        # Upper bounds are inclusive: 0.005, 0.1 and 10.0 land in the buckets they bound.
+        for value in (0.3, 0.005, 11.0, 0.0051, 0.1, 0.0, 10.0):
+            m.record_histogram("http_request_duration_seconds", value, {"route": "/chat"})
+        for value in (5.5, 10_000.0, 0.0, 1e9, 5.0):  # unitless: the SDK's default boundaries
+            m.record_histogram("message_size", value)
+        m.snapshot()
+        m.record_histogram("message_size", 7, {"channel": "public"})
+        m.record_histogram("http_request_duration_seconds", 0.2, {"route": "/chat"})
+
+    sdk, fast = both(monitor_factory)
+    each((sdk, fast), script)
+    assert_same_export(sdk, fast)
+
+
+def test_defined_buckets_export_identically(monitor_factory: Factory) -> None:
+    def script(m: PerformanceMonitor) -> None:
+        m.define("queue_wait", "histogram", unit="s", description="Time in queue.", buckets=(1.0, 2.0))
+        for value in (0.5, 1.0, 1.5, 2.0, 3.0):
+            m.record_histogram("queue_wait", value)
+
+    sdk, fast = both(monitor_factory)
+    each((sdk, fast), script)
+    assert_same_export(sdk, fast)
+
+
+def test_view_buckets_export_identically(monitor_factory: Factory) -> None:
+    views = (
+        ViewConfig(instrument="*_latency", buckets=(0.1, 0.5, 1.0)),
+        ViewConfig(instrument="jobs_done", buckets=(1.0, 10.0)),  # a counter aggregated as a histogram
+    )
+
+    def script(m: PerformanceMonitor) -> None:
+        for value in (0.5, 0.1, 4.0, 0.05, 0.75, 1.0):
+            m.record_histogram("db_latency", value, {"table": "users"})
+        for value in (1, 3, 10, 30):
+            m.increment_counter("jobs_done", {"queue": "a"}, value=value)
+
+    sdk, fast = both(monitor_factory, views=views)
+    each((sdk, fast), script)
+    assert_same_export(sdk, fast)
+    assert fast.snapshot().value("db_latency", {"table": "users"})["bucket_counts"] == [2, 1, 2, 1]
+
+
+def test_timers_export_identically_apart_from_measured_durations(monitor_factory: Factory) -> None:
+    def script(m: PerformanceMonitor) -> None:
+        m.record_timer("api_request", time.perf_counter() - 0.3, TAGS)  # lands in (0.25, 0.5] on both paths
+        m.record_timer("api_request", time.perf_counter() - 0.3, TAGS)
+        with m.timer("job", {"kind": "cleanup"}):
+            pass
+
+    sdk, fast = both(monitor_factory)
+    each((sdk, fast), script)
+    assert_same_export(sdk, fast, timers=("api_request_duration", "job_duration"))
+    assert fast.snapshot().value("api_request_duration", TAGS)["count"] == 2
+
+
+def test_view_attribute_keys_merge_series_exactly(monitor_factory: Factory) -> None:
+    views = (
+        ViewConfig(instrument="messages_sent", attribute_keys=("channel",)),
+        ViewConfig(instrument="message_size", attribute_keys=("channel",)),
+        ViewConfig(instrument="queue_depth", attribute_keys=("queue",)),
+    )
+
+    def script(m: PerformanceMonitor) -> None:
+        for user in ("a", "b", "c", "a"):
+            m.increment_counter("messages_sent", {"channel": "public", "user": user}, value=0.1)
+            m.record_histogram("message_size", 0.3, {"user": user, "channel": "public"})
+        m.snapshot()
+        m.increment_counter("messages_sent", {"user": "d", "channel": "public"}, value=0.7)
+        # A gauge keeps the last value set for the merged series, whichever dropped tag it came with.
+        m.record_gauge("queue_depth", 5, {"queue": "q", "host": "1"})
+        m.record_gauge("queue_depth", 3, {"queue": "q", "host": "2"})
+        m.record_gauge("queue_depth", 7, {"queue": "q", "host": "1"})
+
+    sdk, fast = both(monitor_factory, views=views)
+    each((sdk, fast), script)
+    assert_same_export(sdk, fast)
+    assert fast.snapshot().value("queue_depth", {"queue": "q"}) == 7
+
+
+def test_rename_view_exports_identically(monitor_factory: Factory) -> None:
+    views = (ViewConfig(instrument="messages_sent", name="chat_messages", description="Chat messages."),)
+    sdk, fast = both(monitor_factory, views=views)
+    each((sdk, fast), lambda m: m.increment_counter("messages_sent", {"channel": "public"}))
+    assert_same_export(sdk, fast)
+    assert "# HELP chat_messages_total Chat messages." in fast.snapshot().to_prometheus()
+
+
+def test_drop_view_exports_nothing_on_either_path(monitor_factory: Factory) -> None:
+    views = (ViewConfig(instrument="noise*", drop=True),)
+
+    def script(m: PerformanceMonitor) -> None:
+        m.increment_counter("noise", {"a": "b"})
+        m.record_histogram("noise_size", 3)
+        m.counter("noise").inc()
+        m.increment_counter("signal")
+
+    sdk, fast = both(monitor_factory, views=views)
+    each((sdk, fast), script)
+    assert_same_export(sdk, fast)
+    assert fast.snapshot().names() == {"signal"}
+
+
+def test_two_views_on_one_instrument_give_two_metrics_on_both_paths(monitor_factory: Factory) -> None:
+    views = (
+        ViewConfig(instrument="jobs", name="jobs_by_queue", attribute_keys=("queue",)),
+        ViewConfig(instrument="j*", attribute_keys=()),
+    )
+
+    def script(m: PerformanceMonitor) -> None:
+        for i, queue in enumerate("aab"):
+            m.increment_counter("jobs", {"queue": queue, "id": i})
+
+    sdk, fast = both(monitor_factory, views=views)
+    each((sdk, fast), script)
+    assert_same_export(sdk, fast)
+    assert fast.snapshot().value("jobs") == 3
+
+
+def test_cardinality_overflow_matches_the_sdk(monitor_factory: Factory) -> None:
+    def script(m: PerformanceMonitor) -> None:
+        for i in range(9):
+            m.increment_counter("requests", {"user": str(i)})
+            m.record_histogram("latency_seconds", 0.01 * i, {"user": str(i)})
+            m.record_gauge("load", i, {"user": str(i)})
+        m.snapshot()
+        for i in (0, 4, 5, 8, 12):  # known series keep theirs; new ones join the overflow series
+            m.increment_counter("requests", {"user": str(i)}, value=10)
+
+    sdk, fast = both(monitor_factory, cardinality_limit=5)
+    each((sdk, fast), script)
+    assert_same_export(sdk, fast)
+    snapshot = fast.snapshot()
+    assert snapshot.value("requests", {"otel.metric.overflow": True}) == 4 + 30
+    assert len([r for r in snapshot.records() if r["name"] == "requests"]) == 6
+
+
+def test_awkward_tag_values_export_identically(monitor_factory: Factory) -> None:
+    awkward = ('say "hi"', "two\nlines", "back\\slash", "héllo wörld ✓", "", " ")
+
+    def script(m: PerformanceMonitor) -> None:
+        for value in awkward:
+            m.increment_counter("messages_sent", {"channel": value, "ok": True})
+            m.record_histogram("message_size", 3, {"channel": value})
+        m.increment_counter("responses", {"status": 200})
+        m.increment_counter("responses", {"status": "200"})  # a string and an int are two series
+        m.increment_counter("responses", {"ratio": 0.5, "dotted.key": "x"})
+
+    sdk, fast = both(monitor_factory)
+    each((sdk, fast), script)
+    assert_same_export(sdk, fast)
+
+
+def test_bound_handles_export_what_calls_export(monitor_factory: Factory) -> None:
+    def script(m: PerformanceMonitor) -> None:
+        unused = m.counter("never_used", {"a": "b"})  # binding alone creates no series
+        sent, sizes, depth = m.counter("sent", TAGS), m.histogram("size", TAGS), m.gauge("depth", {"q": "a"})
+        for _ in range(3):
+            sent.inc()
+            sizes.observe(12.5)
+        sent.inc(4)
+        m.increment_counter("sent", TAGS)
+        depth.set(9)
+        depth.set(2)
+        assert unused.name == "never_used"
+
+    sdk, fast = both(monitor_factory)
+    each((sdk, fast), script)
+    assert_same_export(sdk, fast)
+    assert fast.snapshot().value("sent", TAGS) == 8
+
+
+def test_otlp_encoding_is_identical(monitor_factory: Factory) -> None:
+    encoder = pytest.importorskip("opentelemetry.exporter.otlp.proto.common.metrics_encoder")
+    json_format = pytest.importorskip("google.protobuf.json_format")
+
+    def script(m: PerformanceMonitor) -> None:
+        m.increment_counter("api_requests", TAGS, value=3)
+        m.record_gauge("active_connections", 4)
+        m.record_histogram("http_request_duration_seconds", 0.2, {"route": "/chat"})
+
+    def encoded(m: PerformanceMonitor) -> Any:
+        message = json_format.MessageToDict(encoder.encode_metrics(m.snapshot().data))
+        return strip(message)
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k not in ("startTimeUnixNano", "timeUnixNano")}
+        if isinstance(node, list):
+            return [strip(v) for v in node if not (isinstance(v, dict) and v.get("key") == "service.instance.id")]
+        return node
+
+    sdk, fast = both(monitor_factory)
+    each((sdk, fast), script)
+    assert encoded(fast) == encoded(sdk)
+
+
+def test_fast_metrics_join_the_sdk_scope_under_one_resource(monitor_factory: Factory) -> None:
+    fast = monitor_factory(recording="fast")
+    assert fast.pipeline is not None
+    fast.pipeline.meter.create_counter("direct_sdk_counter").add(1)  # recorded by the SDK itself
+    fast.increment_counter("via_fast_path")
+    data = fast.snapshot().data
+    assert data is not None
+    assert len(data.resource_metrics) == 1
+    (scope_metrics,) = data.resource_metrics[0].scope_metrics
+    assert scope_metrics.scope.name == "chat_turbo_metrics"
+    assert [metric.name for metric in scope_metrics.metrics] == ["direct_sdk_counter", "via_fast_path"]
+
+
+def test_fast_is_the_default_recording_path(monitor_factory: Factory) -> None:
+    monitor = monitor_factory()
+    assert monitor.config.recording == "fast"
+    assert isinstance(monitor.increment_counter.__self__, FastRecorder)  # type: ignore[attr-defined]
+
+
+# --- cumulative temporality -------------------------------------------------------------------------
+def test_cumulative_start_time_stays_constant_across_collections(monitor_factory: Factory) -> None:
+    fast = monitor_factory(recording="fast")
+    before = time.time_ns()
+    fast.increment_counter("jobs")
+    fast.record_histogram("sizes", 1.0)
+    after = time.time_ns()
+    first = {r["name"]: r for r in fast.snapshot().records()}
+    fast.increment_counter("jobs")
+    fast.record_histogram("sizes", 2.0)
+    second = {r["name"]: r for r in fast.snapshot().records()}
+    for name in ("jobs", "sizes"):
+        assert before <= first[name]["start_time_unix_nano"] <= after
+        assert second[name]["start_time_unix_nano"] == first[name]["start_time_unix_nano"]
+        assert second[name]["time_unix_nano"] > first[name]["time_unix_nano"]
+        assert second[name]["temporality"] == "cumulative"
+    assert second["jobs"]["value"] == 2
+    assert (second["sizes"]["count"], second["sizes"]["sum"]) == (2, 3.0)
+
+
+# --- threads and fork -------------------------------------------------------------------------------
+def test_sixteen_threads_give_exact_totals(monitor_factory: Factory) -> None:
+    fast = monitor_factory(recording="fast")
+    handle = fast.counter("handled", {"k": "v"})
+    per_thread = 5000
+    barrier = threading.Barrier(16)
+
+    def work(i: int) -> None:
+        barrier.wait()  # every thread meets the new series at once: the slow path races too
+        for n in range(per_thread):
+            fast.increment_counter("hits", {"shard": str(n % 4), "parity": i % 2})
+            fast.record_histogram("sizes", 0.5, {"shard": str(n % 4)})
+            handle.inc()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    snapshot = fast.snapshot()
+    hits = sum(r["value"] for r in snapshot.records() if r["name"] == "hits")
+    sizes = [r for r in snapshot.records() if r["name"] == "sizes"]
+    assert hits == 16 * per_thread
+    assert sum(r["count"] for r in sizes) == 16 * per_thread
+    assert sum(r["sum"] for r in sizes) == 0.5 * 16 * per_thread
+    assert snapshot.value("handled", {"k": "v"}) == 16 * per_thread
+
+
+class SelfRecordingTags(Mapping[str, str]):
+    """Tags whose iteration records a metric: user code that runs while the recorder holds its lock."""
+
+    def __init__(self, monitor: PerformanceMonitor) -> None:
+        self._monitor = monitor
+
+    def __getitem__(self, key: str) -> str:
+        return {"a": "b"}[key]
+
+    def __iter__(self) -> Iterator[str]:
+        self._monitor.increment_counter("inner")
+        return iter(["a"])
+
+    def __len__(self) -> int:
+        return 1
+
+
+def test_recording_from_code_run_under_the_recorders_lock_does_not_deadlock(monitor_factory: Factory) -> None:
+    # Signal handlers and finalizers run by the garbage collector can record at such moments too.
+    fast = monitor_factory(recording="fast")
+    worker = threading.Thread(target=fast.increment_counter, args=("outer", SelfRecordingTags(fast)), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "deadlocked"
+    assert fast.snapshot().value("outer", {"a": "b"}) == 1
+    assert fast.snapshot().value("inner") >= 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_child_records_and_collects(monitor_factory: Factory) -> None:
+    fast = monitor_factory(recording="fast")
+    fast.increment_counter("jobs", {"q": "a"})
+    busy_calls = 0
+    stop = threading.Event()
+
+    def keep_recording() -> None:  # holds the recorder's lock often, so a fork lands mid-update
+        nonlocal busy_calls
+        while not stop.is_set():
+            fast.increment_counter("busy")
+            busy_calls += 1
+
+    thread = threading.Thread(target=keep_recording)
+    thread.start()
+    time.sleep(0.05)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: record, collect, report through the pipe, never return into pytest
+        code = 1
+        try:
+            os.close(read_end)
+            fast.increment_counter("jobs", {"q": "a"}, value=2)
+            fast.record_histogram("sizes", 3.0)
+            os.write(write_end, fast.snapshot().to_prometheus().encode())
+            code = 0
+        finally:
+            os._exit(code)
+    stop.set()
+    thread.join()
+    os.close(write_end)
+    child_text = read_all(read_end, timeout_s=20)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, child_text
+    assert 'jobs_total{q="a"} 3' in child_text
+    assert "sizes_count 1" in child_text
+    parent = fast.snapshot()
+    assert parent.value("jobs", {"q": "a"}) == 1  # the child's recordings stay in the child
+    assert parent.value("sizes") is None
+    assert parent.value("busy") == busy_calls
+
+
+def read_all(fd: int, timeout_s: float) -> str:
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
+    with os.fdopen(fd, "rb") as pipe:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([pipe], [], [], 0.1)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return b"".join(chunks).decode()
+                chunks.append(chunk)
+    pytest.fail("the forked child did not finish (deadlock after fork?)")
+
+
+# --- bad input ----------------------------------------------------------------------------------------
+BAD_CALLS: dict[str, Callable[[PerformanceMonitor], None]] = {
+    "nan counter": lambda m: m.increment_counter("c1", value=math.nan),
+    "inf counter": lambda m: m.increment_counter("c2", TAGS, value=math.inf),
+    "negative counter": lambda m: m.increment_counter("c3", TAGS, value=-1),
+    "text counter": lambda m: m.increment_counter("c4", value="7"),  # type: ignore[arg-type]
+    "none histogram": lambda m: m.record_histogram("h1", None),  # type: ignore[arg-type]
+    "negative histogram": lambda m: m.record_histogram("h2", -2.0, TAGS),
+    "nan gauge": lambda m: m.record_gauge("g1", math.nan),
+    "text timer start": lambda m: m.record_timer("t1", "yesterday"),  # type: ignore[arg-type]
+    "empty name": lambda m: m.increment_counter("", {"a": "b"}),
+    "digit name": lambda m: m.increment_counter("9lives"),
+    "none name": lambda m: m.increment_counter(None),  # type: ignore[arg-type]
+    "tags not a dict": lambda m: m.increment_counter("c5", ["not", "a", "dict"]),  # type: ignore[arg-type]
+    "tag key not text": lambda m: m.increment_counter("c6", {1: "x"}),  # type: ignore[dict-item]
+    "tag value object": lambda m: m.record_histogram("h3", 1.0, {"k": object()}),
+    "tag value too long": lambda m: m.record_gauge("g2", 1.0, {"k": "x" * 100_000}),
+    "unhashable tag value": lambda m: m.increment_counter("c7", {"k": ["x"]}),
+}
+
+
+def test_bad_input_is_dropped_counted_and_warned_once_per_cause(
+    monitor_factory: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    fast = monitor_factory(recording="fast")
+    fast.increment_counter("good", TAGS)
+    with caplog.at_level(logging.WARNING, logger="chat_turbo_metrics"):
+        for _ in range(3):
+            for call in BAD_CALLS.values():
+                call(fast)  # never raises
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == len(BAD_CALLS), warnings
+    assert fast.dropped == 3 * len(BAD_CALLS)
+    assert fast.snapshot().names() == {"good"}
+    assert fast.snapshot().value("good", TAGS) == 1
+
+
+def test_bad_input_leaves_the_same_export_on_both_paths(monitor_factory: Factory) -> None:
+    def script(m: PerformanceMonitor) -> None:
+        for call in BAD_CALLS.values():
+            call(m)
+        m.increment_counter("c3", TAGS)  # a name first used with a bad value still works afterwards
+        m.record_histogram("h2", 2.0, TAGS)
+
+    sdk, fast = both(monitor_factory)
+    each((sdk, fast), script)
+    assert_same_export(sdk, fast)
+
+
+def test_bad_input_to_bound_handles_is_dropped_and_counted(monitor_factory: Factory) -> None:
+    fast = monitor_factory(recording="fast")
+    sent, sizes, depth = fast.counter("sent", TAGS), fast.histogram("size"), fast.gauge("depth")
+    sent.inc()
+    sent.inc(-1)
+    sent.inc("x")  # type: ignore[arg-type]
+    sizes.observe(math.nan)
+    depth.set(math.inf)
+    sent.observe(1.0)  # a counter handle has no observe()
+    sent.inc(2)
+    sizes.inc()  # a histogram handle's inc() observes its value
+    assert fast.dropped == 5
+    assert fast.snapshot().value("sent", TAGS) == 3
+    assert fast.snapshot().value("size")["sum"] == 1
+    assert fast.snapshot().names() == {"sent", "size"}
+
+
+def test_bad_tags_at_bind_time_give_a_handle_that_drops(monitor_factory: Factory) -> None:
+    fast = monitor_factory(recording="fast")
+    handle = fast.counter("sent", {"k": object()})
+    handle.inc()
+    assert fast.dropped == 1
+    assert fast.snapshot().names() == set()
+
+
+def test_sampling_applies_to_histograms_and_timers_only(monitor_factory: Factory) -> None:
+    fast = monitor_factory(recording="fast", sampling_rate=0.25)
+    for _ in range(4000):
+        fast.increment_counter("events")
+        fast.record_gauge("level", 1)
+        fast.record_histogram("latency_seconds", 0.1)
+        fast.record_timer("op", time.perf_counter())
+    snapshot = fast.snapshot()
+    assert snapshot.value("events") == 4000
+    assert 700 < snapshot.value("latency_seconds")["count"] < 1300
+    assert 700 < snapshot.value("op_duration")["count"] < 1300
