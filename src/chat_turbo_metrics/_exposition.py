@@ -6,6 +6,7 @@ is byte for byte what Prometheus scrapes.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -39,8 +40,18 @@ def format_value(value: float) -> str:
     return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
 
 
-def _escape_label_value(value: object) -> str:
-    text = value if isinstance(value, str) else str(value)
+def _label_value(value: object) -> str:
+    # Non-string attribute values render JSON-style (true, 3, [..]) as the OTel-Prometheus spec asks.
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, int, float)) or value is None:
+        return json.dumps(value)
+    if isinstance(value, (tuple, list)):
+        return json.dumps([v if isinstance(v, (str, bool, int, float)) else str(v) for v in value])
+    return str(value)
+
+
+def _escape_label_value(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
@@ -52,8 +63,11 @@ def label_text(attributes: Mapping[str, object] | None) -> str:
     """``k1="v1",k2="v2"`` for an attribute mapping, keys sanitized and sorted."""
     if not attributes:
         return ""
-    labels = {prometheus_label(key): _escape_label_value(value) for key, value in attributes.items()}
-    return ",".join(f'{key}="{labels[key]}"' for key in sorted(labels))
+    labels: dict[str, list[str]] = {}
+    # Keys that sanitize to the same label (a.b, a_b) keep every value, joined with ";" in key order.
+    for key in sorted(attributes):
+        labels.setdefault(prometheus_label(key), []).append(_label_value(attributes[key]))
+    return ",".join(f'{label}="{_escape_label_value(";".join(labels[label]))}"' for label in sorted(labels))
 
 
 @dataclass

@@ -7,6 +7,7 @@ or whose package is missing raises one :class:`ConfigurationError` naming the va
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from importlib import import_module
 from importlib.metadata import entry_points
@@ -23,6 +24,10 @@ _OTLP_PACKAGES = {
     "http/protobuf": "opentelemetry.exporter.otlp.proto.http",
 }
 _OTLP_HINT = "pip install 'chat-turbo-metrics[otlp]'"
+_OTLP_TIMEOUT_VARIABLES = {
+    "metrics": ("OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT"),
+    "traces": ("OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
+}
 
 
 def _otlp(signal: str, protocol: str | None = None) -> Callable[[MonitoringConfig], Any]:
@@ -33,7 +38,12 @@ def _otlp(signal: str, protocol: str | None = None) -> Callable[[MonitoringConfi
 
     def build(config: MonitoringConfig) -> Any:
         package = _OTLP_PACKAGES[protocol or config.otlp_protocol]
-        return getattr(import_module(f"{package}.{module_name}"), class_name)()
+        exporter_class = getattr(import_module(f"{package}.{module_name}"), class_name)
+        # The OTLP exporter ignores export(timeout_millis=); bound it by our export timeout unless the
+        # OTLP-specific timeout variables say otherwise.
+        if any(os.environ.get(name) for name in _OTLP_TIMEOUT_VARIABLES[signal]):
+            return exporter_class()
+        return exporter_class(timeout=config.export_timeout_s)
 
     return build
 

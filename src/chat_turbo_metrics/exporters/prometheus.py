@@ -30,7 +30,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(404, "try /metrics")
             return
         try:
-            body = self.server.render().encode("utf-8")
+            # "replace": a tag value with a lone surrogate must not make every scrape fail.
+            body = self.server.render().encode("utf-8", "replace")
         except Exception:
             _logger.exception("collecting metrics for a scrape failed")
             self.send_error(500, "collection failed; see the application's log")
