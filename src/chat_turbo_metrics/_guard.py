@@ -48,7 +48,23 @@ class Problems:
 
 
 def bad_tags(tags: object) -> str | None:
-    """Why ``tags`` cannot label a series, or None when they can."""
+    """Why ``tags`` cannot label a series, or None when they can.
+
+    The common case (a dict of short strings and numbers) is decided with type identity checks only, because
+    the SDK recording path runs this on every call; anything else takes the explanatory slow path.
+    """
+    if type(tags) is dict:
+        for key, value in tags.items():
+            kind = type(value)
+            if type(key) is not str or not key or not (
+                (kind is str and len(value) <= MAX_TAG_VALUE_LENGTH) or kind is int or kind is float or kind is bool
+            ):
+                return _why_bad_tags(tags)
+        return None
+    return _why_bad_tags(tags)
+
+
+def _why_bad_tags(tags: object) -> str | None:
     if not isinstance(tags, Mapping):
         return f"tags must be a dict, not {type(tags).__name__}"
     for key, value in tags.items():
@@ -58,7 +74,7 @@ def bad_tags(tags: object) -> str | None:
             return f"tag {key!r} has a value of type {type(value).__name__} (use str, int, float or bool)"
         if isinstance(value, str) and len(value) > MAX_TAG_VALUE_LENGTH:
             return f"tag {key!r} has a value of {len(value)} characters (limit {MAX_TAG_VALUE_LENGTH})"
-    return None
+    return None  # a Mapping subclass or str/int subclasses: acceptable
 
 
 def bad_value(value: object, *, non_negative: bool) -> str | None:
