@@ -388,7 +388,12 @@ def test_exporter_names_build_one_exporter_each(
     env = {"OTEL_METRICS_EXPORTER": "otlp_proto_http, chat_turbo_file ,prometheus,console"}
     config = get_monitoring_config("test", env=env)
 
-    monitor = monitor_factory(metrics_exporters=config.metrics_exporters, file_path=str(tmp_path / "m.jsonl"))
+    monitor = monitor_factory(
+        metrics_exporters=config.metrics_exporters,
+        file_path=str(tmp_path / "m.jsonl"),
+        prometheus_host="127.0.0.1",
+        prometheus_port=0,
+    )
     pipeline = monitor.pipeline
     assert pipeline is not None
 
