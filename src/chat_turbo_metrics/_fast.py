@@ -167,6 +167,8 @@ class FastRecorder:
         self._miss(self._gauge_route, name, tags, value)
 
     def record_histogram(self, name: str, value: float, tags: Tags = None) -> None:
+        # The bucket update is repeated inline in record_timer and the bound handle on purpose: a shared
+        # helper would add a call frame (~60 ns) to every recording.
         try:
             cell = self._histograms[name, tuple(tags.items()) if tags is not None else None]
             if 0 <= value < _INF:
