@@ -445,7 +445,8 @@ def test_slow_otlp_receiver_does_not_delay_the_file_exporter(
     records = [record for record in read_metric_records(path) if record["name"] == "messages_sent"]
     assert [(record["value"], record["attributes"]) for record in records] == [(3, {"channel": "public"})]
     assert len(receiver.received.requests) == 1
-    assert dict(fanout.failures) == {OTLP_NAME: 0, "chat_turbo_file": 0}
+    # (Not asserting OTLP's count here: its own 1 s timeout ends it only a few ms after force_flush returns.)
+    assert fanout.failures["chat_turbo_file"] == 0
 
     # The OTLP request is bounded by export_timeout_s: it ends as a failure counted under its name.
     deadline = time.monotonic() + PATIENCE_S
