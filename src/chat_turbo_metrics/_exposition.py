@@ -7,6 +7,7 @@ is byte for byte what Prometheus scrapes.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from opentelemetry.sdk.metrics.export import Gauge, Histogram, Metric, MetricsDa
 
 from chat_turbo_metrics._naming import Kind, prometheus_label, prometheus_name
 
+_logger = logging.getLogger("chat_turbo_metrics.exposition")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _TYPES: dict[Kind, str] = {"counter": "counter", "updowncounter": "gauge", "gauge": "gauge", "histogram": "histogram"}
 
@@ -75,7 +77,27 @@ class _Family:
     name: str
     kind: Kind
     help: str
-    lines: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)  # histogram samples, rendered as they come
+    values: dict[str, float] = field(default_factory=dict)  # label text -> value of a counter or gauge
+    histogram_labels: set[str] = field(default_factory=set)
+
+    def render(self) -> Iterable[str]:
+        yield from self.lines
+        yield from (_sample(self.name, labels, value) for labels, value in self.values.items())
+
+
+def _warn_collision(family: str, labels: str) -> None:
+    if (family, labels) not in _collisions and len(_collisions) < 1000:
+        _collisions.add((family, labels))
+        _logger.warning(
+            "%s: two series map to the same Prometheus labels {%s} (tag keys that differ only in characters "
+            "Prometheus cannot use); counters are added, for others the first series is kept",
+            family,
+            labels,
+        )
+
+
+_collisions: set[tuple[str, str]] = set()
 
 
 def _sample(name: str, labels: str, value: float) -> str:
@@ -106,12 +128,25 @@ def _add_metric(families: dict[str, _Family], metric: Metric) -> None:
         family = families[name] = _Family(name, kind, metric.description or metric.name)
     elif family.kind != kind:
         return  # two metrics of different kinds cannot share one Prometheus family; first one wins
-    lines = family.lines
     if isinstance(data, Histogram):
+        seen = family.histogram_labels
         for point in data.data_points:
-            lines.extend(_histogram_lines(name, label_text(point.attributes), point))
+            labels = label_text(point.attributes)
+            if labels in seen:
+                _warn_collision(name, labels)
+                continue
+            seen.add(labels)
+            family.lines.extend(_histogram_lines(name, labels, point))
     elif isinstance(data, (Sum, Gauge)):
-        lines.extend(_sample(name, label_text(p.attributes), p.value) for p in data.data_points)
+        values = family.values
+        for number in data.data_points:
+            labels = label_text(number.attributes)
+            if labels in values:
+                _warn_collision(name, labels)
+                if kind == "counter":
+                    values[labels] += number.value
+                continue
+            values[labels] = number.value
 
 
 def _target_info(metrics_data: MetricsData) -> _Family | None:
@@ -119,7 +154,7 @@ def _target_info(metrics_data: MetricsData) -> _Family | None:
         attributes = dict(resource_metrics.resource.attributes)
         if attributes:
             family = _Family("target_info", "gauge", "Target metadata")
-            family.lines.append(_sample("target_info", label_text(attributes), 1))
+            family.values[label_text(attributes)] = 1
             return family
     return None
 
@@ -146,9 +181,9 @@ def to_prometheus_text(metrics_data: MetricsData | None, *, target_info: bool = 
                 _add_metric(families, metric)
     out: list[str] = []
     for family in families.values():
-        if not family.lines:
+        if not family.lines and not family.values:
             continue
         out.append(f"# HELP {family.name} {_escape_help(family.help)}")
         out.append(f"# TYPE {family.name} {_TYPES[family.kind]}")
-        out.extend(family.lines)
+        out.extend(family.render())
     return "\n".join(out) + "\n" if out else ""

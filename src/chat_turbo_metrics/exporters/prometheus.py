@@ -22,6 +22,19 @@ _logger = logging.getLogger("chat_turbo_metrics.exporters.prometheus")
 Collect = Callable[[], MetricsData | None]
 
 
+def _accepts_gzip(header: str) -> bool:
+    """True when an Accept-Encoding header allows gzip (``gzip;q=0`` refuses it)."""
+    for item in header.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            quality = params.strip().lower().removeprefix("q=") if params.strip().lower().startswith("q=") else "1"
+            try:
+                return float(quality) > 0
+            except ValueError:
+                return False
+    return False
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
@@ -38,7 +51,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.send_response(200)
         self.send_header("Content-Type", CONTENT_TYPE)
-        if "gzip" in self.headers.get("Accept-Encoding", ""):
+        if _accepts_gzip(self.headers.get("Accept-Encoding", "")):
             body = gzip.compress(body, compresslevel=1)
             self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Length", str(len(body)))
@@ -99,13 +112,14 @@ class PrometheusExporter:
         """
         if self._collect is not None:
             raise RuntimeError("this PrometheusExporter is already attached to a monitor")
-        self._collect = collect
         try:
             server = _Server((self.host, self._requested_port), _Handler)
         except OSError as error:
+            # Nothing is kept, so attaching again (after the port is freed) works.
             raise OSError(
                 error.errno, f"Prometheus exporter cannot listen on {self.host}:{self._requested_port}: {error}"
             ) from None
+        self._collect = collect
         server.render = self.render
         self._server = server
         threading.Thread(target=server.serve_forever, name="chat-turbo-metrics-prometheus", daemon=True).start()
