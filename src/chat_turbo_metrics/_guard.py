@@ -56,8 +56,12 @@ def bad_tags(tags: object) -> str | None:
     if type(tags) is dict:
         for key, value in tags.items():
             kind = type(value)
-            if type(key) is not str or not key or not (
-                (kind is str and len(value) <= MAX_TAG_VALUE_LENGTH) or kind is int or kind is float or kind is bool
+            if (
+                type(key) is not str
+                or not key
+                or not (
+                    (kind is str and len(value) <= MAX_TAG_VALUE_LENGTH) or kind is int or kind is float or kind is bool
+                )
             ):
                 return _why_bad_tags(tags)
         return None
