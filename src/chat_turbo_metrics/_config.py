@@ -289,7 +289,6 @@ _SEED_ENV: tuple[_EnvVar, ...] = (
     _EnvVar("METRICS_DATABASE_URL", "database_url"),
     _EnvVar("CHAT_TURBO_ENV", "environment"),
 )
-ENV_VARS: tuple[str, ...] = tuple(var.name for var in _OTEL_ENV + _SEED_ENV)
 
 
 def _env_values(env: Mapping[str, str], table: tuple[_EnvVar, ...]) -> dict[str, tuple[str, Any]]:

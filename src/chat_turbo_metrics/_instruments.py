@@ -45,7 +45,6 @@ class InstrumentRegistry:
         self._problems = problems
         self._lock = threading.Lock()
         self._specs: dict[str, InstrumentSpec] = {}  # by instrument name
-        self._explicit: dict[str, InstrumentSpec] = {}
 
     @staticmethod
     def instrument_name(kind: Kind, name: str, *, timer: bool = False) -> str:
