@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from chat_turbo_metrics import ConfigurationError, MonitoringConfig
-from chat_turbo_metrics._registry import build_metric_exporter
+from chat_turbo_metrics._pipeline.registry import build_metric_exporter
 from conftest import free_port, require_tool
 
 APP = textwrap.dedent(

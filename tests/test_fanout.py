@@ -21,7 +21,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 
-from chat_turbo_metrics._fanout import Fanout
+from chat_turbo_metrics._pipeline.fanout import Fanout
 
 SUCCESS = MetricExportResult.SUCCESS
 FAILURE = MetricExportResult.FAILURE

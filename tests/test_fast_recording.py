@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from chat_turbo_metrics import PerformanceMonitor, ViewConfig
-from chat_turbo_metrics._fast import FastRecorder
+from chat_turbo_metrics._recording.fast import FastRecorder
 
 Factory = Callable[..., PerformanceMonitor]
 TAGS = {"method": "GET", "endpoint": "/api/x", "status": 200}

@@ -15,10 +15,10 @@ from chat_turbo_metrics._config import (
     get_monitoring_config,
     load_config_file,
 )
+from chat_turbo_metrics._exposition.snapshot import MetricsSnapshot
 from chat_turbo_metrics._monitor import PerformanceMonitor, Timer, configure
-from chat_turbo_metrics._recording import BoundInstrument
+from chat_turbo_metrics._recording.sdk import BoundInstrument
 from chat_turbo_metrics._secret import Secret
-from chat_turbo_metrics._snapshot import MetricsSnapshot
 from chat_turbo_metrics._version import __version__
 
 __all__ = [

@@ -14,12 +14,12 @@ from typing import Any, ClassVar, TypeVar
 from opentelemetry import metrics, trace
 
 from chat_turbo_metrics._config import MonitoringConfig, get_monitoring_config
-from chat_turbo_metrics._guard import Problems
-from chat_turbo_metrics._instruments import InstrumentRegistry
-from chat_turbo_metrics._naming import Kind
-from chat_turbo_metrics._pipeline import Pipeline
-from chat_turbo_metrics._recording import BoundInstrument, NoopRecorder, SdkRecorder, Tags
-from chat_turbo_metrics._snapshot import MetricsSnapshot
+from chat_turbo_metrics._exposition.snapshot import MetricsSnapshot
+from chat_turbo_metrics._pipeline.provider import Pipeline
+from chat_turbo_metrics._recording.guard import Problems
+from chat_turbo_metrics._recording.instruments import InstrumentRegistry
+from chat_turbo_metrics._recording.naming import Kind
+from chat_turbo_metrics._recording.sdk import BoundInstrument, NoopRecorder, SdkRecorder, Tags
 
 _logger = logging.getLogger("chat_turbo_metrics")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,7 +47,7 @@ def make_recorder(config: MonitoringConfig, pipeline: Pipeline, problems: Proble
     """The recording front end the configuration asks for."""
     registry = InstrumentRegistry(problems)
     if config.recording == "fast":
-        from chat_turbo_metrics._fast import FastRecorder
+        from chat_turbo_metrics._recording.fast import FastRecorder
 
         return FastRecorder(pipeline, registry, problems, config)
     return SdkRecorder(pipeline.meter, registry, problems, config.sampling_rate)

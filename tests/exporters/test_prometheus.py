@@ -30,7 +30,7 @@ MonitorFactory = Callable[..., PerformanceMonitor]
 TRICKY = 'say "hi" \\ back\\slash\nnext line ünïcødé 日本 \u2028 end'
 TRICKY_ESCAPED = 'say \\"hi\\" \\\\ back\\\\slash\\nnext line ünïcødé 日本 \u2028 end'
 API_TAGS = {"method": "GET", "endpoint": "/api/messages", "status": 200}
-# promtool lints the seed's documented gauge name (kept as documented, see _naming.py); nothing else may appear.
+# promtool lints the seed's documented gauge name (kept as documented, see naming.py); nothing else may appear.
 ACCEPTED_LINTS = {"memory_usage_mb metric names should not contain abbreviated units"}
 PROMETHEUS_PATIENCE_S = 30.0
 

@@ -30,8 +30,8 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, get_monitoring_config
-from chat_turbo_metrics._records import metric_records
-from chat_turbo_metrics._temporality import INSTRUMENT_CLASSES
+from chat_turbo_metrics._exposition.records import metric_records
+from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
 
 __all__ = ["FileExporter", "read_metric_records"]
 

@@ -1,7 +1,7 @@
 """Prometheus pull exporter: ``/metrics`` served from the pipeline's one reader.
 
 Metric and unit naming follow ``opentelemetry-exporter-prometheus``'s mapping, with the seed's own names
-kept as documented (``memory_usage_mb``, ``api_requests_total``); see :mod:`chat_turbo_metrics._naming`.
+kept as documented (``memory_usage_mb``, ``api_requests_total``); see :mod:`chat_turbo_metrics._recording.naming`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import MetricsData
 
 from chat_turbo_metrics._config import MonitoringConfig
-from chat_turbo_metrics._exposition import CONTENT_TYPE, to_prometheus_text
+from chat_turbo_metrics._exposition.prometheus_text import CONTENT_TYPE, to_prometheus_text
 
 _logger = logging.getLogger("chat_turbo_metrics.exporters.prometheus")
 Collect = Callable[[], MetricsData | None]

@@ -14,9 +14,9 @@ from typing import Any
 
 from opentelemetry.metrics import Meter
 
-from chat_turbo_metrics._guard import Problems, bad_tags, install_sdk_log_filter
-from chat_turbo_metrics._instruments import InstrumentRegistry, InstrumentSpec
-from chat_turbo_metrics._naming import Kind
+from chat_turbo_metrics._recording.guard import Problems, bad_tags, install_sdk_log_filter
+from chat_turbo_metrics._recording.instruments import InstrumentRegistry, InstrumentSpec
+from chat_turbo_metrics._recording.naming import Kind
 
 Tags = Mapping[str, Any] | None
 _perf_counter = time.perf_counter

@@ -1,6 +1,6 @@
 """The MetricProducer seam: the fast path's aggregation state, the Views, and the merge into a collection.
 
-The fast path (:mod:`chat_turbo_metrics._fast`) updates *cells* at the call and reaches the pipeline only
+The fast path (:mod:`chat_turbo_metrics._recording.fast`) updates *cells* at the call and reaches the pipeline only
 here, when the reader collects. This module holds what the SDK's ``_ViewInstrumentMatch`` and synchronous
 aggregations would do with the same measurements: the streams the configured Views make of an instrument
 (matched the way the SDK matches them), each stream's series under the View's attribute filter and the
@@ -44,7 +44,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from chat_turbo_metrics._config import ViewConfig
-from chat_turbo_metrics._instruments import InstrumentSpec
+from chat_turbo_metrics._recording.instruments import InstrumentSpec
 from chat_turbo_metrics._version import __version__
 
 Aggregation = Literal["sum", "gauge", "histogram", "drop"]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from chat_turbo_metrics._guard import Problems
-from chat_turbo_metrics._naming import (
+from chat_turbo_metrics._recording.guard import Problems
+from chat_turbo_metrics._recording.naming import (
     Kind,
     counter_name,
     default_buckets,

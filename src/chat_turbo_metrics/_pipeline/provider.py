@@ -2,7 +2,7 @@
 
 Every OpenTelemetry reader re-processes every measurement (facts.md §1), so the pipeline registers a single
 cumulative reader. Prometheus serves from it on demand; push exporters (file, database, OTLP, console,
-Datadog) share one periodic collection in :class:`~chat_turbo_metrics._fanout.Fanout`, which converts to
+Datadog) share one periodic collection in :class:`~chat_turbo_metrics._pipeline.fanout.Fanout`, which converts to
 delta per exporter. The cost of a recording call is therefore the same with one exporter or ten.
 """
 
@@ -22,10 +22,10 @@ from opentelemetry.sdk.metrics.view import DropAggregation, ExplicitBucketHistog
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
-from chat_turbo_metrics import _registry
 from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, ViewConfig
-from chat_turbo_metrics._fanout import Fanout
-from chat_turbo_metrics._temporality import INSTRUMENT_CLASSES
+from chat_turbo_metrics._pipeline import registry as _registry
+from chat_turbo_metrics._pipeline.fanout import Fanout
+from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
 from chat_turbo_metrics._version import __version__
 
 _logger = logging.getLogger("chat_turbo_metrics.pipeline")

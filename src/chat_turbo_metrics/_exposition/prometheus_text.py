@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from opentelemetry.sdk.metrics.export import Gauge, Histogram, Metric, MetricsData, Sum
 
-from chat_turbo_metrics._naming import Kind, prometheus_label, prometheus_name
+from chat_turbo_metrics._recording.naming import Kind, prometheus_label, prometheus_name
 
 _logger = logging.getLogger("chat_turbo_metrics.exposition")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

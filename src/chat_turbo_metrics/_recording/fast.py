@@ -3,10 +3,10 @@
 A recording call is one dict lookup keyed by ``(name, tuple(tags.items()))``, one chained comparison that
 rejects bad values (NaN, infinities, negatives, non-numbers: a comparison with a non-number raises inside
 a ``try`` that costs nothing when nothing is raised), and an update of a small list (a *cell*, laid out in
-:mod:`chat_turbo_metrics._producer`) under one uncontended lock. Everything else — name and tag validation,
+:mod:`chat_turbo_metrics._recording.producer`) under one uncontended lock. Everything else — name and tag validation,
 View attribute filters, the cardinality limit — runs once per new tag set on the slow path, which stores
 the cell the SDK would have aggregated into. The reader collects the cells through
-:class:`~chat_turbo_metrics._producer.FastPathProducer`.
+:class:`~chat_turbo_metrics._recording.producer.FastPathProducer`.
 
 Differences from the SDK path: no exemplars are recorded; tag values that are equal in Python but of
 different types (``1``, ``1.0``, ``True``) share the series of the first one seen, where the SDK keeps
@@ -28,11 +28,11 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import Metric
 
 from chat_turbo_metrics._config import MonitoringConfig
-from chat_turbo_metrics._guard import Problems, bad_tags
-from chat_turbo_metrics._instruments import InstrumentRegistry, InstrumentSpec
-from chat_turbo_metrics._naming import Kind
-from chat_turbo_metrics._pipeline import Pipeline
-from chat_turbo_metrics._producer import (
+from chat_turbo_metrics._pipeline.provider import Pipeline
+from chat_turbo_metrics._recording.guard import Problems, bad_tags
+from chat_turbo_metrics._recording.instruments import InstrumentRegistry, InstrumentSpec
+from chat_turbo_metrics._recording.naming import Kind
+from chat_turbo_metrics._recording.producer import (
     AGGREGATE,
     NATURAL,
     Cell,
@@ -43,7 +43,7 @@ from chat_turbo_metrics._producer import (
     new_cell,
     stream_specs,
 )
-from chat_turbo_metrics._recording import DROPPED, BoundInstrument, Tags
+from chat_turbo_metrics._recording.sdk import DROPPED, BoundInstrument, Tags
 
 _Route = tuple[dict[Any, Cell], Kind, bool]
 _INF = math.inf

@@ -19,7 +19,7 @@ from types import MappingProxyType
 
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 
-from chat_turbo_metrics._temporality import DeltaConverter
+from chat_turbo_metrics._pipeline.temporality import DeltaConverter
 
 _log = logging.getLogger("chat_turbo_metrics.export")
 

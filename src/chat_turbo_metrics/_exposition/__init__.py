@@ -1,0 +1,1 @@
+"""Exposition: Prometheus text, self-describing records, and the snapshot API."""
