@@ -2,14 +2,16 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# Each instrumentor under instrumentors/ is its own distribution, installed beside the core.
+INSTRUMENTORS := $(wildcard instrumentors/*/pyproject.toml)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(INSTRUMENTORS) | cksum | cut -d' ' -f1)
 
 .PHONY: demo test lint bench tools clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(INSTRUMENTORS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test]' $(foreach p,$(INSTRUMENTORS),-e $(dir $(p)))
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: $(STAMP)

@@ -1,0 +1,1 @@
+"""Alerting: rules evaluated against the pipeline's data, alert lifecycle, notifications."""
