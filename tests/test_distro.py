@@ -14,7 +14,7 @@ import pytest
 
 from chat_turbo_metrics import ConfigurationError, MonitoringConfig
 from chat_turbo_metrics._pipeline.registry import build_metric_exporter
-from conftest import free_port, require_tool
+from conftest import clean_env, free_port, require_tool
 
 APP = textwrap.dedent(
     """
@@ -49,7 +49,7 @@ APP = textwrap.dedent(
 def run_app(tmp_path: Path, mode: str, extra_env: dict[str, str]) -> tuple[dict[str, Any], str]:
     app = tmp_path / "app.py"
     app.write_text(APP)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "METRICS_", "PERFORMANCE_"))}
+    env = clean_env()
     env.update(extra_env)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     bindir = Path(sys.executable).parent
@@ -140,7 +140,7 @@ def test_missing_exporter_package_names_the_variable_and_the_fix(monkeypatch: py
 def test_bad_setting_under_instrument_is_reported_and_the_app_still_runs(tmp_path: Path) -> None:
     app = tmp_path / "plain.py"
     app.write_text("print('app ran')\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "METRICS_"))}
+    env = clean_env()
     env.update({"METRICS_SAMPLING_RATE": "1.5", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
     tool = require_tool_in(Path(sys.executable).parent, "opentelemetry-instrument")
     result = subprocess.run(

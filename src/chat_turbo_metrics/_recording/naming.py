@@ -68,6 +68,9 @@ KNOWN_METRICS: dict[str, KnownMetric] = {
     "message_processing_time_seconds": KnownMetric(
         "histogram", "Time taken to process one message.", HTTP_DURATION_BUCKETS
     ),
+    # The seed's examples: its custom histogram and its request timer (recordTimer('api_request', ...)).
+    "message_size": KnownMetric("histogram", "Size of messages sent, in characters."),
+    "api_request_duration": KnownMetric("histogram", "Duration of API requests, timed by the application."),
 }
 
 
