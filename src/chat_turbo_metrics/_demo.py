@@ -151,7 +151,7 @@ def _summary(monitor: PerformanceMonitor) -> str:
     records = snapshot.records()
 
     def total(name: str, field: str = "value") -> float:
-        return sum(record[field] for record in records if record["name"] == name)
+        return float(sum(record[field] for record in records if record["name"] == name))
 
     names = sorted(snapshot.names())
     lines = [line for line in snapshot.to_prometheus().splitlines() if "_bucket{" not in line]
