@@ -1,9 +1,10 @@
 """One pipeline per process: one MeterProvider with ONE reader, feeding the scrape and every push exporter.
 
-Every OpenTelemetry reader re-processes every measurement (facts.md §1), so the pipeline registers a single
-cumulative reader. Prometheus serves from it on demand; push exporters (file, database, OTLP, console,
-Datadog) share one periodic collection in :class:`~chat_turbo_metrics._pipeline.fanout.Fanout`, which converts to
-delta per exporter. The cost of a recording call is therefore the same with one exporter or ten.
+Every OpenTelemetry reader re-processes every measurement (each reader adds the whole recording cost
+again), so the pipeline registers a single cumulative reader. Prometheus serves from it on demand; push
+exporters (file, database, OTLP, console, Datadog) share one periodic collection in
+:class:`~chat_turbo_metrics._pipeline.fanout.Fanout`, which converts to delta per exporter. The cost of a
+recording call is therefore the same with one exporter or ten.
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ from opentelemetry.sdk.metrics import (
     ObservableGauge,
     ObservableUpDownCounter,
     UpDownCounter,
-    _Gauge,
 )
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -43,12 +42,14 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.util.types import Attributes
 
+from chat_turbo_metrics._pipeline.compat import SdkGauge, exporter_temporality
+
 # Every SDK instrument class, for readers and exporters that set a preference for all of them.
 INSTRUMENT_CLASSES = (
     Counter,
     UpDownCounter,
     Histogram,
-    _Gauge,
+    SdkGauge,
     ObservableCounter,
     ObservableUpDownCounter,
     ObservableGauge,
@@ -87,9 +88,7 @@ class DeltaConverter:
         Returns:
             None when the exporter wants cumulative data for every kind, so it gets the snapshot untouched.
         """
-        # MetricExporter stores the constructor's argument as is: None means cumulative for every kind. getattr
-        # because a third-party exporter may skip MetricExporter.__init__.
-        preferred: Mapping[type, AggregationTemporality] = getattr(exporter, "_preferred_temporality", None) or {}
+        preferred = exporter_temporality(exporter)
 
         def wants_delta(*kinds: type) -> bool:
             return any(preferred.get(kind) == _DELTA for kind in kinds)

@@ -44,6 +44,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from chat_turbo_metrics._config import ViewConfig
+from chat_turbo_metrics._pipeline.compat import provider_resource
 from chat_turbo_metrics._recording.instruments import InstrumentSpec
 from chat_turbo_metrics._version import __version__
 
@@ -303,8 +304,6 @@ def current_resource(meter_provider: object, fallback: Resource) -> Callable[[],
     """
 
     def resource() -> Resource:
-        config = getattr(meter_provider, "_sdk_config", None)
-        found = getattr(config, "resource", None)
-        return found if isinstance(found, Resource) else fallback
+        return provider_resource(meter_provider) or fallback
 
     return resource
