@@ -69,10 +69,16 @@ class DeltaConverter:
     Not thread-safe: each exporter's worker thread owns its converter.
 
     Example:
+        >>> from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+        >>> exporter = ConsoleMetricExporter(preferred_temporality={Counter: AggregationTemporality.DELTA})
         >>> converter = DeltaConverter.for_exporter(exporter)
-        >>> delta, pending = converter.convert(snapshot)
-        >>> if exporter.export(delta) is MetricExportResult.SUCCESS:
-        ...     converter.commit(pending)
+        >>> monitor.increment_counter("jobs", value=5)
+        >>> delta, pending = converter.convert(monitor.snapshot().data)
+        >>> converter.commit(pending)  # once the exporter took ``delta``
+        >>> monitor.increment_counter("jobs", value=2)
+        >>> delta, pending = converter.convert(monitor.snapshot().data)
+        >>> [point.value for point in delta.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points]
+        [2]
     """
 
     def __init__(self, *, monotonic_sums: bool, non_monotonic_sums: bool, histograms: bool) -> None:

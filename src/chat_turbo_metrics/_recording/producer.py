@@ -247,7 +247,11 @@ class FastPathProducer:
     with the fast path's metrics added to the ``chat_turbo_metrics`` scope of the pipeline's resource.
 
     Example:
-        >>> pipeline.reader.producers.append(FastPathProducer(recorder.collect_metrics, lambda: resource))
+        >>> def metrics(now_ns):  # the recorder's metrics at a collection time
+        ...     return []
+        >>> pipeline.reader.producers.append(FastPathProducer(metrics, lambda: pipeline.resource))
+        >>> monitor.snapshot().records()
+        []
     """
 
     def __init__(

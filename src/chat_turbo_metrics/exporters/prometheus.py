@@ -74,10 +74,10 @@ class PrometheusExporter:
 
     Example:
         >>> from chat_turbo_metrics.exporters.prometheus import PrometheusExporter
-        >>> exporter = PrometheusExporter(port=0)
+        >>> exporter = PrometheusExporter(host="127.0.0.1", port=0)
         >>> monitor.add_exporter(exporter)
-        >>> exporter.url  # doctest: +SKIP
-        'http://localhost:40123/metrics'
+        >>> exporter.url  # doctest: +ELLIPSIS
+        'http://127.0.0.1:.../metrics'
     """
 
     name = "prometheus"
