@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
+import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,16 +23,28 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-from chat_turbo_metrics._secret import Secret
+from chat_turbo_metrics._secret import Secret, mask_url_password
 
 _logger = logging.getLogger("chat_turbo_metrics.config")
 
 Recording = Literal["fast", "sdk"]
 ENVIRONMENTS = ("development", "production", "test")
+# Where history goes when no database_url is configured: a SQLite file in the working directory.
+DEFAULT_DATABASE_URL = "sqlite:///chat_turbo_metrics.db"
+DEFAULT_SOURCE = "default"
 
 
 class ConfigurationError(ValueError):
     """A setting has a value the pipeline cannot be built with; the message names both."""
+
+
+class _InvalidSetting(ConfigurationError):
+    """A check of the whole configuration failed; the source that set the value words the message."""
+
+    def __init__(self, setting: str, value: Any, why: str) -> None:
+        super().__init__(f"{setting}={shown_value(setting, value)}: {why}")
+        self.setting = setting
+        self.why = why
 
 
 @dataclass(frozen=True)
@@ -90,19 +104,40 @@ class MonitoringConfig:
     alert_email_enabled: bool = False
     alert_slack_webhook_url: Secret | None = None
     views: tuple[ViewConfig, ...] = ()
+    # Where each setting came from (a variable name, a file path or "code"); missing ones are defaults.
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        for name in _SECRET_SETTINGS:  # plain strings given to the constructor are wrapped too
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Secret):
+                try:
+                    object.__setattr__(self, name, _parse_secret(value))
+                except (TypeError, ValueError) as error:
+                    raise ConfigurationError(f"{name}={shown_value(name, value)}: {error}") from None
         _check_config(self)
 
     def replace(self, **changes: Any) -> MonitoringConfig:
         """Return a copy with ``changes`` applied (code-level overrides, validated like any other source)."""
         return _from_mapping(changes, "code", base=self)
 
+    def source(self, setting: str) -> str:
+        """Where ``setting`` came from: ``"default"``, a file path, a variable name or ``"code"``."""
+        return self.sources.get(setting, DEFAULT_SOURCE)
+
+
+def setting_label(config: MonitoringConfig, setting: str) -> str:
+    """How an error should name ``setting``: its variable, ``<file>: <setting>``, or the setting itself."""
+    source = config.source(setting)
+    if source in (DEFAULT_SOURCE, "code"):
+        return setting
+    return source if source in _ENV_NAMES else f"{source}: {setting}"
+
 
 def _check_config(config: MonitoringConfig) -> None:
     checks: list[tuple[str, bool, str]] = [
         ("sampling_rate", 0.0 < config.sampling_rate <= 1.0, "must be > 0 and <= 1"),
-        ("retention_days", config.retention_days > 0, "must be > 0"),
+        ("retention_days", 0 < config.retention_days < math.inf, "must be a finite number of days > 0"),
         ("recording", config.recording in ("fast", "sdk"), "must be 'fast' or 'sdk'"),
         ("export_interval_s", config.export_interval_s > 0, "must be > 0"),
         ("export_timeout_s", config.export_timeout_s > 0, "must be > 0"),
@@ -112,10 +147,12 @@ def _check_config(config: MonitoringConfig) -> None:
         ("file_max_bytes", config.file_max_bytes > 0, "must be > 0"),
         ("file_rotation_interval_s", config.file_rotation_interval_s > 0, "must be > 0"),
         ("service_name", bool(config.service_name), "must not be empty"),
+        ("file_path", bool(config.file_path.strip()), "must be a file path, not empty"),
+        ("prometheus_host", bool(config.prometheus_host.strip()), "must be a host name or address, not empty"),
     ]
     for name, ok, why in checks:
         if not ok:
-            raise ConfigurationError(f"{name}={getattr(config, name)!r}: {why}")
+            raise _InvalidSetting(name, getattr(config, name), why)
 
 
 # --- parsers: each takes the raw value and returns the typed one, or raises ValueError(reason) ---
@@ -135,7 +172,10 @@ def _parse_bool(raw: Any) -> bool:
 def _parse_float(raw: Any) -> float:
     if isinstance(raw, bool):
         raise ValueError("expected a number")
-    return float(raw)
+    value = float(raw)
+    if math.isnan(value):
+        raise ValueError("expected a number, not NaN")
+    return value
 
 
 def _parse_int(raw: Any) -> int:
@@ -161,6 +201,49 @@ def _parse_secret(raw: Any) -> Secret | None:
         return raw
     text = _parse_str(raw).strip()
     return Secret(text) if text else None
+
+
+def parse_database_url(raw: Any) -> Secret | None:
+    """A Secret holding a URL SQLAlchemy can parse and has a dialect (and driver) installed for.
+
+    Raises:
+        ValueError: the URL cannot be used; the message gives the cause with the password masked.
+    """
+    secret = _parse_secret(raw)
+    if secret is None:
+        return None
+    from sqlalchemy import make_url  # here, so that importing the package does not load SQLAlchemy
+
+    text = secret.reveal()
+    try:
+        make_url(text).get_dialect()
+    except Exception as error:
+        # The parser's message may quote the URL: show it with the password masked, never the password.
+        password = _url_password(text)
+        cause = str(error).replace(text, mask_url_password(text))
+        cause = cause.replace(password, "***") if password else cause
+        raise ValueError(f"{type(error).__name__}: {cause}") from None
+    return secret
+
+
+def _url_password(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(text).password or ""
+    except ValueError:
+        return ""
+
+
+def _parse_host(raw: Any) -> str:
+    host = _parse_str(raw).strip()
+    if not host:
+        raise ValueError("expected a host name or address, got nothing")
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as error:
+        raise ValueError(f"cannot be resolved to an address ({error})") from None
+    return host
 
 
 def _parse_resource(raw: Any) -> dict[str, str]:
@@ -210,20 +293,27 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "export_timeout_s": _parse_float,
     "otlp_protocol": _parse_str,
     "cardinality_limit": _parse_int,
-    "prometheus_host": _parse_str,
+    "prometheus_host": _parse_host,
     "prometheus_port": _parse_int,
     "file_path": _parse_str,
     "file_max_bytes": _parse_int,
     "file_rotation_interval_s": _parse_float,
-    "database_url": _parse_secret,
+    "database_url": parse_database_url,
     "alert_email_enabled": _parse_bool,
     "alert_slack_webhook_url": _parse_secret,
     "views": _parse_views,
 }
+_SECRET_SETTINGS = frozenset(("database_url", "alert_slack_webhook_url"))
 
 
-def _from_mapping(values: Mapping[str, Any], source: str, base: MonitoringConfig) -> MonitoringConfig:
-    """Apply ``values`` (field name -> raw value) from ``source`` on top of ``base``."""
+def _from_mapping(
+    values: Mapping[str, Any], source: str, base: MonitoringConfig, typed: Mapping[str, str] | None = None
+) -> MonitoringConfig:
+    """Apply ``values`` (field name -> raw value) from ``source`` on top of ``base``.
+
+    ``typed`` holds what the user wrote when ``values`` were converted from it (a variable in milliseconds),
+    so that an error quotes the user's text rather than the converted value.
+    """
     parsed: dict[str, Any] = {}
     for key, raw in values.items():
         parser = _PARSERS.get(key)
@@ -233,15 +323,36 @@ def _from_mapping(values: Mapping[str, Any], source: str, base: MonitoringConfig
         try:
             parsed[key] = parser(raw)
         except (TypeError, ValueError) as error:
-            raise ConfigurationError(f"{source}: {key}={_shown(key, raw)}: {error}") from None
+            raise ConfigurationError(f"{_where(source, key)}={shown_value(key, raw)}: {error}") from None
     try:
-        return dataclasses.replace(base, **parsed)
-    except ConfigurationError as error:
-        raise ConfigurationError(f"{source}: {error}") from None
+        return dataclasses.replace(base, **parsed, sources={**base.sources, **dict.fromkeys(parsed, source)})
+    except _InvalidSetting as error:
+        if error.setting not in parsed:  # another setting made this one invalid; its own source is named
+            raise ConfigurationError(f"{source}: {error}") from None
+        shown = (typed or {}).get(error.setting, values[error.setting])
+        raise ConfigurationError(
+            f"{_where(source, error.setting)}={shown_value(error.setting, shown)}: {error.why}"
+        ) from None
 
 
-def _shown(key: str, raw: Any) -> str:
-    return "'***'" if key in ("database_url", "alert_slack_webhook_url") else repr(raw)
+def _where(source: str, key: str) -> str:
+    """A variable names itself; a file or code names the key: ``OTEL_X``, ``prod.toml: key``, ``code: key``."""
+    return source if source in _ENV_NAMES else f"{source}: {key}"
+
+
+def shown_value(key: str, raw: Any) -> str:
+    """``raw`` as an error may quote it for setting ``key``: a secret's password part masked, the rest shown."""
+    if key not in _SECRET_SETTINGS:
+        return repr(raw)
+    text = raw.reveal() if isinstance(raw, Secret) else str(raw)
+    if key == "database_url":
+        # Show the URL with its password masked, if one can be told apart; the query (which may carry
+        # password= or sslpassword=) never. Anything else is masked whole.
+        base, query, _ = text.partition("?")
+        masked = mask_url_password(base)
+        if masked != base:
+            return repr(masked + ("?***" if query else ""))
+    return repr(Secret(text).masked())
 
 
 # --- environment variables ---------------------------------------------------------------------
@@ -252,6 +363,8 @@ class _EnvVar:
     name: str
     setting: str
     convert: Callable[[str], Any] = lambda raw: raw
+    # Most empty variables count as unset (as OpenTelemetry specifies); for these, empty is a mistake.
+    empty_is_error: bool = False
 
 
 def _otel_ms(raw: str) -> float:
@@ -285,23 +398,31 @@ _SEED_ENV: tuple[_EnvVar, ...] = (
     _EnvVar("ALERT_EMAIL_ENABLED", "alert_email_enabled"),
     _EnvVar("ALERT_SLACK_WEBHOOK_URL", "alert_slack_webhook_url"),
     _EnvVar("METRICS_PROMETHEUS_PORT", "prometheus_port"),
-    _EnvVar("METRICS_FILE_PATH", "file_path"),
+    _EnvVar("METRICS_FILE_PATH", "file_path", empty_is_error=True),
     _EnvVar("METRICS_DATABASE_URL", "database_url"),
     _EnvVar("CHAT_TURBO_ENV", "environment"),
 )
 
 
-def _env_values(env: Mapping[str, str], table: tuple[_EnvVar, ...]) -> dict[str, tuple[str, Any]]:
-    found: dict[str, tuple[str, Any]] = {}
+_ENV_NAMES = frozenset(var.name for var in (*_OTEL_ENV, *_SEED_ENV))
+
+
+def _env_values(env: Mapping[str, str], table: tuple[_EnvVar, ...]) -> dict[str, tuple[str, Any, str]]:
+    """setting -> (variable, converted value, the text as typed) for every variable set in ``env``."""
+    found: dict[str, tuple[str, Any, str]] = {}
     for var in table:
         raw = env.get(var.name)
-        if raw is None or raw.strip() == "":
+        if raw is None:
+            continue
+        if raw.strip() == "":
+            if var.empty_is_error:
+                raise ConfigurationError(f"{var.name}={raw!r}: set but empty; unset it to use the default")
             continue
         try:
             value = var.convert(raw)
         except (TypeError, ValueError) as error:
-            raise ConfigurationError(f"{var.name}={_shown(var.setting, raw)}: {error}") from None
-        found[var.setting] = (var.name, value)
+            raise ConfigurationError(f"{var.name}={shown_value(var.setting, raw)}: {error}") from None
+        found[var.setting] = (var.name, value, raw)
     return found
 
 
@@ -310,23 +431,27 @@ def _apply_env(base: MonitoringConfig, env: Mapping[str, str]) -> MonitoringConf
     seed = _env_values(env, _SEED_ENV)
     config = base
     for values in (otel, seed):
-        for setting, (var_name, raw) in values.items():
-            config = _from_mapping({setting: raw}, var_name, base=config)
+        for setting, (var_name, value, typed) in values.items():
+            config = _from_mapping({setting: value}, var_name, base=config, typed={setting: typed})
     for setting in otel.keys() & seed.keys():
-        otel_name, _ = otel[setting]
-        seed_name, _ = seed[setting]
-        theirs = _from_mapping({setting: otel[setting][1]}, otel_name, base=base)
+        otel_name, otel_value, _ = otel[setting]
+        seed_name = seed[setting][0]
+        theirs = _from_mapping({setting: otel_value}, otel_name, base=base)
         if getattr(theirs, setting) != getattr(config, setting):
             _logger.warning(
-                "%s and %s disagree; using %s=%r (seed variables win over OTEL_* ones)",
+                "%s and %s disagree; using %s=%s (seed variables win over OTEL_* ones)",
                 seed_name,
                 otel_name,
                 seed_name,
-                "***" if setting.endswith("url") else getattr(config, setting),
+                shown_value(setting, getattr(config, setting)),
             )
     if "file_path" in seed and "metrics_exporters" not in otel and "chat_turbo_file" not in config.metrics_exporters:
         # METRICS_FILE_PATH alone switches file export on, as the seed's example implies.
-        config = dataclasses.replace(config, metrics_exporters=(*config.metrics_exporters, "chat_turbo_file"))
+        config = dataclasses.replace(
+            config,
+            metrics_exporters=(*config.metrics_exporters, "chat_turbo_file"),
+            sources={**config.sources, "metrics_exporters": "METRICS_FILE_PATH"},
+        )
     return config
 
 
@@ -388,5 +513,7 @@ def get_monitoring_config(
     config = load_config_file(_config_file(name), MonitoringConfig(environment=name))
     config = _apply_env(config, env)
     if environment:  # an explicit argument beats $CHAT_TURBO_ENV for the recorded name too
-        config = dataclasses.replace(config, environment=environment)
+        config = dataclasses.replace(config, environment=environment, sources={**config.sources, "environment": "code"})
+    elif env.get("CHAT_TURBO_ENV"):
+        config = dataclasses.replace(config, sources={**config.sources, "environment": "CHAT_TURBO_ENV"})
     return _from_mapping(overrides, "code", base=config) if overrides else config

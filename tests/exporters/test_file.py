@@ -31,7 +31,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 
-from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig
+from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, get_monitoring_config
 from chat_turbo_metrics.exporters.file import FileExporter, read_metric_records
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -221,13 +221,23 @@ def test_from_config_uses_the_file_settings(tmp_path: Path) -> None:
     assert len(rotated(path)) == 1  # max_bytes=1: the second line went to a fresh file
 
 
-def test_missing_arguments_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_from_config_takes_the_path_from_the_environment_it_was_given(tmp_path: Path) -> None:
     path = tmp_path / "from-env.jsonl"
-    monkeypatch.setenv("CHAT_TURBO_ENV", "test")
-    monkeypatch.setenv("METRICS_FILE_PATH", str(path))
-    export_all(FileExporter(), counter_data(1))
+    config = get_monitoring_config("test", env={"METRICS_FILE_PATH": str(path)})
+    export_all(FileExporter.from_config(config), counter_data(1))
 
     assert [r["value"] for r in read_metric_records(path)] == [1]
+
+
+def test_missing_arguments_take_the_defaults_and_never_read_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("METRICS_FILE_PATH", str(tmp_path / "from-env.jsonl"))
+    monkeypatch.chdir(tmp_path)
+    export_all(FileExporter(), counter_data(1))
+
+    assert [r["value"] for r in read_metric_records(tmp_path / "metrics.jsonl")] == [1]
+    assert not (tmp_path / "from-env.jsonl").exists()
 
 
 @pytest.mark.parametrize("setting", ["max_bytes", "rotation_interval_s", "retention_days"])

@@ -23,7 +23,7 @@ from opentelemetry.sdk.metrics.view import DropAggregation, ExplicitBucketHistog
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
-from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, ViewConfig
+from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, ViewConfig, setting_label
 from chat_turbo_metrics._pipeline import registry as _registry
 from chat_turbo_metrics._pipeline.fanout import Fanout
 from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
@@ -146,9 +146,9 @@ class Pipeline:
         self._shutdown_lock = threading.Lock()
         self._is_shutdown = False
         for name in config.metrics_exporters:
-            self._add_named(name, "OTEL_METRICS_EXPORTER", _registry.build_metric_exporter, strict)
+            self._add_named(name, setting_label(config, "metrics_exporters"), _registry.build_metric_exporter, strict)
         for name in config.traces_exporters:
-            self._add_named(name, "OTEL_TRACES_EXPORTER", _registry.build_span_processor, strict)
+            self._add_named(name, setting_label(config, "traces_exporters"), _registry.build_span_processor, strict)
         atexit.register(self.shutdown)
 
     def _add_named(

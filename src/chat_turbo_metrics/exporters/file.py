@@ -29,7 +29,7 @@ from opentelemetry.sdk.metrics.export import (
     MetricsData,
 )
 
-from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, get_monitoring_config
+from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig
 from chat_turbo_metrics._exposition.records import metric_records
 from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
 
@@ -38,6 +38,7 @@ __all__ = ["FileExporter", "read_metric_records"]
 _logger = logging.getLogger("chat_turbo_metrics.exporters.file")
 
 _SECONDS_PER_DAY = 86400.0
+_DEFAULTS = MonitoringConfig()
 _NON_FINITE = {math.inf: "+Inf", -math.inf: "-Inf"}
 
 
@@ -189,7 +190,8 @@ def _checked(setting: str, value: float) -> None:
 class FileExporter(MetricExporter):
     """Write every exported data point as one JSON line to a rotating local file.
 
-    Arguments left as ``None`` come from :func:`~chat_turbo_metrics._config.get_monitoring_config`.
+    Arguments left as ``None`` take the defaults of :class:`~chat_turbo_metrics.MonitoringConfig`; the
+    environment and configuration files are read only through :meth:`from_config`.
 
     Example:
         >>> exporter = FileExporter("/var/log/chat/metrics.jsonl", max_bytes=50_000_000, retention_days=7)
@@ -220,13 +222,12 @@ class FileExporter(MetricExporter):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(preferred_temporality=dict.fromkeys(INSTRUMENT_CLASSES, AggregationTemporality.CUMULATIVE))
-        # Read the configuration (files, environment) only when an argument leaves a gap.
-        given = (path, max_bytes, rotation_interval_s, retention_days)
-        config = get_monitoring_config() if None in given else MonitoringConfig()
-        path = config.file_path if path is None else path
-        max_bytes = config.file_max_bytes if max_bytes is None else max_bytes
-        interval_s = config.file_rotation_interval_s if rotation_interval_s is None else rotation_interval_s
-        retention_days = config.retention_days if retention_days is None else retention_days
+        path = _DEFAULTS.file_path if path is None else path
+        max_bytes = _DEFAULTS.file_max_bytes if max_bytes is None else max_bytes
+        interval_s = _DEFAULTS.file_rotation_interval_s if rotation_interval_s is None else rotation_interval_s
+        retention_days = _DEFAULTS.retention_days if retention_days is None else retention_days
+        if not str(path).strip():
+            raise ConfigurationError(f"path={str(path)!r}: must be a file path, not empty")
         for setting, value in (
             ("max_bytes", max_bytes),
             ("rotation_interval_s", interval_s),

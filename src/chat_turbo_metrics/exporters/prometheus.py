@@ -84,16 +84,13 @@ class PrometheusExporter:
 
     def __init__(self, host: str | None = None, port: int | None = None) -> None:
         """Args:
-        host: interface to bind (default from configuration, ``localhost``).
-        port: TCP port (default from configuration: METRICS_PROMETHEUS_PORT, then
-            OTEL_EXPORTER_PROMETHEUS_PORT, then 9464).
+        host: interface to bind (default ``localhost``).
+        port: TCP port (default 9464). :meth:`from_config` takes both from the configuration
+            (METRICS_PROMETHEUS_PORT, OTEL_EXPORTER_PROMETHEUS_HOST, ...); the constructor reads nothing else.
         """
-        if host is None or port is None:
-            from chat_turbo_metrics._config import get_monitoring_config
-
-            config = get_monitoring_config()
-            host = config.prometheus_host if host is None else host
-            port = config.prometheus_port if port is None else port
+        defaults = MonitoringConfig()
+        host = defaults.prometheus_host if host is None else host
+        port = defaults.prometheus_port if port is None else port
         self.host = host
         self._requested_port = port
         self._server: _Server | None = None
