@@ -407,6 +407,11 @@ _SEED_ENV: tuple[_EnvVar, ...] = (
 _ENV_NAMES = frozenset(var.name for var in (*_OTEL_ENV, *_SEED_ENV))
 
 
+def is_variable(source: str) -> bool:
+    """True when a setting's source is an environment variable (rather than a file, code or the default)."""
+    return source in _ENV_NAMES
+
+
 def _env_values(env: Mapping[str, str], table: tuple[_EnvVar, ...]) -> dict[str, tuple[str, Any, str]]:
     """setting -> (variable, converted value, the text as typed) for every variable set in ``env``."""
     found: dict[str, tuple[str, Any, str]] = {}
