@@ -1,9 +1,11 @@
 """Metrics as JSON Lines on local disk, with size/time rotation and retention.
 
 Each data point becomes one self-describing JSON object on its own line, so ``jq``, pandas or
-:func:`read_metric_records` can read a file without knowing the instruments. A line is written
-with one ``write()`` call on an unbuffered file, so a process killed with SIGKILL loses at most
-the line it was writing; the reader skips that torn line with a warning.
+:func:`read_metric_records` can read a file without knowing the instruments. One export (a whole
+snapshot) is written with one ``write()`` call on an unbuffered file; if that write fails part-way
+(disk full, file size limit, I/O error) the file is truncated back to where the export began, so a
+reader never sees part of a snapshot as if it were whole. A process killed mid-write leaves at most
+a torn last line, which the reader skips with a warning.
 
 Non-finite floats become the strings ``"NaN"``, ``"+Inf"`` and ``"-Inf"`` (the Prometheus
 spellings) so every line stays strict JSON; bytes become text (undecodable bytes as ``\\xNN``).
@@ -104,17 +106,31 @@ class _RotatingFile:
         self._opened_at = 0.0
         self._pending = b""
 
-    def write_line(self, line: bytes) -> None:
+    def write_snapshot(self, lines: bytes) -> None:
+        """Append one export's lines whole, or not at all: a failed write is rolled back, then raised."""
         if self._file is None:
             self._open()
-        self._rotate_if_due(len(self._pending) + len(line))
-        data = self._pending + line
+        self._rotate_if_due(len(self._pending) + len(lines))
+        data = self._pending + lines
         assert self._file is not None  # opened above, reopened by any rotation
         view = memoryview(data)
-        while view:  # a regular file takes the whole line in one write(); loop only on a short write
-            view = view[self._file.write(view) :]
+        try:
+            while view:  # a regular file takes it all in one write(); loop only on a short write
+                view = view[self._file.write(view) :]
+        except BaseException:
+            self._roll_back()
+            raise
         self._size += len(data)
         self._pending = b""
+
+    def _roll_back(self) -> None:
+        """Cut the file back to its size before the failed export (the file is in append mode)."""
+        assert self._file is not None
+        try:
+            os.ftruncate(self._file.fileno(), self._size)
+        except OSError as error:
+            # Rare (truncating frees space); the lines written stay, and the next export starts a new line.
+            _logger.error("could not remove a partly written export from %s: %s", self.path, error)
 
     def sync(self) -> None:
         if self._file is not None:
@@ -256,11 +272,11 @@ class FileExporter(MetricExporter):
         return self._file.path
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
-        """Append one line per data point; on any error log it and return ``FAILURE``, never raise."""
+        """Append one line per data point, all or none; on any error log it and return ``FAILURE``, never raise."""
         if self._is_shutdown:
             return self._refused()
         try:
-            lines = [_encoded(record) for record in metric_records(metrics_data)]
+            snapshot = b"".join(_encoded(record) for record in metric_records(metrics_data))
         except Exception:
             _logger.exception("could not encode metrics for %s", self._file.path)
             return MetricExportResult.FAILURE
@@ -268,8 +284,8 @@ class FileExporter(MetricExporter):
             if self._is_shutdown:
                 return self._refused()
             try:
-                for line in lines:
-                    self._file.write_line(line)
+                if snapshot:
+                    self._file.write_snapshot(snapshot)
             except Exception as error:
                 # A traceback helps only when the cause is not the file system (disk full, permissions).
                 unexpected = not isinstance(error, OSError)
