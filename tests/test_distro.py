@@ -164,3 +164,18 @@ def test_taken_prometheus_port_is_reported_and_the_rest_starts(tmp_path: Path, b
     assert f"127.0.0.1:{port}" in stderr
     assert report["push"] == ["ConsoleMetricExporter"]
     assert report["global_meter_provider_is_ours"]
+
+
+def test_instrument_starts_quietly_with_the_pinned_instrumentations(tmp_path: Path) -> None:
+    # An installed instrumentation whose library version is out of its range warns at every start
+    # (opentelemetry-instrumentation-sqlalchemy with SQLAlchemy 2.1 did); pyproject pins pairs that fit.
+    app = tmp_path / "plain.py"
+    app.write_text("print('app ran')\n")
+    env = clean_env(CHAT_TURBO_ENV="test", PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    tool = require_tool_in(Path(sys.executable).parent, "opentelemetry-instrument")
+    result = subprocess.run(
+        [str(tool), sys.executable, str(app)], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "app ran\n"
+    assert result.stderr == ""
