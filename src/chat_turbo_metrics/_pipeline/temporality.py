@@ -58,7 +58,7 @@ _DELTA = AggregationTemporality.DELTA
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
 
 _Point = NumberDataPoint | HistogramDataPoint
-_SeriesKey = tuple[str, frozenset[tuple[str, object]]]
+_SeriesKey = tuple[str, tuple[tuple[str, type, object], ...]]
 # Keyed by (resource, scope) first: Resource hashes by serialising its attributes, so hash it once per scope.
 _Baseline = dict[tuple[Resource, InstrumentationScope], dict[_SeriesKey, _Point]]
 
@@ -145,7 +145,7 @@ class DeltaConverter:
                 return metric
             numbers: list[NumberDataPoint] = []
             for point in data.data_points:
-                key = (metric.name, _attributes_key(point.attributes))
+                key = (metric.name, attributes_key(point.attributes))
                 current[key] = point
                 before = previous.get(key)
                 before = before if isinstance(before, NumberDataPoint) else None
@@ -154,7 +154,7 @@ class DeltaConverter:
         if self._histograms and isinstance(data, HistogramData) and data.aggregation_temporality == _CUMULATIVE:
             histograms: list[HistogramDataPoint] = []
             for hpoint in data.data_points:
-                key = (metric.name, _attributes_key(hpoint.attributes))
+                key = (metric.name, attributes_key(hpoint.attributes))
                 current[key] = hpoint
                 hbefore = previous.get(key)
                 hbefore = hbefore if isinstance(hbefore, HistogramDataPoint) else None
@@ -163,11 +163,22 @@ class DeltaConverter:
         return metric
 
 
-def _attributes_key(attributes: Attributes) -> frozenset[tuple[str, object]]:
+AttributesKey = tuple[tuple[str, type, object], ...]
+
+
+def attributes_key(attributes: Attributes | Mapping[str, object]) -> AttributesKey:
+    """The SDK's identity of an attribute set: key order ignored, ``1``, ``1.0`` and ``True`` kept apart.
+
+    Example:
+        >>> attributes_key({"b": 1, "a": "x"}) == attributes_key({"a": "x", "b": 1})
+        True
+        >>> attributes_key({"a": 1}) == attributes_key({"a": True})
+        False
+    """
     if not attributes:
-        return frozenset()
+        return ()
     # The SDK stores sequence values as tuples; a list from elsewhere would make the key unhashable.
-    return frozenset((k, tuple(v) if isinstance(v, list) else v) for k, v in attributes.items())
+    return tuple(sorted((k, type(v), tuple(v) if isinstance(v, list) else v) for k, v in attributes.items()))
 
 
 def _number_delta(point: NumberDataPoint, before: NumberDataPoint | None, *, monotonic: bool) -> NumberDataPoint:

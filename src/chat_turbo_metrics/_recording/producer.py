@@ -45,6 +45,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from chat_turbo_metrics._config import ViewConfig
 from chat_turbo_metrics._pipeline.compat import provider_resource
+from chat_turbo_metrics._pipeline.temporality import attributes_key
 from chat_turbo_metrics._recording.instruments import InstrumentSpec
 from chat_turbo_metrics._version import __version__
 
@@ -138,12 +139,7 @@ def bounds_problem(bounds: Sequence[float]) -> str | None:
 _OVERFLOW_ATTRIBUTES = {"otel.metric.overflow": True}  # what the SDK labels the overflow series with
 
 
-def _series_key(attributes: Mapping[str, Any]) -> tuple[tuple[str, type, Any], ...]:
-    """The SDK's identity of an attribute set: key order ignored, ``1``, ``1.0`` and ``True`` kept apart."""
-    return tuple(sorted((key, type(value), value) for key, value in attributes.items()))
-
-
-_OVERFLOW_KEY = _series_key(_OVERFLOW_ATTRIBUTES)
+_OVERFLOW_KEY = attributes_key(_OVERFLOW_ATTRIBUTES)
 
 
 def _add(cell: Cell, value: Any) -> None:
@@ -187,7 +183,7 @@ class Stream:
         """The cell for ``tags`` (created if new) and whether it is the tag set's own (not the overflow). Locked."""
         keys = self.spec.attribute_keys
         attributes = dict(tags) if keys is None else {k: v for k, v in tags.items() if k in keys}
-        key = _series_key(attributes)
+        key = attributes_key(attributes)
         cell = self.series.get(key)
         if cell is not None:
             return cell, key != _OVERFLOW_KEY
