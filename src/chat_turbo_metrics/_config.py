@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import math
 import os
-import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +22,17 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
+from chat_turbo_metrics._config_values import (
+    parse_bool,
+    parse_database_url,
+    parse_float,
+    parse_host,
+    parse_int,
+    parse_names,
+    parse_resource,
+    parse_secret,
+    parse_str,
+)
 from chat_turbo_metrics._secret import Secret, mask_url_password
 
 _logger = logging.getLogger("chat_turbo_metrics.config")
@@ -112,7 +122,7 @@ class MonitoringConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Secret):
                 try:
-                    object.__setattr__(self, name, _parse_secret(value))
+                    object.__setattr__(self, name, parse_secret(value))
                 except (TypeError, ValueError) as error:
                     raise ConfigurationError(f"{name}={shown_value(name, value)}: {error}") from None
         _check_config(self)
@@ -155,111 +165,6 @@ def _check_config(config: MonitoringConfig) -> None:
             raise _InvalidSetting(name, getattr(config, name), why)
 
 
-# --- parsers: each takes the raw value and returns the typed one, or raises ValueError(reason) ---
-
-
-def _parse_bool(raw: Any) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    text = str(raw).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
-
-
-def _parse_float(raw: Any) -> float:
-    if isinstance(raw, bool):
-        raise ValueError("expected a number")
-    value = float(raw)
-    if math.isnan(value):
-        raise ValueError("expected a number, not NaN")
-    return value
-
-
-def _parse_int(raw: Any) -> int:
-    if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-        raise ValueError("expected an integer")
-    return int(str(raw).strip()) if isinstance(raw, str) else int(raw)
-
-
-def _parse_names(raw: Any) -> tuple[str, ...]:
-    items = raw.split(",") if isinstance(raw, str) else list(raw)
-    names = tuple(str(item).strip() for item in items if str(item).strip())
-    return () if names == ("none",) else names
-
-
-def _parse_str(raw: Any) -> str:
-    if not isinstance(raw, str):
-        raise ValueError("expected a string")
-    return raw
-
-
-def _parse_secret(raw: Any) -> Secret | None:
-    if isinstance(raw, Secret):
-        return raw
-    text = _parse_str(raw).strip()
-    return Secret(text) if text else None
-
-
-def parse_database_url(raw: Any) -> Secret | None:
-    """A Secret holding a URL SQLAlchemy can parse and has a dialect (and driver) installed for.
-
-    Raises:
-        ValueError: the URL cannot be used; the message gives the cause with the password masked.
-    """
-    secret = _parse_secret(raw)
-    if secret is None:
-        return None
-    from sqlalchemy import make_url  # here, so that importing the package does not load SQLAlchemy
-
-    text = secret.reveal()
-    try:
-        make_url(text).get_dialect()
-    except Exception as error:
-        # The parser's message may quote the URL: show it with the password masked, never the password.
-        password = _url_password(text)
-        cause = str(error).replace(text, mask_url_password(text))
-        cause = cause.replace(password, "***") if password else cause
-        raise ValueError(f"{type(error).__name__}: {cause}") from None
-    return secret
-
-
-def _url_password(text: str) -> str:
-    from urllib.parse import urlsplit
-
-    try:
-        return urlsplit(text).password or ""
-    except ValueError:
-        return ""
-
-
-def _parse_host(raw: Any) -> str:
-    host = _parse_str(raw).strip()
-    if not host:
-        raise ValueError("expected a host name or address, got nothing")
-    try:
-        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as error:
-        raise ValueError(f"cannot be resolved to an address ({error})") from None
-    return host
-
-
-def _parse_resource(raw: Any) -> dict[str, str]:
-    if isinstance(raw, Mapping):
-        return {str(k): str(v) for k, v in raw.items()}
-    pairs: dict[str, str] = {}
-    for item in str(raw).split(","):
-        if not item.strip():
-            continue
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"expected key=value pairs, got {item.strip()!r}")
-        pairs[key.strip()] = value.strip()
-    return pairs
-
-
 def _parse_views(raw: Any) -> tuple[ViewConfig, ...]:
     if isinstance(raw, Mapping):  # TOML: [views.<instrument>] tables
         raw = [{"instrument": key, **value} for key, value in raw.items()]
@@ -280,27 +185,27 @@ def _parse_views(raw: Any) -> tuple[ViewConfig, ...]:
 
 
 _PARSERS: dict[str, Callable[[Any], Any]] = {
-    "enabled": _parse_bool,
-    "environment": _parse_str,
-    "service_name": _parse_str,
-    "resource_attributes": _parse_resource,
-    "sampling_rate": _parse_float,
-    "retention_days": _parse_float,
-    "recording": _parse_str,
-    "metrics_exporters": _parse_names,
-    "traces_exporters": _parse_names,
-    "export_interval_s": _parse_float,
-    "export_timeout_s": _parse_float,
-    "otlp_protocol": _parse_str,
-    "cardinality_limit": _parse_int,
-    "prometheus_host": _parse_host,
-    "prometheus_port": _parse_int,
-    "file_path": _parse_str,
-    "file_max_bytes": _parse_int,
-    "file_rotation_interval_s": _parse_float,
+    "enabled": parse_bool,
+    "environment": parse_str,
+    "service_name": parse_str,
+    "resource_attributes": parse_resource,
+    "sampling_rate": parse_float,
+    "retention_days": parse_float,
+    "recording": parse_str,
+    "metrics_exporters": parse_names,
+    "traces_exporters": parse_names,
+    "export_interval_s": parse_float,
+    "export_timeout_s": parse_float,
+    "otlp_protocol": parse_str,
+    "cardinality_limit": parse_int,
+    "prometheus_host": parse_host,
+    "prometheus_port": parse_int,
+    "file_path": parse_str,
+    "file_max_bytes": parse_int,
+    "file_rotation_interval_s": parse_float,
     "database_url": parse_database_url,
-    "alert_email_enabled": _parse_bool,
-    "alert_slack_webhook_url": _parse_secret,
+    "alert_email_enabled": parse_bool,
+    "alert_slack_webhook_url": parse_secret,
     "views": _parse_views,
 }
 _SECRET_SETTINGS = frozenset(("database_url", "alert_slack_webhook_url"))
@@ -368,11 +273,11 @@ class _EnvVar:
 
 
 def _otel_ms(raw: str) -> float:
-    return _parse_float(raw) / 1000.0
+    return parse_float(raw) / 1000.0
 
 
 def _not(raw: str) -> bool:
-    return not _parse_bool(raw)
+    return not parse_bool(raw)
 
 
 # OTEL variables first, seed variables last: a later source wins over an earlier one.

@@ -25,13 +25,8 @@ from opentelemetry.sdk.metrics.export import (
 from sqlalchemy import Engine, create_engine, delete, insert, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from chat_turbo_metrics._config import (
-    DEFAULT_DATABASE_URL,
-    ConfigurationError,
-    MonitoringConfig,
-    parse_database_url,
-    shown_value,
-)
+from chat_turbo_metrics._config import DEFAULT_DATABASE_URL, ConfigurationError, MonitoringConfig, shown_value
+from chat_turbo_metrics._config_values import parse_database_url
 from chat_turbo_metrics._secret import Secret
 from chat_turbo_metrics.exporters import _database_query as _query
 from chat_turbo_metrics.exporters._database_query import GaugePoint, HistogramRow, Instant, RateRow
