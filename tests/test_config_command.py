@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -91,17 +92,24 @@ def test_the_command_exits_non_zero_with_the_error_and_prints_no_settings(tmp_pa
     assert result.stderr.startswith("configuration error: OTEL_METRICS_EXPORTER='bogus': unknown exporter")
 
 
-def test_the_command_prints_the_resolved_settings(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "chat_turbo_metrics", "config", "--environment", "production"],
-        env=clean_env(METRICS_PROMETHEUS_PORT="9100"),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def test_the_command_prints_the_resolved_settings_without_binding_the_port(tmp_path: Path) -> None:
+    with socket.socket() as taken:  # the exporter is built and checked, never started: a taken port is fine
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "chat_turbo_metrics", "config", "--environment", "production"],
+            env=clean_env(METRICS_PROMETHEUS_PORT=str(port), OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1"),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
     assert result.returncode == 0, result.stderr
-    assert "prometheus_port          = 9100  (METRICS_PROMETHEUS_PORT)" in result.stdout.splitlines()
+    assert f"prometheus_port          = {port}  (METRICS_PROMETHEUS_PORT)" in result.stdout.splitlines()
+    (exporters,) = [line for line in result.stdout.splitlines() if line.startswith("metrics_exporters ")]
+    assert exporters.startswith("metrics_exporters        = ('prometheus',)  (file ")
+    assert exporters.endswith("production.toml)")
     assert "environment              = 'production'  (code)" in result.stdout.splitlines()

@@ -210,10 +210,14 @@ class FileExporter(MetricExporter):
     environment and configuration files are read only through :meth:`from_config`.
 
     Example:
-        >>> exporter = FileExporter("/var/log/chat/metrics.jsonl", max_bytes=50_000_000, retention_days=7)
-        >>> reader = PeriodicExportingMetricReader(exporter)  # doctest: +SKIP
-        >>> for record in read_metric_records(exporter.path, include_rotated=True):  # doctest: +SKIP
-        ...     print(record["name"], record["kind"], record.get("value"))
+        >>> exporter = FileExporter(tmp_path / "metrics.jsonl", max_bytes=50_000_000, retention_days=7)
+        >>> monitor.add_exporter(exporter)
+        >>> monitor.increment_counter("messages_sent", {"channel": "public"})
+        >>> monitor.force_flush()
+        True
+        >>> for record in read_metric_records(exporter.path, include_rotated=True):
+        ...     print(record["name"], record["kind"], record["attributes"], record["value"])
+        messages_sent counter {'channel': 'public'} 1
 
     Args:
         path: the active file; rotated files sit next to it as ``<path>.<YYYYmmddTHHMMSS>[.<n>]`` (UTC).
