@@ -72,7 +72,7 @@ def parse_database_url(raw: Any) -> Secret | None:
 
     text = secret.reveal()
     try:
-        make_url(text).get_dialect()
+        make_url(text).get_dialect().import_dbapi()  # the dialect, then its driver (psycopg, sqlite3, ...)
     except Exception as error:
         # The parser's message may quote the URL: show it with the password masked, never the password.
         password = _url_password(text)

@@ -588,6 +588,8 @@ def test_constructor_returns_without_touching_a_database_that_never_answers() ->
     ("url", "cause"),
     [
         ("nosuchdialect://chat:s3cr3tpw@db/metrics", "NoSuchModuleError"),
+        ("mysql+nosuchdriver://chat:s3cr3tpw@db/metrics", "NoSuchModuleError"),
+        ("sqlite+pysqlcipher://chat:s3cr3tpw@db/metrics", "No module named 'pysqlcipher3'"),  # driver missing
         ("postgresql+psycopg://chat:s3cr3tpw@db:notaport/metrics", "notaport"),
     ],
 )

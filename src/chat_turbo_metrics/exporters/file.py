@@ -221,7 +221,8 @@ class FileExporter(MetricExporter):
 
     Args:
         path: the active file; rotated files sit next to it as ``<path>.<YYYYmmddTHHMMSS>[.<n>]`` (UTC).
-        max_bytes: rotate before a line would make the active file larger than this.
+        max_bytes: rotate before an export would make the active file larger than this (an export is
+            never split across files, so one larger than this fills a file of its own).
         rotation_interval_s: rotate once the active file has been open this long (by ``clock``).
         retention_days: delete rotated files whose modification time is older than this.
         clock: seconds since the epoch; used for rotation age, rotated names and retention.
