@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from chat_turbo_metrics import ConfigurationError
-from chat_turbo_metrics._config_command import run_config_command
+from chat_turbo_metrics import ConfigurationError, MonitoringConfig, PerformanceMonitor, ViewConfig
+from chat_turbo_metrics._config_command import check_as_configure_would, run_config_command
 from conftest import clean_env
 
 TOKEN = "XXXXSECRETTOKENXXXX"
@@ -113,3 +113,15 @@ def test_the_command_prints_the_resolved_settings_without_binding_the_port(tmp_p
     assert exporters.startswith("metrics_exporters        = ('prometheus',)  (file ")
     assert exporters.endswith("production.toml)")
     assert "environment              = 'production'  (code)" in result.stdout.splitlines()
+
+
+def test_a_view_the_sdk_refuses_fails_as_configure_would() -> None:
+    config = MonitoringConfig(metrics_exporters=(), views=(ViewConfig(instrument="*_latency", name="latency"),))
+
+    with pytest.raises(ConfigurationError) as from_configure:
+        PerformanceMonitor(config)
+    with pytest.raises(ConfigurationError) as from_command:
+        check_as_configure_would(config)
+
+    assert str(from_command.value) == str(from_configure.value)
+    assert "wildcard" in str(from_command.value)

@@ -66,10 +66,24 @@ def run_config_command(environment: str | None, env: Mapping[str, str] | None, o
     Raises:
         ConfigurationError: the error ``configure()`` would raise with this configuration.
     """
-    from chat_turbo_metrics._pipeline.registry import check_components
-
     config = get_monitoring_config(environment, env=os.environ if env is None else env)
-    if config.enabled:
-        check_components(config)
+    check_as_configure_would(config)
     for line in config_lines(config):
         print(line, file=out)
+
+
+def check_as_configure_would(config: MonitoringConfig) -> None:
+    """What building the pipeline checks beyond the values: views, and every exporter and span processor named.
+
+    Args:
+        config: a validated configuration.
+
+    Raises:
+        ConfigurationError: the error building the pipeline from ``config`` would raise.
+    """
+    from chat_turbo_metrics._pipeline.provider import build_views
+    from chat_turbo_metrics._pipeline.registry import check_components
+
+    if config.enabled:
+        build_views(config.views)
+        check_components(config)
