@@ -161,8 +161,10 @@ def resolve_name(engine: Engine, name: str, kinds: tuple[str, ...]) -> str:
     other = sorted({k for n, k, u in stored if name in (n, prometheus_name(n, u, k))})
     if other:
         instead = " or ".join(sorted({_QUERY_FOR_KIND[k] for k in other}))
-        raise ValueError(f"{name!r} is stored as a {' and a '.join(other)}, not a {kinds[0]}; use {instead}()")
-    raise ValueError(f"no {kinds[0]} named {name!r} is stored; stored: {listing}")
+        raise ValueError(
+            f"{name!r} is stored as a {' and a '.join(other)}, not a {kinds[0]}; use {instead}(). Stored: {listing}"
+        )
+    raise ValueError(f"no {kinds[0]} named {name!r} is stored. Stored: {listing}")
 
 
 def _clamped(value: float | None, low: float | None, high: float | None) -> float | None:
