@@ -46,6 +46,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Variables that configure monitoring; a child process must not inherit the developer's or CI's.
+MONITORING_ENV_PREFIXES = ("OTEL_", "METRICS_", "PERFORMANCE_", "ALERT_", "CHAT_TURBO_")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without monitoring variables, plus ``extra``: for subprocesses."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(MONITORING_ENV_PREFIXES)}
+    env.update(extra)
+    return env
+
+
 def make_config(**settings: object) -> MonitoringConfig:
     """A test configuration: no exporters unless asked for."""
     settings.setdefault("metrics_exporters", ())

@@ -98,13 +98,19 @@ def test_code_overrides_win_over_environment() -> None:
         ("OTEL_METRIC_EXPORT_INTERVAL", "soon"),
         ("OTEL_RESOURCE_ATTRIBUTES", "novalue"),
         ("METRICS_RECORDING", "turbo"),
+        ("METRICS_RETENTION_DAYS", "inf"),
+        ("METRICS_RETENTION_DAYS", "nan"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "-5"),
+        ("OTEL_METRIC_EXPORT_TIMEOUT", "0"),
+        ("OTEL_EXPORTER_PROMETHEUS_HOST", "no-such-host.invalid"),
+        ("METRICS_FILE_PATH", ""),
     ],
 )
-def test_bad_value_error_names_variable_and_value(variable: str, value: str) -> None:
+def test_bad_value_error_names_variable_and_value_as_typed(variable: str, value: str) -> None:
     with pytest.raises(ConfigurationError) as caught:
         get_monitoring_config("test", env={variable: value})
-    assert variable in str(caught.value)
-    assert value in str(caught.value)
+    # The message starts with the variable and the user's own text (milliseconds stay milliseconds).
+    assert str(caught.value).startswith(f"{variable}={value!r}: ")
 
 
 def test_empty_variable_is_ignored() -> None:
@@ -168,3 +174,55 @@ def test_slack_webhook_url_never_shows_in_repr_or_errors() -> None:
 
 def test_configs_ship_inside_the_package_or_checkout() -> None:
     assert any((directory / "production.toml").is_file() for directory in config_dirs())
+
+
+def test_secrets_given_as_plain_strings_to_the_constructor_are_wrapped() -> None:
+    config = MonitoringConfig(
+        database_url="postgresql://chat:PW-s3cr3t@db/metrics",
+        alert_slack_webhook_url="https://hooks.slack.com/services/T0/B0/TOKEN-s3cr3t",
+    )
+    assert isinstance(config.database_url, Secret)
+    assert isinstance(config.alert_slack_webhook_url, Secret)
+    assert config.database_url.reveal() == "postgresql://chat:PW-s3cr3t@db/metrics"
+    assert "s3cr3t" not in repr(config)
+    assert "s3cr3t" not in repr(config.replace(sampling_rate=0.5))
+
+
+def test_a_file_error_names_the_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "prod.toml"
+    path.write_text("retention_days = inf\n")
+    with pytest.raises(ConfigurationError) as caught:
+        load_config_file(path)
+    assert str(caught.value) == f"{path}: retention_days=inf: must be a finite number of days > 0"
+
+
+def test_code_errors_name_the_setting_not_a_variable() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        get_monitoring_config("test", env={}, file_path=" ")
+    assert str(caught.value) == "code: file_path=' ': must be a file path, not empty"
+
+
+def test_sources_say_where_each_setting_came_from() -> None:
+    config = get_monitoring_config("production", env={"OTEL_METRICS_EXPORTER": "console"}, sampling_rate=0.5)
+    assert config.source("metrics_exporters") == "OTEL_METRICS_EXPORTER"
+    assert config.source("sampling_rate") == "code"
+    assert config.source("retention_days").endswith("production.toml")
+    assert config.source("recording") == "default"
+    assert config.source("environment") == "code"
+
+
+def test_file_path_variable_is_the_source_of_the_file_exporter() -> None:
+    config = get_monitoring_config("test", env={"METRICS_FILE_PATH": "/tmp/m.jsonl"})
+    assert config.source("metrics_exporters") == "METRICS_FILE_PATH"
+
+
+def test_an_exporter_named_in_code_is_not_blamed_on_a_variable() -> None:
+    from chat_turbo_metrics import PerformanceMonitor
+
+    for config in (
+        MonitoringConfig(metrics_exporters=("bogus",)),
+        get_monitoring_config("test", env={}).replace(metrics_exporters=("bogus",)),
+    ):
+        with pytest.raises(ConfigurationError) as caught:
+            PerformanceMonitor(config)
+        assert str(caught.value).startswith("metrics_exporters='bogus': unknown exporter")

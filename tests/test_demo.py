@@ -1,28 +1,116 @@
-"""The demo (``make demo``) runs, serves traffic and records the seed's metrics."""
+"""The demo (``make demo``) runs, serves traffic and records the seed's metrics with consistent values."""
 
 from __future__ import annotations
 
-import os
+import re
+import socket
 import subprocess
 import sys
+from collections import defaultdict
 
-from conftest import free_port
+import pytest
+
+from conftest import clean_env, free_port
+
+# The seed README's ten metric names, as Prometheus shows them (families; histograms by their _count).
+SEED_FAMILIES = (
+    "messages_sent_total",
+    "api_requests_total",
+    "errors_total",
+    "active_connections",
+    "memory_usage_mb",
+    "cpu_usage_percent",
+    "http_request_duration_seconds",
+    "database_query_duration_seconds",
+    "message_processing_time_seconds",
+    "message_size",
+)
+SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{.*\})? (\S+)$")
 
 
-def test_demo_records_the_seed_metrics_and_serves_prometheus() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "METRICS_", "PERFORMANCE_"))}
-    env["METRICS_PROMETHEUS_PORT"] = str(free_port())
-    result = subprocess.run(
+def run_demo(**env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "chat_turbo_metrics", "demo", "--duration", "2"],
-        env=env,
+        env=clean_env(**env),
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def totals(exposition: str) -> dict[str, float]:
+    """Sum of every sample per sample name (``x_count`` summed over label sets)."""
+    summed: dict[str, float] = defaultdict(float)
+    for line in exposition.splitlines():
+        match = SAMPLE.match(line)
+        if match:
+            summed[match.group(1)] += float(match.group(2))
+    return summed
+
+
+@pytest.fixture(scope="module")
+def demo() -> tuple[subprocess.CompletedProcess[str], int]:
+    """One two-second demo run shared by the tests that read its output."""
+    port = free_port()
+    return run_demo(METRICS_PROMETHEUS_PORT=str(port)), port
+
+
+def test_demo_serves_prometheus_on_the_configured_port(demo: tuple[subprocess.CompletedProcess[str], int]) -> None:
+    result, port = demo
     assert result.returncode == 0, result.stderr
-    assert f"http://localhost:{env['METRICS_PROMETHEUS_PORT']}/metrics" in result.stdout
-    for name in ("messages_sent", "api_request_duration", "database_query_duration_seconds", "active_connections"):
-        assert name in result.stdout
-    assert "recorded" in result.stdout
-    assert "messages sent" in result.stdout
+    assert f"Prometheus metrics: http://localhost:{port}/metrics" in result.stdout
+
+
+def test_demo_records_every_seed_metric_with_consistent_counts(
+    demo: tuple[subprocess.CompletedProcess[str], int],
+) -> None:
+    result, _ = demo
+    summary = re.search(r"recorded (\d+) API requests, (\d+) messages sent, (\d+) database queries", result.stdout)
+    assert summary is not None, result.stdout
+    requests, sent, queries = (int(group) for group in summary.groups())
+    values = totals(result.stdout)
+    for family in SEED_FAMILIES:
+        assert family in values or f"{family}_count" in values, family
+    assert requests > 0
+    assert sent > 0
+    # Every request is counted, timed twice and (for a POST) sends one message and runs one query.
+    assert values["api_requests_total"] == requests
+    assert values["api_request_duration_seconds_count"] == requests
+    assert values["http_request_duration_seconds_count"] == requests
+    assert values["messages_sent_total"] == sent
+    assert values["message_size_count"] == sent
+    assert values["message_processing_time_seconds_count"] == sent
+    assert values["database_query_duration_seconds_count"] == queries
+    assert queries >= sent
+    assert 0 < values["errors_total"] < requests
+    assert values["memory_usage_mb"] > 1
+
+
+def test_demo_seed_metrics_have_written_help_texts(demo: tuple[subprocess.CompletedProcess[str], int]) -> None:
+    result, _ = demo
+    helps = dict(re.findall(r"^# HELP (\S+) (.*)$", result.stdout, flags=re.MULTILINE))
+    # A generated text starts with the kind ("Histogram api request duration (s)."); a written one does not.
+    for family in (*SEED_FAMILIES, "api_request_duration_seconds"):
+        assert family in helps, family
+        assert not helps[family].startswith(("Counter ", "Gauge ", "Histogram ")), (family, helps[family])
+
+
+def test_demo_output_ends_on_whole_lines(demo: tuple[subprocess.CompletedProcess[str], int]) -> None:
+    result, _ = demo
+    exposition = result.stdout[result.stdout.index("# HELP") :]
+    for line in exposition.splitlines():
+        assert line.startswith("#") or SAMPLE.match(line), line
+
+
+def test_taken_port_ends_with_a_one_line_hint_and_a_failure_status() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_demo(METRICS_PROMETHEUS_PORT=str(port), OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"127.0.0.1:{port}" in line
+    assert "METRICS_PROMETHEUS_PORT" in line

@@ -53,11 +53,40 @@ def records(monitor: PerformanceMonitor, timers: Iterable[str] = ()) -> list[dic
     return out
 
 
-def assert_same_export(sdk: PerformanceMonitor, fast: PerformanceMonitor, timers: Iterable[str] = ()) -> None:
+# One expected series: (name, tags, value); the value is a number for sums and gauges, (count, sum) for a
+# histogram, and the count alone for a timer (its durations are measured, not chosen).
+Point = tuple[str, Mapping[str, Any], Any]
+
+
+def exported_points(monitor: PerformanceMonitor, timers: Iterable[str] = ()) -> dict[tuple[str, Any], Any]:
+    """Every series of the monitor's export, in the form of :data:`Point`."""
+    found: dict[tuple[str, Any], Any] = {}
+    for record in monitor.snapshot().records():
+        key = (record["name"], tuple(sorted(record["attributes"].items(), key=lambda item: item[0])))
+        assert key not in found, f"series exported twice: {key}"
+        if record["kind"] != "histogram":
+            found[key] = record["value"]
+        elif record["name"] in timers:
+            found[key] = record["count"]
+        else:
+            found[key] = (record["count"], record["sum"])
+    return found
+
+
+def assert_same_export(
+    sdk: PerformanceMonitor, fast: PerformanceMonitor, expected: Iterable[Point], timers: Iterable[str] = ()
+) -> None:
+    """Both paths export the same text and records, and those hold exactly the ``expected`` series."""
     timers = tuple(timers)
     families = tuple(f"{name}_seconds" for name in timers)
     assert prometheus(fast, families) == prometheus(sdk, families)
     assert records(fast, timers) == records(sdk, timers)
+    want = {(name, tuple(sorted(tags.items(), key=lambda item: item[0]))): value for name, tags, value in expected}
+    assert want, "a golden test must say which points it expects"
+    got = exported_points(fast, timers)
+    assert set(got) == set(want)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value), key
 
 
 def each(monitors: Iterable[PerformanceMonitor], script: Callable[[PerformanceMonitor], None]) -> None:
@@ -80,7 +109,16 @@ def test_counters_export_identically(monitor_factory: Factory) -> None:
 
     sdk, fast = both(monitor_factory)
     each((sdk, fast), script)
-    assert_same_export(sdk, fast)
+    assert_same_export(
+        sdk,
+        fast,
+        [
+            ("api_requests", TAGS, 3),
+            ("api_requests", {"method": "POST", "endpoint": "/api/y", "status": 500}, 1),
+            ("errors", {}, 2),
+            ("bytes_sent", {"peer": "a"}, 1.0),
+        ],
+    )
     assert fast.snapshot().value("api_requests", TAGS) == 3
 
 
@@ -95,7 +133,15 @@ def test_gauges_export_identically(monitor_factory: Factory) -> None:
 
     sdk, fast = both(monitor_factory)
     each((sdk, fast), script)
-    assert_same_export(sdk, fast)
+    assert_same_export(
+        sdk,
+        fast,
+        [
+            ("active_connections", {}, 7),
+            ("temperature", {"room": "a"}, 21.0),
+            ("memory_usage_mb", {"worker": 1}, 512.25),
+        ],
+    )
 
 
 def test_histograms_with_default_buckets_export_identically(monitor_factory: Factory) -> None:
@@ -111,7 +157,15 @@ def test_histograms_with_default_buckets_export_identically(monitor_factory: Fac
 
     sdk, fast = both(monitor_factory)
     each((sdk, fast), script)
-    assert_same_export(sdk, fast)
+    assert_same_export(
+        sdk,
+        fast,
+        [
+            ("http_request_duration_seconds", {"route": "/chat"}, (8, 21.6101)),
+            ("message_size", {}, (5, 1_000_010_010.5)),
+            ("message_size", {"channel": "public"}, (1, 7)),
+        ],
+    )
 
 
 def test_defined_buckets_export_identically(monitor_factory: Factory) -> None:
@@ -122,7 +176,7 @@ def test_defined_buckets_export_identically(monitor_factory: Factory) -> None:
 
     sdk, fast = both(monitor_factory)
     each((sdk, fast), script)
-    assert_same_export(sdk, fast)
+    assert_same_export(sdk, fast, [("queue_wait", {}, (5, 8.0))])
 
 
 def test_view_buckets_export_identically(monitor_factory: Factory) -> None:
@@ -139,7 +193,9 @@ def test_view_buckets_export_identically(monitor_factory: Factory) -> None:
 
     sdk, fast = both(monitor_factory, views=views)
     each((sdk, fast), script)
-    assert_same_export(sdk, fast)
+    assert_same_export(
+        sdk, fast, [("db_latency", {"table": "users"}, (6, 6.4)), ("jobs_done", {"queue": "a"}, (4, 44))]
+    )
     assert fast.snapshot().value("db_latency", {"table": "users"})["bucket_counts"] == [2, 1, 2, 1]
 
 
@@ -152,7 +208,12 @@ def test_timers_export_identically_apart_from_measured_durations(monitor_factory
 
     sdk, fast = both(monitor_factory)
     each((sdk, fast), script)
-    assert_same_export(sdk, fast, timers=("api_request_duration", "job_duration"))
+    assert_same_export(
+        sdk,
+        fast,
+        [("api_request_duration", TAGS, 2), ("job_duration", {"kind": "cleanup"}, 1)],
+        timers=("api_request_duration", "job_duration"),
+    )
     assert fast.snapshot().value("api_request_duration", TAGS)["count"] == 2
 
 
@@ -176,7 +237,15 @@ def test_view_attribute_keys_merge_series_exactly(monitor_factory: Factory) -> N
 
     sdk, fast = both(monitor_factory, views=views)
     each((sdk, fast), script)
-    assert_same_export(sdk, fast)
+    assert_same_export(
+        sdk,
+        fast,
+        [
+            ("messages_sent", {"channel": "public"}, 1.1),
+            ("message_size", {"channel": "public"}, (4, 1.2)),
+            ("queue_depth", {"queue": "q"}, 7),
+        ],
+    )
     assert fast.snapshot().value("queue_depth", {"queue": "q"}) == 7
 
 
@@ -184,7 +253,7 @@ def test_rename_view_exports_identically(monitor_factory: Factory) -> None:
     views = (ViewConfig(instrument="messages_sent", name="chat_messages", description="Chat messages."),)
     sdk, fast = both(monitor_factory, views=views)
     each((sdk, fast), lambda m: m.increment_counter("messages_sent", {"channel": "public"}))
-    assert_same_export(sdk, fast)
+    assert_same_export(sdk, fast, [("chat_messages", {"channel": "public"}, 1)])
     assert "# HELP chat_messages_total Chat messages." in fast.snapshot().to_prometheus()
 
 
@@ -199,7 +268,7 @@ def test_drop_view_exports_nothing_on_either_path(monitor_factory: Factory) -> N
 
     sdk, fast = both(monitor_factory, views=views)
     each((sdk, fast), script)
-    assert_same_export(sdk, fast)
+    assert_same_export(sdk, fast, [("signal", {}, 1)])
     assert fast.snapshot().names() == {"signal"}
 
 
@@ -215,7 +284,9 @@ def test_two_views_on_one_instrument_give_two_metrics_on_both_paths(monitor_fact
 
     sdk, fast = both(monitor_factory, views=views)
     each((sdk, fast), script)
-    assert_same_export(sdk, fast)
+    assert_same_export(
+        sdk, fast, [("jobs_by_queue", {"queue": "a"}, 2), ("jobs_by_queue", {"queue": "b"}, 1), ("jobs", {}, 3)]
+    )
     assert fast.snapshot().value("jobs") == 3
 
 
@@ -231,7 +302,17 @@ def test_cardinality_overflow_matches_the_sdk(monitor_factory: Factory) -> None:
 
     sdk, fast = both(monitor_factory, cardinality_limit=5)
     each((sdk, fast), script)
-    assert_same_export(sdk, fast)
+    # The first five series keep their own values; users 5..8 and the new 12 share the overflow series.
+    overflow = {"otel.metric.overflow": True}
+    expected = [
+        *(("requests", {"user": str(i)}, 11 if i in (0, 4) else 1) for i in range(5)),
+        ("requests", overflow, 4 + 30),
+        *(("latency_seconds", {"user": str(i)}, (1, 0.01 * i)) for i in range(5)),
+        ("latency_seconds", overflow, (4, 0.26)),
+        *(("load", {"user": str(i)}, i) for i in range(5)),
+        ("load", overflow, 8),
+    ]
+    assert_same_export(sdk, fast, expected)
     snapshot = fast.snapshot()
     assert snapshot.value("requests", {"otel.metric.overflow": True}) == 4 + 30
     assert len([r for r in snapshot.records() if r["name"] == "requests"]) == 6
@@ -250,7 +331,17 @@ def test_awkward_tag_values_export_identically(monitor_factory: Factory) -> None
 
     sdk, fast = both(monitor_factory)
     each((sdk, fast), script)
-    assert_same_export(sdk, fast)
+    assert_same_export(
+        sdk,
+        fast,
+        [
+            *(("messages_sent", {"channel": value, "ok": True}, 1) for value in awkward),
+            *(("message_size", {"channel": value}, (1, 3)) for value in awkward),
+            ("responses", {"status": 200}, 1),
+            ("responses", {"status": "200"}, 1),
+            ("responses", {"ratio": 0.5, "dotted.key": "x"}, 1),
+        ],
+    )
 
 
 def test_bound_handles_export_what_calls_export(monitor_factory: Factory) -> None:
@@ -268,7 +359,7 @@ def test_bound_handles_export_what_calls_export(monitor_factory: Factory) -> Non
 
     sdk, fast = both(monitor_factory)
     each((sdk, fast), script)
-    assert_same_export(sdk, fast)
+    assert_same_export(sdk, fast, [("sent", TAGS, 8), ("size", TAGS, (3, 37.5)), ("depth", {"q": "a"}, 2)])
     assert fast.snapshot().value("sent", TAGS) == 8
 
 
@@ -294,7 +385,15 @@ def test_otlp_encoding_is_identical(monitor_factory: Factory) -> None:
 
     sdk, fast = both(monitor_factory)
     each((sdk, fast), script)
-    assert encoded(fast) == encoded(sdk)
+    fast_encoded = encoded(fast)
+    assert fast_encoded == encoded(sdk)
+    (resource,) = fast_encoded["resourceMetrics"]
+    (scope,) = resource["scopeMetrics"]
+    assert [metric["name"] for metric in scope["metrics"]] == [
+        "api_requests",
+        "active_connections",
+        "http_request_duration_seconds",
+    ]
 
 
 def test_fast_metrics_join_the_sdk_scope_under_one_resource(monitor_factory: Factory) -> None:
@@ -494,7 +593,7 @@ def test_bad_input_leaves_the_same_export_on_both_paths(monitor_factory: Factory
 
     sdk, fast = both(monitor_factory)
     each((sdk, fast), script)
-    assert_same_export(sdk, fast)
+    assert_same_export(sdk, fast, [("c3", TAGS, 1), ("h2", TAGS, (1, 2.0))])
 
 
 def test_bad_input_to_bound_handles_is_dropped_and_counted(monitor_factory: Factory) -> None:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
+from conftest import clean_env
+
 
 def run(code: str, **env: str) -> str:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "METRICS_", "PERFORMANCE_"))}
+    environment = clean_env()
     environment.update(env)
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 
 from chat_turbo_metrics import PerformanceMonitor, ViewConfig
 
@@ -169,8 +170,8 @@ def test_view_renames_and_drops_metrics(monitor_factory: Any, recording: str) ->
         (lambda m, n: m.increment_counter(n, value=float("nan")), "finite"),
         (lambda m, n: m.increment_counter(n, value=float("inf")), "finite"),
         (lambda m, n: m.increment_counter(n, value=-1), "negative"),
-        (lambda m, n: m.increment_counter(n, value="7"), ""),
-        (lambda m, n: m.record_histogram(n, None), ""),
+        (lambda m, n: m.increment_counter(n, value="7"), "'7'"),
+        (lambda m, n: m.record_histogram(n, None), "None"),
         (lambda m, n: m.record_histogram(n, -2.0), "negative"),
         (lambda m, n: m.record_gauge(n, float("nan")), "finite"),
         (lambda m, n: m.increment_counter("", {"a": "b"}), "invalid"),
@@ -180,7 +181,7 @@ def test_view_renames_and_drops_metrics(monitor_factory: Any, recording: str) ->
         (lambda m, n: m.increment_counter(n, {"k": "x" * 100_000}), "characters"),
         (lambda m, n: m.increment_counter(n, {"k": object()}), "type object"),
         (lambda m, n: m.increment_counter(n, ["not", "a", "dict"]), "dict"),
-        (lambda m, n: m.record_timer(n, "yesterday"), ""),
+        (lambda m, n: m.record_timer(n, "yesterday"), "'yesterday'"),
     ],
 )
 def test_bad_input_is_dropped_warned_once_and_never_raises(
@@ -194,7 +195,11 @@ def test_bad_input_is_dropped_warned_once_and_never_raises(
             call(monitor, name)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    # The cause (or, for a value that is not a number, the value itself as typed) is named in the warning.
+    assert cause, "every case names what its warning must say"
     assert cause.lower() in warnings[0].getMessage().lower()
+    if monitor.config.recording == "fast":
+        assert monitor.dropped == 5
     snapshot = monitor.snapshot()
     assert snapshot.value("good", {"k": "v"}) == 1
     assert snapshot.value(name) is None
@@ -207,7 +212,10 @@ def test_a_name_used_as_two_kinds_keeps_the_first(
     monitor.increment_counter("jobs")
     with caplog.at_level(logging.WARNING):
         monitor.record_gauge("jobs", 5)
-    assert "jobs" in caplog.text
+        monitor.record_gauge("jobs", 6)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "jobs" in warnings[0]
     assert monitor.snapshot().value("jobs") == 1
 
 
@@ -285,7 +293,40 @@ def test_snapshot_serializes_to_json(monitor: PerformanceMonitor) -> None:
     assert by_name["message_size"]["resource"]["service.name"] == "chat-turbo"
 
 
+class RecordingExporter(MetricExporter):
+    """A push exporter that keeps what it was given and counts its shutdowns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exported: list[MetricsData] = []
+        self.shutdowns = 0
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        self.exported.append(metrics_data)
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self.shutdowns += 1
+
+
 def test_shutdown_is_idempotent(monitor: PerformanceMonitor) -> None:
-    monitor.increment_counter("x")
+    exporter = RecordingExporter()
+    monitor.add_exporter(exporter)
+    monitor.increment_counter("x", value=3)
     monitor.shutdown()
     monitor.shutdown()
+    monitor.increment_counter("x")  # recording after shutdown is harmless
+    assert exporter.shutdowns == 1
+    values = [
+        point.value
+        for data in exporter.exported
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == "x"
+        for point in metric.data.data_points
+    ]
+    assert values == [3]  # the last data went out once, before the exporter stopped

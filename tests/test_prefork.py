@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from chat_turbo_metrics.exporters.file import read_metric_records
-from conftest import free_port, require_tool
+from conftest import clean_env, free_port, require_tool
 
 APP = textwrap.dedent(
     """
@@ -51,7 +51,7 @@ def test_gunicorn_workers_record_and_export_under_opentelemetry_instrument(tmp_p
     (tmp_path / "app.py").write_text(APP)
     app_port, metrics_port = free_port(), free_port()
     metrics_file = tmp_path / "metrics.jsonl"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "METRICS_", "PERFORMANCE_"))}
+    env = clean_env()
     env.update(
         {
             "PYTHONPATH": os.pathsep.join([str(tmp_path), *(p for p in sys.path if p)]),

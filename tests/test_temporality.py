@@ -177,3 +177,18 @@ def test_series_are_kept_apart_by_metric_name() -> None:
     exported(converter, counter(5, time=2_000))
     other = snapshot(Sum([number(100, time=3_000)], CUMULATIVE, is_monotonic=True), name="other")
     assert exported(converter, other).data_points[0].value == 100
+
+
+def test_series_whose_values_are_equal_but_of_other_types_are_kept_apart() -> None:
+    # The SDK keeps {"k": 1} and {"k": True} as two series (they are equal dicts); so must the baseline.
+    def both(one: float, true: float, time: int) -> MetricsData:
+        points = [
+            NumberDataPoint(attributes={"k": 1}, start_time_unix_nano=START, time_unix_nano=time, value=one),
+            NumberDataPoint(attributes={"k": True}, start_time_unix_nano=START, time_unix_nano=time, value=true),
+        ]
+        return snapshot(Sum(points, CUMULATIVE, is_monotonic=True))
+
+    converter = all_delta()
+    exported(converter, both(5, 100, time=2_000))
+    data = exported(converter, both(7, 130, time=3_000))
+    assert [(point.attributes, point.value) for point in data.data_points] == [({"k": 1}, 2), ({"k": True}, 30)]

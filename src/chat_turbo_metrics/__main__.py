@@ -15,16 +15,19 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="run an instrumented Chat-Turbo service with synthetic traffic")
     demo.add_argument("--duration", type=float, default=30.0, help="seconds to run (0: until Ctrl-C)")
     demo.add_argument("--environment", default=None, help="configs/<environment>.toml to load")
-    commands.add_parser("config", help="print the configuration resolved from files and the environment")
+    config = commands.add_parser(
+        "config", help="check and print the configuration, one setting a line, with its source"
+    )
+    config.add_argument("--environment", default=None, help="configs/<environment>.toml to load")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
             from chat_turbo_metrics._demo import run_demo
 
             return run_demo(duration_s=args.duration, environment=args.environment)
-        from chat_turbo_metrics._config import get_monitoring_config
+        from chat_turbo_metrics._config_command import run_config_command
 
-        print(get_monitoring_config())
+        run_config_command(args.environment, None, sys.stdout)
         return 0
     except ConfigurationError as error:
         print(f"configuration error: {error}", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -21,16 +22,39 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-from chat_turbo_metrics._secret import Secret
+from chat_turbo_metrics._config_values import (
+    parse_bool,
+    parse_database_url,
+    parse_float,
+    parse_host,
+    parse_int,
+    parse_names,
+    parse_resource,
+    parse_secret,
+    parse_str,
+)
+from chat_turbo_metrics._secret import Secret, mask_url_password
 
 _logger = logging.getLogger("chat_turbo_metrics.config")
 
 Recording = Literal["fast", "sdk"]
 ENVIRONMENTS = ("development", "production", "test")
+# Where history goes when no database_url is configured: a SQLite file in the working directory.
+DEFAULT_DATABASE_URL = "sqlite:///chat_turbo_metrics.db"
+DEFAULT_SOURCE = "default"
 
 
 class ConfigurationError(ValueError):
     """A setting has a value the pipeline cannot be built with; the message names both."""
+
+
+class _InvalidSetting(ConfigurationError):
+    """A check of the whole configuration failed; the source that set the value words the message."""
+
+    def __init__(self, setting: str, value: Any, why: str) -> None:
+        super().__init__(f"{setting}={shown_value(setting, value)}: {why}")
+        self.setting = setting
+        self.why = why
 
 
 @dataclass(frozen=True)
@@ -90,19 +114,40 @@ class MonitoringConfig:
     alert_email_enabled: bool = False
     alert_slack_webhook_url: Secret | None = None
     views: tuple[ViewConfig, ...] = ()
+    # Where each setting came from (a variable name, a file path or "code"); missing ones are defaults.
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        for name in _SECRET_SETTINGS:  # plain strings given to the constructor are wrapped too
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Secret):
+                try:
+                    object.__setattr__(self, name, parse_secret(value))
+                except (TypeError, ValueError) as error:
+                    raise ConfigurationError(f"{name}={shown_value(name, value)}: {error}") from None
         _check_config(self)
 
     def replace(self, **changes: Any) -> MonitoringConfig:
         """Return a copy with ``changes`` applied (code-level overrides, validated like any other source)."""
         return _from_mapping(changes, "code", base=self)
 
+    def source(self, setting: str) -> str:
+        """Where ``setting`` came from: ``"default"``, a file path, a variable name or ``"code"``."""
+        return self.sources.get(setting, DEFAULT_SOURCE)
+
+
+def setting_label(config: MonitoringConfig, setting: str) -> str:
+    """How an error should name ``setting``: its variable, ``<file>: <setting>``, or the setting itself."""
+    source = config.source(setting)
+    if source in (DEFAULT_SOURCE, "code"):
+        return setting
+    return source if source in _ENV_NAMES else f"{source}: {setting}"
+
 
 def _check_config(config: MonitoringConfig) -> None:
     checks: list[tuple[str, bool, str]] = [
         ("sampling_rate", 0.0 < config.sampling_rate <= 1.0, "must be > 0 and <= 1"),
-        ("retention_days", config.retention_days > 0, "must be > 0"),
+        ("retention_days", 0 < config.retention_days < math.inf, "must be a finite number of days > 0"),
         ("recording", config.recording in ("fast", "sdk"), "must be 'fast' or 'sdk'"),
         ("export_interval_s", config.export_interval_s > 0, "must be > 0"),
         ("export_timeout_s", config.export_timeout_s > 0, "must be > 0"),
@@ -112,69 +157,12 @@ def _check_config(config: MonitoringConfig) -> None:
         ("file_max_bytes", config.file_max_bytes > 0, "must be > 0"),
         ("file_rotation_interval_s", config.file_rotation_interval_s > 0, "must be > 0"),
         ("service_name", bool(config.service_name), "must not be empty"),
+        ("file_path", bool(config.file_path.strip()), "must be a file path, not empty"),
+        ("prometheus_host", bool(config.prometheus_host.strip()), "must be a host name or address, not empty"),
     ]
     for name, ok, why in checks:
         if not ok:
-            raise ConfigurationError(f"{name}={getattr(config, name)!r}: {why}")
-
-
-# --- parsers: each takes the raw value and returns the typed one, or raises ValueError(reason) ---
-
-
-def _parse_bool(raw: Any) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    text = str(raw).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
-
-
-def _parse_float(raw: Any) -> float:
-    if isinstance(raw, bool):
-        raise ValueError("expected a number")
-    return float(raw)
-
-
-def _parse_int(raw: Any) -> int:
-    if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-        raise ValueError("expected an integer")
-    return int(str(raw).strip()) if isinstance(raw, str) else int(raw)
-
-
-def _parse_names(raw: Any) -> tuple[str, ...]:
-    items = raw.split(",") if isinstance(raw, str) else list(raw)
-    names = tuple(str(item).strip() for item in items if str(item).strip())
-    return () if names == ("none",) else names
-
-
-def _parse_str(raw: Any) -> str:
-    if not isinstance(raw, str):
-        raise ValueError("expected a string")
-    return raw
-
-
-def _parse_secret(raw: Any) -> Secret | None:
-    if isinstance(raw, Secret):
-        return raw
-    text = _parse_str(raw).strip()
-    return Secret(text) if text else None
-
-
-def _parse_resource(raw: Any) -> dict[str, str]:
-    if isinstance(raw, Mapping):
-        return {str(k): str(v) for k, v in raw.items()}
-    pairs: dict[str, str] = {}
-    for item in str(raw).split(","):
-        if not item.strip():
-            continue
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"expected key=value pairs, got {item.strip()!r}")
-        pairs[key.strip()] = value.strip()
-    return pairs
+            raise _InvalidSetting(name, getattr(config, name), why)
 
 
 def _parse_views(raw: Any) -> tuple[ViewConfig, ...]:
@@ -197,33 +185,40 @@ def _parse_views(raw: Any) -> tuple[ViewConfig, ...]:
 
 
 _PARSERS: dict[str, Callable[[Any], Any]] = {
-    "enabled": _parse_bool,
-    "environment": _parse_str,
-    "service_name": _parse_str,
-    "resource_attributes": _parse_resource,
-    "sampling_rate": _parse_float,
-    "retention_days": _parse_float,
-    "recording": _parse_str,
-    "metrics_exporters": _parse_names,
-    "traces_exporters": _parse_names,
-    "export_interval_s": _parse_float,
-    "export_timeout_s": _parse_float,
-    "otlp_protocol": _parse_str,
-    "cardinality_limit": _parse_int,
-    "prometheus_host": _parse_str,
-    "prometheus_port": _parse_int,
-    "file_path": _parse_str,
-    "file_max_bytes": _parse_int,
-    "file_rotation_interval_s": _parse_float,
-    "database_url": _parse_secret,
-    "alert_email_enabled": _parse_bool,
-    "alert_slack_webhook_url": _parse_secret,
+    "enabled": parse_bool,
+    "environment": parse_str,
+    "service_name": parse_str,
+    "resource_attributes": parse_resource,
+    "sampling_rate": parse_float,
+    "retention_days": parse_float,
+    "recording": parse_str,
+    "metrics_exporters": parse_names,
+    "traces_exporters": parse_names,
+    "export_interval_s": parse_float,
+    "export_timeout_s": parse_float,
+    "otlp_protocol": parse_str,
+    "cardinality_limit": parse_int,
+    "prometheus_host": parse_host,
+    "prometheus_port": parse_int,
+    "file_path": parse_str,
+    "file_max_bytes": parse_int,
+    "file_rotation_interval_s": parse_float,
+    "database_url": parse_database_url,
+    "alert_email_enabled": parse_bool,
+    "alert_slack_webhook_url": parse_secret,
     "views": _parse_views,
 }
+_SECRET_SETTINGS = frozenset(("database_url", "alert_slack_webhook_url"))
 
 
-def _from_mapping(values: Mapping[str, Any], source: str, base: MonitoringConfig) -> MonitoringConfig:
-    """Apply ``values`` (field name -> raw value) from ``source`` on top of ``base``."""
+def _from_mapping(
+    values: Mapping[str, Any], source: str, base: MonitoringConfig, typed: Mapping[str, str] | None = None
+) -> MonitoringConfig:
+    """Apply ``values`` (field name -> raw value) from ``source`` on top of ``base``.
+
+    ``typed`` holds what the user wrote when ``values`` were converted from it (a variable in milliseconds),
+    so that an error quotes the user's text rather than the converted value.
+    """
     parsed: dict[str, Any] = {}
     for key, raw in values.items():
         parser = _PARSERS.get(key)
@@ -233,15 +228,36 @@ def _from_mapping(values: Mapping[str, Any], source: str, base: MonitoringConfig
         try:
             parsed[key] = parser(raw)
         except (TypeError, ValueError) as error:
-            raise ConfigurationError(f"{source}: {key}={_shown(key, raw)}: {error}") from None
+            raise ConfigurationError(f"{_where(source, key)}={shown_value(key, raw)}: {error}") from None
     try:
-        return dataclasses.replace(base, **parsed)
-    except ConfigurationError as error:
-        raise ConfigurationError(f"{source}: {error}") from None
+        return dataclasses.replace(base, **parsed, sources={**base.sources, **dict.fromkeys(parsed, source)})
+    except _InvalidSetting as error:
+        if error.setting not in parsed:  # another setting made this one invalid; its own source is named
+            raise ConfigurationError(f"{source}: {error}") from None
+        shown = (typed or {}).get(error.setting, values[error.setting])
+        raise ConfigurationError(
+            f"{_where(source, error.setting)}={shown_value(error.setting, shown)}: {error.why}"
+        ) from None
 
 
-def _shown(key: str, raw: Any) -> str:
-    return "'***'" if key in ("database_url", "alert_slack_webhook_url") else repr(raw)
+def _where(source: str, key: str) -> str:
+    """A variable names itself; a file or code names the key: ``OTEL_X``, ``prod.toml: key``, ``code: key``."""
+    return source if source in _ENV_NAMES else f"{source}: {key}"
+
+
+def shown_value(key: str, raw: Any) -> str:
+    """``raw`` as an error may quote it for setting ``key``: a secret's password part masked, the rest shown."""
+    if key not in _SECRET_SETTINGS:
+        return repr(raw)
+    text = raw.reveal() if isinstance(raw, Secret) else str(raw)
+    if key == "database_url":
+        # Show the URL with its password masked, if one can be told apart; the query (which may carry
+        # password= or sslpassword=) never. Anything else is masked whole.
+        base, query, _ = text.partition("?")
+        masked = mask_url_password(base)
+        if masked != base:
+            return repr(masked + ("?***" if query else ""))
+    return repr(Secret(text).masked())
 
 
 # --- environment variables ---------------------------------------------------------------------
@@ -252,14 +268,16 @@ class _EnvVar:
     name: str
     setting: str
     convert: Callable[[str], Any] = lambda raw: raw
+    # Most empty variables count as unset (as OpenTelemetry specifies); for these, empty is a mistake.
+    empty_is_error: bool = False
 
 
 def _otel_ms(raw: str) -> float:
-    return _parse_float(raw) / 1000.0
+    return parse_float(raw) / 1000.0
 
 
 def _not(raw: str) -> bool:
-    return not _parse_bool(raw)
+    return not parse_bool(raw)
 
 
 # OTEL variables first, seed variables last: a later source wins over an earlier one.
@@ -285,23 +303,36 @@ _SEED_ENV: tuple[_EnvVar, ...] = (
     _EnvVar("ALERT_EMAIL_ENABLED", "alert_email_enabled"),
     _EnvVar("ALERT_SLACK_WEBHOOK_URL", "alert_slack_webhook_url"),
     _EnvVar("METRICS_PROMETHEUS_PORT", "prometheus_port"),
-    _EnvVar("METRICS_FILE_PATH", "file_path"),
+    _EnvVar("METRICS_FILE_PATH", "file_path", empty_is_error=True),
     _EnvVar("METRICS_DATABASE_URL", "database_url"),
     _EnvVar("CHAT_TURBO_ENV", "environment"),
 )
 
 
-def _env_values(env: Mapping[str, str], table: tuple[_EnvVar, ...]) -> dict[str, tuple[str, Any]]:
-    found: dict[str, tuple[str, Any]] = {}
+_ENV_NAMES = frozenset(var.name for var in (*_OTEL_ENV, *_SEED_ENV))
+
+
+def is_variable(source: str) -> bool:
+    """True when a setting's source is an environment variable (rather than a file, code or the default)."""
+    return source in _ENV_NAMES
+
+
+def _env_values(env: Mapping[str, str], table: tuple[_EnvVar, ...]) -> dict[str, tuple[str, Any, str]]:
+    """setting -> (variable, converted value, the text as typed) for every variable set in ``env``."""
+    found: dict[str, tuple[str, Any, str]] = {}
     for var in table:
         raw = env.get(var.name)
-        if raw is None or raw.strip() == "":
+        if raw is None:
+            continue
+        if raw.strip() == "":
+            if var.empty_is_error:
+                raise ConfigurationError(f"{var.name}={raw!r}: set but empty; unset it to use the default")
             continue
         try:
             value = var.convert(raw)
         except (TypeError, ValueError) as error:
-            raise ConfigurationError(f"{var.name}={_shown(var.setting, raw)}: {error}") from None
-        found[var.setting] = (var.name, value)
+            raise ConfigurationError(f"{var.name}={shown_value(var.setting, raw)}: {error}") from None
+        found[var.setting] = (var.name, value, raw)
     return found
 
 
@@ -310,23 +341,27 @@ def _apply_env(base: MonitoringConfig, env: Mapping[str, str]) -> MonitoringConf
     seed = _env_values(env, _SEED_ENV)
     config = base
     for values in (otel, seed):
-        for setting, (var_name, raw) in values.items():
-            config = _from_mapping({setting: raw}, var_name, base=config)
+        for setting, (var_name, value, typed) in values.items():
+            config = _from_mapping({setting: value}, var_name, base=config, typed={setting: typed})
     for setting in otel.keys() & seed.keys():
-        otel_name, _ = otel[setting]
-        seed_name, _ = seed[setting]
-        theirs = _from_mapping({setting: otel[setting][1]}, otel_name, base=base)
+        otel_name, otel_value, _ = otel[setting]
+        seed_name = seed[setting][0]
+        theirs = _from_mapping({setting: otel_value}, otel_name, base=base)
         if getattr(theirs, setting) != getattr(config, setting):
             _logger.warning(
-                "%s and %s disagree; using %s=%r (seed variables win over OTEL_* ones)",
+                "%s and %s disagree; using %s=%s (seed variables win over OTEL_* ones)",
                 seed_name,
                 otel_name,
                 seed_name,
-                "***" if setting.endswith("url") else getattr(config, setting),
+                shown_value(setting, getattr(config, setting)),
             )
     if "file_path" in seed and "metrics_exporters" not in otel and "chat_turbo_file" not in config.metrics_exporters:
         # METRICS_FILE_PATH alone switches file export on, as the seed's example implies.
-        config = dataclasses.replace(config, metrics_exporters=(*config.metrics_exporters, "chat_turbo_file"))
+        config = dataclasses.replace(
+            config,
+            metrics_exporters=(*config.metrics_exporters, "chat_turbo_file"),
+            sources={**config.sources, "metrics_exporters": "METRICS_FILE_PATH"},
+        )
     return config
 
 
@@ -388,5 +423,7 @@ def get_monitoring_config(
     config = load_config_file(_config_file(name), MonitoringConfig(environment=name))
     config = _apply_env(config, env)
     if environment:  # an explicit argument beats $CHAT_TURBO_ENV for the recorded name too
-        config = dataclasses.replace(config, environment=environment)
+        config = dataclasses.replace(config, environment=environment, sources={**config.sources, "environment": "code"})
+    elif env.get("CHAT_TURBO_ENV"):
+        config = dataclasses.replace(config, sources={**config.sources, "environment": "CHAT_TURBO_ENV"})
     return _from_mapping(overrides, "code", base=config) if overrides else config

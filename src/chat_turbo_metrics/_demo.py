@@ -11,6 +11,7 @@ import json
 import random
 import resource
 import sqlite3
+import sys
 import threading
 import time
 import urllib.error
@@ -21,6 +22,7 @@ from typing import Any
 from chat_turbo_metrics._monitor import PerformanceMonitor, configure
 
 _CHANNELS = ("public", "private", "support")
+_STARTED = time.monotonic()
 
 
 class _ChatStore:
@@ -65,11 +67,15 @@ def _make_handler(monitor: PerformanceMonitor, store: _ChatStore) -> type[BaseHT
 
         def _route(self, method: str) -> tuple[str, int]:
             if method == "POST" and self.path == "/api/messages":
+                processing = time.perf_counter()
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 channel = body.get("channel", "public")
                 store.add(channel, body.get("text", ""))
                 monitor.increment_counter("messages_sent", {"channel": channel})
                 monitor.record_histogram("message_size", len(body.get("text", "")), {"channel": channel})
+                monitor.record_histogram(
+                    "message_processing_time_seconds", time.perf_counter() - processing, {"channel": channel}
+                )
                 return "/api/messages", self._reply(201, b'{"ok": true}')
             if method == "GET" and self.path.startswith("/api/messages/"):
                 found = store.get(int(self.path.rsplit("/", 1)[1] or 0))
@@ -114,19 +120,65 @@ def _traffic(base: str, stop: threading.Event, monitor: PerformanceMonitor) -> N
 
 
 def _system_metrics(stop: threading.Event, monitor: PerformanceMonitor) -> None:
-    last_cpu, last_wall = time.process_time(), time.monotonic()
-    while not stop.wait(1.0):
+    # The first reading covers the time since the demo started, so even a short run records both gauges.
+    last_cpu, last_wall = 0.0, _STARTED
+    while True:
         cpu, wall = time.process_time(), time.monotonic()
         monitor.record_gauge("cpu_usage_percent", 100.0 * (cpu - last_cpu) / max(wall - last_wall, 1e-9))
         last_cpu, last_wall = cpu, wall
         monitor.record_gauge("memory_usage_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+        if stop.wait(1.0):
+            return
+
+
+def _start(environment: str | None) -> PerformanceMonitor | None:
+    """The configured monitor, or None after printing why the demo cannot start."""
+    try:
+        return configure(environment=environment) if environment else configure()
+    except OSError as error:
+        # Most often a second demo (or another exporter) holds the Prometheus port.
+        print(
+            f"demo not started: {error.strerror or error}. "
+            "Free the port or choose another with METRICS_PROMETHEUS_PORT=<port>.",
+            file=sys.stderr,
+        )
+        return None
+
+
+def _summary(monitor: PerformanceMonitor) -> str:
+    """What the demo recorded: totals, then the Prometheus exposition in whole lines, buckets left out."""
+    snapshot = monitor.snapshot()
+    records = snapshot.records()
+
+    def total(name: str, field: str = "value") -> float:
+        return float(sum(record[field] for record in records if record["name"] == name))
+
+    names = sorted(snapshot.names())
+    lines = [line for line in snapshot.to_prometheus().splitlines() if "_bucket{" not in line]
+    return (
+        f"recorded {total('api_requests'):g} API requests, {total('messages_sent'):g} messages sent, "
+        f"{total('database_query_duration_seconds', 'count'):g} database queries; "
+        f"{len(names)} metrics: {', '.join(names)}\n"
+        "Prometheus exposition at the end of the run (histogram bucket lines left out):\n" + "\n".join(lines)
+    )
 
 
 def run_demo(duration_s: float = 30.0, environment: str | None = None) -> int:
-    """Run the demo service for ``duration_s`` seconds (0: until interrupted); print what it recorded."""
-    monitor = configure(environment=environment) if environment else configure()
+    """Run the demo service for ``duration_s`` seconds (0: until interrupted); print what it recorded.
+
+    Args:
+        duration_s: how long the synthetic traffic runs.
+        environment: the ``configs/<environment>.toml`` to load (default: ``$CHAT_TURBO_ENV``, then development).
+
+    Returns:
+        The exit status: 0, or 1 when the monitor could not start (e.g. its Prometheus port is taken).
+    """
+    monitor = _start(environment)
+    if monitor is None:
+        return 1
     store = _ChatStore(monitor)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(monitor, store))
+    server.daemon_threads = False  # server_close() waits for requests in flight, so the summary sees them
     stop = threading.Event()
     threads = [
         threading.Thread(target=server.serve_forever, daemon=True),
@@ -141,11 +193,10 @@ def run_demo(duration_s: float = 30.0, environment: str | None = None) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         stop.wait(duration_s if duration_s > 0 else None)
     stop.set()
+    for thread in threads[1:]:
+        thread.join(timeout=10)
     server.shutdown()
-    snapshot = monitor.snapshot()
-    sent = sum(r["value"] for r in snapshot.records() if r["name"] == "messages_sent")
-    requests = sum(r["value"] for r in snapshot.records() if r["name"] == "api_requests")
-    print(f"recorded {requests} API requests, {sent} messages sent; metrics: {', '.join(sorted(snapshot.names()))}")
-    print(snapshot.to_prometheus()[:1500])
+    server.server_close()
+    print(_summary(monitor))
     monitor.shutdown()
     return 0

@@ -1,7 +1,7 @@
 """``opentelemetry-instrument`` integration: the distro and configurator entry points.
 
-The only module that imports OpenTelemetry's private configuration API, so an SDK upgrade touches one
-file. The configurator builds exactly the pipeline that :func:`chat_turbo_metrics.configure` builds: it
+OpenTelemetry's private configurator base class comes from :mod:`chat_turbo_metrics._pipeline.compat`. The
+configurator builds exactly the pipeline that :func:`chat_turbo_metrics.configure` builds: it
 calls it.
 """
 
@@ -12,9 +12,9 @@ import os
 from typing import Any
 
 from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr-defined]
-from opentelemetry.sdk._configuration import _BaseConfigurator
 
 from chat_turbo_metrics._config import ConfigurationError
+from chat_turbo_metrics._pipeline.compat import BaseConfigurator
 
 _logger = logging.getLogger("chat_turbo_metrics.distro")
 
@@ -27,7 +27,7 @@ class ChatTurboDistro(BaseDistro):  # type: ignore[misc]
         os.environ.setdefault("OTEL_PYTHON_CONFIGURATOR", "chat_turbo_metrics")
 
 
-class ChatTurboConfigurator(_BaseConfigurator):
+class ChatTurboConfigurator(BaseConfigurator):
     """Builds the process-wide pipeline from the environment, like ``chat_turbo_metrics.configure()``."""
 
     def _configure(self, **kwargs: Any) -> None:

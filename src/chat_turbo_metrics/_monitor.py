@@ -58,9 +58,11 @@ class Timer:
 
     Example:
         >>> with monitor.timer("message_processing", {"channel": "public"}):
-        ...     process(message)
+        ...     reply = "hello".upper()
         >>> @monitor.timer("db_call")
         ... async def fetch(): ...
+        >>> monitor.snapshot().value("message_processing_duration", {"channel": "public"})["count"]
+        1
     """
 
     def __init__(self, monitor: PerformanceMonitor, name: str, tags: Tags) -> None:

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
+
+# The password of ``scheme://user:password@host``: from the user's ":" to the last "@" (a password may hold
+# "/" or "@"; masking too much is harmless, too little is not).
+_URL_PASSWORD = re.compile(r"(?P<head>//[^/:@]*:).*(?=@)")
+
+
+def mask_url_password(url: str) -> str:
+    """``url`` with the password of its user-info part replaced by ``***`` (nothing else changed).
+
+    Example:
+        >>> mask_url_password("postgresql://chat:hunter2@db.internal:5432/metrics")
+        'postgresql://chat:***@db.internal:5432/metrics'
+    """
+    return _URL_PASSWORD.sub(r"\g<head>***", url, count=1)
 
 
 class Secret:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -24,7 +26,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from sqlalchemy import Engine, create_engine, event, func, inspect, select, text
 
-from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig
+from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, get_monitoring_config
 from chat_turbo_metrics._secret import Secret
 from chat_turbo_metrics.exporters.database import DatabaseExporter, GaugePoint, MetricHistory
 
@@ -160,6 +162,11 @@ def recorder() -> Iterator[Recorder]:
     recorder.provider.shutdown()
 
 
+def first_export(exporter: DatabaseExporter) -> None:
+    """An export with no points: the exporter's first contact with its database (schema, retention)."""
+    assert exporter.export(MetricsData(resource_metrics=[])) is MetricExportResult.SUCCESS
+
+
 def _count(engine: Engine, table: str) -> int:
     with engine.connect() as conn:
         return int(conn.scalar(select(func.count()).select_from(text(table))) or 0)
@@ -168,8 +175,12 @@ def _count(engine: Engine, table: str) -> int:
 # --- schema ------------------------------------------------------------------------------------
 
 
-def test_start_creates_tables_and_records_schema_version_1(make_exporter: Callable[..., Any], db: Engine) -> None:
-    make_exporter()
+def test_first_export_creates_tables_and_records_schema_version_1(
+    make_exporter: Callable[..., Any], db: Engine
+) -> None:
+    exporter = make_exporter()
+    assert not set(inspect(db).get_table_names()) & {"ctm_schema_version", "ctm_points"}  # nothing at construction
+    first_export(exporter)
 
     assert {"ctm_schema_version", "ctm_streams", "ctm_points"} <= set(inspect(db).get_table_names())
     with db.connect() as conn:
@@ -179,26 +190,33 @@ def test_start_creates_tables_and_records_schema_version_1(make_exporter: Callab
 def test_points_are_indexed_by_stream_and_end_time_and_by_end_time(
     make_exporter: Callable[..., Any], db: Engine
 ) -> None:
-    make_exporter()
+    first_export(make_exporter())
 
     indexed = {tuple(index["column_names"]) for index in inspect(db).get_indexes("ctm_points")}
     assert {("stream_id", "end_ns"), ("end_ns",)} <= indexed
 
 
 def test_second_start_keeps_one_schema_version_row(make_exporter: Callable[..., Any], db: Engine) -> None:
-    make_exporter()
-    make_exporter()
+    first_export(make_exporter())
+    first_export(make_exporter())
 
     assert _count(db, "ctm_schema_version") == 1
 
 
-def test_newer_schema_version_refuses_to_start_with_clear_error(make_exporter: Callable[..., Any], db: Engine) -> None:
-    make_exporter()
+def test_newer_schema_version_refuses_to_export_with_a_clear_error(
+    make_exporter: Callable[..., Any], db: Engine, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    first_export(make_exporter())
     with db.begin() as conn:
         conn.execute(text("INSERT INTO ctm_schema_version (version, applied_at) VALUES (2, 0)"))
+    recorder.meter.create_counter("chat_requests").add(1)
 
-    with pytest.raises(ConfigurationError, match=r"schema version 2 .* newer than the version 1"):
-        make_exporter()
+    result = make_exporter().export(recorder.collect(T0, T0 + 10))
+
+    assert result is MetricExportResult.FAILURE
+    (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert re.search(r"schema version 2 .* newer than the version 1", error.getMessage())
+    assert _count(db, "ctm_points") == 0
 
 
 # --- export and queries ------------------------------------------------------------------------
@@ -280,9 +298,10 @@ def test_histogram_stats_are_separate_per_time_bucket(make_exporter: Callable[..
 
     rows = exporter.history().histogram_stats("latency", T0, T0 + 120, bucket_s=60)
 
+    # Interpolation alone gives 5.0 (above the only value, 4) and 35.0 (below both 40s): clamped to min/max.
     assert [(row.start, row.count, row.max, row.p50) for row in rows] == [
-        (T0, 1, 4.0, 5.0),
-        (T0 + 60, 2, 40.0, 35.0),
+        (T0, 1, 4.0, 4.0),
+        (T0 + 60, 2, 40.0, 40.0),
     ]
 
 
@@ -359,7 +378,7 @@ def test_export_inserts_in_statements_of_at_most_batch_size(
 # --- retention ---------------------------------------------------------------------------------
 
 
-def test_retention_at_start_deletes_points_older_than_retention_days_and_keeps_newer(
+def test_retention_at_first_export_deletes_points_older_than_retention_days_and_keeps_newer(
     make_exporter: Callable[..., Any], recorder: Recorder, clock: Clock
 ) -> None:
     requests = recorder.meter.create_counter("chat_requests")
@@ -371,6 +390,7 @@ def test_retention_at_start_deletes_points_older_than_retention_days_and_keeps_n
 
     clock.now = T0 + 20 * DAY  # the cutoff is now T0 - 10 days
     later = make_exporter(retention_days=30)
+    first_export(later)
 
     rows = later.history().counter_rate("chat_requests", T0 - 30 * DAY, T0, bucket_s=DAY)
     assert [row.total for row in rows] == [2.0]
@@ -379,10 +399,10 @@ def test_retention_at_start_deletes_points_older_than_retention_days_and_keeps_n
 def test_retention_during_export_runs_at_most_once_an_hour(
     make_exporter: Callable[..., Any], recorder: Recorder, clock: Clock, db: Engine
 ) -> None:
-    exporter = make_exporter(retention_days=1)  # retention ran at T0
+    exporter = make_exporter(retention_days=1)
     requests = recorder.meter.create_counter("chat_requests")
     requests.add(1)
-    exporter.export(recorder.collect(T0 - DAY, T0 - DAY + 1800))  # expires at T0 + 30 min
+    exporter.export(recorder.collect(T0 - DAY, T0 - DAY + 1800))  # retention runs at T0; this expires at T0 + 30 min
 
     clock.now = T0 + 45 * 60
     requests.add(1)
@@ -517,20 +537,147 @@ def test_from_config_uses_database_url_and_retention_days(tmp_path: Path, record
     exporter.shutdown()
 
 
-def test_no_url_uses_database_url_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CHAT_TURBO_ENV", "test")
-    monkeypatch.setenv("METRICS_DATABASE_URL", f"sqlite:///{tmp_path / 'from-env.db'}")
-
-    DatabaseExporter(retention_days=1).shutdown()
+def test_from_config_takes_database_url_from_the_environment_it_was_given(tmp_path: Path) -> None:
+    config = get_monitoring_config("test", env={"METRICS_DATABASE_URL": f"sqlite:///{tmp_path / 'from-env.db'}"})
+    exporter = DatabaseExporter.from_config(config)
+    first_export(exporter)
+    exporter.shutdown()
 
     assert (tmp_path / "from-env.db").is_file()
 
 
-def test_no_url_anywhere_uses_sqlite_file_in_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CHAT_TURBO_ENV", "test")
-    monkeypatch.delenv("METRICS_DATABASE_URL", raising=False)
+def test_no_url_uses_the_sqlite_default_and_never_reads_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("METRICS_DATABASE_URL", f"sqlite:///{tmp_path / 'from-env.db'}")
+    monkeypatch.setenv("METRICS_RETENTION_DAYS", "2")
     monkeypatch.chdir(tmp_path)
 
-    DatabaseExporter(retention_days=1).shutdown()
+    exporter = DatabaseExporter()
+    first_export(exporter)
+    exporter.shutdown()
 
     assert (tmp_path / "chat_turbo_metrics.db").is_file()
+    assert not (tmp_path / "from-env.db").exists()
+    assert "retention_days=30.0" in repr(exporter)
+
+
+# --- start-up never blocks; names users see; secrets ------------------------------------------
+
+
+def test_constructor_returns_without_touching_a_database_that_never_answers() -> None:
+    # A host that accepts TCP (the kernel completes the handshake from the backlog) and never says a word.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        built: list[DatabaseExporter] = []
+        worker = threading.Thread(
+            target=lambda: built.append(DatabaseExporter(f"postgresql+psycopg://u:pw@127.0.0.1:{port}/x")), daemon=True
+        )
+        worker.start()
+        worker.join(timeout=5)
+        assert not worker.is_alive(), "the constructor blocked on the database"
+        silent.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            silent.accept()  # nobody connected: the constructor did not even try
+    built[0].shutdown()
+
+
+@pytest.mark.parametrize(
+    ("url", "cause"),
+    [
+        ("nosuchdialect://chat:s3cr3tpw@db/metrics", "NoSuchModuleError"),
+        ("mysql+nosuchdriver://chat:s3cr3tpw@db/metrics", "NoSuchModuleError"),
+        ("sqlite+pysqlcipher://chat:s3cr3tpw@db/metrics", "No module named 'pysqlcipher3'"),  # driver missing
+        ("postgresql+psycopg://chat:s3cr3tpw@db:notaport/metrics", "notaport"),
+    ],
+)
+def test_bad_url_error_gives_the_cause_and_masks_only_the_password(url: str, cause: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        DatabaseExporter(url)
+
+    message = str(raised.value)
+    assert "s3cr3tpw" not in message
+    assert cause in message
+    assert "chat:***@db" in message  # user and host stay visible
+
+
+def test_database_url_variable_error_names_the_variable_and_masks_the_password() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        get_monitoring_config("test", env={"METRICS_DATABASE_URL": "postgresql+psycopg://chat:s3cr3tpw@db:x/m"})
+
+    message = str(raised.value)
+    assert message.startswith("METRICS_DATABASE_URL='postgresql+psycopg://chat:***@db:x/m': ")
+    assert "s3cr3tpw" not in message
+
+
+def test_no_object_holding_the_url_shows_the_password(tmp_path: Path) -> None:
+    exporter = DatabaseExporter(Secret(UNREACHABLE_URL), retention_days=1)
+    config = MonitoringConfig(database_url=UNREACHABLE_URL)  # a plain string is wrapped too
+
+    shown = [repr(exporter), repr(exporter._database), repr(exporter.history()), repr(config), str(config)]
+    exporter.shutdown()
+
+    assert isinstance(config.database_url, Secret)
+    assert config.database_url.reveal() == UNREACHABLE_URL
+    assert [text for text in shown if "s3cr3tpw" in text] == []
+
+
+def test_history_accepts_the_prometheus_names(make_exporter: Callable[..., Any], recorder: Recorder) -> None:
+    exporter = make_exporter()
+    recorder.meter.create_counter("messages_sent").add(4)
+    recorder.meter.create_histogram("api_request_duration", unit="s").record(0.25)
+    exporter.export(recorder.collect(T0, T0 + 10))
+    history = exporter.history()
+
+    [rate] = history.counter_rate("messages_sent_total", T0, T0 + 60, bucket_s=60)
+    [stats] = history.histogram_stats("api_request_duration_seconds", T0, T0 + 60, bucket_s=60)
+
+    assert rate.total == 4.0
+    assert (stats.count, stats.sum) == (1, 0.25)
+    assert history.counter_rate("messages_sent", T0, T0 + 60, bucket_s=60) == [rate]
+
+
+def test_history_kind_mismatch_fails_naming_the_stored_kind(
+    make_exporter: Callable[..., Any], recorder: Recorder
+) -> None:
+    exporter = make_exporter()
+    recorder.meter.create_gauge("active_connections").set(3)
+    exporter.export(recorder.collect(T0, T0 + 10))
+
+    with pytest.raises(ValueError, match=r"'active_connections' is stored as a gauge.*gauge_series") as raised:
+        exporter.history().counter_rate("active_connections", T0, T0 + 60, bucket_s=60)
+
+    assert str(raised.value).endswith("not a counter; use gauge_series(). Stored: active_connections (gauge)")
+
+
+def test_history_unknown_name_fails_listing_the_stored_names(
+    make_exporter: Callable[..., Any], recorder: Recorder
+) -> None:
+    exporter = make_exporter()
+    recorder.meter.create_counter("messages_sent").add(1)
+    recorder.meter.create_gauge("active_connections").set(3)
+    exporter.export(recorder.collect(T0, T0 + 10))
+
+    with pytest.raises(ValueError, match="no counter named 'mesages_sent'") as raised:
+        exporter.history().counter_rate("mesages_sent", T0, T0 + 60, bucket_s=60)
+
+    assert str(raised.value).endswith("Stored: active_connections (gauge), messages_sent (counter)")
+
+
+def test_percentiles_stay_within_the_recorded_min_and_max(
+    make_exporter: Callable[..., Any], recorder: Recorder
+) -> None:
+    # Two-microsecond timings in buckets whose first bound is 10: interpolation alone says p50 = 5.
+    exporter = make_exporter()
+    latency = recorder.meter.create_histogram("latency")
+    latency.record(0.000001)
+    latency.record(0.000002)
+    exporter.export(recorder.collect(T0, T0 + 10))
+
+    [row] = exporter.history().histogram_stats("latency", T0, T0 + 60, bucket_s=60)
+
+    assert (row.min, row.max) == (0.000001, 0.000002)
+    assert all(row.min <= p <= row.max for p in (row.p50, row.p90, row.p95, row.p99))
+    assert row.p99 == 0.000002

@@ -6,6 +6,7 @@ under ``tmp_path``; time is a fake clock handed to the exporter.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -31,7 +32,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 
-from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig
+from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, get_monitoring_config
 from chat_turbo_metrics.exporters.file import FileExporter, read_metric_records
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -221,13 +222,23 @@ def test_from_config_uses_the_file_settings(tmp_path: Path) -> None:
     assert len(rotated(path)) == 1  # max_bytes=1: the second line went to a fresh file
 
 
-def test_missing_arguments_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_from_config_takes_the_path_from_the_environment_it_was_given(tmp_path: Path) -> None:
     path = tmp_path / "from-env.jsonl"
-    monkeypatch.setenv("CHAT_TURBO_ENV", "test")
-    monkeypatch.setenv("METRICS_FILE_PATH", str(path))
-    export_all(FileExporter(), counter_data(1))
+    config = get_monitoring_config("test", env={"METRICS_FILE_PATH": str(path)})
+    export_all(FileExporter.from_config(config), counter_data(1))
 
     assert [r["value"] for r in read_metric_records(path)] == [1]
+
+
+def test_missing_arguments_take_the_defaults_and_never_read_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("METRICS_FILE_PATH", str(tmp_path / "from-env.jsonl"))
+    monkeypatch.chdir(tmp_path)
+    export_all(FileExporter(), counter_data(1))
+
+    assert [r["value"] for r in read_metric_records(tmp_path / "metrics.jsonl")] == [1]
+    assert not (tmp_path / "from-env.jsonl").exists()
 
 
 @pytest.mark.parametrize("setting", ["max_bytes", "rotation_interval_s", "retention_days"])
@@ -530,3 +541,52 @@ def test_concurrent_exports_and_flushes_write_whole_lines(tmp_path: Path, caplog
     assert results == [MetricExportResult.SUCCESS] * 200
     assert len(records) == 200
     assert our_warnings(caplog) == []
+
+
+# --- a failure mid-export ----------------------------------------------------------------------------
+
+PARTIAL_WRITE_SCRIPT = """
+import json, os, resource, signal, sys
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from chat_turbo_metrics.exporters.file import FileExporter, read_metric_records
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, write() fails with EFBIG instead
+path = sys.argv[1]
+reader = InMemoryMetricReader()
+provider = MeterProvider(metric_readers=[reader])
+counter = provider.get_meter("t").create_counter("requests")
+for i in range(100):
+    counter.add(1, {"series": str(i)})
+exporter = FileExporter(path)
+results = [exporter.export(reader.get_metrics_data()).name]
+size = os.path.getsize(path)
+_, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + size // 2, hard))  # room for half of the next snapshot
+results.append(exporter.export(reader.get_metrics_data()).name)
+size_after_failure = os.path.getsize(path)
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+results.append(exporter.export(reader.get_metrics_data()).name)
+times = [record["time_unix_nano"] for record in read_metric_records(path)]
+print(json.dumps({"results": results, "size": size, "size_after_failure": size_after_failure,
+                  "per_snapshot": sorted(times.count(t) for t in set(times))}))
+"""
+
+
+def test_a_write_failing_mid_export_leaves_no_partial_snapshot(tmp_path: Path) -> None:
+    # A real file-size limit (RLIMIT_FSIZE, honoured even for root) makes the kernel accept part of the
+    # snapshot and refuse the rest, as a full disk does; in a subprocess so the limit stays there.
+    result = subprocess.run(
+        [sys.executable, "-c", PARTIAL_WRITE_SCRIPT, str(tmp_path / "metrics.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+
+    assert report["results"] == ["SUCCESS", "FAILURE", "SUCCESS"]
+    assert report["size_after_failure"] == report["size"]  # the half-written snapshot was cut off again
+    assert report["per_snapshot"] == [100, 100]  # two whole snapshots, nothing of the failed one
+    assert "File too large" in result.stderr  # the failure was logged with its cause

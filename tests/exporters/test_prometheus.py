@@ -459,4 +459,19 @@ def test_series_whose_keys_sanitize_alike_are_one_series_not_two(
 
     assert [line for line in lines if line.startswith(hits)] == [f'{hits}_total{{http_route="/a"}} 3']
     assert [line for line in lines if line.startswith(depth)] == [f'{depth}{{q_name="x"}} 1']
-    assert "same Prometheus labels" in caplog.text
+    # One warning per colliding family, naming the family and the labels both series map to.
+    warned = sorted(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert [message.split(": ")[0] for message in warned] == [depth, f"{hits}_total"]
+    assert '{q_name="x"}' in warned[0]
+    assert '{http_route="/a"}' in warned[1]
+
+
+def test_constructor_defaults_never_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The configuration reaches an exporter through from_config only; the constructor knows its defaults.
+    monkeypatch.setenv("METRICS_PROMETHEUS_PORT", "9100")
+    monkeypatch.setenv("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1")
+    exporter = PrometheusExporter()
+    configured = PrometheusExporter.from_config(make_config(prometheus_host="127.0.0.1", prometheus_port=9100))
+
+    assert (exporter.host, exporter.port) == ("localhost", 9464)
+    assert (configured.host, configured.port) == ("127.0.0.1", 9100)

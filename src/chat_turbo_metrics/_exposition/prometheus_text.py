@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from opentelemetry.sdk.metrics.export import Gauge, Histogram, Metric, MetricsData, Sum
 
+from chat_turbo_metrics._exposition.records import data_kind
 from chat_turbo_metrics._recording.naming import Kind, prometheus_label, prometheus_name
 
 _logger = logging.getLogger("chat_turbo_metrics.exposition")
@@ -22,13 +23,9 @@ _TYPES: dict[Kind, str] = {"counter": "counter", "updowncounter": "gauge", "gaug
 
 
 def metric_kind(metric: Metric) -> Kind:
-    """The kind of a collected metric, from its data type."""
-    data = metric.data
-    if isinstance(data, Sum):
-        return "counter" if data.is_monotonic else "updowncounter"
-    if isinstance(data, Histogram):
-        return "histogram"
-    return "gauge"
+    """The kind of a collected metric, from its data type (a kind Prometheus text has no type for is a gauge)."""
+    kind = data_kind(metric.data)
+    return kind if kind in _TYPES else "gauge"
 
 
 def format_value(value: float) -> str:

@@ -39,13 +39,28 @@ def _exponential_fields(point: ExponentialHistogramDataPoint) -> dict[str, Any]:
     return {**_summary(point), "scale": point.scale, "zero_count": point.zero_count, **buckets}
 
 
-# data type -> (kind of the metric, fields of one point)
+# data type -> (kind of the metric, fields of one point). The one place a collected metric's kind is decided.
 _ENCODINGS: dict[type, tuple[Callable[[Any], str], Callable[[Any], dict[str, Any]]]] = {
     Sum: (lambda data: "counter" if data.is_monotonic else "updowncounter", _number_fields),
     Gauge: (lambda data: "gauge", _number_fields),
     HistogramData: (lambda data: "histogram", _histogram_fields),
     ExponentialHistogram: (lambda data: "exponential_histogram", _exponential_fields),
 }
+
+
+def data_kind(data: Any) -> str | None:
+    """The kind of a collected metric's data, or None for a data type this package does not know.
+
+    Returns:
+        ``counter`` (a monotonic sum), ``updowncounter``, ``gauge``, ``histogram`` or ``exponential_histogram``.
+
+    Example:
+        >>> from opentelemetry.sdk.metrics.export import AggregationTemporality, Sum
+        >>> data_kind(Sum(data_points=[], aggregation_temporality=AggregationTemporality.DELTA, is_monotonic=False))
+        'updowncounter'
+    """
+    encoding = _ENCODINGS.get(type(data))
+    return None if encoding is None else encoding[0](data)
 
 
 def _temporality(data: Any) -> str:

@@ -18,6 +18,7 @@ class MetricsSnapshot:
     """Every metric's current (cumulative) value, taken at one instant; no exporter needed.
 
     Example:
+        >>> monitor.increment_counter("messages_sent", {"channel": "public"}, value=3)
         >>> snapshot = monitor.snapshot()
         >>> snapshot.value("messages_sent", {"channel": "public"})
         3

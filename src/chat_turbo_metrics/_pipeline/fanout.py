@@ -185,10 +185,15 @@ class Fanout:
     """Collects the process's cumulative metrics periodically and hands each snapshot to every push exporter.
 
     Example:
-        >>> fanout = Fanout(reader.get_metrics_data, interval_s=60, timeout_s=10)
-        >>> fanout.add(OTLPMetricExporter())
+        >>> from chat_turbo_metrics.exporters.file import FileExporter, read_metric_records
+        >>> fanout = Fanout(pipeline.reader.collect_cumulative, interval_s=60, timeout_s=10)
+        >>> fanout.add(FileExporter(tmp_path / "metrics.jsonl"))
+        >>> monitor.increment_counter("jobs", value=2)
         >>> fanout.force_flush()
         True
+        >>> [(record["name"], record["value"]) for record in read_metric_records(tmp_path / "metrics.jsonl")]
+        [('jobs', 2)]
+        >>> fanout.shutdown()
     """
 
     def __init__(

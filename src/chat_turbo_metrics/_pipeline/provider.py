@@ -1,9 +1,10 @@
 """One pipeline per process: one MeterProvider with ONE reader, feeding the scrape and every push exporter.
 
-Every OpenTelemetry reader re-processes every measurement (facts.md §1), so the pipeline registers a single
-cumulative reader. Prometheus serves from it on demand; push exporters (file, database, OTLP, console,
-Datadog) share one periodic collection in :class:`~chat_turbo_metrics._pipeline.fanout.Fanout`, which converts to
-delta per exporter. The cost of a recording call is therefore the same with one exporter or ten.
+Every OpenTelemetry reader re-processes every measurement (each reader adds the whole recording cost
+again), so the pipeline registers a single cumulative reader. Prometheus serves from it on demand; push
+exporters (file, database, OTLP, console, Datadog) share one periodic collection in
+:class:`~chat_turbo_metrics._pipeline.fanout.Fanout`, which converts to delta per exporter. The cost of a
+recording call is therefore the same with one exporter or ten.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from opentelemetry.sdk.metrics.view import DropAggregation, ExplicitBucketHistog
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
-from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, ViewConfig
+from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, ViewConfig, setting_label
 from chat_turbo_metrics._pipeline import registry as _registry
 from chat_turbo_metrics._pipeline.fanout import Fanout
 from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
@@ -145,9 +146,9 @@ class Pipeline:
         self._shutdown_lock = threading.Lock()
         self._is_shutdown = False
         for name in config.metrics_exporters:
-            self._add_named(name, "OTEL_METRICS_EXPORTER", _registry.build_metric_exporter, strict)
+            self._add_named(name, setting_label(config, "metrics_exporters"), _registry.build_metric_exporter, strict)
         for name in config.traces_exporters:
-            self._add_named(name, "OTEL_TRACES_EXPORTER", _registry.build_span_processor, strict)
+            self._add_named(name, setting_label(config, "traces_exporters"), _registry.build_span_processor, strict)
         atexit.register(self.shutdown)
 
     def _add_named(

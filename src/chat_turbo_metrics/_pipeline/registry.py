@@ -149,3 +149,19 @@ def build_metric_exporter(name: str, config: MonitoringConfig, variable: str) ->
 def build_span_processor(name: str, config: MonitoringConfig, variable: str) -> SpanProcessor:
     """A batch span processor around the span exporter named ``name``."""
     return BatchSpanProcessor(_build(name, config, variable, "traces"))
+
+
+def check_components(config: MonitoringConfig) -> None:
+    """Build every exporter and span processor ``config`` names, as the pipeline would, then stop them.
+
+    Nothing is attached: no port is bound, no export runs. Used by ``chat-turbo-metrics config``.
+
+    Raises:
+        ConfigurationError: exactly the error building the pipeline from ``config`` would raise.
+    """
+    from chat_turbo_metrics._config import setting_label
+
+    for name in config.metrics_exporters:
+        build_metric_exporter(name, config, setting_label(config, "metrics_exporters")).shutdown()
+    for name in config.traces_exporters:
+        build_span_processor(name, config, setting_label(config, "traces_exporters")).shutdown()

@@ -27,7 +27,6 @@ from opentelemetry.sdk.metrics import (
     ObservableGauge,
     ObservableUpDownCounter,
     UpDownCounter,
-    _Gauge,
 )
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -43,12 +42,14 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.util.types import Attributes
 
+from chat_turbo_metrics._pipeline.compat import SdkGauge, exporter_temporality
+
 # Every SDK instrument class, for readers and exporters that set a preference for all of them.
 INSTRUMENT_CLASSES = (
     Counter,
     UpDownCounter,
     Histogram,
-    _Gauge,
+    SdkGauge,
     ObservableCounter,
     ObservableUpDownCounter,
     ObservableGauge,
@@ -57,7 +58,7 @@ _DELTA = AggregationTemporality.DELTA
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
 
 _Point = NumberDataPoint | HistogramDataPoint
-_SeriesKey = tuple[str, frozenset[tuple[str, object]]]
+_SeriesKey = tuple[str, tuple[tuple[str, type, object], ...]]
 # Keyed by (resource, scope) first: Resource hashes by serialising its attributes, so hash it once per scope.
 _Baseline = dict[tuple[Resource, InstrumentationScope], dict[_SeriesKey, _Point]]
 
@@ -68,10 +69,16 @@ class DeltaConverter:
     Not thread-safe: each exporter's worker thread owns its converter.
 
     Example:
+        >>> from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+        >>> exporter = ConsoleMetricExporter(preferred_temporality={Counter: AggregationTemporality.DELTA})
         >>> converter = DeltaConverter.for_exporter(exporter)
-        >>> delta, pending = converter.convert(snapshot)
-        >>> if exporter.export(delta) is MetricExportResult.SUCCESS:
-        ...     converter.commit(pending)
+        >>> monitor.increment_counter("jobs", value=5)
+        >>> delta, pending = converter.convert(monitor.snapshot().data)
+        >>> converter.commit(pending)  # once the exporter took ``delta``
+        >>> monitor.increment_counter("jobs", value=2)
+        >>> delta, pending = converter.convert(monitor.snapshot().data)
+        >>> [point.value for point in delta.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points]
+        [2]
     """
 
     def __init__(self, *, monotonic_sums: bool, non_monotonic_sums: bool, histograms: bool) -> None:
@@ -87,9 +94,7 @@ class DeltaConverter:
         Returns:
             None when the exporter wants cumulative data for every kind, so it gets the snapshot untouched.
         """
-        # MetricExporter stores the constructor's argument as is: None means cumulative for every kind. getattr
-        # because a third-party exporter may skip MetricExporter.__init__.
-        preferred: Mapping[type, AggregationTemporality] = getattr(exporter, "_preferred_temporality", None) or {}
+        preferred = exporter_temporality(exporter)
 
         def wants_delta(*kinds: type) -> bool:
             return any(preferred.get(kind) == _DELTA for kind in kinds)
@@ -140,7 +145,7 @@ class DeltaConverter:
                 return metric
             numbers: list[NumberDataPoint] = []
             for point in data.data_points:
-                key = (metric.name, _attributes_key(point.attributes))
+                key = (metric.name, attributes_key(point.attributes))
                 current[key] = point
                 before = previous.get(key)
                 before = before if isinstance(before, NumberDataPoint) else None
@@ -149,7 +154,7 @@ class DeltaConverter:
         if self._histograms and isinstance(data, HistogramData) and data.aggregation_temporality == _CUMULATIVE:
             histograms: list[HistogramDataPoint] = []
             for hpoint in data.data_points:
-                key = (metric.name, _attributes_key(hpoint.attributes))
+                key = (metric.name, attributes_key(hpoint.attributes))
                 current[key] = hpoint
                 hbefore = previous.get(key)
                 hbefore = hbefore if isinstance(hbefore, HistogramDataPoint) else None
@@ -158,11 +163,22 @@ class DeltaConverter:
         return metric
 
 
-def _attributes_key(attributes: Attributes) -> frozenset[tuple[str, object]]:
+AttributesKey = tuple[tuple[str, type, object], ...]
+
+
+def attributes_key(attributes: Attributes | Mapping[str, object]) -> AttributesKey:
+    """The SDK's identity of an attribute set: key order ignored, ``1``, ``1.0`` and ``True`` kept apart.
+
+    Example:
+        >>> attributes_key({"b": 1, "a": "x"}) == attributes_key({"a": "x", "b": 1})
+        True
+        >>> attributes_key({"a": 1}) == attributes_key({"a": True})
+        False
+    """
     if not attributes:
-        return frozenset()
+        return ()
     # The SDK stores sequence values as tuples; a list from elsewhere would make the key unhashable.
-    return frozenset((k, tuple(v) if isinstance(v, list) else v) for k, v in attributes.items())
+    return tuple(sorted((k, type(v), tuple(v) if isinstance(v, list) else v) for k, v in attributes.items()))
 
 
 def _number_delta(point: NumberDataPoint, before: NumberDataPoint | None, *, monotonic: bool) -> NumberDataPoint:

@@ -106,8 +106,13 @@ class FastRecorder:
     a fraction of the cost (well under 1 µs a call with three tags, against 7 to 12 µs for the SDK).
 
     Example:
+        >>> from chat_turbo_metrics._recording.guard import Problems
+        >>> from chat_turbo_metrics._recording.instruments import InstrumentRegistry
+        >>> problems = Problems()
         >>> recorder = FastRecorder(pipeline, InstrumentRegistry(problems), problems, config)
         >>> recorder.increment_counter("messages_sent", {"channel": "public"})
+        >>> monitor.snapshot().value("messages_sent", {"channel": "public"})
+        1
     """
 
     def __init__(

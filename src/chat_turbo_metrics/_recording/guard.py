@@ -9,6 +9,8 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from chat_turbo_metrics._pipeline.compat import SDK_MEASUREMENT_LOGGERS
+
 _logger = logging.getLogger("chat_turbo_metrics.recording")
 
 MAX_TAG_VALUE_LENGTH = 2048
@@ -113,11 +115,7 @@ class OncePerCauseFilter(logging.Filter):
         return True
 
 
-_SDK_LOGGERS = (
-    "opentelemetry.sdk.metrics._internal.instrument",
-    "opentelemetry.sdk.metrics._internal.measurement",
-    "opentelemetry.attributes",
-)
+_SDK_LOGGERS = (*SDK_MEASUREMENT_LOGGERS, "opentelemetry.attributes")
 _filter = OncePerCauseFilter()
 
 

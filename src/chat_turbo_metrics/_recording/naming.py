@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from opentelemetry.exporter.prometheus._mapping import map_unit
+from chat_turbo_metrics._pipeline.compat import prometheus_unit_suffix
 
 Kind = Literal["counter", "updowncounter", "gauge", "histogram"]
 
@@ -39,7 +39,7 @@ _PROM_UNITS: dict[str, str] = {
     "1": "",
 }
 
-# Semantic-convention bucket advice (facts.md §3).
+# Semantic-convention bucket advice (HTTP server and database client duration histograms).
 HTTP_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 DB_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
 
@@ -68,6 +68,9 @@ KNOWN_METRICS: dict[str, KnownMetric] = {
     "message_processing_time_seconds": KnownMetric(
         "histogram", "Time taken to process one message.", HTTP_DURATION_BUCKETS
     ),
+    # The seed's examples: its custom histogram and its request timer (recordTimer('api_request', ...)).
+    "message_size": KnownMetric("histogram", "Size of messages sent, in characters."),
+    "api_request_duration": KnownMetric("histogram", "Duration of API requests, timed by the application."),
 }
 
 
@@ -123,7 +126,7 @@ def prometheus_name(name: str, unit: str, kind: Kind, monotonic: bool = True) ->
     is_counter = kind == "counter" and monotonic
     if is_counter and base.endswith("_total"):
         base = base[: -len("_total")]
-    suffix = _PROM_UNITS[unit] if unit in _PROM_UNITS else map_unit(unit)
+    suffix = _PROM_UNITS[unit] if unit in _PROM_UNITS else prometheus_unit_suffix(unit)
     if suffix and not base.endswith("_" + suffix):
         base = f"{base}_{suffix}"
     return f"{base}_total" if is_counter else base

@@ -44,6 +44,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from chat_turbo_metrics._config import ViewConfig
+from chat_turbo_metrics._pipeline.compat import provider_resource
+from chat_turbo_metrics._pipeline.temporality import attributes_key
 from chat_turbo_metrics._recording.instruments import InstrumentSpec
 from chat_turbo_metrics._version import __version__
 
@@ -137,12 +139,7 @@ def bounds_problem(bounds: Sequence[float]) -> str | None:
 _OVERFLOW_ATTRIBUTES = {"otel.metric.overflow": True}  # what the SDK labels the overflow series with
 
 
-def _series_key(attributes: Mapping[str, Any]) -> tuple[tuple[str, type, Any], ...]:
-    """The SDK's identity of an attribute set: key order ignored, ``1``, ``1.0`` and ``True`` kept apart."""
-    return tuple(sorted((key, type(value), value) for key, value in attributes.items()))
-
-
-_OVERFLOW_KEY = _series_key(_OVERFLOW_ATTRIBUTES)
+_OVERFLOW_KEY = attributes_key(_OVERFLOW_ATTRIBUTES)
 
 
 def _add(cell: Cell, value: Any) -> None:
@@ -186,7 +183,7 @@ class Stream:
         """The cell for ``tags`` (created if new) and whether it is the tag set's own (not the overflow). Locked."""
         keys = self.spec.attribute_keys
         attributes = dict(tags) if keys is None else {k: v for k, v in tags.items() if k in keys}
-        key = _series_key(attributes)
+        key = attributes_key(attributes)
         cell = self.series.get(key)
         if cell is not None:
             return cell, key != _OVERFLOW_KEY
@@ -246,7 +243,11 @@ class FastPathProducer:
     with the fast path's metrics added to the ``chat_turbo_metrics`` scope of the pipeline's resource.
 
     Example:
-        >>> pipeline.reader.producers.append(FastPathProducer(recorder.collect_metrics, lambda: resource))
+        >>> def metrics(now_ns):  # the recorder's metrics at a collection time
+        ...     return []
+        >>> pipeline.reader.producers.append(FastPathProducer(metrics, lambda: pipeline.resource))
+        >>> monitor.snapshot().records()
+        []
     """
 
     def __init__(
@@ -303,8 +304,6 @@ def current_resource(meter_provider: object, fallback: Resource) -> Callable[[],
     """
 
     def resource() -> Resource:
-        config = getattr(meter_provider, "_sdk_config", None)
-        found = getattr(config, "resource", None)
-        return found if isinstance(found, Resource) else fallback
+        return provider_resource(meter_provider) or fallback
 
     return resource

@@ -56,6 +56,9 @@ class BoundInstrument:
     Example:
         >>> sent = monitor.counter("messages_sent", {"channel": "public"})
         >>> sent.inc()
+        >>> sent.inc(2)
+        >>> monitor.snapshot().value("messages_sent", {"channel": "public"})
+        3
     """
 
     __slots__ = ("_instrument", "_problems", "_tags", "name")

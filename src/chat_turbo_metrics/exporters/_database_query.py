@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Subquery, func, select
 
+from chat_turbo_metrics._recording.naming import prometheus_name
 from chat_turbo_metrics.exporters._database_schema import points, streams
 
 Instant = float | datetime
@@ -136,6 +137,47 @@ def quantile(q: float, bounds: Sequence[float], counts: Sequence[int]) -> float 
     return bounds[-1]
 
 
+# What each query reads, by the kinds it accepts: the wording of an error, and the query to use instead.
+_QUERY_FOR_KIND = {
+    "counter": "counter_rate",
+    "histogram": "histogram_stats",
+    "gauge": "gauge_series",
+    "updowncounter": "gauge_series",
+}
+
+
+def resolve_name(engine: Engine, name: str, kinds: tuple[str, ...]) -> str:
+    """The stored name for ``name``: itself, or the stream whose Prometheus name it is (``x_total``, ``x_seconds``).
+
+    Raises:
+        ValueError: nothing of one of ``kinds`` is stored under either name; the message lists what is stored.
+    """
+    with engine.connect() as conn:
+        stored = [tuple(row) for row in conn.execute(select(streams.c.name, streams.c.kind, streams.c.unit).distinct())]
+    for stored_name, kind, unit in stored:
+        if kind in kinds and name in (stored_name, prometheus_name(stored_name, unit, kind)):
+            return str(stored_name)
+    listing = ", ".join(sorted({f"{n} ({k})" for n, k, _ in stored})) or "nothing yet"
+    other = sorted({k for n, k, u in stored if name in (n, prometheus_name(n, u, k))})
+    if other:
+        instead = " or ".join(sorted({_QUERY_FOR_KIND[k] for k in other}))
+        raise ValueError(
+            f"{name!r} is stored as a {' and a '.join(other)}, not a {kinds[0]}; use {instead}(). Stored: {listing}"
+        )
+    raise ValueError(f"no {kinds[0]} named {name!r} is stored. Stored: {listing}")
+
+
+def _clamped(value: float | None, low: float | None, high: float | None) -> float | None:
+    """A bucket estimate kept inside the observed min and max (interpolation can land outside both)."""
+    if value is None:
+        return None
+    if high is not None and value > high:
+        value = high
+    if low is not None and value < low:
+        value = low
+    return value
+
+
 def _bucketed(name: str, kind: str, start_ns: int, end_ns: int, bucket_ns: int, *columns: Any) -> Subquery:
     # Grouping happens in an outer query over this one, because PostgreSQL does not treat two
     # separately bound copies of the bucket expression as the same GROUP BY expression.
@@ -236,7 +278,8 @@ def _histogram_row(
 ) -> HistogramRow:
     attributes, bucket, summed_count, summed, low, high = row
     bounds, counts = merged[(attributes, int(bucket))]
-    p50, p90, p95, p99 = (quantile(q, bounds, counts) for q in _QUANTILES)
+    low, high = (None if low is None else float(low)), (None if high is None else float(high))
+    p50, p90, p95, p99 = (_clamped(quantile(q, bounds, counts), low, high) for q in _QUANTILES)
     # PostgreSQL sums BIGINT into NUMERIC, which psycopg returns as Decimal.
     count, total = int(summed_count), float(summed)
     start, end = _span(start_ns, bucket_ns, int(bucket))
@@ -247,8 +290,8 @@ def _histogram_row(
         count=count,
         sum=total,
         mean=total / count if count else None,
-        min=None if low is None else float(low),
-        max=None if high is None else float(high),
+        min=low,
+        max=high,
         p50=p50,
         p90=p90,
         p95=p95,

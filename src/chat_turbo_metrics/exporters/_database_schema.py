@@ -15,12 +15,9 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
-    Gauge,
-    Histogram,
     HistogramDataPoint,
     MetricsData,
     NumberDataPoint,
-    Sum,
 )
 from sqlalchemy import (
     BigInteger,
@@ -40,6 +37,7 @@ from sqlalchemy import (
 )
 
 from chat_turbo_metrics._config import ConfigurationError
+from chat_turbo_metrics._exposition.records import data_kind
 
 SCHEMA_VERSION = 1
 
@@ -117,14 +115,14 @@ def ensure_schema(conn: Connection, shown_url: str, now: float) -> None:
 _DELTA = AggregationTemporality.DELTA
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
 
-# (data type, monotonic, temporality) -> stored kind. Anything else (cumulative counters, delta
-# up-down counters, exponential histograms) would make the stored rows mean something the queries
-# do not expect, so it is skipped.
-_KINDS: dict[tuple[type, bool, AggregationTemporality | None], str] = {
-    (Sum, True, _DELTA): "counter",
-    (Sum, False, _CUMULATIVE): "updowncounter",
-    (Gauge, False, None): "gauge",
-    (Histogram, False, _DELTA): "histogram",
+# Stored kind -> the temporality its rows must have: increments for counters and histograms, values for the
+# rest. Anything else (cumulative counters, delta up-down counters, exponential histograms) would make the
+# stored rows mean something the queries do not expect, so it is skipped.
+_STORED_TEMPORALITY: dict[str, AggregationTemporality | None] = {
+    "counter": _DELTA,
+    "updowncounter": _CUMULATIVE,
+    "gauge": None,
+    "histogram": _DELTA,
 }
 
 
@@ -180,13 +178,9 @@ class ExportRows:
                     self._add_metric(metric.name, metric.unit, metric.description, metric.data, resource)
 
     def _add_metric(self, name: str, unit: str | None, description: str | None, data: Any, resource: str) -> None:
-        key = (
-            type(data),
-            getattr(data, "is_monotonic", False),
-            getattr(data, "aggregation_temporality", None),
-        )
-        kind = _KINDS.get(key)
-        if kind is None:
+        kind = data_kind(data)
+        temporality = getattr(data, "aggregation_temporality", None)
+        if kind not in _STORED_TEMPORALITY or _STORED_TEMPORALITY[kind] != temporality:
             self.skipped.add(name)
             return
         to_row: Callable[[Any], dict[str, Any]] = _histogram_row if kind == "histogram" else _number_row
@@ -214,7 +208,7 @@ def _select_stream_ids(conn: Connection, hashes: Sequence[str], batch_size: int)
     found: dict[str, int] = {}
     for part in chunks(hashes, batch_size):
         query = select(streams.c.hash, streams.c.id).where(streams.c.hash.in_(part))
-        found.update(dict(conn.execute(query).all()))
+        found.update({str(digest): int(stream_id) for digest, stream_id in conn.execute(query).all()})
     return found
 
 

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar
 
@@ -25,7 +25,8 @@ from opentelemetry.sdk.metrics.export import (
 from sqlalchemy import Engine, create_engine, delete, insert, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, get_monitoring_config
+from chat_turbo_metrics._config import DEFAULT_DATABASE_URL, ConfigurationError, MonitoringConfig, shown_value
+from chat_turbo_metrics._config_values import parse_database_url
 from chat_turbo_metrics._secret import Secret
 from chat_turbo_metrics.exporters import _database_query as _query
 from chat_turbo_metrics.exporters._database_query import GaugePoint, HistogramRow, Instant, RateRow
@@ -41,7 +42,7 @@ __all__ = ["DatabaseExporter", "GaugePoint", "HistogramRow", "MetricHistory", "R
 
 _logger = logging.getLogger("chat_turbo_metrics.exporters.database")
 
-_DEFAULT_URL = "sqlite:///chat_turbo_metrics.db"
+_DEFAULT_RETENTION_DAYS = MonitoringConfig().retention_days
 _RETENTION_EVERY_S = 3600.0
 _DAY_S = 86400.0
 # Rows are per-interval increments for monotonic instruments; everything else stays cumulative
@@ -63,7 +64,7 @@ class _Database:
 
     engine: Engine
     shown_url: str
-    secrets: tuple[str, ...]
+    secrets: tuple[str, ...] = field(repr=False)  # the raw URL and its password: never in a repr
 
     def scrub(self, text: str) -> str:
         return _scrub(text, self.secrets)
@@ -78,10 +79,10 @@ def _scrub(text: str, secrets: tuple[str, ...]) -> str:
 def _open(url: str | Secret) -> _Database:
     raw = url.reveal() if isinstance(url, Secret) else url
     try:
-        parsed = make_url(raw)
-    except Exception as error:
-        # The parser's message can quote the URL, so only its type is shown.
-        raise ConfigurationError(f"database_url={Secret(raw).masked()!r}: {type(error).__name__}") from None
+        parse_database_url(raw)  # the configuration's own check: parseable, dialect and driver installed
+    except (TypeError, ValueError) as error:
+        raise ConfigurationError(f"database_url={shown_value('database_url', raw)}: {error}") from None
+    parsed = make_url(raw)
     # The query string can carry credentials too (password=, sslpassword=), so it is not shown.
     shown = parsed.set(query={}).render_as_string(hide_password=True)
     secrets = tuple(s for s in (raw, parsed.password) if s)
@@ -108,10 +109,18 @@ class MetricHistory:
     Buckets without points are not returned.
 
     Example:
-        >>> history = MetricHistory("sqlite:///chat_turbo_metrics.db")  # doctest: +SKIP
-        >>> for row in history.counter_rate("chat_requests", now - 3600, now, bucket_s=60):  # doctest: +SKIP
-        ...     print(row.start, row.attributes, row.rate)
-        >>> history.close()  # doctest: +SKIP
+        >>> import time
+        >>> from chat_turbo_metrics.exporters import DatabaseExporter, MetricHistory
+        >>> url = f"sqlite:///{tmp_path / 'history.db'}"
+        >>> monitor.add_exporter(DatabaseExporter(url))
+        >>> monitor.increment_counter("messages_sent", {"channel": "public"}, value=120)
+        >>> monitor.force_flush()
+        True
+        >>> now = time.time()
+        >>> with MetricHistory(url) as history:  # the recorded name or the Prometheus one
+        ...     rows = history.counter_rate("messages_sent_total", now - 60, now + 60, bucket_s=120)
+        >>> [(row.attributes, row.total) for row in rows]
+        [({'channel': 'public'}, 120.0)]
 
     Args:
         url_or_engine: a database URL (plain or :class:`Secret`) or an SQLAlchemy engine to share;
@@ -130,7 +139,8 @@ class MetricHistory:
         """Per attribute set and time bucket, the counter's increments summed and divided by ``bucket_s``.
 
         Args:
-            name: the counter's metric name.
+            name: the counter's name as recorded (``messages_sent``) or as Prometheus shows it
+                (``messages_sent_total``).
             start: first instant included.
             end: first instant excluded.
             bucket_s: bucket width in seconds.
@@ -139,19 +149,24 @@ class MetricHistory:
             Rows ordered by bucket, then attributes.
 
         Raises:
-            ValueError: ``bucket_s`` is not positive.
+            ValueError: ``bucket_s`` is not positive, or no metric of this kind is stored under ``name``
+                (the message lists the stored names and kinds).
             sqlalchemy.exc.SQLAlchemyError: the database could not be queried.
         """
-        return _query.counter_rate(self._engine, name, *self._window(start, end, bucket_s), bucket_s)
+        window = self._window(start, end, bucket_s)
+        stored = _query.resolve_name(self._engine, name, ("counter",))
+        return _query.counter_rate(self._engine, stored, *window, bucket_s)
 
     def histogram_stats(self, name: str, start: Instant, end: Instant, bucket_s: float) -> list[HistogramRow]:
         """Per attribute set and time bucket, count, sum, mean, min, max and p50/p90/p95/p99.
 
         Percentiles are interpolated inside the merged explicit buckets as Prometheus
-        ``histogram_quantile`` does; one that falls in the +Inf bucket is the highest finite bound.
+        ``histogram_quantile`` does, then kept within the stored min and max (which Prometheus does not
+        have): a percentile never lies above the largest or below the smallest observation.
 
         Args:
-            name: the histogram's metric name.
+            name: the histogram's name as recorded (``api_request_duration``) or as Prometheus shows it
+                (``api_request_duration_seconds``).
             start: first instant included.
             end: first instant excluded.
             bucket_s: bucket width in seconds.
@@ -160,21 +175,31 @@ class MetricHistory:
             Rows ordered by bucket, then attributes.
 
         Raises:
-            ValueError: ``bucket_s`` is not positive.
+            ValueError: ``bucket_s`` is not positive, or no metric of this kind is stored under ``name``
+                (the message lists the stored names and kinds).
             sqlalchemy.exc.SQLAlchemyError: the database could not be queried.
         """
-        return _query.histogram_stats(self._engine, name, *self._window(start, end, bucket_s), bucket_s)
+        window = self._window(start, end, bucket_s)
+        stored = _query.resolve_name(self._engine, name, ("histogram",))
+        return _query.histogram_stats(self._engine, stored, *window, bucket_s)
 
     def gauge_series(self, name: str, start: Instant, end: Instant) -> list[GaugePoint]:
         """Every stored value of a gauge or up-down counter collected in ``[start, end)``.
+
+        Args:
+            name: the metric's name (as recorded or as Prometheus shows it).
+            start: first instant included.
+            end: first instant excluded.
 
         Returns:
             Points ordered by time, then attributes.
 
         Raises:
+            ValueError: no gauge or up-down counter is stored under ``name`` (the message lists what is).
             sqlalchemy.exc.SQLAlchemyError: the database could not be queried.
         """
-        return _query.gauge_series(self._engine, name, *self._window(start, end, 1.0))
+        stored = _query.resolve_name(self._engine, name, ("gauge", "updowncounter"))
+        return _query.gauge_series(self._engine, stored, *self._window(start, end, 1.0))
 
     def metric_names(self) -> list[str]:
         """Every metric name stored, sorted.
@@ -210,26 +235,32 @@ class MetricHistory:
 class DatabaseExporter(MetricExporter):
     """Write metrics to SQLite or PostgreSQL for historical analysis.
 
-    The schema is created (or migrated) when the exporter starts; if the database is unreachable
-    then, that happens on the first export that reaches it. Points older than ``retention_days``
-    are deleted at start and at most once an hour afterwards. ``export`` never raises: it returns
-    ``FAILURE`` when the database cannot take the rows, so the pipeline retries the interval.
+    The constructor only checks its settings and never connects, so it cannot stall the application's
+    start-up on a slow database: the first export (on the pipeline's export worker) creates or migrates the
+    schema. Points older than ``retention_days`` are deleted at the first export and at most once an hour
+    afterwards. ``export`` never raises: it returns ``FAILURE`` when the database cannot take the rows, so
+    the pipeline retries the interval.
 
     Example:
-        >>> exporter = DatabaseExporter("sqlite:///metrics.db", retention_days=7)  # doctest: +SKIP
-        >>> reader = PeriodicExportingMetricReader(exporter)  # doctest: +SKIP
-        >>> exporter.history().metric_names()  # doctest: +SKIP
-        ['chat_request_duration', 'chat_requests']
+        >>> from chat_turbo_metrics.exporters import DatabaseExporter
+        >>> exporter = DatabaseExporter(f"sqlite:///{tmp_path / 'metrics.db'}", retention_days=7)
+        >>> monitor.add_exporter(exporter)
+        >>> monitor.increment_counter("chat_requests", {"route": "/chat"})
+        >>> monitor.force_flush()
+        True
+        >>> exporter.history().metric_names()
+        ['chat_requests']
 
     Args:
-        url: database URL (a :class:`Secret` when it holds a password); defaults to the monitoring
-            configuration's ``database_url``, then ``sqlite:///chat_turbo_metrics.db``.
-        retention_days: how long points are kept; defaults to the configuration's ``retention_days``.
+        url: database URL (a :class:`Secret` when it holds a password); default
+            ``sqlite:///chat_turbo_metrics.db``. Use :meth:`from_config` to follow the configuration.
+        retention_days: how long points are kept (default 30).
         batch_size: most rows one INSERT statement carries.
         clock: unix time in seconds, for retention.
 
     Raises:
-        ConfigurationError: a bad setting, or a database written by a newer version of this package.
+        ConfigurationError: a bad setting: an unparseable URL, a dialect or driver that is not installed,
+            a non-positive retention or batch size.
     """
 
     name: ClassVar[str] = "chat_turbo_database"
@@ -243,15 +274,13 @@ class DatabaseExporter(MetricExporter):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(preferred_temporality=dict(_TEMPORALITY))
-        if url is None or retention_days is None:
-            config = get_monitoring_config()
-            url = url if url is not None else config.database_url or _DEFAULT_URL
-            retention_days = retention_days if retention_days is not None else config.retention_days
-        if not retention_days > 0:
-            raise ConfigurationError(f"retention_days={retention_days!r}: must be > 0")
+        url = DEFAULT_DATABASE_URL if url is None else url
+        retention_days = _DEFAULT_RETENTION_DAYS if retention_days is None else retention_days
+        if not 0 < retention_days < float("inf"):
+            raise ConfigurationError(f"retention_days={retention_days!r}: must be a finite number of days > 0")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigurationError(f"batch_size={batch_size!r}: must be an integer >= 1")
-        self._database = _open(url)
+        self._database = _open(url)  # parses the URL and loads the dialect; connects to nothing
         self._retention_days = retention_days
         self._batch_size = batch_size
         self._clock = clock
@@ -262,19 +291,18 @@ class DatabaseExporter(MetricExporter):
         self._failing = False
         self._closed = False
         self._next_retention = float("-inf")
-        self._start()
 
     @classmethod
     def from_config(cls, config: MonitoringConfig) -> DatabaseExporter:
         """Build the exporter from a :class:`~chat_turbo_metrics._config.MonitoringConfig`.
 
         Args:
-            config: the configuration; ``database_url`` and ``retention_days`` are used.
+            config: the configuration; ``database_url`` (default SQLite file) and ``retention_days`` are used.
 
         Returns:
-            The exporter, its schema created if the database was reachable.
+            The exporter; it connects on its first export.
         """
-        return cls(config.database_url or _DEFAULT_URL, retention_days=config.retention_days)
+        return cls(config.database_url or DEFAULT_DATABASE_URL, retention_days=config.retention_days)
 
     def history(self) -> MetricHistory:
         """A :class:`MetricHistory` sharing this exporter's engine."""
@@ -319,21 +347,6 @@ class DatabaseExporter(MetricExporter):
             f"batch_size={self._batch_size!r})"
         )
 
-    def _start(self) -> None:
-        try:
-            self._prepare()
-        except ConfigurationError:
-            self._database.engine.dispose()
-            raise
-        except SQLAlchemyError as error:
-            _logger.warning(
-                "database %s unreachable at start (%s); the first export that reaches it creates the schema",
-                self._database.shown_url,
-                _describe(self._database, error),
-            )
-            return
-        self._delete_expired()
-
     def _prepare(self) -> None:
         with self._database.engine.begin() as conn:
             ensure_schema(conn, self._database.shown_url, self._clock())
@@ -355,8 +368,12 @@ class DatabaseExporter(MetricExporter):
         self._stream_ids.update(ids)
 
     def _report_failure(self, error: Exception) -> None:
-        # One warning when exports start failing; repeats while the database stays down go to debug.
-        log = _logger.debug if self._failing else _logger.warning
+        # One message when exports start failing; repeats while the database stays down go to debug.
+        # A database this version cannot use (a newer schema) needs a person, so it is an error.
+        if self._failing:
+            log = _logger.debug
+        else:
+            log = _logger.error if isinstance(error, ConfigurationError) else _logger.warning
         self._failing = True
         log("export to %s failed, will retry: %s", self._database.shown_url, _describe(self._database, error))
 

@@ -1,9 +1,11 @@
 """Metrics as JSON Lines on local disk, with size/time rotation and retention.
 
 Each data point becomes one self-describing JSON object on its own line, so ``jq``, pandas or
-:func:`read_metric_records` can read a file without knowing the instruments. A line is written
-with one ``write()`` call on an unbuffered file, so a process killed with SIGKILL loses at most
-the line it was writing; the reader skips that torn line with a warning.
+:func:`read_metric_records` can read a file without knowing the instruments. One export (a whole
+snapshot) is written with one ``write()`` call on an unbuffered file; if that write fails part-way
+(disk full, file size limit, I/O error) the file is truncated back to where the export began, so a
+reader never sees part of a snapshot as if it were whole. A process killed mid-write leaves at most
+a torn last line, which the reader skips with a warning.
 
 Non-finite floats become the strings ``"NaN"``, ``"+Inf"`` and ``"-Inf"`` (the Prometheus
 spellings) so every line stays strict JSON; bytes become text (undecodable bytes as ``\\xNN``).
@@ -29,7 +31,7 @@ from opentelemetry.sdk.metrics.export import (
     MetricsData,
 )
 
-from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, get_monitoring_config
+from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig
 from chat_turbo_metrics._exposition.records import metric_records
 from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
 
@@ -38,6 +40,7 @@ __all__ = ["FileExporter", "read_metric_records"]
 _logger = logging.getLogger("chat_turbo_metrics.exporters.file")
 
 _SECONDS_PER_DAY = 86400.0
+_DEFAULTS = MonitoringConfig()
 _NON_FINITE = {math.inf: "+Inf", -math.inf: "-Inf"}
 
 
@@ -103,17 +106,31 @@ class _RotatingFile:
         self._opened_at = 0.0
         self._pending = b""
 
-    def write_line(self, line: bytes) -> None:
+    def write_snapshot(self, lines: bytes) -> None:
+        """Append one export's lines whole, or not at all: a failed write is rolled back, then raised."""
         if self._file is None:
             self._open()
-        self._rotate_if_due(len(self._pending) + len(line))
-        data = self._pending + line
+        self._rotate_if_due(len(self._pending) + len(lines))
+        data = self._pending + lines
         assert self._file is not None  # opened above, reopened by any rotation
         view = memoryview(data)
-        while view:  # a regular file takes the whole line in one write(); loop only on a short write
-            view = view[self._file.write(view) :]
+        try:
+            while view:  # a regular file takes it all in one write(); loop only on a short write
+                view = view[self._file.write(view) :]
+        except BaseException:
+            self._roll_back()
+            raise
         self._size += len(data)
         self._pending = b""
+
+    def _roll_back(self) -> None:
+        """Cut the file back to its size before the failed export (the file is in append mode)."""
+        assert self._file is not None
+        try:
+            os.ftruncate(self._file.fileno(), self._size)
+        except OSError as error:
+            # Rare (truncating frees space); the lines written stay, and the next export starts a new line.
+            _logger.error("could not remove a partly written export from %s: %s", self.path, error)
 
     def sync(self) -> None:
         if self._file is not None:
@@ -189,17 +206,23 @@ def _checked(setting: str, value: float) -> None:
 class FileExporter(MetricExporter):
     """Write every exported data point as one JSON line to a rotating local file.
 
-    Arguments left as ``None`` come from :func:`~chat_turbo_metrics._config.get_monitoring_config`.
+    Arguments left as ``None`` take the defaults of :class:`~chat_turbo_metrics.MonitoringConfig`; the
+    environment and configuration files are read only through :meth:`from_config`.
 
     Example:
-        >>> exporter = FileExporter("/var/log/chat/metrics.jsonl", max_bytes=50_000_000, retention_days=7)
-        >>> reader = PeriodicExportingMetricReader(exporter)  # doctest: +SKIP
-        >>> for record in read_metric_records(exporter.path, include_rotated=True):  # doctest: +SKIP
-        ...     print(record["name"], record["kind"], record.get("value"))
+        >>> exporter = FileExporter(tmp_path / "metrics.jsonl", max_bytes=50_000_000, retention_days=7)
+        >>> monitor.add_exporter(exporter)
+        >>> monitor.increment_counter("messages_sent", {"channel": "public"})
+        >>> monitor.force_flush()
+        True
+        >>> for record in read_metric_records(exporter.path, include_rotated=True):
+        ...     print(record["name"], record["kind"], record["attributes"], record["value"])
+        messages_sent counter {'channel': 'public'} 1
 
     Args:
         path: the active file; rotated files sit next to it as ``<path>.<YYYYmmddTHHMMSS>[.<n>]`` (UTC).
-        max_bytes: rotate before a line would make the active file larger than this.
+        max_bytes: rotate before an export would make the active file larger than this (an export is
+            never split across files, so one larger than this fills a file of its own).
         rotation_interval_s: rotate once the active file has been open this long (by ``clock``).
         retention_days: delete rotated files whose modification time is older than this.
         clock: seconds since the epoch; used for rotation age, rotated names and retention.
@@ -220,13 +243,12 @@ class FileExporter(MetricExporter):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(preferred_temporality=dict.fromkeys(INSTRUMENT_CLASSES, AggregationTemporality.CUMULATIVE))
-        # Read the configuration (files, environment) only when an argument leaves a gap.
-        given = (path, max_bytes, rotation_interval_s, retention_days)
-        config = get_monitoring_config() if None in given else MonitoringConfig()
-        path = config.file_path if path is None else path
-        max_bytes = config.file_max_bytes if max_bytes is None else max_bytes
-        interval_s = config.file_rotation_interval_s if rotation_interval_s is None else rotation_interval_s
-        retention_days = config.retention_days if retention_days is None else retention_days
+        path = _DEFAULTS.file_path if path is None else path
+        max_bytes = _DEFAULTS.file_max_bytes if max_bytes is None else max_bytes
+        interval_s = _DEFAULTS.file_rotation_interval_s if rotation_interval_s is None else rotation_interval_s
+        retention_days = _DEFAULTS.retention_days if retention_days is None else retention_days
+        if not str(path).strip():
+            raise ConfigurationError(f"path={str(path)!r}: must be a file path, not empty")
         for setting, value in (
             ("max_bytes", max_bytes),
             ("rotation_interval_s", interval_s),
@@ -255,11 +277,11 @@ class FileExporter(MetricExporter):
         return self._file.path
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
-        """Append one line per data point; on any error log it and return ``FAILURE``, never raise."""
+        """Append one line per data point, all or none; on any error log it and return ``FAILURE``, never raise."""
         if self._is_shutdown:
             return self._refused()
         try:
-            lines = [_encoded(record) for record in metric_records(metrics_data)]
+            snapshot = b"".join(_encoded(record) for record in metric_records(metrics_data))
         except Exception:
             _logger.exception("could not encode metrics for %s", self._file.path)
             return MetricExportResult.FAILURE
@@ -267,8 +289,8 @@ class FileExporter(MetricExporter):
             if self._is_shutdown:
                 return self._refused()
             try:
-                for line in lines:
-                    self._file.write_line(line)
+                if snapshot:
+                    self._file.write_snapshot(snapshot)
             except Exception as error:
                 # A traceback helps only when the cause is not the file system (disk full, permissions).
                 unexpected = not isinstance(error, OSError)

@@ -74,26 +74,23 @@ class PrometheusExporter:
 
     Example:
         >>> from chat_turbo_metrics.exporters.prometheus import PrometheusExporter
-        >>> exporter = PrometheusExporter(port=0)
+        >>> exporter = PrometheusExporter(host="127.0.0.1", port=0)
         >>> monitor.add_exporter(exporter)
-        >>> exporter.url  # doctest: +SKIP
-        'http://localhost:40123/metrics'
+        >>> exporter.url  # doctest: +ELLIPSIS
+        'http://127.0.0.1:.../metrics'
     """
 
     name = "prometheus"
 
     def __init__(self, host: str | None = None, port: int | None = None) -> None:
         """Args:
-        host: interface to bind (default from configuration, ``localhost``).
-        port: TCP port (default from configuration: METRICS_PROMETHEUS_PORT, then
-            OTEL_EXPORTER_PROMETHEUS_PORT, then 9464).
+        host: interface to bind (default ``localhost``).
+        port: TCP port (default 9464). :meth:`from_config` takes both from the configuration
+            (METRICS_PROMETHEUS_PORT, OTEL_EXPORTER_PROMETHEUS_HOST, ...); the constructor reads nothing else.
         """
-        if host is None or port is None:
-            from chat_turbo_metrics._config import get_monitoring_config
-
-            config = get_monitoring_config()
-            host = config.prometheus_host if host is None else host
-            port = config.prometheus_port if port is None else port
+        defaults = MonitoringConfig()
+        host = defaults.prometheus_host if host is None else host
+        port = defaults.prometheus_port if port is None else port
         self.host = host
         self._requested_port = port
         self._server: _Server | None = None

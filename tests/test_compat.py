@@ -1,0 +1,85 @@
+"""The private OpenTelemetry names in ``_pipeline/compat.py`` still exist, and no other module reaches for one.
+
+An SDK upgrade that moves, renames or drops one of them fails here, naming it, instead of as a wrong behaviour
+somewhere in the pipeline.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import logging
+from pathlib import Path
+
+from opentelemetry.sdk.metrics import Counter, MeterProvider
+from opentelemetry.sdk.metrics.export import AggregationTemporality, ConsoleMetricExporter
+from opentelemetry.sdk.resources import Resource
+
+from chat_turbo_metrics._pipeline import compat
+
+SRC = Path(compat.__file__).resolve().parents[1]
+COMPAT = Path(compat.__file__).resolve()
+# Private attributes read with getattr(); each must appear in compat.py only.
+PRIVATE_ATTRIBUTES = ("_sdk_config", "_preferred_temporality", "_internal")
+
+
+def test_configurator_base_class_is_the_one_opentelemetry_instrument_loads() -> None:
+    configuration = importlib.import_module("opentelemetry.sdk._configuration")
+    assert compat.BaseConfigurator is configuration._BaseConfigurator
+    assert callable(compat.BaseConfigurator.configure)
+
+
+def test_sdk_gauge_is_the_synchronous_gauge_the_meter_creates() -> None:
+    gauge = MeterProvider().get_meter("compat").create_gauge("g")
+    assert isinstance(gauge, compat.SdkGauge)
+
+
+def test_measurement_loggers_are_the_sdk_modules_that_warn() -> None:
+    for name in compat.SDK_MEASUREMENT_LOGGERS:
+        module = importlib.import_module(name)
+        assert module._logger is logging.getLogger(name), name
+
+
+def test_prometheus_unit_mapping_still_maps_ucum_units() -> None:
+    assert compat.prometheus_unit_suffix("By") == "bytes"
+    assert compat.prometheus_unit_suffix("s") == "seconds"
+    assert compat.prometheus_unit_suffix("{requests}") == ""
+
+
+def test_provider_resource_reads_the_meter_providers_resource() -> None:
+    resource = Resource.create({"service.name": "compat"})
+    assert compat.provider_resource(MeterProvider(resource=resource)) is resource
+    assert compat.provider_resource(object()) is None
+
+
+def test_exporter_temporality_reads_what_the_exporter_was_built_with() -> None:
+    delta = {Counter: AggregationTemporality.DELTA}
+    assert compat.exporter_temporality(ConsoleMetricExporter(preferred_temporality=delta))[Counter] == delta[Counter]
+    assert compat.exporter_temporality(object()) == {}
+
+
+def private_otel_uses(path: Path) -> list[str]:
+    """Imports of an underscore OpenTelemetry module or name, and private attribute names, in one file."""
+    found = []
+    text = path.read_text(encoding="utf-8")
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("opentelemetry"):
+            parts = (node.module or "").split(".")
+            names = [alias.name for alias in node.names]
+            if any(part.startswith("_") for part in parts) or any(name.startswith("_") for name in names):
+                found.append(f"{path.name}:{node.lineno} from {node.module} import {', '.join(names)}")
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found.extend(f"{path.name}:{node.lineno} {name}" for name in PRIVATE_ATTRIBUTES if name in node.value)
+    return found
+
+
+def test_no_module_but_compat_uses_a_private_opentelemetry_name() -> None:
+    offenders = [use for path in sorted(SRC.rglob("*.py")) if path != COMPAT for use in private_otel_uses(path)]
+    assert offenders == []
+
+
+def test_the_scan_finds_what_compat_itself_uses() -> None:
+    # The scan above would pass vacuously if it could not see a private import; compat.py has several.
+    uses = private_otel_uses(COMPAT)
+    assert any("_configuration" in use for use in uses)
+    assert any("_sdk_config" in use for use in uses)

@@ -1,0 +1,127 @@
+"""``chat-turbo-metrics config``: validates as configure() would, one setting a line with its source, secrets masked."""
+
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chat_turbo_metrics import ConfigurationError, MonitoringConfig, PerformanceMonitor, ViewConfig
+from chat_turbo_metrics._config_command import check_as_configure_would, run_config_command
+from conftest import clean_env
+
+TOKEN = "XXXXSECRETTOKENXXXX"
+
+
+def lines(env: dict[str, str], environment: str | None = "test") -> dict[str, tuple[str, str]]:
+    """setting -> (value text, source) from the command's output."""
+    out = io.StringIO()
+    run_config_command(environment, env, out)
+    parsed = {}
+    for line in out.getvalue().splitlines():
+        setting, _, rest = line.partition(" = ")
+        value, _, source = rest.rpartition("  (")
+        parsed[setting.strip()] = (value, source.rstrip(")"))
+    return parsed
+
+
+def test_each_setting_is_printed_once_with_its_value_and_source() -> None:
+    env = {"METRICS_SAMPLING_RATE": "0.5", "OTEL_SERVICE_NAME": "chat-api"}
+    shown = lines(env)
+
+    assert shown["sampling_rate"] == ("0.5", "METRICS_SAMPLING_RATE")
+    assert shown["service_name"] == ("'chat-api'", "OTEL_SERVICE_NAME")
+    assert shown["recording"] == ("'fast'", "default")
+    assert shown["export_interval_s"][1].startswith("file ")
+    assert shown["export_interval_s"][1].endswith("test.toml")
+    assert "sources" not in shown
+    assert len(shown) == 22
+
+
+def test_the_default_database_url_is_shown_as_the_sqlite_file_it_is() -> None:
+    value, source = lines({})["database_url"]
+
+    assert value.startswith("sqlite:///chat_turbo_metrics.db")
+    assert source == "default"
+
+
+def test_secrets_are_masked() -> None:
+    env = {
+        "ALERT_SLACK_WEBHOOK_URL": f"https://hooks.slack.com/services/T0/B0/{TOKEN}",
+        "METRICS_DATABASE_URL": f"sqlite:///{TOKEN}.db",
+    }
+    shown = lines(env)
+
+    assert shown["alert_slack_webhook_url"] == ("https://hooks.slack.com/***", "ALERT_SLACK_WEBHOOK_URL")
+    assert shown["database_url"][1] == "METRICS_DATABASE_URL"
+    assert TOKEN not in repr(shown)
+
+
+@pytest.mark.parametrize(
+    ("env", "error"),
+    [
+        ({"OTEL_METRICS_EXPORTER": "bogus"}, "OTEL_METRICS_EXPORTER='bogus': unknown exporter"),
+        ({"OTEL_TRACES_EXPORTER": "zipkinx"}, "OTEL_TRACES_EXPORTER='zipkinx': unknown exporter"),
+        ({"METRICS_SAMPLING_RATE": "2"}, "METRICS_SAMPLING_RATE='2': must be > 0 and <= 1"),
+    ],
+)
+def test_a_setting_configure_would_refuse_fails_with_its_error(env: dict[str, str], error: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        lines(env)
+
+    assert str(raised.value).startswith(error)
+
+
+def test_the_command_exits_non_zero_with_the_error_and_prints_no_settings(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "chat_turbo_metrics", "config"],
+        env=clean_env(OTEL_METRICS_EXPORTER="bogus"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("configuration error: OTEL_METRICS_EXPORTER='bogus': unknown exporter")
+
+
+def test_the_command_prints_the_resolved_settings_without_binding_the_port(tmp_path: Path) -> None:
+    with socket.socket() as taken:  # the exporter is built and checked, never started: a taken port is fine
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "chat_turbo_metrics", "config", "--environment", "production"],
+            env=clean_env(METRICS_PROMETHEUS_PORT=str(port), OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1"),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    assert result.returncode == 0, result.stderr
+    assert f"prometheus_port          = {port}  (METRICS_PROMETHEUS_PORT)" in result.stdout.splitlines()
+    (exporters,) = [line for line in result.stdout.splitlines() if line.startswith("metrics_exporters ")]
+    assert exporters.startswith("metrics_exporters        = ('prometheus',)  (file ")
+    assert exporters.endswith("production.toml)")
+    assert "environment              = 'production'  (code)" in result.stdout.splitlines()
+
+
+def test_a_view_the_sdk_refuses_fails_as_configure_would() -> None:
+    config = MonitoringConfig(metrics_exporters=(), views=(ViewConfig(instrument="*_latency", name="latency"),))
+
+    with pytest.raises(ConfigurationError) as from_configure:
+        PerformanceMonitor(config)
+    with pytest.raises(ConfigurationError) as from_command:
+        check_as_configure_would(config)
+
+    assert str(from_command.value) == str(from_configure.value)
+    assert "wildcard" in str(from_command.value)
