@@ -219,8 +219,10 @@ def extrapolated(samples: Sequence[tuple[float, float]], start: float, end: floa
     threshold = average * 1.1
     interval = sampled + (to_start if to_start < threshold else average / 2)
     interval += to_end if to_end < threshold else average / 2
-    result = result * (interval / sampled)
-    return result / (end - start) if is_rate else result
+    factor = interval / sampled
+    if is_rate:
+        factor /= end - start  # scaled before multiplying, as Prometheus does: the last bit of a rate agrees
+    return result * factor
 
 
 def histogram_quantile(q: float, upper_bounds: Sequence[float], cumulative: Sequence[float]) -> float:
