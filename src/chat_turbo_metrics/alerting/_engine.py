@@ -34,7 +34,7 @@ def go_float(value: float | None) -> str:
     text = "".join(map(str, digits)).rstrip("0") or "0"
     exp = len(digits) + int(exponent) - 1  # decimal exponent of the first digit
     prefix = "-" if sign else ""
-    if exp < -4 or exp >= 21:
+    if exp < -4 or exp >= 6:  # Go's shortest %g: exponent form outside [1e-4, 1e6)
         mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
         return f"{prefix}{mantissa}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
     if exp < 0:
