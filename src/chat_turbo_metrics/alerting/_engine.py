@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from chat_turbo_metrics.alerting._model import Alert, AlertState
+from chat_turbo_metrics.alerting._model import Alert
 from chat_turbo_metrics.alerting.rules import AlertRule
 
 _TEMPLATE = re.compile(r"\{\{\s*\$(value|labels\.([a-zA-Z_][a-zA-Z0-9_]*))\s*\}\}")
@@ -136,8 +136,9 @@ class RuleEvaluator:
         instance = self.active.pop(fp, None)
         if instance is None:
             return None
-        previous: AlertState = instance.alert.state
-        return Change(replace(instance.alert, state="resolved", resolved_at=now), previous, "resolved")
+        if instance.alert.state == "pending":  # it never fired: dropped, as a false evaluation drops it
+            return Change(instance.alert, "pending", "inactive")
+        return Change(replace(instance.alert, state="resolved", resolved_at=now), "firing", "resolved")
 
     def update(self, fp: str, **changes: object) -> None:
         """Set flags (``acknowledged``, ``silenced``) on a live instance."""
