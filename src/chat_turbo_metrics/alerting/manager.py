@@ -71,7 +71,7 @@ class AlertManager:
         self.monitor = monitor
         self._pipeline = monitor.pipeline
         self._clock = clock or time.time
-        interval = evaluation_interval_s or monitor.config.export_interval_s
+        interval = monitor.config.export_interval_s if evaluation_interval_s is None else evaluation_interval_s
         if not interval > 0 or not math.isfinite(interval):
             raise ValueError(f"evaluation_interval_s must be > 0, got {evaluation_interval_s!r}")
         self.evaluation_interval_s = float(interval)
