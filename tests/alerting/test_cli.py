@@ -64,7 +64,7 @@ def test_export_leaves_rules_without_an_equivalent_as_comments(tmp_path: Path, c
         "rules:\n"
         "  - {id: spans, name: Slow spans, condition: gt, threshold: 1, spans: {name: GET}}\n"
         "  - {id: max, name: Max, metric: api_request, kind: timer, statistic: max, condition: gt, threshold: 1}\n"
-        "  - {id: disabled, name: Off, metric: load, condition: gt, threshold: 1, enabled: false}\n"
+        "  - {id: disabled, name: Disabled, metric: load, condition: gt, threshold: 1, enabled: false}\n"
         "  - {id: absent, name: Absent, metric: load, condition: gt, threshold: 1, missing_data: alerting}\n"
         "  - {id: kept, name: Kept, metric: api_request, kind: timer, statistic: p99, condition: gt, threshold: 1}\n"
     )
