@@ -96,15 +96,17 @@ class RuleEvaluator:
             The changes, in a stable order (new and updated instances first, then dropped ones).
         """
         changes: list[Change] = []
+        templates = self.rule.annotations
         for fp, (labels, value) in results.items():
             instance = self.active.get(fp)
-            annotations = {k: render(v, value, labels) for k, v in self.rule.annotations.items()}
+            annotations = {k: render(v, value, labels) for k, v in templates.items()} if templates else {}
             if instance is None:
                 alert = Alert(self.rule.id, self.rule.name, labels, "pending", now, value, annotations=annotations)
                 instance = self.active[fp] = Instance(alert)
                 changes.append(Change(alert, "inactive", "pending"))
             else:
-                instance.alert = replace(instance.alert, value=value, annotations=annotations)
+                if instance.alert.value != value or instance.alert.annotations != annotations:
+                    instance.alert = replace(instance.alert, value=value, annotations=annotations)
                 instance.keep_firing_since = None
             self._advance(instance, now, changes)
         for fp in [fp for fp in self.active if fp not in results]:

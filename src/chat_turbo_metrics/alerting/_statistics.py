@@ -9,6 +9,8 @@ exported to PromQL reads the same number from the same samples.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -35,6 +37,11 @@ class HistogramPoint:
     errors: float = 0.0
     slow: float = 0.0
 
+    @functools.cached_property
+    def cumulative(self) -> tuple[float, ...]:
+        """Counts at or below each bound, +Inf last (Prometheus's ``le`` buckets)."""
+        return tuple(itertools.accumulate(self.counts))
+
 
 Point = float | HistogramPoint
 SeriesKey = frozenset[tuple[str, str]]
@@ -47,6 +54,7 @@ class Series:
     labels: Mapping[str, str]
     points: deque[tuple[float, Point]]
     last_seen: float
+    cache: dict[str, Any] = field(default_factory=dict)  # per rule: its alert labels for this series
 
 
 @dataclass
@@ -256,23 +264,20 @@ def _series_of(
     return [(t, pick(p)) for t, p in points if isinstance(p, HistogramPoint)]
 
 
-def _quantile(q: float) -> Callable[[list[tuple[float, Point]], float, float], float | None]:
-    def compute(points: list[tuple[float, Point]], start: float, end: float) -> float | None:
-        last = points[-1][1]
-        if not isinstance(last, HistogramPoint):
+def bucket_rates(points: Sequence[tuple[float, Point]], start: float, end: float) -> Any:
+    """Per ``le`` bucket, ``rate()`` over the window: ``(upper bounds, rates)``, or None without two samples."""
+    last = points[-1][1]
+    if not isinstance(last, HistogramPoint):
+        return None
+    same = [(t, p) for t, p in points if isinstance(p, HistogramPoint) and p.bounds == last.bounds]
+    bounds = (*last.bounds, math.inf)
+    rates = []
+    for i in range(len(bounds)):
+        value = extrapolated([(t, p.cumulative[i]) for t, p in same], start, end, is_rate=True)
+        if value is None:
             return None
-        same = [(t, p) for t, p in points if isinstance(p, HistogramPoint) and p.bounds == last.bounds]
-        bounds = (*last.bounds, math.inf)
-        increases = []
-        for i in range(len(bounds)):
-            cumulative = [(t, sum(p.counts[: i + 1])) for t, p in same]
-            value = extrapolated(cumulative, start, end, is_rate=True)
-            if value is None:
-                return None
-            increases.append(value)
-        return histogram_quantile(q, bounds, increases)
-
-    return compute
+        rates.append(value)
+    return bounds, rates
 
 
 def _mean(points: list[tuple[float, Point]], start: float, end: float) -> float | None:
@@ -326,17 +331,28 @@ WINDOWED: dict[str, Callable[[list[tuple[float, Point]], float, float], float | 
     "increase": _counter(is_rate=False),
     "mean": _mean,
     "max": _max,
-    "p50": _quantile(0.5),
-    "p90": _quantile(0.9),
-    "p95": _quantile(0.95),
-    "p99": _quantile(0.99),
     "error_rate": _error_rate,
     "slow_count": _difference(lambda p: p.slow),
 }
 
 
-def statistic_value(series: Series, statistic: str, now: float, window_s: float, staleness_s: float) -> float | None:
-    """What a rule reads from one series at ``now``; None when there is nothing to read (no result in PromQL)."""
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+_UNSET = object()
+
+
+def statistic_value(
+    series: Series,
+    statistic: str,
+    now: float,
+    window_s: float,
+    staleness_s: float,
+    *,
+    memo: dict[Any, Any] | None = None,
+) -> float | None:
+    """What a rule reads from one series at ``now``; None when there is nothing to read (no result in PromQL).
+
+    ``memo`` shares the bucket rates of one series between its quantiles within one evaluation.
+    """
     if statistic == "value":
         if not series.points or now - series.points[-1][0] > staleness_s:
             return None
@@ -345,4 +361,12 @@ def statistic_value(series: Series, statistic: str, now: float, window_s: float,
     points = window(series, now, window_s)
     if not points:
         return None
+    if statistic in QUANTILES:
+        key = (id(series), window_s)
+        rates: Any = memo.get(key, _UNSET) if memo is not None else _UNSET
+        if rates is _UNSET:
+            rates = bucket_rates(points, now - window_s, now)
+            if memo is not None:
+                memo[key] = rates
+        return None if rates is None else histogram_quantile(QUANTILES[statistic], *rates)
     return WINDOWED[statistic](points, now - window_s, now)

@@ -7,27 +7,26 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.metrics.export import MetricsData
 
-from chat_turbo_metrics._recording.naming import prometheus_label
 from chat_turbo_metrics.alerting._background import CycleSubscriber, register_active_gauge
 from chat_turbo_metrics.alerting._engine import Change, RuleEvaluator
 from chat_turbo_metrics.alerting._lifecycle import History, Silence
-from chat_turbo_metrics.alerting._model import Alert, AlertListener, AlertTransition, EvaluationHook, fingerprint
-from chat_turbo_metrics.alerting._statistics import STALENESS_S, Series, SeriesStore, statistic_value
-from chat_turbo_metrics.alerting.rules import CONDITIONS, STATISTICS, AlertRule, RuleError, load_rules
+from chat_turbo_metrics.alerting._model import Alert, AlertListener, AlertTransition, EvaluationHook
+from chat_turbo_metrics.alerting._reading import SPANS, RuleReader
+from chat_turbo_metrics.alerting._statistics import STALENESS_S, SeriesStore
+from chat_turbo_metrics.alerting.rules import AlertRule, RuleError, load_rules
 from chat_turbo_metrics.alerting.spans import AlertingSpanProcessor
 
 if TYPE_CHECKING:
     from chat_turbo_metrics._monitor import PerformanceMonitor
 
 _log = logging.getLogger("chat_turbo_metrics.alerting")
-_SPANS = "spans:"
 
 
 class AlertManager:
@@ -82,7 +81,7 @@ class AlertManager:
         self._staleness_s = staleness_s
         self._rules: dict[str, AlertRule] = {}
         self._evaluators: dict[str, RuleEvaluator] = {}
-        self._last_values: dict[tuple[str, str], float | None] = {}
+        self._reader = RuleReader(self._store, staleness_s)
         self._silences: dict[str, Silence] = {}
         self._history = History(history_size)
         self._listeners: tuple[AlertListener, ...] = ()
@@ -90,7 +89,7 @@ class AlertManager:
         self._lock = threading.RLock()  # rules and alert state
         self._evaluating = threading.Lock()  # one evaluation at a time, listeners in order
         self._published: tuple[Alert, ...] = ()
-        self._warned: set[tuple[str, str]] = set()
+        self._had_silences = False  # one more flagging pass after the last silence ends clears the flags
         self._subscriber: CycleSubscriber | None = None
         if self._pipeline is not None:
             register_active_gauge(self._pipeline, self)
@@ -146,6 +145,7 @@ class AlertManager:
                 changes = self._end_alerts(rule_id)
                 del self._rules[rule_id]
                 del self._evaluators[rule_id]
+                self._reader.forget(rule_id)
                 self._watch()
             self._publish(changes, self._clock())
 
@@ -214,10 +214,11 @@ class AlertManager:
             with self._lock:
                 self._store.ingest(data, now)
                 self._ingest_spans(now)
+                self._reader.begin()
                 changes: list[Change] = []
                 for rule_id, rule in self._rules.items():
                     if rule.enabled:
-                        changes.extend(self._step(rule, self._evaluators[rule_id], now))
+                        changes.extend(self._evaluators[rule_id].step(now, self._reader.results(rule, now)))
                 changes = self._flag(changes, now)
                 current = tuple(i.alert for e in self._evaluators.values() for i in e.active.values())
                 self._published = current
@@ -230,71 +231,13 @@ class AlertManager:
     def _ingest_spans(self, now: float) -> None:
         if self._span_processor is not None:
             for key, point in self._span_processor.points().items():
-                self._store.ingest_points(f"{_SPANS}{key!r}", "spans", {frozenset(): point}, now)
-
-    def _step(self, rule: AlertRule, evaluator: RuleEvaluator, now: float) -> list[Change]:
-        compare = CONDITIONS[rule.condition][0]
-        results: dict[str, tuple[Mapping[str, str], float | None]] = {}
-        seen = False
-        for series_labels, series_value, fresh in self._values(rule, now):
-            seen = True
-            labels, value = series_labels, series_value
-            if not fresh and rule.missing_data != "ok":
-                labels, value, breach = self._missing(rule, labels, value)
-            else:
-                breach = value is not None and compare(value, rule.threshold)
-            if breach:
-                results[fingerprint(labels)] = (labels, value)
-        if not seen and rule.missing_data in ("alerting", "no_data"):
-            labels = self._labels(rule, {}, no_data=rule.missing_data == "no_data")
-            results[fingerprint(labels)] = (labels, None)
-        return evaluator.step(now, results)
-
-    def _missing(self, rule: AlertRule, labels: dict[str, str], value: float | None) -> tuple[Any, Any, bool]:
-        if rule.missing_data == "keep_last":
-            last = self._last_values.get((rule.id, fingerprint(labels)))
-            return labels, last, last is not None and CONDITIONS[rule.condition][0](last, rule.threshold)
-        if rule.missing_data == "no_data":
-            return {**labels, "no_data": "true"}, None, True
-        return labels, None, True  # "alerting"
-
-    def _values(self, rule: AlertRule, now: float) -> Iterable[tuple[dict[str, str], float | None, bool]]:
-        name = f"{_SPANS}{rule.spans.key!r}" if rule.spans is not None else rule.metric
-        matchers = [(prometheus_label(k), v) for k, v in rule.matchers.items()]
-        for history in self._store.histories(name):
-            statistic = rule.resolved_statistic(history.kind)
-            if history.kind not in STATISTICS[statistic]:
-                self._warn_once(rule.id, f"statistic {statistic!r} does not apply to the {history.kind} {name!r}")
-                continue
-            for series in history.series.values():
-                if not all(series.labels.get(k) == v for k, v in matchers):
-                    continue
-                yield self._read(rule, series, statistic, now)
-
-    def _read(
-        self, rule: AlertRule, series: Series, statistic: str, now: float
-    ) -> tuple[dict[str, str], float | None, bool]:
-        labels = self._labels(rule, series.labels)
-        fresh = now - series.last_seen <= self._staleness_s
-        value = statistic_value(series, statistic, now, rule.window_s, self._staleness_s)
-        if fresh:
-            self._last_values[(rule.id, fingerprint(labels))] = value
-        return labels, value, fresh
-
-    @staticmethod
-    def _labels(rule: AlertRule, series: Mapping[str, str], *, no_data: bool = False) -> dict[str, str]:
-        labels = {**series, **rule.labels, "alertname": rule.name, "severity": rule.severity}
-        if no_data:
-            labels["no_data"] = "true"
-        return labels
-
-    def _warn_once(self, rule_id: str, problem: str) -> None:
-        if (rule_id, problem) not in self._warned:
-            self._warned.add((rule_id, problem))
-            _log.warning("alert rule %r: %s; the rule reads nothing from it", rule_id, problem)
+                self._store.ingest_points(f"{SPANS}{key!r}", "spans", {frozenset(): point}, now)
 
     def _flag(self, changes: list[Change], now: float) -> list[Change]:
         """Set ``silenced`` on every live alert and on the alerts of this evaluation's changes."""
+        if not self._silences and not self._had_silences:
+            return changes
+        self._had_silences = bool(self._silences)
         for evaluator in self._evaluators.values():
             for fp, instance in evaluator.active.items():
                 silenced = self._is_silenced(instance.alert.labels, now)
