@@ -49,6 +49,10 @@ class History:
         self._lock = threading.Lock()
         self._items: deque[AlertTransition] = deque(maxlen=size)
 
+    def after_fork_in_child(self) -> None:
+        """A fresh lock: one held by another thread at fork() would stay held."""
+        self._lock = threading.Lock()
+
     def record(self, transition: AlertTransition) -> None:
         """Keep one transition (the oldest falls out when full)."""
         with self._lock:

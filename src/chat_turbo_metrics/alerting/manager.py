@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 import weakref
@@ -68,7 +69,7 @@ class AlertManager:
 
             monitor = PerformanceMonitor.get_instance()
         self.monitor = monitor
-        self._pipeline = monitor.pipeline
+        self._pipeline = monitor.pipeline  # the pipeline at construction: create the manager after configure()
         self._clock = clock or time.time
         interval = monitor.config.export_interval_s if evaluation_interval_s is None else evaluation_interval_s
         if not interval > 0 or not math.isfinite(interval):
@@ -93,6 +94,13 @@ class AlertManager:
         self._subscriber: CycleSubscriber | None = None
         if self._pipeline is not None:
             register_active_gauge(self._pipeline, self)
+        _managers.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        # Only the forking thread survives fork(): a lock an evaluation held would stay held in the child.
+        self._lock = threading.RLock()
+        self._evaluating = threading.Lock()
+        self._history.after_fork_in_child()
 
     # -- rules ------------------------------------------------------------------------------------------
 
@@ -377,3 +385,15 @@ class AlertManager:
             subscriber, self._subscriber = self._subscriber, None
         if subscriber is not None and self._pipeline is not None:
             self._pipeline.fanout.remove(subscriber)
+
+
+_managers: weakref.WeakSet[AlertManager] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for manager in list(_managers):
+        manager._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -9,7 +9,9 @@ cumulative histogram, so span rules get the same windowed statistics as metric r
 from __future__ import annotations
 
 import bisect
+import os
 import threading
+import weakref
 from collections.abc import Mapping
 
 from opentelemetry.context import Context
@@ -108,6 +110,13 @@ class AlertingSpanProcessor(SpanProcessor):
         self._lock = threading.Lock()
         # Replaced, never mutated: on_end reads it without a lock.
         self._aggregates: tuple[_Aggregate, ...] = ()
+        _processors.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        # A lock another thread held at fork() stays held in the child: on_end would block the application.
+        self._lock = threading.Lock()
+        for aggregate in self._aggregates:
+            aggregate.lock = threading.Lock()
 
     def track(self, selector: SpanSelector) -> None:
         """Start aggregating the spans ``selector`` matches (idempotent)."""
@@ -145,3 +154,15 @@ class AlertingSpanProcessor(SpanProcessor):
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Nothing is buffered."""
         return True
+
+
+_processors: weakref.WeakSet[AlertingSpanProcessor] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for processor in list(_processors):
+        processor._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
