@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,8 @@ def test_seed_dict_parses_to_the_documented_defaults() -> None:
         ({"threshold": "2.0"}, "threshold"),
         ({"threshold": True}, "threshold"),
         ({"threshold": float("nan")}, "threshold"),
+        ({"threshold": 10**400}, "threshold"),
+        ({"duration": float("inf")}, "duration"),
         ({"duration": "5 minutes"}, "duration"),
         ({"duration": -1}, "duration"),
         ({"enabled": "yes"}, "enabled"),
@@ -110,6 +113,11 @@ def test_a_rule_without_id_is_named_by_a_question_mark() -> None:
 @pytest.mark.parametrize(("given", "parsed"), [("ge", "gte"), ("le", "lte"), (">=", "gte"), ("ne", "ne")])
 def test_condition_aliases(given: str, parsed: str) -> None:
     assert AlertRule.from_dict({**SEED_RULE, "condition": given}).condition == parsed
+
+
+@pytest.mark.parametrize(("given", "parsed"), [(Decimal("2.5"), 2.5), (3, 3.0), (10**20, 1e20), (-1.5, -1.5)])
+def test_thresholds(given: object, parsed: float) -> None:
+    assert AlertRule.from_dict({**SEED_RULE, "threshold": given}).threshold == parsed
 
 
 @pytest.mark.parametrize(("given", "seconds"), [("5m", 300.0), ("1h30m", 5400.0), ("250ms", 0.25), (90, 90.0)])

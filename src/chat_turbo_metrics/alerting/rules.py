@@ -265,7 +265,10 @@ def parse_duration(value: object) -> float:
 def _number(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         raise TypeError("expected a number")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError("too large") from None
     if not math.isfinite(number):
         raise ValueError("must be a finite number")
     return number
