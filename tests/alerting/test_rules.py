@@ -270,3 +270,10 @@ def test_a_statistic_that_does_not_fit_the_data_is_warned_once(monitor_factory, 
         assert manager.evaluate(now=60) == ()
     assert len(caplog.records) == 1
     assert caplog.records[0].args[0] == "p"
+
+
+def test_the_rules_file_in_configs_is_not_an_environment() -> None:
+    from chat_turbo_metrics import get_monitoring_config
+
+    with pytest.raises(ConfigurationError, match="not an environment"):
+        get_monitoring_config("alert_rules", env={})
