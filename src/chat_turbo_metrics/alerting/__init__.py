@@ -9,6 +9,7 @@ Example:
     ()
 """
 
+from chat_turbo_metrics.alerting._files import load_rules
 from chat_turbo_metrics.alerting._lifecycle import Silence
 from chat_turbo_metrics.alerting._model import (
     Alert,
@@ -19,7 +20,7 @@ from chat_turbo_metrics.alerting._model import (
     fingerprint,
 )
 from chat_turbo_metrics.alerting.manager import AlertManager
-from chat_turbo_metrics.alerting.rules import AlertRule, RuleError, SpanSelector, load_rules, parse_duration
+from chat_turbo_metrics.alerting.rules import AlertRule, RuleError, SpanSelector, parse_duration
 from chat_turbo_metrics.alerting.spans import AlertingSpanProcessor
 
 __all__ = [

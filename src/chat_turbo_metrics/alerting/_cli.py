@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from chat_turbo_metrics.alerting._files import load_rules
 from chat_turbo_metrics.alerting.promql import export_rule, prometheus_rules
-from chat_turbo_metrics.alerting.rules import load_rules
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

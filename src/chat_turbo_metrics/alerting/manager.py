@@ -17,11 +17,12 @@ from opentelemetry.sdk.metrics.export import MetricsData
 
 from chat_turbo_metrics.alerting._background import CycleSubscriber, register_active_gauge
 from chat_turbo_metrics.alerting._engine import Change, RuleEvaluator
+from chat_turbo_metrics.alerting._files import load_rules
 from chat_turbo_metrics.alerting._lifecycle import History, Silence
 from chat_turbo_metrics.alerting._model import Alert, AlertListener, AlertTransition, EvaluationHook
 from chat_turbo_metrics.alerting._reading import SPANS, RuleReader
 from chat_turbo_metrics.alerting._statistics import STALENESS_S, SeriesStore
-from chat_turbo_metrics.alerting.rules import AlertRule, RuleError, load_rules
+from chat_turbo_metrics.alerting.rules import AlertRule, RuleError
 from chat_turbo_metrics.alerting.spans import AlertingSpanProcessor
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ class AlertManager:
         return parsed
 
     def load_rules(self, path: str | Path) -> list[AlertRule]:
-        """Add every rule of a TOML or YAML file (see :func:`~chat_turbo_metrics.alerting.load_rules`).
+        """Add every rule of a TOML or YAML file (see :func:`chat_turbo_metrics.alerting.load_rules`).
 
         Raises:
             ConfigurationError: a bad file or rule; no rule of the file is added then.
@@ -187,6 +188,7 @@ class AlertManager:
         evaluator = self._evaluators[rule_id]
         now = self._clock()
         changes = [evaluator.resolve(fp, now) for fp in list(evaluator.active)]
+        self._published = tuple(a for a in self._published if a.rule_id != rule_id)
         return [c for c in changes if c is not None]
 
     def _spans(self) -> AlertingSpanProcessor:
@@ -350,9 +352,26 @@ class AlertManager:
                 del self._silences[key]
             return tuple(self._silences.values())
 
-    def history(self, **filters: Any) -> list[AlertTransition]:
-        """Recent transitions, oldest first (filters: ``rule_id``, ``fingerprint``, ``since``, ``limit``)."""
-        return self._history.query(**filters)
+    def history(
+        self,
+        *,
+        rule_id: str | None = None,
+        fingerprint: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> list[AlertTransition]:
+        """Recent transitions (at most ``history_size``), oldest first, filtered by rule, alert and time.
+
+        Args:
+            rule_id: only this rule's.
+            fingerprint: only this alert instance's (``alert.fingerprint``).
+            since: only transitions at or after this clock time.
+            limit: only the newest ``limit``.
+
+        Returns:
+            The transitions.
+        """
+        return self._history.query(rule_id=rule_id, fingerprint=fingerprint, since=since, limit=limit)
 
     def active_counts(self) -> dict[tuple[str, str, str], int]:
         """``(rule id, severity, state) -> count`` for every enabled rule (zeros included): ``alerts_active``."""
