@@ -229,3 +229,13 @@ def test_a_counter_rule_reads_its_rate_by_default(manager: AlertManager) -> None
 )
 def test_value_is_printed_like_prometheus_templates(value: float, text: str) -> None:
     assert go_float(value) == text
+
+
+def test_a_clock_that_steps_back_replaces_the_newer_points(manager: AlertManager) -> None:
+    spec = MetricSpec("messages_sent", "counter", series={(): [0, 60, 120, 180]})
+    manager.add_rule({"id": "m", "name": "Busy", "metric": "messages_sent", "condition": "gt", "threshold": 0.5})
+    for step, now in enumerate([0.0, 60.0, 120.0]):
+        manager.evaluate_data(data_at([spec], step, now), now)
+    # the wall clock is set back by 90 s: the 60 s and 120 s points are dropped, the rate comes from 0 s and 30 s
+    (alert,) = manager.evaluate_data(data_at([spec], 3, 30.0), 30.0)
+    assert alert.value == pytest.approx(180 / 300 * (30 + 0) / 30)

@@ -177,8 +177,8 @@ class SeriesStore:
             series = history.series[key] = Series(dict(key), deque(maxlen=self._max_points), now)
         elif series.points.maxlen != self._max_points:
             series.points = deque(series.points, maxlen=self._max_points)
-        if series.points and series.points[-1][0] >= now:
-            series.points.pop()  # two collections at one instant: the later one wins
+        while series.points and series.points[-1][0] >= now:
+            series.points.pop()  # the same instant again (the later wins), or the clock went back
         series.points.append((now, point))
         series.last_seen = now
 

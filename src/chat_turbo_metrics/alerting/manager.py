@@ -245,6 +245,8 @@ class AlertManager:
 
     def _flag(self, changes: list[Change], now: float) -> list[Change]:
         """Set ``silenced`` on every live alert and on the alerts of this evaluation's changes."""
+        for key in [k for k, s in self._silences.items() if s.ends_at <= now]:
+            del self._silences[key]  # ended: forget it, so silences never pile up
         if not self._silences and not self._had_silences:
             return changes
         self._had_silences = bool(self._silences)
