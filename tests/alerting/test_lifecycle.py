@@ -95,9 +95,12 @@ def test_expired_silence_unmarks_at_once(manager, clock) -> None:
     assert [a.silenced for a in manager.alerts()] == [False]
 
 
-def test_silence_needs_a_matcher(manager) -> None:
+def test_silence_needs_a_matcher_and_an_end_after_its_start(manager) -> None:
     with pytest.raises(ValueError, match="matcher"):
         manager.silence({}, until=100)
+    with pytest.raises(ValueError, match="until"):
+        manager.silence({"severity": "low"}, until=0)
+    assert manager.silences() == ()
 
 
 def test_manual_resolve_ends_the_alert_and_it_starts_over_if_still_true(manager, clock) -> None:

@@ -36,6 +36,46 @@ class Silence:
         return all(labels.get(name) == value for name, value in self.matchers.items())
 
 
+class Silences:
+    """The silences not yet ended; which labels they mute. Guarded by the alert manager's lock.
+
+    Example:
+        >>> silences = Silences()
+        >>> _ = silences.add(Silence({"severity": "low"}, starts_at=0, ends_at=60))
+        >>> silences.mutes({"severity": "low"}, now=30), silences.mutes({"severity": "low"}, now=60)
+        (True, False)
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[str, Silence] = {}
+        self._flag_once_more = False  # after the last silence ends, one more pass clears the flags
+
+    def add(self, silence: Silence) -> Silence:
+        """Keep a silence."""
+        self._items[silence.id] = silence
+        return silence
+
+    def expire(self, silence_id: str) -> None:
+        """End a silence now (unknown ids are ignored)."""
+        self._items.pop(silence_id, None)
+
+    def active(self, now: float) -> tuple[Silence, ...]:
+        """The silences that have not ended, after forgetting ended ones (so they never pile up)."""
+        for key in [k for k, s in self._items.items() if s.ends_at <= now]:
+            del self._items[key]
+        return tuple(self._items.values())
+
+    def needs_flagging(self, now: float) -> bool:
+        """Whether alerts' ``silenced`` flags may need changing at ``now``."""
+        active = bool(self.active(now))
+        needed, self._flag_once_more = active or self._flag_once_more, active
+        return needed
+
+    def mutes(self, labels: Mapping[str, str], now: float) -> bool:
+        """True when an active silence matches ``labels``."""
+        return any(s.matches(labels, now) for s in self._items.values())
+
+
 class History:
     """The last ``size`` transitions, oldest first; safe to query from any thread.
 

@@ -18,7 +18,7 @@ from opentelemetry.sdk.metrics.export import MetricsData
 from chat_turbo_metrics.alerting._background import CycleSubscriber, register_active_gauge
 from chat_turbo_metrics.alerting._engine import Change, RuleEvaluator
 from chat_turbo_metrics.alerting._files import load_rules
-from chat_turbo_metrics.alerting._lifecycle import History, Silence
+from chat_turbo_metrics.alerting._lifecycle import History, Silence, Silences
 from chat_turbo_metrics.alerting._model import Alert, AlertListener, AlertTransition, EvaluationHook
 from chat_turbo_metrics.alerting._reading import SPANS, RuleReader
 from chat_turbo_metrics.alerting._statistics import STALENESS_S, SeriesStore
@@ -84,14 +84,13 @@ class AlertManager:
         self._rules: dict[str, AlertRule] = {}
         self._evaluators: dict[str, RuleEvaluator] = {}
         self._reader = RuleReader(self._store, staleness_s)
-        self._silences: dict[str, Silence] = {}
+        self._silences = Silences()
         self._history = History(history_size)
         self._listeners: tuple[AlertListener, ...] = ()
         self._hooks: tuple[EvaluationHook, ...] = ()
         self._lock = threading.RLock()  # rules and alert state
         self._evaluating = threading.Lock()  # one evaluation at a time, listeners in order
         self._published: tuple[Alert, ...] = ()
-        self._had_silences = False  # one more flagging pass after the last silence ends clears the flags
         self._subscriber: CycleSubscriber | None = None
         if self._pipeline is not None:
             register_active_gauge(self._pipeline, self)
@@ -245,14 +244,11 @@ class AlertManager:
 
     def _flag(self, changes: list[Change], now: float) -> list[Change]:
         """Set ``silenced`` on every live alert and on the alerts of this evaluation's changes."""
-        for key in [k for k, s in self._silences.items() if s.ends_at <= now]:
-            del self._silences[key]  # ended: forget it, so silences never pile up
-        if not self._silences and not self._had_silences:
+        if not self._silences.needs_flagging(now):
             return changes
-        self._had_silences = bool(self._silences)
         for evaluator in self._evaluators.values():
             for fp, instance in evaluator.active.items():
-                silenced = self._is_silenced(instance.alert.labels, now)
+                silenced = self._silences.mutes(instance.alert.labels, now)
                 if instance.alert.silenced != silenced:
                     evaluator.update(fp, silenced=silenced)
         flagged = []
@@ -260,14 +256,11 @@ class AlertManager:
             live = self._evaluators[change.alert.rule_id].active.get(change.alert.fingerprint)
             alert = replace(
                 change.alert,
-                silenced=self._is_silenced(change.alert.labels, now),
+                silenced=self._silences.mutes(change.alert.labels, now),
                 acknowledged=live.alert.acknowledged if live else change.alert.acknowledged,
             )
             flagged.append(Change(alert, change.previous, change.current))
         return flagged
-
-    def _is_silenced(self, labels: Mapping[str, str], now: float) -> bool:
-        return any(s.matches(labels, now) for s in self._silences.values())
 
     def _publish(self, changes: list[Change], now: float) -> None:
         for change in changes:
@@ -327,32 +320,42 @@ class AlertManager:
     def silence(
         self, matchers: Mapping[str, str], until: float, *, starts_at: float | None = None, comment: str = ""
     ) -> Silence:
-        """Mute alerts whose labels equal ``matchers`` until ``until`` (clock seconds); they still evaluate.
+        """Mute alerts whose labels equal ``matchers`` until ``until``; they still evaluate and change state.
+
+        Args:
+            matchers: label name -> value; every one must equal the alert's label.
+            until: when the silence ends (clock seconds).
+            starts_at: when it starts (default: now).
+            comment: why, for whoever reads :meth:`silences`.
 
         Returns:
             The silence (its ``id`` expires it early with :meth:`expire_silence`).
+
+        Raises:
+            ValueError: no matchers, or it ends before it starts.
         """
         if not matchers:
             raise ValueError("a silence needs at least one matcher")
-        silence = Silence(dict(matchers), self._clock() if starts_at is None else starts_at, until, comment)
+        starts = self._clock() if starts_at is None else starts_at
+        if not until > starts:
+            raise ValueError(f"a silence must end after it starts: until={until!r}, starts_at={starts!r}")
+        silence = Silence({k: str(v) for k, v in matchers.items()}, starts, until, comment)
         with self._lock:
-            self._silences[silence.id] = silence
+            self._silences.add(silence)
             self._flag([], self._clock())
         return silence
 
     def expire_silence(self, silence_id: str) -> None:
         """End a silence now."""
         with self._lock:
-            self._silences.pop(silence_id, None)
+            self._silences.expire(silence_id)
             self._flag([], self._clock())
 
     def silences(self) -> tuple[Silence, ...]:
         """Silences that have not ended yet."""
         now = self._clock()
         with self._lock:
-            for key in [k for k, s in self._silences.items() if s.ends_at <= now]:
-                del self._silences[key]
-            return tuple(self._silences.values())
+            return self._silences.active(now)
 
     def history(
         self,
