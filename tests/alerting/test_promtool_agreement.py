@@ -182,6 +182,15 @@ def test_counter_rate_increase_and_value_rules_agree_across_resets_and_gaps(tmp_
             "threshold": 90,
         },
         {
+            "id": "rate-150",
+            "name": "Error rate 150s",
+            "metric": "errors_total",
+            "window": "150s",
+            "condition": "lt",
+            "threshold": 0.3,
+            "duration": 60,
+        },
+        {
             "id": "rate-b",
             "name": "Error rate b",
             "metric": "errors",
@@ -250,6 +259,16 @@ def test_histogram_quantile_and_mean_rules_agree(tmp_path: Path, monitor) -> Non
             "condition": "gte",
             "threshold": 1.0,
             "duration": 60,
+        },
+        {
+            "id": "p90-odd",
+            "name": "P90 odd window",
+            "metric": "http_request_duration_seconds",
+            "statistic": "p90",
+            "window": "150s",
+            "matchers": {"route": "/a"},
+            "condition": "lte",
+            "threshold": 0.5,
         },
         {
             "id": "p99",
