@@ -150,7 +150,7 @@ def test_gauge_rules_agree_for_every_condition_boundary_flap_and_staleness(tmp_p
 
 def test_counter_rate_increase_and_value_rules_agree_across_resets_and_gaps(tmp_path: Path, monitor) -> None:
     a = [0, 10, 30, 60, 100, 100, 100, 100, 100, 100, 5, 20, 40, 60, 80, 100, 130]
-    b = [None, None, 0, 1, 2, 3, None, None, 4, 9, 30, 31, 32, None, None, None, None]
+    b = [None, None, 5, 6, 7, 8, None, None, 9, 14, 35, 36, 37, None, None, None, None]
     spec = MetricSpec("errors", "counter", series={(("route", "/a"),): a, (("route", "/b"),): b})
     rules = [
         {
@@ -189,6 +189,16 @@ def test_counter_rate_increase_and_value_rules_agree_across_resets_and_gaps(tmp_
             "condition": "lt",
             "threshold": 0.3,
             "duration": 60,
+        },
+        {
+            "id": "increase-130",
+            "name": "Errors in 130s",
+            "metric": "errors",
+            "statistic": "increase",
+            "window": "130s",
+            "condition": "gt",
+            "threshold": 0,
+            "annotations": {"summary": "{{ $value }}"},
         },
         {
             "id": "rate-b",
