@@ -180,3 +180,19 @@ def test_alerts_active_metric_counts_by_rule_severity_and_state(monitor, manager
     assert alerts_active(monitor)[("load", "high", "firing")] == 1
     assert alerts_active(monitor)[("disk", "low", "firing")] == 0
     assert "alerts_active" in monitor.snapshot().to_prometheus()
+
+
+def test_a_listener_may_resolve_and_remove_rules_from_inside_an_evaluation(manager, clock) -> None:
+    def on_firing(transition: AlertTransition) -> None:
+        if transition.current == "firing" and transition.alert.rule_id == "disk":
+            manager.resolve(transition.alert)
+            manager.remove_rule("load")
+
+    manager.add_listener(on_firing)
+    step(manager, clock, load=9, disk=9)
+    assert [r.id for r in manager.rules()] == ["disk"]
+    assert manager.alerts() == ()
+    assert [(t.alert.rule_id, t.current) for t in manager.history()][-2:] == [
+        ("disk", "resolved"),
+        ("load", "inactive"),
+    ]

@@ -89,7 +89,8 @@ class AlertManager:
         self._listeners: tuple[AlertListener, ...] = ()
         self._hooks: tuple[EvaluationHook, ...] = ()
         self._lock = threading.RLock()  # rules and alert state
-        self._evaluating = threading.Lock()  # one evaluation at a time, listeners in order
+        # One evaluation at a time, listeners in order; re-entrant so a listener may resolve or remove.
+        self._evaluating = threading.RLock()
         self._published: tuple[Alert, ...] = ()
         self._subscriber: CycleSubscriber | None = None
         if self._pipeline is not None:
@@ -99,7 +100,7 @@ class AlertManager:
     def _after_fork_in_child(self) -> None:
         # Only the forking thread survives fork(): a lock an evaluation held would stay held in the child.
         self._lock = threading.RLock()
-        self._evaluating = threading.Lock()
+        self._evaluating = threading.RLock()
         self._history.after_fork_in_child()
 
     # -- rules ------------------------------------------------------------------------------------------
