@@ -1,12 +1,15 @@
 """Alerting: rules evaluated against the pipeline's data, alert lifecycle, notifications.
 
 Example:
+    >>> from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
     >>> from chat_turbo_metrics.alerting import AlertManager
-    >>> manager = AlertManager()
+    >>> monitor = PerformanceMonitor(MonitoringConfig(metrics_exporters=()))  # AlertManager(): the process-wide one
+    >>> manager = AlertManager(monitor)
     >>> _ = manager.add_rule({"id": "memory", "name": "High Memory", "metric": "memory_usage_mb",
     ...                       "condition": "gt", "threshold": 512, "duration": "5m", "severity": "warning"})
     >>> manager.evaluate()
     ()
+    >>> monitor.shutdown()
 """
 
 from chat_turbo_metrics.alerting._files import load_rules

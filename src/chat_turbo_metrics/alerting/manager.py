@@ -35,12 +35,18 @@ class AlertManager:
     """Evaluates alert rules against the pipeline's data with Prometheus's semantics; tracks each alert's life.
 
     Example:
-        >>> manager = AlertManager()
+        >>> from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
+        >>> monitor = PerformanceMonitor(MonitoringConfig(metrics_exporters=()))  # default: the process-wide one
+        >>> manager = AlertManager(monitor)
         >>> rule = manager.add_rule({"id": "high-response-time", "name": "High API Response Time",
         ...     "metric": "http_request_duration_seconds", "condition": "gt", "threshold": 2.0,
         ...     "duration": 300, "severity": "high", "enabled": True})
-        >>> manager.evaluate()
-        ()
+        >>> for now in (0, 60):  # p95 over 5 minutes needs two evaluations in the window
+        ...     monitor.record_histogram("http_request_duration_seconds", 3.0)
+        ...     alerts = manager.evaluate(now)
+        >>> [(a.name, a.state, a.active_at, a.value) for a in alerts]
+        [('High API Response Time', 'pending', 60, 4.875)]
+        >>> monitor.shutdown()
 
     Args:
         monitor: whose pipeline to read; default the process-wide monitor.
