@@ -196,3 +196,15 @@ def test_a_listener_may_resolve_and_remove_rules_from_inside_an_evaluation(manag
         ("disk", "resolved"),
         ("load", "inactive"),
     ]
+
+
+def test_two_managers_on_one_pipeline_share_one_alerts_active_gauge(monitor, manager, clock) -> None:
+    other = AlertManager(monitor, clock=clock)
+    other.add_rule({"id": "load", "name": "Load again", "metric": "load", "condition": "gt", "threshold": 1,
+                    "severity": "high"})  # fmt: skip
+    data_now = data(load=9)
+    manager.evaluate_data(data_now, 0)
+    other.evaluate_data(data_now, 0)
+    active = alerts_active(monitor)
+    assert active[("load", "high", "pending")] == 1  # the first manager's, still pending (duration 60)
+    assert active[("load", "high", "firing")] == 1  # the second manager's rule with the same id fires at once
