@@ -206,31 +206,51 @@ def window(series: Series, now: float, window_s: float) -> list[tuple[float, Poi
     return [(t, p) for t, p in series.points if start <= t <= now]
 
 
+@dataclass(frozen=True)
+class _Timing:
+    """Where a window's samples sit in it: shared by every bucket of one histogram series."""
+
+    to_start: float
+    to_end: float
+    sampled: float
+    average: float
+    factor_scale: float  # 1 for increase, 1 / range for rate
+
+
+def _timing(times: Sequence[float], start: float, end: float, is_rate: bool) -> _Timing:
+    sampled = times[-1] - times[0]
+    return _Timing(
+        times[0] - start, end - times[-1], sampled, sampled / (len(times) - 1), end - start if is_rate else 1
+    )
+
+
+def _extrapolate(values: Sequence[float], timing: _Timing) -> float:
+    """Prometheus 2.x ``extrapolatedRate`` of one counter's values at ``timing``'s sample times."""
+    first_v = values[0]
+    result = values[-1] - first_v
+    previous = 0.0
+    for value in values:  # a drop is a counter reset: add what was counted before it
+        if value < previous:
+            result += previous
+        previous = value
+    to_start, sampled, average = timing.to_start, timing.sampled, timing.average
+    if result > 0 and first_v >= 0:
+        to_start = min(to_start, sampled * (first_v / result))  # a counter does not extrapolate below zero
+    threshold = average * 1.1
+    interval = sampled + (to_start if to_start < threshold else average / 2)
+    interval += timing.to_end if timing.to_end < threshold else average / 2
+    factor = interval / sampled
+    if timing.factor_scale != 1:
+        factor /= timing.factor_scale  # scaled before multiplying, as Prometheus does: the last bit agrees
+    return result * factor
+
+
 def extrapolated(samples: Sequence[tuple[float, float]], start: float, end: float, *, is_rate: bool) -> float | None:
     """Prometheus's ``increase``/``rate`` of a counter over ``[start, end]``: None with fewer than two samples."""
     if len(samples) < 2:
         return None
-    first_t, first_v = samples[0]
-    last_t = samples[-1][0]
-    result = samples[-1][1] - first_v
-    previous = 0.0
-    for _t, value in samples:  # a drop is a counter reset: add what was counted before it
-        if value < previous:
-            result += previous
-        previous = value
-    to_start, to_end = first_t - start, end - last_t
-    sampled = last_t - first_t
-    average = sampled / (len(samples) - 1)
-    if result > 0 and first_v >= 0:
-        to_zero = sampled * (first_v / result)  # a counter does not extrapolate below zero
-        to_start = min(to_start, to_zero)
-    threshold = average * 1.1
-    interval = sampled + (to_start if to_start < threshold else average / 2)
-    interval += to_end if to_end < threshold else average / 2
-    factor = interval / sampled
-    if is_rate:
-        factor /= end - start  # scaled before multiplying, as Prometheus does: the last bit of a rate agrees
-    return result * factor
+    timing = _timing([t for t, _v in samples], start, end, is_rate)
+    return _extrapolate([v for _t, v in samples], timing)
 
 
 def histogram_quantile(q: float, upper_bounds: Sequence[float], cumulative: Sequence[float]) -> float:
@@ -269,14 +289,13 @@ def bucket_rates(points: Sequence[tuple[float, Point]], start: float, end: float
     last = points[-1][1]
     if not isinstance(last, HistogramPoint):
         return None
-    same = [(t, p) for t, p in points if isinstance(p, HistogramPoint) and p.bounds == last.bounds]
+    same = [p for _t, p in points if isinstance(p, HistogramPoint) and p.bounds == last.bounds]
+    if len(same) < 2:
+        return None
+    times = [t for t, p in points if isinstance(p, HistogramPoint) and p.bounds == last.bounds]
+    timing = _timing(times, start, end, is_rate=True)
     bounds = (*last.bounds, math.inf)
-    rates = []
-    for i in range(len(bounds)):
-        value = extrapolated([(t, p.cumulative[i]) for t, p in same], start, end, is_rate=True)
-        if value is None:
-            return None
-        rates.append(value)
+    rates = [_extrapolate([p.cumulative[i] for p in same], timing) for i in range(len(bounds))]
     return bounds, rates
 
 
