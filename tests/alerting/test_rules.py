@@ -82,6 +82,8 @@ def test_seed_dict_parses_to_the_documented_defaults() -> None:
         ({"missing_data": "ignore"}, "missing_data"),
         ({"labels": {"severity": "low"}}, "labels"),
         ({"labels": {"bad-name": "x"}}, "labels"),
+        ({"annotations": {"summary": "{{ $value | humanize }}"}}, "annotations"),
+        ({"annotations": {"summary": "{{ .Labels.x }}"}}, "annotations"),
         ({"matchers": ["route"]}, "matchers"),
         ({"window": "1y"}, "window"),
         ({"treshold": 2.0}, "treshold"),

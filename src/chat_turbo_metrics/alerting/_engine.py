@@ -16,9 +16,8 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from chat_turbo_metrics.alerting._model import Alert
-from chat_turbo_metrics.alerting.rules import AlertRule
+from chat_turbo_metrics.alerting.rules import TEMPLATE, AlertRule
 
-_TEMPLATE = re.compile(r"\{\{\s*\$(value|labels\.([a-zA-Z_][a-zA-Z0-9_]*))\s*\}\}")
 TransitionState = Literal["inactive", "pending", "firing", "resolved"]
 
 
@@ -52,7 +51,7 @@ def render(template: str, value: float | None, labels: Mapping[str, str]) -> str
             return go_float(value)
         return labels.get(match.group(2), "<no value>")
 
-    return _TEMPLATE.sub(substitute, template)
+    return TEMPLATE.sub(substitute, template)
 
 
 @dataclass

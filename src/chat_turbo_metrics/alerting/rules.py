@@ -63,6 +63,8 @@ DEFAULT_WINDOW_S = 300.0
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+# The template syntax annotations may use: Prometheus's, so exported rules render the same text.
+TEMPLATE = re.compile(r"\{\{\s*\$(value|labels\.([a-zA-Z_][a-zA-Z0-9_]*))\s*\}\}")
 
 
 class RuleError(ConfigurationError):
@@ -194,6 +196,9 @@ class AlertRule:
         for key in self.labels:
             if not _LABEL_NAME.match(key):
                 raise RuleError(self.id, "labels", f"{key!r} is not a valid label name")
+        for key, text in self.annotations.items():
+            if "{{" in TEMPLATE.sub("", text):
+                raise RuleError(self.id, "annotations", f"{key}: only {{{{ $value }}}} and {{{{ $labels.name }}}}")
         for reserved in ("alertname", "severity"):
             if reserved in self.labels:
                 raise RuleError(self.id, "labels", f"{reserved!r} is set from the rule's own field")
