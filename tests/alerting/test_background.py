@@ -105,3 +105,13 @@ def test_disabled_monitoring_evaluates_nothing_and_start_only_warns(monitor_fact
 def test_bad_evaluation_interval(monitor_factory, interval: float) -> None:
     with pytest.raises(ValueError, match="evaluation_interval_s"):
         AlertManager(monitor_factory(), evaluation_interval_s=interval)
+
+
+def test_start_warns_when_the_export_cycle_is_not_the_evaluation_interval(monitor_factory, caplog) -> None:
+    monitor = monitor_factory(export_interval_s=3600)
+    manager = AlertManager(monitor, evaluation_interval_s=15)
+    with caplog.at_level(logging.WARNING, logger="chat_turbo_metrics.alerting"):
+        manager.start()
+    manager.stop()
+    (record,) = caplog.records
+    assert record.args == (3600, 15)

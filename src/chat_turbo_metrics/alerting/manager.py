@@ -405,6 +405,14 @@ class AlertManager:
         if self._pipeline is None:
             _log.warning("monitoring is disabled: alert rules are not evaluated in the background")
             return
+        cycle_s = self._pipeline.config.export_interval_s
+        if cycle_s != self.evaluation_interval_s:
+            _log.warning(
+                "alert rules are evaluated every export cycle (%s s), not every evaluation_interval_s (%s s); "
+                "windows hold one point per evaluation",
+                cycle_s,
+                self.evaluation_interval_s,
+            )
         with self._lock:
             if self._subscriber is None:
                 self._subscriber = CycleSubscriber(weakref.WeakMethod(self.evaluate_data), self._clock)
