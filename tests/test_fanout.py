@@ -368,6 +368,23 @@ def test_exporter_added_while_running_receives_the_next_cycle(provider, make_fan
     assert fanout.exporters == (first, late)
 
 
+def test_removed_exporter_gets_no_more_snapshots_and_is_not_shut_down(provider, make_fanout) -> None:
+    _, meter_provider = provider
+    meter_provider.get_meter("t").create_counter("messages").add(3)
+    kept, removed = RecordingExporter(), RecordingExporter()
+    fanout = make_fanout()
+    fanout.add(kept)
+    fanout.add(removed)
+    assert fanout.force_flush()
+    assert fanout.remove(removed)
+    assert not fanout.remove(removed)
+    assert fanout.force_flush()
+    fanout.shutdown()
+    assert fanout.exporters == (kept,)
+    assert removed.calls == ["export", "force_flush"]
+    assert kept.calls == ["export", "force_flush", "export", "force_flush", "export", "force_flush", "shutdown"]
+
+
 def test_shutdown_exports_last_data_once_and_shuts_each_exporter_down_once(provider, make_fanout) -> None:
     _, meter_provider = provider
     meter_provider.get_meter("t").create_counter("messages").add(9)

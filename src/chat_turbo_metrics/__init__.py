@@ -20,8 +20,11 @@ from chat_turbo_metrics._monitor import PerformanceMonitor, Timer, configure
 from chat_turbo_metrics._recording.sdk import BoundInstrument
 from chat_turbo_metrics._secret import Secret
 from chat_turbo_metrics._version import __version__
+from chat_turbo_metrics.alerting import AlertManager, AlertRule
 
 __all__ = [
+    "AlertManager",
+    "AlertRule",
     "BoundInstrument",
     "ConfigurationError",
     "MetricsSnapshot",

@@ -19,8 +19,13 @@ def main(argv: list[str] | None = None) -> int:
         "config", help="check and print the configuration, one setting a line, with its source"
     )
     config.add_argument("--environment", default=None, help="configs/<environment>.toml to load")
+    from chat_turbo_metrics.alerting import _cli as alerting_cli
+
+    alerting_cli.register(commands)
     args = parser.parse_args(argv)
     try:
+        if args.command == "rules":
+            return alerting_cli.run(args)
         if args.command == "demo":
             from chat_turbo_metrics._demo import run_demo
 

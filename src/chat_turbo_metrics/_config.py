@@ -374,14 +374,20 @@ def config_dirs() -> tuple[Path, ...]:
     return (here / "configs", here.parent.parent / "configs")
 
 
+# configs/ also holds files that are not environments (alert rules for AlertManager.load_rules).
+NOT_ENVIRONMENTS = frozenset({"alert_rules"})
+
+
 def _config_file(environment: str) -> Path:
+    if environment in NOT_ENVIRONMENTS:
+        raise ConfigurationError(f"environment={environment!r}: configs/{environment}.toml is not an environment")
     if not environment or not environment.replace("-", "").replace("_", "").isalnum():
         raise ConfigurationError(f"environment={environment!r}: expected a name such as {', '.join(ENVIRONMENTS)}")
     for directory in config_dirs():
         candidate = directory / f"{environment}.toml"
         if candidate.is_file():
             return candidate
-    shipped = sorted({p.stem for d in config_dirs() if d.is_dir() for p in d.glob("*.toml")})
+    shipped = sorted({p.stem for d in config_dirs() if d.is_dir() for p in d.glob("*.toml")} - NOT_ENVIRONMENTS)
     raise ConfigurationError(f"environment={environment!r}: no {environment}.toml (available: {', '.join(shipped)})")
 
 

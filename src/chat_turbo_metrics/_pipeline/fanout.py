@@ -59,6 +59,7 @@ class _Worker:
         self._busy_since: float | None = None
         self._hang_reported = False
         self._closing = False
+        self._retired = False
         self._close_deadline = 0.0
         self._finished = False
 
@@ -91,6 +92,13 @@ class _Worker:
                 self._close_deadline = deadline
                 self._ensure_thread()
                 self._cond.notify_all()
+
+    def retire(self) -> None:
+        """Let the thread end after what it holds, without flushing or shutting the exporter down."""
+        with self._cond:
+            self._closing = True
+            self._retired = True
+            self._cond.notify_all()
 
     def join(self, deadline: float) -> None:
         thread = self._thread
@@ -140,7 +148,8 @@ class _Worker:
                 self._done_generation = job.generation
                 self._done_ok = ok
                 self._cond.notify_all()
-        self._finish(self._close_deadline)
+        if not self._retired:
+            self._finish(self._close_deadline)
 
     def _export(self, job: _Job) -> bool:
         started = self._clock()
@@ -242,6 +251,19 @@ class Fanout:
             self._workers = (*self._workers, worker)
             if self._ticker is None:
                 self._start_ticker()
+
+    def remove(self, exporter: MetricExporter) -> bool:
+        """Stop feeding ``exporter`` (it is not shut down: the caller still owns it).
+
+        Returns:
+            True when it was being fed.
+        """
+        with self._lock:
+            removed = [worker for worker in self._workers if worker.exporter is exporter]
+            self._workers = tuple(worker for worker in self._workers if worker.exporter is not exporter)
+        for worker in removed:
+            worker.retire()
+        return bool(removed)
 
     def collect_and_export(self) -> None:
         """Collect once now and hand the snapshot to every exporter's worker."""

@@ -1,0 +1,89 @@
+"""How alerting rides on the pipeline: evaluation on the export cycle, and the ``alerts_active`` metric."""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
+
+if TYPE_CHECKING:
+    from chat_turbo_metrics._pipeline.provider import Pipeline
+    from chat_turbo_metrics.alerting.manager import AlertManager
+
+_log = logging.getLogger("chat_turbo_metrics.alerting")
+
+
+class CycleSubscriber(MetricExporter):
+    """Receives the fan-out's cumulative snapshot each export cycle, on its own worker thread, and evaluates.
+
+    Being a cumulative "exporter" gives the alert manager the pipeline's one collection per cycle (fast-path
+    cells included) without a second reader, and a slow evaluation delays no exporter.
+    """
+
+    name = "alerting"
+
+    def __init__(
+        self, evaluate: weakref.WeakMethod[Callable[[MetricsData | None, float], Any]], clock: Callable[[], float]
+    ) -> None:
+        super().__init__(preferred_temporality=None)  # cumulative for every kind: the snapshot as collected
+        self._evaluate = evaluate
+        self._clock = clock
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        """Evaluate every rule against this snapshot."""
+        evaluate = self._evaluate()
+        if evaluate is None:  # the manager is gone
+            return MetricExportResult.SUCCESS
+        try:
+            evaluate(metrics_data, self._clock())
+        except Exception:
+            _log.exception("evaluating alert rules failed; trying again next cycle")
+            return MetricExportResult.FAILURE
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        """Nothing is buffered."""
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        """Nothing to release."""
+
+
+class _ActiveGauge:
+    """One ``alerts_active`` observable gauge per pipeline, summing over its alert managers."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.managers: weakref.WeakSet[AlertManager] = weakref.WeakSet()
+        pipeline.meter.create_observable_gauge(
+            "alerts_active",
+            callbacks=[self.observe],
+            unit="{alert}",
+            description="Pending and firing alerts by rule, severity and state (like Prometheus's ALERTS).",
+        )
+
+    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        # Runs inside a collection; reads only the managers' published tuples, never their locks, so an
+        # evaluation that collects while holding its lock cannot deadlock here.
+        totals: dict[tuple[str, str, str], int] = {}
+        for manager in list(self.managers):
+            for key, count in manager.active_counts().items():
+                totals[key] = totals.get(key, 0) + count
+        return [
+            Observation(count, {"rule": rule, "severity": severity, "state": state})
+            for (rule, severity, state), count in totals.items()
+        ]
+
+
+_gauges: weakref.WeakKeyDictionary[Pipeline, _ActiveGauge] = weakref.WeakKeyDictionary()
+
+
+def register_active_gauge(pipeline: Pipeline, manager: AlertManager) -> None:
+    """Count ``manager``'s alerts in the pipeline's ``alerts_active`` gauge (created on first use)."""
+    gauge = _gauges.get(pipeline)
+    if gauge is None:
+        gauge = _gauges[pipeline] = _ActiveGauge(pipeline)
+    gauge.managers.add(manager)

@@ -1,0 +1,66 @@
+"""Alert rule files: ``[[rules]]`` tables in TOML, or a ``rules:`` list in YAML (with PyYAML)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from chat_turbo_metrics._config import ConfigurationError
+from chat_turbo_metrics.alerting.rules import AlertRule, RuleError
+
+
+def load_rules(path: str | Path) -> list[AlertRule]:
+    """Rules from a TOML (``[[rules]]`` tables) or YAML (``rules:`` list) file.
+
+    Args:
+        path: a ``.toml``, ``.yaml`` or ``.yml`` file.
+
+    Returns:
+        The rules in file order.
+
+    Raises:
+        ConfigurationError: unreadable file, bad syntax, or a bad rule (a :class:`RuleError` naming the file,
+            the rule's id and the field); duplicate ids in one file.
+    """
+    path = Path(path)
+    data = _read(path)
+    specs = data.get("rules") if isinstance(data, Mapping) else None
+    if not isinstance(specs, list):
+        raise ConfigurationError(f"{path}: expected a list `rules` of rule tables")
+    rules: list[AlertRule] = []
+    seen: set[str] = set()
+    for spec in specs:
+        try:
+            rule = AlertRule.from_dict(spec)
+        except RuleError as error:
+            raise RuleError(error.rule_id, error.field, f"{error.problem} (in {path})") from None
+        if rule.id in seen:
+            raise RuleError(rule.id, "id", f"duplicate id in {path}")
+        seen.add(rule.id)
+        rules.append(rule)
+    return rules
+
+
+def _read(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigurationError(f"{path}: cannot read alert rules: {error.strerror}") from None
+    if path.suffix == ".toml":
+        import tomllib
+
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigurationError(f"{path}: invalid TOML: {error}") from None
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigurationError(f"{path}: YAML rule files need PyYAML (pip install pyyaml)") from None
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigurationError(f"{path}: invalid YAML: {error}") from None
+    raise ConfigurationError(f"{path}: alert rules must be a .toml, .yaml or .yml file")
