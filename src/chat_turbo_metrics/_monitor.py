@@ -19,6 +19,7 @@ from chat_turbo_metrics._pipeline.provider import Pipeline
 from chat_turbo_metrics._recording.guard import Problems
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry
 from chat_turbo_metrics._recording.naming import Kind
+from chat_turbo_metrics._recording.ratio import add_hit_ratios
 from chat_turbo_metrics._recording.sdk import BoundInstrument, NoopRecorder, SdkRecorder, Tags
 
 _logger = logging.getLogger("chat_turbo_metrics")
@@ -37,6 +38,8 @@ class _Runtime:
         if config.enabled:
             self.pipeline = Pipeline(config, strict=strict)
             self.recorder = make_recorder(config, self.pipeline, self.problems)
+            # After the recorder's producer: the ratio is derived from the collected hit and miss counters.
+            self.pipeline.reader.producers.append(add_hit_ratios)
 
     def shutdown(self, timeout_s: float | None = None) -> None:
         if self.pipeline is not None:

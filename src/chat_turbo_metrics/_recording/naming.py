@@ -65,6 +65,8 @@ KNOWN_METRICS: dict[str, KnownMetric] = {
         "histogram", "Duration of HTTP requests handled by the server.", HTTP_DURATION_BUCKETS
     ),
     "database_query_duration_seconds": KnownMetric("histogram", "Duration of database queries.", DB_DURATION_BUCKETS),
+    "cache_hits": KnownMetric("counter", "Cache lookups that found their entry, by cache."),
+    "cache_misses": KnownMetric("counter", "Cache lookups that did not find their entry, by cache."),
     "message_processing_time_seconds": KnownMetric(
         "histogram", "Time taken to process one message.", HTTP_DURATION_BUCKETS
     ),
