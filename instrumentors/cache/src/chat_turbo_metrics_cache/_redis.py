@@ -1,0 +1,180 @@
+"""redis-py commands -> cache hits and misses (``GET``, ``MGET``, ``HGET``) and command latency."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable, Collection
+from typing import Any
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+
+from chat_turbo_metrics import PerformanceMonitor
+from chat_turbo_metrics._cache import process_monitor
+from chat_turbo_metrics._recording.ratio import HITS, MISSES
+
+_instruments = ("redis >= 4.5",)
+COMMAND_DURATION = "redis_command_duration_seconds"
+OTHER = "other"
+_perf_counter = time.perf_counter
+
+
+def key_prefix(key: Any) -> str:
+    """The cache a key belongs to by convention: its prefix before the first ``:`` (``redis`` without one).
+
+    Example:
+        >>> key_prefix(b"session:42"), key_prefix("plain")
+        ('session', 'redis')
+    """
+    text = key.decode("utf-8", "replace") if isinstance(key, (bytes, bytearray)) else str(key)
+    prefix, colon, _ = text.partition(":")
+    return prefix if colon and prefix else "redis"
+
+
+class _BoundedLabels:
+    """At most ``limit`` distinct values of one label; later newcomers become ``other``."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        with self._lock:
+            if len(self._seen) < self._limit:
+                self._seen.add(value)
+                return value
+        return OTHER
+
+
+def _single(args: tuple[Any, ...], response: Any) -> list[tuple[Any, bool]]:
+    return [(args[1], response is not None)] if len(args) > 1 else []
+
+
+def _multiple(args: tuple[Any, ...], response: Any) -> list[tuple[Any, bool]]:
+    if not isinstance(response, (list, tuple)):
+        return []
+    return [(key, value is not None) for key, value in zip(args[1:], response, strict=False)]
+
+
+# Commands whose reply tells a hit from a miss: (key, found) for each key looked up.
+LOOKUPS: dict[str, Callable[[tuple[Any, ...], Any], list[tuple[Any, bool]]]] = {
+    "GET": _single,
+    "HGET": _single,
+    "MGET": _multiple,
+}
+
+
+class _Recorder:
+    """What every wrapped call records, and the label bounds it shares."""
+
+    def __init__(self, monitor: PerformanceMonitor | None, cache_name: Callable[[Any], str], limit: int) -> None:
+        self.monitor = monitor
+        self.cache_name = cache_name
+        self.caches = _BoundedLabels(limit)
+        self.commands = _BoundedLabels(limit)
+        self.active = True
+
+    def record(self, args: tuple[Any, ...], response: Any, start: float, ok: bool) -> None:
+        elapsed = _perf_counter() - start
+        monitor = self.monitor or process_monitor()  # looked up per call: configure() may rebind it
+        raw = args[0] if args else ""
+        command = (raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)).upper()
+        command = self.commands(command)
+        monitor.record_histogram(
+            COMMAND_DURATION, elapsed, {"command": command, "status": "success" if ok else "error"}
+        )
+        lookup = LOOKUPS.get(command) if ok else None
+        if lookup is not None:
+            for key, found in lookup(args, response):
+                monitor.increment_counter(HITS if found else MISSES, {"cache": self.caches(self.cache_name(key))})
+
+
+def _wrap_sync(original: Callable[..., Any], recorder: _Recorder) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def execute_command(self: Any, *args: Any, **options: Any) -> Any:
+        if not recorder.active:
+            return original(self, *args, **options)
+        start = _perf_counter()
+        try:
+            response = original(self, *args, **options)
+        except Exception:
+            recorder.record(args, None, start, False)
+            raise
+        recorder.record(args, response, start, True)
+        return response
+
+    return execute_command
+
+
+def _wrap_async(original: Callable[..., Any], recorder: _Recorder) -> Callable[..., Any]:
+    @functools.wraps(original)
+    async def execute_command(self: Any, *args: Any, **options: Any) -> Any:
+        if not recorder.active:
+            return await original(self, *args, **options)
+        start = _perf_counter()
+        try:
+            response = await original(self, *args, **options)
+        except Exception:
+            recorder.record(args, None, start, False)
+            raise
+        recorder.record(args, response, start, True)
+        return response
+
+    return execute_command
+
+
+def _client_classes() -> list[tuple[type, Callable[[Callable[..., Any], _Recorder], Callable[..., Any]]]]:
+    import redis
+    import redis.asyncio
+
+    return [(redis.Redis, _wrap_sync), (redis.asyncio.Redis, _wrap_async)]
+
+
+class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Counts redis-py cache hits and misses and times every command, for clients old and new, sync and async.
+
+    ``GET``/``HGET`` replies of ``None`` are misses, anything else a hit; ``MGET`` counts each key. The
+    ``cache`` label is the key's prefix before ``:`` (``instrument(cache_name=...)`` to choose), bounded
+    to ``max_caches`` distinct values. Works beside ``opentelemetry-instrumentation-redis`` (spans).
+
+    Example:
+        >>> RedisInstrumentor().instrument(monitor=monitor)  # doctest: +SKIP
+        >>> redis.Redis().get("session:missing")  # doctest: +SKIP
+        >>> monitor.snapshot().value("cache_misses", {"cache": "session"})  # doctest: +SKIP
+        1
+    """
+
+    _recorder: _Recorder | None = None
+    _patched: list[tuple[type, Callable[..., Any], Callable[..., Any]]]
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        """The redis-py versions this instrumentor covers."""
+        return _instruments
+
+    def _instrument(self, **kwargs: Any) -> None:
+        """Args (keywords of ``instrument()``):
+        monitor: record into this monitor (default: the process-wide one, looked up per call).
+        cache_name: a function from key to cache name (default :func:`key_prefix`).
+        max_caches: distinct ``cache`` (and ``command``) label values before ``other`` (100).
+        """
+        recorder = _Recorder(kwargs.get("monitor"), kwargs.get("cache_name", key_prefix), kwargs.get("max_caches", 100))
+        self._patched = []
+        for cls, wrap in _client_classes():
+            original = cls.execute_command  # type: ignore[attr-defined]
+            wrapper = wrap(original, recorder)
+            cls.execute_command = wrapper  # type: ignore[attr-defined]
+            self._patched.append((cls, original, wrapper))
+        self._recorder = recorder
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        if self._recorder is not None:
+            self._recorder.active = False  # if someone wrapped ours since, it stays in place as a pass-through
+        for cls, original, wrapper in self._patched:
+            if cls.__dict__.get("execute_command") is wrapper:
+                cls.execute_command = original  # type: ignore[attr-defined]
+        self._patched = []
+        self._recorder = None
