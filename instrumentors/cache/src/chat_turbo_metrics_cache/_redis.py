@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -12,6 +13,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 
 from chat_turbo_metrics import PerformanceMonitor
 from chat_turbo_metrics._cache import process_monitor
+from chat_turbo_metrics._recording.guard import Problems
 from chat_turbo_metrics._recording.ratio import HITS, MISSES
 
 _instruments = ("redis >= 4.5",)
@@ -77,8 +79,15 @@ class _Recorder:
         self.caches = _BoundedLabels(limit)
         self.commands = _BoundedLabels(limit)
         self.active = True
+        self.problems = Problems(logging.getLogger("chat_turbo_metrics.redis"))
 
     def record(self, args: tuple[Any, ...], response: Any, start: float, ok: bool) -> None:
+        try:
+            self._record(args, response, start, ok)
+        except Exception as error:  # e.g. a cache_name function that fails: never the application's problem
+            self.problems.report(("redis", type(error)), "redis instrumentation failed to record: %r", error)
+
+    def _record(self, args: tuple[Any, ...], response: Any, start: float, ok: bool) -> None:
         elapsed = _perf_counter() - start
         monitor = self.monitor or process_monitor()  # looked up per call: configure() may rebind it
         raw = args[0] if args else ""

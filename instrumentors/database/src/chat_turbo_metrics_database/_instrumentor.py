@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import weakref
 from collections.abc import Collection
@@ -14,6 +15,7 @@ from sqlalchemy.engine import Engine
 from chat_turbo_metrics import PerformanceMonitor
 from chat_turbo_metrics._cache import process_monitor
 from chat_turbo_metrics._database import QUERY_DURATION
+from chat_turbo_metrics._recording.guard import Problems
 from chat_turbo_metrics._sql import StatementClassifier, strip_literals
 
 _instruments = ("sqlalchemy >= 2.0",)
@@ -41,6 +43,7 @@ class _Listener:
         self.classifier = StatementClassifier(max_tables=max_tables)
         self.engines: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
         self.hooked: PerformanceMonitor | None = None
+        self.problems = Problems(logging.getLogger("chat_turbo_metrics.sqlalchemy"))
 
     def recorder(self) -> PerformanceMonitor:
         monitor = self.monitor or process_monitor()
@@ -60,7 +63,10 @@ class _Listener:
     def engine_connect(self, connection: Any) -> None:
         engine = connection.engine
         if engine not in self.engines:
-            self.engines[engine] = pool_label(engine)
+            try:
+                self.engines[engine] = pool_label(engine)
+            except Exception as error:  # an odd engine: no pool readings for it, never a failed connect
+                self.problems.report(("pool", type(error)), "cannot label the pool of %r: %r", engine, error)
 
     def before_cursor_execute(  # noqa: PLR0917 - SQLAlchemy's event signature
         self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
@@ -73,15 +79,19 @@ class _Listener:
     ) -> None:
         start = getattr(context, _START, None)
         if start is not None:
-            elapsed = _perf_counter() - start
-            self.recorder().record_histogram(QUERY_DURATION, elapsed, self.tags(statement, "success"))
+            self.record(_perf_counter() - start, statement, "success")
 
     def handle_error(self, exception_context: Any) -> None:
         start = getattr(exception_context.execution_context, _START, None)
         statement = exception_context.statement
         if start is not None and statement is not None:
-            elapsed = _perf_counter() - start
-            self.recorder().record_histogram(QUERY_DURATION, elapsed, self.tags(statement, "error"))
+            self.record(_perf_counter() - start, statement, "error")
+
+    def record(self, elapsed: float, statement: str, status: str) -> None:
+        try:
+            self.recorder().record_histogram(QUERY_DURATION, elapsed, self.tags(statement, status))
+        except Exception as error:  # an event handler that raises would fail the application's statement
+            self.problems.report(("record", type(error)), "cannot record a statement: %r", error)
 
     # --- collection time ------------------------------------------------------------------------
     def read_pools(self) -> None:
