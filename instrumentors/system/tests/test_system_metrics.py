@@ -1,0 +1,164 @@
+"""Process metrics read at collection time: injected statistics, real psutil, GC, event-loop lag, fork()."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from chat_turbo_metrics import PerformanceMonitor
+from chat_turbo_metrics_system import SPECS, ProcessSample, watch_event_loop
+
+
+class FakeProcess:
+    """OS statistics and a clock that the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.cpu = 10.0
+        self.samples = 0
+        self.gc = [{"collections": 5}, {"collections": 1}, {"collections": 0}]
+
+    def sample(self) -> ProcessSample:
+        self.samples += 1
+        return ProcessSample(pid=4242, cpu_seconds=self.cpu, rss_bytes=64 * 1024 * 1024, threads=7, open_fds=12,
+                             connections=3)  # fmt: skip
+
+    def clock(self) -> float:
+        return self.now
+
+    def gc_stats(self) -> list[dict[str, Any]]:
+        return self.gc
+
+
+def test_injected_statistics_become_every_metric_of_the_table(
+    monitor: PerformanceMonitor, instrument: Callable[..., None]
+) -> None:
+    fake = FakeProcess()
+    instrument(sample=fake.sample, clock=fake.clock, gc_stats=fake.gc_stats)
+    monitor.snapshot()  # first collection: the CPU baseline
+    fake.now, fake.cpu = 102.0, 11.5  # 1.5 s of CPU in 2 s
+    fake.gc[0]["collections"] = 9
+    snapshot = monitor.snapshot()
+    assert snapshot.value("cpu_usage_percent") == 75.0
+    assert snapshot.value("memory_usage_mb") == 64.0
+    assert snapshot.value("process_threads") == 7
+    assert snapshot.value("process_open_fds") == 12
+    assert snapshot.value("active_connections", {"source": "process"}) == 3
+    assert snapshot.value("python_gc_collections", {"generation": "0"}) == 9
+    assert snapshot.value("python_gc_collections", {"generation": "1"}) == 1
+    assert {spec.name for spec in SPECS} - {"python_gc_pause_seconds", "event_loop_lag_seconds"} <= snapshot.names()
+    text = snapshot.to_prometheus()
+    assert "# HELP process_open_fds File descriptors the process has open." in text
+    assert 'python_gc_collections_total{generation="0"} 9' in text
+
+
+def test_statistics_are_read_only_when_something_collects(
+    monitor: PerformanceMonitor, instrument: Callable[..., None]
+) -> None:
+    fake = FakeProcess()
+    instrument(sample=fake.sample, clock=fake.clock, gc_stats=fake.gc_stats)
+    for _ in range(1000):
+        monitor.increment_counter("requests")
+    assert fake.samples == 0
+    monitor.snapshot()
+    monitor.snapshot()
+    assert fake.samples == 2
+
+
+def test_real_process_values(monitor: PerformanceMonitor, instrument: Callable[..., None]) -> None:
+    instrument()
+    before = monitor.snapshot()
+    with tempfile.TemporaryFile(), tempfile.TemporaryFile(), tempfile.TemporaryFile():
+        during = monitor.snapshot()
+    assert during.value("process_open_fds") == before.value("process_open_fds") + 3
+    assert during.value("process_threads") >= 1
+    assert 5 < during.value("memory_usage_mb") < 4096
+
+
+def test_gc_collections_and_pause_time(monitor: PerformanceMonitor, instrument: Callable[..., None]) -> None:
+    instrument()
+    before = monitor.snapshot().value("python_gc_collections", {"generation": "2"}) or 0
+    gc.collect()
+    gc.collect()
+    snapshot = monitor.snapshot()
+    assert snapshot.value("python_gc_collections", {"generation": "2"}) == before + 2
+    assert snapshot.value("python_gc_pause_seconds", {"generation": "2"}) > 0
+
+
+def test_event_loop_lag_is_how_late_the_probe_ran(monitor: PerformanceMonitor, instrument: Callable[..., None]) -> None:
+    fake = FakeProcess()
+    instrument(sample=fake.sample, clock=fake.clock, gc_stats=fake.gc_stats)
+
+    async def main() -> tuple[Any, Any]:
+        watch_event_loop()
+        first = monitor.snapshot().value("event_loop_lag_seconds")  # schedules the probe at t=100
+        fake.now = 100.25  # the loop was busy for 250 ms before it ran the probe
+        await asyncio.sleep(0)
+        return first, monitor.snapshot().value("event_loop_lag_seconds")
+
+    assert asyncio.run(main()) == (None, 0.25)
+
+
+def test_watch_event_loop_needs_the_instrumentor() -> None:
+    with pytest.raises(RuntimeError, match="instrument"):
+        watch_event_loop(asyncio.new_event_loop())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_each_process_reports_itself_after_fork(monitor: PerformanceMonitor, instrument: Callable[..., None]) -> None:
+    instrument()
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:  # the parent has used CPU before the fork
+        pass
+    parent = monitor.snapshot()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: measure, report through the pipe, leave without running pytest's teardown
+        try:
+            files = [os.open(os.devnull, os.O_RDONLY) for _ in range(20)]
+            started = time.monotonic()
+            while time.monotonic() - started < 0.3:  # busy: the child's own CPU
+                pass
+            child = monitor.snapshot()
+            report = {"fds": child.value("process_open_fds"), "cpu": child.value("cpu_usage_percent"), "n": len(files)}
+            os.write(write_end, json.dumps(report).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    report = json.loads(os.read(read_end, 4096))
+    os.close(read_end)
+    assert status == 0
+    assert report["fds"] >= parent.value("process_open_fds") + 20  # the child's own descriptors
+    # The child's CPU since the fork (~100 % of a core while busy), not the parent's history nor zero.
+    assert 30 < report["cpu"] < 130
+
+
+def test_process_wide_monitor_is_followed_across_configure() -> None:
+    code = textwrap.dedent(
+        """
+        import chat_turbo_metrics
+        from chat_turbo_metrics_system import SystemInstrumentor
+        chat_turbo_metrics.configure(environment="test", metrics_exporters=())
+        SystemInstrumentor().instrument()
+        monitor = chat_turbo_metrics.configure(environment="test", metrics_exporters=())
+        print("threads", monitor.snapshot().value("process_threads"))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "METRICS_", "PERFORMANCE_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.split("threads")[1]) >= 1
