@@ -100,3 +100,41 @@ def test_unhashable_arguments_raise_like_lru_cache(monitor: PerformanceMonitor) 
 
     with pytest.raises(TypeError):
         total([1, 2])
+
+
+def test_cached_counts_every_call_exactly_under_threads(monitor: PerformanceMonitor) -> None:
+    import threading
+
+    @cached("shared", maxsize=16, monitor=monitor)
+    def double(x: int) -> int:
+        return 2 * x
+
+    def work() -> None:
+        for i in range(500):
+            double(i % 8)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    snapshot = monitor.snapshot()
+    hits = snapshot.value("cache_hits", {"cache": "shared"})
+    misses = snapshot.value("cache_misses", {"cache": "shared"})
+    assert hits + misses == 2000
+    assert 8 <= misses <= 32  # each key misses once per thread at most, never after it is cached
+
+
+def test_disabled_monitoring_makes_cache_calls_no_ops() -> None:
+    from chat_turbo_metrics import MonitoringConfig
+
+    disabled = PerformanceMonitor(MonitoringConfig(enabled=False))
+    record_cache_hit("c", disabled)
+    record_cache_miss("c", disabled)
+
+    @cached("c", monitor=disabled)
+    def one() -> int:
+        return 1
+
+    assert [one(), one()] == [1, 1]
+    assert disabled.snapshot().records() == []

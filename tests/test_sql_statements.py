@@ -48,3 +48,10 @@ def test_classification_cache_is_bounded() -> None:
 def test_strip_literals_removes_values_and_comments_keeps_placeholders_and_names() -> None:
     statement = "SELECT * FROM t9 WHERE a = 'x''y' AND b > -42 AND c = 1.5e3 AND d = :d AND e = %s /* secret */"
     assert strip_literals(statement) == "SELECT * FROM t9 WHERE a = ? AND b > ? AND c = ? AND d = :d AND e = %s"
+
+
+def test_long_statements_are_classified_but_never_cached() -> None:
+    classifier = StatementClassifier()
+    statement = "INSERT INTO bulk VALUES " + ", ".join(f"({i})" for i in range(2000))
+    assert classifier.classify(statement) == ("insert", "bulk")
+    assert classifier._cache == {}

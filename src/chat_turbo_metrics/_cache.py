@@ -88,7 +88,9 @@ def cached(cache: str, *, maxsize: int = 128, monitor: PerformanceMonitor | None
     result; an exception is never cached. ``wrapped.cache_clear()`` empties the cache.
 
     Example:
-        >>> @cached("squares", maxsize=2)
+        >>> from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
+        >>> monitor = PerformanceMonitor(MonitoringConfig(metrics_exporters=()))
+        >>> @cached("squares", maxsize=2, monitor=monitor)
         ... def square(x):
         ...     return x * x
         >>> square(3), square(3)

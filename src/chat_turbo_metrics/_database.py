@@ -112,9 +112,13 @@ def monitor_database_query(
     """Run ``sql`` and record its duration in ``database_query_duration_seconds`` {table, operation, status}.
 
     Example:
+        >>> from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
+        >>> monitor = PerformanceMonitor(MonitoringConfig(metrics_exporters=()))
         >>> from sqlalchemy import create_engine
         >>> engine = create_engine("sqlite://")
-        >>> rows = monitor_database_query("SELECT ? + 1", [41], table="none", operation="select", connection=engine)
+        >>> rows = monitor_database_query(
+        ...     "SELECT ? + 1", [41], table="none", operation="select", connection=engine, monitor=monitor
+        ... )
         >>> rows.all()
         [(42,)]
 

@@ -12,6 +12,7 @@ import re
 import threading
 
 OTHER = "other"
+_MAX_CACHED_LENGTH = 4096
 OPERATIONS = frozenset(
     {
         "select", "insert", "update", "delete", "merge", "upsert", "replace", "create", "drop", "alter",
@@ -130,7 +131,8 @@ class StatementClassifier:
                     self._tables.add(table)
                 else:
                     table = OTHER
-            if len(self._cache) < self._max_statements:
+            # Long statements (literals inlined, bulk VALUES lists) are parsed each time, never kept.
+            if len(self._cache) < self._max_statements and len(statement) <= _MAX_CACHED_LENGTH:
                 self._cache[statement] = (operation, table)
         return operation, table
 

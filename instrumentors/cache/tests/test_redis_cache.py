@@ -42,6 +42,8 @@ def test_get_mget_hget_hits_and_misses_and_the_ratio(
     assert snapshot.value("cache_misses", {"cache": prefix}) == 4
     assert snapshot.value("cache_hit_ratio", {"cache": prefix}) == pytest.approx(3 / 7)
     assert [commands(monitor, c) for c in ("SET", "HSET", "GET", "MGET", "HGET")] == [1, 1, 2, 1, 2]
+    timing = snapshot.value("redis_command_duration_seconds", {"command": "GET", "status": "success"})
+    assert timing["bucket_bounds"][:3] == [0.0001, 0.00025, 0.0005]  # sub-millisecond resolution
 
 
 def test_failed_command_is_timed_as_error_and_raised_unchanged(

@@ -46,6 +46,29 @@ def test_every_statement_of_engines_old_and_new_is_recorded(
     assert "secret-name" not in monitor.snapshot().to_prometheus()  # parameter values are never recorded
 
 
+def test_executemany_is_one_statement(monitor: PerformanceMonitor, instrument: Callable[..., None]) -> None:
+    instrument()
+    with create_engine("sqlite://").begin() as connection:
+        connection.execute(text("CREATE TABLE many (v int)"))
+        connection.execute(text("INSERT INTO many VALUES (:v)"), [{"v": i} for i in range(10)])
+        assert connection.execute(text("SELECT count(*) FROM many")).scalar() == 10
+    assert count(monitor, "many", "insert") == 1
+
+
+def test_disabled_monitoring_records_nothing_and_breaks_nothing() -> None:
+    from chat_turbo_metrics import MonitoringConfig
+    from chat_turbo_metrics_database import SQLAlchemyInstrumentor
+
+    disabled = PerformanceMonitor(MonitoringConfig(enabled=False))
+    SQLAlchemyInstrumentor().instrument(monitor=disabled)
+    try:
+        with create_engine("sqlite://").connect() as connection:
+            assert connection.execute(text("SELECT 3")).scalar() == 3
+    finally:
+        SQLAlchemyInstrumentor().uninstrument()
+    assert disabled.snapshot().records() == []
+
+
 def test_errors_are_recorded_and_propagate_unchanged(
     monitor: PerformanceMonitor, instrument: Callable[..., None]
 ) -> None:

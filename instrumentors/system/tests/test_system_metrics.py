@@ -110,6 +110,30 @@ def test_event_loop_lag_is_how_late_the_probe_ran(monitor: PerformanceMonitor, i
     assert asyncio.run(main()) == (None, 0.25)
 
 
+def test_a_closed_loop_is_forgotten(monitor: PerformanceMonitor, instrument: Callable[..., None]) -> None:
+    fake = FakeProcess()
+    instrument(sample=fake.sample, clock=fake.clock, gc_stats=fake.gc_stats)
+    loop = asyncio.new_event_loop()
+    watch_event_loop(loop)
+    loop.close()
+    assert monitor.snapshot().value("event_loop_lag_seconds") is None
+    assert monitor.snapshot().value("process_threads") == 7
+
+
+def test_disabled_monitoring_reads_nothing() -> None:
+    from chat_turbo_metrics import MonitoringConfig
+    from chat_turbo_metrics_system import SystemInstrumentor
+
+    fake = FakeProcess()
+    disabled = PerformanceMonitor(MonitoringConfig(enabled=False))
+    SystemInstrumentor().instrument(monitor=disabled, sample=fake.sample, clock=fake.clock, gc_stats=fake.gc_stats)
+    try:
+        assert disabled.snapshot().records() == []
+    finally:
+        SystemInstrumentor().uninstrument()
+    assert fake.samples == 0
+
+
 def test_watch_event_loop_needs_the_instrumentor() -> None:
     with pytest.raises(RuntimeError, match="instrument"):
         watch_event_loop(asyncio.new_event_loop())

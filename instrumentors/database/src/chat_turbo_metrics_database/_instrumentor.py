@@ -122,6 +122,8 @@ class SQLAlchemyInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     only with ``record_statement=True``, literals stripped.
 
     Example:
+        >>> from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
+        >>> monitor = PerformanceMonitor(MonitoringConfig(metrics_exporters=()))
         >>> from sqlalchemy import create_engine, text
         >>> SQLAlchemyInstrumentor().instrument(monitor=monitor)
         >>> with create_engine("sqlite://").connect() as connection:

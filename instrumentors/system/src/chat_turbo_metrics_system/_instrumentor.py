@@ -45,6 +45,8 @@ class SystemInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     collection. After ``fork()`` the child measures itself (CPU from the fork, its own pid).
 
     Example:
+        >>> from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
+        >>> monitor = PerformanceMonitor(MonitoringConfig(metrics_exporters=()))
         >>> SystemInstrumentor().instrument(monitor=monitor)
         >>> monitor.snapshot().value("memory_usage_mb") > 0
         True

@@ -115,8 +115,10 @@ class ProcessReadings:
     """Derives rates and deltas between collections and records every spec through a monitor.
 
     Example:
+        >>> from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
+        >>> monitor = PerformanceMonitor(MonitoringConfig(metrics_exporters=()))
         >>> readings = ProcessReadings(monitor, sample=psutil_sampler())
-        >>> readings.collect()  # what the collection hook does
+        >>> monitor.add_collection_hook(readings.collect)  # what SystemInstrumentor does
         >>> monitor.snapshot().value("process_threads") >= 1
         True
     """
@@ -213,8 +215,12 @@ class ProcessReadings:
         if loop is None or loop.is_closed():
             return None
         if not self._probe_pending:
-            self._probe_pending = True
-            loop.call_soon_threadsafe(self._landed, now)
+            try:
+                loop.call_soon_threadsafe(self._landed, now)
+                self._probe_pending = True
+            except RuntimeError:  # the loop closed since the check: nothing to measure any more
+                self._loop = None
+                return None
         return self._lag
 
     def _landed(self, scheduled: float) -> None:
