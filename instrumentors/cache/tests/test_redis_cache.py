@@ -46,6 +46,42 @@ def test_get_mget_hget_hits_and_misses_and_the_ratio(
     assert timing["bucket_bounds"][:3] == [0.0001, 0.00025, 0.0005]  # sub-millisecond resolution
 
 
+def test_pipelines_count_their_lookups_and_time_the_round_trip(
+    monitor: PerformanceMonitor, instrument: Callable[..., None], prefix: str
+) -> None:
+    instrument()
+    client = redis.Redis.from_url(REDIS_URL)
+    client.set(f"{prefix}:a", "1")
+    for transaction in (True, False):
+        pipe = client.pipeline(transaction=transaction)
+        pipe.get(f"{prefix}:a").get(f"{prefix}:none").mget(f"{prefix}:a", f"{prefix}:b").incr(f"{prefix}:n")
+        assert pipe.execute()[:3] == [b"1", None, [b"1", None]]
+    client.close()
+    snapshot = monitor.snapshot()
+    assert snapshot.value("cache_hits", {"cache": prefix}) == 4
+    assert snapshot.value("cache_misses", {"cache": prefix}) == 4
+    assert commands(monitor, "PIPELINE") == 2
+    assert commands(monitor, "GET") == 0  # queued commands are not sent one by one
+
+
+def test_async_pipeline(monitor: PerformanceMonitor, instrument: Callable[..., None], prefix: str) -> None:
+    instrument()
+
+    async def main() -> list[object]:
+        client = redis.asyncio.Redis.from_url(REDIS_URL)
+        try:
+            async with client.pipeline() as pipe:
+                return list(await pipe.set(f"{prefix}:k", "v").get(f"{prefix}:k").hget(f"{prefix}:h", "f").execute())
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(main()) == [True, b"v", None]
+    snapshot = monitor.snapshot()
+    assert snapshot.value("cache_hits", {"cache": prefix}) == 1
+    assert snapshot.value("cache_misses", {"cache": prefix}) == 1
+    assert commands(monitor, "PIPELINE") == 1
+
+
 def test_failed_command_is_timed_as_error_and_raised_unchanged(
     monitor: PerformanceMonitor, instrument: Callable[..., None], prefix: str
 ) -> None:

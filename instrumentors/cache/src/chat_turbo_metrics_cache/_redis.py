@@ -90,16 +90,37 @@ class _Recorder:
     def _record(self, args: tuple[Any, ...], response: Any, start: float, ok: bool) -> None:
         elapsed = _perf_counter() - start
         monitor = self.monitor or process_monitor()  # looked up per call: configure() may rebind it
-        raw = args[0] if args else ""
-        command = (raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)).upper()
-        command = self.commands(command)
-        monitor.record_histogram(
-            COMMAND_DURATION, elapsed, {"command": command, "status": "success" if ok else "error"}
-        )
-        lookup = LOOKUPS.get(command) if ok else None
+        command = self.commands(_command_name(args))
+        status = "success" if ok else "error"
+        monitor.record_histogram(COMMAND_DURATION, elapsed, {"command": command, "status": status})
+        if ok:
+            self._count_lookups(monitor, command, args, response)
+
+    def record_pipeline(self, stack: list[tuple[Any, Any]], responses: Any, start: float, ok: bool) -> None:
+        """One latency sample for the round trip (``command="PIPELINE"``); lookups counted per queued command."""
+        try:
+            elapsed = _perf_counter() - start
+            monitor = self.monitor or process_monitor()
+            status = "success" if ok else "error"
+            monitor.record_histogram(COMMAND_DURATION, elapsed, {"command": "PIPELINE", "status": status})
+            if not ok or not isinstance(responses, list):
+                return
+            for (args, _options), response in zip(stack, responses, strict=False):
+                if not isinstance(response, Exception):  # raise_on_error=False leaves errors in the list
+                    self._count_lookups(monitor, _command_name(args), args, response)
+        except Exception as error:
+            self.problems.report(("redis", type(error)), "redis instrumentation failed to record: %r", error)
+
+    def _count_lookups(self, monitor: PerformanceMonitor, command: str, args: tuple[Any, ...], response: Any) -> None:
+        lookup = LOOKUPS.get(command)
         if lookup is not None:
             for key, found in lookup(args, response):
                 monitor.increment_counter(HITS if found else MISSES, {"cache": self.caches(self.cache_name(key))})
+
+
+def _command_name(args: tuple[Any, ...]) -> str:
+    raw = args[0] if args else ""
+    return (raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)).upper()
 
 
 def _wrap_sync(original: Callable[..., Any], recorder: _Recorder) -> Callable[..., Any]:
@@ -136,17 +157,60 @@ def _wrap_async(original: Callable[..., Any], recorder: _Recorder) -> Callable[.
     return execute_command
 
 
-def _client_classes() -> list[tuple[type, Callable[[Callable[..., Any], _Recorder], Callable[..., Any]]]]:
-    import redis
-    import redis.asyncio
+def _wrap_pipeline(original: Callable[..., Any], recorder: _Recorder) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not recorder.active:
+            return original(self, *args, **kwargs)
+        stack, start = list(self.command_stack), _perf_counter()
+        try:
+            responses = original(self, *args, **kwargs)
+        except Exception:
+            recorder.record_pipeline(stack, None, start, False)
+            raise
+        recorder.record_pipeline(stack, responses, start, True)
+        return responses
 
-    return [(redis.Redis, _wrap_sync), (redis.asyncio.Redis, _wrap_async)]
+    return execute
+
+
+def _wrap_async_pipeline(original: Callable[..., Any], recorder: _Recorder) -> Callable[..., Any]:
+    @functools.wraps(original)
+    async def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not recorder.active:
+            return await original(self, *args, **kwargs)
+        stack, start = list(self.command_stack), _perf_counter()
+        try:
+            responses = await original(self, *args, **kwargs)
+        except Exception:
+            recorder.record_pipeline(stack, None, start, False)
+            raise
+        recorder.record_pipeline(stack, responses, start, True)
+        return responses
+
+    return execute
+
+
+_Wrap = Callable[[Callable[..., Any], _Recorder], Callable[..., Any]]
+
+
+def _patch_points() -> list[tuple[type, str, _Wrap]]:
+    import redis.asyncio.client
+    import redis.client
+
+    return [
+        (redis.client.Redis, "execute_command", _wrap_sync),
+        (redis.asyncio.client.Redis, "execute_command", _wrap_async),
+        (redis.client.Pipeline, "execute", _wrap_pipeline),
+        (redis.asyncio.client.Pipeline, "execute", _wrap_async_pipeline),
+    ]
 
 
 class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Counts redis-py cache hits and misses and times every command, for clients old and new, sync and async.
 
-    ``GET``/``HGET`` replies of ``None`` are misses, anything else a hit; ``MGET`` counts each key. The
+    ``GET``/``HGET`` replies of ``None`` are misses, anything else a hit; ``MGET`` counts each key; commands
+    queued in a pipeline are counted when it executes (one ``PIPELINE`` latency sample per round trip). The
     ``cache`` label is the key's prefix before ``:`` (``instrument(cache_name=...)`` to choose), bounded
     to ``max_caches`` distinct values. Works beside ``opentelemetry-instrumentation-redis`` (spans).
 
@@ -158,7 +222,7 @@ class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """
 
     _recorder: _Recorder | None = None
-    _patched: list[tuple[type, Callable[..., Any], Callable[..., Any]]]
+    _patched: list[tuple[type, str, Callable[..., Any], Callable[..., Any]]]
 
     def instrumentation_dependencies(self) -> Collection[str]:
         """The redis-py versions this instrumentor covers."""
@@ -172,18 +236,18 @@ class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         """
         recorder = _Recorder(kwargs.get("monitor"), kwargs.get("cache_name", key_prefix), kwargs.get("max_caches", 100))
         self._patched = []
-        for cls, wrap in _client_classes():
-            original = cls.execute_command  # type: ignore[attr-defined]
+        for cls, attribute, wrap in _patch_points():
+            original = getattr(cls, attribute)
             wrapper = wrap(original, recorder)
-            cls.execute_command = wrapper  # type: ignore[attr-defined]
-            self._patched.append((cls, original, wrapper))
+            setattr(cls, attribute, wrapper)
+            self._patched.append((cls, attribute, original, wrapper))
         self._recorder = recorder
 
     def _uninstrument(self, **kwargs: Any) -> None:
         if self._recorder is not None:
             self._recorder.active = False  # if someone wrapped ours since, it stays in place as a pass-through
-        for cls, original, wrapper in self._patched:
-            if cls.__dict__.get("execute_command") is wrapper:
-                cls.execute_command = original  # type: ignore[attr-defined]
+        for cls, attribute, original, wrapper in self._patched:
+            if cls.__dict__.get(attribute) is wrapper:
+                setattr(cls, attribute, original)
         self._patched = []
         self._recorder = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import weakref
 from collections.abc import Collection
@@ -22,6 +23,7 @@ _instruments = ("sqlalchemy >= 2.0",)
 CONNECTIONS = "database_connections"
 _START = "_chat_turbo_start"  # attribute set on SQLAlchemy's execution context for one statement
 _perf_counter = time.perf_counter
+_MAX_STRIPPED = 2048  # statement texts kept, literals stripped, when record_statement is on
 
 
 def pool_label(engine: Engine) -> str:
@@ -42,6 +44,8 @@ class _Listener:
         self.record_statement = record_statement
         self.classifier = StatementClassifier(max_tables=max_tables)
         self.engines: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+        self.engines_lock = threading.Lock()  # a collection copies the engines while connects add to them
+        self.stripped: dict[str, str] = {}
         self.hooked: PerformanceMonitor | None = None
         self.problems = Problems(logging.getLogger("chat_turbo_metrics.sqlalchemy"))
 
@@ -56,7 +60,12 @@ class _Listener:
         operation, table = self.classifier.classify(statement)
         tags = {"table": table, "operation": operation, "status": status}
         if self.record_statement:
-            tags["statement"] = strip_literals(statement)[:2048]
+            text = self.stripped.get(statement)
+            if text is None:
+                text = strip_literals(statement)[:2048]
+                if len(self.stripped) < _MAX_STRIPPED and len(statement) <= 4096:
+                    self.stripped[statement] = text
+            tags["statement"] = text
         return tags
 
     # --- engine events ----------------------------------------------------------------------------
@@ -64,7 +73,9 @@ class _Listener:
         engine = connection.engine
         if engine not in self.engines:
             try:
-                self.engines[engine] = pool_label(engine)
+                label = pool_label(engine)
+                with self.engines_lock:
+                    self.engines[engine] = label
             except Exception as error:  # an odd engine: no pool readings for it, never a failed connect
                 self.problems.report(("pool", type(error)), "cannot label the pool of %r: %r", engine, error)
 
@@ -99,7 +110,9 @@ class _Listener:
         monitor = self.hooked
         if monitor is None:
             return
-        for engine, label in list(self.engines.items()):
+        with self.engines_lock:
+            engines = list(self.engines.items())
+        for engine, label in engines:
             pool = engine.pool
             used, idle = getattr(pool, "checkedout", None), getattr(pool, "checkedin", None)
             if used is None or idle is None:
