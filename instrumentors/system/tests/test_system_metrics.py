@@ -110,6 +110,31 @@ def test_event_loop_lag_is_how_late_the_probe_ran(monitor: PerformanceMonitor, i
     assert asyncio.run(main()) == (None, 0.25)
 
 
+def test_the_first_loop_that_runs_is_watched_without_a_call(
+    monitor: PerformanceMonitor, instrument: Callable[..., None]
+) -> None:
+    fake = FakeProcess()
+    instrument(sample=fake.sample, clock=fake.clock, gc_stats=fake.gc_stats)
+
+    async def main() -> Any:
+        monitor.snapshot()  # schedules the probe at t=100
+        fake.now = 100.5
+        await asyncio.sleep(0)
+        return monitor.snapshot().value("event_loop_lag_seconds")
+
+    assert asyncio.run(main()) == 0.5
+
+
+def test_uninstrument_restores_the_event_loop(monitor: PerformanceMonitor) -> None:
+    from chat_turbo_metrics_system import SystemInstrumentor
+
+    original = asyncio.base_events.BaseEventLoop.run_forever
+    SystemInstrumentor().instrument(monitor=monitor, sample=FakeProcess().sample)
+    assert asyncio.base_events.BaseEventLoop.run_forever is not original
+    SystemInstrumentor().uninstrument()
+    assert asyncio.base_events.BaseEventLoop.run_forever is original
+
+
 def test_a_closed_loop_is_forgotten(monitor: PerformanceMonitor, instrument: Callable[..., None]) -> None:
     fake = FakeProcess()
     instrument(sample=fake.sample, clock=fake.clock, gc_stats=fake.gc_stats)
@@ -135,11 +160,15 @@ def test_disabled_monitoring_reads_nothing() -> None:
 
 
 def test_watch_event_loop_needs_the_instrumentor() -> None:
-    with pytest.raises(RuntimeError, match="instrument"):
-        watch_event_loop(asyncio.new_event_loop())
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(RuntimeError, match="instrument"):
+            watch_event_loop(loop)
+    finally:
+        loop.close()
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.skipif(not hasattr(os, "fork") or not os.path.isdir("/proc/self/fd"), reason="needs fork() and /proc")
 def test_each_process_reports_itself_after_fork(monitor: PerformanceMonitor, instrument: Callable[..., None]) -> None:
     instrument()
     deadline = time.process_time() + 0.3
@@ -151,6 +180,9 @@ def test_each_process_reports_itself_after_fork(monitor: PerformanceMonitor, ins
     if pid == 0:  # the child: measure, report through the pipe, leave without running pytest's teardown
         try:
             forked_at = time.monotonic()
+            gc.collect()
+            gc.disable()  # no finalizer may close descriptors between the two readings
+            before = len(os.listdir(f"/proc/{os.getpid()}/fd"))  # counted as psutil counts (its own fd too)
             opened = [os.open(os.devnull, os.O_RDONLY) for _ in range(20)]
             while time.process_time() < 0.2:  # busy: the child's own CPU (a new process starts at zero)
                 pass
@@ -161,6 +193,7 @@ def test_each_process_reports_itself_after_fork(monitor: PerformanceMonitor, ins
                 "cpu": child.value("cpu_usage_percent"),
                 "own": own,
                 "opened": len(opened),
+                "before": before,
             }
             os.write(write_end, json.dumps(report).encode())
         finally:
@@ -170,7 +203,8 @@ def test_each_process_reports_itself_after_fork(monitor: PerformanceMonitor, ins
     report = json.loads(os.read(read_end, 4096))
     os.close(read_end)
     assert status == 0
-    assert report["fds"] >= parent.value("process_open_fds") + 20  # the child's own descriptors
+    assert report["fds"] - report["before"] == 20  # the child's own descriptors, read from the child
+    assert parent.value("process_open_fds") is not None
     # The child's CPU since the fork, as the child measured it itself: not the parent's history, not zero.
     assert report["cpu"] > 5
     assert report["cpu"] == pytest.approx(report["own"], abs=15)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import os
 from collections.abc import Collection
@@ -30,6 +31,9 @@ if hasattr(os, "register_at_fork"):
 def watch_event_loop(loop: asyncio.AbstractEventLoop | None = None) -> None:
     """Report ``event_loop_lag_seconds`` for ``loop`` (default: the running one); needs ``instrument()`` first.
 
+    The instrumentor watches the first asyncio loop that runs by itself; call this for another loop
+    (e.g. uvloop's, which does not go through asyncio's ``run_forever``).
+
     Raises:
         RuntimeError: no loop given and none running, or the instrumentor is not active.
     """
@@ -55,6 +59,7 @@ class SystemInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     _readings: ProcessReadings | None = None
     _hooked: Any = None
+    _loop_patch: tuple[Any, Any] | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
         """Nothing optional: psutil comes with this distribution."""
@@ -64,6 +69,8 @@ class SystemInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         """Args (keywords of ``instrument()``):
         monitor: record into this monitor (default: the process-wide one).
         sample: a callable returning a ``ProcessSample`` (default: psutil on this process).
+        watch_loops: measure the lag of the first asyncio loop that runs (True); loops that are not
+            ``asyncio``'s own (uvloop) need :func:`watch_event_loop`.
         clock, gc_stats: injected time and GC statistics (tests).
         """
         # The process-wide monitor stays the same object across configure(); its methods are looked up
@@ -79,6 +86,20 @@ class SystemInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         gc.callbacks.append(readings.on_gc)
         _current[:] = [readings]
         self._readings, self._hooked = readings, monitor
+        if kwargs.get("watch_loops", True):
+            self._watch_loops(readings)
+
+    def _watch_loops(self, readings: ProcessReadings) -> None:
+        """Start measuring the lag of the first asyncio loop that runs (``asyncio.run``, uvicorn's loop, ...)."""
+        original = asyncio.base_events.BaseEventLoop.run_forever
+
+        @functools.wraps(original)
+        def run_forever(loop: Any) -> None:
+            readings.watch_if_none(loop)
+            original(loop)
+
+        asyncio.base_events.BaseEventLoop.run_forever = run_forever  # type: ignore[method-assign, assignment]
+        self._loop_patch = (original, run_forever)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         readings, self._readings = self._readings, None
@@ -89,3 +110,8 @@ class SystemInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             gc.callbacks.remove(readings.on_gc)
         _current.clear()
         self._hooked = None
+        if self._loop_patch is not None:
+            original, wrapper = self._loop_patch
+            if asyncio.base_events.BaseEventLoop.__dict__.get("run_forever") is wrapper:
+                asyncio.base_events.BaseEventLoop.run_forever = original  # type: ignore[method-assign]
+            self._loop_patch = None

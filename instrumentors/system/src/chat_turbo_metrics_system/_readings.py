@@ -171,6 +171,12 @@ class ProcessReadings:
         """Measure this loop's lag: a probe is scheduled on it at each collection."""
         self._loop, self._lag, self._probe_pending = weakref.ref(loop), None, False
 
+    def watch_if_none(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Watch ``loop`` unless a live loop is watched already (the first loop to run wins)."""
+        current = self._loop() if self._loop is not None else None
+        if current is None or current.is_closed():
+            self.watch(loop)
+
     # --- at collection ------------------------------------------------------------------------
     def collect(self) -> None:
         """Read once, derive, record every spec (the collection hook)."""
