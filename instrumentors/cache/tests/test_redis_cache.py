@@ -206,3 +206,14 @@ def test_process_wide_monitor_is_followed_across_configure(prefix: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "misses 2" in result.stdout
+
+
+@pytest.mark.parametrize(("option", "bad"), [("max_caches", 0), ("max_caches", "5"), ("cache_name", "prefix")])
+def test_bad_options_fail_at_instrument_time_naming_them(monitor: PerformanceMonitor, option: str, bad: object) -> None:
+    from chat_turbo_metrics import ConfigurationError
+
+    original = redis.Redis.execute_command
+    with pytest.raises(ConfigurationError, match=f"{option}=") as error:
+        RedisInstrumentor().instrument(monitor=monitor, **{option: bad})
+    assert repr(bad) in str(error.value)
+    assert redis.Redis.execute_command is original

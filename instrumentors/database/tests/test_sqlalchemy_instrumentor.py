@@ -234,3 +234,14 @@ def test_process_wide_monitor_is_followed_across_configure() -> None:
     assert result.returncode == 0, result.stderr
     assert "count 2" in result.stdout  # the new pipeline has the two statements run after configure()
     assert "used 1" in result.stdout  # pool readings followed the monitor into the new pipeline
+
+
+@pytest.mark.parametrize("bad", [0, -3, True, "10", 2.5])
+def test_a_bad_max_tables_fails_at_instrument_time_naming_it(monitor: PerformanceMonitor, bad: object) -> None:
+    from chat_turbo_metrics import ConfigurationError
+    from chat_turbo_metrics_database import SQLAlchemyInstrumentor
+
+    with pytest.raises(ConfigurationError, match="max_tables=") as error:
+        SQLAlchemyInstrumentor().instrument(monitor=monitor, max_tables=bad)
+    assert repr(bad) in str(error.value)
+    assert not SQLAlchemyInstrumentor().is_instrumented_by_opentelemetry

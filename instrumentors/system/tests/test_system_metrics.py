@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
 import pytest
 
 from chat_turbo_metrics import PerformanceMonitor
@@ -78,9 +79,14 @@ def test_statistics_are_read_only_when_something_collects(
 
 def test_real_process_values(monitor: PerformanceMonitor, instrument: Callable[..., None]) -> None:
     instrument()
-    before = monitor.snapshot()
-    with tempfile.TemporaryFile(), tempfile.TemporaryFile(), tempfile.TemporaryFile():
-        during = monitor.snapshot()
+    gc.collect()
+    gc.disable()  # no finalizer of another test's leftovers may close a descriptor between the readings
+    try:
+        before = monitor.snapshot()
+        with tempfile.TemporaryFile(), tempfile.TemporaryFile(), tempfile.TemporaryFile():
+            during = monitor.snapshot()
+    finally:
+        gc.enable()
     assert during.value("process_open_fds") == before.value("process_open_fds") + 3
     assert during.value("process_threads") >= 1
     assert 5 < during.value("memory_usage_mb") < 4096
@@ -88,10 +94,14 @@ def test_real_process_values(monitor: PerformanceMonitor, instrument: Callable[.
 
 def test_gc_collections_and_pause_time(monitor: PerformanceMonitor, instrument: Callable[..., None]) -> None:
     instrument()
-    before = monitor.snapshot().value("python_gc_collections", {"generation": "2"}) or 0
-    gc.collect()
-    gc.collect()
-    snapshot = monitor.snapshot()
+    gc.disable()  # only the two collections below, none started by allocations
+    try:
+        before = monitor.snapshot().value("python_gc_collections", {"generation": "2"}) or 0
+        gc.collect()
+        gc.collect()
+        snapshot = monitor.snapshot()
+    finally:
+        gc.enable()
     assert snapshot.value("python_gc_collections", {"generation": "2"}) == before + 2
     assert snapshot.value("python_gc_pause_seconds", {"generation": "2"}) > 0
 
@@ -187,7 +197,11 @@ def test_each_process_reports_itself_after_fork(monitor: PerformanceMonitor, ins
             while time.process_time() < 0.2:  # busy: the child's own CPU (a new process starts at zero)
                 pass
             child = monitor.snapshot()
-            own = 100 * time.process_time() / (time.monotonic() - forked_at)  # the child's share of a core
+            # The child's share of a core since the fork, from the same tick-based OS counters psutil reads
+            # (time.process_time() is exact, the kernel's per-process ticks are not: on a loaded machine
+            # the two differ by more than any useful tolerance).
+            times = psutil.Process().cpu_times()
+            own = 100 * (times.user + times.system) / (time.monotonic() - forked_at)
             report = {
                 "fds": child.value("process_open_fds"),
                 "cpu": child.value("cpu_usage_percent"),
@@ -227,3 +241,13 @@ def test_process_wide_monitor_is_followed_across_configure() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert int(result.stdout.split("threads")[1]) >= 1
+
+
+@pytest.mark.parametrize("option", ["sample", "clock", "gc_stats"])
+def test_bad_injections_fail_at_instrument_time_naming_them(monitor: PerformanceMonitor, option: str) -> None:
+    from chat_turbo_metrics import ConfigurationError
+    from chat_turbo_metrics_system import SystemInstrumentor
+
+    with pytest.raises(ConfigurationError, match=f"{option}=42"):
+        SystemInstrumentor().instrument(monitor=monitor, **{option: 42})
+    assert monitor.snapshot().records() == []

@@ -11,8 +11,7 @@ from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from chat_turbo_metrics import PerformanceMonitor
-from chat_turbo_metrics._cache import process_monitor
+from chat_turbo_metrics import ConfigurationError, PerformanceMonitor
 from chat_turbo_metrics._recording.guard import Problems
 from chat_turbo_metrics._recording.ratio import HITS, MISSES
 
@@ -81,6 +80,12 @@ class _Recorder:
         self.active = True
         self.problems = Problems(logging.getLogger("chat_turbo_metrics.redis"))
 
+    def resolve(self) -> PerformanceMonitor:
+        """The process-wide monitor, held from the first command on: it stays the same object across
+        ``configure()``, which rebinds its methods, and they are looked up on it at each call."""
+        self.monitor = PerformanceMonitor.get_instance()
+        return self.monitor
+
     def record(self, args: tuple[Any, ...], response: Any, start: float, ok: bool) -> None:
         try:
             self._record(args, response, start, ok)
@@ -89,7 +94,7 @@ class _Recorder:
 
     def _record(self, args: tuple[Any, ...], response: Any, start: float, ok: bool) -> None:
         elapsed = _perf_counter() - start
-        monitor = self.monitor or process_monitor()  # looked up per call: configure() may rebind it
+        monitor = self.monitor or self.resolve()
         command = self.commands(_command_name(args))
         status = "success" if ok else "error"
         monitor.record_histogram(COMMAND_DURATION, elapsed, {"command": command, "status": status})
@@ -100,7 +105,7 @@ class _Recorder:
         """One latency sample for the round trip (``command="PIPELINE"``); lookups counted per queued command."""
         try:
             elapsed = _perf_counter() - start
-            monitor = self.monitor or process_monitor()
+            monitor = self.monitor or self.resolve()
             status = "success" if ok else "error"
             monitor.record_histogram(COMMAND_DURATION, elapsed, {"command": "PIPELINE", "status": status})
             if not ok or not isinstance(responses, list):
@@ -234,7 +239,12 @@ class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         cache_name: a function from key to cache name (default :func:`key_prefix`).
         max_caches: distinct ``cache`` (and ``command``) label values before ``other`` (100).
         """
-        recorder = _Recorder(kwargs.get("monitor"), kwargs.get("cache_name", key_prefix), kwargs.get("max_caches", 100))
+        cache_name, max_caches = kwargs.get("cache_name", key_prefix), kwargs.get("max_caches", 100)
+        if not callable(cache_name):
+            raise ConfigurationError(f"RedisInstrumentor: cache_name={cache_name!r} must be a function of the key")
+        if isinstance(max_caches, bool) or not isinstance(max_caches, int) or max_caches < 1:
+            raise ConfigurationError(f"RedisInstrumentor: max_caches={max_caches!r} must be a positive int")
+        recorder = _Recorder(kwargs.get("monitor"), cache_name, max_caches)
         self._patched = []
         for cls, attribute, wrap in _patch_points():
             original = getattr(cls, attribute)

@@ -13,8 +13,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from chat_turbo_metrics import PerformanceMonitor
-from chat_turbo_metrics._cache import process_monitor
+from chat_turbo_metrics import ConfigurationError, PerformanceMonitor
 from chat_turbo_metrics._database import QUERY_DURATION
 from chat_turbo_metrics._recording.guard import Problems
 from chat_turbo_metrics._sql import StatementClassifier, strip_literals
@@ -50,11 +49,20 @@ class _Listener:
         self.problems = Problems(logging.getLogger("chat_turbo_metrics.sqlalchemy"))
 
     def recorder(self) -> PerformanceMonitor:
-        monitor = self.monitor or process_monitor()
-        if self.hooked is None:  # first statement: pool readings join the monitor's collections
-            self.hooked = monitor
-            monitor.add_collection_hook(self.read_pools)
-        return monitor
+        """The monitor to record into, resolved at the first statement.
+
+        The process-wide monitor stays the same object across ``configure()``, which rebinds its methods;
+        they are looked up on it at each call, so holding it follows a reconfiguration.
+        """
+        hooked = self.hooked
+        if hooked is not None:
+            return hooked
+        with self.engines_lock:
+            if self.hooked is None:
+                monitor = self.monitor or PerformanceMonitor.get_instance()
+                monitor.add_collection_hook(self.read_pools)  # pool readings join the monitor's collections
+                self.hooked = monitor
+            return self.hooked
 
     def tags(self, statement: str, status: str) -> dict[str, Any]:
         operation, table = self.classifier.classify(statement)
@@ -160,7 +168,10 @@ class SQLAlchemyInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         record_statement: add the statement text, literals stripped, as the ``statement`` label.
         max_tables: distinct ``table`` labels before new tables are labelled ``other`` (100).
         """
-        listener = _Listener(kwargs.get("monitor"), bool(kwargs.get("record_statement")), kwargs.get("max_tables", 100))
+        max_tables = kwargs.get("max_tables", 100)
+        if isinstance(max_tables, bool) or not isinstance(max_tables, int) or max_tables < 1:
+            raise ConfigurationError(f"SQLAlchemyInstrumentor: max_tables={max_tables!r} must be a positive int")
+        listener = _Listener(kwargs.get("monitor"), bool(kwargs.get("record_statement")), max_tables)
         if listener.monitor is not None:
             listener.recorder()
         for name in _EVENTS:

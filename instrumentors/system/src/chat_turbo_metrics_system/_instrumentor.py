@@ -12,7 +12,7 @@ from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from chat_turbo_metrics._cache import process_monitor
+from chat_turbo_metrics import ConfigurationError, PerformanceMonitor
 from chat_turbo_metrics_system._readings import SPECS, ProcessReadings, psutil_sampler
 
 _instruments: tuple[str, ...] = ()  # psutil is a dependency of this distribution, not an optional library
@@ -73,9 +73,12 @@ class SystemInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             ``asyncio``'s own (uvloop) need :func:`watch_event_loop`.
         clock, gc_stats: injected time and GC statistics (tests).
         """
+        for option in ("sample", "clock", "gc_stats"):
+            if kwargs.get(option) is not None and not callable(kwargs[option]):
+                raise ConfigurationError(f"SystemInstrumentor: {option}={kwargs[option]!r} must be callable")
         # The process-wide monitor stays the same object across configure(); its methods are looked up
         # at each collection, and the hook follows it into the new pipeline.
-        monitor = kwargs.get("monitor") or process_monitor()
+        monitor = kwargs.get("monitor") or PerformanceMonitor.get_instance()
         options = {key: kwargs[key] for key in ("clock", "gc_stats") if key in kwargs}
         readings = ProcessReadings(monitor, sample=kwargs.get("sample") or psutil_sampler(), **options)
         for spec in SPECS:
