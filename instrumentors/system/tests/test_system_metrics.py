@@ -11,14 +11,33 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psutil
 import pytest
 
-from chat_turbo_metrics import PerformanceMonitor
-from chat_turbo_metrics_system import SPECS, ProcessSample, watch_event_loop
+from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
+from chat_turbo_metrics_system import SPECS, ProcessSample, SystemInstrumentor, watch_event_loop
+
+
+@pytest.fixture(params=["fast", "sdk"])
+def monitor(request: pytest.FixtureRequest) -> Iterator[PerformanceMonitor]:
+    """A monitor on a private pipeline, for each recording path."""
+    made = PerformanceMonitor(MonitoringConfig(metrics_exporters=(), environment="test", recording=request.param))
+    yield made
+    made.shutdown()
+
+
+@pytest.fixture
+def instrument(monitor: PerformanceMonitor) -> Iterator[Callable[..., None]]:
+    """Instruments the process into ``monitor`` with the options given; uninstruments after the test."""
+
+    def start(**options: object) -> None:
+        SystemInstrumentor().instrument(monitor=monitor, **options)
+
+    yield start
+    SystemInstrumentor().uninstrument()
 
 
 class FakeProcess:
