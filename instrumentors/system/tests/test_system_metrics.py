@@ -139,6 +139,24 @@ def test_event_loop_lag_is_how_late_the_probe_ran(monitor: PerformanceMonitor, i
     assert asyncio.run(main()) == (None, 0.25)
 
 
+def test_a_blocked_loop_shows_a_growing_lag(monitor: PerformanceMonitor, instrument: Callable[..., None]) -> None:
+    fake = FakeProcess()
+    instrument(sample=fake.sample, clock=fake.clock, gc_stats=fake.gc_stats)
+
+    async def main() -> list[Any]:
+        watch_event_loop()
+        lags = [monitor.snapshot().value("event_loop_lag_seconds")]  # probe scheduled at t=100
+        for now in (101.0, 103.0):  # the loop never yields: the probe cannot run
+            fake.now = now
+            lags.append(monitor.snapshot().value("event_loop_lag_seconds"))
+        await asyncio.sleep(0)  # the probe lands at t=103
+        fake.now = 104.0
+        lags.append(monitor.snapshot().value("event_loop_lag_seconds"))
+        return lags
+
+    assert asyncio.run(main()) == [None, 1.0, 3.0, 3.0]
+
+
 def test_the_first_loop_that_runs_is_watched_without_a_call(
     monitor: PerformanceMonitor, instrument: Callable[..., None]
 ) -> None:

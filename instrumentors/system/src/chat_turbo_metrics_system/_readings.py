@@ -144,12 +144,14 @@ class ProcessReadings:
         self._lock = threading.Lock()
         self._baseline: tuple[int, float, float] | None = None  # (pid, cpu seconds, clock)
         self._gc_seen: dict[int, int] = {}
-        self._pause_total: dict[int, float] = {}
+        # Every generation present from the start: the GC callback never grows the dict a collection copies.
+        self._pause_total: dict[int, float] = dict.fromkeys(range(len(gc_stats())), 0.0)
         self._pause_seen: dict[int, float] = {}
         self._gc_start = 0.0
         self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
         self._lag: float | None = None
         self._probe_pending = False
+        self._probe_sent = 0.0
 
     # --- between collections: only the garbage collector's callback runs ----------------------------
     def on_gc(self, phase: str, info: dict[str, Any]) -> None:
@@ -220,13 +222,15 @@ class ProcessReadings:
         loop = self._loop() if self._loop is not None else None
         if loop is None or loop.is_closed():
             return None
-        if not self._probe_pending:
-            try:
-                loop.call_soon_threadsafe(self._landed, now)
-                self._probe_pending = True
-            except RuntimeError:  # the loop closed since the check: nothing to measure any more
-                self._loop = None
-                return None
+        if self._probe_pending:
+            # The last probe has not run yet: the loop is blocked at least this long.
+            return max(self._lag or 0.0, now - self._probe_sent)
+        try:
+            loop.call_soon_threadsafe(self._landed, now)
+        except RuntimeError:  # the loop closed since the check: nothing to measure any more
+            self._loop = None
+            return None
+        self._probe_pending, self._probe_sent = True, now
         return self._lag
 
     def _landed(self, scheduled: float) -> None:
