@@ -76,9 +76,7 @@ def bench_sqlalchemy(monitor: PerformanceMonitor) -> dict[str, float]:
     contrib_connection = contrib_engine.connect()
 
     def contrib_on() -> None:
-        # skip_dep_check: contrib declares "sqlalchemy < 2.1"; it runs on the installed 2.1 for this purpose.
-        Contrib().instrument(engine=contrib_engine, tracer_provider=tracer_provider, meter_provider=meter_provider,
-                             skip_dep_check=True)  # fmt: skip
+        Contrib().instrument(engine=contrib_engine, tracer_provider=tracer_provider, meter_provider=meter_provider)
 
     return interleaved(
         {

@@ -1,11 +1,13 @@
 """An SQLAlchemy + Redis workload with no monitoring code, run under ``opentelemetry-instrument``.
 
 The series the database, cache and system instrumentors promise are read from the Prometheus endpoint
-with exact counts.
+with exact counts, and contrib's SQLAlchemy and Redis instrumentations, loaded by the same command, still
+print one span per statement and command.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,6 +17,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -71,8 +74,9 @@ def prefix() -> Iterator[str]:
     client.close()
 
 
-def run_workload(tmp_path: Path, prefix: str, **extra_env: str) -> str:
-    """Run the workload under opentelemetry-instrument; the Prometheus text scraped once it is done."""
+def run_workload(tmp_path: Path, prefix: str, **extra_env: str) -> tuple[str, list[dict[str, Any]]]:
+    """Run the workload under opentelemetry-instrument: the Prometheus text scraped once it is done, and the
+    spans the console exporter printed (when ``OTEL_TRACES_EXPORTER=console``)."""
     (tmp_path / "workload.py").write_text(WORKLOAD)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "METRICS_", "PERFORMANCE_"))}
@@ -97,18 +101,27 @@ def run_workload(tmp_path: Path, prefix: str, **extra_env: str) -> str:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         process.stdin.write("\n")
         process.stdin.flush()
-        _, stderr = process.communicate(timeout=30)
+        stdout, stderr = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr, stderr
-    return text
+    return text, console_spans(stdout)
+
+
+def console_spans(stdout: str) -> list[dict[str, Any]]:
+    """The JSON objects ConsoleSpanExporter printed, one after the other."""
+    decoder, spans, index = json.JSONDecoder(), [], 0
+    while (start := stdout.find("{", index)) != -1:
+        span, index = decoder.raw_decode(stdout, start)
+        spans.append(span)
+    return spans
 
 
 def test_sqlalchemy_redis_and_process_series_with_exact_counts(tmp_path: Path, prefix: str) -> None:
-    text = run_workload(tmp_path, prefix)
+    text, spans = run_workload(tmp_path, prefix, OTEL_TRACES_EXPORTER="console")
     queries = "database_query_duration_seconds_count"
     assert sample(text, queries, table="notes", operation="create", status="success") == 1
     assert sample(text, queries, table="notes", operation="insert", status="success") == 5
@@ -125,10 +138,14 @@ def test_sqlalchemy_redis_and_process_series_with_exact_counts(tmp_path: Path, p
     assert sample(text, "memory_usage_mb") > 0  # type: ignore[operator]
     assert sample(text, "cpu_usage_percent") is not None
     assert sample(text, "process_open_fds") > 0  # type: ignore[operator]
+    # contrib's SQLAlchemy and Redis instrumentations ran beside ours: a span per statement and per command.
+    statements = [s["attributes"].get("db.statement", "") for s in spans]
+    assert sum(1 for statement in statements if statement.startswith("INSERT INTO notes")) == 5
+    assert sum(1 for s in spans if s["name"] == "GET") == 5
 
 
 def test_disabled_instrumentations_record_nothing(tmp_path: Path, prefix: str) -> None:
-    text = run_workload(tmp_path, prefix, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="chat_turbo_redis,chat_turbo_system")
+    text, _ = run_workload(tmp_path, prefix, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="chat_turbo_redis,chat_turbo_system")
     assert (
         sample(text, "database_query_duration_seconds_count", table="notes", operation="insert", status="success") == 5
     )

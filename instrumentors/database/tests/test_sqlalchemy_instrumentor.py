@@ -218,10 +218,7 @@ def test_coexists_with_contrib_spans_and_nothing_is_counted_twice(
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(spans))
     engine = create_engine("sqlite://")
-    # skip_dep_check: contrib declares "sqlalchemy < 2.1" and this environment may have 2.1.
-    ContribInstrumentor().instrument(
-        engine=engine, tracer_provider=provider, enable_commenter=False, skip_dep_check=True
-    )
+    ContribInstrumentor().instrument(engine=engine, tracer_provider=provider, enable_commenter=False)
     try:
         instrument()
         with engine.begin() as connection:
