@@ -166,9 +166,17 @@ async def monitor_database_query_async(
     have an awaitable ``execute``.
 
     Example:
-        >>> rows = await monitor_database_query_async(  # doctest: +SKIP
-        ...     "SELECT * FROM users WHERE id = ?", [user_id], table="users", operation="select"
-        ... )
+        >>> import asyncio
+        >>> from sqlalchemy.ext.asyncio import create_async_engine
+        >>> async def main():
+        ...     engine = create_async_engine("sqlite+aiosqlite://")
+        ...     rows = await monitor_database_query_async(
+        ...         "SELECT ? * 2", [21], table="none", operation="select", connection=engine, monitor=monitor
+        ...     )
+        ...     await engine.dispose()
+        ...     return rows.all()
+        >>> asyncio.run(main())
+        [(42,)]
 
     Args:
         sql: the statement (text, or a SQLAlchemy construct on SQLAlchemy connections).
