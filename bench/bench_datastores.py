@@ -1,11 +1,12 @@
 """Datastore instrumentors: per-statement and per-command overhead against contrib's instrumentations.
 
-Run: ``python bench/bench_datastores.py`` (``--quick`` for a rough run). Each case is measured in this run
-(timeit, minimum over repeats and over rounds that alternate the cases, so a load change on a shared
-machine hits every case alike); the overhead of an instrumentation is its time minus the bare time, and
-the ratios compare overheads:
+Run: ``python bench/bench_datastores.py`` (``--quick`` for a rough run). Each case is measured in this run:
+timeit on this process's CPU time, minimum over repeats and over rounds that alternate the cases, so load
+on a shared machine hits every case alike. The overhead of an instrumentation is its time minus the bare
+time, and the ratios compare overheads:
 
-- SQLAlchemy, SQLite in memory, ``SELECT 1`` on an open connection: bare, ``chat_turbo_sqlalchemy``
+- SQLAlchemy, SQLite in memory, ``SELECT 1`` on an open connection: bare, two no-op cursor listeners (what
+  SQLAlchemy's event dispatch costs before any listener does work), ``chat_turbo_sqlalchemy``
   (duration histogram on the fast path), ``opentelemetry-instrumentation-sqlalchemy`` (spans on an SDK
   TracerProvider without exporters, plus its pool metrics on an SDK MeterProvider).
 - redis-py ``GET``: the client's ``execute_command`` is replaced by a stub before instrumenting, so the
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import time
 import timeit
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +28,8 @@ import redis
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine
 
 from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
 from chat_turbo_metrics_cache import RedisInstrumentor
@@ -34,13 +37,15 @@ from chat_turbo_metrics_database import SQLAlchemyInstrumentor
 
 QUICK = "--quick" in sys.argv
 REPEAT = 3
-TARGET_S = 0.03 if QUICK else 0.1
-ROUNDS = 2 if QUICK else 5
+TARGET_S = 0.03 if QUICK else 0.05
+ROUNDS = 2 if QUICK else 12
 
 
 def us_per_op(fn: Callable[[], Any]) -> float:
     """Minimum over REPEAT runs of a loop sized to take about TARGET_S, in µs per call."""
-    timer = timeit.Timer(fn)
+    # CPU time of this process, not wall time: on a shared machine other processes' load would otherwise
+    # land in whichever case happened to run while they were busy.
+    timer = timeit.Timer(fn, timer=time.process_time)
     number = max(1, int(TARGET_S / max(timer.timeit(200) / 200, 1e-9)))
     return min(timer.repeat(repeat=REPEAT, number=number)) / number * 1e6
 
@@ -78,9 +83,25 @@ def bench_sqlalchemy(monitor: PerformanceMonitor) -> dict[str, float]:
     def contrib_on() -> None:
         Contrib().instrument(engine=contrib_engine, tracer_provider=tracer_provider, meter_provider=meter_provider)
 
+    def noop(*args: Any) -> None:
+        """Does nothing: what SQLAlchemy's event dispatch alone costs."""
+
+    def listen_noop() -> None:
+        for name in ("before_cursor_execute", "after_cursor_execute"):
+            event.listen(Engine, name, noop)
+
+    def remove_noop() -> None:
+        for name in ("before_cursor_execute", "after_cursor_execute"):
+            event.remove(Engine, name, noop)
+
     return interleaved(
         {
             "bare": (_nothing, lambda: connection.execute(statement), _nothing),
+            "two no-op listeners (SQLAlchemy's own cost)": (
+                listen_noop,
+                lambda: connection.execute(statement),
+                remove_noop,
+            ),
             "chat_turbo_sqlalchemy": (
                 lambda: SQLAlchemyInstrumentor().instrument(monitor=monitor),
                 lambda: connection.execute(statement),
@@ -142,6 +163,9 @@ def report(title: str, results: dict[str, float], ours: str, theirs: str) -> Non
     our_cost, their_cost = results[ours] - bare, results[theirs] - bare
     print(f"  overhead: {ours} +{our_cost:.2f} µs, {theirs} +{their_cost:.2f} µs")
     print(f"  ratio (ours / contrib overhead): {our_cost / their_cost:.3f}")
+    floor = results.get("two no-op listeners (SQLAlchemy's own cost)")
+    if floor is not None:
+        print(f"  of ours, SQLAlchemy's event dispatch alone: +{floor - bare:.2f} µs")
 
 
 def main() -> None:
