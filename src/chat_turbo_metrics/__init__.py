@@ -8,12 +8,18 @@ Example:
     >>> monitor.increment_counter("messages_sent", {"channel": "public"})
 """
 
+from chat_turbo_metrics._cache import cached, record_cache_hit, record_cache_miss
 from chat_turbo_metrics._config import (
     ConfigurationError,
     MonitoringConfig,
     ViewConfig,
     get_monitoring_config,
     load_config_file,
+)
+from chat_turbo_metrics._database import (
+    monitor_database_query,
+    monitor_database_query_async,
+    set_database_connection,
 )
 from chat_turbo_metrics._exposition.snapshot import MetricsSnapshot
 from chat_turbo_metrics._monitor import PerformanceMonitor, Timer, configure
@@ -34,7 +40,13 @@ __all__ = [
     "Timer",
     "ViewConfig",
     "__version__",
+    "cached",
     "configure",
     "get_monitoring_config",
     "load_config_file",
+    "monitor_database_query",
+    "monitor_database_query_async",
+    "record_cache_hit",
+    "record_cache_miss",
+    "set_database_connection",
 ]

@@ -19,6 +19,7 @@ from chat_turbo_metrics._pipeline.provider import Pipeline
 from chat_turbo_metrics._recording.guard import Problems
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry
 from chat_turbo_metrics._recording.naming import Kind
+from chat_turbo_metrics._recording.ratio import add_hit_ratios
 from chat_turbo_metrics._recording.sdk import BoundInstrument, NoopRecorder, SdkRecorder, Tags
 
 _logger = logging.getLogger("chat_turbo_metrics")
@@ -37,6 +38,8 @@ class _Runtime:
         if config.enabled:
             self.pipeline = Pipeline(config, strict=strict)
             self.recorder = make_recorder(config, self.pipeline, self.problems)
+            # After the recorder's producer: the ratio is derived from the collected hit and miss counters.
+            self.pipeline.reader.producers.append(add_hit_ratios)
 
     def shutdown(self, timeout_s: float | None = None) -> None:
         if self.pipeline is not None:
@@ -130,6 +133,7 @@ class PerformanceMonitor:
         """Args:
         config: build a private pipeline from this configuration; None shares the process-wide one.
         """
+        self._hooks: list[Callable[[], None]] = []
         if config is None:
             with PerformanceMonitor._global_lock:
                 runtime = PerformanceMonitor._global_runtime or PerformanceMonitor._install(
@@ -141,9 +145,16 @@ class PerformanceMonitor:
             self._bind(_Runtime(config))
 
     def _bind(self, runtime: _Runtime) -> None:
+        old = getattr(self, "_runtime", None)
         self._runtime = runtime
         for method in _RECORDING_METHODS:
             setattr(self, method, getattr(runtime.recorder, method))
+        # Collection-time readings follow the monitor into the new pipeline.
+        for hook in self._hooks:
+            if old is not None and old.pipeline is not None and hook in old.pipeline.reader.before_collect:
+                old.pipeline.reader.before_collect.remove(hook)
+            if runtime.pipeline is not None:
+                runtime.pipeline.reader.before_collect.append(hook)
 
     # --- process-wide instance and configuration ----------------------------------------------
     @classmethod
@@ -249,6 +260,29 @@ class PerformanceMonitor:
             ValueError: bad name, or the name is already in use with other settings.
         """
         self._runtime.recorder.define(kind, name, unit=unit, description=description, buckets=buckets)
+
+    # --- collection-time readings --------------------------------------------------------------
+    def add_collection_hook(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` just before every collection (a scrape or a periodic export), on that thread.
+
+        The hook records current readings (system statistics, pool usage) through this monitor's methods,
+        so they cost nothing between collections. It follows the monitor into a reconfigured pipeline.
+        An exception from the hook is logged once and the collection goes on.
+
+        Args:
+            hook: a callable with no arguments; it must not block.
+        """
+        self._hooks.append(hook)
+        if self._runtime.pipeline is not None:
+            self._runtime.pipeline.reader.before_collect.append(hook)
+
+    def remove_collection_hook(self, hook: Callable[[], None]) -> None:
+        """Stop calling ``hook`` (added by :meth:`add_collection_hook`); unknown hooks are ignored."""
+        if hook in self._hooks:
+            self._hooks.remove(hook)
+        pipeline = self._runtime.pipeline
+        if pipeline is not None and hook in pipeline.reader.before_collect:
+            pipeline.reader.before_collect.remove(hook)
 
     # --- data and life cycle ------------------------------------------------------------------
     @property

@@ -54,12 +54,21 @@ class PipelineReader(MetricReader):
         self._received: MetricsData | None = None
         # The fast recording path merges its pre-aggregated state in here (the MetricProducer seam).
         self.producers: list[MetricsProducer] = []
+        # Called before every collection: collection-time readings (system statistics, pool usage)
+        # record through the monitor's front end here, so they cost nothing between collections.
+        self.before_collect: list[Callable[[], None]] = []
+        self._failed_hooks: set[tuple[str, type]] = set()
 
     def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
         self._received = metrics_data
 
     def collect_cumulative(self) -> MetricsData | None:
         """Collect now; safe from any thread (cumulative data makes concurrent collections harmless)."""
+        for hook in list(self.before_collect):
+            try:
+                hook()
+            except Exception as error:  # a broken reading must not cost the scrape or the other readings
+                self._report_hook(hook, error)
         with self._lock:
             self._received = None
             self.collect()
@@ -68,6 +77,12 @@ class PipelineReader(MetricReader):
         for producer in self.producers:
             data = producer(data)
         return data
+
+    def _report_hook(self, hook: Callable[[], None], error: Exception) -> None:
+        key = (getattr(hook, "__qualname__", repr(hook)), type(error))
+        if key not in self._failed_hooks:  # once per cause: a scrape every few seconds must not flood the log
+            self._failed_hooks.add(key)
+            _logger.error("collection-time reading %r failed: %r (further failures are not logged)", hook, error)
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         """Nothing to release: exporters are shut down by the pipeline."""

@@ -42,6 +42,8 @@ _PROM_UNITS: dict[str, str] = {
 # Semantic-convention bucket advice (HTTP server and database client duration histograms).
 HTTP_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 DB_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+# Cache commands answer in well under a millisecond; the DB buckets would put them all in the first one.
+CACHE_DURATION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,13 @@ KNOWN_METRICS: dict[str, KnownMetric] = {
         "histogram", "Duration of HTTP requests handled by the server.", HTTP_DURATION_BUCKETS
     ),
     "database_query_duration_seconds": KnownMetric("histogram", "Duration of database queries.", DB_DURATION_BUCKETS),
+    # Recorded by the datastore instrumentors (instrumentors/database, instrumentors/cache).
+    "cache_hits": KnownMetric("counter", "Cache lookups that found their entry, by cache."),
+    "cache_misses": KnownMetric("counter", "Cache lookups that did not find their entry, by cache."),
+    "database_connections": KnownMetric("gauge", "Connections of a database pool, in use or idle."),
+    "redis_command_duration_seconds": KnownMetric(
+        "histogram", "Duration of Redis commands sent by redis-py.", CACHE_DURATION_BUCKETS
+    ),
     "message_processing_time_seconds": KnownMetric(
         "histogram", "Time taken to process one message.", HTTP_DURATION_BUCKETS
     ),

@@ -1,0 +1,263 @@
+"""redis-py commands -> cache hits and misses (``GET``, ``MGET``, ``HGET``) and command latency."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection
+from typing import Any
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+
+from chat_turbo_metrics import ConfigurationError, PerformanceMonitor
+from chat_turbo_metrics._recording.guard import Problems
+from chat_turbo_metrics._recording.ratio import HITS, MISSES
+
+_instruments = ("redis >= 4.5",)
+COMMAND_DURATION = "redis_command_duration_seconds"
+OTHER = "other"
+_perf_counter = time.perf_counter
+
+
+def key_prefix(key: Any) -> str:
+    """The cache a key belongs to by convention: its prefix before the first ``:`` (``redis`` without one).
+
+    Example:
+        >>> key_prefix(b"session:42"), key_prefix("plain")
+        ('session', 'redis')
+    """
+    text = key.decode("utf-8", "replace") if isinstance(key, (bytes, bytearray)) else str(key)
+    prefix, colon, _ = text.partition(":")
+    return prefix if colon and prefix else "redis"
+
+
+class _BoundedLabels:
+    """At most ``limit`` distinct values of one label; later newcomers become ``other``."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        with self._lock:
+            if len(self._seen) < self._limit:
+                self._seen.add(value)
+                return value
+        return OTHER
+
+
+def _single(args: tuple[Any, ...], response: Any) -> list[tuple[Any, bool]]:
+    return [(args[1], response is not None)] if len(args) > 1 else []
+
+
+def _multiple(args: tuple[Any, ...], response: Any) -> list[tuple[Any, bool]]:
+    if not isinstance(response, (list, tuple)):
+        return []
+    return [(key, value is not None) for key, value in zip(args[1:], response, strict=False)]
+
+
+# Commands whose reply tells a hit from a miss: (key, found) for each key looked up.
+LOOKUPS: dict[str, Callable[[tuple[Any, ...], Any], list[tuple[Any, bool]]]] = {
+    "GET": _single,
+    "HGET": _single,
+    "MGET": _multiple,
+}
+
+
+class _Recorder:
+    """What every wrapped call records, and the label bounds it shares."""
+
+    def __init__(self, monitor: PerformanceMonitor | None, cache_name: Callable[[Any], str], limit: int) -> None:
+        self.monitor = monitor
+        self.cache_name = cache_name
+        self.caches = _BoundedLabels(limit)
+        self.commands = _BoundedLabels(limit)
+        self.active = True
+        self.problems = Problems(logging.getLogger("chat_turbo_metrics.redis"))
+
+    def resolve(self) -> PerformanceMonitor:
+        """The process-wide monitor, held from the first command on: it stays the same object across
+        ``configure()``, which rebinds its methods, and they are looked up on it at each call."""
+        self.monitor = PerformanceMonitor.get_instance()
+        return self.monitor
+
+    def record(self, args: tuple[Any, ...], response: Any, start: float, ok: bool) -> None:
+        try:
+            self._record(args, response, start, ok)
+        except Exception as error:  # e.g. a cache_name function that fails: never the application's problem
+            self.problems.report(("redis", type(error)), "redis instrumentation failed to record: %r", error)
+
+    def _record(self, args: tuple[Any, ...], response: Any, start: float, ok: bool) -> None:
+        elapsed = _perf_counter() - start
+        monitor = self.monitor or self.resolve()
+        command = self.commands(_command_name(args))
+        status = "success" if ok else "error"
+        monitor.record_histogram(COMMAND_DURATION, elapsed, {"command": command, "status": status})
+        if ok:
+            self._count_lookups(monitor, command, args, response)
+
+    def record_pipeline(self, stack: list[tuple[Any, Any]], responses: Any, start: float, ok: bool) -> None:
+        """One latency sample for the round trip (``command="PIPELINE"``); lookups counted per queued command."""
+        try:
+            elapsed = _perf_counter() - start
+            monitor = self.monitor or self.resolve()
+            status = "success" if ok else "error"
+            monitor.record_histogram(COMMAND_DURATION, elapsed, {"command": "PIPELINE", "status": status})
+            if not ok or not isinstance(responses, list):
+                return
+            for (args, _options), response in zip(stack, responses, strict=False):
+                if not isinstance(response, Exception):  # raise_on_error=False leaves errors in the list
+                    self._count_lookups(monitor, _command_name(args), args, response)
+        except Exception as error:
+            self.problems.report(("redis", type(error)), "redis instrumentation failed to record: %r", error)
+
+    def _count_lookups(self, monitor: PerformanceMonitor, command: str, args: tuple[Any, ...], response: Any) -> None:
+        lookup = LOOKUPS.get(command)
+        if lookup is not None:
+            for key, found in lookup(args, response):
+                monitor.increment_counter(HITS if found else MISSES, {"cache": self.caches(self.cache_name(key))})
+
+
+def _command_name(args: tuple[Any, ...]) -> str:
+    raw = args[0] if args else ""
+    return (raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)).upper()
+
+
+def _wrap_sync(original: Callable[..., Any], recorder: _Recorder) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def execute_command(self: Any, *args: Any, **options: Any) -> Any:
+        if not recorder.active:
+            return original(self, *args, **options)
+        start = _perf_counter()
+        try:
+            response = original(self, *args, **options)
+        except Exception:
+            recorder.record(args, None, start, False)
+            raise
+        recorder.record(args, response, start, True)
+        return response
+
+    return execute_command
+
+
+def _wrap_async(original: Callable[..., Any], recorder: _Recorder) -> Callable[..., Any]:
+    @functools.wraps(original)
+    async def execute_command(self: Any, *args: Any, **options: Any) -> Any:
+        if not recorder.active:
+            return await original(self, *args, **options)
+        start = _perf_counter()
+        try:
+            response = await original(self, *args, **options)
+        except Exception:
+            recorder.record(args, None, start, False)
+            raise
+        recorder.record(args, response, start, True)
+        return response
+
+    return execute_command
+
+
+def _wrap_pipeline(original: Callable[..., Any], recorder: _Recorder) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not recorder.active:
+            return original(self, *args, **kwargs)
+        stack, start = list(self.command_stack), _perf_counter()
+        try:
+            responses = original(self, *args, **kwargs)
+        except Exception:
+            recorder.record_pipeline(stack, None, start, False)
+            raise
+        recorder.record_pipeline(stack, responses, start, True)
+        return responses
+
+    return execute
+
+
+def _wrap_async_pipeline(original: Callable[..., Any], recorder: _Recorder) -> Callable[..., Any]:
+    @functools.wraps(original)
+    async def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not recorder.active:
+            return await original(self, *args, **kwargs)
+        stack, start = list(self.command_stack), _perf_counter()
+        try:
+            responses = await original(self, *args, **kwargs)
+        except Exception:
+            recorder.record_pipeline(stack, None, start, False)
+            raise
+        recorder.record_pipeline(stack, responses, start, True)
+        return responses
+
+    return execute
+
+
+_Wrap = Callable[[Callable[..., Any], _Recorder], Callable[..., Any]]
+
+
+def _patch_points() -> list[tuple[type, str, _Wrap]]:
+    import redis.asyncio.client
+    import redis.client
+
+    return [
+        (redis.client.Redis, "execute_command", _wrap_sync),
+        (redis.asyncio.client.Redis, "execute_command", _wrap_async),
+        (redis.client.Pipeline, "execute", _wrap_pipeline),
+        (redis.asyncio.client.Pipeline, "execute", _wrap_async_pipeline),
+    ]
+
+
+class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Counts redis-py cache hits and misses and times every command, for clients old and new, sync and async.
+
+    ``GET``/``HGET`` replies of ``None`` are misses, anything else a hit; ``MGET`` counts each key; commands
+    queued in a pipeline are counted when it executes (one ``PIPELINE`` latency sample per round trip). The
+    ``cache`` label is the key's prefix before ``:`` (``instrument(cache_name=...)`` to choose), bounded
+    to ``max_caches`` distinct values. Works beside ``opentelemetry-instrumentation-redis`` (spans).
+
+    Example:
+        >>> RedisInstrumentor().instrument(monitor=monitor)  # doctest: +SKIP
+        >>> redis.Redis().get("session:missing")  # doctest: +SKIP
+        >>> monitor.snapshot().value("cache_misses", {"cache": "session"})  # doctest: +SKIP
+        1
+    """
+
+    _recorder: _Recorder | None = None
+    _patched: list[tuple[type, str, Callable[..., Any], Callable[..., Any]]]
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        """The redis-py versions this instrumentor covers."""
+        return _instruments
+
+    def _instrument(self, **kwargs: Any) -> None:
+        """Args (keywords of ``instrument()``):
+        monitor: record into this monitor (default: the process-wide one, looked up per call).
+        cache_name: a function from key to cache name (default :func:`key_prefix`).
+        max_caches: distinct ``cache`` (and ``command``) label values before ``other`` (100).
+        """
+        cache_name, max_caches = kwargs.get("cache_name", key_prefix), kwargs.get("max_caches", 100)
+        if not callable(cache_name):
+            raise ConfigurationError(f"RedisInstrumentor: cache_name={cache_name!r} must be a function of the key")
+        if isinstance(max_caches, bool) or not isinstance(max_caches, int) or max_caches < 1:
+            raise ConfigurationError(f"RedisInstrumentor: max_caches={max_caches!r} must be a positive int")
+        recorder = _Recorder(kwargs.get("monitor"), cache_name, max_caches)
+        self._patched = []
+        for cls, attribute, wrap in _patch_points():
+            original = getattr(cls, attribute)
+            wrapper = wrap(original, recorder)
+            setattr(cls, attribute, wrapper)
+            self._patched.append((cls, attribute, original, wrapper))
+        self._recorder = recorder
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        if self._recorder is not None:
+            self._recorder.active = False  # if someone wrapped ours since, it stays in place as a pass-through
+        for cls, attribute, original, wrapper in self._patched:
+            if cls.__dict__.get(attribute) is wrapper:
+                setattr(cls, attribute, original)
+        self._patched = []
+        self._recorder = None

@@ -1,0 +1,188 @@
+"""SQLAlchemy engine events -> ``database_query_duration_seconds`` and pool usage, via the monitor's front end."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Collection
+from typing import Any
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from chat_turbo_metrics import ConfigurationError, PerformanceMonitor
+from chat_turbo_metrics._database import QUERY_DURATION
+from chat_turbo_metrics._recording.guard import Problems
+from chat_turbo_metrics._sql import StatementClassifier, strip_literals
+
+_instruments = ("sqlalchemy >= 2.0",)
+CONNECTIONS = "database_connections"
+_START = "_chat_turbo_start"  # attribute set on SQLAlchemy's execution context for one statement
+_perf_counter = time.perf_counter
+_MAX_STRIPPED = 2048  # statement texts kept, literals stripped, when record_statement is on
+
+
+def pool_label(engine: Engine) -> str:
+    """The ``pool`` label of an engine: its logging name, else backend, host and database (never a password)."""
+    url = engine.url
+    named = engine.pool.logging_name or engine.logging_name
+    if named:
+        return str(named)
+    host = f"{url.host}:{url.port}" if url.port else (url.host or "")
+    return f"{url.get_backend_name()}://{host}/{url.database or ''}"
+
+
+class _Listener:
+    """The event handlers of one instrumentation, and the state they share."""
+
+    def __init__(self, monitor: PerformanceMonitor | None, record_statement: bool, max_tables: int) -> None:
+        self.monitor = monitor
+        self.record_statement = record_statement
+        self.classifier = StatementClassifier(max_tables=max_tables)
+        self.engines: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+        self.engines_lock = threading.Lock()  # a collection copies the engines while connects add to them
+        self.stripped: dict[str, str] = {}
+        self.hooked: PerformanceMonitor | None = None
+        self.problems = Problems(logging.getLogger("chat_turbo_metrics.sqlalchemy"))
+
+    def recorder(self) -> PerformanceMonitor:
+        """The monitor to record into, resolved at the first statement.
+
+        The process-wide monitor stays the same object across ``configure()``, which rebinds its methods;
+        they are looked up on it at each call, so holding it follows a reconfiguration.
+        """
+        hooked = self.hooked
+        if hooked is not None:
+            return hooked
+        with self.engines_lock:
+            if self.hooked is None:
+                monitor = self.monitor or PerformanceMonitor.get_instance()
+                monitor.add_collection_hook(self.read_pools)  # pool readings join the monitor's collections
+                self.hooked = monitor
+            return self.hooked
+
+    def tags(self, statement: str, status: str) -> dict[str, Any]:
+        operation, table = self.classifier.classify(statement)
+        tags = {"table": table, "operation": operation, "status": status}
+        if self.record_statement:
+            text = self.stripped.get(statement)
+            if text is None:
+                text = strip_literals(statement)[:2048]
+                if len(self.stripped) < _MAX_STRIPPED and len(statement) <= 4096:
+                    self.stripped[statement] = text
+            tags["statement"] = text
+        return tags
+
+    # --- engine events ----------------------------------------------------------------------------
+    def engine_connect(self, connection: Any) -> None:
+        engine = connection.engine
+        if engine not in self.engines:
+            try:
+                label = pool_label(engine)
+                with self.engines_lock:
+                    self.engines[engine] = label
+            except Exception as error:  # an odd engine: no pool readings for it, never a failed connect
+                self.problems.report(("pool", type(error)), "cannot label the pool of %r: %r", engine, error)
+
+    def before_cursor_execute(  # noqa: PLR0917 - SQLAlchemy's event signature
+        self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+    ) -> None:
+        if context is not None:
+            setattr(context, _START, _perf_counter())
+
+    def after_cursor_execute(  # noqa: PLR0917 - SQLAlchemy's event signature
+        self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+    ) -> None:
+        start = getattr(context, _START, None)
+        if start is not None:
+            self.record(_perf_counter() - start, statement, "success")
+
+    def handle_error(self, exception_context: Any) -> None:
+        start = getattr(exception_context.execution_context, _START, None)
+        statement = exception_context.statement
+        if start is not None and statement is not None:
+            self.record(_perf_counter() - start, statement, "error")
+
+    def record(self, elapsed: float, statement: str, status: str) -> None:
+        try:
+            self.recorder().record_histogram(QUERY_DURATION, elapsed, self.tags(statement, status))
+        except Exception as error:  # an event handler that raises would fail the application's statement
+            self.problems.report(("record", type(error)), "cannot record a statement: %r", error)
+
+    # --- collection time ------------------------------------------------------------------------
+    def read_pools(self) -> None:
+        """Record connections in use and idle per pool (QueuePool and its async twin report both)."""
+        monitor = self.hooked
+        if monitor is None:
+            return
+        with self.engines_lock:
+            engines = list(self.engines.items())
+        for engine, label in engines:
+            pool = engine.pool
+            used, idle = getattr(pool, "checkedout", None), getattr(pool, "checkedin", None)
+            if used is None or idle is None:
+                continue  # StaticPool, NullPool, SingletonThreadPool: no counts to report
+            monitor.record_gauge(CONNECTIONS, used(), {"pool": label, "state": "used"})
+            monitor.record_gauge(CONNECTIONS, idle(), {"pool": label, "state": "idle"})
+
+
+_EVENTS = ("engine_connect", "before_cursor_execute", "after_cursor_execute", "handle_error")
+
+
+class SQLAlchemyInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Records every SQLAlchemy statement's duration and every pool's usage; spans stay contrib's.
+
+    Listens on the ``Engine`` class, so engines created before and after ``instrument()`` are measured,
+    sync and async (an ``AsyncEngine`` runs on a sync one). Records ``database_query_duration_seconds``
+    {table, operation, status} like :func:`chat_turbo_metrics.monitor_database_query`, with table and
+    operation read from the statement (bounded: ``other`` past ``max_tables``), and at each collection
+    ``database_connections`` {pool, state=used|idle}. Parameters are never recorded; the statement text
+    only with ``record_statement=True``, literals stripped.
+
+    Example:
+        >>> from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
+        >>> monitor = PerformanceMonitor(MonitoringConfig(metrics_exporters=()))
+        >>> from sqlalchemy import create_engine, text
+        >>> SQLAlchemyInstrumentor().instrument(monitor=monitor)
+        >>> with create_engine("sqlite://").connect() as connection:
+        ...     _ = connection.execute(text("SELECT 1"))
+        >>> monitor.snapshot().value(
+        ...     "database_query_duration_seconds", {"table": "other", "operation": "select", "status": "success"}
+        ... )["count"]
+        1
+        >>> SQLAlchemyInstrumentor().uninstrument()
+    """
+
+    _listener: _Listener | None = None
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        """The SQLAlchemy versions this instrumentor covers."""
+        return _instruments
+
+    def _instrument(self, **kwargs: Any) -> None:
+        """Args (keywords of ``instrument()``):
+        monitor: record into this monitor (default: the process-wide one, looked up at first use).
+        record_statement: add the statement text, literals stripped, as the ``statement`` label.
+        max_tables: distinct ``table`` labels before new tables are labelled ``other`` (100).
+        """
+        max_tables = kwargs.get("max_tables", 100)
+        if isinstance(max_tables, bool) or not isinstance(max_tables, int) or max_tables < 1:
+            raise ConfigurationError(f"SQLAlchemyInstrumentor: max_tables={max_tables!r} must be a positive int")
+        listener = _Listener(kwargs.get("monitor"), bool(kwargs.get("record_statement")), max_tables)
+        if listener.monitor is not None:
+            listener.recorder()
+        for name in _EVENTS:
+            event.listen(Engine, name, getattr(listener, name))
+        self._listener = listener
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        listener, self._listener = self._listener, None
+        if listener is None:
+            return
+        for name in _EVENTS:
+            event.remove(Engine, name, getattr(listener, name))
+        if listener.hooked is not None:
+            listener.hooked.remove_collection_hook(listener.read_pools)
