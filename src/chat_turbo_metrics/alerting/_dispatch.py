@@ -1,0 +1,441 @@
+"""Dispatch: which alerts go to which notifier, grouped, throttled, deduplicated, inhibited, on the caller's clock.
+
+Alertmanager's model, driven by evaluations instead of a timer. Each evaluation hands :meth:`Dispatcher.on_evaluated`
+its time and every current alert; the dispatcher files firing and resolved alerts into groups (one per route and
+value of ``group_by``), and at that time flushes the groups that are due: ``group_wait`` after a group appears, then
+every ``group_interval``. A flush sends a message only when the notification log says the receiver has not been told
+(a new firing alert, a newly resolved one with ``send_resolved``, everything resolved) or ``repeat_interval`` has
+passed. Silenced and inhibited alerts are left out; acknowledged ones cause no repeats. Messages go to each
+notifier's own delivery queue (:mod:`._delivery`), so this never waits for the network.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import metrics
+
+from chat_turbo_metrics.alerting._delivery import Channel, DeliveryStats, Job, RetryPolicy, Sender
+from chat_turbo_metrics.alerting._matchers import Matcher, Matchers, match_all, parse_matchers
+from chat_turbo_metrics.alerting._model import Alert
+from chat_turbo_metrics.alerting._nflog import LogEntry, NotificationLog
+from chat_turbo_metrics.alerting._notification import Notification
+
+ALL_LABELS = "..."
+"""``group_by=("...",)`` groups by every label: one message per alert, as in Alertmanager."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where alerts that match go, and how they are grouped and throttled (see :meth:`Dispatcher.add_route`)."""
+
+    name: str
+    notifier: Sender
+    matchers: tuple[Matcher, ...]
+    group_by: tuple[str, ...]
+    group_wait_s: float
+    group_interval_s: float
+    repeat_interval_s: float
+    send_resolved: bool
+    channel: Channel = field(repr=False, compare=False)
+
+    def group_of(self, labels: dict[str, str] | Any) -> dict[str, str]:
+        """The labels that name this alert's group."""
+        if ALL_LABELS in self.group_by:
+            return dict(labels)
+        return {key: labels[key] for key in self.group_by if key in labels}
+
+
+@dataclass(frozen=True)
+class Inhibition:
+    """While an alert matching ``source`` fires, alerts matching ``target`` with the same ``equal`` labels are muted."""
+
+    source: tuple[Matcher, ...]
+    target: tuple[Matcher, ...]
+    equal: tuple[str, ...]
+
+    def mutes(self, alert: Alert, sources: Iterable[Alert]) -> bool:
+        """True when ``alert`` is a target and one of the firing ``sources`` (not itself) inhibits it."""
+        if not match_all(self.target, alert.labels):
+            return False
+        own = alert.fingerprint
+        return any(
+            source.fingerprint != own
+            and match_all(self.source, source.labels)
+            and all(source.labels.get(key, "") == alert.labels.get(key, "") for key in self.equal)
+            for source in sources
+        )
+
+
+@dataclass
+class _Group:
+    route: Route
+    labels: dict[str, str]
+    key: str
+    next_flush: float
+    flushed: bool = False
+    alerts: dict[str, Alert] = field(default_factory=dict)
+
+
+@dataclass
+class _Tracked:
+    alert: Alert
+    last_seen: float
+
+
+def _group_key(route: Route, labels: dict[str, str]) -> str:
+    inner = ", ".join(f'{key}="{labels[key]}"' for key in sorted(labels))
+    return "{" + ", ".join(str(m) for m in route.matchers) + "}:{" + inner + "}"
+
+
+def _notifier_name(notifier: object) -> str:
+    name = getattr(notifier, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    return str(getattr(notifier, "__name__", type(notifier).__name__))
+
+
+class Dispatcher:
+    """Routes, groups, throttles and delivers alert notifications; time comes from the caller.
+
+    Example:
+        >>> sent = []
+        >>> dispatcher = Dispatcher()
+        >>> route = dispatcher.add_route(sent.append, group_wait_s=30)
+        >>> alert = Alert(rule_id="cpu", name="HighCPU", labels={"alertname": "HighCPU", "severity": "warning"},
+        ...               state="firing", active_at=1000.0, value=97.0, fired_at=1000.0)
+        >>> dispatcher.on_evaluated(1000.0, (alert,)); dispatcher.on_evaluated(1030.0, (alert,))
+        >>> dispatcher.flush(5.0), [n.title for n in sent]
+        (True, ['[FIRING:1] HighCPU (warning)'])
+        >>> dispatcher.shutdown(5.0)
+        True
+
+    Args:
+        clock: Unix seconds; used only where no ``now`` is given (notification-log retention).
+        notification_log: a file that keeps what each receiver was told, so a restart does not resend it.
+        resolve_timeout_s: a firing alert that stops being reported (a rule removed, or restarting as pending
+            after a reload) counts as resolved after this long; if it fires again before, nothing is resent.
+        queue_size: notifications waiting per notifier before the oldest is dropped.
+        retry: retry deadline and backoff for every notifier.
+        external_url: ``externalURL`` of webhook payloads (a link back to this service).
+        meter_provider: where the delivery counters go (default: OpenTelemetry's global provider).
+        rng: the jitter source, ``[0, 1)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        notification_log: str | os.PathLike[str] | None = None,
+        resolve_timeout_s: float = 300.0,
+        queue_size: int = 1000,
+        retry: RetryPolicy | None = None,
+        external_url: str = "",
+        meter_provider: metrics.MeterProvider | None = None,
+        rng: Callable[[], float] | None = None,
+    ) -> None:
+        if queue_size < 1:
+            raise ValueError(f"queue_size={queue_size!r}: must be >= 1")
+        if resolve_timeout_s <= 0:
+            raise ValueError(f"resolve_timeout_s={resolve_timeout_s!r}: must be > 0")
+        self._clock = clock
+        self._log = NotificationLog(Path(notification_log) if notification_log is not None else None)
+        self._resolve_timeout_s = resolve_timeout_s
+        self._queue_size = queue_size
+        self._retry = retry or RetryPolicy()
+        self._external_url = external_url
+        self.stats = DeliveryStats(meter_provider)
+        self._rng = rng
+        self._lock = threading.RLock()
+        self._routes: list[Route] = []
+        self._inhibitions: list[Inhibition] = []
+        self._forwarders: list[tuple[Any, tuple[Matcher, ...], list[Channel]]] = []
+        self._groups: dict[tuple[str, str], _Group] = {}
+        self._tracked: dict[str, _Tracked] = {}
+        self._closed = False
+        _live.add(self)
+        atexit.register(_shutdown_at_exit, weakref.ref(self))
+
+    # --- configuration -------------------------------------------------------------------------
+
+    def add_route(
+        self,
+        notifier: Sender,
+        *,
+        matchers: Matchers = None,
+        group_by: Sequence[str] = ("alertname",),
+        group_wait_s: float = 30.0,
+        group_interval_s: float = 300.0,
+        repeat_interval_s: float = 14400.0,
+        send_resolved: bool = True,
+        name: str | None = None,
+    ) -> Route:
+        """Send alerts matching ``matchers`` to ``notifier``; every matching route gets its own copy.
+
+        Args:
+            notifier: a notifier object or any callable taking a :class:`Notification` (sync or async).
+            matchers: which alerts (mapping of equalities or ``label=~"regex"`` strings); None: all.
+            group_by: labels whose values form one group (one message); ``("...",)``: every label.
+            group_wait_s: wait this long after a group appears, to gather its first alerts into one message.
+            group_interval_s: then look at the group this often for changes.
+            repeat_interval_s: resend an unchanged, still firing group this often.
+            send_resolved: also tell this notifier when alerts resolve.
+            name: the receiver's name in payloads, metrics and the notification log (default: the notifier's).
+
+        Returns:
+            The route.
+
+        Raises:
+            ValueError: a matcher is malformed or a duration is not positive; the message names which.
+        """
+        if isinstance(group_by, str):
+            raise ValueError(f"group_by={group_by!r}: expected a sequence of label names, not a string")
+        for setting, value in (
+            ("group_wait_s", group_wait_s),
+            ("group_interval_s", group_interval_s),
+            ("repeat_interval_s", repeat_interval_s),
+        ):
+            if not value >= 0 or (setting != "group_wait_s" and value == 0):
+                raise ValueError(f"{setting}={value!r}: must be > 0" + (" (or 0)" if setting == "group_wait_s" else ""))
+        if not callable(notifier):
+            raise ValueError(f"notifier={notifier!r}: expected a notifier or a callable taking a Notification")
+        parsed = parse_matchers(matchers, "matchers")
+        with self._lock:
+            name = self._unique(name or _notifier_name(notifier))
+            channel = self._channel(name, notifier)
+            route = Route(
+                name,
+                notifier,
+                parsed,
+                tuple(group_by),
+                group_wait_s,
+                group_interval_s,
+                repeat_interval_s,
+                send_resolved,
+                channel,
+            )
+            self._routes.append(route)
+        return route
+
+    def add_inhibition(self, source_matchers: Matchers, target_matchers: Matchers, equal: Sequence[str] = ()) -> None:
+        """Mute alerts matching ``target_matchers`` while one matching ``source_matchers`` fires with equal labels.
+
+        Raises:
+            ValueError: a matcher is malformed.
+        """
+        inhibition = Inhibition(
+            parse_matchers(source_matchers, "source_matchers"),
+            parse_matchers(target_matchers, "target_matchers"),
+            (equal,) if isinstance(equal, str) else tuple(equal),
+        )
+        with self._lock:
+            self._inhibitions.append(inhibition)
+
+    def add_forwarder(self, forwarder: Any, *, matchers: Matchers = None) -> None:
+        """Forward alerts to Alertmanager instances (an :class:`AlertmanagerForwarder`), each on its own queue.
+
+        Raises:
+            ValueError: a matcher is malformed.
+        """
+        parsed = parse_matchers(matchers, "matchers")
+        with self._lock:
+            channels = [self._channel(self._unique(name), send) for name, send in forwarder.senders()]
+            self._forwarders.append((forwarder, parsed, channels))
+
+    def _unique(self, name: str) -> str:
+        taken = {route.name for route in self._routes} | {
+            channel.name for _, _, channels in self._forwarders for channel in channels
+        }
+        candidate, number = name, 1
+        while candidate in taken:
+            number += 1
+            candidate = f"{name}-{number}"
+        return candidate
+
+    def _channel(self, name: str, send: Sender) -> Channel:
+        rng = self._rng
+        if rng is None:
+            return Channel(name, send, self._retry, self._queue_size, self.stats)
+        return Channel(name, send, self._retry, self._queue_size, self.stats, rng=rng)
+
+    # --- evaluation --------------------------------------------------------------------------------
+
+    def on_evaluated(self, now: float, alerts: tuple[Alert, ...]) -> None:
+        """The evaluation hook: take in the current alerts and send what is due at ``now``.
+
+        Args:
+            now: the evaluation's time (clock seconds).
+            alerts: every pending, firing and just-resolved alert of that evaluation.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            changed = self._ingest(now, alerts)
+            for forwarder, parsed, channels in self._forwarders:
+                chosen = [alert for alert in changed if match_all(parsed, alert.labels)]
+                for payload in forwarder.due(now, chosen):
+                    for channel in channels:
+                        channel.submit(Job(payload, on_done=lambda ok: None))
+            for key, group in list(self._groups.items()):
+                if group.next_flush <= now:
+                    self._flush(key, group, now)
+
+    def _ingest(self, now: float, alerts: tuple[Alert, ...]) -> list[Alert]:
+        """Update tracked alerts and groups; return the firing and resolved alerts of this evaluation."""
+        seen: list[Alert] = []
+        for alert in alerts:
+            if alert.state == "pending":
+                continue
+            if alert.state == "firing":
+                self._tracked[alert.fingerprint] = _Tracked(alert, now)
+            else:
+                self._tracked.pop(alert.fingerprint, None)
+            seen.append(alert)
+        reported = {alert.fingerprint for alert in seen}
+        for fp, tracked in list(self._tracked.items()):
+            if fp not in reported and now - tracked.last_seen >= self._resolve_timeout_s:
+                del self._tracked[fp]
+                seen.append(dataclasses.replace(tracked.alert, state="resolved", resolved_at=tracked.last_seen))
+        for alert in seen:
+            self._file(alert, now)
+        return seen
+
+    def _file(self, alert: Alert, now: float) -> None:
+        for route in self._routes:
+            if not match_all(route.matchers, alert.labels):
+                continue
+            labels = route.group_of(alert.labels)
+            key = _group_key(route, labels)
+            group = self._groups.get((route.name, key))
+            if group is None:
+                group = _Group(route, labels, key, next_flush=now + route.group_wait_s)
+                self._groups[(route.name, key)] = group
+            group.alerts[alert.fingerprint] = alert
+            started = alert.fired_at if alert.fired_at is not None else alert.active_at
+            if not group.flushed and started + route.group_wait_s <= now:
+                group.next_flush = min(group.next_flush, now)  # an old alert (e.g. after a restart): no wait
+
+    def _muted(self, alert: Alert) -> bool:
+        if alert.silenced:
+            return True
+        if not self._inhibitions:
+            return False
+        sources = [tracked.alert for tracked in self._tracked.values()]
+        return any(rule.mutes(alert, sources) for rule in self._inhibitions)
+
+    def _flush(self, key: tuple[str, str], group: _Group, now: float) -> None:
+        route = group.route
+        current = [alert for alert in group.alerts.values() if not self._muted(alert)]
+        firing = {a.fingerprint: a for a in current if a.state == "firing"}
+        resolved = {a.fingerprint: a for a in current if a.state == "resolved"}
+        previous = self._log.get(key)
+        if _needs_update(previous, firing, resolved, route, now):
+            entry = LogEntry(frozenset(firing), frozenset(resolved), now)
+            self._log.set(key, entry)
+            chosen = list(firing.values()) + (list(resolved.values()) if route.send_resolved else [])
+            if chosen:
+                chosen.sort(key=lambda alert: sorted(alert.labels.items()))
+                notification = Notification.for_alerts(route.name, chosen, group.labels, group.key, self._external_url)
+                done = self._on_done_callback(key, entry, previous)
+                route.channel.submit(Job(notification, on_done=done))
+        for fp in [fp for fp, alert in group.alerts.items() if alert.state == "resolved"]:
+            del group.alerts[fp]
+        if group.alerts:
+            group.flushed = True
+            group.next_flush = now + route.group_interval_s
+        else:
+            del self._groups[key]
+
+    def _on_done_callback(
+        self, key: tuple[str, str], entry: LogEntry, previous: LogEntry | None
+    ) -> Callable[[bool], None]:
+        def done(delivered: bool) -> None:
+            if delivered:
+                self._log.save(self._clock())
+            else:  # not delivered: forget the decision, so the next flush tries again
+                self._log.restore(key, entry, previous)
+
+        return done
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def _channels(self) -> list[Channel]:
+        with self._lock:
+            return [route.channel for route in self._routes] + [
+                channel for _, _, channels in self._forwarders for channel in channels
+            ]
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every queued notification is delivered (or given up on), at most ``timeout_s``.
+
+        Returns:
+            True when every queue is empty and idle in time.
+        """
+        deadline = time.monotonic() + timeout_s
+        idle = True
+        for channel in self._channels():  # wait for each, even after one timed out: all share the deadline
+            idle = channel.wait_idle(deadline) and idle
+        self._log.save(self._clock())
+        return idle
+
+    def shutdown(self, timeout_s: float = 10.0) -> bool:
+        """Deliver what is queued within ``timeout_s``, drop (and count) the rest, save the notification log.
+
+        Returns:
+            True when nothing had to be dropped.
+        """
+        with self._lock:
+            self._closed = True
+        deadline = time.monotonic() + timeout_s
+        clean = True
+        for channel in self._channels():  # close every channel, even after one had to drop
+            clean = channel.close(deadline) and clean
+        self._log.save(self._clock())
+        return clean
+
+    def _after_fork(self) -> None:
+        self._lock = threading.RLock()
+        for channel in self._channels():
+            channel.after_fork()
+
+
+def _needs_update(
+    previous: LogEntry | None, firing: dict[str, Alert], resolved: dict[str, Alert], route: Route, now: float
+) -> bool:
+    """Alertmanager's deduplication, per receiver and group, with acknowledgements silencing repeats."""
+    if previous is None:
+        return bool(firing)  # never told: only news of firing alerts is worth a message
+    if not firing.keys() <= previous.firing:
+        return True  # something new fires
+    if not firing:
+        return bool(previous.firing)  # everything the receiver knows of has resolved (or been muted)
+    if route.send_resolved and not resolved.keys() <= previous.resolved:
+        return True
+    repeat_due = now - previous.at >= route.repeat_interval_s
+    return repeat_due and any(not alert.acknowledged for alert in firing.values())
+
+
+_live: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for dispatcher in list(_live):
+        dispatcher._after_fork()
+
+
+def _shutdown_at_exit(ref: weakref.ref[Dispatcher]) -> None:
+    dispatcher = ref()
+    if dispatcher is not None and not dispatcher._closed:
+        dispatcher.shutdown(5.0)
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
