@@ -77,7 +77,7 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     @property
@@ -97,8 +97,8 @@ class Receiver:
         self.server.server_close()
 
 
-@pytest.fixture
-def receivers() -> Iterator[Any]:
+@pytest.fixture(name="receivers")
+def receivers_fixture() -> Iterator[Any]:
     """Makes HTTP receivers and closes them after the test."""
     made: list[Receiver] = []
 

@@ -157,6 +157,7 @@ class Channel:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._warned_full = False
+        self._failing = False  # warn when a notifier starts failing, not at every failure of a dead peer
 
     def after_fork(self) -> None:
         """In a forked child: the parent's queue and thread are the parent's; start empty."""
@@ -243,9 +244,15 @@ class Channel:
                 wait = self._retry_wait(error, attempt, deadline)
                 if wait is None:
                     self._stats.count(self.name, "failed")
-                    _logger.warning(
-                        "alert notifier %s: giving up after %d attempt(s): %s", self.name, attempt + 1, _describe(error)
+                    _logger.log(
+                        logging.DEBUG if self._failing else logging.WARNING,
+                        "alert notifier %s: giving up after %d attempt(s): %s (further failures are counted in "
+                        "alert_notifications{outcome=failed} and logged at DEBUG until one succeeds)",
+                        self.name,
+                        attempt + 1,
+                        _describe(error),
                     )
+                    self._failing = True
                     return False
                 self._stats.count(self.name, "retries")
                 if self._abort.wait(wait):
@@ -254,6 +261,9 @@ class Channel:
                 attempt += 1
             else:
                 self._stats.count(self.name, "sent")
+                if self._failing:
+                    self._failing = False
+                    _logger.warning("alert notifier %s: delivering again", self.name)
                 return True
 
     def _retry_wait(self, error: Exception, attempt: int, deadline: float) -> float | None:

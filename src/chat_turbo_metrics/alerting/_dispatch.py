@@ -248,8 +248,10 @@ class Dispatcher:
         """
         parsed = parse_matchers(matchers, "matchers")
         with self._lock:
-            channels = [self._channel(self._unique(name), send) for name, send in forwarder.senders()]
+            channels: list[Channel] = []
             self._forwarders.append((forwarder, parsed, channels))
+            for name, send in forwarder.senders():  # one at a time: each name must see the ones before it
+                channels.append(self._channel(self._unique(name), send))
 
     def _unique(self, name: str) -> str:
         taken = {route.name for route in self._routes} | {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 from chat_turbo_metrics.alerting._notification import Notification
 
@@ -40,7 +41,8 @@ class LogNotifier:
         """Log ``notification``."""
         payload = notification.to_webhook_payload()
         for row, alert in zip(payload["alerts"], notification.alerts, strict=True):
-            row["value"] = alert.value
+            finite = alert.value is None or math.isfinite(alert.value)
+            row["value"] = alert.value if finite else str(alert.value)  # JSON has no NaN or Infinity
         level = self._level if self._level is not None else _LEVELS[notification.status]
         self._logger.log(
             level,
