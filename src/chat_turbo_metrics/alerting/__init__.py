@@ -13,7 +13,7 @@ Example:
 """
 
 from chat_turbo_metrics.alerting._delivery import DeliveryError, DeliveryStats, RetryPolicy
-from chat_turbo_metrics.alerting._dispatch import Dispatcher, Route
+from chat_turbo_metrics.alerting._dispatch import Dispatcher
 from chat_turbo_metrics.alerting._files import load_rules
 from chat_turbo_metrics.alerting._lifecycle import Silence
 from chat_turbo_metrics.alerting._matchers import Matcher
@@ -26,6 +26,7 @@ from chat_turbo_metrics.alerting._model import (
     fingerprint,
 )
 from chat_turbo_metrics.alerting._notification import Notification, NotifiedAlert
+from chat_turbo_metrics.alerting._routing import Route
 from chat_turbo_metrics.alerting.manager import AlertManager
 from chat_turbo_metrics.alerting.notifiers import (
     AlertmanagerForwarder,

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,51 +30,9 @@ from chat_turbo_metrics.alerting._matchers import Matcher, Matchers, match_all, 
 from chat_turbo_metrics.alerting._model import Alert
 from chat_turbo_metrics.alerting._nflog import LogEntry, NotificationLog
 from chat_turbo_metrics.alerting._notification import Notification
+from chat_turbo_metrics.alerting._routing import Inhibition, Route, group_key, needs_update
 
-ALL_LABELS = "..."
-"""``group_by=("...",)`` groups by every label: one message per alert, as in Alertmanager."""
-
-
-@dataclass(frozen=True)
-class Route:
-    """Where alerts that match go, and how they are grouped and throttled (see :meth:`Dispatcher.add_route`)."""
-
-    name: str
-    notifier: Sender
-    matchers: tuple[Matcher, ...]
-    group_by: tuple[str, ...]
-    group_wait_s: float
-    group_interval_s: float
-    repeat_interval_s: float
-    send_resolved: bool
-    channel: Channel = field(repr=False, compare=False)
-
-    def group_of(self, labels: dict[str, str] | Any) -> dict[str, str]:
-        """The labels that name this alert's group."""
-        if ALL_LABELS in self.group_by:
-            return dict(labels)
-        return {key: labels[key] for key in self.group_by if key in labels}
-
-
-@dataclass(frozen=True)
-class Inhibition:
-    """While an alert matching ``source`` fires, alerts matching ``target`` with the same ``equal`` labels are muted."""
-
-    source: tuple[Matcher, ...]
-    target: tuple[Matcher, ...]
-    equal: tuple[str, ...]
-
-    def mutes(self, alert: Alert, sources: Iterable[Alert]) -> bool:
-        """True when ``alert`` is a target and one of the firing ``sources`` (not itself) inhibits it."""
-        if not match_all(self.target, alert.labels):
-            return False
-        own = alert.fingerprint
-        return any(
-            source.fingerprint != own
-            and match_all(self.source, source.labels)
-            and all(source.labels.get(key, "") == alert.labels.get(key, "") for key in self.equal)
-            for source in sources
-        )
+_logger = logging.getLogger("chat_turbo_metrics.alerting")
 
 
 @dataclass
@@ -90,11 +49,6 @@ class _Group:
 class _Tracked:
     alert: Alert
     last_seen: float
-
-
-def _group_key(route: Route, labels: dict[str, str]) -> str:
-    inner = ", ".join(f'{key}="{labels[key]}"' for key in sorted(labels))
-    return "{" + ", ".join(str(m) for m in route.matchers) + "}:{" + inner + "}"
 
 
 def _notifier_name(notifier: object) -> str:
@@ -161,7 +115,9 @@ class Dispatcher:
         self._forwarders: list[tuple[Any, tuple[Matcher, ...], list[Channel]]] = []
         self._groups: dict[tuple[str, str], _Group] = {}
         self._tracked: dict[str, _Tracked] = {}
+        self._sources: list[list[Alert]] = []  # per inhibition rule: the firing alerts that match its source
         self._closed = False
+        self._warned_error = False
         _live.add(self)
         atexit.register(_shutdown_at_exit, weakref.ref(self))
 
@@ -278,18 +234,29 @@ class Dispatcher:
             now: the evaluation's time (clock seconds).
             alerts: every pending, firing and just-resolved alert of that evaluation.
         """
-        with self._lock:
-            if self._closed:
-                return
-            changed = self._ingest(now, alerts)
-            for forwarder, parsed, channels in self._forwarders:
-                chosen = [alert for alert in changed if match_all(parsed, alert.labels)]
-                for payload in forwarder.due(now, chosen):
-                    for channel in channels:
-                        channel.submit(Job(payload, on_done=lambda ok: None))
-            for key, group in list(self._groups.items()):
-                if group.next_flush <= now:
-                    self._flush(key, group, now)
+        try:
+            with self._lock:
+                if self._closed:
+                    return
+                self._dispatch(now, alerts)
+        except Exception:  # the evaluator's thread must survive a bug here; say so once
+            if not self._warned_error:
+                self._warned_error = True
+                _logger.exception("alert dispatch failed; notifications may be missing (logged once)")
+
+    def _dispatch(self, now: float, alerts: tuple[Alert, ...]) -> None:
+        reported = self._ingest(now, alerts)
+        for forwarder, parsed, channels in self._forwarders:
+            chosen = [alert for alert in reported if match_all(parsed, alert.labels)]
+            for payload in forwarder.due(now, chosen):
+                for channel in channels:
+                    channel.submit(Job(payload, on_done=lambda ok: None))
+        due = [(key, group) for key, group in self._groups.items() if group.next_flush <= now]
+        if due:
+            firing = [tracked.alert for tracked in self._tracked.values()]
+            self._sources = [[a for a in firing if match_all(rule.source, a.labels)] for rule in self._inhibitions]
+            for key, group in due:
+                self._flush(key, group, now)
 
     def _ingest(self, now: float, alerts: tuple[Alert, ...]) -> list[Alert]:
         """Update tracked alerts and groups; return the firing and resolved alerts of this evaluation."""
@@ -316,7 +283,7 @@ class Dispatcher:
             if not match_all(route.matchers, alert.labels):
                 continue
             labels = route.group_of(alert.labels)
-            key = _group_key(route, labels)
+            key = group_key(route, labels)
             group = self._groups.get((route.name, key))
             if group is None:
                 group = _Group(route, labels, key, next_flush=now + route.group_wait_s)
@@ -329,10 +296,7 @@ class Dispatcher:
     def _muted(self, alert: Alert) -> bool:
         if alert.silenced:
             return True
-        if not self._inhibitions:
-            return False
-        sources = [tracked.alert for tracked in self._tracked.values()]
-        return any(rule.mutes(alert, sources) for rule in self._inhibitions)
+        return any(rule.mutes(alert, sources) for rule, sources in zip(self._inhibitions, self._sources, strict=True))
 
     def _flush(self, key: tuple[str, str], group: _Group, now: float) -> None:
         route = group.route
@@ -340,7 +304,7 @@ class Dispatcher:
         firing = {a.fingerprint: a for a in current if a.state == "firing"}
         resolved = {a.fingerprint: a for a in current if a.state == "resolved"}
         previous = self._log.get(key)
-        if _needs_update(previous, firing, resolved, route, now):
+        if needs_update(previous, firing, resolved, route, now):
             entry = LogEntry(frozenset(firing), frozenset(resolved), now)
             self._log.set(key, entry)
             chosen = list(firing.values()) + (list(resolved.values()) if route.send_resolved else [])
@@ -408,22 +372,6 @@ class Dispatcher:
         self._lock = threading.RLock()
         for channel in self._channels():
             channel.after_fork()
-
-
-def _needs_update(
-    previous: LogEntry | None, firing: dict[str, Alert], resolved: dict[str, Alert], route: Route, now: float
-) -> bool:
-    """Alertmanager's deduplication, per receiver and group, with acknowledgements silencing repeats."""
-    if previous is None:
-        return bool(firing)  # never told: only news of firing alerts is worth a message
-    if not firing.keys() <= previous.firing:
-        return True  # something new fires
-    if not firing:
-        return bool(previous.firing)  # everything the receiver knows of has resolved (or been muted)
-    if route.send_resolved and not resolved.keys() <= previous.resolved:
-        return True
-    repeat_due = now - previous.at >= route.repeat_interval_s
-    return repeat_due and any(not alert.acknowledged for alert in firing.values())
 
 
 _live: weakref.WeakSet[Dispatcher] = weakref.WeakSet()

@@ -74,14 +74,15 @@ class NotificationLog:
                 self._dirty = True
 
     def save(self, now: float) -> None:
-        """Write the entries (newer than the retention) to the file, if there is one and anything changed."""
-        if self._path is None:
-            return
+        """Forget entries older than the retention; write the rest to the file, if there is one, when changed."""
         with self._lock:
             if not self._dirty:
                 return
             cutoff = now - self._retention_s
             self._entries = {key: entry for key, entry in self._entries.items() if entry.at >= cutoff}
+            if self._path is None:
+                self._dirty = False
+                return
             rows = [
                 {
                     "receiver": receiver,
