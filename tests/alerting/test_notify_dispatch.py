@@ -326,3 +326,33 @@ def test_replays_the_captured_alertmanager_scenario(make_dispatcher, clock) -> N
     theirs = [(r["t_rel_s"], comparable(r["body"])) for r in reference["requests"]]
     key = lambda item: (item[0], item[1]["groupKey"])  # noqa: E731
     assert sorted(ours, key=key) == sorted(theirs, key=key)
+
+
+def test_alert_resolved_between_evaluations_is_sent_at_the_next_one(make_dispatcher, clock) -> None:
+    """A rule removed (or an alert resolved by hand) resolves outside an evaluation; listeners hear it."""
+    from chat_turbo_metrics.alerting import AlertTransition
+
+    dispatcher = make_dispatcher(resolve_timeout_s=3600)
+    recorder = Recorder(clock)
+    dispatcher.add_route(recorder, group_interval_s=60)
+    firing = alert(at=T0)
+    for offset in range(0, 100, 10):
+        step(dispatcher, clock, offset, (firing,))
+    ended = dataclasses.replace(firing, state="resolved", resolved_at=T0 + 95)
+    dispatcher.on_transition(AlertTransition(ended, "firing", "resolved", T0 + 95))
+    for offset in range(100, 300, 10):
+        step(dispatcher, clock, offset, ())
+    assert [(at, n.status) for at, n in recorder.sent] == [(30, "firing"), (150, "resolved")]
+    assert recorder.sent[1][1].alerts[0].ends_at == T0 + 95
+
+
+def test_a_corrupt_notification_log_costs_a_repeat_not_a_message(make_dispatcher, clock, tmp_path) -> None:
+    log = tmp_path / "nflog.json"
+    log.write_bytes(b"\x00\xff garbage")
+    dispatcher = make_dispatcher(notification_log=log)
+    recorder = Recorder(clock)
+    dispatcher.add_route(recorder)
+    for offset in range(0, 60, 10):
+        step(dispatcher, clock, offset, (alert(at=T0),))
+    assert [at for at, _ in recorder.sent] == [30]
+    assert json.loads(log.read_text())["entries"][0]["receiver"] == "Recorder"

@@ -322,3 +322,50 @@ def test_odd_values_reach_every_notifier_as_valid_messages(receivers, dispatcher
     shown = json.loads(record.getMessage().split(" ", 3)[3], parse_constant=pytest.fail)
     finite = value is None or math.isfinite(value)
     assert shown["alerts"][0]["value"] == (value if finite else str(value))
+
+
+def test_queued_notifications_are_delivered_when_the_process_exits(receivers, tmp_path) -> None:
+    """No shutdown() call: the dispatcher's exit handler delivers what is queued before the process ends."""
+    hook = receivers()
+    hook.script.append(Reply(stall=True))
+    threading.Timer(0.3, hook.release.set).start()
+    script = tmp_path / "app.py"
+    script.write_text(
+        "import sys\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from notify_peers import alert\n"
+        "from chat_turbo_metrics.alerting import Dispatcher, WebhookNotifier\n"
+        "dispatcher = Dispatcher()\n"
+        "dispatcher.add_route(WebhookNotifier(sys.argv[1]), group_wait_s=0)\n"
+        "for name in ('A', 'B', 'C'):\n"
+        "    dispatcher.on_evaluated(1_800_000_000.0, (alert(name),))\n"
+    )
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, str(script), hook.url, str(Path(__file__).parent)],
+        check=False,
+        timeout=30,
+        capture_output=True,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert sorted(r.json()["groupLabels"]["alertname"] for r in hook.wait_for(3)) == ["A", "B", "C"]
+
+
+def test_an_async_handler_that_never_finishes_is_given_up_at_the_deadline() -> None:
+    dispatcher = Dispatcher(retry=RetryPolicy(deadline_s=0.3, backoff_base_s=0.01, backoff_max_s=0.02))
+    got: list[str] = []
+
+    async def hangs(notification: Notification) -> None:
+        await asyncio.Event().wait()
+
+    dispatcher.add_route(hangs, group_wait_s=0)
+    dispatcher.add_route(lambda n: got.append(n.title), group_wait_s=0, name="steady")
+    try:
+        fire(dispatcher, alert())
+        assert dispatcher.flush(5.0)
+        assert dispatcher.stats.snapshot()["hangs"]["failed"] == 1
+        assert got == ["[FIRING:1] HighCPU (warning)"]
+    finally:
+        dispatcher.shutdown(1.0)

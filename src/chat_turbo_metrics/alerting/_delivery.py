@@ -98,6 +98,10 @@ class DeliveryStats:
         else:
             self._outcomes.add(amount, {"notifier": notifier, "outcome": outcome})
 
+    def after_fork(self) -> None:
+        """In a forked child: a lock held by the parent's threads at the fork is not the child's."""
+        self._lock = threading.Lock()
+
     def snapshot(self) -> dict[str, dict[str, int]]:
         """A copy: notifier -> outcome -> count."""
         with self._lock:
@@ -283,7 +287,8 @@ class Channel:
         if inspect.isawaitable(result):
             if self._loop is None:
                 self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(_awaited(result))
+            # an async handler that never finishes would hold its queue forever: bound it by the deadline
+            self._loop.run_until_complete(asyncio.wait_for(_awaited(result), self._policy.deadline_s))
 
 
 async def _awaited(result: Awaitable[None]) -> None:

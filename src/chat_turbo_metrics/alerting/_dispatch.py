@@ -18,6 +18,7 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from opentelemetry import metrics
 
 from chat_turbo_metrics.alerting._delivery import Channel, DeliveryStats, Job, RetryPolicy, Sender
 from chat_turbo_metrics.alerting._matchers import Matcher, Matchers, match_all, parse_matchers
-from chat_turbo_metrics.alerting._model import Alert
+from chat_turbo_metrics.alerting._model import Alert, AlertTransition
 from chat_turbo_metrics.alerting._nflog import LogEntry, NotificationLog
 from chat_turbo_metrics.alerting._notification import Notification
 from chat_turbo_metrics.alerting._routing import Inhibition, Route, group_key, needs_update
@@ -115,6 +116,7 @@ class Dispatcher:
         self._forwarders: list[tuple[Any, tuple[Matcher, ...], list[Channel]]] = []
         self._groups: dict[tuple[str, str], _Group] = {}
         self._tracked: dict[str, _Tracked] = {}
+        self._ended: deque[Alert] = deque(maxlen=10_000)  # resolved between evaluations (see on_transition)
         self._sources: list[list[Alert]] = []  # per inhibition rule: the firing alerts that match its source
         self._closed = False
         self._warned_error = False
@@ -244,7 +246,20 @@ class Dispatcher:
                 self._warned_error = True
                 _logger.exception("alert dispatch failed; notifications may be missing (logged once)")
 
+    def on_transition(self, transition: AlertTransition) -> None:
+        """The listener: keeps alerts that resolve between evaluations for the next one.
+
+        A rule removed or disabled, or an alert resolved by hand, resolves its firing alerts outside an
+        evaluation; without this their resolution would wait for ``resolve_timeout_s``.
+        """
+        if transition.previous == "firing" and transition.current == "resolved":
+            with self._lock:
+                self._ended.append(transition.alert)
+
     def _dispatch(self, now: float, alerts: tuple[Alert, ...]) -> None:
+        if self._ended:
+            alerts = (*self._ended, *alerts)  # the evaluation's own reports come later and win
+            self._ended.clear()
         reported = self._ingest(now, alerts)
         for forwarder, parsed, channels in self._forwarders:
             chosen = [alert for alert in reported if match_all(parsed, alert.labels)]
@@ -370,6 +385,8 @@ class Dispatcher:
 
     def _after_fork(self) -> None:
         self._lock = threading.RLock()
+        self._log.after_fork()
+        self.stats.after_fork()
         for channel in self._channels():
             channel.after_fork()
 

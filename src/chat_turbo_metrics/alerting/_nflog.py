@@ -45,9 +45,15 @@ class NotificationLog:
         self._retention_s = retention_s
         self._entries: dict[tuple[str, str], LogEntry] = {}
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._dirty = False
         if self._path is not None:
             self._entries = _read(self._path)
+
+    def after_fork(self) -> None:
+        """In a forked child: locks held by the parent's threads at the fork are not the child's."""
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
 
     def get(self, key: tuple[str, str]) -> LogEntry | None:
         """The entry for ``key``, or None if this receiver was never told about this group."""
@@ -75,6 +81,10 @@ class NotificationLog:
 
     def save(self, now: float) -> None:
         """Forget entries older than the retention; write the rest to the file, if there is one, when changed."""
+        with self._write_lock:  # one writer at a time, so an older snapshot never replaces a newer file
+            self._save(now)
+
+    def _save(self, now: float) -> None:
         with self._lock:
             if not self._dirty:
                 return
