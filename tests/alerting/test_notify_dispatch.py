@@ -356,3 +356,40 @@ def test_a_corrupt_notification_log_costs_a_repeat_not_a_message(make_dispatcher
         step(dispatcher, clock, offset, (alert(at=T0),))
     assert [at for at, _ in recorder.sent] == [30]
     assert json.loads(log.read_text())["entries"][0]["receiver"] == "Recorder"
+
+
+def test_concurrent_evaluations_send_each_group_once(make_dispatcher, clock) -> None:
+    import threading
+
+    dispatcher = make_dispatcher()
+    recorder = Recorder(clock)
+    dispatcher.add_route(recorder, group_wait_s=0, group_by=("alertname", "instance"))
+    alerts = tuple(alert(instance=f"web-{i}", at=T0) for i in range(20))
+    start = threading.Barrier(4)
+
+    def evaluate() -> None:
+        start.wait()
+        for _ in range(50):
+            dispatcher.on_evaluated(T0, alerts)
+
+    threads = [threading.Thread(target=evaluate) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert dispatcher.flush(5.0)
+    assert sorted(n.group_labels["instance"] for _, n in recorder.sent) == sorted(f"web-{i}" for i in range(20))
+
+
+def test_group_by_every_label_sends_one_message_per_alert(make_dispatcher, clock) -> None:
+    dispatcher = make_dispatcher()
+    recorder = Recorder(clock)
+    dispatcher.add_route(recorder, group_by=("...",), group_wait_s=0)
+    one = alert(instance="web-1", at=T0)
+    same_labels_other_order = dataclasses.replace(one, labels=dict(reversed(list(one.labels.items()))))
+    step(dispatcher, clock, 0, (one, alert(instance="web-2", at=T0)))
+    step(dispatcher, clock, 15, (same_labels_other_order, alert(instance="web-2", at=T0)))
+    assert sorted(n.title for _, n in recorder.sent) == [
+        "[FIRING:1] HighCPU web-1 warning",
+        "[FIRING:1] HighCPU web-2 warning",
+    ]

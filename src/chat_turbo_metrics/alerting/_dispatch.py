@@ -114,10 +114,10 @@ class Dispatcher:
         self._routes: list[Route] = []
         self._inhibitions: list[Inhibition] = []
         self._forwarders: list[tuple[Any, tuple[Matcher, ...], list[Channel]]] = []
-        self._groups: dict[tuple[str, str], _Group] = {}
+        self._groups: dict[tuple[str, Any], _Group] = {}  # (route name, group label items) -> group
         self._tracked: dict[str, _Tracked] = {}
         self._ended: deque[Alert] = deque(maxlen=10_000)  # resolved between evaluations (see on_transition)
-        self._sources: list[list[Alert]] = []  # per inhibition rule: the firing alerts that match its source
+        self._sources: list[list[tuple[str, Alert]]] = []  # per inhibition: firing (fp, alert) matching its source
         self._closed = False
         self._warned_error = False
         _live.add(self)
@@ -262,62 +262,67 @@ class Dispatcher:
             self._ended.clear()
         reported = self._ingest(now, alerts)
         for forwarder, parsed, channels in self._forwarders:
-            chosen = [alert for alert in reported if match_all(parsed, alert.labels)]
+            chosen = [alert for _, alert in reported if match_all(parsed, alert.labels)]
             for payload in forwarder.due(now, chosen):
                 for channel in channels:
                     channel.submit(Job(payload, on_done=lambda ok: None))
         due = [(key, group) for key, group in self._groups.items() if group.next_flush <= now]
         if due:
-            firing = [tracked.alert for tracked in self._tracked.values()]
-            self._sources = [[a for a in firing if match_all(rule.source, a.labels)] for rule in self._inhibitions]
+            firing = [(fp, tracked.alert) for fp, tracked in self._tracked.items()]
+            self._sources = [
+                [(fp, a) for fp, a in firing if match_all(rule.source, a.labels)] for rule in self._inhibitions
+            ]
             for key, group in due:
                 self._flush(key, group, now)
 
-    def _ingest(self, now: float, alerts: tuple[Alert, ...]) -> list[Alert]:
+    def _ingest(self, now: float, alerts: tuple[Alert, ...]) -> list[tuple[str, Alert]]:
         """Update tracked alerts and groups; return the firing and resolved alerts of this evaluation."""
-        seen: list[Alert] = []
+        seen: list[tuple[str, Alert]] = []
         for alert in alerts:
             if alert.state == "pending":
                 continue
+            fp = alert.fingerprint  # a hash of the labels: computed once per alert and evaluation
             if alert.state == "firing":
-                self._tracked[alert.fingerprint] = _Tracked(alert, now)
+                self._tracked[fp] = _Tracked(alert, now)
             else:
-                self._tracked.pop(alert.fingerprint, None)
-            seen.append(alert)
-        reported = {alert.fingerprint for alert in seen}
+                self._tracked.pop(fp, None)
+            seen.append((fp, alert))
+        reported = {fp for fp, _ in seen}
         for fp, tracked in list(self._tracked.items()):
             if fp not in reported and now - tracked.last_seen >= self._resolve_timeout_s:
                 del self._tracked[fp]
-                seen.append(dataclasses.replace(tracked.alert, state="resolved", resolved_at=tracked.last_seen))
-        for alert in seen:
-            self._file(alert, now)
+                seen.append((fp, dataclasses.replace(tracked.alert, state="resolved", resolved_at=tracked.last_seen)))
+        for fp, alert in seen:
+            self._file(fp, alert, now)
         return seen
 
-    def _file(self, alert: Alert, now: float) -> None:
+    def _file(self, fp: str, alert: Alert, now: float) -> None:
         for route in self._routes:
             if not match_all(route.matchers, alert.labels):
                 continue
             labels = route.group_of(alert.labels)
-            key = group_key(route, labels)
-            group = self._groups.get((route.name, key))
+            identity = (route.name, tuple(labels.items()))  # cheap; the group key text is made once per group
+            group = self._groups.get(identity)
             if group is None:
-                group = _Group(route, labels, key, next_flush=now + route.group_wait_s)
-                self._groups[(route.name, key)] = group
-            group.alerts[alert.fingerprint] = alert
+                group = _Group(route, labels, group_key(route, labels), next_flush=now + route.group_wait_s)
+                self._groups[identity] = group
+            group.alerts[fp] = alert
             started = alert.fired_at if alert.fired_at is not None else alert.active_at
             if not group.flushed and started + route.group_wait_s <= now:
                 group.next_flush = min(group.next_flush, now)  # an old alert (e.g. after a restart): no wait
 
-    def _muted(self, alert: Alert) -> bool:
+    def _muted(self, fp: str, alert: Alert) -> bool:
         if alert.silenced:
             return True
-        return any(rule.mutes(alert, sources) for rule, sources in zip(self._inhibitions, self._sources, strict=True))
+        rules = zip(self._inhibitions, self._sources, strict=True)
+        return any(rule.mutes(fp, alert, sources) for rule, sources in rules)
 
-    def _flush(self, key: tuple[str, str], group: _Group, now: float) -> None:
+    def _flush(self, identity: tuple[str, Any], group: _Group, now: float) -> None:
         route = group.route
-        current = [alert for alert in group.alerts.values() if not self._muted(alert)]
-        firing = {a.fingerprint: a for a in current if a.state == "firing"}
-        resolved = {a.fingerprint: a for a in current if a.state == "resolved"}
+        key = (route.name, group.key)
+        current = [(fp, alert) for fp, alert in group.alerts.items() if not self._muted(fp, alert)]
+        firing = {fp: a for fp, a in current if a.state == "firing"}
+        resolved = {fp: a for fp, a in current if a.state == "resolved"}
         previous = self._log.get(key)
         if needs_update(previous, firing, resolved, route, now):
             entry = LogEntry(frozenset(firing), frozenset(resolved), now)
@@ -334,7 +339,7 @@ class Dispatcher:
             group.flushed = True
             group.next_flush = now + route.group_interval_s
         else:
-            del self._groups[key]
+            del self._groups[identity]
 
     def _on_done_callback(
         self, key: tuple[str, str], entry: LogEntry, previous: LogEntry | None

@@ -33,9 +33,9 @@ class Route:
     channel: Channel = field(repr=False, compare=False)
 
     def group_of(self, labels: dict[str, str] | Any) -> dict[str, str]:
-        """The labels that name this alert's group."""
+        """The labels that name this alert's group, in a fixed order (group_by's, or sorted for ``...``)."""
         if ALL_LABELS in self.group_by:
-            return dict(labels)
+            return dict(sorted(labels.items()))
         return {key: labels[key] for key in self.group_by if key in labels}
 
 
@@ -47,15 +47,16 @@ class Inhibition:
     target: tuple[Matcher, ...]
     equal: tuple[str, ...]
 
-    def mutes(self, alert: Alert, sources: Iterable[Alert]) -> bool:
-        """True when ``alert`` is a target and a firing alert of ``sources`` (those matching ``source``) mutes it."""
+    def mutes(self, fp: str, alert: Alert, sources: Iterable[tuple[str, Alert]]) -> bool:
+        """True when ``alert`` (fingerprint ``fp``) is a target and one of the firing ``sources`` mutes it.
+
+        ``sources`` are (fingerprint, alert) pairs of the firing alerts that match ``source``.
+        """
         if not match_all(self.target, alert.labels):
             return False
-        own = alert.fingerprint
         return any(
-            source.fingerprint != own
-            and all(source.labels.get(key, "") == alert.labels.get(key, "") for key in self.equal)
-            for source in sources
+            source_fp != fp and all(source.labels.get(key, "") == alert.labels.get(key, "") for key in self.equal)
+            for source_fp, source in sources
         )
 
 
