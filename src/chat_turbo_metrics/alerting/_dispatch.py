@@ -31,7 +31,7 @@ from chat_turbo_metrics.alerting._matchers import Matcher, Matchers, match_all, 
 from chat_turbo_metrics.alerting._model import Alert, AlertTransition
 from chat_turbo_metrics.alerting._nflog import LogEntry, NotificationLog
 from chat_turbo_metrics.alerting._notification import Notification
-from chat_turbo_metrics.alerting._routing import Inhibition, Route, group_key, needs_update
+from chat_turbo_metrics.alerting._routing import Forwarder, Inhibition, Route, group_key, needs_update
 
 _logger = logging.getLogger("chat_turbo_metrics.alerting")
 
@@ -113,7 +113,7 @@ class Dispatcher:
         self._lock = threading.RLock()
         self._routes: list[Route] = []
         self._inhibitions: list[Inhibition] = []
-        self._forwarders: list[tuple[Any, tuple[Matcher, ...], list[Channel]]] = []
+        self._forwarders: list[tuple[Forwarder, tuple[Matcher, ...], list[Channel]]] = []
         self._groups: dict[tuple[str, Any], _Group] = {}  # (route name, group label items) -> group
         self._tracked: dict[str, _Tracked] = {}
         self._ended: deque[Alert] = deque(maxlen=10_000)  # resolved between evaluations (see on_transition)
@@ -198,7 +198,7 @@ class Dispatcher:
         with self._lock:
             self._inhibitions.append(inhibition)
 
-    def add_forwarder(self, forwarder: Any, *, matchers: Matchers = None) -> None:
+    def add_forwarder(self, forwarder: Forwarder, *, matchers: Matchers = None) -> None:
         """Forward alerts to Alertmanager instances (an :class:`AlertmanagerForwarder`), each on its own queue.
 
         Raises:

@@ -5,9 +5,9 @@ The pure decisions of dispatch, kept apart from its state so each can be read (a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from chat_turbo_metrics.alerting._delivery import Channel, Sender
 from chat_turbo_metrics.alerting._matchers import Matcher, match_all
@@ -58,6 +58,18 @@ class Inhibition:
             source_fp != fp and all(source.labels.get(key, "") == alert.labels.get(key, "") for key in self.equal)
             for source_fp, source in sources
         )
+
+
+class Forwarder(Protocol):
+    """Hands alerts to another alerting system (:class:`~chat_turbo_metrics.alerting.AlertmanagerForwarder`)."""
+
+    def senders(self) -> list[tuple[str, Callable[[bytes], None]]]:
+        """One (name, send) per destination; each gets its own delivery queue."""
+        ...
+
+    def due(self, now: float, alerts: Sequence[Alert]) -> list[bytes]:
+        """The bodies to send at ``now``, given this evaluation's firing and resolved alerts."""
+        ...
 
 
 def group_key(route: Route, labels: dict[str, str]) -> str:
