@@ -247,3 +247,12 @@ def test_bad_password_variable_is_not_echoed() -> None:
     assert config.alert_email_password is not None
     assert config.alert_email_password.reveal() == "hunter2"
     assert notifiers_from_config(MonitoringConfig()) == []
+
+
+def test_untrusted_certificate_is_final_not_retried(smtp_server) -> None:
+    port, mailbox, _ = smtp_server("tls")
+    notifier = EmailNotifier("127.0.0.1", port, "a@chat.example", ["b@chat.example"], tls="tls", timeout_s=5)
+    with pytest.raises(DeliveryError) as caught:  # the system's trust store does not know our test CA
+        notifier(Notification.for_alerts("ops", [alert()], {"alertname": "HighCPU"}))
+    assert not caught.value.retryable
+    assert mailbox.messages == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import http.client
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -65,7 +66,8 @@ def post(url: Secret, body: bytes, headers: Mapping[str, str], timeout_s: float)
         wait = retry_after_seconds(error.headers.get("Retry-After")) if error.headers else None
         raise DeliveryError(f"HTTP {status} from {url}", retryable=retryable, retry_after_s=wait) from None
     except urllib.error.URLError as error:
-        raise DeliveryError(f"cannot reach {url}: {_scrubbed(error.reason, url)}") from None
+        final = isinstance(error.reason, ssl.SSLCertVerificationError)  # retrying cannot make it trusted
+        raise DeliveryError(f"cannot reach {url}: {_scrubbed(error.reason, url)}", retryable=not final) from None
     except (OSError, http.client.HTTPException) as error:
         raise DeliveryError(f"cannot reach {url}: {_scrubbed(error, url)}") from None
 

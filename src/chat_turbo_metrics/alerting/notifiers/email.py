@@ -110,6 +110,8 @@ class EmailNotifier:
             raise DeliveryError(f"all recipients refused by {self._host}:{self._port}", retryable=False) from None
         except smtplib.SMTPNotSupportedError as error:
             raise DeliveryError(f"{self._host}:{self._port}: {error}", retryable=False) from None
+        except ssl.SSLCertVerificationError as error:  # retrying cannot make an untrusted certificate trusted
+            raise DeliveryError(f"{self._host}:{self._port}: {error.verify_message}", retryable=False) from None
         except (OSError, smtplib.SMTPException) as error:
             raise DeliveryError(f"cannot send through {self._host}:{self._port}: {error}") from None
 
