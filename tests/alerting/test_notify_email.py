@@ -256,3 +256,17 @@ def test_untrusted_certificate_is_final_not_retried(smtp_server) -> None:
         notifier(Notification.for_alerts("ops", [alert()], {"alertname": "HighCPU"}))
     assert not caught.value.retryable
     assert mailbox.messages == []
+
+
+def test_config_command_masks_the_smtp_password() -> None:
+    import io
+
+    from chat_turbo_metrics._config_command import run_config_command
+
+    out = io.StringIO()
+    run_config_command("test", {"ALERT_EMAIL_PASSWORD": "hunter2-secret", "ALERT_EMAIL_HOST": "smtp.x"}, out)
+    shown = out.getvalue()
+    rows = {line.split("=")[0].strip(): line for line in shown.splitlines()}
+    assert rows["alert_email_host"].endswith("= 'smtp.x'  (ALERT_EMAIL_HOST)")
+    assert rows["alert_email_password"].endswith("(ALERT_EMAIL_PASSWORD)")
+    assert "hunter2-secret" not in shown
