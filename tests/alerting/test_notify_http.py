@@ -369,3 +369,38 @@ def test_an_async_handler_that_never_finishes_is_given_up_at_the_deadline() -> N
         assert got == ["[FIRING:1] HighCPU (warning)"]
     finally:
         dispatcher.shutdown(1.0)
+
+
+def test_a_peer_that_hangs_up_without_answering_is_retried_then_counted_failed(caplog) -> None:
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted: list[int] = []
+
+    def hang_up() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            connection.recv(65536)
+            connection.close()  # no status line: the client sees the peer vanish
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/hook/secret-token"
+    dispatcher = Dispatcher(retry=RetryPolicy(deadline_s=0.5, backoff_base_s=0.02, backoff_max_s=0.05))
+    try:
+        dispatcher.add_route(WebhookNotifier(url), group_wait_s=0)
+        with caplog.at_level(logging.WARNING):
+            fire(dispatcher, alert())
+            assert dispatcher.flush(10.0)
+        stats = dispatcher.stats.snapshot()["webhook"]
+        assert (stats["sent"], stats["failed"]) == (0, 1)
+        assert len(accepted) == stats["retries"] + 1 >= 2
+        assert "secret-token" not in caplog.text
+    finally:
+        dispatcher.shutdown(1.0)
+        server.close()

@@ -130,3 +130,28 @@ def test_email_enabled_without_a_server_fails_when_the_manager_is_made(monitor_f
     monitor = monitor_factory(alert_email_enabled=True, alert_email_from="a@x", alert_email_to=("b@x",))
     with pytest.raises(ConfigurationError, match="ALERT_EMAIL_HOST"):
         AlertManager(monitor)
+
+
+def test_background_evaluation_delivers_to_a_webhook_off_the_application_thread(monitor_factory, receivers) -> None:
+    import threading
+
+    from chat_turbo_metrics.alerting import WebhookNotifier
+
+    hook = receivers()
+    monitor = monitor_factory(export_interval_s=0.05)
+    manager = AlertManager(monitor, evaluation_interval_s=0.05)
+    manager.add_rule({"id": "mem", "name": "HighMemory", "metric": "memory_usage_mb", "condition": "gt",
+                      "threshold": 500, "severity": "warning"})  # fmt: skip
+    called_on: list[str] = []
+    manager.add_route(lambda n: called_on.append(threading.current_thread().name), group_wait_s=0, name="spy")
+    manager.add_route(WebhookNotifier(hook.url), group_wait_s=0)
+    monitor.record_gauge("memory_usage_mb", 512)
+    manager.start()
+    try:
+        (request,) = hook.wait_for(1, timeout_s=20)
+        assert request.json()["commonLabels"]["alertname"] == "HighMemory"
+        assert manager.flush(5.0)
+        assert called_on == ["alert-notify-spy"]  # a delivery worker, not the application nor the evaluator
+    finally:
+        manager.stop()
+        manager.dispatcher.shutdown(5.0)
