@@ -44,6 +44,14 @@ def test_bad_route_settings_are_named(dispatcher, options, named) -> None:
         dispatcher.add_route(print, **options)
 
 
+def test_route_names_are_unique_and_an_explicit_duplicate_is_an_error(dispatcher) -> None:
+    first, second = dispatcher.add_route(print), dispatcher.add_route(print)
+    assert (first.name, second.name) == ("print", "print-2")
+    dispatcher.add_route(print, name="ops")
+    with pytest.raises(ValueError, match="'ops'"):
+        dispatcher.add_route(print, name="ops")
+
+
 def test_a_notifier_must_be_callable(dispatcher) -> None:
     with pytest.raises(ValueError, match="notifier"):
         dispatcher.add_route("https://hooks.slack.com/x")  # type: ignore[arg-type]
@@ -51,7 +59,11 @@ def test_a_notifier_must_be_callable(dispatcher) -> None:
 
 @pytest.mark.parametrize(
     ("options", "named"),
-    [({"queue_size": 0}, "queue_size"), ({"resolve_timeout_s": 0}, "resolve_timeout_s")],
+    [
+        ({"queue_size": 0}, "queue_size"),
+        ({"resolve_timeout_s": 0}, "resolve_timeout_s"),
+        ({"resolve_timeout_s": float("nan")}, "resolve_timeout_s"),
+    ],
 )
 def test_bad_dispatcher_settings_are_named(options, named) -> None:
     with pytest.raises(ValueError, match=named):

@@ -100,7 +100,7 @@ class Dispatcher:
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size={queue_size!r}: must be >= 1")
-        if resolve_timeout_s <= 0:
+        if not resolve_timeout_s > 0:
             raise ValueError(f"resolve_timeout_s={resolve_timeout_s!r}: must be > 0")
         self._clock = clock
         self._log = NotificationLog(Path(notification_log) if notification_log is not None else None)
@@ -147,7 +147,9 @@ class Dispatcher:
             group_interval_s: then look at the group this often for changes.
             repeat_interval_s: resend an unchanged, still firing group this often.
             send_resolved: also tell this notifier when alerts resolve.
-            name: the receiver's name in payloads, metrics and the notification log (default: the notifier's).
+            name: the receiver's name in payloads, metrics and the notification log (default: the notifier's,
+                with ``-2``, ``-3``, ... for further routes to the same kind). Name routes when a notification log
+                is kept, so a restart that adds them in another order still finds what each was told.
 
         Returns:
             The route.
@@ -168,6 +170,8 @@ class Dispatcher:
             raise ValueError(f"notifier={notifier!r}: expected a notifier or a callable taking a Notification")
         parsed = parse_matchers(matchers, "matchers")
         with self._lock:
+            if name is not None and self._unique(name) != name:  # the notification log is keyed by it
+                raise ValueError(f"name={name!r}: a route or forwarder already has this name")
             name = self._unique(name or _notifier_name(notifier))
             channel = self._channel(name, notifier)
             route = Route(

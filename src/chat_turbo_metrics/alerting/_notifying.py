@@ -7,13 +7,14 @@ and its ``add_evaluation_hook`` / ``add_listener``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from chat_turbo_metrics.alerting._delivery import Sender
 from chat_turbo_metrics.alerting._dispatch import Dispatcher
 from chat_turbo_metrics.alerting._matchers import Matchers
 from chat_turbo_metrics.alerting._model import AlertListener, EvaluationHook
-from chat_turbo_metrics.alerting._routing import Route
+from chat_turbo_metrics.alerting._routing import Forwarder, Route
 from chat_turbo_metrics.alerting.notifiers.configured import notifiers_from_config
 
 
@@ -59,10 +60,22 @@ class Notifying:
         self.add_evaluation_hook(dispatcher.on_evaluated)
         self.add_listener(dispatcher.on_transition)
 
-    def add_route(self, notifier: Any, **options: Any) -> Route:
-        """Send alerts to ``notifier``, grouped, throttled and deduplicated: see :meth:`Dispatcher.add_route`.
+    def add_route(
+        self,
+        notifier: Sender,
+        *,
+        matchers: Matchers = None,
+        group_by: Sequence[str] = ("alertname",),
+        group_wait_s: float = 30.0,
+        group_interval_s: float = 300.0,
+        repeat_interval_s: float = 14400.0,
+        send_resolved: bool = True,
+        name: str | None = None,
+    ) -> Route:
+        """Send alerts to ``notifier``, grouped, throttled and deduplicated (Alertmanager's routing model).
 
-        Every evaluation then sends what is due at its time (``evaluate(now=t)``: at ``t``).
+        Every evaluation then sends what is due at its time (``evaluate(now=t)``: at ``t``). The arguments are
+        :meth:`Dispatcher.add_route`'s.
 
         Returns:
             The route.
@@ -70,7 +83,16 @@ class Notifying:
         Raises:
             ValueError: a bad setting, named in the message.
         """
-        return self.dispatcher.add_route(notifier, **options)
+        return self.dispatcher.add_route(
+            notifier,
+            matchers=matchers,
+            group_by=group_by,
+            group_wait_s=group_wait_s,
+            group_interval_s=group_interval_s,
+            repeat_interval_s=repeat_interval_s,
+            send_resolved=send_resolved,
+            name=name,
+        )
 
     def add_inhibition(self, source_matchers: Matchers, target_matchers: Matchers, equal: Iterable[str] = ()) -> None:
         """Mute target alerts while a source alert with equal labels fires: see :meth:`Dispatcher.add_inhibition`.
@@ -80,7 +102,7 @@ class Notifying:
         """
         self.dispatcher.add_inhibition(source_matchers, target_matchers, tuple(equal))
 
-    def add_forwarder(self, forwarder: Any, *, matchers: Matchers = None) -> None:
+    def add_forwarder(self, forwarder: Forwarder, *, matchers: Matchers = None) -> None:
         """Forward alerts to Alertmanager instances: see :meth:`Dispatcher.add_forwarder`.
 
         Raises:
