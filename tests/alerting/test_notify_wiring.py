@@ -60,6 +60,8 @@ def test_evaluate_sends_firing_after_group_wait_and_resolved_at_the_next_interva
         (90, "firing", "[FIRING:1] HighCPU (a warning)"),
         (390, "resolved", "[RESOLVED] HighCPU (a warning)"),
     ]
+    # the manager's own dispatcher counts into the monitor's pipeline
+    assert 'alert_notifications_total{notifier="Inbox",outcome="sent"} 2' in monitor.snapshot().to_prometheus()
 
 
 def test_silenced_alerts_are_not_sent_and_acknowledged_ones_not_repeated(setup) -> None:
@@ -155,3 +157,31 @@ def test_background_evaluation_delivers_to_a_webhook_off_the_application_thread(
     finally:
         manager.stop()
         manager.dispatcher.shutdown(5.0)
+
+
+def test_delivery_outcomes_are_metrics_of_the_monitors_pipeline(monitor_factory) -> None:
+    from chat_turbo_metrics.alerting import RetryPolicy
+
+    monitor = monitor_factory()
+    start = float(int(time.time()))
+    clock = Clock(start)
+    retry = RetryPolicy(deadline_s=0.2, backoff_base_s=0.01, backoff_max_s=0.02)
+    dispatcher = Dispatcher(clock=clock, retry=retry, meter_provider=monitor.pipeline.meter_provider)
+    manager = AlertManager(monitor, clock=clock, evaluation_interval_s=15, dispatcher=dispatcher)
+    manager.add_rule({"id": "cpu", "name": "HighCPU", "metric": "cpu_usage_percent", "condition": "gt",
+                      "threshold": 90, "severity": "warning"})  # fmt: skip
+
+    def broken(notification: Notification) -> None:
+        raise RuntimeError("down")
+
+    manager.add_route(lambda n: None, name="ops")
+    manager.add_route(broken, name="pager")
+    monitor.record_gauge("cpu_usage_percent", 97.0, {"host": "a"})
+    try:
+        run(manager, clock, start, 120)
+        text = monitor.snapshot().to_prometheus()
+        assert 'alert_notifications_total{notifier="ops",outcome="sent"} 1' in text
+        assert 'alert_notifications_total{notifier="pager",outcome="failed"} 1' in text
+        assert 'alert_notification_retries_total{notifier="pager"}' in text
+    finally:
+        dispatcher.shutdown(5.0)
