@@ -113,6 +113,13 @@ class MonitoringConfig:
     database_url: Secret | None = None
     alert_email_enabled: bool = False
     alert_slack_webhook_url: Secret | None = None
+    alert_email_host: str = ""
+    alert_email_port: int = 587
+    alert_email_from: str = ""
+    alert_email_to: tuple[str, ...] = ()
+    alert_email_username: str = ""
+    alert_email_password: Secret | None = None
+    alert_email_tls: str = "starttls"
     views: tuple[ViewConfig, ...] = ()
     # Where each setting came from (a variable name, a file path or "code"); missing ones are defaults.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -159,6 +166,8 @@ def _check_config(config: MonitoringConfig) -> None:
         ("service_name", bool(config.service_name), "must not be empty"),
         ("file_path", bool(config.file_path.strip()), "must be a file path, not empty"),
         ("prometheus_host", bool(config.prometheus_host.strip()), "must be a host name or address, not empty"),
+        ("alert_email_port", 0 < config.alert_email_port <= 65535, "must be a TCP port (1-65535)"),
+        ("alert_email_tls", config.alert_email_tls in ("starttls", "tls", "none"), "must be starttls, tls or none"),
     ]
     for name, ok, why in checks:
         if not ok:
@@ -206,9 +215,16 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "database_url": parse_database_url,
     "alert_email_enabled": parse_bool,
     "alert_slack_webhook_url": parse_secret,
+    "alert_email_host": parse_str,
+    "alert_email_port": parse_int,
+    "alert_email_from": parse_str,
+    "alert_email_to": parse_names,
+    "alert_email_username": parse_str,
+    "alert_email_password": parse_secret,
+    "alert_email_tls": parse_str,
     "views": _parse_views,
 }
-_SECRET_SETTINGS = frozenset(("database_url", "alert_slack_webhook_url"))
+_SECRET_SETTINGS = frozenset(("database_url", "alert_slack_webhook_url", "alert_email_password"))
 
 
 def _from_mapping(
@@ -302,6 +318,13 @@ _SEED_ENV: tuple[_EnvVar, ...] = (
     _EnvVar("METRICS_CARDINALITY_LIMIT", "cardinality_limit"),
     _EnvVar("ALERT_EMAIL_ENABLED", "alert_email_enabled"),
     _EnvVar("ALERT_SLACK_WEBHOOK_URL", "alert_slack_webhook_url"),
+    _EnvVar("ALERT_EMAIL_HOST", "alert_email_host"),
+    _EnvVar("ALERT_EMAIL_PORT", "alert_email_port"),
+    _EnvVar("ALERT_EMAIL_FROM", "alert_email_from"),
+    _EnvVar("ALERT_EMAIL_TO", "alert_email_to"),
+    _EnvVar("ALERT_EMAIL_USERNAME", "alert_email_username"),
+    _EnvVar("ALERT_EMAIL_PASSWORD", "alert_email_password"),
+    _EnvVar("ALERT_EMAIL_TLS", "alert_email_tls"),
     _EnvVar("METRICS_PROMETHEUS_PORT", "prometheus_port"),
     _EnvVar("METRICS_FILE_PATH", "file_path", empty_is_error=True),
     _EnvVar("METRICS_DATABASE_URL", "database_url"),

@@ -25,6 +25,27 @@ ALERT_EMAIL_ENABLED = "ALERT_EMAIL_ENABLED"
 ALERT_SLACK_WEBHOOK_URL = "ALERT_SLACK_WEBHOOK_URL"
 """Slack incoming-webhook URL for alert notifications (a secret: never logged)."""
 
+ALERT_EMAIL_HOST = "ALERT_EMAIL_HOST"
+"""SMTP server for alert emails."""
+
+ALERT_EMAIL_PORT = "ALERT_EMAIL_PORT"
+"""SMTP port (587)."""
+
+ALERT_EMAIL_FROM = "ALERT_EMAIL_FROM"
+"""Sender address of alert emails."""
+
+ALERT_EMAIL_TO = "ALERT_EMAIL_TO"
+"""Comma-separated recipient addresses of alert emails."""
+
+ALERT_EMAIL_USERNAME = "ALERT_EMAIL_USERNAME"
+"""SMTP login user (no login when empty)."""
+
+ALERT_EMAIL_PASSWORD = "ALERT_EMAIL_PASSWORD"
+"""SMTP login password (a secret: never logged)."""
+
+ALERT_EMAIL_TLS = "ALERT_EMAIL_TLS"
+"""``starttls`` (default), ``tls`` (implicit TLS, usually port 465) or ``none``."""
+
 METRICS_PROMETHEUS_PORT = "METRICS_PROMETHEUS_PORT"
 """Port of the ``/metrics`` endpoint (twin: ``OTEL_EXPORTER_PROMETHEUS_PORT``)."""
 

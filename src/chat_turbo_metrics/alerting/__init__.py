@@ -12,8 +12,11 @@ Example:
     >>> monitor.shutdown()
 """
 
+from chat_turbo_metrics.alerting._delivery import DeliveryError, DeliveryStats, RetryPolicy
+from chat_turbo_metrics.alerting._dispatch import Dispatcher
 from chat_turbo_metrics.alerting._files import load_rules
 from chat_turbo_metrics.alerting._lifecycle import Silence
+from chat_turbo_metrics.alerting._matchers import Matcher
 from chat_turbo_metrics.alerting._model import (
     Alert,
     AlertListener,
@@ -22,7 +25,17 @@ from chat_turbo_metrics.alerting._model import (
     EvaluationHook,
     fingerprint,
 )
+from chat_turbo_metrics.alerting._notification import Notification, NotifiedAlert
+from chat_turbo_metrics.alerting._routing import Route
 from chat_turbo_metrics.alerting.manager import AlertManager
+from chat_turbo_metrics.alerting.notifiers import (
+    AlertmanagerForwarder,
+    EmailNotifier,
+    LogNotifier,
+    SlackNotifier,
+    WebhookNotifier,
+)
+from chat_turbo_metrics.alerting.notifiers.configured import notifiers_from_config
 from chat_turbo_metrics.alerting.rules import AlertRule, RuleError, SpanSelector, parse_duration
 from chat_turbo_metrics.alerting.spans import AlertingSpanProcessor
 
@@ -34,11 +47,25 @@ __all__ = [
     "AlertState",
     "AlertTransition",
     "AlertingSpanProcessor",
+    "AlertmanagerForwarder",
+    "DeliveryError",
+    "DeliveryStats",
+    "Dispatcher",
+    "EmailNotifier",
     "EvaluationHook",
+    "LogNotifier",
+    "Matcher",
+    "Notification",
+    "NotifiedAlert",
+    "RetryPolicy",
+    "Route",
     "RuleError",
     "Silence",
+    "SlackNotifier",
     "SpanSelector",
+    "WebhookNotifier",
     "fingerprint",
     "load_rules",
+    "notifiers_from_config",
     "parse_duration",
 ]

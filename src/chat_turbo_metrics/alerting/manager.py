@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.sdk.metrics.export import MetricsData
 
 from chat_turbo_metrics.alerting._background import CycleSubscriber, register_active_gauge
+from chat_turbo_metrics.alerting._dispatch import Dispatcher
 from chat_turbo_metrics.alerting._engine import Change, RuleEvaluator
 from chat_turbo_metrics.alerting._files import load_rules
 from chat_turbo_metrics.alerting._lifecycle import History, Silence, Silences
 from chat_turbo_metrics.alerting._model import Alert, AlertListener, AlertTransition, EvaluationHook
+from chat_turbo_metrics.alerting._notifying import Notifying
 from chat_turbo_metrics.alerting._reading import SPANS, RuleReader
 from chat_turbo_metrics.alerting._statistics import STALENESS_S, SeriesStore
 from chat_turbo_metrics.alerting.rules import AlertRule, RuleError
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger("chat_turbo_metrics.alerting")
 
 
-class AlertManager:
+class AlertManager(Notifying):
     """Evaluates alert rules against the pipeline's data with Prometheus's semantics; tracks each alert's life.
 
     Example:
@@ -58,6 +60,9 @@ class AlertManager:
             when the first span rule is added).
         history_size: how many transitions :meth:`history` keeps.
         staleness_s: how long a series' last sample counts before it is missing data (Prometheus: 5 minutes).
+        dispatcher: where notifications go (:meth:`add_route`); default: one on this manager's clock, made when
+            first needed. Pass your own for a notification log on disk, or other queue and retry settings. The
+            Slack and email notifiers the monitor's configuration enables (``ALERT_*``) get a route each.
     """
 
     def __init__(
@@ -70,6 +75,7 @@ class AlertManager:
         span_processor: AlertingSpanProcessor | None = None,
         history_size: int = 1000,
         staleness_s: float = STALENESS_S,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         if monitor is None:
             from chat_turbo_metrics._monitor import PerformanceMonitor
@@ -99,6 +105,7 @@ class AlertManager:
         self._evaluating = threading.RLock()
         self._published: tuple[Alert, ...] = ()
         self._subscriber: CycleSubscriber | None = None
+        self._start_notifications(dispatcher)  # and routes to the notifiers ALERT_* variables configure
         if self._pipeline is not None:
             register_active_gauge(self._pipeline, self)
         _managers.add(self)

@@ -1,0 +1,119 @@
+"""The AlertManager's notification methods: each evaluation hands its alerts to a :class:`Dispatcher`.
+
+A mixin, so the manager's module stays about rules and alert state; it needs the manager's clock, lock, pipeline
+and its ``add_evaluation_hook`` / ``add_listener``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from chat_turbo_metrics.alerting._delivery import Sender
+from chat_turbo_metrics.alerting._dispatch import Dispatcher
+from chat_turbo_metrics.alerting._matchers import Matchers
+from chat_turbo_metrics.alerting._model import AlertListener, EvaluationHook
+from chat_turbo_metrics.alerting._routing import Forwarder, Route
+from chat_turbo_metrics.alerting.notifiers.configured import notifiers_from_config
+
+
+class Notifying:
+    """Routes, inhibitions, forwarders and flushing for :class:`~chat_turbo_metrics.alerting.AlertManager`."""
+
+    monitor: Any
+    _clock: Callable[[], float]
+    _lock: threading.RLock
+    _pipeline: Any
+    _dispatcher: Dispatcher | None
+
+    def add_evaluation_hook(self, hook: EvaluationHook) -> None:  # implemented by the manager
+        raise NotImplementedError
+
+    def add_listener(self, listener: AlertListener) -> None:  # implemented by the manager
+        raise NotImplementedError
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """Routes, groups, throttles and delivers this manager's notifications, on this manager's clock."""
+        with self._lock:
+            if self._dispatcher is None:
+                provider = self._pipeline.meter_provider if self._pipeline is not None else None
+                self._attach(Dispatcher(clock=self._clock, meter_provider=provider))
+            assert self._dispatcher is not None
+            return self._dispatcher
+
+    def _start_notifications(self, dispatcher: Dispatcher | None) -> None:
+        """At construction: use ``dispatcher``; route to what ``ALERT_SLACK_WEBHOOK_URL``/``ALERT_EMAIL_*`` ask for.
+
+        Raises:
+            ConfigurationError: email is enabled without its server, sender or recipients.
+        """
+        self._dispatcher = None
+        if dispatcher is not None:
+            self._attach(dispatcher)
+        for notifier in notifiers_from_config(self.monitor.config):
+            self.dispatcher.add_route(notifier)
+
+    def _attach(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+        self.add_evaluation_hook(dispatcher.on_evaluated)
+        self.add_listener(dispatcher.on_transition)
+
+    def add_route(
+        self,
+        notifier: Sender,
+        *,
+        matchers: Matchers = None,
+        group_by: Sequence[str] = ("alertname",),
+        group_wait_s: float = 30.0,
+        group_interval_s: float = 300.0,
+        repeat_interval_s: float = 14400.0,
+        send_resolved: bool = True,
+        name: str | None = None,
+    ) -> Route:
+        """Send alerts to ``notifier``, grouped, throttled and deduplicated (Alertmanager's routing model).
+
+        Every evaluation then sends what is due at its time (``evaluate(now=t)``: at ``t``). The arguments are
+        :meth:`Dispatcher.add_route`'s.
+
+        Returns:
+            The route.
+
+        Raises:
+            ValueError: a bad setting, named in the message.
+        """
+        return self.dispatcher.add_route(
+            notifier,
+            matchers=matchers,
+            group_by=group_by,
+            group_wait_s=group_wait_s,
+            group_interval_s=group_interval_s,
+            repeat_interval_s=repeat_interval_s,
+            send_resolved=send_resolved,
+            name=name,
+        )
+
+    def add_inhibition(self, source_matchers: Matchers, target_matchers: Matchers, equal: Iterable[str] = ()) -> None:
+        """Mute target alerts while a source alert with equal labels fires: see :meth:`Dispatcher.add_inhibition`.
+
+        Raises:
+            ValueError: a malformed matcher.
+        """
+        self.dispatcher.add_inhibition(source_matchers, target_matchers, tuple(equal))
+
+    def add_forwarder(self, forwarder: Forwarder, *, matchers: Matchers = None) -> None:
+        """Forward alerts to Alertmanager instances: see :meth:`Dispatcher.add_forwarder`.
+
+        Raises:
+            ValueError: a malformed matcher.
+        """
+        self.dispatcher.add_forwarder(forwarder, matchers=matchers)
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until queued notifications are delivered, at most ``timeout_s``.
+
+        Returns:
+            True when every queue emptied in time.
+        """
+        return self._dispatcher.flush(timeout_s) if self._dispatcher is not None else True

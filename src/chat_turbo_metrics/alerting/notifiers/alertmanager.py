@@ -1,0 +1,111 @@
+"""Forwarding to Alertmanager: ``POST /api/v2/alerts`` to one or more instances, as Prometheus does.
+
+Alertmanager then groups, silences and routes across every process that forwards to it. As Prometheus does, firing
+alerts are re-sent while they fire (every ``resend_interval_s``) with ``endsAt`` a few intervals ahead, so
+Alertmanager resolves them by itself if this process dies; a resolved alert is sent once with its end time.
+Each instance gets every batch on its own delivery queue (Alertmanager replicas deduplicate among themselves).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from chat_turbo_metrics._secret import Secret
+from chat_turbo_metrics.alerting._model import Alert
+from chat_turbo_metrics.alerting._notification import rfc3339
+from chat_turbo_metrics.alerting.notifiers._http import post
+
+_VALID_FOR_INTERVALS = 4  # Prometheus sets endsAt = now + 4 x the resend delay
+
+
+class AlertmanagerForwarder:
+    """Forwards firing and resolved alerts to Alertmanager instances; use with ``Dispatcher.add_forwarder``.
+
+    Example:
+        >>> forwarder = AlertmanagerForwarder(["http://127.0.0.1:9093"], resend_interval_s=60)
+        >>> forwarder
+        AlertmanagerForwarder(instances=1, resend_interval_s=60)
+        >>> dispatcher.add_forwarder(forwarder)  # doctest: +SKIP
+
+    Args:
+        urls: base URLs of the instances (``http://host:9093``; a path prefix is kept), ``str`` or :class:`Secret`.
+        resend_interval_s: re-send still-firing alerts this often.
+        generator_url: ``generatorURL`` of every alert (a link back to this service).
+        timeout_s: per request.
+
+    Raises:
+        ValueError: no URL, a URL that is not http(s), or a non-positive interval.
+    """
+
+    name = "alertmanager"
+
+    def __init__(
+        self,
+        urls: str | Secret | Sequence[str | Secret],
+        *,
+        resend_interval_s: float = 60.0,
+        generator_url: str = "",
+        timeout_s: float = 10.0,
+    ) -> None:
+        items = [urls] if isinstance(urls, str | Secret) else list(urls)
+        self._urls = [url if isinstance(url, Secret) else Secret(url) for url in items]
+        if not self._urls:
+            raise ValueError("urls: at least one Alertmanager URL is needed")
+        for url in self._urls:
+            if not url.reveal().startswith(("http://", "https://")):
+                raise ValueError(f"urls: {url!s} is not an http(s) URL")
+        if not resend_interval_s > 0:
+            raise ValueError(f"resend_interval_s={resend_interval_s!r}: must be > 0")
+        self._resend_s = resend_interval_s
+        self._generator_url = generator_url
+        self._timeout_s = timeout_s
+        self._sent: dict[str, float] = {}  # fingerprint -> when last sent as firing
+
+    def __repr__(self) -> str:
+        return f"AlertmanagerForwarder(instances={len(self._urls)}, resend_interval_s={self._resend_s:g})"
+
+    def senders(self) -> list[tuple[str, Callable[[bytes], None]]]:
+        """One (name, send) per instance; each send posts one prepared batch."""
+        return [(self.name, self._sender(url)) for url in self._urls]
+
+    def _sender(self, url: Secret) -> Callable[[bytes], None]:
+        endpoint = Secret(url.reveal().rstrip("/") + "/api/v2/alerts")
+
+        def send(body: bytes) -> None:
+            post(endpoint, body, {"Content-Type": "application/json"}, self._timeout_s)
+
+        return send
+
+    def due(self, now: float, alerts: Sequence[Alert]) -> list[bytes]:
+        """The batches to post at ``now``: newly firing, due for re-sending, or just resolved; silenced ones wait.
+
+        Args:
+            now: clock seconds (Unix time: Alertmanager compares ``endsAt`` with its own clock).
+            alerts: the firing and resolved alerts of this evaluation.
+
+        Returns:
+            Zero or one JSON body.
+        """
+        batch: list[dict[str, Any]] = []
+        for alert in alerts:
+            fp = alert.fingerprint
+            if alert.state == "firing" and not alert.silenced:
+                last = self._sent.get(fp)
+                if last is None or now - last >= self._resend_s:
+                    self._sent[fp] = now
+                    batch.append(self._payload(alert, now + _VALID_FOR_INTERVALS * self._resend_s))
+            elif alert.state == "resolved" and self._sent.pop(fp, None) is not None:
+                batch.append(self._payload(alert, alert.resolved_at if alert.resolved_at is not None else now))
+        return [json.dumps(batch, separators=(",", ":")).encode()] if batch else []
+
+    def _payload(self, alert: Alert, ends_at: float) -> dict[str, Any]:
+        starts = alert.fired_at if alert.fired_at is not None else alert.active_at
+        return {
+            "labels": dict(alert.labels),
+            "annotations": dict(alert.annotations),
+            "startsAt": rfc3339(starts),
+            "endsAt": rfc3339(ends_at),
+            "generatorURL": self._generator_url,
+        }

@@ -1,0 +1,60 @@
+"""The notifiers the configuration asks for: Slack when a webhook URL is set, email when it is enabled."""
+
+from __future__ import annotations
+
+from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig
+from chat_turbo_metrics.alerting._delivery import Sender
+from chat_turbo_metrics.alerting.notifiers.email import EmailNotifier
+from chat_turbo_metrics.alerting.notifiers.slack import SlackNotifier
+
+_EMAIL_REQUIRED = (
+    ("alert_email_host", "ALERT_EMAIL_HOST"),
+    ("alert_email_from", "ALERT_EMAIL_FROM"),
+    ("alert_email_to", "ALERT_EMAIL_TO"),
+)
+
+
+def notifiers_from_config(config: MonitoringConfig) -> list[Sender]:
+    """Build the notifiers ``config`` enables (``ALERT_SLACK_WEBHOOK_URL``, ``ALERT_EMAIL_*``).
+
+    Args:
+        config: the monitoring configuration.
+
+    Returns:
+        Zero, one or two notifiers, to pass to ``add_route``.
+
+    Raises:
+        ConfigurationError: email is enabled but its server, sender or recipients are missing, or the Slack URL
+            is not an http(s) URL; the message names the variable.
+
+    Example:
+        >>> from chat_turbo_metrics import MonitoringConfig
+        >>> notifiers_from_config(MonitoringConfig(alert_email_enabled=True, alert_email_host="smtp.example.com",
+        ...                                        alert_email_from="a@example.com", alert_email_to=("b@example.com",)))
+        [EmailNotifier('smtp.example.com', 587, tls='starttls', recipients=1)]
+    """
+    built: list[Sender] = []
+    if config.alert_slack_webhook_url is not None:
+        try:
+            built.append(SlackNotifier(config.alert_slack_webhook_url))
+        except ValueError as error:
+            raise ConfigurationError(f"ALERT_SLACK_WEBHOOK_URL: {error}") from None
+    if config.alert_email_enabled:
+        for setting, variable in _EMAIL_REQUIRED:
+            if not getattr(config, setting):
+                raise ConfigurationError(f"ALERT_EMAIL_ENABLED=true needs {variable} ({setting}), which is empty")
+        try:
+            built.append(
+                EmailNotifier(
+                    config.alert_email_host,
+                    config.alert_email_port,
+                    config.alert_email_from,
+                    config.alert_email_to,
+                    username=config.alert_email_username or None,
+                    password=config.alert_email_password if config.alert_email_username else None,
+                    tls=config.alert_email_tls,  # type: ignore[arg-type]  # checked by MonitoringConfig
+                )
+            )
+        except ValueError as error:
+            raise ConfigurationError(f"ALERT_EMAIL_*: {error}") from None
+    return built
