@@ -59,7 +59,9 @@ def _schema_problems(payload: Any) -> Iterator[str]:
     from datadog_api_client import ApiClient, Configuration
     from datadog_api_client.v2.model.metric_payload import MetricPayload
 
-    parsed = ApiClient(Configuration()).deserialize(json.dumps(payload), (MetricPayload,), True)
+    # The client's model is slow (~0.3 ms a series): every rule above runs on all series, this one on a sample.
+    sample = {"series": payload["series"][:300]}
+    parsed = ApiClient(Configuration()).deserialize(json.dumps(sample), (MetricPayload,), True)
     for index, series in enumerate(parsed.series):
         objects = [series, *series.points, *getattr(series, "resources", [])]
         if any(getattr(obj, "_unparsed", False) for obj in objects):

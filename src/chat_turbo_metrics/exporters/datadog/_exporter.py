@@ -20,7 +20,12 @@ from opentelemetry.sdk.metrics.export import (
 from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, get_monitoring_config
 from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
 from chat_turbo_metrics._secret import Secret
-from chat_turbo_metrics.exporters.datadog._batching import Batcher, encode_series
+from chat_turbo_metrics.exporters.datadog._batching import (
+    MAX_COMPRESSED,
+    MAX_DECOMPRESSED,
+    Batcher,
+    encode_series,
+)
 from chat_turbo_metrics.exporters.datadog._mapping import MappingOptions, SeriesMapper
 from chat_turbo_metrics.exporters.datadog._transport import (
     Delivery,
@@ -82,6 +87,8 @@ class DataDogExporter(MetricExporter):
         host: the host sent as the series' resource; default: the resource's ``host.name``, else none.
         histogram_buckets: also send per-bucket counts ``<name>.bucket`` tagged ``lower_bound``/``upper_bound``.
         retry_initial_s, retry_max_s: backoff before the first retry, and its cap.
+        max_compressed_bytes, max_decompressed_bytes: request size limits, at most the intake's (512,000 and
+            5,242,880); lower them for a proxy with smaller limits.
         ssl_context: TLS settings (default: the system's verified defaults).
         clock: monotonic seconds, for deadlines.
 
@@ -106,6 +113,8 @@ class DataDogExporter(MetricExporter):
         histogram_buckets: bool = False,
         retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
+        max_compressed_bytes: int = MAX_COMPRESSED,
+        max_decompressed_bytes: int = MAX_DECOMPRESSED,
         ssl_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -114,7 +123,13 @@ class DataDogExporter(MetricExporter):
         key = _secret(api_key, "api_key")
         self._intake = Intake(intake_base_url(site, endpoint), key, ssl_context)
         self._mapper = SeriesMapper(MappingOptions(service, env, version, tuple(tags), host, histogram_buckets))
-        self._batcher = Batcher()
+        for setting, value, limit in (
+            ("max_compressed_bytes", max_compressed_bytes, MAX_COMPRESSED),
+            ("max_decompressed_bytes", max_decompressed_bytes, MAX_DECOMPRESSED),
+        ):
+            if not 1024 <= value <= limit:
+                raise ConfigurationError(f"{setting}={value!r}: must be between 1024 and the intake's {limit}")
+        self._batcher = Batcher(max_compressed_bytes, max_decompressed_bytes)
         self._stop = threading.Event()
         self._sender = Sender(
             self._intake,
