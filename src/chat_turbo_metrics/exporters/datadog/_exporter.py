@@ -68,11 +68,10 @@ class DataDogExporter(MetricExporter):
     Example:
         >>> from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
         >>> monitor = PerformanceMonitor(MonitoringConfig(metrics_exporters=()))
-        >>> exporter = DataDogExporter(api_key="0123456789abcdef0123456789abcdef", endpoint="http://127.0.0.1:8126")
+        >>> exporter = DataDogExporter(api_key="0123456789abcdef0123456789abcdef", site="datadoghq.eu")
         >>> exporter
-        DataDogExporter(endpoint='http://127.0.0.1:8126/api/v2/series')
-        >>> monitor.add_exporter(exporter)
-        >>> monitor.shutdown(timeout_s=0.1)
+        DataDogExporter(endpoint='https://api.datadoghq.eu/api/v2/series')
+        >>> monitor.add_exporter(exporter)  # doctest: +SKIP
 
     Args:
         api_key: the Datadog API key (``str`` or :class:`~chat_turbo_metrics.Secret`); never logged or shown.
