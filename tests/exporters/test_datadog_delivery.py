@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -252,3 +253,41 @@ def test_recording_goes_on_while_the_intake_stalls_and_the_data_arrives_after(
     intake.release.set()  # the intake hangs up; the exporter retries and is accepted
     assert monitor.force_flush(timeout_s=20)
     assert total(intake.accepted_series(), "messages_sent") == 10_001
+
+
+def test_an_unreachable_intake_fails_the_export_within_its_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    with running_intake() as gone:
+        url = gone.url
+    exporter = DataDogExporter(DD_KEY, endpoint=url, **FAST_RETRY)
+    with caplog.at_level(logging.WARNING, logger="chat_turbo_metrics"):
+        assert exporter.export(_counts(1), timeout_millis=500) is MetricExportResult.FAILURE
+    assert exporter.retries >= 1
+    assert any("connection failed" in record.getMessage() for record in caplog.records)
+
+
+def test_a_forked_child_exports_on_its_own_without_the_parents_leftovers(intake: DatadogIntake) -> None:
+    exporter = DataDogExporter(DD_KEY, endpoint=intake.url, max_compressed_bytes=4096, **FAST_RETRY)
+    intake.answer(Answer())
+    intake.default = Answer(503)
+    assert exporter.export(_counts(2000), timeout_millis=2000) is MetricExportResult.SUCCESS  # partial: some carried
+    intake.default = Answer()
+    intake.answer(Answer(STALL))  # the parent's next export holds the exporter's lock and a connection
+    thread, _ = _export_in_thread(exporter, _counts(1), timeout_millis=30_000)
+    assert intake.stalled.wait(10)
+    before = len(intake.requests)
+    pid = os.fork()
+    if pid == 0:  # the child: only this thread exists here
+        result = exporter.export(_counts(1, value=7), timeout_millis=5000)
+        os._exit(0 if result is MetricExportResult.SUCCESS else 1)
+    deadline = time.monotonic() + 20
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the child's export did not finish: a lock held at fork() was inherited")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    [child_request] = intake.requests[before:]
+    assert [one["points"][0]["value"] for one in child_request.series] == [7]  # not the parent's carried series
+    intake.release.set()
+    thread.join(10)

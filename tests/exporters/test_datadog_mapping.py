@@ -76,7 +76,7 @@ def test_gauge_and_up_down_counter_are_gauges_of_the_current_value(
     memory = points(series, "memory_usage_mb")
     assert [one["type"] for one in memory] == [3, 3]
     assert memory[0]["points"][0]["value"] == 12.5
-    assert memory[0]["unit"] == "megabyte"
+    assert "unit" not in memory[0]  # MBy is decimal; Datadog's unit list has only mebibyte
     depth = points(series, "queue_depth")
     assert [one["type"] for one in depth] == [3, 3]
     assert [one["points"][0]["value"] for one in depth] == [3, 4]  # the level, not the change
@@ -127,6 +127,7 @@ def test_histogram_buckets_when_enabled_are_counts_tagged_with_bounds(
         ("lower_bound:1000.0", "upper_bound:inf"): 1,
     }
     assert all(one["type"] == 1 and "unit" not in one for one in buckets)
+    assert points(intake.accepted_series(), "payload_size.sum")[0]["unit"] == "byte"
 
 
 def test_histogram_buckets_are_off_by_default(intake: DatadogIntake, monitor_factory: MonitorFactory) -> None:

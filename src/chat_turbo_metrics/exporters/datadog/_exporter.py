@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -141,6 +143,7 @@ class DataDogExporter(MetricExporter):
         self._clock = clock
         self._carried: list[bytes] = []
         self._lock = threading.Lock()  # one export at a time, even outside the fan-out
+        _instances.add(self)
 
     @classmethod
     def from_config(cls, config: MonitoringConfig) -> DataDogExporter:
@@ -218,6 +221,33 @@ class DataDogExporter(MetricExporter):
 
     def __repr__(self) -> str:
         return f"DataDogExporter(endpoint={self.series_url!r})"
+
+    def _after_fork_in_child(self) -> None:
+        # Only the forking thread survives: a lock an export held stays held, and its connection's socket is
+        # shared with the parent (dropped, never closed: closing would end the parent's TLS session). Series
+        # carried over from a partial delivery are the parent's to send; sending them here too would count
+        # them twice.
+        self._lock = threading.Lock()
+        stop = threading.Event()
+        if self._stop.is_set():
+            stop.set()
+        self._stop = stop
+        self._sender.stop = stop
+        self._intake.forget_connection()
+        self._carried = []
+
+
+_instances: weakref.WeakSet[DataDogExporter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for exporter in list(_instances):
+        exporter._after_fork_in_child()
+
+
+# One process-wide hook: register_at_fork cannot unregister, so a hook per instance would keep each alive.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class EnvironmentDataDogExporter(DataDogExporter):

@@ -41,7 +41,8 @@ _DELTA = AggregationTemporality.DELTA
 _TAG_INVALID = re.compile(r"[^\w\-:./]+")
 _NAME_INVALID = re.compile(r"[^A-Za-z0-9_.]+")
 
-# UCUM units (what OpenTelemetry instruments carry) to Datadog unit names; others are not sent.
+# UCUM units (what OpenTelemetry instruments carry) to the names in Datadog's unit list; others are not sent
+# (Datadog lists binary byte multiples only, so a decimal "MBy" goes without a unit rather than a wrong one).
 _UNITS = {
     "ns": "nanosecond",
     "us": "microsecond",
@@ -50,18 +51,16 @@ _UNITS = {
     "min": "minute",
     "h": "hour",
     "d": "day",
+    "wk": "week",
     "bit": "bit",
     "By": "byte",
     "KiBy": "kibibyte",
     "MiBy": "mebibyte",
     "GiBy": "gibibyte",
     "TiBy": "tebibyte",
-    "KBy": "kilobyte",
-    "MBy": "megabyte",
-    "GBy": "gigabyte",
-    "TBy": "terabyte",
+    "PiBy": "pebibyte",
+    "EiBy": "exbibyte",
     "%": "percent",
-    "Hz": "hertz",
 }
 
 # Resource attribute -> Datadog's reserved tag key (the first attribute found wins).

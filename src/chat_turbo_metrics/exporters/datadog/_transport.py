@@ -126,6 +126,11 @@ class Intake:
             with contextlib.suppress(OSError):
                 sock.shutdown(2)  # SHUT_RDWR wakes a thread blocked in recv or send
 
+    def forget_connection(self) -> None:
+        """After fork(), in the child: drop the parent's connection without touching its socket."""
+        self._lock = threading.Lock()
+        self._connection = None
+
     def _connect(self, timeout_s: float) -> http.client.HTTPConnection:
         with self._lock:
             connection = self._connection
@@ -228,7 +233,7 @@ class Sender:
         self._intake = intake
         self._batcher = batcher
         self._policy = policy
-        self._stop = stop
+        self.stop = stop
         self._secret = secret
         self._clock = clock
         self.retries = 0
@@ -259,7 +264,7 @@ class Sender:
         attempt = 0
         while True:
             remaining = deadline - self._clock()
-            if self._stop.is_set() or remaining <= 0:
+            if self.stop.is_set() or remaining <= 0:
                 return Outcome.UNSENT
             try:
                 response = self._intake.post(batch.body, remaining)
@@ -282,7 +287,7 @@ class Sender:
             _logger.info("Datadog intake %s: %s; retrying in %.1f s", self._intake.base_url, reason, delay)
             self.retries += 1
             attempt += 1
-            if self._stop.wait(delay):
+            if self.stop.wait(delay):
                 return Outcome.UNSENT
 
     def _classify(self, response: Response, count: int) -> Outcome | None:
