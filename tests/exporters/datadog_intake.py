@@ -12,6 +12,7 @@ import gzip
 import json
 import math
 import re
+import ssl
 import threading
 import time
 from collections import deque
@@ -159,7 +160,11 @@ class DatadogIntake:
     """
 
     def __init__(
-        self, api_key: str, max_compressed: int = MAX_COMPRESSED, max_decompressed: int = MAX_DECOMPRESSED
+        self,
+        api_key: str,
+        max_compressed: int = MAX_COMPRESSED,
+        max_decompressed: int = MAX_DECOMPRESSED,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.api_key = api_key
         self.max_compressed = max_compressed
@@ -173,12 +178,15 @@ class DatadogIntake:
         self._cond = threading.Condition()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.intake = self
+        self._scheme = "https" if tls else "http"
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{self._scheme}://{host}:{port}"
 
     def start(self) -> DatadogIntake:
         self._thread.start()
@@ -262,9 +270,9 @@ def total(series: list[dict[str, Any]], metric: str, *tags: str) -> float:
 
 
 @contextmanager
-def running_intake(**limits: int) -> Iterator[DatadogIntake]:
+def running_intake(tls: ssl.SSLContext | None = None, **limits: int) -> Iterator[DatadogIntake]:
     """An intake for one test; on exit it must have seen no request that breaks the rules."""
-    server = DatadogIntake(api_key=DD_KEY, **limits).start()
+    server = DatadogIntake(DD_KEY, tls=tls, **limits).start()
     try:
         yield server
     finally:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +29,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from chat_turbo_metrics import PerformanceMonitor
 from chat_turbo_metrics.exporters import DataDogExporter
 from chat_turbo_metrics.exporters.datadog._transport import server_wait_s
+from conftest import require_tool
 
 MonitorFactory = Callable[..., PerformanceMonitor]
 FAST_RETRY: dict[str, Any] = {"retry_initial_s": 0.05, "retry_max_s": 0.2}
@@ -291,3 +294,63 @@ def test_a_forked_child_exports_on_its_own_without_the_parents_leftovers(intake:
     assert [one["points"][0]["value"] for one in child_request.series] == [7]  # not the parent's carried series
     intake.release.set()
     thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (certificate path, key path)."""
+    openssl = require_tool("openssl")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def _server_tls(certificate: tuple[str, str]) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    return context
+
+
+def test_https_with_a_verified_certificate(certificate: tuple[str, str]) -> None:
+    with running_intake(tls=_server_tls(certificate)) as secure:
+        assert secure.url.startswith("https://127.0.0.1:")
+        trusted = ssl.create_default_context(cafile=certificate[0])
+        exporter = DataDogExporter(DD_KEY, endpoint=secure.url, ssl_context=trusted)
+        assert exporter.export(_counts(3)) is MetricExportResult.SUCCESS
+        assert len(secure.accepted_series()) == 3
+
+
+def test_an_untrusted_certificate_is_one_error_not_a_retry_loop(
+    certificate: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    with running_intake(tls=_server_tls(certificate)) as secure:
+        exporter = DataDogExporter(DD_KEY, endpoint=secure.url, **FAST_RETRY)  # system CAs: not trusted
+        with caplog.at_level(logging.WARNING, logger="chat_turbo_metrics"):
+            assert exporter.export(_counts(3), timeout_millis=5000) is MetricExportResult.FAILURE
+        assert secure.requests == []
+        assert exporter.retries == 0
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1
+        assert "certificate" in errors[0]

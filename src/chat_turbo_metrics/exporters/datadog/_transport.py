@@ -268,6 +268,10 @@ class Sender:
                 return Outcome.UNSENT
             try:
                 response = self._intake.post(batch.body, remaining)
+            except ssl.SSLCertVerificationError as error:
+                # A certificate that does not verify will not verify on a retry either: say so once.
+                _logger.error("Datadog intake %s: TLS certificate not trusted: %s", self._intake.base_url, error)
+                return Outcome.UNSENT
             except (OSError, http.client.HTTPException) as error:
                 reason, wait = f"connection failed ({type(error).__name__})", None
             else:
