@@ -9,6 +9,7 @@ sanitized to Datadog's tag rules. NaN and infinities are never sent.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -75,6 +76,7 @@ _ExtremeKey = tuple[str, tuple[str, ...]]
 Extremes = dict[_ExtremeKey, tuple[float, float]]
 
 
+@functools.lru_cache(maxsize=4096)  # a few names per instrument, asked for on every point of every export
 def metric_name(name: str, suffix: str = "") -> str:
     """A Datadog metric name: ASCII letters, digits, ``_`` and ``.``, starting with a letter, ≤ 200 characters."""
     clean = _NAME_INVALID.sub("_", name)
@@ -273,14 +275,15 @@ class SeriesMapper:
         tags = list(base_tags)
         if attributes:
             cache = self._tag_cache
-            for item in attributes.items():
+            for name, value in attributes.items():
                 # The type is part of the key: True == 1, but they are the tags "true" and "1".
-                key = (item[0], type(item[1]), _hashable(item[1]))
+                kind = type(value)
+                key = (name, kind, tuple(value) if kind is list else value)
                 tag = cache.get(key)
                 if tag is None:
                     if len(cache) > 100_000:  # bounded: attribute values may be high-cardinality
                         cache.clear()
-                    tag = cache[key] = datadog_tag(*item)
+                    tag = cache[key] = datadog_tag(name, value)
                 tags.append(tag)
         return tags
 
@@ -329,7 +332,3 @@ class _Emitter:
         if unit:
             series["unit"] = unit
         self._out.append(series)
-
-
-def _hashable(value: object) -> object:
-    return tuple(value) if isinstance(value, list) else value
