@@ -156,7 +156,14 @@ def test_the_key_appears_in_no_log_error_repr_or_config_output(
     from test_datadog_delivery import _counts
 
     exporter = DataDogExporter(DD_KEY, endpoint=intake.url, retry_initial_s=0.01, retry_max_s=0.02)
-    texts = [repr(exporter), str(exporter)]
+    # What a debugger or a crash reporter dumping the objects would show.
+    texts = [
+        repr(exporter),
+        str(exporter),
+        repr(vars(exporter)),
+        repr(vars(exporter._sender)),
+        repr(vars(exporter._intake)),
+    ]
     echo = f'{{"errors":["Forbidden: API key {DD_KEY} is invalid"]}}'
     intake.answer(
         Answer(500), Answer(DROP), Answer(429, {"Retry-After": "0"}), Answer(403, body=echo), Answer(400, body=echo)

@@ -28,7 +28,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from chat_turbo_metrics import PerformanceMonitor
 from chat_turbo_metrics.exporters import DataDogExporter
-from chat_turbo_metrics.exporters.datadog._transport import server_wait_s
+from chat_turbo_metrics.exporters.datadog._transport import RetryPolicy, server_wait_s
 from conftest import require_tool
 
 MonitorFactory = Callable[..., PerformanceMonitor]
@@ -178,6 +178,15 @@ def test_a_wait_longer_than_the_timeout_gives_up_at_once_and_keeps_the_data(inta
     assert exporter.export(_counts(2), timeout_millis=5000) is MetricExportResult.FAILURE
     assert time.monotonic() - started < 5  # did not sleep towards the hour
     assert len(intake.requests) == 1
+
+
+def test_backoff_doubles_up_to_its_cap_with_jitter() -> None:
+    def delays(jitter: float) -> list[float]:
+        policy = RetryPolicy(initial_s=0.5, max_s=30.0, jitter=lambda: jitter)
+        return [policy.delay_s(attempt) for attempt in range(8)]
+
+    assert delays(1.0) == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert delays(0.0) == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0]
 
 
 def test_retry_after_as_an_http_date() -> None:

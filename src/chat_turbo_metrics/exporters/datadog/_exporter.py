@@ -137,7 +137,7 @@ class DataDogExporter(MetricExporter):
             self._batcher,
             policy=RetryPolicy(retry_initial_s, retry_max_s),
             stop=self._stop,
-            secret=key.reveal(),
+            secret=key,
             clock=clock,
         )
         self._clock = clock

@@ -227,7 +227,7 @@ class Sender:
         *,
         policy: RetryPolicy,
         stop: threading.Event,
-        secret: str,
+        secret: Secret,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._intake = intake
@@ -307,6 +307,6 @@ class Sender:
             self._intake.base_url,
             count,
             status,
-            error_text(response, self._secret),
+            error_text(response, self._secret.reveal()),
         )
         return Outcome.REJECTED
