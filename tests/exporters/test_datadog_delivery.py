@@ -195,6 +195,20 @@ def test_retry_after_as_an_http_date() -> None:
     assert server_wait_s({}) is None
 
 
+def test_accepted_with_errors_is_a_warning_with_the_intakes_text(
+    intake: DatadogIntake, caplog: pytest.LogCaptureFixture
+) -> None:
+    exporter = DataDogExporter(DD_KEY, endpoint=intake.url)
+    intake.answer(Answer(202, body='{"errors":["Point timestamp is too old"]}'), Answer(202))
+    with caplog.at_level(logging.WARNING, logger="chat_turbo_metrics"):
+        assert exporter.export(_counts(2)) is MetricExportResult.SUCCESS
+        assert exporter.export(_counts(2)) is MetricExportResult.SUCCESS
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1
+    assert "Point timestamp is too old" in warnings[0]
+    assert len(intake.requests) == 2  # not retried
+
+
 @pytest.mark.parametrize("status", [400, 403, 404])
 def test_permanent_errors_are_not_retried_and_logged_once(
     intake: DatadogIntake, status: int, caplog: pytest.LogCaptureFixture

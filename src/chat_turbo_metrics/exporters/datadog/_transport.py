@@ -167,15 +167,19 @@ def server_wait_s(headers: Mapping[str, str], now: Callable[[], float] = time.ti
         return None
 
 
+def intake_errors(response: Response) -> list[str]:
+    """The ``errors`` list of the intake's JSON answer (empty when there is none)."""
+    try:
+        errors = json.loads(response.text).get("errors")
+    except (ValueError, AttributeError):
+        return []
+    return [str(error) for error in errors] if isinstance(errors, list) else []
+
+
 def error_text(response: Response, secret: str) -> str:
     """The intake's error messages (its JSON ``errors`` list, else the raw text), short and key-free."""
-    text = response.text.strip()
-    try:
-        errors = json.loads(text).get("errors")
-        if isinstance(errors, list) and errors:
-            text = "; ".join(str(error) for error in errors)
-    except (ValueError, AttributeError):
-        pass
+    errors = intake_errors(response)
+    text = "; ".join(errors) if errors else response.text.strip()
     if secret:
         text = text.replace(secret, "***")
     return text[:_MAX_ERROR_TEXT] or "(no error text)"
@@ -297,6 +301,14 @@ class Sender:
     def _classify(self, response: Response, count: int) -> Outcome | None:
         status = response.status
         if 200 <= status < 300:
+            if intake_errors(response):
+                # Accepted, yet the intake says some of it was not: worth a warning, not a retry.
+                _logger.warning(
+                    "Datadog intake %s accepted %d series with errors: %s",
+                    self._intake.base_url,
+                    count,
+                    error_text(response, self._secret.reveal()),
+                )
             return Outcome.ACCEPTED
         if status == 413:
             return Outcome.TOO_LARGE
