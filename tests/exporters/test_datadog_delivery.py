@@ -377,3 +377,19 @@ def test_an_untrusted_certificate_is_one_error_not_a_retry_loop(
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         assert len(errors) == 1
         assert "certificate" in errors[0]
+
+
+def test_monitor_shutdown_returns_within_its_timeout_while_the_exporter_backs_off(
+    intake: DatadogIntake, monitor_factory: MonitorFactory
+) -> None:
+    monitor = _monitor(monitor_factory, intake, timeout_s=120.0, retry_initial_s=60.0, retry_max_s=60.0)
+    intake.default = Answer(503)
+    monitor.increment_counter("jobs")
+    assert not monitor.force_flush(timeout_s=0.2)
+    intake.wait_for(lambda i: len(i.requests) == 1)  # the worker now waits 30-60 s before its retry
+    assert monitor.pipeline is not None
+    [exporter] = monitor.pipeline.fanout.exporters
+    started = time.monotonic()
+    monitor.shutdown(timeout_s=1.0)
+    assert time.monotonic() - started < 10  # bounded by the timeout given, not by the backoff or the 120 s
+    exporter.shutdown()  # the worker was left to its daemon thread; stop its backoff now
