@@ -393,3 +393,25 @@ def test_monitor_shutdown_returns_within_its_timeout_while_the_exporter_backs_of
     monitor.shutdown(timeout_s=1.0)
     assert time.monotonic() - started < 10  # bounded by the timeout given, not by the backoff or the 120 s
     exporter.shutdown()  # the worker was left to its daemon thread; stop its backoff now
+
+
+def test_series_left_over_for_50_minutes_are_dropped_with_an_error(
+    intake: DatadogIntake, caplog: pytest.LogCaptureFixture
+) -> None:
+    offset = [0.0]
+    exporter = DataDogExporter(
+        DD_KEY, endpoint=intake.url, max_compressed_bytes=4096, clock=lambda: time.monotonic() + offset[0], **FAST_RETRY
+    )
+    intake.answer(Answer())
+    intake.default = Answer(503)
+    assert exporter.export(_counts(2000), timeout_millis=2000) is MetricExportResult.SUCCESS
+    assert not exporter.force_flush()  # some series are waiting
+    intake.default = Answer()
+    offset[0] = 3001.0
+    before = len(intake.accepted_series())
+    with caplog.at_level(logging.ERROR, logger="chat_turbo_metrics"):
+        assert exporter.export(_counts(1, value=5)) is MetricExportResult.SUCCESS
+    assert [one["points"][0]["value"] for one in intake.accepted_series()[before:]] == [5]
+    assert exporter.force_flush()
+    [error] = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert "dropped" in error

@@ -46,6 +46,7 @@ _TEMPORALITY: dict[type, AggregationTemporality] = {
     **dict.fromkeys((Counter, ObservableCounter, Histogram), AggregationTemporality.DELTA),
 }
 _MAX_CARRIED = 100_000
+_MAX_CARRIED_AGE_S = 3000.0
 
 
 def _secret(value: str | Secret, setting: str) -> Secret:
@@ -141,7 +142,7 @@ class DataDogExporter(MetricExporter):
             clock=clock,
         )
         self._clock = clock
-        self._carried: list[bytes] = []
+        self._carried: dict[bytes, float] = {}  # series left over by a partial delivery -> when
         self._lock = threading.Lock()  # one export at a time, even outside the fan-out
         _instances.add(self)
 
@@ -188,6 +189,7 @@ class DataDogExporter(MetricExporter):
 
     def _export(self, metrics_data: MetricsData, deadline: float) -> MetricExportResult:
         series, pending = self._mapper.map(metrics_data)
+        self._expire_carried()
         items = [*self._carried, *(encode_series(one) for one in series)]
         delivery = Delivery()
         for batch in self._batcher.batches(items):
@@ -206,7 +208,19 @@ class DataDogExporter(MetricExporter):
                 _MAX_CARRIED,
             )
             unsent = unsent[-_MAX_CARRIED:]
-        self._carried = unsent
+        now = self._clock()
+        self._carried = {item: self._carried.get(item, now) for item in unsent}
+
+    def _expire_carried(self) -> None:
+        # The intake drops points more than an hour old; a body of stale points would only take a request.
+        cutoff = self._clock() - _MAX_CARRIED_AGE_S
+        fresh = {item: since for item, since in self._carried.items() if since >= cutoff}
+        if len(fresh) < len(self._carried):
+            _logger.error(
+                "Datadog intake unreachable: %d series undelivered for 50 minutes dropped",
+                len(self._carried) - len(fresh),
+            )
+            self._carried = fresh
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         """Nothing is buffered between exports except series a partial delivery left for the next one."""
@@ -234,7 +248,7 @@ class DataDogExporter(MetricExporter):
         self._stop = stop
         self._sender.stop = stop
         self._intake.forget_connection()
-        self._carried = []
+        self._carried = {}
 
 
 _instances: weakref.WeakSet[DataDogExporter] = weakref.WeakSet()
