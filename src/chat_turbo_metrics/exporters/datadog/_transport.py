@@ -103,7 +103,7 @@ class Intake:
             connection.request("POST", self._path, body=body, headers=headers)
             answer = connection.getresponse()
             text = answer.read(_MAX_RESPONSE).decode("utf-8", "replace")
-            if answer.will_close:
+            if answer.will_close or not answer.isclosed():  # a body left unread would corrupt the next answer
                 self.close()
         except BaseException:
             self.close()  # the connection's state is unknown; the next request opens a new one
