@@ -250,6 +250,7 @@ def test_huge_integers_are_sent_as_numbers_or_dropped_not_crashing(intake: Datad
         ("_private", "x", "attr__private:x"),
         ("city", "Zürich 日本", "city:zürich_日本"),
         ("flag", True, "flag:true"),
+        ("k8s:pod", "web:1", "k8s_pod:web:1"),
         ("empty", "", "empty:n/a"),
         ("ratio", 0.5, "ratio:0.5"),
         ("codes", (200, 404), "codes:200_404"),

@@ -103,7 +103,7 @@ def datadog_tag(key: str, value: object) -> str:
     A key that does not start with a letter gets the prefix ``attr_`` (nothing of it is lost); an empty
     value becomes ``n/a``, as Datadog's OTel mapping spells it.
     """
-    clean_key = _clean(str(key))
+    clean_key = _clean(str(key)).replace(":", "_")  # Datadog splits key from value at the first colon
     if not clean_key[:1].isalpha():
         clean_key = "attr_" + clean_key
     # Datadog strips trailing underscores; doing it here keeps what we send equal to what it stores.
