@@ -243,3 +243,15 @@ def test_otel_metrics_exporter_datadog_under_opentelemetry_instrument(intake: Da
     assert expected_tags <= set(count["tags"])
     assert points(series, "active_connections")[0]["points"][0]["value"] == 12
     assert total(series, "http_request_duration_seconds.count", "method:get") == 2
+
+
+def test_exported_lazily_from_chat_turbo_metrics_exporters() -> None:
+    code = (
+        "import sys, chat_turbo_metrics, chat_turbo_metrics.exporters as e\n"
+        "assert 'chat_turbo_metrics.exporters.datadog' not in sys.modules\n"
+        "from chat_turbo_metrics.exporters import DataDogExporter\n"
+        "assert DataDogExporter.__module__ == 'chat_turbo_metrics.exporters.datadog._exporter'\n"
+        "assert 'DataDogExporter' in e.__all__\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
