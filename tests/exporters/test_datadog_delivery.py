@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import ssl
@@ -416,3 +417,24 @@ def test_series_left_over_for_50_minutes_are_dropped_with_an_error(
     assert exporter.force_flush()
     [error] = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
     assert "dropped" in error
+
+
+def test_a_rate_limited_intake_gets_one_request_per_export_not_one_per_body(intake: DatadogIntake) -> None:
+    exporter = DataDogExporter(DD_KEY, endpoint=intake.url, max_compressed_bytes=4096, **FAST_RETRY)
+    intake.default = Answer(429, {"Retry-After": "3600"})
+    assert exporter.export(_counts(2000), timeout_millis=30_000) is MetricExportResult.FAILURE
+    assert len(intake.requests) == 1
+    intake.default = Answer()
+    assert exporter.export(_counts(2000), timeout_millis=30_000) is MetricExportResult.SUCCESS
+    assert len(intake.accepted_series()) == 2000
+
+
+def test_retry_after_zero_still_backs_off(intake: DatadogIntake) -> None:
+    exporter = DataDogExporter(DD_KEY, endpoint=intake.url, retry_initial_s=0.1, retry_max_s=1.0)
+    zero = Answer(429, {"Retry-After": "0"})
+    intake.answer(zero, zero, zero)
+    assert exporter.export(_counts(1)) is MetricExportResult.SUCCESS
+    arrivals = [request.at for request in intake.requests]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+    assert len(gaps) == 3
+    assert all(gap >= 0.1 * 2**attempt * 0.5 for attempt, gap in enumerate(gaps))  # the backoff's lower bounds

@@ -201,6 +201,7 @@ class Delivery:
     accepted: int = 0
     rejected: int = 0
     unsent: list[bytes] = field(default_factory=list)
+    gave_up: bool = False  # out of time, told to wait, or shut down: the export's other bodies wait too
 
     @property
     def final(self) -> bool:
@@ -247,13 +248,16 @@ class Sender:
         if not self._batcher.fits(batch) and len(batch.items) < 2:
             self._drop_oversized(batch, delivery, "it is larger than the intake's limits on its own")
             return
-        outcome = self._post_with_retries(batch, deadline)
+        # Once a body could not be delivered in time, the others would only knock on the same closed door
+        # (a rate-limited or failing intake): they wait for the next export without a request.
+        outcome = Outcome.UNSENT if delivery.gave_up else self._post_with_retries(batch, deadline)
         if outcome is Outcome.ACCEPTED:
             delivery.accepted += len(batch.items)
         elif outcome is Outcome.REJECTED:
             delivery.rejected += len(batch.items)
         elif outcome is Outcome.UNSENT:
             delivery.unsent.extend(batch.items)
+            delivery.gave_up = True
         elif len(batch.items) < 2:
             self._drop_oversized(batch, delivery, "the intake answered 413 for it alone")
         else:
@@ -283,7 +287,8 @@ class Sender:
                 if outcome is not None:
                     return outcome
                 reason, wait = f"HTTP {response.status}", server_wait_s(response.headers)
-            delay = self._policy.delay_s(attempt) if wait is None else wait
+            # The intake's wait is a minimum: a Retry-After of 0 must not turn the retries into a busy loop.
+            delay = max(self._policy.delay_s(attempt), wait or 0.0)
             if self._clock() + delay >= deadline:
                 _logger.warning(
                     "Datadog intake %s: %s; not retrying within this export's timeout, the data is kept for the "
