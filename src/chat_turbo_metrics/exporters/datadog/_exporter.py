@@ -26,7 +26,6 @@ from chat_turbo_metrics.exporters.datadog._batching import (
     MAX_COMPRESSED,
     MAX_DECOMPRESSED,
     Batcher,
-    encode_series,
 )
 from chat_turbo_metrics.exporters.datadog._mapping import MappingOptions, SeriesMapper
 from chat_turbo_metrics.exporters.datadog._transport import (
@@ -190,7 +189,7 @@ class DataDogExporter(MetricExporter):
     def _export(self, metrics_data: MetricsData, deadline: float) -> MetricExportResult:
         series, pending = self._mapper.map(metrics_data)
         self._expire_carried()
-        items = [*self._carried, *(encode_series(one) for one in series)]
+        items = [*self._carried, *series]
         delivery = Delivery()
         for batch in self._batcher.batches(items):
             self._sender.deliver(batch, deadline, delivery)

@@ -1,15 +1,20 @@
-"""OpenTelemetry metrics to Datadog v2 series, the way Datadog's own OTel mapping does it.
+"""OpenTelemetry metrics to Datadog v2 series (encoded JSON), the way Datadog's own OTel mapping does it.
 
 Delta sums become counts (type 1) with an ``interval``; cumulative non-monotonic sums and gauges become
 gauges (type 3); a histogram becomes ``.count`` and ``.sum`` counts, ``.min`` and ``.max`` gauges and,
 when asked for, ``.bucket`` counts tagged ``lower_bound``/``upper_bound``. The resource gives the
 ``service``, ``env`` and ``version`` tags and the host; point attributes become ``key:value`` tags
 sanitized to Datadog's tag rules. NaN and infinities are never sent.
+
+Each series is written straight to JSON: the tags of a data point are encoded once and shared by every
+series made from it (a histogram point makes four or more), which halves the cost of building dicts and
+encoding each one.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import re
@@ -71,7 +76,9 @@ _RESOURCE_TAGS = (
     ("version", ("service.version",)),
 )
 
-Series = dict[str, Any]
+Series = bytes  # one series object, UTF-8 JSON
+# One encoder for every call: json.dumps with options builds a new encoder each time.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _ExtremeKey = tuple[str, tuple[str, ...]]
 Extremes = dict[_ExtremeKey, tuple[float, float]]
 
@@ -189,7 +196,7 @@ class SeriesMapper:
 
     # --- per resource and metric -------------------------------------------------------------
 
-    def _resource_context(self, resource: Resource) -> tuple[tuple[str, ...], list[dict[str, str]] | None]:
+    def _resource_context(self, resource: Resource) -> tuple[tuple[str, ...], str | None]:
         attributes = resource.attributes
         options = self._options
         overrides = {"service": options.service, "env": options.env, "version": options.version}
@@ -201,14 +208,14 @@ class SeriesMapper:
             if value:
                 tags.append(datadog_tag(tag_key, value))
         host = options.host or attributes.get("host.name")
-        resources = [{"type": "host", "name": str(host)}] if host else None
+        resources = _ENCODER.encode([{"type": "host", "name": str(host)}]) if host else None
         return (*tags, *self._extra_tags), resources
 
     def _map_metric(
         self,
         metric: Metric,
         base_tags: tuple[str, ...],
-        resources: list[dict[str, str]] | None,
+        resources: str | None,
         out: list[Series],
         pending: Extremes,
     ) -> None:
@@ -267,7 +274,7 @@ class SeriesMapper:
         out: list[Series],
         point: NumberDataPoint | HistogramDataPoint,
         base_tags: tuple[str, ...],
-        resources: list[dict[str, str]] | None,
+        resources: str | None,
     ) -> _Emitter:
         return _Emitter(self, out, point, self._tags(base_tags, point.attributes), resources)
 
@@ -296,7 +303,7 @@ class SeriesMapper:
 class _Emitter:
     """Appends the series of one data point: same timestamp, interval, tags and host."""
 
-    __slots__ = ("_interval", "_mapper", "_out", "_resources", "_timestamp", "tags")
+    __slots__ = ("_interval", "_mapper", "_out", "_resources", "_tags_json", "_timestamp", "tags")
 
     def __init__(
         self,
@@ -304,11 +311,12 @@ class _Emitter:
         out: list[Series],
         point: NumberDataPoint | HistogramDataPoint,
         tags: list[str],
-        resources: list[dict[str, str]] | None,
+        resources: str | None,
     ) -> None:
         self._mapper = mapper
         self._out = out
-        self._resources = resources
+        self._resources = f',"resources":{resources}' if resources else ""
+        self._tags_json = _ENCODER.encode(tags)
         self._timestamp = point.time_unix_nano // _NS
         start = point.start_time_unix_nano  # None on gauge points; counts always have one
         self._interval = max(1, round((point.time_unix_nano - (start or point.time_unix_nano)) / _NS))
@@ -319,16 +327,12 @@ class _Emitter:
         if number is None:
             self._mapper.non_finite += 1
             return
-        series: Series = {
-            "metric": name,
-            "type": kind,
-            "points": [{"timestamp": self._timestamp, "value": number}],
-            "tags": [*self.tags, *more_tags] if more_tags else self.tags,
-        }
-        if kind == COUNT:
-            series["interval"] = self._interval
-        if self._resources:
-            series["resources"] = self._resources
-        if unit:
-            series["unit"] = unit
-        self._out.append(series)
+        # The name is ASCII letters, digits, "_" and "." (metric_name) and units come from a fixed table, so
+        # neither needs escaping; repr of a finite float is valid JSON.
+        tags = _ENCODER.encode([*self.tags, *more_tags]) if more_tags else self._tags_json
+        interval = f',"interval":{self._interval}' if kind == COUNT else ""
+        unit_json = f',"unit":"{unit}"' if unit else ""
+        self._out.append(
+            f'{{"metric":"{name}","type":{kind},"points":[{{"timestamp":{self._timestamp},"value":{number!r}}}]'
+            f'{interval},"tags":{tags}{self._resources}{unit_json}}}'.encode()
+        )
