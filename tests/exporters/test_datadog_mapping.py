@@ -301,3 +301,11 @@ def test_temporality_is_delta_for_counters_and_histograms_only() -> None:
     }
     assert preferred[UpDownCounter] is AggregationTemporality.CUMULATIVE
     assert preferred[ObservableGauge] is AggregationTemporality.CUMULATIVE
+
+
+def test_odd_host_names_and_unicode_tags_stay_valid_json(intake: DatadogIntake) -> None:
+    exporter = DataDogExporter(DD_KEY, endpoint=intake.url, host='web "1" \\ ü\n', tags=("ville:Zürich",))
+    assert exporter.export(_gauge_data(1.0)) is MetricExportResult.SUCCESS
+    [series] = points(intake.accepted_series(), "temperature")
+    assert series["resources"] == [{"type": "host", "name": 'web "1" \\ ü\n'}]
+    assert "ville:zürich" in series["tags"]

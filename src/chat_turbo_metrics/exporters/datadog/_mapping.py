@@ -7,8 +7,8 @@ when asked for, ``.bucket`` counts tagged ``lower_bound``/``upper_bound``. The r
 sanitized to Datadog's tag rules. NaN and infinities are never sent.
 
 Each series is written straight to JSON: the tags of a data point are encoded once and shared by every
-series made from it (a histogram point makes four or more), which halves the cost of building dicts and
-encoding each one.
+series made from it (a histogram point makes four or more); about a third cheaper than building a dict per
+series and encoding each.
 """
 
 from __future__ import annotations
