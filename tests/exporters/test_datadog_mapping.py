@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -309,3 +310,15 @@ def test_odd_host_names_and_unicode_tags_stay_valid_json(intake: DatadogIntake) 
     [series] = points(intake.accepted_series(), "temperature")
     assert series["resources"] == [{"type": "host", "name": 'web "1" \\ ü\n'}]
     assert "ville:zürich" in series["tags"]
+
+
+def test_export_never_raises_into_the_pipeline(intake: DatadogIntake, caplog: pytest.LogCaptureFixture) -> None:
+    exporter = DataDogExporter(DD_KEY, endpoint=intake.url)
+    broken = Metric("broken", None, "", Gauge(None))  # type: ignore[arg-type]
+    data = MetricsData(
+        [ResourceMetrics(Resource.create({}), [ScopeMetrics(InstrumentationScope("t"), [broken], None)], None)]
+    )
+    with caplog.at_level(logging.ERROR, logger="chat_turbo_metrics"):
+        assert exporter.export(data) is MetricExportResult.FAILURE
+    assert [record.exc_info is not None for record in caplog.records] == [True]
+    assert intake.requests == []
