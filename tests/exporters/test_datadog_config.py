@@ -91,6 +91,12 @@ def test_endpoints_that_are_not_https_or_loopback_http_are_refused(endpoint: str
         DataDogExporter(DD_KEY, endpoint=endpoint)
 
 
+def test_a_bad_endpoint_variable_is_named_in_the_error() -> None:
+    env = {"DD_API_KEY": DD_KEY, "CHAT_TURBO_DATADOG_ENDPOINT": "http://intake.example.com"}
+    with pytest.raises(ConfigurationError, match=r"^CHAT_TURBO_DATADOG_ENDPOINT='http://intake.example.com': plain"):
+        DataDogExporter.from_config(get_monitoring_config("test", env=env))
+
+
 @pytest.mark.parametrize(
     ("endpoint", "series_url"),
     [

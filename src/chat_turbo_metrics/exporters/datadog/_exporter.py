@@ -19,7 +19,12 @@ from opentelemetry.sdk.metrics.export import (
     MetricsData,
 )
 
-from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, get_monitoring_config
+from chat_turbo_metrics._config import (
+    ConfigurationError,
+    MonitoringConfig,
+    get_monitoring_config,
+    setting_label,
+)
 from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
 from chat_turbo_metrics._secret import Secret
 from chat_turbo_metrics.exporters.datadog._batching import (
@@ -277,6 +282,8 @@ def _settings(config: MonitoringConfig) -> dict[str, Any]:
             "DD_API_KEY is not set: the Datadog exporter (OTEL_METRICS_EXPORTER=datadog) needs an API key "
             "(setting datadog_api_key)"
         )
+    # Checked here too, so that an error names the variable the endpoint came from.
+    intake_base_url(config.datadog_site, config.datadog_endpoint, setting_label(config, "datadog_endpoint"))
     return {
         "api_key": config.datadog_api_key,
         "site": config.datadog_site,

@@ -34,8 +34,16 @@ _MAX_ERROR_TEXT = 500
 _MAX_RESPONSE = 65_536
 
 
-def intake_base_url(site: str, endpoint: str | None) -> str:
+def intake_base_url(site: str, endpoint: str | None, setting: str = "endpoint") -> str:
     """The base URL to post to: ``endpoint`` if given, else ``https://api.<site>``.
+
+    Args:
+        site: the Datadog site, used when there is no endpoint.
+        endpoint: a base URL that replaces ``https://api.<site>``.
+        setting: how an error names the endpoint (its variable when it came from one).
+
+    Returns:
+        The base URL, without a trailing slash.
 
     Raises:
         ConfigurationError: the endpoint is not an http(s) URL, or is plain http to a non-loopback host.
@@ -44,13 +52,10 @@ def intake_base_url(site: str, endpoint: str | None) -> str:
         return f"https://api.{site}"
     parts = urlsplit(endpoint.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-        raise ConfigurationError(
-            f"datadog endpoint={endpoint!r}: expected a base URL such as https://api.datadoghq.com "
-            "(CHAT_TURBO_DATADOG_ENDPOINT)"
-        )
+        raise ConfigurationError(f"{setting}={endpoint!r}: expected a base URL such as https://api.datadoghq.com")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         raise ConfigurationError(
-            f"datadog endpoint={endpoint!r}: plain http would send the API key unencrypted; use https "
+            f"{setting}={endpoint!r}: plain http would send the API key unencrypted; use https "
             "(http is accepted only for loopback addresses)"
         )
     return endpoint.strip().rstrip("/")
