@@ -121,6 +121,16 @@ class MonitoringConfig:
     alert_email_password: Secret | None = None
     alert_email_tls: str = "starttls"
     views: tuple[ViewConfig, ...] = ()
+    # Datadog exporter (exporters/datadog): DD_* variables; None means "from the resource" or "not set".
+    datadog_api_key: Secret | None = None
+    datadog_site: str = "datadoghq.com"
+    datadog_endpoint: str | None = None
+    datadog_env: str | None = None
+    datadog_service: str | None = None
+    datadog_version: str | None = None
+    datadog_tags: tuple[str, ...] = ()
+    datadog_host: str | None = None
+    datadog_histogram_buckets: bool = False
     # Where each setting came from (a variable name, a file path or "code"); missing ones are defaults.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -193,6 +203,24 @@ def _parse_views(raw: Any) -> tuple[ViewConfig, ...]:
     return tuple(views)
 
 
+def _parse_optional_str(raw: Any) -> str | None:
+    text = parse_str(raw).strip()
+    return text or None
+
+
+def _parse_datadog_site(raw: Any) -> str:
+    site = parse_str(raw).strip().lower()
+    if not site or "/" in site or ":" in site or any(char.isspace() for char in site):
+        raise ValueError("expected a Datadog site such as datadoghq.com or datadoghq.eu (a domain, no scheme or path)")
+    return site
+
+
+def _parse_datadog_tags(raw: Any) -> tuple[str, ...]:
+    # DD_TAGS separates tags with spaces or commas, as Datadog's own libraries accept it.
+    items = raw.replace(",", " ").split() if isinstance(raw, str) else [str(item) for item in raw]
+    return tuple(item.strip() for item in items if item.strip())
+
+
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "enabled": parse_bool,
     "environment": parse_str,
@@ -223,8 +251,17 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "alert_email_password": parse_secret,
     "alert_email_tls": parse_str,
     "views": _parse_views,
+    "datadog_api_key": parse_secret,
+    "datadog_site": _parse_datadog_site,
+    "datadog_endpoint": _parse_optional_str,
+    "datadog_env": _parse_optional_str,
+    "datadog_service": _parse_optional_str,
+    "datadog_version": _parse_optional_str,
+    "datadog_tags": _parse_datadog_tags,
+    "datadog_host": _parse_optional_str,
+    "datadog_histogram_buckets": parse_bool,
 }
-_SECRET_SETTINGS = frozenset(("database_url", "alert_slack_webhook_url", "alert_email_password"))
+_SECRET_SETTINGS = frozenset(("database_url", "alert_slack_webhook_url", "alert_email_password", "datadog_api_key"))
 
 
 def _from_mapping(
@@ -329,6 +366,16 @@ _SEED_ENV: tuple[_EnvVar, ...] = (
     _EnvVar("METRICS_FILE_PATH", "file_path", empty_is_error=True),
     _EnvVar("METRICS_DATABASE_URL", "database_url"),
     _EnvVar("CHAT_TURBO_ENV", "environment"),
+    # Datadog's own variables, read as its libraries read them; the endpoint override is ours.
+    _EnvVar("DD_API_KEY", "datadog_api_key"),
+    _EnvVar("DD_SITE", "datadog_site"),
+    _EnvVar("DD_ENV", "datadog_env"),
+    _EnvVar("DD_SERVICE", "datadog_service"),
+    _EnvVar("DD_VERSION", "datadog_version"),
+    _EnvVar("DD_TAGS", "datadog_tags"),
+    _EnvVar("DD_HOSTNAME", "datadog_host"),
+    _EnvVar("CHAT_TURBO_DATADOG_ENDPOINT", "datadog_endpoint"),
+    _EnvVar("CHAT_TURBO_DATADOG_HISTOGRAM_BUCKETS", "datadog_histogram_buckets"),
 )
 
 

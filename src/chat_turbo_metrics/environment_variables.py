@@ -57,3 +57,31 @@ METRICS_DATABASE_URL = "METRICS_DATABASE_URL"
 
 CHAT_TURBO_ENV = "CHAT_TURBO_ENV"
 """Which ``configs/<environment>.toml`` to load: development, production or test."""
+
+DD_API_KEY = "DD_API_KEY"
+"""Datadog API key for ``OTEL_METRICS_EXPORTER=datadog`` (a secret: never logged; prefer the environment to a
+command-line flag, which other users of the machine can see)."""
+
+DD_SITE = "DD_SITE"
+"""Datadog site: ``datadoghq.com`` (default), ``datadoghq.eu``, ``us3.datadoghq.com``, ``us5.datadoghq.com``, ..."""
+
+DD_ENV = "DD_ENV"
+"""Datadog ``env`` tag (default: the resource's ``deployment.environment.name``)."""
+
+DD_SERVICE = "DD_SERVICE"
+"""Datadog ``service`` tag (default: the resource's ``service.name``)."""
+
+DD_VERSION = "DD_VERSION"
+"""Datadog ``version`` tag (default: the resource's ``service.version``)."""
+
+DD_TAGS = "DD_TAGS"
+"""Extra Datadog tags on every series, space or comma separated (``team:chat region:eu``)."""
+
+DD_HOSTNAME = "DD_HOSTNAME"
+"""Host sent with every Datadog series (default: the resource's ``host.name``, else none)."""
+
+CHAT_TURBO_DATADOG_ENDPOINT = "CHAT_TURBO_DATADOG_ENDPOINT"
+"""Base URL replacing ``https://api.<DD_SITE>`` (a proxy or test intake); plain ``http://`` only to loopback."""
+
+CHAT_TURBO_DATADOG_HISTOGRAM_BUCKETS = "CHAT_TURBO_DATADOG_HISTOGRAM_BUCKETS"
+"""``true`` to send per-bucket Datadog counts (``<name>.bucket`` tagged ``lower_bound``/``upper_bound``)."""

@@ -66,6 +66,12 @@ def _database(config: MonitoringConfig) -> Any:
     return DatabaseExporter.from_config(config)
 
 
+def _datadog(config: MonitoringConfig) -> Any:
+    from chat_turbo_metrics.exporters.datadog import DataDogExporter
+
+    return DataDogExporter.from_config(config)
+
+
 def _console_metrics(config: MonitoringConfig) -> Any:
     from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
 
@@ -83,6 +89,7 @@ METRIC_EXPORTERS: dict[str, tuple[Callable[[MonitoringConfig], Any], str]] = {
     "prometheus": (_prometheus, "pip install chat-turbo-metrics"),
     "chat_turbo_file": (_file, "pip install chat-turbo-metrics"),
     "chat_turbo_database": (_database, "pip install chat-turbo-metrics"),
+    "datadog": (_datadog, "pip install chat-turbo-metrics"),
     "console": (_console_metrics, "pip install opentelemetry-sdk"),
     "otlp": (_otlp("metrics"), _OTLP_HINT),
     "otlp_proto_http": (_otlp("metrics", "http/protobuf"), _OTLP_HINT),

@@ -1,4 +1,4 @@
-"""Exporters: Prometheus (pull), files, database history; OTLP and console come from OpenTelemetry.
+"""Exporters: Prometheus (pull), files, database history, Datadog; OTLP and console come from OpenTelemetry.
 
 Imported lazily so that ``import chat_turbo_metrics`` does not load SQLAlchemy unless it is used.
 """
@@ -10,12 +10,21 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from chat_turbo_metrics.exporters.database import DatabaseExporter, MetricHistory
+    from chat_turbo_metrics.exporters.datadog import DataDogExporter
     from chat_turbo_metrics.exporters.file import FileExporter, read_metric_records
     from chat_turbo_metrics.exporters.prometheus import PrometheusExporter
 
-__all__ = ["DatabaseExporter", "FileExporter", "MetricHistory", "PrometheusExporter", "read_metric_records"]
+__all__ = [
+    "DataDogExporter",
+    "DatabaseExporter",
+    "FileExporter",
+    "MetricHistory",
+    "PrometheusExporter",
+    "read_metric_records",
+]
 
 _HOMES = {
+    "DataDogExporter": "datadog",
     "DatabaseExporter": "database",
     "MetricHistory": "database",
     "FileExporter": "file",
