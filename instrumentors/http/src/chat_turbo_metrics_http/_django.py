@@ -1,0 +1,124 @@
+"""Django: every request through ``BaseHandler.get_response`` (WSGI servers and the test client) is measured.
+
+The route template is ``request.resolver_match.route`` (``api/messages/<int:id>`` becomes
+``/api/messages/{id}``); an exception Django turns into a 500 response is named by the
+``got_request_exception`` signal. Streaming responses are measured to their last chunk. Django served by
+an ASGI server (``get_response_async``) is not measured by this hook.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from chat_turbo_metrics_http._metrics import UNMATCHED, Bound, RequestMetrics, route_template
+from chat_turbo_metrics_http.wsgi import ERROR_TYPE, MEASURED, content_length
+
+_perf_counter = time.perf_counter
+
+
+def route_of(request: Any) -> str:
+    """The template of the URL pattern Django resolved the request to, or ``unmatched``."""
+    match = getattr(request, "resolver_match", None)
+    route = getattr(match, "route", None)
+    return route_template(route) if isinstance(route, str) and route else UNMATCHED
+
+
+def _store_error(sender: Any, request: Any = None, **extra: Any) -> None:
+    """Sent inside Django's ``except`` block: the exception is the one being handled."""
+    error = sys.exc_info()[1]
+    if request is not None and error is not None:
+        request.META[ERROR_TYPE] = type(error).__qualname__
+
+
+def patch_django(metrics: RequestMetrics) -> Callable[[], None]:
+    """Measure every Django request from now on.
+
+    Args:
+        metrics: where to record.
+
+    Returns:
+        A function that restores Django as it was.
+    """
+    from django.core.handlers.base import BaseHandler
+    from django.core.signals import got_request_exception
+
+    original = BaseHandler.__dict__["get_response"]
+
+    def get_response(self: Any, request: Any) -> Any:
+        meta = request.META
+        path = request.path_info
+        if MEASURED in meta or path in metrics.excluded or (metrics.prefixes and path.startswith(metrics.prefixes)):
+            return original(self, request)
+        meta[MEASURED] = True
+        bound = metrics.started()
+        start = _perf_counter()
+        try:
+            response = original(self, request)
+        except BaseException as error:
+            _finish(metrics, bound, request, 500, start, 0, type(error).__qualname__)
+            raise  # unchanged
+        if response.streaming:
+            response.streaming_content = _measured_stream(metrics, bound, request, response, start)
+        else:
+            _finish(metrics, bound, request, response.status_code, start, len(response.content), None)
+        return response
+
+    get_response.__wrapped__ = original  # type: ignore[attr-defined]
+    BaseHandler.get_response = get_response
+    got_request_exception.connect(_store_error, weak=False, dispatch_uid="chat_turbo_metrics_http")
+
+    def undo() -> None:
+        BaseHandler.get_response = original
+        got_request_exception.disconnect(dispatch_uid="chat_turbo_metrics_http")
+
+    return undo
+
+
+def _measured_stream(
+    metrics: RequestMetrics, bound: Bound, request: Any, response: Any, start: float
+) -> Iterator[bytes]:
+    sent = 0
+    error_type = None
+    try:
+        for chunk in response.streaming_content:
+            sent += len(chunk)
+            yield chunk
+    except GeneratorExit:  # closed before the end (the client went away): still one request
+        raise
+    except BaseException as error:
+        error_type = type(error).__qualname__
+        raise
+    finally:
+        _finish(metrics, bound, request, response.status_code, start, sent, error_type)
+
+
+def _finish(  # noqa: PLR0917 - one call site, called per request
+    metrics: RequestMetrics,
+    bound: Bound,
+    request: Any,
+    status: int,
+    start: float,
+    sent: int,
+    error_type: str | None,
+) -> None:
+    end = _perf_counter()
+    meta = request.META
+    if error_type is not None:
+        status = 500
+    elif status >= 500:
+        error_type = meta.get(ERROR_TYPE)
+    metrics.ended(bound)
+    metrics.record(
+        request.method or "GET",
+        route_of(request),
+        status,
+        request.scheme or "http",
+        end - start,
+        content_length(meta),
+        sent,
+        error_type,
+        bound,
+    )
