@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from chat_turbo_metrics_http._metrics import UNMATCHED, Bound, RequestMetrics, route_template
@@ -30,7 +30,7 @@ def _store_error(sender: Any, request: Any = None, **extra: Any) -> None:
     """Sent inside Django's ``except`` block: the exception is the one being handled."""
     error = sys.exc_info()[1]
     if request is not None and error is not None:
-        request.META[ERROR_TYPE] = type(error).__qualname__
+        request.META[ERROR_TYPE] = type(error).__name__
 
 
 def patch_django(metrics: RequestMetrics) -> Callable[[], None]:
@@ -58,10 +58,11 @@ def patch_django(metrics: RequestMetrics) -> Callable[[], None]:
         try:
             response = original(self, request)
         except BaseException as error:
-            _finish(metrics, bound, request, 500, start, 0, type(error).__qualname__)
+            _finish(metrics, bound, request, 500, start, 0, type(error).__name__)
             raise  # unchanged
         if response.streaming:
-            response.streaming_content = _measured_stream(metrics, bound, request, response, start)
+            chunks = response.streaming_content
+            response.streaming_content = _measured_stream(metrics, bound, request, response.status_code, chunks, start)
         else:
             _finish(metrics, bound, request, response.status_code, start, len(response.content), None)
         return response
@@ -77,22 +78,22 @@ def patch_django(metrics: RequestMetrics) -> Callable[[], None]:
     return undo
 
 
-def _measured_stream(
-    metrics: RequestMetrics, bound: Bound, request: Any, response: Any, start: float
+def _measured_stream(  # noqa: PLR0917 - one call site
+    metrics: RequestMetrics, bound: Bound, request: Any, status: int, chunks: Iterable[bytes], start: float
 ) -> Iterator[bytes]:
     sent = 0
     error_type = None
     try:
-        for chunk in response.streaming_content:
+        for chunk in chunks:
             sent += len(chunk)
             yield chunk
     except GeneratorExit:  # closed before the end (the client went away): still one request
         raise
     except BaseException as error:
-        error_type = type(error).__qualname__
+        error_type = type(error).__name__
         raise
     finally:
-        _finish(metrics, bound, request, response.status_code, start, sent, error_type)
+        _finish(metrics, bound, request, status, start, sent, error_type)
 
 
 def _finish(  # noqa: PLR0917 - one call site, called per request

@@ -155,7 +155,7 @@ class AsgiMetricsMiddleware:
         try:
             await self.app(scope, measured_receive, measured_send)
         except BaseException as error:
-            error_type = type(error).__qualname__
+            error_type = type(error).__name__
             raise  # unchanged: the server (or an outer middleware) sees what the application raised
         finally:
             metrics.ended(bound)

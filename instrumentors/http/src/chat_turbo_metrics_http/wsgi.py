@@ -54,7 +54,7 @@ def content_length(headers: Mapping[str, Any]) -> int:
 class _Exchange:
     """One measured request: its ``start_response``, and its body iterable, which records at the last chunk."""
 
-    __slots__ = ("_start_response", "body", "bound", "done", "environ", "metrics", "sent", "start", "status")
+    __slots__ = ("_start_response", "body", "bound", "done", "environ", "metrics", "route", "sent", "start", "status")
 
     def __init__(self, metrics: RequestMetrics, bound: Bound, environ: Environ, start_response: StartResponse) -> None:
         self.metrics = metrics
@@ -62,6 +62,7 @@ class _Exchange:
         self.environ = environ
         self._start_response = start_response
         self.status = "500"
+        self.route = ""
         self.sent = 0
         self.done = False
         self.body: Iterable[bytes] = ()
@@ -69,6 +70,8 @@ class _Exchange:
 
     def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
         self.status = status
+        # Flask drops the request from the environ when its context ends, after this call, before the body.
+        self.route = route_of(self.environ)
         return self._start_response(status, headers, exc_info)
 
     def __iter__(self) -> Iterator[bytes]:
@@ -79,7 +82,7 @@ class _Exchange:
         except GeneratorExit:  # the server stopped iterating; close() records
             raise
         except BaseException as error:
-            self.finish(type(error).__qualname__)
+            self.finish(type(error).__name__)
             raise
         self.finish(None)  # the duration runs to the last body chunk
 
@@ -110,7 +113,7 @@ class _Exchange:
         metrics.ended(self.bound)
         metrics.record(
             environ.get("REQUEST_METHOD", "GET"),
-            route_of(environ),
+            self.route or route_of(environ),
             status,
             environ.get("wsgi.url_scheme", "http"),
             end - self.start,
@@ -141,7 +144,7 @@ def measure(metrics: RequestMetrics, app: WSGIApp, environ: Environ, start_respo
     try:
         exchange.body = app(environ, exchange.start_response)
     except BaseException as error:
-        exchange.finish(type(error).__qualname__)
+        exchange.finish(type(error).__name__)
         raise  # unchanged
     return exchange
 
@@ -239,10 +242,13 @@ def _patch_flask(metrics: RequestMetrics) -> Callable[[], None]:
 
 
 def _flask_error(sender: Any, exception: BaseException, **extra: Any) -> None:
-    """Flask turns an unhandled exception into a 500 response: keep its type for ``errors_total``."""
+    """Flask turns an unhandled exception into a 500 response (or re-raises it after its context ended): keep
+    its type for ``errors_total``, and the route while the request still knows it."""
     import flask
 
-    flask.request.environ[ERROR_TYPE] = type(exception).__qualname__
+    environ = flask.request.environ
+    environ[ERROR_TYPE] = type(exception).__name__
+    environ[ROUTE] = route_of(environ)
 
 
 def _connect_flask_errors() -> None:
