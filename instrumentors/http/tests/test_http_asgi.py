@@ -337,3 +337,81 @@ def test_uninstrument_stops_measuring_new_and_running_apps(
     assert requests_of(http_monitor, "/api/messages/{id}", 200) == 1
     assert "__init_subclass__" not in Starlette.__dict__
     assert not hasattr(Starlette.build_middleware_stack, "__wrapped__")
+
+
+def test_contribs_asgi_middleware_beside_ours_counts_nothing_twice(
+    http_monitor: PerformanceMonitor, asgi_instrumentor: AsgiMetricsInstrumentor, requests_of: Reader
+) -> None:
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    assert http_monitor.pipeline is not None
+    asgi_instrumentor.instrument(monitor=http_monitor)
+    app = OpenTelemetryMiddleware(
+        make_app(), tracer_provider=tracer_provider, meter_provider=http_monitor.pipeline.meter_provider
+    )
+    drive(app, *[("GET", f"/api/messages/{n}") for n in range(4)])
+    assert requests_of(http_monitor, "/api/messages/{id}", 200) == 4  # ours, once each
+    server_spans = [s for s in spans.get_finished_spans() if s.kind.name == "SERVER"]
+    assert len(server_spans) == 4  # spans from contrib's middleware
+    durations = [r for r in http_monitor.snapshot().records() if r["name"] == "http.server.duration"]
+    assert sum(r["count"] for r in durations) == 4  # contrib's own metric (another name), once each
+
+
+def test_configure_is_followed_by_an_instrumented_app(tmp_path: Any) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import asyncio, json, httpx
+        import chat_turbo_metrics
+        from starlette.applications import Starlette
+        from starlette.responses import PlainTextResponse
+        from starlette.routing import Route
+        from chat_turbo_metrics_http.asgi import AsgiMetricsInstrumentor
+
+        async def hello(request):
+            return PlainTextResponse("hi")
+
+        def drive(app, n):
+            async def run():
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                    for _ in range(n):
+                        await client.get("/api/messages/1")
+            asyncio.run(run())
+
+        AsgiMetricsInstrumentor().instrument()  # before configure(): nothing is resolved until a request
+        first = chat_turbo_metrics.configure(environment="test", metrics_exporters=())
+        app = Starlette(routes=[Route("/api/messages/{id}", hello)])
+        tags = {"method": "GET", "endpoint": "/api/messages/{id}", "status": 200}
+        drive(app, 2)
+        before = first.snapshot().value("api_requests", tags)
+        old_pipeline = first.pipeline
+        monitor = chat_turbo_metrics.configure(environment="test", metrics_exporters=(), cardinality_limit=50)
+        assert monitor.pipeline is not old_pipeline
+        drive(app, 3)
+        snapshot = monitor.snapshot()
+        print("REPORT " + json.dumps({
+            "before": before,
+            "after": snapshot.value("api_requests", tags),
+            "size_buckets": snapshot.value("http_response_size_bytes", tags)["bucket_bounds"][:2],
+        }))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "METRICS_", "PERFORMANCE_", "CHAT_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
+    assert json.loads(line[len("REPORT ") :]) == {"before": 2, "after": 3, "size_buckets": [100.0, 1000.0]}
