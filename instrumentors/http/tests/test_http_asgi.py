@@ -415,3 +415,39 @@ def test_configure_is_followed_by_an_instrumented_app(tmp_path: Any) -> None:
     assert result.returncode == 0, result.stderr
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
     assert json.loads(line[len("REPORT ") :]) == {"before": 2, "after": 3, "size_buckets": [100.0, 1000.0]}
+
+
+def test_a_client_that_goes_away_mid_response_is_recorded_and_the_error_reraised(
+    http_monitor: PerformanceMonitor,
+) -> None:
+    app = AsgiMetricsMiddleware(make_app(), monitor=http_monitor)
+    scope = {"type": "http", "method": "GET", "path": "/stream", "root_path": "", "headers": [], "query_string": b""}
+    scope.update({"scheme": "http", "http_version": "1.1", "asgi": {"version": "3.0"}})
+
+    received: list[bool] = []
+
+    async def receive() -> dict[str, Any]:
+        if received:  # the request was read: wait for a disconnect that the failing send reports instead
+            await asyncio.Event().wait()
+        received.append(True)
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message.get("more_body"):
+            raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError, match="client went away"):
+        asyncio.run(app(scope, receive, send))
+    tags = {"method": "GET", "endpoint": "/stream", "status": 500, "error_type": "ConnectionResetError"}
+    assert http_monitor.snapshot().value("errors", tags) == 1
+    assert http_monitor.snapshot().value("http_requests_in_flight") == 0
+
+
+def test_a_disabled_monitor_records_nothing_and_the_app_still_works(
+    http_monitor_factory: Callable[..., PerformanceMonitor],
+) -> None:
+    monitor = http_monitor_factory(enabled=False)
+    app = AsgiMetricsMiddleware(make_app(), monitor=monitor)
+    responses = drive(app, ("GET", "/api/messages/1"), ("POST", "/echo"), body=b"abc")
+    assert [r.status_code for r in responses] == [200, 200]
+    assert monitor.snapshot().records() == []

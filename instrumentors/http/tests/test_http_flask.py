@@ -222,3 +222,26 @@ def test_contribs_wsgi_middleware_beside_ours_counts_nothing_twice(
     assert len(spans.get_finished_spans()) == 4  # spans from contrib's middleware
     durations = [r for r in http_monitor.snapshot().records() if r["name"] == "http.server.duration"]
     assert sum(r["count"] for r in durations) == 4  # contrib's own metric (another name), once each
+
+
+def test_concurrent_requests_from_threads_are_counted_exactly(
+    http_monitor: PerformanceMonitor, requests_of: Reader
+) -> None:
+    import threading
+
+    app = measured(make_app(), http_monitor)
+    ready = threading.Barrier(8)
+
+    def worker() -> None:
+        client = app.test_client()
+        ready.wait()
+        for n in range(50):
+            client.get(f"/api/messages/{n}", buffered=True)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert requests_of(http_monitor, "/api/messages/{id}", 200) == 400
+    assert http_monitor.snapshot().value("http_requests_in_flight") == 0

@@ -1,6 +1,10 @@
 """The distribution's packaging: entry points named apart from contrib's, version in lockstep with the core."""
 
+import doctest
+import importlib
 from importlib.metadata import distribution, entry_points
+
+import pytest
 
 import chat_turbo_metrics
 
@@ -16,3 +20,11 @@ def test_entry_points_are_registered_under_names_contrib_does_not_use() -> None:
         "chat_turbo_asgi": "chat_turbo_metrics_http.asgi:AsgiMetricsInstrumentor",
         "chat_turbo_wsgi": "chat_turbo_metrics_http.wsgi:WsgiMetricsInstrumentor",
     }
+
+
+@pytest.mark.parametrize("module", ["_settings", "_metrics", "asgi", "wsgi", "_django"])
+def test_docstring_examples_run(module: str) -> None:
+    imported = importlib.import_module(f"chat_turbo_metrics_http.{module}")
+    failed, attempted = doctest.testmod(imported, optionflags=doctest.ELLIPSIS)
+    assert failed == 0
+    assert attempted > 0 or module == "_django"

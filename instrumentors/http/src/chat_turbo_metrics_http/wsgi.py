@@ -157,6 +157,8 @@ class WsgiMetricsMiddleware:
     announced ``Content-Length``; the response size counts the bytes of the body iterable.
 
     Example:
+        >>> from flask import Flask
+        >>> app = Flask("chat")
         >>> app.wsgi_app = WsgiMetricsMiddleware(app.wsgi_app, excluded_paths=["/health"])
 
     Args:
@@ -188,8 +190,9 @@ class WsgiMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Measures every Flask and Django application: ``opentelemetry_instrumentor`` entry point ``chat_turbo_wsgi``.
 
     Example:
+        >>> from flask import Flask
         >>> WsgiMetricsInstrumentor().instrument(excluded_paths=["/health"])
-        >>> app = Flask(__name__)  # measured, no code change
+        >>> app = Flask("chat")  # measured, no code change
         >>> WsgiMetricsInstrumentor().uninstrument()
 
     ``instrument()`` takes ``excluded_paths``, ``metric_names`` and ``monitor`` like
