@@ -146,3 +146,23 @@ def test_uninstrument_restores_django(
     assert BaseHandler.get_response is original
     django_client.get("/api/messages/1")
     assert requests_of(http_monitor, "/api/messages/{id}", 200) is None
+
+
+def test_the_hand_added_middleware_measures_and_counts_once_beside_instrument(
+    django_client: Any,
+    http_monitor: PerformanceMonitor,
+    wsgi_instrumentor: WsgiMetricsInstrumentor,
+    requests_of: Reader,
+) -> None:
+    from django.test import Client, override_settings
+
+    middleware = ["chat_turbo_metrics_http.django_middleware.DjangoMetricsMiddleware"]
+    with override_settings(MIDDLEWARE=middleware, CHAT_TURBO_HTTP={"monitor": http_monitor}):
+        client = Client(raise_request_exception=False)
+        client.get("/api/messages/1")
+        assert client.get("/fail").status_code == 500
+        wsgi_instrumentor.instrument(monitor=http_monitor)
+        client.get("/api/messages/2")
+    assert requests_of(http_monitor, "/api/messages/{id}", 200) == 2
+    tags = {"method": "GET", "endpoint": "/fail", "status": 500, "error_type": "ZeroDivisionError"}
+    assert http_monitor.snapshot().value("errors", tags) == 1

@@ -22,7 +22,7 @@ def test_entry_points_are_registered_under_names_contrib_does_not_use() -> None:
     }
 
 
-@pytest.mark.parametrize("module", ["_settings", "_metrics", "asgi", "wsgi", "_django"])
+@pytest.mark.parametrize("module", ["_settings", "_metrics", "asgi", "wsgi", "_django", "django_middleware"])
 def test_docstring_examples_run(module: str) -> None:
     imported = importlib.import_module(f"chat_turbo_metrics_http.{module}")
     failed, attempted = doctest.testmod(imported, optionflags=doctest.ELLIPSIS)

@@ -33,6 +33,44 @@ def _store_error(sender: Any, request: Any = None, **extra: Any) -> None:
         request.META[ERROR_TYPE] = type(error).__name__
 
 
+def measure(metrics: RequestMetrics, get_response: Callable[[Any], Any], request: Any) -> Any:
+    """Handle ``request`` with ``get_response``, measured unless excluded or measured further out.
+
+    Args:
+        metrics: where to record.
+        get_response: Django's handler (or the rest of the middleware chain).
+        request: the ``HttpRequest``.
+
+    Returns:
+        The response (a streaming one records at its last chunk).
+    """
+    meta = request.META
+    path = request.path_info
+    if MEASURED in meta or path in metrics.excluded or (metrics.prefixes and path.startswith(metrics.prefixes)):
+        return get_response(request)
+    meta[MEASURED] = True
+    bound = metrics.started()
+    start = _perf_counter()
+    try:
+        response = get_response(request)
+    except BaseException as error:
+        _finish(metrics, bound, request, 500, start, 0, type(error).__name__)
+        raise  # unchanged
+    if response.streaming:
+        chunks = response.streaming_content
+        response.streaming_content = _measured_stream(metrics, bound, request, response.status_code, chunks, start)
+    else:
+        _finish(metrics, bound, request, response.status_code, start, len(response.content), None)
+    return response
+
+
+def connect_errors(uid: str) -> None:
+    """Name the exceptions Django turns into 500 responses (``errors_total{error_type=...}``)."""
+    from django.core.signals import got_request_exception
+
+    got_request_exception.connect(_store_error, weak=False, dispatch_uid=uid)
+
+
 def patch_django(metrics: RequestMetrics) -> Callable[[], None]:
     """Measure every Django request from now on.
 
@@ -48,32 +86,15 @@ def patch_django(metrics: RequestMetrics) -> Callable[[], None]:
     original = BaseHandler.__dict__["get_response"]
 
     def get_response(self: Any, request: Any) -> Any:
-        meta = request.META
-        path = request.path_info
-        if MEASURED in meta or path in metrics.excluded or (metrics.prefixes and path.startswith(metrics.prefixes)):
-            return original(self, request)
-        meta[MEASURED] = True
-        bound = metrics.started()
-        start = _perf_counter()
-        try:
-            response = original(self, request)
-        except BaseException as error:
-            _finish(metrics, bound, request, 500, start, 0, type(error).__name__)
-            raise  # unchanged
-        if response.streaming:
-            chunks = response.streaming_content
-            response.streaming_content = _measured_stream(metrics, bound, request, response.status_code, chunks, start)
-        else:
-            _finish(metrics, bound, request, response.status_code, start, len(response.content), None)
-        return response
+        return measure(metrics, original.__get__(self), request)
 
     get_response.__wrapped__ = original  # type: ignore[attr-defined]
     BaseHandler.get_response = get_response
-    got_request_exception.connect(_store_error, weak=False, dispatch_uid="chat_turbo_metrics_http")
+    connect_errors("chat_turbo_metrics_http.instrumentor")
 
     def undo() -> None:
         BaseHandler.get_response = original
-        got_request_exception.disconnect(dispatch_uid="chat_turbo_metrics_http")
+        got_request_exception.disconnect(dispatch_uid="chat_turbo_metrics_http.instrumentor")
 
     return undo
 
