@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -12,7 +13,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Mount, Route, WebSocketRoute
-from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 
 from chat_turbo_metrics import ConfigurationError, PerformanceMonitor, ViewConfig
@@ -165,6 +165,10 @@ def test_requests_in_flight_are_counted_while_handled(http_monitor: PerformanceM
 
 
 def test_websockets_count_as_active_connections(http_monitor: PerformanceMonitor) -> None:
+    with warnings.catch_warnings():  # Starlette 1.x prefers httpx2 for its TestClient; httpx works
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+
     app = AsgiMetricsMiddleware(make_app(http_monitor), monitor=http_monitor)
     with TestClient(app) as client, client.websocket_connect("/ws") as first:
         first.send_text("hello")
@@ -451,3 +455,22 @@ def test_a_disabled_monitor_records_nothing_and_the_app_still_works(
     responses = drive(app, ("GET", "/api/messages/1"), ("POST", "/echo"), body=b"abc")
     assert [r.status_code for r in responses] == [200, 200]
     assert monitor.snapshot().records() == []
+
+
+def test_without_scope_route_the_endpoint_is_found_from_the_matched_endpoint(
+    http_monitor: PerformanceMonitor, requests_of: Reader
+) -> None:
+    async def message(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("hi")
+
+    router = Starlette(routes=[Route("/api/messages/{id}", message)]).router
+
+    async def older_starlette(scope: Any, receive: Any, send: Any) -> None:
+        # What Starlette releases before scope["route"] leave behind: the router and the matched endpoint.
+        scope.update(router=router, endpoint=message if scope["path"].startswith("/api/") else None)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"hi"})
+
+    drive(AsgiMetricsMiddleware(older_starlette, monitor=http_monitor), ("GET", "/api/messages/9"), ("GET", "/x"))
+    assert requests_of(http_monitor, "/api/messages/{id}", 200) == 1
+    assert requests_of(http_monitor, "unmatched", 200) == 1
