@@ -122,15 +122,12 @@ class RequestMetrics:
     as on every other recording of the monitor.
 
     Example:
-        >>> from chat_turbo_metrics import MonitoringConfig
-        >>> monitor = PerformanceMonitor(MonitoringConfig(metrics_exporters=(), environment="test"))
         >>> metrics = RequestMetrics(HttpMetricsSettings(), monitor)
         >>> bound = metrics.started()
         >>> metrics.ended(bound)
         >>> metrics.record("GET", "/api/messages/{id}", 200, "http", 0.004, 0, 120, None, bound)
         >>> monitor.snapshot().value("api_requests", {"method": "GET", "endpoint": "/api/messages/{id}", "status": 200})
         1
-        >>> monitor.shutdown()
     """
 
     def __init__(self, settings: HttpMetricsSettings, monitor: PerformanceMonitor | None = None) -> None:
