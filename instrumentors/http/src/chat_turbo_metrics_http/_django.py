@@ -46,7 +46,7 @@ def measure(metrics: RequestMetrics, get_response: Callable[[Any], Any], request
     """
     meta = request.META
     path = request.path_info
-    if MEASURED in meta or path in metrics.excluded or (metrics.prefixes and path.startswith(metrics.prefixes)):
+    if MEASURED in meta or metrics.skips(path):
         return get_response(request)
     meta[MEASURED] = True
     bound = metrics.started()

@@ -132,8 +132,7 @@ class RequestMetrics:
 
     def __init__(self, settings: HttpMetricsSettings, monitor: PerformanceMonitor | None = None) -> None:
         self.settings = settings
-        self.excluded = settings.exact
-        self.prefixes = settings.prefixes
+        self.skips = settings.is_excluded  # True for paths that are never measured
         self._fixed = monitor
         self._bound: Bound | None = None
         self._seed = settings.metric_names in ("seed", "both")

@@ -113,16 +113,9 @@ class AsgiMetricsMiddleware:
         self._switch = _switch or [True]  # the instrumentor's shared switch turns off stacks it wrapped
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or MEASURED in scope or not self._switch[0]:
-            if scope["type"] == "websocket" and MEASURED not in scope and self._switch[0]:
-                await self._websocket(scope, receive, send)
-                return
-            await self.app(scope, receive, send)
-            return
         metrics = self._metrics
-        path = scope["path"]
-        if path in metrics.excluded or (metrics.prefixes and path.startswith(metrics.prefixes)):
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or MEASURED in scope or not self._switch[0] or metrics.skips(scope["path"]):
+            await self._unmeasured(scope, receive, send)
             return
         scope[MEASURED] = True
         root_path = scope.get("root_path", "")
@@ -174,6 +167,12 @@ class AsgiMetricsMiddleware:
                 error_type,
                 bound,
             )
+
+    async def _unmeasured(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and MEASURED not in scope and self._switch[0]:
+            await self._websocket(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[MEASURED] = True

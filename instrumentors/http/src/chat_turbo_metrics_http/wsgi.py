@@ -137,7 +137,7 @@ def measure(metrics: RequestMetrics, app: WSGIApp, environ: Environ, start_respo
         The application's body, wrapped to record when its last chunk is sent (or it is closed).
     """
     path = environ.get("PATH_INFO", "")
-    if MEASURED in environ or path in metrics.excluded or (metrics.prefixes and path.startswith(metrics.prefixes)):
+    if MEASURED in environ or metrics.skips(path):
         return app(environ, start_response)
     environ[MEASURED] = True
     exchange = _Exchange(metrics, metrics.started(), environ, start_response)
