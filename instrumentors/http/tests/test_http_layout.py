@@ -39,3 +39,12 @@ def test_readme_python_blocks_run(tmp_path: Path) -> None:
             check=False,
         )
         assert result.returncode == 0, result.stderr
+
+
+def test_opentelemetry_instrument_loads_the_distribution_when_any_covered_library_is_installed() -> None:
+    from opentelemetry.instrumentation.dependencies import get_dist_dependency_conflicts
+
+    dist = distribution("chat-turbo-metrics-http")
+    declared = [r for r in dist.requires or [] if "instruments-any" in r]
+    assert {r.split(";")[0].split(">=")[0].strip() for r in declared} == {"starlette", "flask", "django"}
+    assert get_dist_dependency_conflicts(dist) is None  # all three are installed here
