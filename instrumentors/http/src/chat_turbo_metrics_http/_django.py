@@ -132,8 +132,7 @@ def _finish(  # noqa: PLR0917 - one call site, called per request
         status = 500
     elif status >= 500:
         error_type = meta.get(ERROR_TYPE)
-    metrics.ended(bound)
-    metrics.record(
+    metrics.finish(
         request.method or "GET",
         route_of(request),
         status,

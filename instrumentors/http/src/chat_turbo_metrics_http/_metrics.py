@@ -124,8 +124,7 @@ class RequestMetrics:
     Example:
         >>> metrics = RequestMetrics(HttpMetricsSettings(), monitor)
         >>> bound = metrics.started()
-        >>> metrics.ended(bound)
-        >>> metrics.record("GET", "/api/messages/{id}", 200, "http", 0.004, 0, 120, None, bound)
+        >>> metrics.finish("GET", "/api/messages/{id}", 200, "http", 0.004, 0, 120, None, bound)
         >>> monitor.snapshot().value("api_requests", {"method": "GET", "endpoint": "/api/messages/{id}", "status": 200})
         1
     """
@@ -167,13 +166,6 @@ class RequestMetrics:
             set_active(count)
         return bound
 
-    def ended(self, bound: Bound) -> None:
-        """The request is no longer in flight."""
-        _in_flight.pop()
-        count = len(_in_flight)
-        for set_active in bound.active:
-            set_active(count)
-
     def websocket_opened(self) -> Bound:
         """Count an open WebSocket connection."""
         bound = self.bound()
@@ -187,7 +179,7 @@ class RequestMetrics:
         bound.websockets(len(_websockets))
 
     # --- the finished request -------------------------------------------------------------------
-    def record(  # noqa: PLR0917 - called per request; positional arguments are the cheapest to pass
+    def finish(  # noqa: PLR0917 - called per request; positional arguments are the cheapest to pass
         self,
         method: str,
         endpoint: str,
@@ -199,7 +191,7 @@ class RequestMetrics:
         error_type: str | None,
         bound: Bound,
     ) -> None:
-        """Record one finished request.
+        """A request :meth:`started` is over: no longer in flight, and recorded.
 
         Args:
             method: the request method (anything outside the standard set is recorded as ``_OTHER``).
@@ -212,6 +204,10 @@ class RequestMetrics:
             error_type: the exception's class name when the application raised; None otherwise.
             bound: what :meth:`started` returned for this request.
         """
+        _in_flight.pop()
+        count = len(_in_flight)
+        for set_active in bound.active:
+            set_active(count)
         key = (method, endpoint, status, scheme)
         if error_type is None and status < 500:
             series = bound.series.get(key)

@@ -151,12 +151,11 @@ class AsgiMetricsMiddleware:
             error_type = type(error).__name__
             raise  # unchanged: the server (or an outer middleware) sees what the application raised
         finally:
-            metrics.ended(bound)
             if not end:
                 end = _perf_counter()
                 if error_type is not None or not status:
                     status = 500  # no complete response: the client sees a 500 or a broken connection
-            metrics.record(
+            metrics.finish(
                 scope["method"],
                 endpoint_of(scope, root_path),
                 status,

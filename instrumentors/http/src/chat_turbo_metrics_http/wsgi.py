@@ -110,8 +110,7 @@ class _Exchange:
         elif status >= 500:
             error_type = environ.get(ERROR_TYPE)
         metrics = self.metrics
-        metrics.ended(self.bound)
-        metrics.record(
+        metrics.finish(
             environ.get("REQUEST_METHOD", "GET"),
             self.route or route_of(environ),
             status,
