@@ -1,4 +1,4 @@
-"""Real servers in subprocesses: a Starlette app under uvicorn and a Flask app under Werkzeug, started by
+"""Real servers in subprocesses: a Starlette app under uvicorn, Flask and Django apps under Werkzeug, started by
 ``opentelemetry-instrument`` with no monitoring code, read back from the Prometheus endpoint with exact counts."""
 
 from __future__ import annotations
@@ -51,6 +51,34 @@ def health():
 
 if __name__ == "__main__":
     app.run(host="127.0.0.1", port=int(sys.argv[1]), threaded=True)
+"""
+
+DJANGO_APP = """
+import sys
+from django.conf import settings
+
+settings.configure(DEBUG=False, SECRET_KEY="served", ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__, MIDDLEWARE=[])
+
+from django.core.wsgi import get_wsgi_application
+from django.http import HttpResponse
+from django.urls import path
+
+def message(request, id):
+    return HttpResponse("message")
+
+def fail(request):
+    raise KeyError("gone")
+
+def health(request):
+    return HttpResponse("ok")
+
+urlpatterns = [path("api/messages/<int:id>", message), path("fail", fail), path("health", health)]
+application = get_wsgi_application()
+
+if __name__ == "__main__":
+    from werkzeug.serving import run_simple
+
+    run_simple("127.0.0.1", int(sys.argv[1]), application, threaded=True)
 """
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -178,7 +206,9 @@ def _check_exact_counts(process_metrics_port: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("source", "command"), [(STARLETTE_APP, _uvicorn), (FLASK_APP, _werkzeug)], ids=["uvicorn", "werkzeug"]
+    ("source", "command"),
+    [(STARLETTE_APP, _uvicorn), (FLASK_APP, _werkzeug), (DJANGO_APP, _werkzeug)],
+    ids=["starlette-uvicorn", "flask-werkzeug", "django-werkzeug"],
 )
 def test_an_app_without_monitoring_code_is_measured_under_opentelemetry_instrument(
     serve: Callable[..., tuple[int, int]], source: str, command: Callable[[int], list[str]]
