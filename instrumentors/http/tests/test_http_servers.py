@@ -53,6 +53,24 @@ if __name__ == "__main__":
     app.run(host="127.0.0.1", port=int(sys.argv[1]), threaded=True)
 """
 
+FASTAPI_APP = """
+from fastapi import FastAPI, Response
+
+app = FastAPI()  # FastAPI is imported after opentelemetry-instrument ran the instrumentors
+
+@app.get("/api/messages/{id}")
+async def message(id: int):
+    return Response("message")
+
+@app.get("/fail")
+async def fail():
+    raise KeyError("gone")
+
+@app.get("/health")
+async def health():
+    return Response("ok")
+"""
+
 DJANGO_APP = """
 import sys
 from django.conf import settings
@@ -207,8 +225,8 @@ def _check_exact_counts(process_metrics_port: int) -> None:
 
 @pytest.mark.parametrize(
     ("source", "command"),
-    [(STARLETTE_APP, _uvicorn), (FLASK_APP, _werkzeug), (DJANGO_APP, _werkzeug)],
-    ids=["starlette-uvicorn", "flask-werkzeug", "django-werkzeug"],
+    [(STARLETTE_APP, _uvicorn), (FASTAPI_APP, _uvicorn), (FLASK_APP, _werkzeug), (DJANGO_APP, _werkzeug)],
+    ids=["starlette-uvicorn", "fastapi-uvicorn", "flask-werkzeug", "django-werkzeug"],
 )
 def test_an_app_without_monitoring_code_is_measured_under_opentelemetry_instrument(
     serve: Callable[..., tuple[int, int]], source: str, command: Callable[[int], list[str]]
