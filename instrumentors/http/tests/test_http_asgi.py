@@ -63,6 +63,7 @@ def make_app(monitor: PerformanceMonitor | None = None) -> Starlette:
             Route("/stream", stream),
             Route("/health", message),
             Mount("/v2", routes=[Route("/users/{name}", message)]),
+            Mount("/teams/{team}", routes=[Mount("/users/{user}", routes=[Route("/posts/{post}", message)])]),
             WebSocketRoute("/ws", chat),
         ]
     )
@@ -104,8 +105,10 @@ def test_a_mounted_route_is_recorded_with_the_mount_prefix(
 ) -> None:
     app = AsgiMetricsMiddleware(make_app(), monitor=http_monitor)
     drive(app, ("GET", "/v2/users/ann"), ("GET", "/v2/users/bob"), ("GET", "/v2/nothing"))
+    drive(app, *[("GET", f"/teams/t{n}/users/u{n}/posts/{n}") for n in range(3)])
     assert requests_of(http_monitor, "/v2/users/{name}", 200) == 2
     assert requests_of(http_monitor, "unmatched", 404) == 1
+    assert requests_of(http_monitor, "/teams/{team}/users/{user}/posts/{post}", 200) == 3  # templates, not raw
 
 
 def test_body_sizes_are_recorded(http_monitor: PerformanceMonitor) -> None:

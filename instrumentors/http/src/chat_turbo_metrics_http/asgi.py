@@ -50,16 +50,40 @@ def endpoint_of(scope: Scope, root_path: str) -> str:
     known = _endpoints.get((prefix, id(route)))
     if known is not None and known[0] is route:
         return known[1]
-    return _new_endpoint(prefix, route)
+    return _new_endpoint(scope, prefix, route)
 
 
-def _new_endpoint(prefix: str, route: Any) -> str:
+def _new_endpoint(scope: Scope, prefix: str, route: Any) -> str:
     path = getattr(route, "path", None)
-    # A Mount matched but nothing inside it did: the request matched no endpoint.
-    endpoint = UNMATCHED if not isinstance(path, str) or hasattr(route, "routes") else route_template(prefix + path)
+    if not isinstance(path, str) or hasattr(route, "routes"):
+        endpoint = UNMATCHED  # a Mount matched but nothing inside it did
+    elif prefix:
+        # The scope keeps the raw path a Mount consumed ("/users/42"); the endpoint wants its template.
+        mounts = _mount_template(getattr(scope.get("router"), "routes", None) or (), prefix)
+        endpoint = route_template((mounts or prefix) + path)
+    else:
+        endpoint = route_template(path)
     if len(_endpoints) < _ENDPOINT_CACHE_LIMIT:
         _endpoints[prefix, id(route)] = (route, endpoint)
     return endpoint
+
+
+def _mount_template(routes: Iterable[Any], prefix: str) -> str | None:
+    """The templates of the (nested) Mounts that consumed ``prefix``: ``/users/42`` -> ``/users/{uid}``."""
+    for route in routes:
+        inner, regex = getattr(route, "routes", None), getattr(route, "path_regex", None)
+        if inner is None or regex is None:
+            continue
+        match = regex.match(prefix + "/")
+        if match is None or "path" not in match.groupdict():
+            continue
+        rest = "/" + match.group("path").rstrip("/")
+        if rest == "/":
+            return str(route.path)
+        deeper = _mount_template(inner, rest)
+        if deeper is not None:
+            return str(route.path) + deeper
+    return None
 
 
 def _endpoint_without_route(scope: Scope) -> str:
