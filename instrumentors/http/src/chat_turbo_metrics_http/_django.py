@@ -1,0 +1,145 @@
+"""Django: every request through ``BaseHandler.get_response`` (WSGI servers and the test client) is measured.
+
+The route template is ``request.resolver_match.route`` (``api/messages/<int:id>`` becomes
+``/api/messages/{id}``); an exception Django turns into a 500 response is named by the
+``got_request_exception`` signal. Streaming responses are measured to their last chunk. Django served by
+an ASGI server (``get_response_async``) is not measured by this hook.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from chat_turbo_metrics_http._metrics import UNMATCHED, Bound, RequestMetrics, route_template
+from chat_turbo_metrics_http.wsgi import ERROR_TYPE, MEASURED, content_length
+
+_perf_counter = time.perf_counter
+
+
+def route_of(request: Any) -> str:
+    """The template of the URL pattern Django resolved the request to, or ``unmatched``."""
+    match = getattr(request, "resolver_match", None)
+    route = getattr(match, "route", None)
+    return route_template(route) if isinstance(route, str) and route else UNMATCHED
+
+
+def _store_error(sender: Any, request: Any = None, **extra: Any) -> None:
+    """Sent inside Django's ``except`` block: the exception is the one being handled."""
+    error = sys.exc_info()[1]
+    if request is not None and error is not None:
+        request.META[ERROR_TYPE] = type(error).__name__
+
+
+def measure(metrics: RequestMetrics, get_response: Callable[[Any], Any], request: Any) -> Any:
+    """Handle ``request`` with ``get_response``, measured unless excluded or measured further out.
+
+    Args:
+        metrics: where to record.
+        get_response: Django's handler (or the rest of the middleware chain).
+        request: the ``HttpRequest``.
+
+    Returns:
+        The response (a streaming one records at its last chunk).
+    """
+    meta = request.META
+    path = request.path_info
+    if MEASURED in meta or metrics.skips(path):
+        return get_response(request)
+    meta[MEASURED] = True
+    bound = metrics.started()
+    start = _perf_counter()
+    try:
+        response = get_response(request)
+    except BaseException as error:
+        _finish(metrics, bound, request, 500, start, 0, type(error).__name__)
+        raise  # unchanged
+    if response.streaming:
+        chunks = response.streaming_content
+        response.streaming_content = _measured_stream(metrics, bound, request, response.status_code, chunks, start)
+    else:
+        _finish(metrics, bound, request, response.status_code, start, len(response.content), None)
+    return response
+
+
+def connect_errors(uid: str) -> None:
+    """Name the exceptions Django turns into 500 responses (``errors_total{error_type=...}``)."""
+    from django.core.signals import got_request_exception
+
+    got_request_exception.connect(_store_error, weak=False, dispatch_uid=uid)
+
+
+def patch_django(metrics: RequestMetrics) -> Callable[[], None]:
+    """Measure every Django request from now on.
+
+    Args:
+        metrics: where to record.
+
+    Returns:
+        A function that restores Django as it was.
+    """
+    from django.core.handlers.base import BaseHandler
+    from django.core.signals import got_request_exception
+
+    original = BaseHandler.__dict__["get_response"]
+
+    def get_response(self: Any, request: Any) -> Any:
+        return measure(metrics, original.__get__(self), request)
+
+    get_response.__wrapped__ = original  # type: ignore[attr-defined]
+    BaseHandler.get_response = get_response
+    connect_errors("chat_turbo_metrics_http.instrumentor")
+
+    def undo() -> None:
+        BaseHandler.get_response = original
+        got_request_exception.disconnect(dispatch_uid="chat_turbo_metrics_http.instrumentor")
+
+    return undo
+
+
+def _measured_stream(  # noqa: PLR0917 - one call site
+    metrics: RequestMetrics, bound: Bound, request: Any, status: int, chunks: Iterable[bytes], start: float
+) -> Iterator[bytes]:
+    sent = 0
+    error_type = None
+    try:
+        for chunk in chunks:
+            sent += len(chunk)
+            yield chunk
+    except GeneratorExit:  # closed before the end (the client went away): still one request
+        raise
+    except BaseException as error:
+        error_type = type(error).__name__
+        raise
+    finally:
+        _finish(metrics, bound, request, status, start, sent, error_type)
+
+
+def _finish(  # noqa: PLR0917 - one call site, called per request
+    metrics: RequestMetrics,
+    bound: Bound,
+    request: Any,
+    status: int,
+    start: float,
+    sent: int,
+    error_type: str | None,
+) -> None:
+    end = _perf_counter()
+    meta = request.META
+    if error_type is not None:
+        status = 500
+    elif status >= 500:
+        error_type = meta.get(ERROR_TYPE)
+    metrics.finish(
+        request.method or "GET",
+        route_of(request),
+        status,
+        request.scheme or "http",
+        end - start,
+        content_length(meta),
+        sent,
+        error_type,
+        bound,
+    )

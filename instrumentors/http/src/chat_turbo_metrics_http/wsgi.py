@@ -1,0 +1,260 @@
+"""HTTP metrics for WSGI applications: a middleware, and an instrumentor for every Flask and Django app.
+
+After ``WsgiMetricsInstrumentor().instrument()``, ``Flask.wsgi_app`` and Django's
+``BaseHandler.get_response`` measure every request of every application (created before or after), with
+no code change; ``uninstrument()`` restores them. The endpoint is the route template the framework matched
+(Flask's ``url_rule``, Django's ``resolver_match.route``); requests no route matched share ``unmatched``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, MutableMapping
+from typing import Any
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+
+from chat_turbo_metrics import PerformanceMonitor
+from chat_turbo_metrics_http._metrics import UNMATCHED, Bound, RequestMetrics, route_template
+from chat_turbo_metrics_http._settings import HttpMetricsSettings
+
+Environ = MutableMapping[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+MEASURED = "chat_turbo_metrics.measured"  # environ key: an outer middleware of ours measures this request
+ERROR_TYPE = "chat_turbo_metrics.error_type"  # environ key: the exception a framework turned into a 500
+ROUTE = "chat_turbo_metrics.route"  # environ key: the route template, for frameworks that do not keep it
+_perf_counter = time.perf_counter
+
+
+def route_of(environ: Environ) -> str:
+    """The route template the framework matched for this request (Flask/Werkzeug, or set under ``ROUTE``)."""
+    request = environ.get("werkzeug.request")  # Werkzeug's Request registers itself in the environ
+    if request is not None:
+        rule = getattr(request, "url_rule", None)
+        return route_template(rule.rule) if rule is not None else UNMATCHED
+    route = environ.get(ROUTE)
+    return route if isinstance(route, str) else UNMATCHED
+
+
+def content_length(headers: Mapping[str, Any]) -> int:
+    """The request body size the client announced (``CONTENT_LENGTH``), 0 when absent or bad."""
+    length = headers.get("CONTENT_LENGTH")
+    if not length:
+        return 0
+    try:
+        return max(int(length), 0)
+    except ValueError:
+        return 0
+
+
+class _Exchange:
+    """One measured request: its ``start_response``, and its body iterable, which records at the last chunk."""
+
+    __slots__ = ("_start_response", "body", "bound", "done", "environ", "metrics", "route", "sent", "start", "status")
+
+    def __init__(self, metrics: RequestMetrics, bound: Bound, environ: Environ, start_response: StartResponse) -> None:
+        self.metrics = metrics
+        self.bound = bound
+        self.environ = environ
+        self._start_response = start_response
+        self.status = "500"
+        self.route = ""
+        self.sent = 0
+        self.done = False
+        self.body: Iterable[bytes] = ()
+        self.start = _perf_counter()
+
+    def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
+        self.status = status
+        # Flask drops the request from the environ when its context ends, after this call, before the body.
+        self.route = route_of(self.environ)
+        return self._start_response(status, headers, exc_info)
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self.body:
+                self.sent += len(chunk)
+                yield chunk
+        except GeneratorExit:  # the server stopped iterating; close() records
+            raise
+        except BaseException as error:
+            self.finish(type(error).__name__)
+            raise
+        self.finish(None)  # the duration runs to the last body chunk
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if not self.done:
+                self.finish(None)
+
+    def finish(self, error_type: str | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        end = _perf_counter()
+        environ = self.environ
+        try:
+            status = int(self.status[:3])
+        except ValueError:
+            status = 500
+        if error_type is not None:
+            status = 500
+        elif status >= 500:
+            error_type = environ.get(ERROR_TYPE)
+        metrics = self.metrics
+        metrics.finish(
+            environ.get("REQUEST_METHOD", "GET"),
+            self.route or route_of(environ),
+            status,
+            environ.get("wsgi.url_scheme", "http"),
+            end - self.start,
+            content_length(environ),
+            self.sent,
+            error_type,
+            self.bound,
+        )
+
+
+def measure(metrics: RequestMetrics, app: WSGIApp, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """Run one request through ``app``, measured unless excluded or already measured by an outer middleware.
+
+    Args:
+        metrics: where to record.
+        app: the WSGI application.
+        environ: the request's WSGI environ.
+        start_response: the server's ``start_response``.
+
+    Returns:
+        The application's body, wrapped to record when its last chunk is sent (or it is closed).
+    """
+    path = environ.get("PATH_INFO", "")
+    if MEASURED in environ or metrics.skips(path):
+        return app(environ, start_response)
+    environ[MEASURED] = True
+    exchange = _Exchange(metrics, metrics.started(), environ, start_response)
+    try:
+        exchange.body = app(environ, exchange.start_response)
+    except BaseException as error:
+        exchange.finish(type(error).__name__)
+        raise  # unchanged
+    return exchange
+
+
+class WsgiMetricsMiddleware:
+    """Measures every request of the WSGI application it wraps.
+
+    Records through the process-wide :class:`~chat_turbo_metrics.PerformanceMonitor` (or ``monitor``) the
+    same metrics as :class:`~chat_turbo_metrics_http.asgi.AsgiMetricsMiddleware`. The request size is the
+    announced ``Content-Length``; the response size counts the bytes of the body iterable.
+
+    Example:
+        >>> from flask import Flask
+        >>> app = Flask("chat")
+        >>> app.wsgi_app = WsgiMetricsMiddleware(app.wsgi_app, excluded_paths=["/health"])
+
+    Args:
+        app: the WSGI application.
+        excluded_paths: paths (``/health``) or prefixes (``/static/*``) never measured.
+        metric_names: ``seed`` (default), ``semconv`` or ``both``.
+        monitor: record into this monitor instead of the process-wide one.
+        environ: read defaults from this mapping instead of ``os.environ``.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        excluded_paths: Iterable[str] | str | None = None,
+        metric_names: str | None = None,
+        monitor: PerformanceMonitor | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.app = app
+        self._metrics = RequestMetrics(HttpMetricsSettings.from_options(excluded_paths, metric_names, environ), monitor)
+        _connect_flask_errors()
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        return measure(self._metrics, self.app, environ, start_response)
+
+
+class WsgiMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Measures every Flask and Django application: ``opentelemetry_instrumentor`` entry point ``chat_turbo_wsgi``.
+
+    Example:
+        >>> from flask import Flask
+        >>> WsgiMetricsInstrumentor().instrument(excluded_paths=["/health"])
+        >>> app = Flask("chat")  # measured, no code change
+        >>> WsgiMetricsInstrumentor().uninstrument()
+
+    ``instrument()`` takes ``excluded_paths``, ``metric_names`` and ``monitor`` like
+    :class:`WsgiMetricsMiddleware`; under ``opentelemetry-instrument`` they come from the environment.
+    """
+
+    _undo: list[Callable[[], None]] = []  # noqa: RUF012 - what uninstrument() restores
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        """Flask or Django, whichever is installed (either is enough)."""
+        found = tuple(spec for name, spec in _FRAMEWORKS if importlib.util.find_spec(name) is not None)
+        return found[:1] or (_FRAMEWORKS[0][1],)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        settings = HttpMetricsSettings.from_options(
+            kwargs.get("excluded_paths"), kwargs.get("metric_names"), kwargs.get("environ")
+        )
+        metrics = RequestMetrics(settings, kwargs.get("monitor"))
+        if importlib.util.find_spec("flask") is not None:
+            WsgiMetricsInstrumentor._undo.append(_patch_flask(metrics))
+        if importlib.util.find_spec("django") is not None:
+            from chat_turbo_metrics_http._django import patch_django
+
+            WsgiMetricsInstrumentor._undo.append(patch_django(metrics))
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        while WsgiMetricsInstrumentor._undo:
+            WsgiMetricsInstrumentor._undo.pop()()
+
+
+_FRAMEWORKS = (("flask", "flask >= 2.2"), ("django", "django >= 3.2"))
+
+
+def _patch_flask(metrics: RequestMetrics) -> Callable[[], None]:
+    import flask
+
+    original = flask.Flask.__dict__["wsgi_app"]
+
+    def wsgi_app(self: flask.Flask, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        return measure(metrics, original.__get__(self), environ, start_response)
+
+    wsgi_app.__wrapped__ = original  # type: ignore[attr-defined]
+    flask.Flask.wsgi_app = wsgi_app  # type: ignore[method-assign]
+    _connect_flask_errors()
+
+    def undo() -> None:
+        flask.Flask.wsgi_app = original  # type: ignore[method-assign]
+
+    return undo
+
+
+def _flask_error(sender: Any, exception: BaseException, **extra: Any) -> None:
+    """Flask turns an unhandled exception into a 500 response (or re-raises it after its context ended): keep
+    its type for ``errors_total``, and the route while the request still knows it."""
+    import flask
+
+    environ = flask.request.environ
+    environ[ERROR_TYPE] = type(exception).__name__
+    environ[ROUTE] = route_of(environ)
+
+
+def _connect_flask_errors() -> None:
+    flask = sys.modules.get("flask")  # a Flask application has imported it by now; others need not pay for it
+    if flask is None:
+        return
+    flask.got_request_exception.connect(_flask_error, weak=False)  # idempotent: one receiver, however often
