@@ -144,15 +144,13 @@ def test_get_instance_with_a_taken_port_logs_once_and_records() -> None:
 def test_app_calling_configure_under_opentelemetry_instrument_keeps_the_port(tmp_path: Path) -> None:
     port = free_port()
     (tmp_path / "app.py").write_text(
-        (
-            SCRAPE
-            + textwrap.dedent("""
+        SCRAPE
+        + textwrap.dedent("""
             import chat_turbo_metrics
             monitor = chat_turbo_metrics.configure(service_name="app")   # the distro configured already
             monitor.increment_counter("app_jobs")
             print("REPORT " + json.dumps({"text": scrape(THE_PORT)}))
             """).replace("THE_PORT", str(port))
-        )
     )
     instrument = str(Path(sys.executable).parent / "opentelemetry-instrument")
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "METRICS_", "PERFORMANCE_"))}

@@ -62,7 +62,10 @@ def _accepts_gzip(header: str) -> bool:
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
-    timeout = CLIENT_TIMEOUT_S  # applied to the client socket: an idle or stalled client is cut
+
+    def setup(self) -> None:
+        self.timeout = self.server.client_timeout_s  # type: ignore[misc]  # per server; idle or stalled is cut
+        super().setup()
 
     def do_GET(self) -> None:
         self._respond(with_body=True)
@@ -99,10 +102,13 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # server_close() must not wait for client threads
 
-    def __init__(self, address: tuple[str, int], render: Callable[[], str], max_connections: int) -> None:
+    def __init__(
+        self, address: tuple[str, int], render: Callable[[], str], max_connections: int, client_timeout_s: float
+    ) -> None:
         super().__init__(address, _Handler)
         self.render = render
         self.slots = threading.BoundedSemaphore(max_connections)
+        self.client_timeout_s = client_timeout_s
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
@@ -127,10 +133,16 @@ class _Server(ThreadingHTTPServer):
 class Endpoint:
     """A listening socket and its serve thread; answers with the newest owner's exposition."""
 
-    def __init__(self, host: str, port: int, max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        max_connections: int = MAX_CONNECTIONS,
+        client_timeout_s: float = CLIENT_TIMEOUT_S,
+    ) -> None:
         self.key = (host, port)
         self.owners: list[Renderer] = []
-        self._server = _Server((host, port), self._render, max_connections)
+        self._server = _Server((host, port), self._render, max_connections, client_timeout_s)
         self._server.socket.setblocking(False)  # another process sharing it may take the connection first
         self._wake_r, self._wake_w = socket.socketpair()
         self._stopping = threading.Event()
