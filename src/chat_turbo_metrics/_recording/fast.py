@@ -2,8 +2,8 @@
 
 A recording call is one dict lookup keyed by ``(name, tuple(tags.items()), type(value))``, one chained
 comparison that rejects bad values (NaN, infinities, negatives, ints beyond int64: a comparison with a non-
-number raises inside a ``try`` that costs nothing when nothing is raised), and an update of a small list (a
-*cell*, laid out in :mod:`chat_turbo_metrics._recording.producer`) under one uncontended lock. Everything else
+number raises inside a ``try`` that costs nothing when nothing is raised), and an update of a small slotted
+object (a *cell*, :mod:`chat_turbo_metrics._recording.producer`) under one uncontended lock. Everything else
 — name and tag validation, View attribute filters, the cardinality limit — runs once per new tag set on the
 slow path, which stores the cell the SDK would have aggregated into. Only plain ``int`` and ``float`` values
 are cached, so a ``bool``, ``Decimal``, numpy scalar or ``10**400`` never reaches a cell unconverted: it
@@ -56,7 +56,7 @@ from chat_turbo_metrics._recording.producer import (
 )
 from chat_turbo_metrics._recording.sdk import DROPPED, BoundInstrument, Tags
 
-_Route = tuple[dict[Any, Cell], Kind, bool]
+_Route = tuple[dict[Any, Any], Kind, bool]
 _I64 = INT64_BOUND
 _FMAX = FLOAT_MAX
 _EXACT = EXACT_TYPES
@@ -146,10 +146,10 @@ class FastRecorder:
         # thread holds the lock on the slow path or during a collection; a plain Lock would deadlock there.
         self._lock = threading.RLock()
         self._fork_held = False
-        self._counters: dict[Any, Cell] = {}
-        self._gauges: dict[Any, Cell] = {}
-        self._histograms: dict[Any, Cell] = {}
-        self._timers: dict[Any, Cell] = {}
+        self._counters: dict[Any, Any] = {}  # (name, tags, value type) -> cell
+        self._gauges: dict[Any, Any] = {}  # (name, tags, value type) -> cell
+        self._histograms: dict[Any, Any] = {}  # (name, tags, value type) -> cell
+        self._timers: dict[Any, Any] = {}  # (name, tags, value type) -> cell
         self._by_name: dict[tuple[Kind, bool, str], _Instrument] = {}
         self._by_identity: dict[tuple[Any, ...], _Instrument] = {}
         self._order: list[_Instrument] = []
@@ -173,7 +173,7 @@ class FastRecorder:
             cell = self._counters[name, tuple(tags.items()) if tags is not None else None, value.__class__]
             if 0 <= value < _I64:
                 with self._lock:
-                    cell[0] += value
+                    cell.delta += value
                 return
         except Exception:  # a new tag set, or bad input: the slow path sorts it out
             pass
@@ -183,7 +183,7 @@ class FastRecorder:
         try:
             cell = self._gauges[name, tuple(tags.items()) if tags is not None else None, value.__class__]
             if -_I64 <= value < _I64:
-                cell[0] = value  # one store: atomic, no lock needed
+                cell.value = value  # one store: atomic, no lock needed
                 return
         except Exception:
             pass
@@ -196,12 +196,12 @@ class FastRecorder:
             cell = self._histograms[name, tuple(tags.items()) if tags is not None else None, value.__class__]
             if 0 <= value < _FMAX:
                 with self._lock:
-                    cell[1][bisect_left(cell[0], value)] += 1
-                    cell[2] += value
-                    if value < cell[3]:  # noqa: PLR1730 - an if is ~2x cheaper than min() on the hot path
-                        cell[3] = value
-                    if value > cell[4]:  # noqa: PLR1730
-                        cell[4] = value
+                    cell.counts[bisect_left(cell.bounds, value)] += 1
+                    cell.sum += value
+                    if value < cell.min:  # noqa: PLR1730 - an if is ~2x cheaper than min() on the hot path
+                        cell.min = value
+                    if value > cell.max:  # noqa: PLR1730
+                        cell.max = value
                 return
         except Exception:
             pass
@@ -217,12 +217,12 @@ class FastRecorder:
             cell = self._timers[name, tuple(tags.items()) if tags is not None else None, start.__class__]
             if 0 <= value < end:  # 0 < start <= end: a start token from start_timer()
                 with self._lock:
-                    cell[1][bisect_left(cell[0], value)] += 1
-                    cell[2] += value
-                    if value < cell[3]:  # noqa: PLR1730 - an if is ~2x cheaper than min() on the hot path
-                        cell[3] = value
-                    if value > cell[4]:  # noqa: PLR1730
-                        cell[4] = value
+                    cell.counts[bisect_left(cell.bounds, value)] += 1
+                    cell.sum += value
+                    if value < cell.min:  # noqa: PLR1730 - an if is ~2x cheaper than min() on the hot path
+                        cell.min = value
+                    if value > cell.max:  # noqa: PLR1730
+                        cell.max = value
                 return
         except Exception:
             pass
@@ -340,7 +340,7 @@ class _Handle(BoundInstrument):
         super().__init__(instrument, tags, recorder._problems, name)
         self._recorder = recorder
         self._lock = recorder._lock
-        self._cell: Cell | None = None
+        self._cell: Any = None  # a SumCell, GaugeCell or HistogramCell after the first call
 
     def _miss(self, value: Any) -> None:
         try:
@@ -374,7 +374,7 @@ class _CounterHandle(_Handle):
         try:
             if value.__class__ in _EXACT and 0 <= value < _I64:
                 with self._lock:
-                    self._cell[0] += value  # type: ignore[index]
+                    self._cell.delta += value
                 return
         except Exception:
             pass
@@ -389,14 +389,14 @@ class _HistogramHandle(_Handle):
         """Record one observation."""
         try:
             if value.__class__ in _EXACT and 0 <= value < _FMAX:
-                cell: Cell = self._cell  # type: ignore[assignment]
+                cell = self._cell
                 with self._lock:
-                    cell[1][bisect_left(cell[0], value)] += 1
-                    cell[2] += value
-                    if value < cell[3]:  # noqa: PLR1730 - an if is ~2x cheaper than min() on the hot path
-                        cell[3] = value
-                    if value > cell[4]:  # noqa: PLR1730
-                        cell[4] = value
+                    cell.counts[bisect_left(cell.bounds, value)] += 1
+                    cell.sum += value
+                    if value < cell.min:  # noqa: PLR1730 - an if is ~2x cheaper than min() on the hot path
+                        cell.min = value
+                    if value > cell.max:  # noqa: PLR1730
+                        cell.max = value
                 return
         except Exception:
             pass
@@ -415,7 +415,7 @@ class _GaugeHandle(_Handle):
         """Set the gauge."""
         try:
             if value.__class__ in _EXACT and -_I64 <= value < _I64:
-                self._cell[0] = value  # type: ignore[index]
+                self._cell.value = value
                 return
         except Exception:
             pass
