@@ -190,6 +190,7 @@ def test_exit_with_an_unreachable_otlp_collector_is_bounded_by_the_shutdown_time
         OTEL_METRICS_EXPORTER="otlp",
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{free_port()}",
         OTEL_METRIC_EXPORT_INTERVAL="200",
+        OTEL_METRIC_EXPORT_TIMEOUT="30000",  # the OTel default; the shutdown timeout must bound exit anyway
     )
     # Default shutdown timeout 5 s, plus interpreter start-up; the OTLP exporter alone retries for ~30 s.
     assert time.monotonic() - started < 12

@@ -184,3 +184,25 @@ def test_a_failing_exporter_logs_once_per_outage_and_once_on_recovery(caplog: py
         assert fanout.failures[next(iter(fanout.failures))] == 6
     finally:
         fanout.shutdown(1)
+
+
+# --- the same through the public exporter ------------------------------------------------------------------
+
+
+def test_exporter_answers_head_and_stops_at_once(monitor_factory: Any) -> None:
+    from chat_turbo_metrics.exporters.prometheus import PrometheusExporter
+
+    monitor = monitor_factory()
+    exporter = PrometheusExporter(host="127.0.0.1", port=0)
+    monitor.add_exporter(exporter)
+    monitor.increment_counter("jobs")
+    status, headers, body = get(exporter.port, "HEAD")
+    assert (status, body) == (200, b"")
+    assert int(headers["Content-Length"]) == len(get(exporter.port)[2]) > 0
+    port = exporter.port
+    time.sleep(0.2)  # the serve loop is waiting for a connection
+    started = time.monotonic()
+    exporter.shutdown()
+    assert time.monotonic() - started < 0.2  # not the 0.5 s poll interval of socketserver
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=1)

@@ -33,6 +33,7 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 
+from chat_turbo_metrics._pipeline import forksafe
 from chat_turbo_metrics._recording.guard import INT64_LIMIT, number, short_repr
 
 _logger = logging.getLogger("chat_turbo_metrics.exposition")
@@ -45,6 +46,10 @@ class Unexportable:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
+        forksafe.register(self)
+
+    def after_fork_in_child(self) -> None:
+        forksafe.reinit(self._lock)
 
     @property
     def total(self) -> int:

@@ -183,7 +183,7 @@ class Pipeline:
                 )
         except BaseException:
             # A half-built pipeline must not keep a port, a thread or a file: the running one stays in charge.
-            self.shutdown(0)
+            self.shutdown(1.0)
             raise
         forksafe.register(self)
         atexit.register(self.shutdown)

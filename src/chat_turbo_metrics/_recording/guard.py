@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from chat_turbo_metrics._pipeline import forksafe
 from chat_turbo_metrics._pipeline.compat import SDK_MEASUREMENT_LOGGERS
 
 _logger = logging.getLogger("chat_turbo_metrics.recording")
@@ -35,6 +36,10 @@ class Problems:
         self._logger = logger
         self._lock = threading.Lock()
         self.counts: Counter[tuple[Any, ...]] = Counter()
+        forksafe.register(self)
+
+    def after_fork_in_child(self) -> None:
+        forksafe.reinit(self._lock)  # another thread of the parent may have been reporting
 
     @property
     def total(self) -> int:

@@ -212,6 +212,7 @@ class Endpoint:
 
     def after_fork_in_child(self) -> None:
         # The serve thread is the parent's. Close our copy of the socket so the port is the parent's alone.
+        forksafe.reinit(self._stopping)  # the parent's thread may have been inside wait()
         self._stopping.set()
         self._close()
 
