@@ -129,7 +129,7 @@ def test_accept_failing_with_emfile_does_not_spin_and_recovers() -> None:
             hog.close()
         for client in clients:
             client.close()
-        body = urllib.request.urlopen(f"http://127.0.0.1:{endpoint.port}/metrics", timeout=10).read().decode()
+        body = urllib.request.urlopen(f"http://127.0.0.1:{endpoint.port}/metrics", timeout=30).read().decode()
         endpoint.stop()
         print("REPORT " + json.dumps({"busy": busy, "body": body}))
         """

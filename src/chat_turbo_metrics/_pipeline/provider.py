@@ -178,9 +178,7 @@ class Pipeline:
                     name, setting_label(config, "metrics_exporters"), _registry.build_metric_exporter, strict
                 )
             for name in config.traces_exporters:
-                self._add_named(
-                    name, setting_label(config, "traces_exporters"), _registry.build_span_processor, strict
-                )
+                self._add_named(name, setting_label(config, "traces_exporters"), _registry.build_span_processor, strict)
         except BaseException:
             # A half-built pipeline must not keep a port, a thread or a file: the running one stays in charge.
             self.shutdown(1.0)
