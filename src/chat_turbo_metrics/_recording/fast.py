@@ -35,6 +35,7 @@ from chat_turbo_metrics._recording.guard import (
     EXACT_TYPES,
     FLOAT_MAX,
     INT64_BOUND,
+    INT64_LIMIT,
     Problems,
     bad_tags,
     number,
@@ -58,6 +59,10 @@ from chat_turbo_metrics._recording.sdk import DROPPED, BoundInstrument, Tags
 
 _Route = tuple[dict[Any, Any], Kind, bool]
 _I64 = INT64_BOUND
+# Counter increments are usually the int 1: an int bound keeps that comparison int-to-int (the cheapest).
+_I64_INT = INT64_LIMIT
+_int = int
+_float = float
 _FMAX = FLOAT_MAX
 _EXACT = EXACT_TYPES
 _perf_counter = time.perf_counter
@@ -171,7 +176,7 @@ class FastRecorder:
     def increment_counter(self, name: str, tags: Tags = None, value: float = 1) -> None:
         try:
             cell = self._counters[name, tuple(tags.items()) if tags is not None else None, value.__class__]
-            if 0 <= value < _I64:
+            if 0 <= value < _I64_INT:
                 with self._lock:
                     cell.delta += value
                 return
@@ -372,7 +377,7 @@ class _CounterHandle(_Handle):
     def inc(self, value: float = 1) -> None:
         """Add ``value`` (default 1)."""
         try:
-            if value.__class__ in _EXACT and 0 <= value < _I64:
+            if ((kind := value.__class__) is _int or kind is _float) and 0 <= value < _I64_INT:
                 with self._lock:
                     self._cell.delta += value
                 return
@@ -388,7 +393,7 @@ class _HistogramHandle(_Handle):
     def observe(self, value: float) -> None:
         """Record one observation."""
         try:
-            if value.__class__ in _EXACT and 0 <= value < _FMAX:
+            if ((kind := value.__class__) is _float or kind is _int) and 0 <= value < _FMAX:
                 cell = self._cell
                 with self._lock:
                     cell.counts[bisect_left(cell.bounds, value)] += 1
@@ -414,7 +419,7 @@ class _GaugeHandle(_Handle):
     def set(self, value: float) -> None:
         """Set the gauge."""
         try:
-            if value.__class__ in _EXACT and -_I64 <= value < _I64:
+            if ((kind := value.__class__) is _float or kind is _int) and -_I64 <= value < _I64:
                 self._cell.value = value
                 return
         except Exception:
