@@ -317,7 +317,7 @@ def without_times(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if "_duration" not in line)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(calls)
 def test_recording_never_raises_and_both_paths_export_the_same(batch: list[tuple[str, Any, Any, Any]]) -> None:
     monitors = [PerformanceMonitor(_config(recording)) for recording in ("sdk", "fast")]
