@@ -6,7 +6,6 @@ kept as documented (``memory_usage_mb``, ``api_requests_total``); see :mod:`chat
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +16,6 @@ from chat_turbo_metrics._exposition.prometheus_text import to_prometheus_text
 from chat_turbo_metrics.exporters import _prometheus_server
 from chat_turbo_metrics.exporters._prometheus_server import Endpoint
 
-_logger = logging.getLogger("chat_turbo_metrics.exporters.prometheus")
 Collect = Callable[[], MetricsData | None]
 
 
