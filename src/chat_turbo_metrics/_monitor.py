@@ -21,8 +21,8 @@ from chat_turbo_metrics._pipeline.provider import Pipeline
 from chat_turbo_metrics._recording.guard import Problems
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry
 from chat_turbo_metrics._recording.naming import Kind
-from chat_turbo_metrics._recording.ratio import add_hit_ratios
 from chat_turbo_metrics._recording.protocol import Recorder
+from chat_turbo_metrics._recording.ratio import add_hit_ratios
 from chat_turbo_metrics._recording.sdk import BoundInstrument, NoopRecorder, SdkRecorder, Tags
 
 _logger = logging.getLogger("chat_turbo_metrics")

@@ -21,7 +21,7 @@ import pytest
 from conftest import free_port, require_tool
 
 
-def run(code: str, timeout_s: float = 120, **env: str) -> dict[str, object]:
+def run(code: str, timeout_s: float = 600, **env: str) -> dict[str, object]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "METRICS_", "PERFORMANCE_"))}
     environment.update({"CHAT_TURBO_ENV": "test", "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1", **env})
     result = subprocess.run(
@@ -40,8 +40,10 @@ def run(code: str, timeout_s: float = 120, **env: str) -> dict[str, object]:
 WAIT_CHILDREN = """
 import os, time
 def wait_all(pids, deadline_s):
-    deadline, hung = time.monotonic() + deadline_s, []
+    # Each child gets its own deadline: a loaded machine may be slow, a deadlocked child never finishes.
+    hung = []
     for pid in pids:
+        deadline = time.monotonic() + deadline_s
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
@@ -123,7 +125,10 @@ def test_forks_during_concurrent_collection_never_deadlock_the_child(recording: 
             print("REPORT " + json.dumps({"hung": len(hung)}))
             """
         ),
-        OTEL_METRICS_EXPORTER="prometheus,console",
+        # A push exporter too (its periodic collection runs while children fork); not console, whose output
+        # from the children would mix with the report line.
+        OTEL_METRICS_EXPORTER="prometheus,chat_turbo_file",
+        METRICS_FILE_PATH="/dev/null",
         OTEL_METRIC_EXPORT_INTERVAL="5",
         METRICS_PROMETHEUS_PORT="0",
         METRICS_RECORDING=recording,
