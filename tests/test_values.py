@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 
 from chat_turbo_metrics import PerformanceMonitor
-from conftest import require_tool
+from conftest import make_config, require_tool
 
 Factory = Any
 
@@ -315,8 +315,6 @@ def apply(monitor: PerformanceMonitor, call: tuple[str, Any, Any, Any]) -> None:
         monitor.counter(name, tag_set).inc(value)
 
 
-
-
 @settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(calls)
 def test_recording_never_raises_and_both_paths_export_the_same(batch: list[tuple[str, Any, Any, Any]]) -> None:
@@ -338,6 +336,4 @@ def test_recording_never_raises_and_both_paths_export_the_same(batch: list[tuple
 
 
 def _config(recording: str) -> Any:
-    from conftest import make_config
-
     return make_config(recording=recording)
