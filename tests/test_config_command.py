@@ -41,6 +41,7 @@ def test_each_setting_is_printed_once_with_its_value_and_source() -> None:
     assert shown["export_interval_s"][1].endswith("test.toml")
     assert "sources" not in shown
     assert len(shown) == len(dataclasses.fields(MonitoringConfig)) - 1  # every setting but "sources"
+    assert shown["shutdown_timeout_s"] == ("5.0", "default")
 
 
 def test_the_default_database_url_is_shown_as_the_sqlite_file_it_is() -> None:

@@ -32,8 +32,9 @@ APP = textwrap.dedent(
         scrape = urllib.request.urlopen(exporter.url, timeout=5).read().decode()
     resource = {k: v for k, v in pipeline.resource.attributes.items() if k != "service.instance.id"}
     print("REPORT " + json.dumps({
-        "global_meter_provider_is_ours": metrics.get_meter_provider() is pipeline.meter_provider,
-        "global_tracer_provider_is_ours": trace.get_tracer_provider() is pipeline.tracer_provider,
+        # The globals are delegating providers that lead to the live pipeline (they follow configure()).
+        "global_meter_provider_is_ours": metrics.get_meter_provider().target is pipeline.meter_provider,
+        "global_tracer_provider_is_ours": trace.get_tracer_provider().target is pipeline.tracer_provider,
         "readers": [type(r).__name__ for r in pipeline.meter_provider._metric_readers],
         "pull": [type(e).__name__ for e in pipeline.pull_exporters],
         "push": [type(e).__name__ for e in pipeline.fanout.exporters],

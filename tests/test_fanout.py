@@ -268,8 +268,9 @@ def test_failed_export_is_counted_logged_and_reported_with_exporter_name(
     assert dict(fanout.failures) == {"datadog": 2, "otlp": 1, "file": 0}
     assert sorted(reported) == ["datadog", "datadog", "otlp"]
     messages = [r.getMessage() for r in caplog.records if r.name == "chat_turbo_metrics.export"]
-    assert sum("datadog" in m for m in messages) == 2
-    assert sum("otlp" in m for m in messages) == 1
+    # Once per outage (datadog stays down), and once more on recovery (otlp works on its second export).
+    assert sum("datadog" in m for m in messages) == 1
+    assert sum("otlp" in m for m in messages) == 2
 
 
 def test_duplicate_exporter_names_get_a_numbered_suffix(make_fanout) -> None:

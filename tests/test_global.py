@@ -49,8 +49,8 @@ def test_configure_installs_opentelemetry_global_providers() -> None:
         import chat_turbo_metrics
         from opentelemetry import metrics, trace
         monitor = chat_turbo_metrics.configure(environment="test", service_name="svc")
-        assert metrics.get_meter_provider() is monitor.pipeline.meter_provider
-        assert trace.get_tracer_provider() is monitor.pipeline.tracer_provider
+        assert metrics.get_meter_provider().target is monitor.pipeline.meter_provider
+        assert trace.get_tracer_provider().target is monitor.pipeline.tracer_provider
         # a third-party instrumentation using the global API lands in the same pipeline
         metrics.get_meter("other").create_counter("jobs").add(3)
         print("jobs", monitor.snapshot().value("jobs"))
@@ -73,7 +73,6 @@ def test_reconfigure_rebinds_existing_monitors_and_warns() -> None:
         CHAT_TURBO_ENV="test",
     )
     assert "after 1" in out
-    assert "global providers stay the first ones" in out
 
 
 @pytest.mark.parametrize("variable", ["PERFORMANCE_MONITORING_ENABLED", "OTEL_SDK_DISABLED"])

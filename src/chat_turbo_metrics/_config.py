@@ -103,6 +103,7 @@ class MonitoringConfig:
     traces_exporters: tuple[str, ...] = ()
     export_interval_s: float = 60.0
     export_timeout_s: float = 30.0
+    shutdown_timeout_s: float = 5.0  # the longest shutdown() or process exit waits for exporters
     otlp_protocol: str = "http/protobuf"
     cardinality_limit: int = 2000
     prometheus_host: str = "localhost"

@@ -15,10 +15,13 @@ from opentelemetry import metrics, trace
 
 from chat_turbo_metrics._config import MonitoringConfig, get_monitoring_config
 from chat_turbo_metrics._exposition.snapshot import MetricsSnapshot
+from chat_turbo_metrics._pipeline import forksafe
+from chat_turbo_metrics._pipeline import globals as otel_globals
 from chat_turbo_metrics._pipeline.provider import Pipeline
 from chat_turbo_metrics._recording.guard import Problems
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry
 from chat_turbo_metrics._recording.naming import Kind
+from chat_turbo_metrics._recording.protocol import Recorder
 from chat_turbo_metrics._recording.ratio import add_hit_ratios
 from chat_turbo_metrics._recording.sdk import BoundInstrument, NoopRecorder, SdkRecorder, Tags
 
@@ -34,7 +37,7 @@ class _Runtime:
         self.config = config
         self.problems = Problems()
         self.pipeline: Pipeline | None = None
-        self.recorder: Any = NoopRecorder()
+        self.recorder: Recorder = NoopRecorder()
         if config.enabled:
             self.pipeline = Pipeline(config, strict=strict)
             self.recorder = make_recorder(config, self.pipeline, self.problems)
@@ -46,7 +49,7 @@ class _Runtime:
             self.pipeline.shutdown(timeout_s)
 
 
-def make_recorder(config: MonitoringConfig, pipeline: Pipeline, problems: Problems) -> Any:
+def make_recorder(config: MonitoringConfig, pipeline: Pipeline, problems: Problems) -> Recorder:
     """The recording front end the configuration asks for."""
     registry = InstrumentRegistry(problems)
     if config.recording == "fast":
@@ -136,8 +139,10 @@ class PerformanceMonitor:
         self._hooks: list[Callable[[], None]] = []
         if config is None:
             with PerformanceMonitor._global_lock:
+                # Implicit creation (often at import time) must not crash the application over its
+                # environment: an exporter that cannot start (a taken port) is logged once, the rest runs.
                 runtime = PerformanceMonitor._global_runtime or PerformanceMonitor._install(
-                    get_monitoring_config(), strict=True
+                    get_monitoring_config(), strict=False
                 )
                 PerformanceMonitor._global_monitors.add(self)
                 self._bind(runtime)
@@ -188,6 +193,8 @@ class PerformanceMonitor:
                 config = get_monitoring_config(**overrides)
             elif overrides:
                 config = config.replace(**overrides)
+            # Built before anything changes: if it raises, the running pipeline stays in place, untouched.
+            # A Prometheus exporter on the port the running pipeline serves takes the endpoint over.
             runtime = cls._install(config, strict)
             for monitor in list(cls._global_monitors):
                 monitor._bind(runtime)
@@ -198,18 +205,16 @@ class PerformanceMonitor:
     @classmethod
     def _install(cls, config: MonitoringConfig, strict: bool) -> _Runtime:
         runtime = _Runtime(config, strict=strict)
-        if runtime.pipeline is not None:
-            if cls._global_runtime is None or cls._global_runtime.pipeline is None:
-                # OpenTelemetry's global providers can be set once per process; instrumentations use them.
-                metrics.set_meter_provider(runtime.pipeline.meter_provider)
-                trace.set_tracer_provider(runtime.pipeline.tracer_provider)
-            else:
-                _logger.warning(
-                    "reconfigured: chat_turbo_metrics now records into a new pipeline, but OpenTelemetry's "
-                    "global providers stay the first ones; configure once at start-up to avoid this"
-                )
+        _install_global_providers()
+        pipeline = runtime.pipeline
+        otel_globals.METER_PROVIDER.switch(pipeline.meter_provider if pipeline is not None else None)
+        otel_globals.TRACER_PROVIDER.switch(pipeline.tracer_provider if pipeline is not None else None)
         cls._global_runtime = runtime
         return runtime
+
+    @classmethod
+    def _after_fork_in_child(cls) -> None:
+        forksafe.reinit(cls._global_lock)
 
     # --- the documented recording API (replaced per instance by the recorder's bound methods) -----
     def increment_counter(self, name: str, tags: Tags = None, value: float = 1) -> None:
@@ -235,15 +240,15 @@ class PerformanceMonitor:
     # --- bound handles for hot loops ------------------------------------------------------------
     def counter(self, name: str, tags: Tags = None) -> BoundInstrument:
         """A handle on one counter series: ``handle.inc(value=1)``."""
-        return self._runtime.recorder.bind("counter", name, tags)  # type: ignore[no-any-return]
+        return self._runtime.recorder.bind("counter", name, tags)
 
     def histogram(self, name: str, tags: Tags = None) -> BoundInstrument:
         """A handle on one histogram series: ``handle.observe(value)``."""
-        return self._runtime.recorder.bind("histogram", name, tags)  # type: ignore[no-any-return]
+        return self._runtime.recorder.bind("histogram", name, tags)
 
     def gauge(self, name: str, tags: Tags = None) -> BoundInstrument:
         """A handle on one gauge series: ``handle.set(value)``."""
-        return self._runtime.recorder.bind("gauge", name, tags)  # type: ignore[no-any-return]
+        return self._runtime.recorder.bind("gauge", name, tags)
 
     def define(
         self,
@@ -325,6 +330,29 @@ class PerformanceMonitor:
     def __repr__(self) -> str:
         state = "disabled" if self._runtime.pipeline is None else f"recording={self._runtime.config.recording}"
         return f"<PerformanceMonitor service={self._runtime.config.service_name!r} {state}>"
+
+
+@functools.cache  # once per process: OpenTelemetry refuses to replace its global providers
+def _install_global_providers() -> None:
+    """Make OpenTelemetry's global providers our delegating ones; they follow every later pipeline."""
+    metrics.set_meter_provider(otel_globals.METER_PROVIDER)
+    trace.set_tracer_provider(otel_globals.TRACER_PROVIDER)
+    if metrics.get_meter_provider() is not otel_globals.METER_PROVIDER:
+        _logger.warning(
+            "OpenTelemetry's global meter provider was set by someone else before chat_turbo_metrics; "
+            "instruments from the OpenTelemetry API record there, not into this pipeline"
+        )
+
+
+class _ForkHook:
+    """Frees the process-wide lock in a forked child (a thread may have been configuring)."""
+
+    def after_fork_in_child(self) -> None:
+        PerformanceMonitor._after_fork_in_child()
+
+
+_FORK_HOOK = _ForkHook()
+forksafe.register(_FORK_HOOK)
 
 
 def configure(config: MonitoringConfig | None = None, *, strict: bool = True, **overrides: Any) -> PerformanceMonitor:

@@ -247,7 +247,7 @@ def test_binds_to_loopback_only_by_default(monitor_factory: MonitorFactory) -> N
     status, _, _ = get(f"http://127.0.0.1:{exporter.port}/metrics")
     assert status == 200
     # The listening socket's own address says it accepts loopback connections only (no traffic leaves 127/8).
-    bound = exporter._server.server_address[0]  # type: ignore[union-attr]
+    bound = exporter._endpoint.address  # type: ignore[union-attr]
     assert bound.startswith("127.") or bound == "::1"
 
 

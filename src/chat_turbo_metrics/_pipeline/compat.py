@@ -15,20 +15,26 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from opentelemetry.exporter.prometheus._mapping import map_unit
+from opentelemetry.metrics import _Gauge as _ApiGauge
 from opentelemetry.sdk._configuration import _BaseConfigurator
 from opentelemetry.sdk.metrics import _Gauge
 from opentelemetry.sdk.metrics.export import AggregationTemporality
 from opentelemetry.sdk.resources import Resource
 
+from chat_turbo_metrics._pipeline.forksafe import reinit
+
 __all__ = [
     "SDK_MEASUREMENT_LOGGERS",
+    "ApiGauge",
     "BaseConfigurator",
     "SdkGauge",
     "exporter_temporality",
     "prometheus_unit_suffix",
     "provider_resource",
+    "reinit_sdk_metric_locks",
 ]
 
 BaseConfigurator = _BaseConfigurator
@@ -36,6 +42,9 @@ BaseConfigurator = _BaseConfigurator
 
 SdkGauge = _Gauge
 """The SDK's synchronous gauge class, a key of temporality and cardinality preferences."""
+
+ApiGauge = _ApiGauge
+"""The API's synchronous gauge base class (``opentelemetry.metrics._Gauge``), for delegating instruments."""
 
 # The SDK modules whose loggers report a measurement they dropped (named after the modules, ``_internal``).
 SDK_MEASUREMENT_LOGGERS = (
@@ -62,3 +71,25 @@ def exporter_temporality(exporter: object) -> Mapping[type, AggregationTemporali
     """
     preferred = getattr(exporter, "_preferred_temporality", None)
     return preferred if isinstance(preferred, Mapping) else {}
+
+
+def reinit_sdk_metric_locks(meter_provider: Any) -> None:
+    """Free every lock the SDK's metric state holds, in place; for a forked child only.
+
+    The SDK renews its MeterProvider's own locks after a fork but not those of its measurement consumer,
+    reader storages, instrument/View matches, aggregations and exemplar reservoirs. A thread recording or
+    collecting while another forks leaves them held in the child, whose next measurement then hangs. What
+    the interrupted thread was updating (one series' aggregation) may be half-updated in the child.
+    """
+    consumer = getattr(meter_provider, "_measurement_consumer", None)
+    reinit(getattr(consumer, "_lock", None))
+    for meter in list(getattr(meter_provider, "_meters", {}).values()):
+        reinit(getattr(meter, "_instrument_registration_lock", None))
+    for storage in list(getattr(consumer, "_reader_storages", {}).values()):
+        reinit(getattr(storage, "_lock", None))
+        for matches in list(getattr(storage, "_instrument_view_instrument_matches", {}).values()):
+            for match in matches:
+                reinit(getattr(match, "_lock", None))
+                for aggregation in list(getattr(match, "_attributes_aggregation", {}).values()):
+                    reinit(getattr(aggregation, "_lock", None))
+                    reinit(getattr(getattr(aggregation, "_reservoir", None), "_lock", None))

@@ -62,6 +62,7 @@ class _Worker:
         self._retired = False
         self._close_deadline = 0.0
         self._finished = False
+        self._failed_in_outage = 0
 
     def offer(self, generation: int, data: MetricsData, *, flush: bool) -> None:
         """Put a snapshot in the slot, replacing one not yet exported."""
@@ -153,16 +154,14 @@ class _Worker:
 
     def _export(self, job: _Job) -> bool:
         started = self._clock()
+        error: BaseException | None = None
         try:
             data, pending = (job.data, None) if self._converter is None else self._converter.convert(job.data)
             ok = self.exporter.export(data, timeout_millis=self._timeout_s * 1000) is MetricExportResult.SUCCESS
             if ok and pending is not None and self._converter is not None:
                 self._converter.commit(pending)
-            elif not ok:
-                _log.warning("exporter %s failed to export metrics", self.name)
-        except Exception:
-            ok = False
-            _log.exception("exporter %s raised while exporting metrics", self.name)
+        except Exception as raised:
+            ok, error = False, raised
         elapsed = self._clock() - started
         if elapsed > self._timeout_s:
             _log.warning(
@@ -171,11 +170,27 @@ class _Worker:
                 elapsed,
                 self._timeout_s,
             )
+        self._outage(ok, error)
         if not ok:
             self._on_failure(self.name)
         elif job.flush:
             ok = self._call("force_flush", self._timeout_s)
         return ok
+
+    def _outage(self, ok: bool, error: BaseException | None) -> None:
+        """Log once when exports start failing and once when they work again, not at every interval."""
+        if not ok:
+            self._failed_in_outage += 1
+            if self._failed_in_outage == 1:
+                _log.warning(
+                    "exporter %s failed to export metrics (%s); retrying every interval, logged again on recovery",
+                    self.name,
+                    "returned failure" if error is None else f"{type(error).__name__}: {error}",
+                    exc_info=error,
+                )
+        elif self._failed_in_outage:
+            _log.warning("exporter %s exports again after %d failed exports", self.name, self._failed_in_outage)
+            self._failed_in_outage = 0
 
     def _finish(self, deadline: float) -> None:
         self._call("force_flush", deadline - self._clock())

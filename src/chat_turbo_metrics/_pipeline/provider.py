@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -24,7 +25,10 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, ViewConfig, setting_label
+from chat_turbo_metrics._exposition.values import Unexportable, exportable
+from chat_turbo_metrics._pipeline import forksafe
 from chat_turbo_metrics._pipeline import registry as _registry
+from chat_turbo_metrics._pipeline.compat import reinit_sdk_metric_locks
 from chat_turbo_metrics._pipeline.fanout import Fanout
 from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
 from chat_turbo_metrics._version import __version__
@@ -58,6 +62,14 @@ class PipelineReader(MetricReader):
         # record through the monitor's front end here, so they cost nothing between collections.
         self.before_collect: list[Callable[[], None]] = []
         self._failed_hooks: set[tuple[str, type]] = set()
+        # Points no exporter could encode (bool, huge ints, NaN from OTel-API instruments), dropped here.
+        self.unexportable = Unexportable()
+        forksafe.register(self)
+
+    def after_fork_in_child(self) -> None:
+        # A thread of the parent may have been collecting: its lock, and the SDK's, would stay held.
+        forksafe.reinit(self._lock)
+        self._received = None
 
     def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
         self._received = metrics_data
@@ -76,7 +88,7 @@ class PipelineReader(MetricReader):
             self._received = None
         for producer in self.producers:
             data = producer(data)
-        return data
+        return exportable(data, self.unexportable)
 
     def _report_hook(self, hook: Callable[[], None], error: Exception) -> None:
         key = (getattr(hook, "__qualname__", repr(hook)), type(error))
@@ -160,11 +172,24 @@ class Pipeline:
         self.pull_exporters: list[PullExporter] = []
         self._shutdown_lock = threading.Lock()
         self._is_shutdown = False
-        for name in config.metrics_exporters:
-            self._add_named(name, setting_label(config, "metrics_exporters"), _registry.build_metric_exporter, strict)
-        for name in config.traces_exporters:
-            self._add_named(name, setting_label(config, "traces_exporters"), _registry.build_span_processor, strict)
+        try:
+            for name in config.metrics_exporters:
+                self._add_named(
+                    name, setting_label(config, "metrics_exporters"), _registry.build_metric_exporter, strict
+                )
+            for name in config.traces_exporters:
+                self._add_named(name, setting_label(config, "traces_exporters"), _registry.build_span_processor, strict)
+        except BaseException:
+            # A half-built pipeline must not keep a port, a thread or a file: the running one stays in charge.
+            self.shutdown(1.0)
+            raise
+        forksafe.register(self)
         atexit.register(self.shutdown)
+
+    def after_fork_in_child(self) -> None:
+        # Another thread may have been recording or collecting: the SDK's own locks would stay held.
+        forksafe.reinit(self._shutdown_lock)
+        reinit_sdk_metric_locks(self.meter_provider)
 
     def _add_named(
         self,
@@ -211,17 +236,45 @@ class Pipeline:
         return self.tracer_provider.force_flush(int((timeout_s or self.config.export_timeout_s) * 1000)) and flushed
 
     def shutdown(self, timeout_s: float | None = None) -> None:
-        """Export the last data once, then stop every exporter and provider. Idempotent."""
+        """Export the last data once, then stop every exporter and provider. Idempotent.
+
+        Args:
+            timeout_s: the longest the whole shutdown waits (default ``config.shutdown_timeout_s``); an
+                exporter still busy then is left to its daemon thread, which dies with the process.
+        """
         with self._shutdown_lock:
             if self._is_shutdown:
                 return
             self._is_shutdown = True
         atexit.unregister(self.shutdown)
-        self.fanout.shutdown(timeout_s)
+        limit = self.config.shutdown_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + max(0.0, limit)
+        self.fanout.shutdown(_remaining(deadline))
         for exporter in self.pull_exporters:
             try:
-                exporter.shutdown()
+                exporter.shutdown(timeout_millis=_remaining(deadline) * 1000)
             except Exception:
                 _logger.exception("shutting down exporter %s failed", exporter.name)
-        self.tracer_provider.shutdown()
-        self.meter_provider.shutdown()
+        # Span processors export on shutdown (OTLP retries for a long time): bounded like the rest.
+        _bounded(self.tracer_provider.shutdown, _remaining(deadline), "the tracer provider")
+        _bounded(self.meter_provider.shutdown, _remaining(deadline), "the meter provider")
+
+
+def _remaining(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+def _bounded(call: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Run ``call`` on a daemon thread and wait at most ``timeout_s`` for it."""
+
+    def run() -> None:
+        try:
+            call()
+        except Exception:
+            _logger.exception("shutting down %s failed", what)
+
+    thread = threading.Thread(target=run, name="chat-turbo-metrics-shutdown", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        _logger.warning("shutting down %s did not finish in %.1f s; not waiting for it", what, timeout_s)

@@ -1,21 +1,23 @@
 """The fast recording path: pre-aggregate per (instrument, tag set) at the call, export when the reader collects.
 
-A recording call is one dict lookup keyed by ``(name, tuple(tags.items()))``, one chained comparison that
-rejects bad values (NaN, infinities, negatives, non-numbers: a comparison with a non-number raises inside
-a ``try`` that costs nothing when nothing is raised), and an update of a small list (a *cell*, laid out in
-:mod:`chat_turbo_metrics._recording.producer`) under one uncontended lock. Everything else — name and tag validation,
-View attribute filters, the cardinality limit — runs once per new tag set on the slow path, which stores
-the cell the SDK would have aggregated into. The reader collects the cells through
-:class:`~chat_turbo_metrics._recording.producer.FastPathProducer`.
+A recording call is one dict lookup keyed by ``(name, tuple(tags.items()), type(value))``, one chained
+comparison that rejects bad values (NaN, infinities, negatives, ints beyond int64: a comparison with a non-
+number raises inside a ``try`` that costs nothing when nothing is raised), and an update of a small slotted
+object (a *cell*, :mod:`chat_turbo_metrics._recording.producer`) under one uncontended lock. Everything else
+— name and tag validation, View attribute filters, the cardinality limit — runs once per new tag set on the
+slow path, which stores the cell the SDK would have aggregated into. Only plain ``int`` and ``float`` values
+are cached, so a ``bool``, ``Decimal``, numpy scalar or ``10**400`` never reaches a cell unconverted: it
+misses the cache and the slow path normalises it with :func:`~chat_turbo_metrics._recording.guard.number` (the
+one home of value checks, shared with the SDK path) before it touches any state. The reader collects the cells
+through :class:`~chat_turbo_metrics._recording.producer.FastPathProducer`.
 
-Differences from the SDK path: no exemplars are recorded; tag values that are equal in Python but of
-different types (``1``, ``1.0``, ``True``) share the series of the first one seen, where the SDK keeps
-them apart (the hot path's key compares by equality).
+Differences from the SDK path: no exemplars are recorded; tag values that are equal in Python but of different
+types (``1``, ``1.0``, ``True``) share the series of the first one seen, where the SDK keeps them apart (the
+hot path's key compares by equality).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import threading
@@ -29,7 +31,18 @@ from opentelemetry.sdk.metrics.export import Metric
 
 from chat_turbo_metrics._config import MonitoringConfig
 from chat_turbo_metrics._pipeline.provider import Pipeline
-from chat_turbo_metrics._recording.guard import Problems, bad_tags
+from chat_turbo_metrics._recording.guard import (
+    EXACT_TYPES,
+    FLOAT_MAX,
+    INT64_BOUND,
+    INT64_LIMIT,
+    Problems,
+    bad_tags,
+    number,
+    short_repr,
+    timer_seconds,
+)
+from chat_turbo_metrics._recording.handles import HANDLES
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry, InstrumentSpec
 from chat_turbo_metrics._recording.naming import Kind
 from chat_turbo_metrics._recording.producer import (
@@ -45,8 +58,12 @@ from chat_turbo_metrics._recording.producer import (
 )
 from chat_turbo_metrics._recording.sdk import DROPPED, BoundInstrument, Tags
 
-_Route = tuple[dict[Any, Cell], Kind, bool]
-_INF = math.inf
+_Route = tuple[dict[Any, Any], Kind, bool]
+_I64 = INT64_BOUND
+# Counter increments are usually the int 1: an int bound keeps that comparison int-to-int (the cheapest).
+_I64_INT = INT64_LIMIT
+_FMAX = FLOAT_MAX
+_EXACT = EXACT_TYPES
 _perf_counter = time.perf_counter
 _random = random.random
 _EMPTY: Mapping[str, Any] = {}
@@ -87,16 +104,21 @@ class _Instrument:
         return (cell, own) if self.direct else (None, False)
 
 
-def _value_problem(value: Any, non_negative: bool) -> tuple[str, str] | None:
-    """(cause, reason) when the SDK would drop ``value``: not a number, not finite, negative where it must not be."""
-    try:
-        if not -_INF < value < _INF:
-            return "finite", f"value {value!r} is not finite"
-        if non_negative and value < 0:
-            return "negative", f"value {value!r} is negative"
-    except Exception:
-        return "type", f"value of type {type(value).__name__} is not a number"
-    return None
+class _Duration:
+    """What ``record_timer`` hands its slow path: the start token and the time it was called."""
+
+    __slots__ = ("end", "start")
+
+    def __init__(self, start: Any, end: float) -> None:
+        self.start = start
+        self.end = end
+
+    def seconds(self) -> tuple[float, None] | tuple[None, tuple[str, str]]:
+        """The duration, or why ``start`` is no start token (a bool, a negative or future time, not a number)."""
+        return timer_seconds(self.start, self.end)
+
+    def __repr__(self) -> str:
+        return f"start={short_repr(self.start)}"
 
 
 class FastRecorder:
@@ -128,10 +150,10 @@ class FastRecorder:
         # thread holds the lock on the slow path or during a collection; a plain Lock would deadlock there.
         self._lock = threading.RLock()
         self._fork_held = False
-        self._counters: dict[Any, Cell] = {}
-        self._gauges: dict[Any, Cell] = {}
-        self._histograms: dict[Any, Cell] = {}
-        self._timers: dict[Any, Cell] = {}
+        self._counters: dict[Any, Any] = {}  # (name, tags, value type) -> cell
+        self._gauges: dict[Any, Any] = {}  # (name, tags, value type) -> cell
+        self._histograms: dict[Any, Any] = {}  # (name, tags, value type) -> cell
+        self._timers: dict[Any, Any] = {}  # (name, tags, value type) -> cell
         self._by_name: dict[tuple[Kind, bool, str], _Instrument] = {}
         self._by_identity: dict[tuple[Any, ...], _Instrument] = {}
         self._order: list[_Instrument] = []
@@ -152,10 +174,10 @@ class FastRecorder:
     # --- hot path -------------------------------------------------------------------------------
     def increment_counter(self, name: str, tags: Tags = None, value: float = 1) -> None:
         try:
-            cell = self._counters[name, tuple(tags.items()) if tags is not None else None]
-            if 0 <= value < _INF:
+            cell = self._counters[name, tuple(tags.items()) if tags is not None else None, value.__class__]
+            if 0 <= value < _I64_INT:
                 with self._lock:
-                    cell[0] += value
+                    cell.delta += value
                 return
         except Exception:  # a new tag set, or bad input: the slow path sorts it out
             pass
@@ -163,9 +185,9 @@ class FastRecorder:
 
     def record_gauge(self, name: str, value: float, tags: Tags = None) -> None:
         try:
-            cell = self._gauges[name, tuple(tags.items()) if tags is not None else None]
-            if -_INF < value < _INF:
-                cell[0] = value  # one store: atomic, no lock needed
+            cell = self._gauges[name, tuple(tags.items()) if tags is not None else None, value.__class__]
+            if -_I64 <= value < _I64:
+                cell.value = value  # one store: atomic, no lock needed
                 return
         except Exception:
             pass
@@ -175,15 +197,15 @@ class FastRecorder:
         # The bucket update is repeated inline in record_timer and the bound handle on purpose: a shared
         # helper would add a call frame (~60 ns) to every recording.
         try:
-            cell = self._histograms[name, tuple(tags.items()) if tags is not None else None]
-            if 0 <= value < _INF:
+            cell = self._histograms[name, tuple(tags.items()) if tags is not None else None, value.__class__]
+            if 0 <= value < _FMAX:
                 with self._lock:
-                    cell[1][bisect_left(cell[0], value)] += 1
-                    cell[2] += value
-                    if value < cell[3]:  # noqa: PLR1730 - an if is ~2x cheaper than min() on the hot path
-                        cell[3] = value
-                    if value > cell[4]:  # noqa: PLR1730
-                        cell[4] = value
+                    cell.counts[bisect_left(cell.bounds, value)] += 1
+                    cell.sum += value
+                    if value < cell.min:  # noqa: PLR1730 - an if is ~2x cheaper than min() on the hot path
+                        cell.min = value
+                    if value > cell.max:  # noqa: PLR1730
+                        cell.max = value
                 return
         except Exception:
             pass
@@ -196,23 +218,19 @@ class FastRecorder:
         end = _perf_counter()
         try:
             value = end - start
-            cell = self._timers[name, tuple(tags.items()) if tags is not None else None]
-            if 0 <= value < _INF:
+            cell = self._timers[name, tuple(tags.items()) if tags is not None else None, start.__class__]
+            if 0 <= value < end:  # 0 < start <= end: a start token from start_timer()
                 with self._lock:
-                    cell[1][bisect_left(cell[0], value)] += 1
-                    cell[2] += value
-                    if value < cell[3]:  # noqa: PLR1730 - an if is ~2x cheaper than min() on the hot path
-                        cell[3] = value
-                    if value > cell[4]:  # noqa: PLR1730
-                        cell[4] = value
+                    cell.counts[bisect_left(cell.bounds, value)] += 1
+                    cell.sum += value
+                    if value < cell.min:  # noqa: PLR1730 - an if is ~2x cheaper than min() on the hot path
+                        cell.min = value
+                    if value > cell.max:  # noqa: PLR1730
+                        cell.max = value
                 return
         except Exception:
             pass
-        try:
-            value = end - start
-        except Exception:
-            value = start  # reported as not a number below, after the name and tags are checked
-        self._miss(self._timer_route, name, tags, value)
+        self._miss(self._timer_route, name, tags, _Duration(start, end))
 
     def _sampled_histogram(self, name: str, value: float, tags: Tags = None) -> None:
         if _random() < self._rate:
@@ -235,25 +253,32 @@ class FastRecorder:
                     self._problems.report(("tags", name, why), "%s: %s", name, why)
                     return
             cell, own = self._record(instrument, name, tags or _EMPTY, value)
-            if own and cell is not None and instrument.cached < self._cache_limit:
-                instrument.cached += 1
-                cache[name, tuple(tags.items()) if tags is not None else None] = cell
+            # Only plain int/float values may find the cell again: anything else must be normalised first.
+            token = value.start if timer else value
+            if own and cell is not None and token.__class__ in _EXACT:
+                key = (name, tuple(tags.items()) if tags is not None else None, token.__class__)
+                if key not in cache and instrument.cached < self._cache_limit:
+                    instrument.cached += 1
+                    cache[key] = cell
         except Exception as error:  # never raise while recording
             self._problems.report(("internal", type(error)), "%s: recording failed: %r", name, error)
 
     def _record(
         self, instrument: _Instrument, name: Any, tags: Mapping[str, Any], value: Any
     ) -> tuple[Cell | None, bool]:
-        """Check ``value`` and aggregate it: (the cell it went to if callers may reuse it, whether it is the
-        tag set's own cell rather than the overflow)."""
-        why = _value_problem(value, instrument.non_negative)
+        """Check and normalise ``value``, then aggregate it: (the cell it went to if callers may reuse it,
+        whether it is the tag set's own cell rather than the overflow). Nothing is touched if it is refused."""
+        if isinstance(value, _Duration):
+            checked, why = value.seconds()
+        else:
+            checked, why = number(value, non_negative=instrument.non_negative)
         if why is None and instrument.broken is not None:
             why = ("buckets", instrument.broken)
         if why is not None:
-            self._problems.report(("value", name, why[0]), "%s: cannot record %r: %s", name, value, why[1])
+            self._problems.report(("value", name, why[0]), "%s: cannot record %s: %s", name, short_repr(value), why[1])
             return None, False
         with self._lock:
-            return instrument.record(tags, value, self._order)
+            return instrument.record(tags, checked, self._order)
 
     def _instrument(self, kind: Kind, name: Any, timer: bool) -> _Instrument | None:
         try:
@@ -282,9 +307,9 @@ class FastRecorder:
         if why is not None:
             self._problems.report(("tags", name, why), "%s: %s", name, why)
             return BoundInstrument(DROPPED, None, self._problems, str(name))
-        handle_class = _HANDLES.get(kind)
+        handle_class = HANDLES.get(kind)
         if handle_class is None:
-            raise ValueError(f"bind(): kind {kind!r} is not one of {', '.join(_HANDLES)}")
+            raise ValueError(f"bind(): kind {kind!r} is not one of {', '.join(HANDLES)}")
         instrument = self._instrument(kind, name, timer)
         if instrument is None:
             return BoundInstrument(DROPPED, None, self._problems, str(name))
@@ -307,105 +332,6 @@ class FastRecorder:
                 if metric is not None:
                     metrics.append(metric)
         return metrics
-
-
-class _Handle(BoundInstrument):
-    """A bound series: the cell is looked up on first use, then updated without hashing tags."""
-
-    __slots__ = ("_cell", "_lock", "_recorder")
-    _method = "inc"
-
-    def __init__(self, recorder: FastRecorder, instrument: _Instrument, tags: dict[str, Any], name: str) -> None:
-        super().__init__(instrument, tags, recorder._problems, name)
-        self._recorder = recorder
-        self._lock = recorder._lock
-        self._cell: Cell | None = None
-
-    def _miss(self, value: Any) -> None:
-        try:
-            # A handle may keep even the overflow cell: its tag set can never get a series of its own later.
-            cell, _ = self._recorder._record(self._instrument, self.name, self._tags or _EMPTY, value)
-            if cell is not None:
-                self._cell = cell
-        except Exception as error:  # never raise while recording
-            self._problems.report(("internal", type(error)), "%s: recording failed: %r", self.name, error)
-
-    def _wrong(self, method: str) -> None:
-        self._problems.report(
-            ("handle", self.name, method), "%s: this handle has no %s(); use %s()", self.name, method, self._method
-        )
-
-    def inc(self, value: float = 1) -> None:
-        self._wrong("inc")
-
-    def observe(self, value: float) -> None:
-        self._wrong("observe")
-
-    def set(self, value: float) -> None:
-        self._wrong("set")
-
-
-class _CounterHandle(_Handle):
-    __slots__ = ()
-
-    def inc(self, value: float = 1) -> None:
-        """Add ``value`` (default 1)."""
-        try:
-            if 0 <= value < _INF:
-                with self._lock:
-                    self._cell[0] += value  # type: ignore[index]
-                return
-        except Exception:
-            pass
-        self._miss(value)
-
-
-class _HistogramHandle(_Handle):
-    __slots__ = ()
-    _method = "observe"
-
-    def observe(self, value: float) -> None:
-        """Record one observation."""
-        try:
-            if 0 <= value < _INF:
-                cell: Cell = self._cell  # type: ignore[assignment]
-                with self._lock:
-                    cell[1][bisect_left(cell[0], value)] += 1
-                    cell[2] += value
-                    if value < cell[3]:  # noqa: PLR1730 - an if is ~2x cheaper than min() on the hot path
-                        cell[3] = value
-                    if value > cell[4]:  # noqa: PLR1730
-                        cell[4] = value
-                return
-        except Exception:
-            pass
-        self._miss(value)
-
-    def inc(self, value: float = 1) -> None:
-        """Record ``value`` (default 1) as one observation."""
-        self.observe(value)
-
-
-class _GaugeHandle(_Handle):
-    __slots__ = ()
-    _method = "set"
-
-    def set(self, value: float) -> None:
-        """Set the gauge."""
-        try:
-            if -_INF < value < _INF:
-                self._cell[0] = value  # type: ignore[index]
-                return
-        except Exception:
-            pass
-        self._miss(value)
-
-
-_HANDLES: dict[str, type[_Handle]] = {
-    "counter": _CounterHandle,
-    "gauge": _GaugeHandle,
-    "histogram": _HistogramHandle,
-}
 
 
 def _hold_lock_across_fork(recorder: FastRecorder) -> None:

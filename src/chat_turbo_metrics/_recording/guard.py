@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
+import operator
+import sys
 import threading
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from chat_turbo_metrics._pipeline import forksafe
 from chat_turbo_metrics._pipeline.compat import SDK_MEASUREMENT_LOGGERS
 
 _logger = logging.getLogger("chat_turbo_metrics.recording")
@@ -32,6 +36,10 @@ class Problems:
         self._logger = logger
         self._lock = threading.Lock()
         self.counts: Counter[tuple[Any, ...]] = Counter()
+        forksafe.register(self)
+
+    def after_fork_in_child(self) -> None:
+        forksafe.reinit(self._lock)  # another thread of the parent may have been reporting
 
     @property
     def total(self) -> int:
@@ -39,7 +47,16 @@ class Problems:
         return sum(self.counts.values())
 
     def report(self, cause: tuple[Any, ...], message: str, *args: Any) -> None:
-        """Count one dropped recording; log ``message % args`` the first time ``cause`` is seen."""
+        """Count one dropped recording; log ``message % args`` the first time ``cause`` is seen.
+
+        Never raises: an unhashable part of the cause (a list given as a name) is keyed by its short repr,
+        and arguments are logged as short reprs.
+        """
+        try:
+            hash(cause)
+        except TypeError:
+            cause = tuple(short_repr(part) for part in cause)
+        args = tuple(_Short(arg) for arg in args)  # messages use %s and %r only
         with self._lock:
             if cause not in self.counts and len(self.counts) >= _MAX_CAUSES:
                 cause = ("other",)
@@ -47,6 +64,25 @@ class Problems:
             self.counts[cause] += 1
         if first:
             self._logger.warning(message + "; dropped (further occurrences are counted, not logged)", *args)
+
+
+class _Short:
+    """Logs as the short repr (for ``%r``) or the short str (for ``%s``) of what it wraps."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return short_repr(self.value)
+
+    def __str__(self) -> str:
+        try:
+            text = str(self.value)
+        except Exception:
+            return short_repr(self.value)
+        return text if len(text) <= 200 else f"{text[:180]}...({len(text)} characters)"
 
 
 def bad_tags(tags: object) -> str | None:
@@ -71,6 +107,13 @@ def bad_tags(tags: object) -> str | None:
 
 
 def _why_bad_tags(tags: object) -> str | None:
+    try:
+        return _explain_tags(tags)
+    except Exception as error:  # a mapping whose items() raises: the call must not
+        return f"tags cannot be read ({type(error).__name__}: {short_repr(str(error))})"
+
+
+def _explain_tags(tags: object) -> str | None:
     if not isinstance(tags, Mapping):
         return f"tags must be a dict, not {type(tags).__name__}"
     for key, value in tags.items():
@@ -83,15 +126,72 @@ def _why_bad_tags(tags: object) -> str | None:
     return None  # a Mapping subclass or str/int subclasses: acceptable
 
 
-def bad_value(value: object, *, non_negative: bool) -> str | None:
-    """Why ``value`` cannot be recorded, or None when it can (finite real number, >= 0 if required)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"value of type {type(value).__name__} is not a number"
-    if not math.isfinite(value):
-        return f"value {value!r} is not finite"
-    if non_negative and value < 0:
-        return f"value {value!r} is negative"
-    return None
+# The hot paths accept exactly these types within these bounds; anything else takes the slow path to
+# number(). Counters and gauges stay inside OTLP's int64 (a float beyond it takes the slow path, still fine).
+EXACT_TYPES = frozenset((int, float))
+INT64_LIMIT = 2**63
+INT64_BOUND = float(INT64_LIMIT)  # as a float, so the hot path compares float to float
+FLOAT_MAX = sys.float_info.max
+
+
+def number(value: object, *, non_negative: bool) -> tuple[int | float, None] | tuple[None, tuple[str, str]]:
+    """``value`` as a plain int or float every exporter can encode, or why it cannot be recorded.
+
+    bool counts as 1/0 (as in prometheus_client); int subclasses and integral types (numpy ints) become
+    ``int``; ``Decimal``, ``Fraction`` and numpy floats become ``float``; an int outside int64 becomes a
+    float (OTLP encodes integers as int64), and one outside float64 (``10**400``) is refused.
+
+    Returns:
+        ``(number, None)``, or ``(None, (cause, reason))`` with a short cause for counting and a reason to log.
+    """
+    kind = type(value)
+    converted: int | float
+    if kind is float:
+        converted = value  # type: ignore[assignment]
+    elif kind is int or isinstance(value, bool):
+        converted = int(value)  # type: ignore[call-overload]
+    elif not isinstance(value, numbers.Number):  # "7" or b"7" would convert; they are not numbers
+        return None, ("type", f"value of type {type(value).__name__} is not a number")
+    else:
+        try:
+            converted = operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            try:
+                converted = float(value)  # type: ignore[arg-type]
+            except (TypeError, ValueError, OverflowError):
+                return None, ("type", f"value of type {type(value).__name__} is not a number")
+    if type(converted) is int and not -INT64_LIMIT <= converted < INT64_LIMIT:
+        try:
+            converted = float(converted)
+        except OverflowError:
+            return None, ("range", f"value {short_repr(value)} is beyond the range of a float")
+    if not -math.inf < converted < math.inf:
+        return None, ("finite", f"value {short_repr(value)} is not finite")
+    if non_negative and converted < 0:
+        return None, ("negative", f"value {short_repr(value)} is negative")
+    return converted, None
+
+
+def timer_seconds(start: object, end: float) -> tuple[float, None] | tuple[None, tuple[str, str]]:
+    """Seconds from ``start`` (a :func:`time.perf_counter` reading from ``start_timer()``) to ``end``.
+
+    A bool, a non-number, a negative reading or one after ``end`` is no start token: refused, not recorded
+    as a duration of ``perf_counter()`` seconds.
+    """
+    if isinstance(start, bool) or not isinstance(start, (int, float)):
+        return None, ("start", f"start {short_repr(start)} is not a start_timer() token")
+    if not 0 < start <= end:
+        return None, ("start", f"start {short_repr(start)} is not a start_timer() reading before now")
+    return end - float(start), None
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to a length a log line can carry (``10**400`` is 401 digits)."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__} with a failing repr>"
+    return text if len(text) <= limit else f"{text[: limit - 20]}...({len(text)} characters)"
 
 
 class OncePerCauseFilter(logging.Filter):

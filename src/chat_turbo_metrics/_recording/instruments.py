@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from chat_turbo_metrics._pipeline import forksafe
 from chat_turbo_metrics._recording.guard import Problems
 from chat_turbo_metrics._recording.naming import (
     Kind,
@@ -45,6 +46,10 @@ class InstrumentRegistry:
         self._problems = problems
         self._lock = threading.Lock()
         self._specs: dict[str, InstrumentSpec] = {}  # by instrument name
+        forksafe.register(self)
+
+    def after_fork_in_child(self) -> None:
+        forksafe.reinit(self._lock)  # another thread of the parent may have been resolving a name
 
     @staticmethod
     def instrument_name(kind: Kind, name: str, *, timer: bool = False) -> str:

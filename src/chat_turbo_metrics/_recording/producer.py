@@ -9,12 +9,9 @@ total exactly as the SDK folds it. :class:`FastPathProducer` merges the resultin
 collected ``MetricsData`` under the pipeline's resource and the ``chat_turbo_metrics`` scope, so every
 exporter receives one ``MetricsData`` whatever recorded it.
 
-Cell layouts (lists, indexed by constants on the hot path):
-
-* sum: ``[delta, total, start_ns, attributes]``
-* gauge: ``[value, attributes]``
-* histogram: ``[bounds, counts, delta_sum, delta_min, delta_max, sum, min, max, start_ns, attributes]``
-  (bucket counts are integers, so they are kept cumulative; sum, min and max fold like the SDK's).
+Cells are small slotted objects (:class:`SumCell`, :class:`GaugeCell`, :class:`HistogramCell`): a named
+field costs the hot path what a list index did (CPython specialises both), and reads as what it is.
+Bucket counts are integers, so they are kept cumulative; sum, min and max fold like the SDK's.
 """
 
 from __future__ import annotations
@@ -50,7 +47,61 @@ from chat_turbo_metrics._recording.instruments import InstrumentSpec
 from chat_turbo_metrics._version import __version__
 
 Aggregation = Literal["sum", "gauge", "histogram", "drop"]
-Cell = list[Any]
+
+
+class SumCell:
+    """A sum series: ``delta`` is added to at the call and folded into ``total`` at each collection."""
+
+    __slots__ = ("attributes", "delta", "start_ns", "total")
+
+    def __init__(self, attributes: dict[str, Any]) -> None:
+        self.delta: Any = 0
+        self.total: Any = 0
+        self.start_ns = _time_ns()
+        self.attributes = attributes
+
+
+class GaugeCell:
+    """A gauge series: the last value set."""
+
+    __slots__ = ("attributes", "value")
+
+    def __init__(self, attributes: dict[str, Any]) -> None:
+        self.value: Any = 0
+        self.attributes = attributes
+
+
+class HistogramCell:
+    """A histogram series: cumulative bucket ``counts``; ``sum``/``min``/``max`` since the last collection,
+    folded into the ``total_*`` fields at each collection."""
+
+    __slots__ = (
+        "attributes",
+        "bounds",
+        "counts",
+        "max",
+        "min",
+        "start_ns",
+        "sum",
+        "total_max",
+        "total_min",
+        "total_sum",
+    )
+
+    def __init__(self, bounds: tuple[float, ...], attributes: dict[str, Any]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum: Any = 0
+        self.min: Any = _INF
+        self.max: Any = -_INF
+        self.total_sum: Any = 0
+        self.total_min: Any = _INF
+        self.total_max: Any = -_INF
+        self.start_ns = _time_ns()
+        self.attributes = attributes
+
+
+Cell = SumCell | GaugeCell | HistogramCell
 _INF = math.inf
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
 _time_ns = time.time_ns
@@ -142,31 +193,31 @@ _OVERFLOW_ATTRIBUTES = {"otel.metric.overflow": True}  # what the SDK labels the
 _OVERFLOW_KEY = attributes_key(_OVERFLOW_ATTRIBUTES)
 
 
-def _add(cell: Cell, value: Any) -> None:
-    cell[0] += value
+def _add(cell: Any, value: Any) -> None:
+    cell.delta += value
 
 
-def _set(cell: Cell, value: Any) -> None:
-    cell[0] = value
+def _set(cell: Any, value: Any) -> None:
+    cell.value = value
 
 
-def _observe(cell: Cell, value: Any) -> None:
-    cell[1][bisect_left(cell[0], value)] += 1
-    cell[2] += value
-    cell[3] = min(cell[3], value)
-    cell[4] = max(cell[4], value)
+def _observe(cell: Any, value: Any) -> None:
+    cell.counts[bisect_left(cell.bounds, value)] += 1
+    cell.sum += value
+    cell.min = min(cell.min, value)
+    cell.max = max(cell.max, value)
 
 
-AGGREGATE: dict[str, Callable[[Cell, Any], None]] = {"sum": _add, "gauge": _set, "histogram": _observe}
+AGGREGATE: dict[str, Callable[[Any, Any], None]] = {"sum": _add, "gauge": _set, "histogram": _observe}
 
 
 def new_cell(aggregation: str, bounds: tuple[float, ...], attributes: dict[str, Any]) -> Cell:
-    """An empty cell (see the module docstring); sums and histograms start their cumulative time now."""
+    """An empty cell of an aggregation; sums and histograms start their cumulative time now."""
     if aggregation == "sum":
-        return [0, 0, _time_ns(), attributes]
+        return SumCell(attributes)
     if aggregation == "gauge":
-        return [0, attributes]
-    return [bounds, [0] * (len(bounds) + 1), 0, _INF, -_INF, 0, _INF, -_INF, _time_ns(), attributes]
+        return GaugeCell(attributes)
+    return HistogramCell(bounds, attributes)
 
 
 class Stream:
@@ -202,25 +253,25 @@ class Stream:
         spec = self.spec
         data: Any
         with lock:
-            cells = list(self.series.values())
+            cells: list[Any] = list(self.series.values())
             if not cells:
                 return None
             if spec.aggregation == "sum":
                 folded = []
                 for cell in cells:
-                    total = cell[1] = cell[0] + cell[1]
-                    cell[0] = 0
-                    folded.append((cell[3], cell[2], total))
+                    total = cell.total = cell.delta + cell.total
+                    cell.delta = 0
+                    folded.append((cell.attributes, cell.start_ns, total))
             elif spec.aggregation == "gauge":
-                gauges = [(cell[1], cell[0]) for cell in cells]
+                gauges = [(cell.attributes, cell.value) for cell in cells]
             else:
                 histograms = []
                 for cell in cells:
-                    sum_ = cell[5] = cell[2] + cell[5]
-                    min_ = cell[6] = min(cell[3], cell[6])
-                    max_ = cell[7] = max(cell[4], cell[7])
-                    cell[2], cell[3], cell[4] = 0, _INF, -_INF
-                    histograms.append((cell[9], cell[8], tuple(cell[1]), sum_, min_, max_))
+                    sum_ = cell.total_sum = cell.sum + cell.total_sum
+                    min_ = cell.total_min = min(cell.min, cell.total_min)
+                    max_ = cell.total_max = max(cell.max, cell.total_max)
+                    cell.sum, cell.min, cell.max = 0, _INF, -_INF
+                    histograms.append((cell.attributes, cell.start_ns, tuple(cell.counts), sum_, min_, max_))
         if spec.aggregation == "sum":
             points = [NumberDataPoint(a, s, now, v) for a, s, v in folded]
             data = Sum(data_points=points, aggregation_temporality=_CUMULATIVE, is_monotonic=spec.monotonic)

@@ -9,17 +9,30 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry.metrics import Meter
 
-from chat_turbo_metrics._recording.guard import Problems, bad_tags, install_sdk_log_filter
+from chat_turbo_metrics._recording.guard import (
+    EXACT_TYPES,
+    FLOAT_MAX,
+    INT64_BOUND,
+    Problems,
+    bad_tags,
+    install_sdk_log_filter,
+    number,
+    short_repr,
+    timer_seconds,
+)
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry, InstrumentSpec
 from chat_turbo_metrics._recording.naming import Kind
 
 Tags = Mapping[str, Any] | None
 _perf_counter = time.perf_counter
+_EXACT = EXACT_TYPES
+_I64 = INT64_BOUND
+_FMAX = FLOAT_MAX
 
 
 class _Dropped:
@@ -70,27 +83,42 @@ class BoundInstrument:
         self.name = name
 
     def inc(self, value: float = 1) -> None:
-        """Add ``value`` (a counter) or record it (a histogram)."""
+        """Add ``value`` (default 1) to a counter."""
         try:
-            self._instrument.add(value, self._tags)
-        except Exception as error:
-            self._problems.report(
-                ("value", self.name, type(error)), "%s: cannot record %r: %s", self.name, value, error
-            )
+            if value.__class__ in _EXACT and 0 <= value < _I64:
+                self._instrument.add(value, self._tags)
+                return
+        except Exception:
+            pass
+        self._slow("add", value, True)
 
     def observe(self, value: float) -> None:
         """Record one observation into a histogram."""
         try:
-            self._instrument.record(value, self._tags)
-        except Exception as error:
-            self._problems.report(
-                ("value", self.name, type(error)), "%s: cannot record %r: %s", self.name, value, error
-            )
+            if value.__class__ in _EXACT and 0 <= value < _FMAX:
+                self._instrument.record(value, self._tags)
+                return
+        except Exception:
+            pass
+        self._slow("record", value, True)
 
     def set(self, value: float) -> None:
         """Set a gauge."""
         try:
-            self._instrument.set(value, self._tags)
+            if value.__class__ in _EXACT and -_I64 <= value < _I64:
+                self._instrument.set(value, self._tags)
+                return
+        except Exception:
+            pass
+        self._slow("set", value, False)
+
+    def _slow(self, method: str, value: Any, non_negative: bool) -> None:
+        checked, why = number(value, non_negative=non_negative)
+        if why is not None:
+            self._problems.report(("value", self.name, why[0]), "%s: cannot record %s", self.name, why[1])
+            return
+        try:
+            getattr(self._instrument, method)(checked, self._tags)
         except Exception as error:
             self._problems.report(
                 ("value", self.name, type(error)), "%s: cannot record %r: %s", self.name, value, error
@@ -124,65 +152,94 @@ class SdkRecorder:
             self.record_histogram = self._sampled_histogram  # type: ignore[method-assign]
             self.record_timer = self._sampled_timer  # type: ignore[method-assign]
 
-    # --- slow path: first use of a name -------------------------------------------------------
+    # --- slow path: first use of a name, bad input ----------------------------------------------
     def _instrument(self, kind: Kind, name: Any, timer: bool = False) -> Any:
         cache = self._by_kind[kind, timer]
         spec = self._registry.resolve(kind, name, timer=timer)
-        instrument = DROPPED if spec is None else create_instrument(self._meter, spec)
+        if spec is None:
+            return DROPPED  # not cached: every call is counted as dropped, like on the fast path
+        instrument = create_instrument(self._meter, spec)
         if isinstance(name, str):
             cache[name] = instrument
         return instrument
 
-    def _reject(self, name: Any, tags: Tags, value: Any, error: BaseException | None = None) -> None:
-        why = bad_tags(tags) if tags is not None else None
+    def _number(self, name: Any, value: Any, non_negative: bool) -> int | float | None:
+        """``value`` normalised like the fast path does it, or None (reported) when it cannot be recorded."""
+        checked, why = number(value, non_negative=non_negative)
         if why is not None:
-            self._problems.report(("tags", name, why), "%s: %s", name, why)
-        else:
-            self._problems.report(("value", name, type(error)), "%s: cannot record %r: %s", name, value, error)
+            self._problems.report(("value", name, why[0]), "%s: cannot record %s: %s", name, short_repr(value), why[1])
+        return checked
 
-    # --- hot path -------------------------------------------------------------------------------
-    def increment_counter(self, name: str, tags: Tags = None, value: float = 1) -> None:
-        counter = self._counters.get(name) or self._instrument("counter", name)
-        if tags is not None and bad_tags(tags) is not None:
-            self._reject(name, tags, value)
-            return
+    def _record(self, route: tuple[Kind, bool, bool], name: Any, tags: Tags, value: Any) -> None:
+        """Everything but the common case: a new or bad name, bad tags, a value that needs normalising."""
+        kind, timer, non_negative = route
         try:
-            counter.add(value, tags)
-        except Exception as error:
-            self._reject(name, None, value, error)
+            instrument = self._by_kind[kind, timer].get(name) or self._instrument(kind, name, timer)
+            if instrument is DROPPED:
+                return
+            if tags is not None:
+                why = bad_tags(tags)
+                if why is not None:
+                    self._problems.report(("tags", name, why), "%s: %s", name, why)
+                    return
+            if timer:
+                value, problem = timer_seconds(value, _perf_counter())
+                if problem is not None:
+                    self._problems.report(("value", name, problem[0]), "%s: cannot record %s", name, problem[1])
+                    return
+            else:
+                value = self._number(name, value, non_negative)
+                if value is None:
+                    return
+            _RECORD[kind](instrument, value, tags)
+        except Exception as error:  # never raise while recording
+            self._problems.report(("internal", type(error)), "%s: recording failed: %r", name, error)
+
+    # --- hot path: a known name, plain tags, a plain int/float in range --------------------------------
+    def increment_counter(self, name: str, tags: Tags = None, value: float = 1) -> None:
+        try:
+            counter = self._counters[name]
+            if value.__class__ in _EXACT and 0 <= value < _I64 and (tags is None or bad_tags(tags) is None):
+                counter.add(value, tags)
+                return
+        except Exception:  # a new name, or bad input: the slow path sorts it out
+            pass
+        self._record(_COUNTER, name, tags, value)
 
     def record_gauge(self, name: str, value: float, tags: Tags = None) -> None:
-        gauge = self._gauges.get(name) or self._instrument("gauge", name)
-        if tags is not None and bad_tags(tags) is not None:
-            self._reject(name, tags, value)
-            return
         try:
-            gauge.set(value, tags)
-        except Exception as error:
-            self._reject(name, None, value, error)
+            gauge = self._gauges[name]
+            if value.__class__ in _EXACT and -_I64 <= value < _I64 and (tags is None or bad_tags(tags) is None):
+                gauge.set(value, tags)
+                return
+        except Exception:
+            pass
+        self._record(_GAUGE, name, tags, value)
 
     def record_histogram(self, name: str, value: float, tags: Tags = None) -> None:
-        histogram = self._histograms.get(name) or self._instrument("histogram", name)
-        if tags is not None and bad_tags(tags) is not None:
-            self._reject(name, tags, value)
-            return
         try:
-            histogram.record(value, tags)
-        except Exception as error:
-            self._reject(name, None, value, error)
+            histogram = self._histograms[name]
+            if value.__class__ in _EXACT and 0 <= value < _FMAX and (tags is None or bad_tags(tags) is None):
+                histogram.record(value, tags)
+                return
+        except Exception:
+            pass
+        self._record(_HISTOGRAM, name, tags, value)
 
     def start_timer(self, name: str | None = None) -> float:
         return _perf_counter()
 
     def record_timer(self, name: str, start: float, tags: Tags = None) -> None:
-        timer = self._timers.get(name) or self._instrument("histogram", name, timer=True)
-        if tags is not None and bad_tags(tags) is not None:
-            self._reject(name, tags, start)
-            return
+        end = _perf_counter()
         try:
-            timer.record(_perf_counter() - start, tags)
-        except Exception as error:
-            self._reject(name, None, start, error)
+            timer = self._timers[name]
+            value = end - start
+            if start.__class__ is float and 0 <= value < end and (tags is None or bad_tags(tags) is None):
+                timer.record(value, tags)
+                return
+        except Exception:
+            pass
+        self._record(_TIMER, name, tags, start)
 
     def _sampled_histogram(self, name: str, value: float, tags: Tags = None) -> None:
         if random.random() < self._rate:
@@ -200,13 +257,24 @@ class SdkRecorder:
             self._problems.report(("tags", name, why), "%s: %s", name, why)
             return BoundInstrument(DROPPED, None, self._problems, str(name))
         cache = self._by_kind[kind, timer]
-        instrument = cache.get(name) or self._instrument(kind, name, timer)
+        instrument = (cache.get(name) if isinstance(name, str) else None) or self._instrument(kind, name, timer)
         return BoundInstrument(instrument, dict(tags) if tags else None, self._problems, str(name))
 
     def define(self, kind: Kind, name: str, **settings: Any) -> None:
         """Create the instrument now with explicit unit/description/buckets."""
         spec = self._registry.define(kind, name, **settings)
         self._by_kind[kind, bool(settings.get("timer"))][name] = create_instrument(self._meter, spec)
+
+
+_COUNTER: tuple[Kind, bool, bool] = ("counter", False, True)  # (kind, timer, non-negative)
+_GAUGE: tuple[Kind, bool, bool] = ("gauge", False, False)
+_HISTOGRAM: tuple[Kind, bool, bool] = ("histogram", False, True)
+_TIMER: tuple[Kind, bool, bool] = ("histogram", True, True)
+_RECORD: dict[str, Callable[[Any, Any, Tags], None]] = {
+    "counter": lambda instrument, value, tags: instrument.add(value, tags),
+    "gauge": lambda instrument, value, tags: instrument.set(value, tags),
+    "histogram": lambda instrument, value, tags: instrument.record(value, tags),
+}
 
 
 def _noop(*args: Any, **kwargs: Any) -> None:

@@ -6,71 +6,26 @@ kept as documented (``memory_usage_mb``, ``api_requests_total``); see :mod:`chat
 
 from __future__ import annotations
 
-import gzip
-import logging
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import MetricsData
 
 from chat_turbo_metrics._config import MonitoringConfig
-from chat_turbo_metrics._exposition.prometheus_text import CONTENT_TYPE, to_prometheus_text
+from chat_turbo_metrics._exposition.prometheus_text import to_prometheus_text
+from chat_turbo_metrics.exporters import _prometheus_server
+from chat_turbo_metrics.exporters._prometheus_server import Endpoint
 
-_logger = logging.getLogger("chat_turbo_metrics.exporters.prometheus")
 Collect = Callable[[], MetricsData | None]
-
-
-def _accepts_gzip(header: str) -> bool:
-    """True when an Accept-Encoding header allows gzip (``gzip;q=0`` refuses it)."""
-    for item in header.split(","):
-        coding, _, params = item.strip().partition(";")
-        if coding.strip().lower() in ("gzip", "*"):
-            quality = params.strip().lower().removeprefix("q=") if params.strip().lower().startswith("q=") else "1"
-            try:
-                return float(quality) > 0
-            except ValueError:
-                return False
-    return False
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def do_GET(self) -> None:
-        if self.path.split("?", 1)[0] not in ("/metrics", "/"):
-            self.send_error(404, "try /metrics")
-            return
-        try:
-            # "replace": a tag value with a lone surrogate must not make every scrape fail.
-            body = self.server.render().encode("utf-8", "replace")
-        except Exception:
-            _logger.exception("collecting metrics for a scrape failed")
-            self.send_error(500, "collection failed; see the application's log")
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", CONTENT_TYPE)
-        if _accepts_gzip(self.headers.get("Accept-Encoding", "")):
-            body = gzip.compress(body, compresslevel=1)
-            self.send_header("Content-Encoding", "gzip")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Scrapes are routine; keep them out of the application's log."""
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    render: Callable[[], str]
 
 
 class PrometheusExporter:
     """Serves the Prometheus text exposition of every metric at ``http://host:port/metrics``.
 
     Binds to localhost unless told otherwise; port 0 picks a free port (see :attr:`port` after start).
+    Answers GET and HEAD; cuts idle clients after 10 s and serves at most 16 at once. Attached to a port this
+    process already serves (``configure()`` again), it takes the endpoint over instead of failing to bind;
+    shutting it down hands the endpoint back to the previous exporter, if any.
 
     Example:
         >>> from chat_turbo_metrics.exporters.prometheus import PrometheusExporter
@@ -93,7 +48,7 @@ class PrometheusExporter:
         port = defaults.prometheus_port if port is None else port
         self.host = host
         self._requested_port = port
-        self._server: _Server | None = None
+        self._endpoint: Endpoint | None = None
         self._collect: Collect | None = None
 
     @classmethod
@@ -109,17 +64,15 @@ class PrometheusExporter:
         """
         if self._collect is not None:
             raise RuntimeError("this PrometheusExporter is already attached to a monitor")
+        self._collect = collect
         try:
-            server = _Server((self.host, self._requested_port), _Handler)
+            self._endpoint = _prometheus_server.acquire(self.host, self._requested_port, self)
         except OSError as error:
             # Nothing is kept, so attaching again (after the port is freed) works.
+            self._collect = None
             raise OSError(
                 error.errno, f"Prometheus exporter cannot listen on {self.host}:{self._requested_port}: {error}"
             ) from None
-        self._collect = collect
-        server.render = self.render
-        self._server = server
-        threading.Thread(target=server.serve_forever, name="chat-turbo-metrics-prometheus", daemon=True).start()
 
     def render(self) -> str:
         """The exposition text a scrape returns now."""
@@ -128,7 +81,7 @@ class PrometheusExporter:
     @property
     def port(self) -> int:
         """The bound port (useful with port 0)."""
-        return self._server.server_address[1] if self._server is not None else self._requested_port
+        return self._endpoint.port if self._endpoint is not None else self._requested_port
 
     @property
     def url(self) -> str:
@@ -136,11 +89,10 @@ class PrometheusExporter:
         return f"http://{self.host}:{self.port}/metrics"
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        """Stop serving; idempotent."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
+        """Stop answering scrapes (at once; in a forked child, without waiting for the parent's thread)."""
+        endpoint, self._endpoint = self._endpoint, None
+        if endpoint is not None:
+            _prometheus_server.release(endpoint, self, max(0.0, timeout_millis / 1000))
 
     def __repr__(self) -> str:
         return f"PrometheusExporter(host={self.host!r}, port={self.port})"

@@ -166,6 +166,8 @@ class ProcessReadings:
 
     def after_fork_in_child(self) -> None:
         """The child's CPU time starts at zero: measure its rate from the fork, not from the parent's baseline."""
+        # A collecting thread of the parent (the export ticker) may have held the lock at the fork.
+        self._lock = threading.Lock()
         self._baseline = (os.getpid(), 0.0, self._clock())
         self._loop, self._lag, self._probe_pending = None, None, False
 

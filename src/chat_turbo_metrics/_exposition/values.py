@@ -1,0 +1,140 @@
+"""Point values every exporter can encode: checked once per collection, before any exporter sees them.
+
+Both recording paths normalise values at the call (:func:`chat_turbo_metrics._recording.guard.number`),
+but OpenTelemetry-API instruments (contrib instrumentations, libraries) record straight into the SDK, and a
+sum of int64-sized increments can outgrow int64. One such point used to fail a whole scrape (``True`` or a
+401-digit number in the text), a whole OTLP batch (int64 encoding) or every database export. Here a bool
+becomes 1/0, an int outside int64 a float, another number type an int or float, and a point that still has
+no finite value is dropped and counted, never the batch.
+
+Example:
+    >>> unexportable = Unexportable()
+    >>> exportable(None, unexportable) is None
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections import Counter
+from typing import Any
+
+from opentelemetry.sdk.metrics.export import (
+    Gauge,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    MetricsData,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+    Sum,
+)
+
+from chat_turbo_metrics._pipeline import forksafe
+from chat_turbo_metrics._recording.guard import INT64_LIMIT, number, short_repr
+
+_logger = logging.getLogger("chat_turbo_metrics.exposition")
+_MAX_LOGGED = 1000
+
+
+class Unexportable:
+    """Points dropped at collection because no exporter could encode them, per metric name; logged once each."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+        forksafe.register(self)
+
+    def after_fork_in_child(self) -> None:
+        forksafe.reinit(self._lock)
+
+    @property
+    def total(self) -> int:
+        """Points dropped so far."""
+        return sum(self.counts.values())
+
+    def report(self, metric: str, value: object) -> None:
+        with self._lock:
+            first = metric not in self.counts
+            if first and len(self.counts) >= _MAX_LOGGED:
+                metric, first = "(other)", False
+            self.counts[metric] += 1
+        if first:
+            _logger.warning(
+                "%s: a point with value %s cannot be exported (not a finite number); dropped from every export "
+                "(further ones are counted, not logged)",
+                metric,
+                short_repr(value),
+            )
+
+
+def _plain(value: Any) -> bool:
+    kind = type(value)
+    return (kind is int and -INT64_LIMIT <= value < INT64_LIMIT) or (kind is float and value - value == 0)
+
+
+def _number_point(point: NumberDataPoint, metric: str, unexportable: Unexportable) -> NumberDataPoint | None:
+    value, _ = number(point.value, non_negative=False)
+    if value is None:
+        unexportable.report(metric, point.value)
+        return None
+    return dataclasses.replace(point, value=value)
+
+
+def _histogram_point(point: HistogramDataPoint, metric: str, unexportable: Unexportable) -> HistogramDataPoint | None:
+    fields: dict[str, Any] = {}
+    for name in ("sum", "min", "max"):
+        value, _ = number(getattr(point, name), non_negative=False)
+        if value is None:
+            unexportable.report(metric, getattr(point, name))
+            return None
+        fields[name] = float(value)
+    return dataclasses.replace(point, **fields)
+
+
+def _clean_metric(metric: Metric, unexportable: Unexportable) -> Metric | None:
+    """``metric`` itself when every point is plain; a copy without the bad points; None if none is left."""
+    cleaned = _clean_points(metric, unexportable)
+    return cleaned if cleaned is metric or cleaned.data.data_points else None
+
+
+def _clean_points(metric: Metric, unexportable: Unexportable) -> Metric:
+    data = metric.data
+    if isinstance(data, (Sum, Gauge)):
+        if all(_plain(point.value) for point in data.data_points):
+            return metric
+        numbers = (_number_point(point, metric.name, unexportable) for point in data.data_points)
+        return dataclasses.replace(
+            metric, data=dataclasses.replace(data, data_points=[p for p in numbers if p is not None])
+        )
+    if isinstance(data, Histogram):
+        points = data.data_points
+        if all(_plain(p.sum) and _plain(p.min) and _plain(p.max) for p in points):
+            return metric
+        histograms = (_histogram_point(point, metric.name, unexportable) for point in points)
+        return dataclasses.replace(
+            metric, data=dataclasses.replace(data, data_points=[p for p in histograms if p is not None])
+        )
+    return metric
+
+
+def exportable(data: MetricsData | None, unexportable: Unexportable) -> MetricsData | None:
+    """``data`` with every point encodable by every exporter; the same object when nothing needed a change."""
+    if data is None:
+        return None
+    changed = False
+    resources = []
+    for resource_metrics in data.resource_metrics:
+        scopes = []
+        for scope_metrics in resource_metrics.scope_metrics:
+            cleaned = [_clean_metric(metric, unexportable) for metric in scope_metrics.metrics]
+            if any(new is not old for new, old in zip(cleaned, scope_metrics.metrics, strict=True)):
+                changed = True
+                metrics = [metric for metric in cleaned if metric is not None]
+                scope_metrics = ScopeMetrics(scope_metrics.scope, metrics, scope_metrics.schema_url)  # noqa: PLW2901
+            scopes.append(scope_metrics)
+        resources.append(ResourceMetrics(resource_metrics.resource, scopes, resource_metrics.schema_url))
+    return MetricsData(resources) if changed else data

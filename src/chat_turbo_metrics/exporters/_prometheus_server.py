@@ -1,0 +1,262 @@
+"""The ``/metrics`` HTTP endpoint: a small server that survives hostile clients and hands over on reconfigure.
+
+- Idle and slow clients are cut after ``client_timeout_s`` of silence; at most ``max_connections`` are
+  served at once (more get a quick 503), so a peer holding connections cannot use up the application's
+  file descriptors or threads.
+- A failing ``accept()`` (EMFILE, ENFILE, ENOBUFS) backs off instead of spinning the CPU.
+- ``stop()`` is immediate: the serve loop waits on the listening socket and a wake-up pipe, not a poll.
+- One endpoint per ``host:port`` in a process. An exporter attached to a port this process already serves
+  takes the endpoint over (the newest attached exporter answers scrapes); when it is shut down, the
+  previous one answers again. ``configure()`` therefore never fights its own old pipeline for the port.
+- In a forked child the endpoint does not exist: its thread lives in the parent. The child closes its
+  copy of the listening socket and never waits for that thread.
+
+Example:
+    >>> endpoint = acquire("127.0.0.1", 0, owner)   # doctest: +SKIP
+    >>> endpoint.port                               # doctest: +SKIP
+    40123
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import logging
+import os
+import selectors
+import socket
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+
+from chat_turbo_metrics._exposition.prometheus_text import CONTENT_TYPE
+from chat_turbo_metrics._pipeline import forksafe
+
+_logger = logging.getLogger("chat_turbo_metrics.exporters.prometheus")
+
+CLIENT_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 16
+_MAX_BACKOFF_S = 1.0
+_BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+class Renderer(Protocol):
+    """What an endpoint asks for the exposition text."""
+
+    def render(self) -> str: ...
+
+
+def _accepts_gzip(header: str) -> bool:
+    """True when an Accept-Encoding header allows gzip (``gzip;q=0`` refuses it)."""
+    for item in header.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            quality = params.strip().lower().removeprefix("q=") if params.strip().lower().startswith("q=") else "1"
+            try:
+                return float(quality) > 0
+            except ValueError:
+                return False
+    return False
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def setup(self) -> None:
+        self.timeout = self.server.client_timeout_s  # type: ignore[misc]  # per server; idle or stalled is cut
+        super().setup()
+
+    def do_GET(self) -> None:
+        self._respond(with_body=True)
+
+    def do_HEAD(self) -> None:
+        self._respond(with_body=False)
+
+    def _respond(self, *, with_body: bool) -> None:
+        if self.path.split("?", 1)[0] not in ("/metrics", "/"):
+            self.send_error(404, "try /metrics")
+            return
+        try:
+            # "replace": a tag value with a lone surrogate must not make every scrape fail.
+            body = self.server.render().encode("utf-8", "replace")
+        except Exception:
+            _logger.exception("collecting metrics for a scrape failed")
+            self.send_error(500, "collection failed; see the application's log")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE)
+        if _accepts_gzip(self.headers.get("Accept-Encoding", "")):
+            body = gzip.compress(body, compresslevel=1)
+            self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if with_body:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are routine; keep them out of the application's log."""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # server_close() must not wait for client threads
+
+    def __init__(
+        self, address: tuple[str, int], render: Callable[[], str], max_connections: int, client_timeout_s: float
+    ) -> None:
+        super().__init__(address, _Handler)
+        self.render = render
+        self.slots = threading.BoundedSemaphore(max_connections)
+        self.client_timeout_s = client_timeout_s
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(_BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:  # e.g. no thread can be started: free the slot, drop the client
+            self.slots.release()
+            self.shutdown_request(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+class Endpoint:
+    """A listening socket and its serve thread; answers with the newest owner's exposition."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        max_connections: int = MAX_CONNECTIONS,
+        client_timeout_s: float = CLIENT_TIMEOUT_S,
+    ) -> None:
+        self.key = (host, port)
+        self.owners: list[Renderer] = []
+        self._server = _Server((host, port), self._render, max_connections, client_timeout_s)
+        self._server.socket.setblocking(False)  # another process sharing it may take the connection first
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stopping = threading.Event()
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._serve, name="chat-turbo-metrics-prometheus", daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return int(self._server.server_address[1])
+
+    @property
+    def address(self) -> str:
+        """The bound interface address (``127.0.0.1`` for ``localhost``)."""
+        return str(self._server.server_address[0])
+
+    def _render(self) -> str:
+        owners = self.owners
+        return owners[-1].render() if owners else ""
+
+    def _serve(self) -> None:
+        backoff = 0.0
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._server.socket, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stopping.is_set():
+                selector.select()
+                if self._stopping.is_set():
+                    break
+                try:
+                    request, address = self._server.socket.accept()
+                except BlockingIOError:
+                    continue
+                except OSError as error:
+                    # Out of descriptors or buffers: the socket stays readable, so retrying at once would
+                    # spin. Wait, longer each time, until accept() works again (or stop() is called).
+                    backoff = min(_MAX_BACKOFF_S, backoff * 2 or 0.01)
+                    if backoff == _MAX_BACKOFF_S:
+                        _logger.warning("Prometheus endpoint cannot accept connections: %s", error)
+                    self._stopping.wait(backoff)
+                    continue
+                backoff = 0.0
+                try:
+                    self._server.process_request(request, address)
+                except Exception:
+                    _logger.exception("serving a scrape failed")
+
+    def stop(self, timeout_s: float = 1.0) -> None:
+        """Stop accepting and close the socket at once; in a forked child, just close the copy."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if os.getpid() == self._pid:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"x")
+            if self._thread is not threading.current_thread():
+                self._thread.join(timeout_s)
+        self._close()
+
+    def _close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._server.server_close()
+        for end in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                end.close()
+
+    def after_fork_in_child(self) -> None:
+        # The serve thread is the parent's. Close our copy of the socket so the port is the parent's alone.
+        forksafe.reinit(self._stopping)  # the parent's thread may have been inside wait()
+        self._stopping.set()
+        self._close()
+
+
+class _Endpoints:
+    """The endpoints this process serves, by (host, port); port 0 endpoints are never shared."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_key: dict[tuple[str, int], Endpoint] = {}
+        forksafe.register(self)
+
+    def after_fork_in_child(self) -> None:
+        # Each endpoint closes its own copy (it is registered itself); none is this child's to share.
+        self.lock = threading.Lock()
+        self.by_key.clear()
+
+
+_endpoints = _Endpoints()
+
+
+def acquire(host: str, port: int, owner: Renderer) -> Endpoint:
+    """The endpoint on ``host:port`` with ``owner`` answering its scrapes (taken over if this process serves it).
+
+    Raises:
+        OSError: the port cannot be bound (another process has it, or the address is bad).
+    """
+    with _endpoints.lock:
+        endpoint = _endpoints.by_key.get((host, port)) if port else None
+        if endpoint is None:
+            endpoint = Endpoint(host, port)
+            forksafe.register(endpoint)
+            if port:
+                _endpoints.by_key[host, port] = endpoint
+        endpoint.owners = [*endpoint.owners, owner]
+        return endpoint
+
+
+def release(endpoint: Endpoint, owner: Renderer, timeout_s: float = 1.0) -> None:
+    """``owner`` stops answering; the previous owner answers again, or the endpoint stops if none is left."""
+    with _endpoints.lock:
+        endpoint.owners = [o for o in endpoint.owners if o is not owner]
+        if endpoint.owners:
+            return
+        if _endpoints.by_key.get(endpoint.key) is endpoint:
+            del _endpoints.by_key[endpoint.key]
+    endpoint.stop(timeout_s)
