@@ -104,6 +104,8 @@ def test_code_overrides_win_over_environment() -> None:
         ("OTEL_METRIC_EXPORT_TIMEOUT", "0"),
         ("OTEL_EXPORTER_PROMETHEUS_HOST", "no-such-host.invalid"),
         ("METRICS_FILE_PATH", ""),
+        ("METRICS_SHUTDOWN_TIMEOUT", "0"),
+        ("METRICS_SHUTDOWN_TIMEOUT", "inf"),
     ],
 )
 def test_bad_value_error_names_variable_and_value_as_typed(variable: str, value: str) -> None:
@@ -111,6 +113,14 @@ def test_bad_value_error_names_variable_and_value_as_typed(variable: str, value:
         get_monitoring_config("test", env={variable: value})
     # The message starts with the variable and the user's own text (milliseconds stay milliseconds).
     assert str(caught.value).startswith(f"{variable}={value!r}: ")
+
+
+def test_shutdown_timeout_comes_from_its_variable_file_or_code() -> None:
+    assert get_monitoring_config("test").shutdown_timeout_s == 5.0
+    assert get_monitoring_config("test", env={"METRICS_SHUTDOWN_TIMEOUT": "1.5"}).shutdown_timeout_s == 1.5
+    assert get_monitoring_config("test", shutdown_timeout_s=2).shutdown_timeout_s == 2.0
+    with pytest.raises(ConfigurationError, match="shutdown_timeout_s"):
+        MonitoringConfig(shutdown_timeout_s=-1)
 
 
 def test_empty_variable_is_ignored() -> None:

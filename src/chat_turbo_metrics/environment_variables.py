@@ -19,6 +19,9 @@ METRICS_RECORDING = "METRICS_RECORDING"
 METRICS_CARDINALITY_LIMIT = "METRICS_CARDINALITY_LIMIT"
 """Series per metric before further tag sets fold into ``otel.metric.overflow="true"``."""
 
+METRICS_SHUTDOWN_TIMEOUT = "METRICS_SHUTDOWN_TIMEOUT"
+"""Seconds that ``shutdown()`` and process exit wait at most for exporters (default 5)."""
+
 ALERT_EMAIL_ENABLED = "ALERT_EMAIL_ENABLED"
 """``true`` to send alert notifications by email."""
 
