@@ -88,6 +88,12 @@ class PrometheusExporter:
         """Where Prometheus should scrape."""
         return f"http://{self.host}:{self.port}/metrics"
 
+    def release_after_fork(self) -> None:
+        """In a forked child: close the inherited listening socket (the parent serves it) and detach."""
+        server, self._server, self._collect = self._server, None, None
+        if server is not None:
+            server.socket.close()
+
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         """Stop answering scrapes (at once; in a forked child, without waiting for the parent's thread)."""
         endpoint, self._endpoint = self._endpoint, None
