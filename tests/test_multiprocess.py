@@ -172,3 +172,27 @@ def test_port_held_by_another_program_still_raises(tmp_path: Path) -> None:
         with pytest.raises(OSError, match=rf"127\.0\.0\.1:{port}\b") as raised:
             _serving(tmp_path, port)
     assert raised.value.errno == errno.EADDRINUSE
+
+
+def test_each_forked_worker_pushes_under_its_own_service_instance_id() -> None:
+    # What push exporters (OTLP) receive is the pipeline's collection; its resource must name the worker.
+    monitor = _worker()
+    monitor.increment_counter("jobs")
+    parent_id = encode(monitor.pipeline.collect())["resource"]["service.instance.id"]  # type: ignore[union-attr]
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            monitor.increment_counter("jobs")
+            resource = encode(monitor.pipeline.collect())["resource"]  # type: ignore[union-attr]
+            os.write(write_end, str(resource["service.instance.id"]).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child_id = pipe.read().decode()
+    os.waitpid(pid, 0)
+    monitor.shutdown()
+
+    assert parent_id and child_id
+    assert child_id != parent_id
