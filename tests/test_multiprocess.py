@@ -194,5 +194,6 @@ def test_each_forked_worker_pushes_under_its_own_service_instance_id() -> None:
     os.waitpid(pid, 0)
     monitor.shutdown()
 
-    assert parent_id and child_id
+    assert parent_id
+    assert child_id
     assert child_id != parent_id
