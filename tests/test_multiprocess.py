@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 import time
 import urllib.request
@@ -197,3 +198,54 @@ def test_each_forked_worker_pushes_under_its_own_service_instance_id() -> None:
     assert parent_id
     assert child_id
     assert child_id != parent_id
+
+
+def test_a_killed_worker_keeps_what_it_last_reported(tmp_path: Path) -> None:
+    port = free_port()
+    holder = _serving(tmp_path, port)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # recorded, reported once, then SIGKILLed: no final state is written
+        try:
+            holder.increment_counter("jobs", value=7)
+            holder.record_gauge("depth", 5)
+            os.write(write_end, b"1")
+            time.sleep(30)
+        finally:
+            os._exit(0)
+    try:
+        os.read(read_end, 1)
+        deadline = time.monotonic() + 5
+        while "jobs_total 7" not in _scrape(port).splitlines():
+            assert time.monotonic() < deadline, _scrape(port)
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+        after = _scrape(port).splitlines()
+        assert "jobs_total 7" in after  # the counter does not go backwards
+        assert not [line for line in after if line.startswith("depth")]  # a dead process's gauge is gone
+        holder.increment_counter("jobs")
+        assert "jobs_total 8" in _scrape(port).splitlines()
+    finally:
+        holder.shutdown()
+
+
+def test_a_restarted_service_starts_at_zero(tmp_path: Path) -> None:
+    port = free_port()
+    first = _serving(tmp_path, port)
+    pid = os.fork()
+    if pid == 0:
+        first.increment_counter("jobs", value=3)
+        first.shutdown()  # leaves a final state, as a recycled worker does
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert "jobs_total 3" in _scrape(port).splitlines()
+    first.shutdown()
+
+    second = _serving(tmp_path, port)  # the same port and directory, a new run (this process is not its sibling)
+    try:
+        second.increment_counter("jobs")
+        assert "jobs_total 1" in _scrape(port).splitlines()
+    finally:
+        second.shutdown()

@@ -51,7 +51,7 @@ APP = textwrap.dedent(
 
 CLIENT = textwrap.dedent(
     """
-    import json, re, sys, time, urllib.request
+    import json, re, sys, threading, time, urllib.request
     from concurrent.futures import ThreadPoolExecutor
 
     app_url, metrics_url, batches, per_batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -77,6 +77,15 @@ CLIENT = textwrap.dedent(
 
     base = value(scrape(), r'served_total\\{route="/"\\}')  # the probes that waited for the server
     sent, seen, pids = 0, [], set()
+    during, loading = [], threading.Event()
+
+    def watch():  # scrapes while requests are in flight: the totals only ever grow
+        while loading.is_set():
+            during.append(value(scrape(), r'served_total\\{route="/"\\}'))
+
+    loading.set()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
     with ThreadPoolExecutor(4) as pool:
         for _ in range(batches):
             pids.update(pool.map(hit, range(per_batch)))
@@ -89,7 +98,9 @@ CLIENT = textwrap.dedent(
                 "sum": value(text, r'payload_bytes_sum\\{route="/"\\}'),
                 "workers": sorted(set(re.findall(r'^worker_up\\{process_pid="(\\d+)"\\} 1$', text, re.M))),
             })
-    print(json.dumps({"base": base, "scrapes": seen, "pids": sorted(pids)}))
+    loading.clear()
+    watcher.join()
+    print(json.dumps({"base": base, "scrapes": seen, "pids": sorted(pids), "during": during}))
     """
 )
 
@@ -191,6 +202,11 @@ def _assert_exact(result: dict[str, object]) -> None:
     for scrape in scrapes:
         expected = scrape["sent"] + base
         assert (scrape["total"], scrape["count"], scrape["sum"]) == (expected, expected, 3 * expected), scrapes
+    during = result["during"]
+    assert isinstance(during, list)
+    assert len(during) >= 3, "no scrape overlapped the load"
+    assert during == sorted(during), "a scrape during the load went backwards"
+    assert during[-1] <= scrapes[-1]["total"]
 
 
 @pytest.mark.parametrize("instrument", [False, True], ids=["plain", "opentelemetry-instrument"])

@@ -263,6 +263,8 @@ class Session:
             if token in self._cache:  # busy or slow: its last answer keeps its counters from going backwards
                 live.append((token, self._cache[token]))
             return False
+        if isinstance(final, dict):
+            self._root = self._root or final.get("parent") == self._identity
         last = final if isinstance(final, dict) else self._cache.get(token)
         if last is not None:
             ledger["state"] = retire(ledger["state"], last)
@@ -369,7 +371,9 @@ def attach_pull(pipeline: _Pipeline, exporter: Any) -> None:
         _logger.warning("multiprocess directory %s unusable (%s); serving this process's metrics only", base, problem)
         exporter.attach(pipeline.collect)
         return
-    os.environ.setdefault(ENV_DIR, str(base))  # forked and spawned children find the same directory
+    if not pipeline.config.multiprocess_dir:
+        # Forked and spawned children find the same directory even if their TMPDIR differs.
+        os.environ.setdefault(ENV_DIR, str(base))
     session = Session(pipeline, exporter, directory, pipeline.config.multiprocess_gauges)
     deadline = time.monotonic() + SIBLING_WAIT_S
     while True:
