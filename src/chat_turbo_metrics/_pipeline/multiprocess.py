@@ -303,17 +303,20 @@ class Session:
             with flock(self.directory / "lock"):
                 self._clear_earlier_run()
         elif self._multi:
-            try:
-                final = encode(self._pipeline.collect())
-                final["parent"] = parent_identity()
-                write_json(self.directory / f"{self.token}.final.json", final)
-            except Exception:
-                _logger.exception("writing this process's final metrics for the service's scrape failed")
+            self._write_final()
         member, self._member = self._member, None
         if member is not None:
             member.close()
         # holder.json stays: while this process lives (it still holds the port until its exporter stops), a
         # process that cannot bind knows a sibling holds the port, waits as a member and takes it over.
+
+    def _write_final(self) -> None:
+        try:
+            final = encode(self._pipeline.collect())
+            final["parent"] = parent_identity()
+            write_json(self.directory / f"{self.token}.final.json", final)
+        except Exception:
+            _logger.exception("writing this process's final metrics for the service's scrape failed")
 
     def after_fork_in_child(self) -> None:
         """A forked child is a new member: its parent keeps the port, the sockets and the bookkeeping."""
