@@ -255,20 +255,7 @@ RECYCLING = {
 }
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        "gunicorn-plain",
-        pytest.param(
-            "gunicorn-opentelemetry-instrument",
-            marks=pytest.mark.xfail(
-                reason="since the rebase onto main, now and then a recycled worker's last requests (up to 7) are "
-                "missing from the retired totals when the master holds the port; under investigation",
-                strict=False,
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("case", list(RECYCLING))
 def test_counters_survive_max_requests_recycling(tmp_path: Path, case: str) -> None:
     # Every worker is replaced after 7 requests: many recycles, including the process holding the port when
     # the master does not run the pipeline (plain), and all workers at once.

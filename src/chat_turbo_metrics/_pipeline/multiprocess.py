@@ -182,7 +182,7 @@ class Session:
         self._multi = True
         self.role = "member"
         self._decided.set()
-        self._member = MemberServer(self.sockets / f"{self.token}.sock", self._pipeline.collect, self._take_over)
+        self._member = MemberServer(self.sockets / f"{self.token}.sock", self._collect_own, self._take_over)
 
     def _take_over(self) -> bool:
         if self._closed:
@@ -226,7 +226,7 @@ class Session:
     def collect(self) -> MetricsData | None:
         """What the Prometheus endpoint serves: this process's collection, plus every member's when holding."""
         self._decided.wait(5.0)  # a scrape that arrives between bind and become_holder() must merge too
-        own = self._pipeline.collect()
+        own = guarded_collect(self._pipeline)
         if self.role != "holder":
             return own
         members = self._tokens(".sock") - {self.token}
@@ -310,9 +310,12 @@ class Session:
         # holder.json stays: while this process lives (it still holds the port until its exporter stops), a
         # process that cannot bind knows a sibling holds the port, waits as a member and takes it over.
 
+    def _collect_own(self) -> MetricsData | None:
+        return guarded_collect(self._pipeline)
+
     def _write_final(self) -> None:
         try:
-            final = encode(self._pipeline.collect())
+            final = encode(guarded_collect(self._pipeline))
             final["parent"] = parent_identity()
             write_json(self.directory / f"{self.token}.final.json", final)
         except Exception:
@@ -338,6 +341,34 @@ class Session:
             self.become_member()
         except OSError as error:
             _logger.warning("forked process cannot serve its metrics to the Prometheus endpoint: %s", error)
+
+
+# A collection must not be in flight in another thread when this process forks: the child would inherit the
+# pipeline reader's lock held by a thread it does not have, and every collection there (the holder's requests,
+# the final state at exit) would wait forever. Held across fork(); registered at the first collection, so that
+# it runs before the recorders' own fork hooks (before-fork hooks run last-registered first).
+_collect_guard = threading.Lock()
+_guard_state = {"registered": False, "held": False}
+
+
+def guarded_collect(pipeline: _Pipeline) -> MetricsData | None:
+    """``pipeline.collect()``, never overlapping a fork."""
+    if not _guard_state["registered"] and hasattr(os, "register_at_fork"):
+        _guard_state["registered"] = True
+        os.register_at_fork(before=_hold_guard, after_in_parent=_release_guard, after_in_child=_release_guard)
+    with _collect_guard:
+        return pipeline.collect()
+
+
+def _hold_guard() -> None:
+    # Bounded: a collection waiting for a lock the forking thread holds must not stop the fork.
+    _guard_state["held"] = _collect_guard.acquire(timeout=1.0)
+
+
+def _release_guard() -> None:
+    if _guard_state["held"]:
+        _guard_state["held"] = False
+        _collect_guard.release()
 
 
 _sessions: weakref.WeakSet[Session] = weakref.WeakSet()
