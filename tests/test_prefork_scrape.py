@@ -73,7 +73,7 @@ CLIENT = textwrap.dedent(
             try:
                 with urllib.request.urlopen(metrics_url, timeout=10) as reply:
                     return reply.read().decode()
-            except OSError:
+            except (OSError, http.client.HTTPException):  # the holder exited mid-scrape
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
