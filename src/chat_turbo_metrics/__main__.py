@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     from chat_turbo_metrics.alerting import _cli as alerting_cli
 
     alerting_cli.register(commands)
+    commands.add_parser("doctor", help="check endpoints, exporters and metrics").add_argument(
+        "--json", action="store_true"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "rules":
@@ -30,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
             from chat_turbo_metrics._demo import run_demo
 
             return run_demo(duration_s=args.duration, environment=args.environment)
+        if args.command == "doctor":
+            from chat_turbo_metrics._doctor import run_doctor
+
+            return run_doctor(as_json=args.json)
         from chat_turbo_metrics._config_command import run_config_command
 
         run_config_command(args.environment, None, sys.stdout)

@@ -134,6 +134,9 @@ class MonitoringConfig:
     datadog_histogram_buckets: bool = False
     # Where each setting came from (a variable name, a file path or "code"); missing ones are defaults.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    multiprocess: bool = True
+    multiprocess_dir: str = ""
+    multiprocess_gauges: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in _SECRET_SETTINGS:  # plain strings given to the constructor are wrapped too
@@ -180,6 +183,11 @@ def _check_config(config: MonitoringConfig) -> None:
         ("prometheus_host", bool(config.prometheus_host.strip()), "must be a host name or address, not empty"),
         ("alert_email_port", 0 < config.alert_email_port <= 65535, "must be a TCP port (1-65535)"),
         ("alert_email_tls", config.alert_email_tls in ("starttls", "tls", "none"), "must be starttls, tls or none"),
+        (
+            "multiprocess_gauges",
+            all(mode in GAUGE_MODES for mode in config.multiprocess_gauges.values()),
+            f"modes must be one of {', '.join(GAUGE_MODES)}",
+        ),
     ]
     for name, ok, why in checks:
         if not ok:
@@ -223,6 +231,22 @@ def _parse_datadog_tags(raw: Any) -> tuple[str, ...]:
     return tuple(item.strip() for item in items if item.strip())
 
 
+GAUGE_MODES = ("sum", "max", "min", "latest", "worker")
+
+
+def _parse_gauge_modes(raw: Any) -> dict[str, str]:
+    """``sum`` (every gauge) or ``active_connections=sum,cpu_*=max,*=latest`` (per metric name pattern)."""
+    if isinstance(raw, str):
+        items = [item.strip() for item in raw.split(",") if item.strip()]
+        pairs = [item.partition("=") for item in items]
+        raw = {(name.strip() if sep else "*"): (mode if sep else name).strip() for name, sep, mode in pairs}
+    modes = {str(name): str(mode).strip().lower() for name, mode in dict(raw).items()}
+    for name, mode in modes.items():
+        if mode not in GAUGE_MODES:
+            raise ValueError(f"gauge mode {mode!r} for {name!r}: expected one of {', '.join(GAUGE_MODES)}")
+    return modes
+
+
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "enabled": parse_bool,
     "environment": parse_str,
@@ -263,6 +287,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "datadog_tags": _parse_datadog_tags,
     "datadog_host": _parse_optional_str,
     "datadog_histogram_buckets": parse_bool,
+    "multiprocess": parse_bool,
+    "multiprocess_dir": parse_str,
+    "multiprocess_gauges": _parse_gauge_modes,
 }
 _SECRET_SETTINGS = frozenset(("database_url", "alert_slack_webhook_url", "alert_email_password", "datadog_api_key"))
 
@@ -380,6 +407,9 @@ _SEED_ENV: tuple[_EnvVar, ...] = (
     _EnvVar("DD_HOSTNAME", "datadog_host"),
     _EnvVar("CHAT_TURBO_DATADOG_ENDPOINT", "datadog_endpoint"),
     _EnvVar("CHAT_TURBO_DATADOG_HISTOGRAM_BUCKETS", "datadog_histogram_buckets"),
+    _EnvVar("METRICS_MULTIPROCESS", "multiprocess"),
+    _EnvVar("METRICS_MULTIPROCESS_DIR", "multiprocess_dir"),
+    _EnvVar("METRICS_MULTIPROCESS_GAUGES", "multiprocess_gauges"),
 )
 
 

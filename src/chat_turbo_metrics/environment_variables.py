@@ -88,3 +88,12 @@ CHAT_TURBO_DATADOG_ENDPOINT = "CHAT_TURBO_DATADOG_ENDPOINT"
 
 CHAT_TURBO_DATADOG_HISTOGRAM_BUCKETS = "CHAT_TURBO_DATADOG_HISTOGRAM_BUCKETS"
 """``true`` to send per-bucket Datadog counts (``<name>.bucket`` tagged ``lower_bound``/``upper_bound``)."""
+
+METRICS_MULTIPROCESS = "METRICS_MULTIPROCESS"
+"""``false`` to serve only this process's data on the Prometheus port (default: merge every worker's)."""
+
+METRICS_MULTIPROCESS_DIR = "METRICS_MULTIPROCESS_DIR"
+"""Base directory where the workers of a pre-fork server meet (default ``$TMPDIR/chat-turbo-metrics-<uid>``)."""
+
+METRICS_MULTIPROCESS_GAUGES = "METRICS_MULTIPROCESS_GAUGES"
+"""How gauges of several workers combine: ``sum``, ``max``, ``min``, ``latest``, ``worker``; or per metric."""

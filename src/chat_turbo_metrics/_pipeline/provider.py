@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, ViewConfig, setting_label
 from chat_turbo_metrics._exposition.values import Unexportable, exportable
 from chat_turbo_metrics._pipeline import forksafe
+from chat_turbo_metrics._pipeline import multiprocess as _multiprocess
 from chat_turbo_metrics._pipeline import registry as _registry
 from chat_turbo_metrics._pipeline.compat import reinit_sdk_metric_locks
 from chat_turbo_metrics._pipeline.fanout import Fanout
@@ -214,7 +215,7 @@ class Pipeline:
         if isinstance(exporter, MetricExporter):
             self.fanout.add(exporter)
         elif isinstance(exporter, PullExporter):
-            exporter.attach(self.collect)
+            _multiprocess.attach_pull(self, exporter)  # one scrape for every process of the service
             self.pull_exporters.append(exporter)
         else:
             raise TypeError(
@@ -250,6 +251,7 @@ class Pipeline:
         limit = self.config.shutdown_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + max(0.0, limit)
         self.fanout.shutdown(_remaining(deadline))
+        _multiprocess.close(self)  # the final state must be on disk before the port is let go
         for exporter in self.pull_exporters:
             try:
                 exporter.shutdown(timeout_millis=_remaining(deadline) * 1000)

@@ -88,6 +88,11 @@ class PrometheusExporter:
         """Where Prometheus should scrape."""
         return f"http://{self.host}:{self.port}/metrics"
 
+    def release_after_fork(self) -> None:
+        """In a forked child: detach from the parent's endpoint (whose own fork hook closes the socket copy), so
+        that this exporter can attach again when the child takes the port over."""
+        self._endpoint, self._collect = None, None
+
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         """Stop answering scrapes (at once; in a forked child, without waiting for the parent's thread)."""
         endpoint, self._endpoint = self._endpoint, None

@@ -1,0 +1,303 @@
+"""Merge the cumulative collections of several processes of one service into one ``MetricsData``.
+
+A pre-fork server (gunicorn, ``uvicorn --workers``) runs one pipeline per worker; a scrape must show the
+service. Each process's collection travels as a *state*: plain JSON-able data (see :func:`encode`), small
+enough to send over a socket and to keep on disk for a worker that has exited. :func:`merge` adds the states
+up: sums (counters, up-down counters) and histogram buckets, counts and sums are added, histogram min and max
+combined; the start time is the earliest. Gauges have no meaningful sum in general, so each gauge follows a
+*mode* chosen per metric (:data:`GAUGE_MODES`). A *retired* state (:func:`retire`) accumulates the sums and
+histograms of processes that have exited, so that the service's counters never go backwards when a worker is
+recycled; their gauges are dropped, because a gauge of a process that is gone no longer describes anything.
+
+Example:
+    >>> from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
+    >>> workers = [PerformanceMonitor(MonitoringConfig(metrics_exporters=())) for _ in range(2)]
+    >>> for count, worker in enumerate(workers, start=2):
+    ...     worker.increment_counter("jobs", value=count)
+    >>> states = [(str(pid), encode(worker.pipeline.collect())) for pid, worker in enumerate(workers)]
+    >>> merged = merge(states, retired=None, gauge_mode=lambda name: "sum")
+    >>> merged.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points[0].value
+    5
+    >>> for worker in workers:
+    ...     worker.shutdown()
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Gauge,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    MetricsData,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+    Sum,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from chat_turbo_metrics._config import GAUGE_MODES
+
+_logger = logging.getLogger("chat_turbo_metrics.multiprocess")
+
+State = dict[str, Any]
+GaugeMode = Callable[[str], str]
+# GAUGE_MODES: how a gauge of several processes becomes one value: added up, the largest, the smallest, the
+# most recently set, or one series per process labelled ``process.pid`` (Prometheus ``process_pid``).
+WORKER_LABEL = "process.pid"
+# Per-process resource attributes: in a merged scrape they would describe one process as the service.
+_PER_PROCESS_RESOURCE = ("service.instance.id", "process.pid")
+_CUMULATIVE = AggregationTemporality.CUMULATIVE
+
+
+# --- MetricsData <-> state ------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _attrs_out(attributes: Any) -> dict[str, Any]:
+    return {str(key): _plain(value) for key, value in (attributes or {}).items()}
+
+
+def _attrs_in(attributes: dict[str, Any]) -> dict[str, Any]:
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in attributes.items()}
+
+
+def _encode_metric(scope: InstrumentationScope, metric: Metric) -> dict[str, Any] | None:
+    data = metric.data
+    entry: dict[str, Any] = {
+        "scope": [scope.name, scope.version or ""],
+        "name": metric.name,
+        "description": metric.description or "",
+        "unit": metric.unit or "",
+    }
+    if isinstance(data, Sum):
+        if data.aggregation_temporality != _CUMULATIVE:
+            return None  # only cumulative sums can be added across processes
+        entry["type"], entry["monotonic"] = "sum", bool(data.is_monotonic)
+        entry["points"] = [
+            [_attrs_out(p.attributes), p.start_time_unix_nano, p.time_unix_nano, p.value] for p in data.data_points
+        ]
+    elif isinstance(data, Histogram):
+        if data.aggregation_temporality != _CUMULATIVE:
+            return None
+        entry["type"] = "histogram"
+        entry["points"] = [
+            [
+                _attrs_out(p.attributes),
+                p.start_time_unix_nano,
+                p.time_unix_nano,
+                p.count,
+                p.sum,
+                list(p.bucket_counts),
+                list(p.explicit_bounds),
+                p.min,
+                p.max,
+            ]
+            for p in data.data_points
+        ]
+    elif isinstance(data, Gauge):
+        entry["type"] = "gauge"
+        entry["points"] = [[_attrs_out(p.attributes), p.time_unix_nano, p.value] for p in data.data_points]
+    else:
+        return None  # exponential histograms: not produced by this pipeline
+    return entry
+
+
+def encode(data: MetricsData | None) -> State:
+    """The plain, JSON-able state of a cumulative collection (``{"resource": ..., "metrics": [...]}``)."""
+    state: State = {"resource": {}, "metrics": []}
+    if data is None:
+        return state
+    for resource_metrics in data.resource_metrics:
+        if not state["resource"]:
+            state["resource"] = _attrs_out(resource_metrics.resource.attributes)
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                entry = _encode_metric(scope_metrics.scope, metric)
+                if entry is not None:
+                    state["metrics"].append(entry)
+    return state
+
+
+# --- merging --------------------------------------------------------------------------------------
+
+
+def _series_key(attributes: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(sorted((key, type(value).__name__, _hashable(value)) for key, value in attributes.items()))
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+class _Family:
+    """One metric of the merged output: its description and its series by attribute set."""
+
+    __slots__ = ("entry", "series")
+
+    def __init__(self, entry: dict[str, Any]) -> None:
+        self.entry = entry
+        self.series: dict[tuple[Any, ...], list[Any]] = {}
+
+
+def _add_sum(family: _Family, point: list[Any], member: str) -> None:
+    attrs, start, time, value = point
+    key = _series_key(attrs)
+    found = family.series.get(key)
+    if found is None:
+        family.series[key] = [attrs, start, time, value]
+    else:
+        found[1], found[2], found[3] = min(found[1], start), max(found[2], time), found[3] + value
+
+
+def _add_histogram(family: _Family, point: list[Any], member: str) -> None:
+    attrs, start, time, count, total, counts, bounds, low, high = point
+    key = _series_key(attrs)
+    found = family.series.get(key)
+    if found is None:
+        family.series[key] = [attrs, start, time, count, total, list(counts), list(bounds), low, high]
+        return
+    if list(bounds) != found[6]:
+        _warn_once(family.entry["name"], "histogram bucket boundaries differ between processes; one was left out")
+        return
+    found[1], found[2] = min(found[1], start), max(found[2], time)
+    found[3] += count
+    found[4] += total
+    found[5] = [a + b for a, b in zip(found[5], counts, strict=False)]
+    found[7], found[8] = min(found[7], low), max(found[8], high)
+
+
+def _add_gauge(family: _Family, point: list[Any], member: str) -> None:
+    attrs, time, value = point
+    family.series.setdefault(_series_key(attrs), [attrs, []])[1].append((member, time, value))
+
+
+_ADD = {"sum": _add_sum, "histogram": _add_histogram, "gauge": _add_gauge}
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(name: str, why: str) -> None:
+    if (name, why) not in _warned and len(_warned) < 1000:
+        _warned.add((name, why))
+        _logger.warning("%s: %s", name, why)
+
+
+def _families(states: Iterable[tuple[str, State]], *, gauges: bool = True) -> dict[tuple[str, str], _Family]:
+    families: dict[tuple[str, str], _Family] = {}
+    for member, state in states:
+        for entry in state.get("metrics", ()):
+            kind = entry["type"]
+            if kind == "gauge" and not gauges:
+                continue
+            key = (entry["scope"][0], entry["name"])
+            family = families.get(key)
+            if family is None:
+                family = families[key] = _Family({k: v for k, v in entry.items() if k != "points"})
+            elif family.entry["type"] != kind:
+                _warn_once(entry["name"], f"recorded as {family.entry['type']} and as {kind} by different processes")
+                continue
+            add = _ADD[kind]
+            for point in entry["points"]:
+                add(family, point, member)
+    return families
+
+
+def _gauge_points(values: list[Any], mode: str) -> list[tuple[dict[str, Any], int, Any]]:
+    attrs, seen = values
+    mode = mode if mode in GAUGE_MODES else "sum"
+    if mode == "worker":
+        return [({**attrs, WORKER_LABEL: _member_pid(member)}, time, value) for member, time, value in seen]
+    time = max(t for _, t, _ in seen)
+    if mode == "latest":
+        return [(attrs, time, max(seen, key=lambda item: item[1])[2])]
+    numbers = [value for _, _, value in seen]
+    reduced = sum(numbers) if mode == "sum" else max(numbers) if mode == "max" else min(numbers)
+    return [(attrs, time, reduced)]
+
+
+def _member_pid(member: str) -> int | str:
+    head = member.split("-", 1)[0]
+    return int(head) if head.isdigit() else member
+
+
+def _families_state(families: dict[tuple[str, str], _Family]) -> list[dict[str, Any]]:
+    return [{**family.entry, "points": list(family.series.values())} for family in families.values()]
+
+
+def retire(retired: State | None, final: State) -> State:
+    """Fold the final state of an exited process into the retired accumulation (gauges are dropped)."""
+    states = [("retired", retired)] if retired else []
+    states.append(("final", final))
+    return {"resource": {}, "metrics": _families_state(_families(states, gauges=False))}
+
+
+def _metric(family: _Family, gauge_mode: GaugeMode) -> Metric:
+    entry = family.entry
+    data: Any
+    if entry["type"] == "sum":
+        points = [NumberDataPoint(_attrs_in(a), s, t, v) for a, s, t, v in family.series.values()]
+        data = Sum(data_points=points, aggregation_temporality=_CUMULATIVE, is_monotonic=entry["monotonic"])
+    elif entry["type"] == "histogram":
+        data = Histogram(
+            data_points=[
+                HistogramDataPoint(_attrs_in(a), s, t, n, total, tuple(c), tuple(b), lo, hi)
+                for a, s, t, n, total, c, b, lo, hi in family.series.values()
+            ],
+            aggregation_temporality=_CUMULATIVE,
+        )
+    else:
+        mode = gauge_mode(entry["name"])
+        data = Gauge(
+            data_points=[
+                NumberDataPoint(_attrs_in(attrs), None, time, value)  # type: ignore[arg-type]
+                for values in family.series.values()
+                for attrs, time, value in _gauge_points(values, mode)
+            ]
+        )
+    return Metric(name=entry["name"], description=entry["description"], unit=entry["unit"], data=data)
+
+
+def merge(
+    states: Sequence[tuple[str, State]],
+    retired: State | None,
+    gauge_mode: GaugeMode,
+    resource: Resource | None = None,
+) -> MetricsData:
+    """One ``MetricsData`` for the whole service.
+
+    Args:
+        states: ``(member id, state)`` of every live process; a member id starts with its pid.
+        retired: the accumulated sums and histograms of processes that have exited, or None.
+        gauge_mode: the mode (one of :data:`GAUGE_MODES`) for a gauge, by metric name.
+        resource: the service's resource; defaults to the first state's, without per-process attributes.
+
+    Returns:
+        The merged collection, one resource, metrics grouped by instrumentation scope.
+    """
+    everything = [*([("retired", retired)] if retired else []), *states]
+    families = _families(everything)
+    if resource is None:
+        attributes: dict[str, Any] = next((s["resource"] for _, s in states if s.get("resource")), {})
+        resource = Resource(_attrs_in(attributes))
+    if len(states) + (1 if retired else 0) > 1:
+        kept = {k: v for k, v in resource.attributes.items() if k not in _PER_PROCESS_RESOURCE}
+        resource = Resource(kept, resource.schema_url)
+    scopes: dict[tuple[str, str], list[Metric]] = {}
+    for family in families.values():
+        scopes.setdefault(tuple(family.entry["scope"]), []).append(_metric(family, gauge_mode))
+    scope_metrics = [
+        ScopeMetrics(InstrumentationScope(name, version or None), metrics, "")
+        for (name, version), metrics in scopes.items()
+    ]
+    resource_metrics = ResourceMetrics(resource=resource, scope_metrics=scope_metrics, schema_url="")
+    return MetricsData(resource_metrics=[resource_metrics])

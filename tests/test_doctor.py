@@ -1,0 +1,179 @@
+"""``chat-turbo-metrics doctor`` reports what it finds: values checked against real ports, databases and files."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor, Secret
+from chat_turbo_metrics._doctor import diagnose
+from chat_turbo_metrics.exporters.prometheus import PrometheusExporter
+from conftest import free_port, port_open, require
+
+
+def _config(**settings: object) -> MonitoringConfig:
+    settings.setdefault("environment", "test")
+    settings.setdefault("prometheus_host", "127.0.0.1")
+    return MonitoringConfig(**settings)  # type: ignore[arg-type]
+
+
+def test_a_running_service_port_is_held_and_its_metrics_and_tags_are_listed() -> None:
+    service = PerformanceMonitor(_config(metrics_exporters=()))
+    exporter = PrometheusExporter(host="127.0.0.1", port=0)
+    service.add_exporter(exporter)
+    try:
+        for route in ("/a", "/b", "/c"):
+            service.increment_counter("requests", {"route": route, "method": "GET"})
+        service.record_histogram("latency_seconds", 0.2, {"route": "/a"})
+
+        report = diagnose(_config(prometheus_port=exporter.port), env={})
+    finally:
+        service.shutdown()
+
+    prometheus = report["endpoints"]["prometheus"]
+    assert prometheus["port"] == "held"
+    assert prometheus["metrics"]["requests_total"] == {"type": "counter", "series": 3, "tags": ["method", "route"]}
+    assert prometheus["metrics"]["latency_seconds"]["series"] == 1
+    assert prometheus["metrics"]["latency_seconds"]["tags"] == ["route"]
+
+
+def test_a_free_port_is_reported_free_with_advice_naming_the_url() -> None:
+    port = free_port()
+    report = diagnose(_config(prometheus_port=port), env={})
+
+    assert report["endpoints"]["prometheus"]["port"] == "free"
+    assert any(f"127.0.0.1:{port}" in tip for tip in report["advice"])
+
+
+def test_a_port_held_by_something_else_is_held_without_metrics() -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        report = diagnose(_config(prometheus_port=squatter.getsockname()[1]), env={})
+
+    assert report["endpoints"]["prometheus"]["port"] == "held"
+    assert "metrics" not in report["endpoints"]["prometheus"]
+
+
+def test_an_unreachable_database_is_unreachable_and_its_password_never_shown() -> None:
+    url = f"postgresql+psycopg://user:hunter2@127.0.0.1:{free_port()}/x"
+    report = diagnose(_config(metrics_exporters=("chat_turbo_database",), database_url=Secret(url)), env={})
+
+    database = report["endpoints"]["database"]
+    assert database["reachable"] is False
+    assert "hunter2" not in json.dumps(report, default=str)
+
+
+def test_a_reachable_database_is_reachable() -> None:
+    require(port_open("127.0.0.1", 5432), "PostgreSQL is not running on 127.0.0.1:5432")
+    url = Secret("postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    report = diagnose(_config(metrics_exporters=("chat_turbo_database",), database_url=url), env={})
+
+    assert report["endpoints"]["database"]["reachable"] is True
+
+
+def test_file_path_writability_is_checked(tmp_path: Path) -> None:
+    writable = diagnose(_config(metrics_exporters=("chat_turbo_file",), file_path=str(tmp_path / "m.jsonl")), env={})
+    missing_dir = diagnose(
+        _config(metrics_exporters=("chat_turbo_file",), file_path=str(tmp_path / "nope" / "m.jsonl")), env={}
+    )
+
+    assert writable["endpoints"]["file"]["writable"] is True
+    assert missing_dir["endpoints"]["file"]["writable"] is False
+
+
+def test_otlp_collector_reachability_follows_the_endpoint_variable() -> None:
+    with socket.socket() as collector:
+        collector.bind(("127.0.0.1", 0))
+        collector.listen()
+        up = f"http://127.0.0.1:{collector.getsockname()[1]}"
+        reachable = diagnose(_config(metrics_exporters=("otlp",)), env={"OTEL_EXPORTER_OTLP_ENDPOINT": up})
+    down = diagnose(
+        _config(metrics_exporters=("otlp",)), env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    )
+
+    assert reachable["endpoints"]["otlp"] == {"enabled": True, "endpoint": up, "reachable": True}
+    assert down["endpoints"]["otlp"]["reachable"] is False
+
+
+def test_disabled_instrumentations_are_reported_disabled() -> None:
+    report = diagnose(_config(), env={"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "sqlalchemy"})
+    active = diagnose(_config(), env={})
+
+    assert report["instrumentors"]["sqlalchemy"] == "disabled"
+    assert active["instrumentors"]["sqlalchemy"] == "active"
+
+
+def test_disabled_monitoring_and_no_exporters_are_reported() -> None:
+    report = diagnose(_config(enabled=False, metrics_exporters=()), env={})
+
+    assert report["enabled"] is False
+    assert report["exporters"] == []
+    assert report["config"]["enabled"] is False
+
+
+def test_high_cardinality_metric_gets_memory_advice_naming_it() -> None:
+    service = PerformanceMonitor(_config(metrics_exporters=(), cardinality_limit=600))
+    exporter = PrometheusExporter(host="127.0.0.1", port=0)
+    service.add_exporter(exporter)
+    try:
+        for user in range(700):  # a user id as a tag: the classic mistake
+            service.increment_counter("logins", {"user": str(user)})
+        report = diagnose(_config(prometheus_port=exporter.port), env={})
+    finally:
+        service.shutdown()
+
+    family = report["endpoints"]["prometheus"]["metrics"]["logins_total"]
+    assert family["series"] == 601  # the limit, plus the overflow series
+    assert "otel_metric_overflow" in family["tags"]
+    assert any("logins_total" in tip and "601 series" in tip for tip in report["advice"])
+
+
+def test_cli_prints_json_masks_secrets_and_exits_1_for_a_broken_endpoint(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "METRICS_", "PERFORMANCE_"))}
+    env.update(
+        {
+            "CHAT_TURBO_ENV": "test",
+            "OTEL_METRICS_EXPORTER": "chat_turbo_database",
+            "METRICS_DATABASE_URL": f"postgresql+psycopg://u:s3cret@127.0.0.1:{free_port()}/db",
+            "ALERT_SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0/B0/tok3n",
+        }
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "chat_turbo_metrics", "doctor", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    assert report["endpoints"]["database"]["reachable"] is False
+    assert report["config"]["alert_slack_webhook_url"] == "https://hooks.slack.com/***"
+    assert "s3cret" not in done.stdout + done.stderr
+    assert "tok3n" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_cli_text_and_json_agree_on_the_port(as_json: bool) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "METRICS_", "PERFORMANCE_"))}
+    port = free_port()
+    env.update(
+        {"CHAT_TURBO_ENV": "test", "OTEL_METRICS_EXPORTER": "prometheus", "OTEL_EXPORTER_PROMETHEUS_PORT": str(port)}
+    )
+    command = [sys.executable, "-m", "chat_turbo_metrics", "doctor", *(["--json"] if as_json else [])]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    assert done.returncode == 0, done.stderr
+    if as_json:
+        assert json.loads(done.stdout)["endpoints"]["prometheus"]["port"] == "free"
+    else:
+        assert f"url=http://127.0.0.1:{port}/metrics, port=free" in done.stdout
