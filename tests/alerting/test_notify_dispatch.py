@@ -13,7 +13,8 @@ from notify_peers import Clock, FlappingSource, alert
 from chat_turbo_metrics.alerting import Alert, Dispatcher, Notification
 
 T0 = 1_800_000_000.0
-REFERENCE = Path("/work/shared/reference/alertmanager-0.25-webhook-payload.json")
+# Real Alertmanager 0.25 webhook captures, kept beside the tests so they need nothing outside the repository.
+REFERENCE = Path(__file__).parent / "data" / "alertmanager-0.25-webhook-payload.json"
 
 
 class Recorder:

@@ -30,7 +30,8 @@ from chat_turbo_metrics.alerting import (
 )
 from chat_turbo_metrics.alerting.notifiers.webhook import SIGNATURE_HEADER
 
-REFERENCE = Path("/work/shared/reference/alertmanager-0.25-webhook-payload.json")
+# Real Alertmanager 0.25 webhook captures, kept beside the tests so they need nothing outside the repository.
+REFERENCE = Path(__file__).parent / "data" / "alertmanager-0.25-webhook-payload.json"
 FAST_RETRY = RetryPolicy(deadline_s=5.0, backoff_base_s=0.01, backoff_max_s=0.05)
 
 
