@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chat_turbo_metrics.alerting._delivery import Sender
 from chat_turbo_metrics.alerting._dispatch import Dispatcher
@@ -27,11 +27,11 @@ class Notifying:
     _pipeline: Any
     _dispatcher: Dispatcher | None
 
-    def add_evaluation_hook(self, hook: EvaluationHook) -> None:  # implemented by the manager
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by AlertManager, which this mixin is part of
 
-    def add_listener(self, listener: AlertListener) -> None:  # implemented by the manager
-        raise NotImplementedError
+        def add_evaluation_hook(self, hook: EvaluationHook) -> None: ...
+
+        def add_listener(self, listener: AlertListener) -> None: ...
 
     @property
     def dispatcher(self) -> Dispatcher:
