@@ -1,4 +1,5 @@
-"""Every ```python block of README.md runs as written, so the documentation cannot drift from the code.
+"""Every ```python block of README.md and of each instrumentor's README runs as written, so the documentation
+cannot drift from the code.
 
 Each block runs on its own in a fresh interpreter, in an empty working directory, with the environment a
 test run gets: ``CHAT_TURBO_ENV=test`` (``configs/test.toml``: no exporters, so nothing binds port 9464)
@@ -16,14 +17,19 @@ import pytest
 
 from conftest import clean_env
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+INSTRUMENTOR_READMES = sorted((ROOT / "instrumentors").glob("*/README.md"))
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
-def python_blocks() -> list[tuple[int, str]]:
-    """(first line number, code) of every ```python block."""
-    text = README.read_text(encoding="utf-8")
+def python_blocks(readme: Path = README) -> list[tuple[int, str]]:
+    """(first line number, code) of every ```python block of ``readme``."""
+    text = readme.read_text(encoding="utf-8")
     return [(text.count("\n", 0, match.start()) + 2, match.group(1)) for match in BLOCK.finditer(text)]
+
+
+BLOCKS = [(readme, line, code) for readme in (README, *INSTRUMENTOR_READMES) for line, code in python_blocks(readme)]
 
 
 def test_readme_has_python_blocks() -> None:
@@ -31,8 +37,17 @@ def test_readme_has_python_blocks() -> None:
     assert len(python_blocks()) >= 2
 
 
-@pytest.mark.parametrize(("line", "code"), python_blocks(), ids=[f"line{line}" for line, _ in python_blocks()])
-def test_readme_python_block_runs(line: int, code: str, tmp_path: Path) -> None:
+def test_every_instrumentor_readme_has_a_python_block() -> None:
+    assert {path.parent.name for path in INSTRUMENTOR_READMES} == {"cache", "database", "http", "system"}
+    assert {readme for readme, _, _ in BLOCKS} >= set(INSTRUMENTOR_READMES)
+
+
+@pytest.mark.parametrize(
+    ("readme", "line", "code"),
+    BLOCKS,
+    ids=[f"{readme.relative_to(ROOT).parent}:line{line}" for readme, line, _ in BLOCKS],
+)
+def test_readme_python_block_runs(readme: Path, line: int, code: str, tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-c", code],
         env=clean_env(CHAT_TURBO_ENV="test"),
@@ -42,5 +57,5 @@ def test_readme_python_block_runs(line: int, code: str, tmp_path: Path) -> None:
         timeout=60,
         check=False,
     )
-    assert result.returncode == 0, f"README.md line {line}:\n{result.stderr}"
+    assert result.returncode == 0, f"{readme.relative_to(ROOT)} line {line}:\n{result.stderr}"
     assert "Traceback" not in result.stderr, result.stderr
