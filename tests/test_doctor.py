@@ -243,8 +243,10 @@ def test_cli_reports_a_running_services_overflow_failing_exporter_and_drops_with
     found: Any = report["health"]
     assert found["overflow"] == {"logins": 3}
     assert found["dropped"] == {"not_finite": 1}
-    assert found["exports"]["OTLPMetricExporter"]["failure"] >= 1
-    assert found["exports"]["OTLPMetricExporter"]["success"] == 0
+    otlp = found["exports"]["OTLPMetricExporter"]
+    # Refused, then retried until its 1 s ran out or not (as the machine's load decides): failed either way.
+    assert otlp["failure"] + otlp["timeout"] >= 1
+    assert otlp["success"] == 0
     advice: Any = report["advice"]
     assert [tip for tip in advice if "logins" in tip and " 5 " in tip and " 3 " in tip]
     assert [tip for tip in advice if "OTLPMetricExporter" in tip and collector in tip]
