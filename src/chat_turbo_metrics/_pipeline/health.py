@@ -7,9 +7,7 @@ buffer of their own say what it holds and what they dropped (:class:`ReportsHeal
 turns those counts into metrics when the reader collects, so every exporter and the Prometheus scrape carry
 them like any other metric (``METRICS_SELF_TELEMETRY=false`` leaves them out).
 
-The OpenTelemetry SDK recording path (``recording = "sdk"``, and instruments of the OpenTelemetry API) keeps
-its overflow series itself; :class:`OverflowWatcher` finds them in the SDK's collection, before the fast
-path's metrics join it, so each overflow is warned about once whichever path recorded it.
+Overflow past the cardinality limit is counted and warned about in :mod:`chat_turbo_metrics._pipeline.overflow`.
 """
 
 from __future__ import annotations
@@ -37,6 +35,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from chat_turbo_metrics._pipeline import forksafe
+from chat_turbo_metrics._pipeline.overflow import OVERFLOW_METRIC, Overflow
 from chat_turbo_metrics._recording.producer import FastPathProducer
 from chat_turbo_metrics._version import __version__
 
@@ -46,100 +45,16 @@ PREFIX = "chat_turbo_metrics_"
 EXPORTS = PREFIX + "exports_total"
 EXPORT_DURATION = PREFIX + "export_duration_seconds"
 DROPPED = PREFIX + "dropped_total"
-OVERFLOW = PREFIX + "overflow_measurements_total"
+OVERFLOW = OVERFLOW_METRIC
 QUEUE_DEPTH = PREFIX + "queue_depth"
 SERIES = PREFIX + "series"
 OUTCOMES = ("success", "failure", "timeout", "superseded")
 # An export that failed after using this share of its timeout ran out of time (exporters stop a little early).
 TIMEOUT_SHARE = 0.95
 DURATION_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-OVERFLOW_ATTRIBUTE = "otel.metric.overflow"
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
 SCOPE = InstrumentationScope("chat_turbo_metrics.health", __version__)
 _INF = float("inf")
-
-
-class Overflow:
-    """Measurements folded into each metric's overflow series; the first one of a metric is warned about.
-
-    Example:
-        >>> overflow = Overflow(limit=2)
-        >>> overflow.report("api_requests")
-        >>> overflow.report("api_requests", 2)
-        >>> overflow.counts
-        {'api_requests': 3}
-    """
-
-    def __init__(self, limit: int, logger: logging.Logger = _logger) -> None:
-        self.limit = limit
-        self._logger = logger
-        self._lock = threading.Lock()
-        self.counts: dict[str, int] = {}
-        forksafe.register(self)
-
-    def after_fork_in_child(self) -> None:
-        forksafe.reinit(self._lock)
-
-    def snapshot(self) -> dict[str, int]:
-        """A copy: metric -> measurements that went to its overflow series."""
-        with self._lock:
-            return dict(self.counts)
-
-    def report(self, metric: str, count: int = 1) -> None:
-        """Count ``count`` measurements of ``metric`` that went to its overflow series; warn the first time."""
-        with self._lock:
-            first = metric not in self.counts
-            self.counts[metric] = self.counts.get(metric, 0) + count
-        if first:
-            self._logger.warning(
-                "%s: more than %d tag sets (the cardinality limit); measurements of new tag sets go to one series "
-                'labelled otel.metric.overflow="true" (counted in %s). Raise METRICS_CARDINALITY_LIMIT (setting '
-                "cardinality_limit) or keep fewer tags with a View (attribute_keys)",
-                metric,
-                self.limit,
-                OVERFLOW,
-            )
-
-
-class OverflowWatcher:
-    """A reader producer that finds the SDK's overflow series in its collection and reports them.
-
-    Registered first in ``PipelineReader.producers``, so it sees what the SDK collected before the fast
-    path adds its own metrics (which count their overflow at the call). A sum or gauge does not say how many
-    measurements it folded, so for those only the overflow itself is reported; a histogram's count is exact.
-    """
-
-    def __init__(self, overflow: Overflow) -> None:
-        self._overflow = overflow
-        self._seen: dict[str, int] = {}
-        self._lock = threading.Lock()  # a scrape and a push export may collect at once: count each delta once
-        forksafe.register(self)
-
-    def after_fork_in_child(self) -> None:
-        forksafe.reinit(self._lock)
-
-    def __call__(self, data: MetricsData | None) -> MetricsData | None:
-        if data is None:
-            return None
-        limit = self._overflow.limit
-        for resource_metrics in data.resource_metrics:
-            for scope_metrics in resource_metrics.scope_metrics:
-                for metric in scope_metrics.metrics:
-                    points = getattr(metric.data, "data_points", ())
-                    if len(points) > limit:  # the SDK adds the overflow series beside `limit` others
-                        self._check(metric.name, points)
-        return data
-
-    def _check(self, name: str, points: Iterable[Any]) -> None:
-        for point in points:
-            if point.attributes and point.attributes.get(OVERFLOW_ATTRIBUTE):
-                total = int(getattr(point, "count", 0))
-                with self._lock:
-                    delta = total - self._seen.get(name, 0)
-                    self._seen[name] = max(total, self._seen.get(name, 0))
-                if delta > 0 or name not in self._overflow.counts:
-                    self._overflow.report(name, max(delta, 0))
-                return
 
 
 class _Durations:

@@ -31,7 +31,8 @@ from chat_turbo_metrics._pipeline import multiprocess as _multiprocess
 from chat_turbo_metrics._pipeline import registry as _registry
 from chat_turbo_metrics._pipeline.compat import reinit_sdk_metric_locks
 from chat_turbo_metrics._pipeline.fanout import Fanout
-from chat_turbo_metrics._pipeline.health import Overflow, OverflowWatcher, Sources
+from chat_turbo_metrics._pipeline.health import Sources
+from chat_turbo_metrics._pipeline.overflow import Overflow, OverflowWatcher
 from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
 from chat_turbo_metrics._version import __version__
 
