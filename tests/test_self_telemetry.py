@@ -319,3 +319,55 @@ def test_health_follows_every_configure() -> None:
         assert values(monitor, "chat_turbo_metrics_dropped_total") == {(("cause", "not_finite"),): 1}
     finally:
         chat_turbo_metrics.configure(environment="test", metrics_exporters=())
+
+
+def test_one_scrape_adds_up_the_health_of_every_process_of_the_service(tmp_path: Path) -> None:
+    port = free_port()
+    holder = PerformanceMonitor(
+        MonitoringConfig(
+            environment="test",
+            metrics_exporters=("prometheus",),
+            prometheus_host="127.0.0.1",
+            prometheus_port=port,
+            multiprocess_dir=str(tmp_path),
+            cardinality_limit=1,
+        )
+    )
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a member: its drops and overflow reach the holder's scrape
+        try:
+            for user in range(4):  # 3 into overflow
+                holder.increment_counter("logins", {"user": user})
+            holder.increment_counter("logins", value=float("nan"))
+            os.write(write_end, b"1")
+            time.sleep(3)
+            holder.shutdown()
+        finally:
+            os._exit(0)
+    try:
+        os.read(read_end, 1)
+        holder.increment_counter("logins", {"user": 0})
+        holder.increment_counter("logins", {"user": 1})  # 1 into overflow
+        holder.increment_counter("logins", value=float("inf"))
+        wanted = {
+            'chat_turbo_metrics_overflow_measurements_total{metric="logins"} 4',
+            'chat_turbo_metrics_dropped_total{cause="not_finite"} 2',
+            'chat_turbo_metrics_series{metric="logins"} 4',  # each process: its own series and an overflow series
+        }
+        deadline = time.monotonic() + 10
+        while not wanted <= set(_scrape(port)):
+            assert time.monotonic() < deadline, [line for line in _scrape(port) if "chat_turbo_metrics_" in line]
+            time.sleep(0.05)
+        os.waitpid(pid, 0)
+        # The member has exited: its counters are retired, not lost; its gauges are gone.
+        lines = set(_scrape(port))
+        assert 'chat_turbo_metrics_overflow_measurements_total{metric="logins"} 4' in lines
+        assert 'chat_turbo_metrics_series{metric="logins"} 2' in lines
+    finally:
+        holder.shutdown()
+
+
+def _scrape(port: int) -> list[str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        return reply.read().decode().splitlines()  # type: ignore[no-any-return]
