@@ -300,4 +300,30 @@ def test_cli_says_plainly_when_no_metrics_can_be_listed() -> None:
 
     assert status == 0
     assert report["metrics"] == {"source": None, "where": None, "metrics": {}}
-    assert report["health"] == {"exports": {}, "dropped": {}, "overflow": {}, "queues": {}, "series": {}}
+    assert report["health"] == {
+        "exports": {},
+        "dropped": {},
+        "overflow": {},
+        "queues": {},
+        "series": {},
+        "notifications": {},
+    }
+
+
+def test_alert_notifications_a_service_sent_and_dropped_become_alert_spam_advice() -> None:
+    from chat_turbo_metrics.alerting._delivery import DeliveryStats
+
+    service = PerformanceMonitor(_config(metrics_exporters=()))
+    exporter = PrometheusExporter(host="127.0.0.1", port=0)
+    service.add_exporter(exporter)
+    assert service.pipeline is not None
+    stats = DeliveryStats(meter_provider=service.pipeline.meter_provider)  # what the alert dispatcher counts with
+    try:
+        for outcome in ("sent", "sent", "sent", "dropped", "failed"):
+            stats.count("slack", outcome)
+        report = diagnose(_config(prometheus_port=exporter.port), env={})
+    finally:
+        service.shutdown()
+
+    assert report["health"]["notifications"] == {"slack": {"sent": 3, "dropped": 1, "failed": 1}}
+    assert [tip for tip in report["advice"] if "slack" in tip and " 3 " in tip and " 1 " in tip]

@@ -22,8 +22,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from chat_turbo_metrics._config import MonitoringConfig, ViewConfig, get_monitoring_config
-from chat_turbo_metrics._doctor_sources import health, health_advice, label_values, sample_value, stored_metrics
-from chat_turbo_metrics._pipeline.health import PREFIX
+from chat_turbo_metrics._doctor_sources import (
+    health,
+    health_advice,
+    keeps_values,
+    label_values,
+    sample_value,
+    stored_metrics,
+)
 from chat_turbo_metrics._secret import Secret
 
 TIMEOUT_S = 3.0
@@ -130,7 +136,7 @@ def parse_families(text: str) -> dict[str, dict[str, Any]]:
             continue
         keys = set(_LABEL.findall(labels)) - {"le"}
         families[family]["tags"] |= keys
-        if family.startswith(PREFIX) and name in (family, f"{family}_count"):  # self-telemetry: keep values
+        if keeps_values(family) and name in (family, f"{family}_count"):  # self-telemetry: keep values
             families[family].setdefault("samples", []).append([label_values(labels), sample_value(line)])
         if not name.endswith(("_bucket", "_sum")):
             families[family]["series"] += 1

@@ -21,6 +21,7 @@ from chat_turbo_metrics._secret import Secret
 
 _LABEL_VALUE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 _UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
+NOTIFICATIONS = ("alert_notifications_total", "alert_notifications")  # Prometheus and OpenTelemetry names
 _MAX_FILE_RECORDS = 500_000  # a rotated-away file is at most file_max_bytes; this bounds a huge one too
 
 
@@ -105,18 +106,27 @@ def _families(points: Iterable[tuple[str, str, dict[str, Any], Any]]) -> dict[st
             seen[name].add(key)
             family["series"] += 1
         family["tags"] |= set(attributes)
-        if name.startswith(PREFIX) and value is not None:
+        if keeps_values(name) and value is not None:
             family.setdefault("samples", []).append([{k: str(v) for k, v in attributes.items()}, value])
     return {name: {**family, "tags": sorted(family["tags"])} for name, family in sorted(families.items())}
 
 
+def keeps_values(family: str) -> bool:
+    """Whether the doctor keeps a family's sample values (the self-telemetry and notification outcomes)."""
+    return family.startswith(PREFIX) or family in NOTIFICATIONS
+
+
 def health(families: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The self-telemetry in ``families``, summed over processes: exports per exporter and outcome, dropped
-    per cause, overflow per metric, queue depths and series per metric (empty when it was switched off)."""
+    per cause, overflow per metric, queue depths and series per metric (empty when it was switched off), and
+    alert notifications per notifier and outcome."""
     found: dict[str, dict[str, Any]] = {"exports": {}, "dropped": {}, "overflow": {}, "queues": {}, "series": {}}
-    for labels, value in families.get(EXPORTS, {}).get("samples", ()):
-        row = found["exports"].setdefault(labels.get("exporter", "?"), {})
-        row[labels.get("outcome", "?")] = row.get(labels.get("outcome", "?"), 0) + value
+    found["notifications"] = {}
+    outcomes = [(EXPORTS, "exports", "exporter"), *((name, "notifications", "notifier") for name in NOTIFICATIONS)]
+    for family, section, owner in outcomes:
+        for labels, value in families.get(family, {}).get("samples", ()):
+            row = found[section].setdefault(labels.get(owner, "?"), {})
+            row[labels.get("outcome", "?")] = row.get(labels.get("outcome", "?"), 0) + value
     tables: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         (DROPPED, "dropped", ("cause", "exporter")),
         (OVERFLOW, "overflow", ("metric",)),
@@ -147,6 +157,14 @@ def health_advice(found: dict[str, Any], endpoints: dict[str, dict[str, Any]], l
                 f"Missing metrics: exporter {exporter}{where} failed {failed} and timed out {timed_out} of "
                 f"{failed + timed_out + int(row.get('success', 0))} exports; check that its endpoint is up "
                 "(OTEL_METRIC_EXPORT_TIMEOUT bounds each export)."
+            )
+    for notifier, row in sorted(found["notifications"].items()):
+        sent, dropped = int(row.get("sent", 0)), int(row.get("dropped", 0))
+        if sent or dropped:
+            tips.append(
+                f"Alert spam: notifier {notifier} sent {sent} notifications and dropped {dropped} (its queue was "
+                "full) since the service started; give noisy rules a duration, widen group_interval_s and "
+                "repeat_interval_s, group more broadly (group_by), and silence during maintenance."
             )
     for cause, count in sorted(found["dropped"].items()):
         tips.append(
