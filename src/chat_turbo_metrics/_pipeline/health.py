@@ -148,9 +148,18 @@ class HealthQueue(Protocol):
 _queues: weakref.WeakSet[HealthQueue] = weakref.WeakSet()
 
 
+_queues_lock = threading.Lock()  # a WeakSet must not grow while a collection copies it
+
+
 def register_queue(queue: HealthQueue) -> None:
     """Report ``queue``'s depth in every pipeline's self-telemetry while it lives."""
-    _queues.add(queue)
+    with _queues_lock:
+        _queues.add(queue)
+
+
+def _registered_queues() -> list[HealthQueue]:
+    with _queues_lock:
+        return list(_queues)
 
 
 class Sources:
@@ -285,7 +294,7 @@ class HealthMetrics:
         for name, exporter in self._sources.exporters():
             if isinstance(exporter, ReportsHealth):
                 depths["exporter_buffer", name] += self._read(exporter.queued_points, 0)
-        for queue in list(_queues):
+        for queue in _registered_queues():
             found = self._read(queue.health_queue, None)
             if found is not None:
                 depths[found[0], found[1]] += found[2]
