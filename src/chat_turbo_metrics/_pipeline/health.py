@@ -162,6 +162,17 @@ def _registered_queues() -> list[HealthQueue]:
         return list(_queues)
 
 
+class _QueuesForkHook:
+    """Frees the registry's lock in a forked child (another thread may have been registering)."""
+
+    def after_fork_in_child(self) -> None:
+        forksafe.reinit(_queues_lock)
+
+
+_FORK_HOOK = _QueuesForkHook()
+forksafe.register(_FORK_HOOK)
+
+
 class Sources:
     """What a pipeline's self-telemetry reads: each a callable, so nothing is copied until a collection."""
 
