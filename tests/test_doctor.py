@@ -248,7 +248,7 @@ def test_cli_reports_a_running_services_overflow_failing_exporter_and_drops_with
     assert otlp["failure"] + otlp["timeout"] >= 1
     assert otlp["success"] == 0
     advice: Any = report["advice"]
-    assert [tip for tip in advice if "logins" in tip and " 5 " in tip and " 3 " in tip]
+    assert [tip for tip in advice if "logins" in tip and "(6 series" in tip and " 3 " in tip and "(5 " in tip]
     assert [tip for tip in advice if "OTLPMetricExporter" in tip and collector in tip]
 
 

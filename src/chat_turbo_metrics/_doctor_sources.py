@@ -144,10 +144,13 @@ def health_advice(found: dict[str, Any], endpoints: dict[str, dict[str, Any]], l
     """Concrete steps for what the self-telemetry shows."""
     tips = []
     for metric, count in sorted(found["overflow"].items()):
+        held = found["series"].get(metric)
         tips.append(
-            f"High memory / missing series: {metric} passed the cardinality limit of {limit} series; "
-            f"{int(count)} measurements went to its otel_metric_overflow series. Drop the high-cardinality tag "
-            "with a View (attribute_keys), use route templates, or raise METRICS_CARDINALITY_LIMIT."
+            f"High memory / missing series: {metric} passed its cardinality limit"
+            + (f" ({int(held)} series held, the overflow series included)" if held else "")
+            + f"; {int(count)} measurements went to its otel_metric_overflow series. Drop the high-cardinality "
+            f"tag with a View (attribute_keys), use route templates, or raise METRICS_CARDINALITY_LIMIT ({limit} "
+            "in this environment)."
         )
     for exporter, row in sorted(found["exports"].items()):
         failed, timed_out = int(row.get("failure", 0)), int(row.get("timeout", 0))
