@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from datadog_intake import DD_KEY, Answer, DatadogIntake, running_intake
+from datadog_intake import DD_KEY, STALL, Answer, DatadogIntake, running_intake
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
 from chat_turbo_metrics import PerformanceMonitor
@@ -159,4 +159,18 @@ def test_series_the_datadog_intake_rejects_are_counted_as_dropped(
         assert (
             series(monitor, "chat_turbo_metrics_queue_depth")[(("owner", "datadog"), ("queue", "exporter_buffer"))] == 0
         )
+        monitor.shutdown()
+
+
+def test_a_stalled_datadog_intake_is_counted_as_timeout_and_exports_resume(monitor_factory: MonitorFactory) -> None:
+    with running_intake() as intake:
+        intake.answer(Answer(STALL))
+        monitor = monitor_factory(export_timeout_s=0.5)
+        monitor.add_exporter(DataDogExporter(DD_KEY, endpoint=intake.url, retry_initial_s=0.05, retry_max_s=0.2))
+        monitor.increment_counter("jobs")
+        assert monitor.force_flush(PATIENCE_S) is False
+        assert outcomes(monitor, "datadog")["timeout"] == 1
+        intake.release.set()
+        assert monitor.force_flush(PATIENCE_S) is True  # the next answer is the default 202
+        assert outcomes(monitor, "datadog") == {"success": 1, "failure": 0, "timeout": 1, "superseded": 0}
         monitor.shutdown()
