@@ -327,3 +327,28 @@ def test_alert_notifications_a_service_sent_and_dropped_become_alert_spam_advice
 
     assert report["health"]["notifications"] == {"slack": {"sent": 3, "dropped": 1, "failed": 1}}
     assert [tip for tip in report["advice"] if "slack" in tip and " 3 " in tip and " 1 " in tip]
+
+
+def test_datadog_intake_reachability_and_key_presence_are_reported_without_the_key() -> None:
+    with socket.socket() as intake:
+        intake.bind(("127.0.0.1", 0))
+        intake.listen()
+        up = f"http://127.0.0.1:{intake.getsockname()[1]}"
+        reachable = diagnose(
+            _config(metrics_exporters=("datadog",), datadog_endpoint=up, datadog_api_key="feedc0ffee1234"), env={}
+        )
+    down = diagnose(_config(metrics_exporters=("datadog",), datadog_endpoint=f"http://127.0.0.1:{free_port()}"), env={})
+    bad = diagnose(_config(metrics_exporters=("datadog",), datadog_endpoint="http://example.com"), env={})
+
+    assert reachable["endpoints"]["datadog"] == {
+        "enabled": True,
+        "endpoint": f"{up}/api/v2/series",
+        "api_key": "set",
+        "reachable": True,
+    }
+    assert "feedc0ffee1234" not in json.dumps(reachable, default=str)
+    assert down["endpoints"]["datadog"]["reachable"] is False
+    assert down["endpoints"]["datadog"]["api_key"] == "missing (DD_API_KEY)"
+    assert [tip for tip in down["advice"] if down["endpoints"]["datadog"]["endpoint"] in tip]
+    assert bad["endpoints"]["datadog"]["reachable"] is False
+    assert "http://example.com" in bad["endpoints"]["datadog"]["error"]

@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from chat_turbo_metrics._config import MonitoringConfig, ViewConfig, get_monitoring_config
+from chat_turbo_metrics._config import (
+    ConfigurationError,
+    MonitoringConfig,
+    ViewConfig,
+    get_monitoring_config,
+    setting_label,
+)
 from chat_turbo_metrics._doctor_sources import (
     health,
     health_advice,
@@ -98,6 +104,26 @@ def check_database(config: MonitoringConfig, env: Mapping[str, str]) -> dict[str
         result["reachable"] = False
         result["error"] = type(error).__name__
     return result
+
+
+def check_datadog(config: MonitoringConfig, env: Mapping[str, str]) -> dict[str, Any]:
+    """Whether the Datadog intake's port accepts connections, and whether an API key is set (never shown)."""
+    if "datadog" not in config.metrics_exporters:
+        return {"enabled": False}
+    from chat_turbo_metrics.exporters.datadog._transport import intake_base_url
+
+    try:
+        base = intake_base_url(config.datadog_site, config.datadog_endpoint, setting_label(config, "datadog_endpoint"))
+    except ConfigurationError as error:
+        return {"enabled": True, "reachable": False, "error": str(error)}
+    parts = urlsplit(base)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return {
+        "enabled": True,
+        "endpoint": f"{base}/api/v2/series",
+        "api_key": "set" if config.datadog_api_key is not None else "missing (DD_API_KEY)",
+        "reachable": _reachable(parts.hostname or "", port),
+    }
 
 
 def check_file(config: MonitoringConfig, env: Mapping[str, str]) -> dict[str, Any]:
@@ -180,7 +206,7 @@ def advice(report: dict[str, Any]) -> list[str]:
         )
     if prometheus.get("port") == "held" and "metrics" not in prometheus:
         tips.append(f"Port of {prometheus['url']} is held by something that does not serve /metrics.")
-    for name in ("otlp", "database"):
+    for name in ("otlp", "database", "datadog"):
         found = report["endpoints"][name]
         if found.get("enabled") and not found.get("reachable"):
             where = found.get("endpoint") or found.get("url")
@@ -215,6 +241,7 @@ CHECKS: dict[str, Callable[[MonitoringConfig, Mapping[str, str]], dict[str, Any]
     "otlp": check_otlp,
     "database": check_database,
     "file": check_file,
+    "datadog": check_datadog,
 }
 
 

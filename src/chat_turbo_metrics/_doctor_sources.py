@@ -177,7 +177,7 @@ def health_advice(found: dict[str, Any], endpoints: dict[str, dict[str, Any]], l
     return tips
 
 
-_ENDPOINT_OF = {"otlp": "otlp", "chat_turbo_database": "database", "chat_turbo_file": "file"}
+_ENDPOINT_OF = {"otlp": "otlp", "chat_turbo_database": "database", "chat_turbo_file": "file", "datadog": "datadog"}
 
 
 def _endpoint_of(exporter: str, endpoints: dict[str, dict[str, Any]]) -> str:
