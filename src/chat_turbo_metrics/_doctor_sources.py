@@ -166,8 +166,9 @@ def health_advice(found: dict[str, Any], endpoints: dict[str, dict[str, Any]], l
         if sent or dropped:
             tips.append(
                 f"Alert spam: notifier {notifier} sent {sent} notifications and dropped {dropped} (its queue was "
-                "full) since the service started; give noisy rules a duration, widen group_interval_s and "
-                "repeat_interval_s, group more broadly (group_by), and silence during maintenance."
+                "full) since the service started; if that is too many, give noisy rules a duration, widen "
+                "group_interval_s and repeat_interval_s, group more broadly (group_by), and silence during "
+                "maintenance."
             )
     for cause, count in sorted(found["dropped"].items()):
         tips.append(
