@@ -371,3 +371,26 @@ def test_one_scrape_adds_up_the_health_of_every_process_of_the_service(tmp_path:
 def _scrape(port: int) -> list[str]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
         return reply.read().decode().splitlines()  # type: ignore[no-any-return]
+
+
+def test_overflow_from_many_threads_is_counted_exactly_and_warned_once(
+    monitor_factory: MonitorFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    monitor = monitor_factory(cardinality_limit=10)
+    start = threading.Barrier(8)
+
+    def record(thread: int) -> None:
+        start.wait()
+        for n in range(500):
+            monitor.increment_counter("sessions", {"id": f"{thread}-{n}"})
+
+    threads = [threading.Thread(target=record, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert values(monitor, "chat_turbo_metrics_overflow_measurements_total") == {(("metric", "sessions"),): 3990}
+    assert values(monitor, "sessions")[(("otel.metric.overflow", True),)] == 3990
+    assert len(overflow_warnings(caplog, "sessions")) == 1
