@@ -6,6 +6,7 @@ import ast
 import io
 import logging
 import os
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -138,7 +139,7 @@ def test_series_per_metric_counts_what_is_held(monitor_factory: MonitorFactory) 
 
 def test_alert_notification_queue_depth_is_reported(monitor_factory: MonitorFactory) -> None:
     monitor = monitor_factory()
-    release = __import__("threading").Event()
+    release = threading.Event()
     channel = Channel("pager", lambda item: release.wait(10), RetryPolicy(), 10, DeliveryStats())
     try:
         for n in range(4):
@@ -376,8 +377,6 @@ def _scrape(port: int) -> list[str]:
 def test_overflow_from_many_threads_is_counted_exactly_and_warned_once(
     monitor_factory: MonitorFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import threading
-
     monitor = monitor_factory(cardinality_limit=10)
     start = threading.Barrier(8)
 
