@@ -3,7 +3,8 @@
 Each example runs with the names below already defined, and with an environment that selects
 ``configs/test.toml`` (no exporters), so an example that calls ``configure()`` binds no port:
 
-- ``monitor``: a :class:`~chat_turbo_metrics.PerformanceMonitor` on a private pipeline with no exporters;
+- ``monitor``: a :class:`~chat_turbo_metrics.PerformanceMonitor` on a private pipeline with no exporters and no
+  self-telemetry (examples show the metrics they record, not the pipeline's own);
 - ``pipeline``, ``config``: its pipeline and configuration;
 - ``tmp_path``: an empty directory of the example's own.
 
@@ -35,7 +36,7 @@ def _doctest_names(
     monkeypatch.setenv("CHAT_TURBO_ENV", "test")
     from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
 
-    monitor = PerformanceMonitor(MonitoringConfig(environment="test", metrics_exporters=()))
+    monitor = PerformanceMonitor(MonitoringConfig(environment="test", metrics_exporters=(), self_telemetry=False))
     doctest_namespace.update(monitor=monitor, pipeline=monitor.pipeline, config=monitor.config, tmp_path=tmp_path)
     yield
     monitor.shutdown()

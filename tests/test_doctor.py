@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -177,3 +178,177 @@ def test_cli_text_and_json_agree_on_the_port(as_json: bool) -> None:
         assert json.loads(done.stdout)["endpoints"]["prometheus"]["port"] == "free"
     else:
         assert f"url=http://127.0.0.1:{port}/metrics, port=free" in done.stdout
+
+
+# --- the service's metrics and self-telemetry, through the real CLI ------------------------------------------
+
+SERVICE = """
+import sys, chat_turbo_metrics
+monitor = chat_turbo_metrics.configure()
+for user in range(8):
+    monitor.increment_counter("logins", {"user": str(user)})
+monitor.increment_counter("logins", value=float("nan"))
+monitor.record_histogram("latency_seconds", 0.2, {"route": "/a"})
+monitor.force_flush(10)
+print("ready", flush=True)
+sys.stdin.read()  # serve until the test closes stdin
+monitor.shutdown()
+"""
+
+
+def _doctor(env: dict[str, str]) -> tuple[int, dict[str, object]]:
+    done = subprocess.run(
+        [sys.executable, "-m", "chat_turbo_metrics", "doctor", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, json.loads(done.stdout)
+
+
+def _env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "METRICS_", "PERFORMANCE_", "CHAT_"))}
+    env.update({"CHAT_TURBO_ENV": "test", "METRICS_MULTIPROCESS": "false", **settings})
+    return env
+
+
+def test_cli_reports_a_running_services_overflow_failing_exporter_and_drops_with_advice() -> None:
+    port, collector = free_port(), f"http://127.0.0.1:{free_port()}"  # nothing listens at the collector
+    env = _env(
+        OTEL_METRICS_EXPORTER="prometheus,otlp",
+        OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1",
+        OTEL_EXPORTER_PROMETHEUS_PORT=str(port),
+        OTEL_EXPORTER_OTLP_ENDPOINT=collector,
+        OTEL_METRIC_EXPORT_TIMEOUT="1000",
+        METRICS_CARDINALITY_LIMIT="5",
+    )
+    service = subprocess.Popen(
+        [sys.executable, "-c", SERVICE], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert service.stdout is not None
+        assert service.stdout.readline() == "ready\n"
+        status, report = _doctor(env)
+    finally:
+        service.communicate("", timeout=30)
+
+    assert status == 1  # the collector cannot be reached
+    listed: Any = report["metrics"]
+    assert (listed["source"], listed["where"]) == ("prometheus", f"http://127.0.0.1:{port}/metrics")
+    tags = ["otel_metric_overflow", "user"]
+    assert listed["metrics"]["logins_total"] == {"type": "counter", "series": 6, "tags": tags}
+    assert listed["metrics"]["latency_seconds"]["tags"] == ["route"]
+    found: Any = report["health"]
+    assert found["overflow"] == {"logins": 3}
+    assert found["dropped"] == {"not_finite": 1}
+    otlp = found["exports"]["OTLPMetricExporter"]
+    # Refused, then retried until its 1 s ran out or not (as the machine's load decides): failed either way.
+    assert otlp["failure"] + otlp["timeout"] >= 1
+    assert otlp["success"] == 0
+    advice: Any = report["advice"]
+    assert [tip for tip in advice if "logins" in tip and "(6 series" in tip and " 3 " in tip and "(5 " in tip]
+    assert [tip for tip in advice if "OTLPMetricExporter" in tip and collector in tip]
+
+
+def test_cli_lists_metrics_from_the_file_when_no_service_answers(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    env = _env(OTEL_METRICS_EXPORTER="chat_turbo_file", METRICS_FILE_PATH=str(path))
+    record = (
+        "import chat_turbo_metrics\n"
+        "monitor = chat_turbo_metrics.configure()\n"
+        "for queue in ('mail', 'sms'): monitor.increment_counter('jobs', {'queue': queue})\n"
+        "monitor.increment_counter('jobs', value=-3)\n"
+        "monitor.shutdown()\n"
+    )
+    subprocess.run([sys.executable, "-c", record], env=env, check=True, timeout=60)
+
+    status, report = _doctor(env)
+
+    assert status == 0
+    listed: Any = report["metrics"]
+    assert (listed["source"], listed["where"]) == ("file", str(path))
+    assert listed["metrics"]["jobs"] == {"type": "counter", "series": 2, "tags": ["queue"]}
+    found: Any = report["health"]
+    assert found["dropped"] == {"negative_value": 1}
+    assert found["exports"]["chat_turbo_file"]["failure"] == 0
+    assert found["series"]["jobs"] == 2
+
+
+def test_cli_lists_metrics_and_tags_from_the_history_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    env = _env(OTEL_METRICS_EXPORTER="chat_turbo_database", METRICS_DATABASE_URL=url)
+    record = (
+        "import chat_turbo_metrics\n"
+        "monitor = chat_turbo_metrics.configure()\n"
+        "monitor.record_histogram('query_seconds', 0.1, {'table': 'users', 'operation': 'select'})\n"
+        "monitor.shutdown()\n"
+    )
+    subprocess.run([sys.executable, "-c", record], env=env, check=True, timeout=60)
+
+    status, report = _doctor(env)
+
+    assert status == 0
+    listed: Any = report["metrics"]
+    assert listed["source"] == "database"
+    assert listed["metrics"]["query_seconds"] == {"type": "histogram", "series": 1, "tags": ["operation", "table"]}
+
+
+def test_cli_says_plainly_when_no_metrics_can_be_listed() -> None:
+    status, report = _doctor(_env(OTEL_METRICS_EXPORTER="prometheus", OTEL_EXPORTER_PROMETHEUS_PORT=str(free_port())))
+
+    assert status == 0
+    assert report["metrics"] == {"source": None, "where": None, "metrics": {}}
+    assert report["health"] == {
+        "exports": {},
+        "dropped": {},
+        "overflow": {},
+        "queues": {},
+        "series": {},
+        "notifications": {},
+    }
+
+
+def test_alert_notifications_a_service_sent_and_dropped_become_alert_spam_advice() -> None:
+    from chat_turbo_metrics.alerting._delivery import DeliveryStats
+
+    service = PerformanceMonitor(_config(metrics_exporters=()))
+    exporter = PrometheusExporter(host="127.0.0.1", port=0)
+    service.add_exporter(exporter)
+    assert service.pipeline is not None
+    stats = DeliveryStats(meter_provider=service.pipeline.meter_provider)  # what the alert dispatcher counts with
+    try:
+        for outcome in ("sent", "sent", "sent", "dropped", "failed"):
+            stats.count("slack", outcome)
+        report = diagnose(_config(prometheus_port=exporter.port), env={})
+    finally:
+        service.shutdown()
+
+    assert report["health"]["notifications"] == {"slack": {"sent": 3, "dropped": 1, "failed": 1}}
+    assert [tip for tip in report["advice"] if "slack" in tip and " 3 " in tip and " 1 " in tip]
+
+
+def test_datadog_intake_reachability_and_key_presence_are_reported_without_the_key() -> None:
+    with socket.socket() as intake:
+        intake.bind(("127.0.0.1", 0))
+        intake.listen()
+        up = f"http://127.0.0.1:{intake.getsockname()[1]}"
+        reachable = diagnose(
+            _config(metrics_exporters=("datadog",), datadog_endpoint=up, datadog_api_key="feedc0ffee1234"), env={}
+        )
+    down = diagnose(_config(metrics_exporters=("datadog",), datadog_endpoint=f"http://127.0.0.1:{free_port()}"), env={})
+    bad = diagnose(_config(metrics_exporters=("datadog",), datadog_endpoint="http://example.com"), env={})
+
+    assert reachable["endpoints"]["datadog"] == {
+        "enabled": True,
+        "endpoint": f"{up}/api/v2/series",
+        "api_key": "set",
+        "reachable": True,
+    }
+    assert "feedc0ffee1234" not in json.dumps(reachable, default=str)
+    assert down["endpoints"]["datadog"]["reachable"] is False
+    assert down["endpoints"]["datadog"]["api_key"] == "missing (DD_API_KEY)"
+    assert [tip for tip in down["advice"] if down["endpoints"]["datadog"]["endpoint"] in tip]
+    assert bad["endpoints"]["datadog"]["reachable"] is False
+    assert "http://example.com" in bad["endpoints"]["datadog"]["error"]

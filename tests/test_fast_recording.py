@@ -6,6 +6,7 @@ Prometheus text and the snapshot records (timestamps, ``service.instance.id`` an
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -23,6 +24,13 @@ from chat_turbo_metrics._recording.fast import FastRecorder
 
 Factory = Callable[..., PerformanceMonitor]
 TAGS = {"method": "GET", "endpoint": "/api/x", "status": 200}
+
+
+@pytest.fixture
+def monitor_factory(monitor_factory: Callable[..., PerformanceMonitor]) -> Callable[..., PerformanceMonitor]:
+    """Monitors without self-telemetry: these tests compare the application's metrics exactly (the pipeline's
+    own are tested in test_self_telemetry.py)."""
+    return functools.partial(monitor_factory, self_telemetry=False)
 
 
 # --- helpers ----------------------------------------------------------------------------------------

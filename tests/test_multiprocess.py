@@ -65,7 +65,7 @@ def test_gauge_modes_reduce_the_processes_values(
         worker.record_gauge("depth", value)
         time.sleep(0.002)  # "latest" is decided by the time each process recorded its value
 
-    text = to_prometheus_text(merge(_states(workers), None, {"depth": mode}.__getitem__))
+    text = to_prometheus_text(merge(_states(workers), None, lambda name: mode))
 
     assert _lines(text, "depth") == expected
 

@@ -7,11 +7,12 @@ paths, against the scrape text (parsed by ``promtool``), OTLP's protobuf encodin
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import math
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -26,6 +27,13 @@ from chat_turbo_metrics import PerformanceMonitor
 from conftest import make_config, require_tool
 
 Factory = Any
+
+
+@pytest.fixture
+def monitor_factory(monitor_factory: Callable[..., PerformanceMonitor]) -> Callable[..., PerformanceMonitor]:
+    """Monitors without self-telemetry: these tests compare the application's metrics exactly (the pipeline's
+    own are tested in test_self_telemetry.py)."""
+    return functools.partial(monitor_factory, self_telemetry=False)
 
 
 class Level(enum.IntEnum):
@@ -336,4 +344,4 @@ def test_recording_never_raises_and_both_paths_export_the_same(batch: list[tuple
 
 
 def _config(recording: str) -> Any:
-    return make_config(recording=recording)
+    return make_config(recording=recording, self_telemetry=False)

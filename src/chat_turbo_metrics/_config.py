@@ -99,6 +99,7 @@ class MonitoringConfig:
     sampling_rate: float = 1.0
     retention_days: float = 30.0
     recording: Recording = "fast"
+    self_telemetry: bool = True  # the pipeline's own health as chat_turbo_metrics_* metrics
     metrics_exporters: tuple[str, ...] = ("prometheus",)
     traces_exporters: tuple[str, ...] = ()
     export_interval_s: float = 60.0
@@ -255,6 +256,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "sampling_rate": parse_float,
     "retention_days": parse_float,
     "recording": parse_str,
+    "self_telemetry": parse_bool,
     "metrics_exporters": parse_names,
     "traces_exporters": parse_names,
     "export_interval_s": parse_float,
@@ -382,6 +384,7 @@ _SEED_ENV: tuple[_EnvVar, ...] = (
     _EnvVar("METRICS_SAMPLING_RATE", "sampling_rate"),
     _EnvVar("METRICS_RETENTION_DAYS", "retention_days"),
     _EnvVar("METRICS_RECORDING", "recording"),
+    _EnvVar("METRICS_SELF_TELEMETRY", "self_telemetry"),
     _EnvVar("METRICS_CARDINALITY_LIMIT", "cardinality_limit"),
     _EnvVar("METRICS_SHUTDOWN_TIMEOUT", "shutdown_timeout_s"),
     _EnvVar("ALERT_EMAIL_ENABLED", "alert_email_enabled"),

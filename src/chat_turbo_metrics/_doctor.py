@@ -21,7 +21,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from chat_turbo_metrics._config import MonitoringConfig, ViewConfig, get_monitoring_config
+from chat_turbo_metrics._config import (
+    ConfigurationError,
+    MonitoringConfig,
+    ViewConfig,
+    get_monitoring_config,
+    setting_label,
+)
+from chat_turbo_metrics._doctor_sources import (
+    health,
+    health_advice,
+    keeps_values,
+    label_values,
+    sample_value,
+    stored_metrics,
+)
 from chat_turbo_metrics._secret import Secret
 
 TIMEOUT_S = 3.0
@@ -92,6 +106,26 @@ def check_database(config: MonitoringConfig, env: Mapping[str, str]) -> dict[str
     return result
 
 
+def check_datadog(config: MonitoringConfig, env: Mapping[str, str]) -> dict[str, Any]:
+    """Whether the Datadog intake's port accepts connections, and whether an API key is set (never shown)."""
+    if "datadog" not in config.metrics_exporters:
+        return {"enabled": False}
+    from chat_turbo_metrics.exporters.datadog._transport import intake_base_url
+
+    try:
+        base = intake_base_url(config.datadog_site, config.datadog_endpoint, setting_label(config, "datadog_endpoint"))
+    except ConfigurationError as error:
+        return {"enabled": True, "reachable": False, "error": str(error)}
+    parts = urlsplit(base)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return {
+        "enabled": True,
+        "endpoint": f"{base}/api/v2/series",
+        "api_key": "set" if config.datadog_api_key is not None else "missing (DD_API_KEY)",
+        "reachable": _reachable(parts.hostname or "", port),
+    }
+
+
 def check_file(config: MonitoringConfig, env: Mapping[str, str]) -> dict[str, Any]:
     """Whether the metrics file can be written (its directory exists and is writable)."""
     if "chat_turbo_file" not in config.metrics_exporters:
@@ -128,6 +162,8 @@ def parse_families(text: str) -> dict[str, dict[str, Any]]:
             continue
         keys = set(_LABEL.findall(labels)) - {"le"}
         families[family]["tags"] |= keys
+        if keeps_values(family) and name in (family, f"{family}_count"):  # self-telemetry: keep values
+            families[family].setdefault("samples", []).append([label_values(labels), sample_value(line)])
         if not name.endswith(("_bucket", "_sum")):
             families[family]["series"] += 1
     return {name: {**info, "tags": sorted(info["tags"])} for name, info in families.items()}
@@ -170,20 +206,28 @@ def advice(report: dict[str, Any]) -> list[str]:
         )
     if prometheus.get("port") == "held" and "metrics" not in prometheus:
         tips.append(f"Port of {prometheus['url']} is held by something that does not serve /metrics.")
-    for name in ("otlp", "database"):
+    for name in ("otlp", "database", "datadog"):
         found = report["endpoints"][name]
         if found.get("enabled") and not found.get("reachable"):
             where = found.get("endpoint") or found.get("url")
             tips.append(f"The {name} endpoint {where} cannot be reached; its data is dropped and counted until it can.")
     if report["endpoints"]["file"].get("enabled") and not report["endpoints"]["file"].get("writable"):
         tips.append(f"The metrics file {report['endpoints']['file']['path']} cannot be written (METRICS_FILE_PATH).")
-    for name, family in prometheus.get("metrics", {}).items():
-        if family["series"] >= HIGH_CARDINALITY or "otel_metric_overflow" in family["tags"]:
+    listed = report["metrics"]
+    if listed["source"] is None and config["enabled"]:
+        tips.append(
+            "Missing metrics: no metrics could be listed (nothing serves /metrics and no file or database "
+            "history was found); start the service, or add chat_turbo_file to OTEL_METRICS_EXPORTER to keep them."
+        )
+    for name, family in listed.get("metrics", {}).items():
+        overflowing = "otel_metric_overflow" in family["tags"] and not report["health"]["overflow"]
+        if family["series"] >= HIGH_CARDINALITY or overflowing:  # with self-telemetry, overflow is advised below
             tips.append(
                 f"High memory: {name} has {family['series']} series (tags {', '.join(family['tags'])}); "
                 "drop high-cardinality tags with a View (attribute_keys), use route templates, or lower "
                 "METRICS_CARDINALITY_LIMIT."
             )
+    tips.extend(health_advice(report["health"], report["endpoints"], config["cardinality_limit"]))
     tips.append(
         "Missing metrics: counters appear as <name>_total, timers as <name>_duration_seconds; names the "
         "warning log calls invalid are dropped."
@@ -197,7 +241,15 @@ CHECKS: dict[str, Callable[[MonitoringConfig, Mapping[str, str]], dict[str, Any]
     "otlp": check_otlp,
     "database": check_database,
     "file": check_file,
+    "datadog": check_datadog,
 }
+
+
+def _listed_metrics(config: MonitoringConfig, prometheus: dict[str, Any]) -> dict[str, Any]:
+    """The service's metrics: from its /metrics, else from what it stored, else none (``source`` None)."""
+    if "metrics" in prometheus:
+        return {"source": "prometheus", "where": prometheus["url"], "metrics": prometheus["metrics"]}
+    return stored_metrics(config) or {"source": None, "where": None, "metrics": {}}
 
 
 def diagnose(config: MonitoringConfig | None = None, env: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -208,7 +260,9 @@ def diagnose(config: MonitoringConfig | None = None, env: Mapping[str, str] | No
         env: the environment variables (default: ``os.environ``).
 
     Returns:
-        ``enabled``, ``exporters``, ``instrumentors``, ``endpoints``, ``config`` (secrets masked), ``advice``.
+        ``enabled``, ``exporters``, ``instrumentors``, ``endpoints``, ``config`` (secrets masked), ``metrics``
+        (``source``: prometheus, file, database or None; ``metrics``: name -> type, series, tags), ``health``
+        (the service's self-telemetry) and ``advice``.
     """
     env = os.environ if env is None else env
     config = config or get_monitoring_config(env=env)
@@ -219,6 +273,8 @@ def diagnose(config: MonitoringConfig | None = None, env: Mapping[str, str] | No
         "endpoints": {name: check(config, env) for name, check in CHECKS.items()},
         "config": _masked_config(config),
     }
+    report["metrics"] = _listed_metrics(config, report["endpoints"]["prometheus"])
+    report["health"] = health(report["metrics"].get("metrics", {}))
     report["advice"] = advice(report)
     return report
 
@@ -229,7 +285,11 @@ def render(report: dict[str, Any]) -> str:
     lines.append("instrumentors: " + (", ".join(f"{k} ({v})" for k, v in report["instrumentors"].items()) or "none"))
     for name, found in report["endpoints"].items():
         lines.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in found.items() if k != "metrics"))
-    for name, family in report["endpoints"]["prometheus"].get("metrics", {}).items():
+    listed = report["metrics"]
+    lines.append(
+        f"metrics (from {listed['source']}: {listed['where']}):" if listed["source"] else "metrics: none found"
+    )
+    for name, family in listed["metrics"].items():
         lines.append(f"  {name} ({family['type']}, {family['series']} series) tags: {', '.join(family['tags'])}")
     lines.append("configuration:")
     lines.extend(f"  {key} = {value!r}" for key, value in report["config"].items())

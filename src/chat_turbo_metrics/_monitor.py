@@ -17,10 +17,12 @@ from chat_turbo_metrics._config import MonitoringConfig, get_monitoring_config
 from chat_turbo_metrics._exposition.snapshot import MetricsSnapshot
 from chat_turbo_metrics._pipeline import forksafe
 from chat_turbo_metrics._pipeline import globals as otel_globals
+from chat_turbo_metrics._pipeline.health import HealthMetrics, HealthProducer
 from chat_turbo_metrics._pipeline.provider import Pipeline
 from chat_turbo_metrics._recording.guard import Problems
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry
 from chat_turbo_metrics._recording.naming import Kind
+from chat_turbo_metrics._recording.producer import current_resource
 from chat_turbo_metrics._recording.protocol import Recorder
 from chat_turbo_metrics._recording.ratio import add_hit_ratios
 from chat_turbo_metrics._recording.sdk import BoundInstrument, NoopRecorder, SdkRecorder, Tags
@@ -43,10 +45,18 @@ class _Runtime:
             self.recorder = make_recorder(config, self.pipeline, self.problems)
             # After the recorder's producer: the ratio is derived from the collected hit and miss counters.
             self.pipeline.reader.producers.append(add_hit_ratios)
+            if config.self_telemetry:  # last: its series counts are what every exporter receives
+                self.pipeline.reader.producers.append(health_producer(self.pipeline, self.problems))
 
     def shutdown(self, timeout_s: float | None = None) -> None:
         if self.pipeline is not None:
             self.pipeline.shutdown(timeout_s)
+
+
+def health_producer(pipeline: Pipeline, problems: Problems) -> HealthProducer:
+    """The producer that adds the pipeline's self-telemetry to every collection."""
+    health = HealthMetrics(pipeline.health_sources(problems.by_cause))
+    return HealthProducer(health, current_resource(pipeline.meter_provider, pipeline.resource))
 
 
 def make_recorder(config: MonitoringConfig, pipeline: Pipeline, problems: Problems) -> Recorder:

@@ -16,6 +16,9 @@ METRICS_RETENTION_DAYS = "METRICS_RETENTION_DAYS"
 METRICS_RECORDING = "METRICS_RECORDING"
 """``fast`` (pre-aggregating front end) or ``sdk`` (plain OpenTelemetry SDK instruments)."""
 
+METRICS_SELF_TELEMETRY = "METRICS_SELF_TELEMETRY"
+"""``true`` (default) or ``false``: the pipeline's own health as ``chat_turbo_metrics_*`` metrics."""
+
 METRICS_CARDINALITY_LIMIT = "METRICS_CARDINALITY_LIMIT"
 """Series per metric before further tag sets fold into ``otel.metric.overflow="true"``."""
 

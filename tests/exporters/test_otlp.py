@@ -283,7 +283,9 @@ def test_http_export_carries_the_service_resource_and_scope(
     assert resource["service.name"] == "chat-api-otlp"
     assert resource["deployment.environment.name"] == "test"
     assert resource["telemetry.distro.name"] == "chat_turbo_metrics"
-    assert [scope.scope.name for scope in resource_metrics.scope_metrics] == ["chat_turbo_metrics"]
+    # The pipeline's self-telemetry travels beside the application's metrics, in a scope of its own.
+    scopes = [scope.scope.name for scope in resource_metrics.scope_metrics]
+    assert scopes == ["chat_turbo_metrics", "chat_turbo_metrics.health"]
 
 
 def test_http_export_records_a_timer_in_seconds(

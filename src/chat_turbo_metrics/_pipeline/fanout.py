@@ -19,6 +19,7 @@ from types import MappingProxyType
 
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 
+from chat_turbo_metrics._pipeline.health import ExportStats
 from chat_turbo_metrics._pipeline.temporality import DeltaConverter
 
 _log = logging.getLogger("chat_turbo_metrics.export")
@@ -44,12 +45,14 @@ class _Worker:
         timeout_s: float,
         clock: Callable[[], float],
         on_failure: Callable[[str], None],
+        stats: ExportStats | None = None,
     ) -> None:
         self.name = name
         self.exporter = exporter
         self._timeout_s = timeout_s
         self._clock = clock
         self._on_failure = on_failure
+        self._stats = stats or ExportStats()
         self._converter = DeltaConverter.for_exporter(exporter)
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -70,10 +73,17 @@ class _Worker:
             if self._closing:
                 return
             flush = flush or (self._slot is not None and self._slot.flush)
+            if self._slot is not None:  # not lost (snapshots are cumulative), but a sign of a slow exporter
+                self._stats.count(self.name, "superseded")
             self._slot = _Job(generation, data, flush)
             self._report_hang()
             self._ensure_thread()
             self._cond.notify_all()
+
+    @property
+    def pending(self) -> int:
+        """Snapshots waiting for this exporter (0 or 1: a newer one replaces an older one)."""
+        return 0 if self._slot is None else 1
 
     def wait_done(self, generation: int, deadline: float) -> bool:
         """Wait until a snapshot as new as ``generation`` or newer was handled; True if it was exported."""
@@ -163,6 +173,7 @@ class _Worker:
         except Exception as raised:
             ok, error = False, raised
         elapsed = self._clock() - started
+        self._stats.record(self.name, ok=ok, seconds=elapsed, timeout_s=self._timeout_s)
         if elapsed > self._timeout_s:
             _log.warning(
                 "exporter %s was slow: export took %.2f s (timeout %.2f s)",
@@ -236,6 +247,7 @@ class Fanout:
         self._on_failure = on_failure
         self._workers: tuple[_Worker, ...] = ()
         self._failures: dict[str, int] = {}
+        self.stats = ExportStats()  # outcomes and durations per exporter, for the self-telemetry
         self._generation = 0
         self._shut_down = False
         self._ticker: threading.Thread | None = None
@@ -252,6 +264,15 @@ class Fanout:
         """Failed exports per exporter display name (live, read-only)."""
         return MappingProxyType(self._failures)
 
+    @property
+    def named_exporters(self) -> tuple[tuple[str, MetricExporter], ...]:
+        """``(display name, exporter)`` in the order they were added."""
+        return tuple((worker.name, worker.exporter) for worker in self._workers)
+
+    def pending(self) -> dict[str, int]:
+        """Snapshots waiting per exporter display name."""
+        return {worker.name: worker.pending for worker in self._workers}
+
     def add(self, exporter: MetricExporter) -> None:
         """Feed ``exporter`` from the next collection on; starts the periodic thread on the first call."""
         with self._lock:
@@ -260,8 +281,14 @@ class Fanout:
                 return
             name = self._unique_name(str(getattr(exporter, "name", type(exporter).__name__)))
             self._failures[name] = 0
+            self.stats.add(name)
             worker = _Worker(
-                name, exporter, timeout_s=self._timeout_s, clock=self._clock, on_failure=self._count_failure
+                name,
+                exporter,
+                timeout_s=self._timeout_s,
+                clock=self._clock,
+                on_failure=self._count_failure,
+                stats=self.stats,
             )
             self._workers = (*self._workers, worker)
             if self._ticker is None:

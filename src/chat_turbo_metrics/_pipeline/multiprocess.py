@@ -48,6 +48,7 @@ from typing import Any, Protocol
 from opentelemetry.sdk.metrics.export import MetricsData
 
 from chat_turbo_metrics._exposition.merge import State, encode, merge, retire
+from chat_turbo_metrics._pipeline.health import PREFIX as HEALTH_PREFIX
 from chat_turbo_metrics._pipeline.member import (
     FETCH_TIMEOUT_S,
     MemberServer,
@@ -221,6 +222,8 @@ class Session:
         for pattern, found in self._modes.items():
             if pattern != "*" and fnmatchcase(name, pattern):
                 return found
+        if name.startswith(HEALTH_PREFIX):
+            return "sum"  # the service's queue depths and series are its workers' together, whatever "*" says
         return self._modes.get("*", DEFAULT_GAUGE_MODE)
 
     def collect(self) -> MetricsData | None:

@@ -13,7 +13,7 @@ import atexit
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from opentelemetry.sdk.metrics import (
@@ -31,6 +31,8 @@ from chat_turbo_metrics._pipeline import multiprocess as _multiprocess
 from chat_turbo_metrics._pipeline import registry as _registry
 from chat_turbo_metrics._pipeline.compat import reinit_sdk_metric_locks
 from chat_turbo_metrics._pipeline.fanout import Fanout
+from chat_turbo_metrics._pipeline.health import Sources
+from chat_turbo_metrics._pipeline.overflow import Overflow, OverflowWatcher
 from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
 from chat_turbo_metrics._version import __version__
 
@@ -157,6 +159,10 @@ class Pipeline:
         self.config = config
         self.resource = build_resource(config)
         self.reader = PipelineReader(config.cardinality_limit)
+        # Measurements past a metric's cardinality limit: counted by the fast path at the call, found in the
+        # SDK's collection by the watcher (first producer: it sees the SDK's metrics alone).
+        self.overflow = Overflow(config.cardinality_limit)
+        self.reader.producers.append(OverflowWatcher(self.overflow))
         self.meter_provider = MeterProvider(
             metric_readers=[self.reader],
             resource=self.resource,
@@ -222,6 +228,17 @@ class Pipeline:
                 f"add_exporter() takes an OpenTelemetry MetricExporter or a pull exporter with attach(); "
                 f"got {type(exporter).__name__}"
             )
+
+    def health_sources(self, dropped_recordings: Callable[[], Mapping[str, int]] = dict) -> Sources:
+        """What this pipeline's self-telemetry reads; ``dropped_recordings`` from the recorder's guard."""
+        return Sources(
+            dropped_recordings=dropped_recordings,
+            unexportable=lambda: self.reader.unexportable.total,
+            overflow=self.overflow,
+            exports=self.fanout.stats,
+            export_queues=self.fanout.pending,
+            exporters=lambda: self.fanout.named_exporters,
+        )
 
     def add_span_processor(self, processor: SpanProcessor) -> None:
         """Install a span processor (alerting, exporting) on the pipeline's TracerProvider."""

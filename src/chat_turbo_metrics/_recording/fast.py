@@ -50,6 +50,7 @@ from chat_turbo_metrics._recording.producer import (
     NATURAL,
     Cell,
     FastPathProducer,
+    OverflowReport,
     Stream,
     bounds_problem,
     current_resource,
@@ -74,9 +75,9 @@ class _Instrument:
 
     __slots__ = ("broken", "cached", "direct", "exported", "non_negative", "sink", "streams")
 
-    def __init__(self, spec: InstrumentSpec, views: Any, limit: int) -> None:
+    def __init__(self, spec: InstrumentSpec, views: Any, limit: int, overflow: OverflowReport | None = None) -> None:
         specs = stream_specs(spec, views)
-        self.streams = [Stream(s, limit) for s in specs if s.aggregation != "drop"]
+        self.streams = [Stream(s, limit, overflow) for s in specs if s.aggregation != "drop"]
         natural = NATURAL[spec.kind]
         # One stream aggregating the way the instrument's hot path updates cells (or none: all dropped).
         self.direct = not self.streams or (len(self.streams) == 1 and self.streams[0].spec.aggregation == natural)
@@ -144,6 +145,7 @@ class FastRecorder:
         self._problems = problems
         self._views = config.views
         self._limit = config.cardinality_limit
+        self._overflow = pipeline.overflow
         # Raw tag sets cached per instrument: enough for every series plus reordered/filtered variants.
         self._cache_limit = 4 * config.cardinality_limit + 100
         # Re-entrant: a signal handler or a finalizer run by the garbage collector may record while this
@@ -296,7 +298,7 @@ class FastRecorder:
         with self._lock:
             instrument = self._by_identity.get(identity)
             if instrument is None:
-                instrument = self._by_identity[identity] = _Instrument(spec, self._views, self._limit)
+                instrument = self._by_identity[identity] = _Instrument(spec, self._views, self._limit, self._overflow)
             self._by_name[kind, timer, name] = instrument
         return instrument
 

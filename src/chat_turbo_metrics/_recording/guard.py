@@ -36,6 +36,7 @@ class Problems:
         self._logger = logger
         self._lock = threading.Lock()
         self.counts: Counter[tuple[Any, ...]] = Counter()
+        self._causes: Counter[str] = Counter()  # by the self-telemetry's cause label, kept as they come
         forksafe.register(self)
 
     def after_fork_in_child(self) -> None:
@@ -46,12 +47,18 @@ class Problems:
         """Recordings dropped so far, all causes together."""
         return sum(self.counts.values())
 
+    def by_cause(self) -> dict[str, int]:
+        """Dropped recordings per cause label (:func:`problem_cause`): ``{"not_finite": 2, ...}``."""
+        with self._lock:
+            return dict(self._causes)
+
     def report(self, cause: tuple[Any, ...], message: str, *args: Any) -> None:
         """Count one dropped recording; log ``message % args`` the first time ``cause`` is seen.
 
         Never raises: an unhashable part of the cause (a list given as a name) is keyed by its short repr,
         and arguments are logged as short reprs.
         """
+        label = problem_cause(cause)
         try:
             hash(cause)
         except TypeError:
@@ -62,8 +69,41 @@ class Problems:
                 cause = ("other",)
             first = cause not in self.counts
             self.counts[cause] += 1
+            self._causes[label] += 1
         if first:
             self._logger.warning(message + "; dropped (further occurrences are counted, not logged)", *args)
+
+
+# Problems keys are (kind, ...) tuples; a bad value's key carries the reason as its third part.
+_PROBLEM_CAUSES = {
+    "name": "invalid_name",
+    "kind": "kind_conflict",
+    "tags": "invalid_tags",
+    "handle": "wrong_handle_method",
+    "internal": "internal_error",
+}
+_VALUE_CAUSES = {
+    "type": "not_a_number",
+    "range": "out_of_range",
+    "finite": "not_finite",
+    "negative": "negative_value",
+    "start": "invalid_timer_start",
+    "buckets": "invalid_buckets",
+}
+
+
+def problem_cause(key: tuple[Any, ...]) -> str:
+    """The ``cause`` label of a dropped recording, from its :class:`Problems` key.
+
+    Example:
+        >>> problem_cause(("value", "jobs", "finite")), problem_cause(("tags", "jobs", "tags must be a dict"))
+        ('not_finite', 'invalid_tags')
+    """
+    kind = key[0] if key else "other"
+    if kind == "value":
+        reason = key[2] if len(key) > 2 else ""
+        return _VALUE_CAUSES.get(reason, "invalid_value") if isinstance(reason, str) else "invalid_value"
+    return _PROBLEM_CAUSES.get(kind, "other") if isinstance(kind, str) else "other"
 
 
 class _Short:

@@ -39,9 +39,9 @@ class _Handle(BoundInstrument):
 
     def _miss(self, value: Any) -> None:
         try:
-            # A handle may keep even the overflow cell: its tag set can never get a series of its own later.
-            cell, _ = self._recorder._record(self._instrument, self.name, self._tags or _EMPTY, value)
-            if cell is not None:
+            # Not the overflow cell: each measurement there is counted on the slow path, like the recorder's.
+            cell, own = self._recorder._record(self._instrument, self.name, self._tags or _EMPTY, value)
+            if cell is not None and own:
                 self._cell = cell
         except Exception as error:  # never raise while recording
             self._problems.report(("internal", type(error)), "%s: recording failed: %r", self.name, error)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -47,6 +47,12 @@ from chat_turbo_metrics._recording.instruments import InstrumentSpec
 from chat_turbo_metrics._version import __version__
 
 Aggregation = Literal["sum", "gauge", "histogram", "drop"]
+
+
+class OverflowReport(Protocol):
+    """Counts measurements that went to a metric's overflow series (``chat_turbo_metrics._pipeline.health``)."""
+
+    def report(self, metric: str, count: int = 1) -> None: ...
 
 
 class SumCell:
@@ -223,11 +229,12 @@ def new_cell(aggregation: str, bounds: tuple[float, ...], attributes: dict[str, 
 class Stream:
     """One exported metric: its series (attribute set -> cell) under the View's filter and the cardinality limit."""
 
-    __slots__ = ("limit", "series", "spec")
+    __slots__ = ("limit", "overflow", "series", "spec")
 
-    def __init__(self, spec: StreamSpec, limit: int) -> None:
+    def __init__(self, spec: StreamSpec, limit: int, overflow: OverflowReport | None = None) -> None:
         self.spec = spec
         self.limit = limit
+        self.overflow = overflow
         self.series: dict[tuple[Any, ...], Cell] = {}
 
     def cell(self, tags: Mapping[str, Any]) -> tuple[Cell, bool]:
@@ -241,7 +248,10 @@ class Stream:
         if len(self.series) < self.limit:
             cell = self.series[key] = new_cell(self.spec.aggregation, self.spec.bounds, attributes)
             return cell, True
-        # Like the SDK: past the limit, new attribute sets share one extra series.
+        # Like the SDK: past the limit, new attribute sets share one extra series. Counted here, on the slow
+        # path: an overflowing tag set is never cached, so each of its measurements comes this way.
+        if self.overflow is not None:
+            self.overflow.report(self.spec.name)
         cell = self.series.get(_OVERFLOW_KEY)
         if cell is None:
             cell = new_cell(self.spec.aggregation, self.spec.bounds, dict(_OVERFLOW_ATTRIBUTES))

@@ -21,6 +21,8 @@ from typing import Any
 
 from opentelemetry import metrics
 
+from chat_turbo_metrics._pipeline import health
+
 _logger = logging.getLogger("chat_turbo_metrics.alerting")
 
 OUTCOMES = ("sent", "failed", "dropped")
@@ -151,6 +153,11 @@ class Channel:
         self._stats = stats
         self._rng = rng
         self._reset()
+        health.register_queue(self)
+
+    def health_queue(self) -> tuple[str, str, int]:
+        """The self-telemetry's view: notifications waiting for this notifier."""
+        return "alert_notifications", self.name, len(self._queue)
 
     def _reset(self) -> None:
         self._cond = threading.Condition()

@@ -147,6 +147,7 @@ class DataDogExporter(MetricExporter):
         )
         self._clock = clock
         self._carried: dict[bytes, float] = {}  # series left over by a partial delivery -> when
+        self._dropped = {"rejected": 0, "buffer_full": 0, "expired": 0}  # series, by cause (self-telemetry)
         self._lock = threading.Lock()  # one export at a time, even outside the fan-out
         _instances.add(self)
 
@@ -173,6 +174,15 @@ class DataDogExporter(MetricExporter):
     def non_finite_dropped(self) -> int:
         """Values not sent because they were NaN or infinite."""
         return self._mapper.non_finite
+
+    def queued_points(self) -> int:
+        """Series kept for the next export after a partial delivery (the self-telemetry's queue depth)."""
+        return len(self._carried)
+
+    def dropped_points(self) -> dict[str, int]:
+        """Series not delivered, by cause: refused by the intake, over the carry-over bound, too old; values
+        that were not finite."""
+        return {**self._dropped, "not_finite": self._mapper.non_finite}
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
         """Map, batch and post; never raises. FAILURE only when nothing reached the intake (so the fan-out's
@@ -201,6 +211,7 @@ class DataDogExporter(MetricExporter):
         if delivery.unsent and not delivery.final:
             return MetricExportResult.FAILURE  # nothing delivered: the next delta repeats all of it
         self._mapper.commit(pending)
+        self._dropped["rejected"] += delivery.rejected
         self._carry(delivery.unsent)
         return MetricExportResult.SUCCESS
 
@@ -211,6 +222,7 @@ class DataDogExporter(MetricExporter):
                 len(unsent) - _MAX_CARRIED,
                 _MAX_CARRIED,
             )
+            self._dropped["buffer_full"] += len(unsent) - _MAX_CARRIED
             unsent = unsent[-_MAX_CARRIED:]
         now = self._clock()
         self._carried = {item: self._carried.get(item, now) for item in unsent}
@@ -224,6 +236,7 @@ class DataDogExporter(MetricExporter):
                 "Datadog intake unreachable: %d series undelivered for 50 minutes dropped",
                 len(self._carried) - len(fresh),
             )
+            self._dropped["expired"] += len(self._carried) - len(fresh)
             self._carried = fresh
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
