@@ -41,7 +41,7 @@ class _Handle(BoundInstrument):
         try:
             # A handle may keep even the overflow cell: its tag set can never get a series of its own later.
             cell, _ = self._recorder._record(self._instrument, self.name, self._tags or _EMPTY, value)
-            if cell is not None:
+            if cell is not None and self._recorder._pin(cell):  # a handle's cell is never evicted
                 self._cell = cell
         except Exception as error:  # never raise while recording
             self._problems.report(("internal", type(error)), "%s: recording failed: %r", self.name, error)
