@@ -268,3 +268,33 @@ def test_threads_recording_churning_tags_while_collections_evict_lose_nothing(re
     assert sum(last.values()) == rounds * threads * tags_per_round
     restarted = len(last) - len({attributes for attributes, _ in last})
     assert restarted >= threads * (tags_per_round - 1)  # series were evicted and came back meanwhile
+
+
+def test_delta_exporters_forget_the_baselines_of_evicted_series(rec: Recording) -> None:
+    from opentelemetry.sdk.metrics import Counter
+    from opentelemetry.sdk.metrics.export import AggregationTemporality, ConsoleMetricExporter
+
+    from chat_turbo_metrics._pipeline.temporality import DeltaConverter
+
+    exporter = ConsoleMetricExporter(preferred_temporality={Counter: AggregationTemporality.DELTA})
+    converter = DeltaConverter.for_exporter(exporter)
+    assert converter is not None
+
+    def export(after_s: float) -> dict[Any, Any]:
+        rec.clock.advance(after_s)
+        data = rec.pipeline.collect()
+        assert data is not None
+        delta, pending = converter.convert(data)
+        converter.commit(pending)
+        return values(MetricsSnapshot(delta), "jobs")
+
+    for user in range(100):
+        rec.recorder.increment_counter("jobs", {"user": user}, 2)
+    assert len(export(0)) == 100
+    rec.recorder.increment_counter("jobs", {"user": 0})
+    export(TIMEOUT_S)
+    rec.recorder.increment_counter("jobs", {"user": 0})
+    assert export(TIMEOUT_S) == {(("user", 0),): 1}  # users 1..99 evicted
+    assert sum(len(points) for points in converter._baseline.values()) == 1
+    rec.recorder.increment_counter("jobs", {"user": 7}, 5)  # back as a new series: all of it is new
+    assert export(0) == {(("user", 0),): 0, (("user", 7),): 5}
