@@ -7,11 +7,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from tests.conftest import make_config
 
 from chat_turbo_metrics import ConfigurationError, MonitoringConfig, PerformanceMonitor, get_monitoring_config
 from chat_turbo_metrics._recording.guard import Problems
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry
+from conftest import make_config
 
 
 def test_idle_timeout_is_off_by_default_and_set_from_each_source(tmp_path: Path) -> None:

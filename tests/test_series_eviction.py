@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from tests.conftest import make_config
 
 from chat_turbo_metrics import ViewConfig
 from chat_turbo_metrics._exposition.snapshot import MetricsSnapshot
@@ -19,6 +18,7 @@ from chat_turbo_metrics._recording.fast import FastRecorder
 from chat_turbo_metrics._recording.guard import Problems
 from chat_turbo_metrics._recording.idle import DEMOTED, GONE, PINNED
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry
+from conftest import make_config
 
 TIMEOUT_S = 60
 
