@@ -5,7 +5,10 @@ Time comes from an injected clock, advanced by the test between collections (no 
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -298,3 +301,55 @@ def test_delta_exporters_forget_the_baselines_of_evicted_series(rec: Recording) 
     assert sum(len(points) for points in converter._baseline.values()) == 1
     rec.recorder.increment_counter("jobs", {"user": 7}, 5)  # back as a new series: all of it is new
     assert export(0) == {(("user", 0),): 0, (("user", 7),): 5}
+
+
+def test_a_child_forked_while_collections_evict_records_and_evicts_on_its_own(rec: Recording) -> None:
+    stop = threading.Event()
+
+    def churn() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            rec.recorder.increment_counter("jobs", {"n": n % 200})
+
+    def collect() -> None:
+        while not stop.is_set():
+            rec.clock.advance(TIMEOUT_S)
+            rec.pipeline.collect()
+
+    threads = [threading.Thread(target=f) for f in (churn, churn, collect)]
+    for thread in threads:
+        thread.start()
+    children = {}
+    try:
+        for _ in range(10):
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: its cells are whole, its lock free; it records and evicts alone
+                try:
+                    rec.recorder.increment_counter("child_jobs", {"k": 1}, 3)
+                    first = values(rec.collect(), "child_jobs")
+                    rec.collect(after_s=TIMEOUT_S)
+                    last = values(rec.collect(after_s=TIMEOUT_S), "child_jobs")
+                    os.write(write_end, repr((first, last)).encode())
+                finally:
+                    os._exit(0)
+            os.close(write_end)
+            children[pid] = read_end
+            time.sleep(0.002)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    reports = []
+    deadline = time.monotonic() + 30
+    for pid, read_end in children.items():
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                break
+            time.sleep(0.01)
+        with os.fdopen(read_end) as pipe:
+            reports.append(pipe.read())
+    assert reports == [repr(({(("k", 1),): 3}, {}))] * 10
