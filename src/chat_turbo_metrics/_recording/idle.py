@@ -12,12 +12,13 @@ With ``series_idle_timeout_s`` set, each collection looks at every cell of every
    cardinality slot is free for a new tag set) and marked :data:`GONE`, so a slow path that still holds it
    never puts it back into a cache.
 
-So a series recorded at least once per ``timeout`` is never evicted, and one not recorded for twice the
-timeout is gone at the next collection. Nothing accepted is lost: a counter or histogram cell is evicted only
-when its delta was folded and exported at an earlier collection and nothing was added since; a recording
-that raced with demotion lands in the cell before it can be evicted (the hot path holds the cell only between
-its cache lookup and its update, a timeout is at least a second). Exempt: cells held by bound handles
-(:data:`PINNED`: a handle keeps its cell for life) and the overflow series (one per stream).
+So a series recorded at least once per ``timeout`` is never evicted, one not recorded for a timeout may be,
+and one not recorded for twice the timeout is gone at the next collection. Nothing accepted is lost: a
+counter or histogram cell is evicted only when its delta was folded and exported at an earlier collection
+and nothing was added since; a recording that raced with demotion lands in the cell before it can be
+evicted (the hot path holds the cell only between its cache lookup and its update, a timeout is at least a
+second). Exempt: cells held by bound handles (:data:`PINNED`: a handle keeps its cell for life) and the
+overflow series (one per stream).
 
 Example:
     >>> from chat_turbo_metrics._recording.producer import Stream, stream_specs
@@ -59,24 +60,31 @@ _USED: dict[str, Callable[[Any], bool]] = {
 def sweep(stream: Stream, now: int, timeout_ns: int) -> int:
     """Demote and evict the idle cells of ``stream`` at collection time ``now``; the cache keys removed.
 
-    Call with the recorder's lock held, before the stream folds its cells.
+    Call with the recorder's lock held, before the stream folds its cells. A cell seen in use less than
+    ``timeout_ns`` ago is skipped at the cost of one comparison: whether it was used since is asked only
+    once it has aged, so a counter used between two such checks may be demoted early (its next recording
+    then takes the slow path once), never evicted early.
     """
     used = _USED[stream.spec.aggregation]
+    series = stream.series
+    overflow = series.get(_OVERFLOW_KEY)
+    horizon = now - timeout_ns
     evicted = []
     removed = 0
-    for key, cell in stream.series.items():
-        if cell.mark == PINNED or key == _OVERFLOW_KEY:
+    for key, cell in series.items():
+        active = cell.active_ns
+        if (active > horizon and active != 0) or cell.mark == PINNED or cell is overflow:
             continue
-        if cell.active_ns == 0 or used(cell):
+        if active == 0 or used(cell):
             cell.active_ns, cell.mark = now, LIVE
-        elif now - cell.active_ns >= timeout_ns:
-            removed += forget_keys(cell)
-            if cell.mark == LIVE:
-                cell.active_ns, cell.mark = now, DEMOTED
-            else:
-                evicted.append(key)
+            continue
+        removed += forget_keys(cell)
+        if cell.mark == LIVE:
+            cell.active_ns, cell.mark = now, DEMOTED
+        else:
+            evicted.append(key)
     for key in evicted:
-        stream.series.pop(key).mark = GONE
+        series.pop(key).mark = GONE
     return removed
 
 
