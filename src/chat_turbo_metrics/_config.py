@@ -107,6 +107,8 @@ class MonitoringConfig:
     shutdown_timeout_s: float = 5.0  # the longest shutdown() or process exit waits for exporters
     otlp_protocol: str = "http/protobuf"
     cardinality_limit: int = 2000
+    series_idle_timeout_s: float = 0.0  # 0: never; else series not recorded for this long leave memory
+    metric_limit: int = 10_000  # distinct metric names per monitor; new ones past it are dropped
     prometheus_host: str = "localhost"
     prometheus_port: int = 9464
     file_path: str = "metrics.jsonl"
@@ -175,6 +177,12 @@ def _check_config(config: MonitoringConfig) -> None:
         ("export_timeout_s", config.export_timeout_s > 0, "must be > 0"),
         ("shutdown_timeout_s", 0 < config.shutdown_timeout_s < math.inf, "must be > 0 and finite"),
         ("cardinality_limit", config.cardinality_limit > 0, "must be > 0"),
+        (
+            "series_idle_timeout_s",
+            config.series_idle_timeout_s == 0 or 1 <= config.series_idle_timeout_s < math.inf,
+            "must be 0 (never) or a finite number of seconds >= 1",
+        ),
+        ("metric_limit", config.metric_limit > 0, "must be > 0"),
         ("otlp_protocol", config.otlp_protocol in ("grpc", "http/protobuf"), "must be 'grpc' or 'http/protobuf'"),
         ("prometheus_port", 0 <= config.prometheus_port <= 65535, "must be a TCP port (0-65535)"),
         ("file_max_bytes", config.file_max_bytes > 0, "must be > 0"),
@@ -264,6 +272,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "shutdown_timeout_s": parse_float,
     "otlp_protocol": parse_str,
     "cardinality_limit": parse_int,
+    "series_idle_timeout_s": parse_float,
+    "metric_limit": parse_int,
     "prometheus_host": parse_host,
     "prometheus_port": parse_int,
     "file_path": parse_str,
@@ -386,6 +396,8 @@ _SEED_ENV: tuple[_EnvVar, ...] = (
     _EnvVar("METRICS_RECORDING", "recording"),
     _EnvVar("METRICS_SELF_TELEMETRY", "self_telemetry"),
     _EnvVar("METRICS_CARDINALITY_LIMIT", "cardinality_limit"),
+    _EnvVar("METRICS_SERIES_IDLE_TIMEOUT", "series_idle_timeout_s"),
+    _EnvVar("METRICS_METRIC_LIMIT", "metric_limit"),
     _EnvVar("METRICS_SHUTDOWN_TIMEOUT", "shutdown_timeout_s"),
     _EnvVar("ALERT_EMAIL_ENABLED", "alert_email_enabled"),
     _EnvVar("ALERT_SLACK_WEBHOOK_URL", "alert_slack_webhook_url"),

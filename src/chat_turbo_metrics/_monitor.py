@@ -61,7 +61,13 @@ def health_producer(pipeline: Pipeline, problems: Problems) -> HealthProducer:
 
 def make_recorder(config: MonitoringConfig, pipeline: Pipeline, problems: Problems) -> Recorder:
     """The recording front end the configuration asks for."""
-    registry = InstrumentRegistry(problems)
+    registry = InstrumentRegistry(problems, config.metric_limit)
+    if config.series_idle_timeout_s and config.recording == "sdk":
+        # The SDK has no public way to remove a series: its memory stays bounded by cardinality_limit alone.
+        _logger.warning(
+            "series_idle_timeout_s=%s has no effect with recording='sdk': only the fast path evicts idle series",
+            config.series_idle_timeout_s,
+        )
     if config.recording == "fast":
         from chat_turbo_metrics._recording.fast import FastRecorder
 

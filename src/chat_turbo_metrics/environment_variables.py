@@ -22,6 +22,12 @@ METRICS_SELF_TELEMETRY = "METRICS_SELF_TELEMETRY"
 METRICS_CARDINALITY_LIMIT = "METRICS_CARDINALITY_LIMIT"
 """Series per metric before further tag sets fold into ``otel.metric.overflow="true"``."""
 
+METRICS_SERIES_IDLE_TIMEOUT = "METRICS_SERIES_IDLE_TIMEOUT"
+"""Seconds after which a series nobody records leaves memory (fast path); ``0`` (default): never."""
+
+METRICS_METRIC_LIMIT = "METRICS_METRIC_LIMIT"
+"""Distinct metric names per monitor (10000); further new names are dropped, with one warning."""
+
 METRICS_SHUTDOWN_TIMEOUT = "METRICS_SHUTDOWN_TIMEOUT"
 """Seconds that ``shutdown()`` and process exit wait at most for exporters (default 5)."""
 

@@ -322,3 +322,24 @@ def test_export_never_raises_into_the_pipeline(intake: DatadogIntake, caplog: py
         assert exporter.export(data) is MetricExportResult.FAILURE
     assert [record.exc_info is not None for record in caplog.records] == [True]
     assert intake.requests == []
+
+
+def test_histogram_extremes_remembered_are_bounded_least_recently_active_out(monitor_factory: MonitorFactory) -> None:
+    from chat_turbo_metrics._pipeline.temporality import DeltaConverter
+    from chat_turbo_metrics.exporters.datadog._mapping import MappingOptions, SeriesMapper
+
+    mapper = SeriesMapper(MappingOptions(), max_extremes=2)
+    to_delta = DeltaConverter(monotonic_sums=True, non_monotonic_sums=True, histograms=True)
+    monitor = monitor_factory()
+
+    def export() -> None:
+        delta, baseline = to_delta.convert(monitor.snapshot().data)
+        to_delta.commit(baseline)
+        mapper.commit(mapper.map(delta)[1])
+
+    for route in ("a", "b", "c"):
+        monitor.record_histogram("latency_ms", 10, {"route": route})
+        export()
+    monitor.record_histogram("latency_ms", 5, {"route": "b"})
+    export()
+    assert [tags[-1] for _, tags in mapper._extremes] == ["route:c", "route:b"]  # route:a was least recently active

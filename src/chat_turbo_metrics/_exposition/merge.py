@@ -241,6 +241,77 @@ def retire(retired: State | None, final: State) -> State:
     return {"resource": {}, "metrics": _families_state(_families(states, gauges=False))}
 
 
+# The scope whose series leave a process's collection only when evicted as idle (METRICS_SERIES_IDLE_TIMEOUT);
+# elsewhere a missing series may be an observable callback that skipped a cycle and comes back unchanged.
+EVICTING_SCOPE = "chat_turbo_metrics"
+
+
+def _present(state: State) -> dict[tuple[str, str], dict[tuple[Any, ...], Any]]:
+    """(scope, metric) -> series key -> start time (None for gauges) of every series in ``state``."""
+    present: dict[tuple[str, str], dict[tuple[Any, ...], Any]] = {}
+    for entry in state.get("metrics", ()):
+        starts = present.setdefault((entry["scope"][0], entry["name"]), {})
+        gauge = entry["type"] == "gauge"
+        starts.update((_series_key(point[0]), None if gauge else point[1]) for point in entry["points"])
+    return present
+
+
+def vanished(before: State, after: State) -> State | None:
+    """The sums and histograms of our scope that a live process reported ``before`` and no longer does, or
+    reports with another start time (evicted, then recorded again: a new stream starting from zero).
+
+    That process evicted them as idle; folded into the retired state (:func:`retire`) they keep the
+    service's counters from going backwards while other processes still report the same series.
+
+    Example:
+        >>> point = [{"queue": "a"}, 1, 2, 5]
+        >>> entry = {"scope": [EVICTING_SCOPE, ""], "name": "jobs", "type": "sum", "points": [point]}
+        >>> vanished({"metrics": [entry]}, {"metrics": []})["metrics"][0]["points"]
+        [[{'queue': 'a'}, 1, 2, 5]]
+    """
+    present = _present(after)
+    metrics = []
+    for entry in before.get("metrics", ()):
+        if entry["type"] == "gauge" or entry["scope"][0] != EVICTING_SCOPE:
+            continue
+        starts = present.get((entry["scope"][0], entry["name"]), {})
+        points = [point for point in entry["points"] if starts.get(_series_key(point[0]), -1) != point[1]]
+        if points:
+            metrics.append({**entry, "points": points})
+    return {"resource": {}, "metrics": metrics} if metrics else None
+
+
+def fold_vanished(retired: State | None, before: State | None, after: State) -> tuple[State | None, bool]:
+    """``retired`` with what a live process stopped reporting between two answers; whether anything was."""
+    gone = vanished(before, after) if before is not None else None
+    return (retire(retired, gone), True) if gone else (retired, False)
+
+
+def prune(
+    retired: State | None, live: Sequence[tuple[str, State]], now_ns: int, idle_ns: int
+) -> tuple[State | None, bool]:
+    """``retired`` without the series of our scope that no live process reports and that were last reported
+    ``idle_ns`` or longer ago (idle across the whole service, they leave the scrape and memory); whether any."""
+    if not retired:
+        return retired, False
+    present: dict[tuple[str, str], set[tuple[Any, ...]]] = {}
+    for _, state in live:
+        for name, starts in _present(state).items():
+            present.setdefault(name, set()).update(starts)
+    metrics = []
+    for entry in retired["metrics"]:
+        keys = present.get((entry["scope"][0], entry["name"]), set())
+        points = [
+            point
+            for point in entry["points"]
+            if entry["scope"][0] != EVICTING_SCOPE or now_ns - point[2] < idle_ns or _series_key(point[0]) in keys
+        ]
+        if points:
+            metrics.append({**entry, "points": points})
+    removed = sum(len(e["points"]) for e in retired["metrics"]) - sum(len(e["points"]) for e in metrics)
+    return ({**retired, "metrics": metrics}, True) if removed else (retired, False)
+
+
 def _metric(family: _Family, gauge_mode: GaugeMode) -> Metric:
     entry = family.entry
     data: Any

@@ -47,7 +47,7 @@ from typing import Any, Protocol
 
 from opentelemetry.sdk.metrics.export import MetricsData
 
-from chat_turbo_metrics._exposition.merge import State, encode, merge, retire
+from chat_turbo_metrics._exposition.merge import State, encode, fold_vanished, merge, prune, retire
 from chat_turbo_metrics._pipeline.health import PREFIX as HEALTH_PREFIX
 from chat_turbo_metrics._pipeline.member import (
     FETCH_TIMEOUT_S,
@@ -141,6 +141,9 @@ class Session:
         self._member: MemberServer | None = None
         self._identity = identity(os.getpid())
         self._cache: dict[str, State] = {}  # what each member answered last
+        self._own: State | None = None  # what this process collected at the last scrape
+        # Series a live process evicts as idle are folded into the retired totals (see merge.vanished).
+        self._idle_ns = int(pipeline.config.series_idle_timeout_s * 1e9)
         self._scrape_lock = threading.Lock()
         self._decided = threading.Event()
         self._multi = False  # part of a multi-process service: leave a final state at exit
@@ -241,9 +244,13 @@ class Session:
             live: list[tuple[str, State]] = [(self.token, encode(own))]
             with flock(self.directory / "lock"):
                 ledger = read_json(self.directory / "retired.json") or {"folded": [], "state": None}
-                changed = False
+                changed = self._fold_idle(ledger, self._own, live[0][1])
+                self._own = live[0][1]
                 for token in sorted(members | finals | set(self._cache)):
                     changed |= self._account(token, answers.get(token), ledger, live)
+                if self._idle_ns:
+                    ledger["state"], pruned = prune(ledger["state"], live, time.time_ns(), self._idle_ns)
+                    changed |= pruned
                 if changed:
                     ledger["folded"], ledger["parent"] = ledger["folded"][-_MAX_FOLDED:], parent_identity()
                     write_json(self.directory / "retired.json", ledger)
@@ -259,9 +266,10 @@ class Session:
         final = read_json(final_path)
         if final is None and answer is not None:
             self._root = self._root or answer.get("parent") == self._identity
+            folded = self._fold_idle(ledger, self._cache.get(token), answer)
             self._cache[token] = answer
             live.append((token, answer))
-            return False
+            return folded
         if final is None and pid_alive(pid_of(token)):
             if token in self._cache:  # busy or slow: its last answer keeps its counters from going backwards
                 live.append((token, self._cache[token]))
@@ -274,6 +282,13 @@ class Session:
         ledger["folded"].append(token)
         self._forget(token, final_path)
         return True
+
+    def _fold_idle(self, ledger: dict[str, Any], before: State | None, after: State) -> bool:
+        """Keep in the retired totals what a live process evicted since ``before``; True if it did."""
+        if not self._idle_ns:
+            return False
+        ledger["state"], folded = fold_vanished(ledger["state"], before, after)
+        return folded
 
     def _forget(self, token: str, final_path: Path) -> None:
         self._cache.pop(token, None)
@@ -328,6 +343,7 @@ class Session:
         """A forked child is a new member: its parent keeps the port, the sockets and the bookkeeping."""
         self._scrape_lock = threading.Lock()
         self._cache = {}
+        self._own = None
         member, self._member = self._member, None
         if member is not None:
             member.forget()

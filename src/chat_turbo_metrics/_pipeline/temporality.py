@@ -57,6 +57,9 @@ INSTRUMENT_CLASSES = (
 _DELTA = AggregationTemporality.DELTA
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
 
+# Scopes whose series leave a collection only when evicted for good (the pipeline's own meter and fast path,
+# METRICS_SERIES_IDLE_TIMEOUT): their baselines follow each export, so evicted series do not stay in memory.
+_EVICTING_SCOPES = frozenset({"chat_turbo_metrics"})
 _Point = NumberDataPoint | HistogramDataPoint
 _SeriesKey = tuple[str, tuple[tuple[str, type, object], ...]]
 # Keyed by (resource, scope) first: Resource hashes by serialising its attributes, so hash it once per scope.
@@ -131,9 +134,13 @@ class DeltaConverter:
     def commit(self, pending: _Baseline) -> None:
         """Advance the baseline to the snapshot just exported successfully."""
         # Merge rather than replace: a series missing from one snapshot (an observable callback that skipped a
-        # cycle) keeps its baseline, so its return is not counted again from zero.
+        # cycle) keeps its baseline, so its return is not counted again from zero. In our own scope a missing
+        # series was evicted, and comes back (if ever) with a new start time: its baseline goes.
         for key, points in pending.items():
-            self._baseline.setdefault(key, {}).update(points)
+            if key[1].name in _EVICTING_SCOPES:
+                self._baseline[key] = points
+            else:
+                self._baseline.setdefault(key, {}).update(points)
 
     def _convert_metric(
         self, metric: Metric, previous: Mapping[_SeriesKey, _Point], current: dict[_SeriesKey, _Point]

@@ -24,7 +24,7 @@ import threading
 import time
 import weakref
 from bisect import bisect_left
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import Metric
@@ -43,6 +43,7 @@ from chat_turbo_metrics._recording.guard import (
     timer_seconds,
 )
 from chat_turbo_metrics._recording.handles import HANDLES
+from chat_turbo_metrics._recording.idle import GONE, PINNED, sweep
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry, InstrumentSpec
 from chat_turbo_metrics._recording.naming import Kind
 from chat_turbo_metrics._recording.producer import (
@@ -139,8 +140,20 @@ class FastRecorder:
     """
 
     def __init__(
-        self, pipeline: Pipeline, registry: InstrumentRegistry, problems: Problems, config: MonitoringConfig
+        self,
+        pipeline: Pipeline,
+        registry: InstrumentRegistry,
+        problems: Problems,
+        config: MonitoringConfig,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
+        """Args:
+        pipeline: the pipeline whose reader collects the cells.
+        registry: names to instrument specs.
+        problems: where dropped recordings are counted.
+        config: views, cardinality limit, sampling rate, idle timeout.
+        clock: collection time in ns, for idle-series eviction.
+        """
         self._registry = registry
         self._problems = problems
         self._views = config.views
@@ -148,6 +161,8 @@ class FastRecorder:
         self._overflow = pipeline.overflow
         # Raw tag sets cached per instrument: enough for every series plus reordered/filtered variants.
         self._cache_limit = 4 * config.cardinality_limit + 100
+        self._idle_ns = int(config.series_idle_timeout_s * 1e9)  # 0: series are never evicted
+        self._clock = clock
         # Re-entrant: a signal handler or a finalizer run by the garbage collector may record while this
         # thread holds the lock on the slow path or during a collection; a plain Lock would deadlock there.
         self._lock = threading.RLock()
@@ -258,12 +273,31 @@ class FastRecorder:
             # Only plain int/float values may find the cell again: anything else must be normalised first.
             token = value.start if timer else value
             if own and cell is not None and token.__class__ in _EXACT:
-                key = (name, tuple(tags.items()) if tags is not None else None, token.__class__)
-                if key not in cache and instrument.cached < self._cache_limit:
-                    instrument.cached += 1
-                    cache[key] = cell
+                self._cache(
+                    cache, (name, tuple(tags.items()) if tags is not None else None, token.__class__), cell, instrument
+                )
         except Exception as error:  # never raise while recording
             self._problems.report(("internal", type(error)), "%s: recording failed: %r", name, error)
+
+    def _cache(self, cache: dict[Any, Any], key: Any, cell: Cell, instrument: _Instrument) -> None:
+        """Let the hot path find ``cell`` by ``key`` (bounded per instrument; never a cell already evicted)."""
+        with self._lock:  # idle-series eviction removes keys under this lock
+            if cell.mark == GONE or key in cache or instrument.cached >= self._cache_limit:
+                return
+            instrument.cached += 1
+            cache[key] = cell
+            if self._idle_ns:
+                if cell.keys is None:
+                    cell.keys = []
+                cell.keys.append((cache, key))
+
+    def _pin(self, cell: Cell) -> bool:
+        """Keep ``cell`` for a bound handle for good (never evicted); False if it was evicted already."""
+        with self._lock:
+            if cell.mark == GONE:
+                return False
+            cell.mark = PINNED
+            return True
 
     def _record(
         self, instrument: _Instrument, name: Any, tags: Mapping[str, Any], value: Any
@@ -328,8 +362,13 @@ class FastRecorder:
         with self._lock:
             instruments = list(self._order)
         metrics = []
+        idle_ns = self._idle_ns
+        swept_at = self._clock() if idle_ns else 0
         for instrument in instruments:
             for stream in instrument.streams:
+                if idle_ns:
+                    with self._lock:  # before the fold: a counter's delta tells whether it was used
+                        instrument.cached -= sweep(stream, swept_at, idle_ns)
                 metric = stream.metric(now, self._lock)
                 if metric is not None:
                     metrics.append(metric)

@@ -39,9 +39,10 @@ class _Handle(BoundInstrument):
 
     def _miss(self, value: Any) -> None:
         try:
-            # Not the overflow cell: each measurement there is counted on the slow path, like the recorder's.
+            # Not the overflow cell: each measurement there is counted on the slow path, like the recorder's,
+            # and a freed slot (idle eviction) can still give this tag set a series of its own later.
             cell, own = self._recorder._record(self._instrument, self.name, self._tags or _EMPTY, value)
-            if cell is not None and own:
+            if cell is not None and own and self._recorder._pin(cell):  # a handle's cell is never evicted
                 self._cell = cell
         except Exception as error:  # never raise while recording
             self._problems.report(("internal", type(error)), "%s: recording failed: %r", self.name, error)

@@ -34,16 +34,23 @@ class InstrumentSpec:
 
 
 class InstrumentRegistry:
-    """Maps the names users record under to instrument specs; one kind per name.
+    """Maps the names users record under to instrument specs; one kind per name, at most ``limit`` names.
+
+    Every name costs an instrument and its streams for the life of the process (on the SDK path, one in the
+    SDK's meter too), so a name built from data (``f"user_{id}_logins"``) would grow without bound: past
+    ``limit``, new names are dropped, with one warning naming the first, and counted.
 
     Example:
-        >>> registry = InstrumentRegistry(Problems())
+        >>> registry = InstrumentRegistry(Problems(), limit=1)
         >>> registry.resolve("counter", "api_requests_total").name
         'api_requests'
+        >>> registry.resolve("counter", "user_42_logins") is None
+        True
     """
 
-    def __init__(self, problems: Problems) -> None:
+    def __init__(self, problems: Problems, limit: int = 10_000) -> None:
         self._problems = problems
+        self._limit = limit
         self._lock = threading.Lock()
         self._specs: dict[str, InstrumentSpec] = {}  # by instrument name
         forksafe.register(self)
@@ -81,6 +88,8 @@ class InstrumentRegistry:
             existing = self._specs.get(otel_name)
             if existing is not None and existing != spec:
                 raise ValueError(f"metric {otel_name!r} is already defined as {existing}")
+            if existing is None and len(self._specs) >= self._limit:
+                raise ValueError(f"metric {otel_name!r}: already {self._limit} metrics (metric_limit)")
             self._specs[otel_name] = spec
         return spec
 
@@ -93,8 +102,16 @@ class InstrumentRegistry:
         otel_name = self.instrument_name(kind, name, timer=timer)
         with self._lock:
             spec = self._specs.get(otel_name)
-            if spec is None:
+            if spec is None and len(self._specs) < self._limit:
                 spec = self._specs[otel_name] = self._make(kind, otel_name, timer=timer)
+        if spec is None:
+            self._problems.report(
+                ("metric_limit",),
+                "metric %r is past metric_limit=%s distinct metrics, as is every further new one",
+                otel_name,
+                self._limit,
+            )
+            return None
         if spec.kind != kind:
             self._problems.report(
                 ("kind", otel_name, kind),

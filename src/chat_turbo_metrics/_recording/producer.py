@@ -58,23 +58,33 @@ class OverflowReport(Protocol):
 class SumCell:
     """A sum series: ``delta`` is added to at the call and folded into ``total`` at each collection."""
 
-    __slots__ = ("attributes", "delta", "start_ns", "total")
+    __slots__ = ("active_ns", "attributes", "delta", "keys", "mark", "start_ns", "total")
+
+    active_ns: int
+    mark: int
+    keys: list[tuple[dict[Any, Any], Any]] | None
 
     def __init__(self, attributes: dict[str, Any]) -> None:
         self.delta: Any = 0
         self.total: Any = 0
         self.start_ns = _time_ns()
         self.attributes = attributes
+        _idle_state(self)
 
 
 class GaugeCell:
     """A gauge series: the last value set."""
 
-    __slots__ = ("attributes", "value")
+    __slots__ = ("active_ns", "attributes", "keys", "mark", "value")
+
+    active_ns: int
+    mark: int
+    keys: list[tuple[dict[Any, Any], Any]] | None
 
     def __init__(self, attributes: dict[str, Any]) -> None:
         self.value: Any = 0
         self.attributes = attributes
+        _idle_state(self)
 
 
 class HistogramCell:
@@ -82,9 +92,12 @@ class HistogramCell:
     folded into the ``total_*`` fields at each collection."""
 
     __slots__ = (
+        "active_ns",
         "attributes",
         "bounds",
         "counts",
+        "keys",
+        "mark",
         "max",
         "min",
         "start_ns",
@@ -93,6 +106,10 @@ class HistogramCell:
         "total_min",
         "total_sum",
     )
+
+    active_ns: int
+    mark: int
+    keys: list[tuple[dict[Any, Any], Any]] | None
 
     def __init__(self, bounds: tuple[float, ...], attributes: dict[str, Any]) -> None:
         self.bounds = bounds
@@ -105,6 +122,16 @@ class HistogramCell:
         self.total_max: Any = -_INF
         self.start_ns = _time_ns()
         self.attributes = attributes
+        _idle_state(self)
+
+
+def _idle_state(cell: Any) -> None:
+    """What idle-series eviction (:mod:`chat_turbo_metrics._recording.idle`) keeps on every cell: the
+    collection time it was last seen in use (0: used since the last collection), its eviction state, and the
+    hot-path cache keys that lead to it (kept only while eviction is on)."""
+    cell.active_ns = 0
+    cell.mark = 0
+    cell.keys = None
 
 
 Cell = SumCell | GaugeCell | HistogramCell
@@ -244,6 +271,7 @@ class Stream:
         key = attributes_key(attributes)
         cell = self.series.get(key)
         if cell is not None:
+            cell.active_ns = 0  # in use: idle-series eviction keeps it (and a demoted cell comes back)
             return cell, key != _OVERFLOW_KEY
         if len(self.series) < self.limit:
             cell = self.series[key] = new_cell(self.spec.aggregation, self.spec.bounds, attributes)

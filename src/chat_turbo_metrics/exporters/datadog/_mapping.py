@@ -171,8 +171,14 @@ class SeriesMapper:
         []
     """
 
-    def __init__(self, options: MappingOptions) -> None:
+    def __init__(self, options: MappingOptions, max_extremes: int = 100_000) -> None:
+        """Args:
+        options: tags and naming.
+        max_extremes: histogram series whose last sent extremes are remembered (the least recently
+            active are forgotten first; a forgotten series sends its cumulative min and max once more).
+        """
         self._options = options
+        self._max_extremes = max_extremes
         self._extra_tags = tuple(user_tag(tag) for tag in options.tags)
         self._tag_cache: dict[tuple[str, type, object], str] = {}
         self._extremes: Extremes = {}
@@ -191,8 +197,13 @@ class SeriesMapper:
         return series, pending
 
     def commit(self, pending: Extremes) -> None:
-        """Remember the histogram extremes of series that were delivered."""
-        self._extremes.update(pending)
+        """Remember the histogram extremes of series that were delivered (bounded: least recently active out)."""
+        extremes = self._extremes
+        for key, value in pending.items():
+            extremes.pop(key, None)  # re-inserted last: dict order is the order of last activity
+            extremes[key] = value
+        while len(extremes) > self._max_extremes:
+            del extremes[next(iter(extremes))]
 
     # --- per resource and metric -------------------------------------------------------------
 
