@@ -145,6 +145,11 @@ class Endpoint:
         self._server = _Server((host, port), self._render, max_connections, client_timeout_s)
         self._server.socket.setblocking(False)  # another process sharing it may take the connection first
         self._wake_r, self._wake_w = socket.socketpair()
+        # Made here, not in the thread: if descriptors run out, binding fails loudly at set-up instead of a
+        # serving thread dying later with nobody told and the port held but never answered.
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._server.socket, selectors.EVENT_READ)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._stopping = threading.Event()
         self._pid = os.getpid()
         self._thread = threading.Thread(target=self._serve, name="chat-turbo-metrics-prometheus", daemon=True)
@@ -166,9 +171,7 @@ class Endpoint:
 
     def _serve(self) -> None:
         backoff = 0.0
-        with selectors.DefaultSelector() as selector:
-            selector.register(self._server.socket, selectors.EVENT_READ)
-            selector.register(self._wake_r, selectors.EVENT_READ)
+        with self._selector as selector:
             while not self._stopping.is_set():
                 selector.select()
                 if self._stopping.is_set():
@@ -215,6 +218,8 @@ class Endpoint:
         forksafe.reinit(self._stopping)  # the parent's thread may have been inside wait()
         self._stopping.set()
         self._close()
+        with contextlib.suppress(OSError):
+            self._selector.close()  # the parent's thread owns the original; this is the child's copy
 
 
 class _Endpoints:
