@@ -88,6 +88,9 @@ def test_monitor_drops_metrics_past_its_limit_on_both_paths(recording: str) -> N
     try:
         for n in range(5):
             monitor.increment_counter(f"job_{n}")
-        assert monitor.snapshot().names() == {"job_0", "job_1"}
+        snapshot = monitor.snapshot()
+        health = {"chat_turbo_metrics_series", "chat_turbo_metrics_dropped_total"}
+        assert snapshot.names() - health == {"job_0", "job_1"}
+        assert snapshot.value("chat_turbo_metrics_dropped_total", {"cause": "metric_limit"}) == 3
     finally:
         monitor.shutdown()

@@ -81,6 +81,7 @@ _PROBLEM_CAUSES = {
     "tags": "invalid_tags",
     "handle": "wrong_handle_method",
     "internal": "internal_error",
+    "metric_limit": "metric_limit",
 }
 _VALUE_CAUSES = {
     "type": "not_a_number",
