@@ -224,8 +224,9 @@ def advice(report: dict[str, Any]) -> list[str]:
         if family["series"] >= HIGH_CARDINALITY or overflowing:  # with self-telemetry, overflow is advised below
             tips.append(
                 f"High memory: {name} has {family['series']} series (tags {', '.join(family['tags'])}); "
-                "drop high-cardinality tags with a View (attribute_keys), use route templates, or lower "
-                "METRICS_CARDINALITY_LIMIT."
+                "drop high-cardinality tags with a View (attribute_keys), use route templates, lower "
+                "METRICS_CARDINALITY_LIMIT, or let series nobody records leave memory with "
+                "METRICS_SERIES_IDLE_TIMEOUT."
             )
     tips.extend(health_advice(report["health"], report["endpoints"], config["cardinality_limit"]))
     tips.append(

@@ -149,8 +149,8 @@ def health_advice(found: dict[str, Any], endpoints: dict[str, dict[str, Any]], l
             f"High memory / missing series: {metric} passed its cardinality limit"
             + (f" ({int(held)} series held, the overflow series included)" if held else "")
             + f"; {int(count)} measurements went to its otel_metric_overflow series. Drop the high-cardinality "
-            f"tag with a View (attribute_keys), use route templates, or raise METRICS_CARDINALITY_LIMIT ({limit} "
-            "in this environment)."
+            f"tag with a View (attribute_keys), use route templates, raise METRICS_CARDINALITY_LIMIT ({limit} "
+            "in this environment), or, when tag values churn, free idle series with METRICS_SERIES_IDLE_TIMEOUT."
         )
     for exporter, row in sorted(found["exports"].items()):
         failed, timed_out = int(row.get("failure", 0)), int(row.get("timeout", 0))
