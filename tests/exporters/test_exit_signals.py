@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 import pytest
 import test_database
-from datadog_intake import DD_KEY, DatadogIntake, running_intake, total
+from datadog_intake import DD_KEY, STALL, Answer, DatadogIntake, running_intake, total
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
 from sqlalchemy import create_engine, text
 from test_otlp import OtlpHttpReceiver, Received, _MetricsService, metrics_by_name, number
@@ -47,7 +47,8 @@ CHILD = textwrap.dedent(
 
     spec = json.loads(os.environ["FAULTS_SPEC"])
     monitor = PerformanceMonitor(MonitoringConfig(
-        metrics_exporters=(), export_interval_s=spec.get("interval_s", 3600), shutdown_timeout_s=20))
+        metrics_exporters=(), export_interval_s=spec.get("interval_s", 3600),
+        export_timeout_s=spec.get("timeout_s", 10), shutdown_timeout_s=spec.get("timeout_s", 20)))
     exporters = [FileExporter(spec["file"]), DatabaseExporter(spec["database"])]
     if "otlp_http" in spec:
         exporters += [
@@ -192,6 +193,32 @@ def test_sigterm_to_a_plain_script_flushes_every_exporter_then_ends_it_by_sigter
 
     assert returncode == -signal.SIGTERM, stderr[-3000:]  # still "killed by SIGTERM" for its parent
     assert_every_store_holds(spec, receivers, N)
+
+
+def test_a_second_sigterm_ends_the_process_while_the_final_export_hangs(receivers: Receivers, tmp_path: Path) -> None:
+    spec = {
+        **receivers.spec(),
+        "file": str(tmp_path / "metrics.jsonl"),
+        "database": f"sqlite:///{tmp_path / 'metrics.db'}",
+        "orders": N,
+        "main_thread": "idle",
+        "timeout_s": 600,  # the final export would wait for the stalled intake far longer than the test does
+    }
+    receivers.datadog.answer(Answer(STALL))
+    child = spawn([sys.executable, "-c", SCRIPT], spec)
+    assert child.stdout is not None
+    assert child.stdout.readline() == "ready\n"
+
+    child.send_signal(signal.SIGTERM)
+    assert receivers.datadog.stalled.wait(PATIENCE_S)  # the final export is under way, and hangs
+    path = Path(spec["file"])
+    _wait_until(lambda: path.exists() and b'"orders"' in path.read_bytes())  # others are not held back by it
+    child.send_signal(signal.SIGTERM)
+    returncode, stderr = finish(child)
+
+    assert returncode == -signal.SIGTERM, stderr[-3000:]
+    assert not receivers.datadog.release.is_set()  # it ended while the intake still held the request
+    assert file_orders(path) == N
 
 
 def test_sigterm_to_a_uvicorn_server_flushes_every_exporter(
