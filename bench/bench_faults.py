@@ -352,7 +352,13 @@ class Phases:
 
     @classmethod
     def empty(cls) -> Phases:
-        return cls(*({phase: kind() for phase in PHASES} for kind in (list, list, float, float, int)))  # type: ignore[arg-type]
+        return cls(
+            latencies={phase: [] for phase in PHASES},
+            round_p99s={phase: [] for phase in PHASES},
+            cpu_s=dict.fromkeys(PHASES, 0.0),
+            rss_mb=dict.fromkeys(PHASES, 0.0),
+            failed=dict.fromkeys(PHASES, 0),
+        )
 
 
 def run_phases(target: Target, folder: Path) -> Phases:
