@@ -273,8 +273,8 @@ def snapshots_alive(monitor: PerformanceMonitor) -> int:
 
 @pytest.mark.parametrize("kind", [DOWN, STALL])
 def test_a_long_outage_keeps_no_growing_buffer(endpoint: Endpoint, monitor_factory: MonitorFactory, kind: str) -> None:
-    if kind == STALL and endpoint.kind == "postgresql":
-        pytest.skip("each stalled connect takes connect_timeout (1 s); the down case covers the database exporter")
+    # A stalled PostgreSQL connect takes its connect_timeout (1 s) instead of the export timeout: fewer rounds.
+    early_failures, later_failures = (1, 4) if kind == STALL and endpoint.kind == "postgresql" else (2, 10)
     monitor, name = exporting_monitor(monitor_factory, endpoint)
     for series in range(200):
         monitor.increment_counter("orders", {"shop": f"s{series}"})
@@ -288,13 +288,13 @@ def test_a_long_outage_keeps_no_growing_buffer(endpoint: Endpoint, monitor_facto
             recorded += record_orders(monitor, 10)
             time.sleep(0.01)
 
-    fail_exports(2)
+    fail_exports(early_failures)
     early = snapshots_alive(monitor)
-    fail_exports(10)
+    fail_exports(later_failures)
     late = snapshots_alive(monitor)
     endpoint.proxy.set(UP)
 
-    # Ten more failed exports, each with fresh snapshots (five per export during a stall), and what is held is
+    # Several more failed exports, each with fresh snapshots (five per export during a stall), and what is held is
     # still the snapshot being exported and the next one waiting in the slot, not one per failure.
     assert 1 <= early <= 3
     assert 1 <= late <= 3
