@@ -29,6 +29,7 @@ from chat_turbo_metrics._exposition.values import Unexportable, exportable
 from chat_turbo_metrics._pipeline import forksafe
 from chat_turbo_metrics._pipeline import multiprocess as _multiprocess
 from chat_turbo_metrics._pipeline import registry as _registry
+from chat_turbo_metrics._pipeline import termination as _termination
 from chat_turbo_metrics._pipeline.compat import reinit_sdk_metric_locks
 from chat_turbo_metrics._pipeline.fanout import Fanout
 from chat_turbo_metrics._pipeline.health import Sources
@@ -179,6 +180,8 @@ class Pipeline:
         self.pull_exporters: list[PullExporter] = []
         self._shutdown_lock = threading.Lock()
         self._is_shutdown = False
+        self._shutdown_done = threading.Event()
+        self._shutdown_thread: threading.Thread | None = None
         try:
             for name in config.metrics_exporters:
                 self._add_named(
@@ -196,6 +199,9 @@ class Pipeline:
     def after_fork_in_child(self) -> None:
         # Another thread may have been recording or collecting: the SDK's own locks would stay held.
         forksafe.reinit(self._shutdown_lock)
+        forksafe.reinit(self._shutdown_done)
+        if self._is_shutdown:  # the thread that was shutting down is not in the child: nobody to wait for
+            self._shutdown_done.set()
         reinit_sdk_metric_locks(self.meter_provider)
 
     def _add_named(
@@ -220,6 +226,7 @@ class Pipeline:
         """Attach a pull exporter to the reader, or add a push exporter to the shared periodic export."""
         if isinstance(exporter, MetricExporter):
             self.fanout.add(exporter)
+            _termination.flush_on_sigterm(self)  # a plain SIGTERM would end the process before its final export
         elif isinstance(exporter, PullExporter):
             _multiprocess.attach_pull(self, exporter)  # one scrape for every process of the service
             self.pull_exporters.append(exporter)
@@ -254,19 +261,33 @@ class Pipeline:
         return self.tracer_provider.force_flush(int((timeout_s or self.config.export_timeout_s) * 1000)) and flushed
 
     def shutdown(self, timeout_s: float | None = None) -> None:
-        """Export the last data once, then stop every exporter and provider. Idempotent.
+        """Export the last data once, then stop every exporter and provider. Idempotent; a call while another
+        thread is shutting down waits (up to ``timeout_s``) for that shutdown to finish.
 
         Args:
             timeout_s: the longest the whole shutdown waits (default ``config.shutdown_timeout_s``); an
                 exporter still busy then is left to its daemon thread, which dies with the process.
         """
-        with self._shutdown_lock:
-            if self._is_shutdown:
-                return
-            self._is_shutdown = True
-        atexit.unregister(self.shutdown)
         limit = self.config.shutdown_timeout_s if timeout_s is None else timeout_s
-        deadline = time.monotonic() + max(0.0, limit)
+        with self._shutdown_lock:
+            running = self._is_shutdown
+            self._is_shutdown = True
+            if not running:
+                self._shutdown_thread = threading.current_thread()
+        if running and self._shutdown_thread is not threading.current_thread():
+            # Another thread is shutting down (SIGTERM's flush while the interpreter exits): returning now
+            # would let the process end in the middle of that final export.
+            self._shutdown_done.wait(max(0.0, limit))
+        if running:
+            return
+        try:
+            self._shut_down(time.monotonic() + max(0.0, limit))
+        finally:
+            self._shutdown_done.set()
+            # Only now: while this runs on another thread, the exit hook is what keeps the interpreter waiting.
+            atexit.unregister(self.shutdown)
+
+    def _shut_down(self, deadline: float) -> None:
         self.fanout.shutdown(_remaining(deadline))
         _multiprocess.close(self)  # the final state must be on disk before the port is let go
         for exporter in self.pull_exporters:
