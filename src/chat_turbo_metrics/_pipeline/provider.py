@@ -29,7 +29,7 @@ from chat_turbo_metrics._exposition.values import Unexportable, exportable
 from chat_turbo_metrics._pipeline import forksafe
 from chat_turbo_metrics._pipeline import multiprocess as _multiprocess
 from chat_turbo_metrics._pipeline import registry as _registry
-from chat_turbo_metrics._pipeline.compat import reinit_sdk_metric_locks
+from chat_turbo_metrics._pipeline.compat import forget_inherited_sums, reinit_sdk_metric_locks
 from chat_turbo_metrics._pipeline.fanout import Fanout
 from chat_turbo_metrics._pipeline.health import Sources
 from chat_turbo_metrics._pipeline.overflow import Overflow, OverflowWatcher
@@ -197,6 +197,8 @@ class Pipeline:
         # Another thread may have been recording or collecting: the SDK's own locks would stay held.
         forksafe.reinit(self._shutdown_lock)
         reinit_sdk_metric_locks(self.meter_provider)
+        # The parent keeps reporting what it recorded before the fork; the child reports only its own.
+        forget_inherited_sums(self.meter_provider)
 
     def _add_named(
         self,
