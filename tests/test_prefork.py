@@ -187,6 +187,6 @@ def test_each_process_pushes_only_what_it_recorded_under_its_own_instance_id(tmp
     served = _last_values(receiver.requests, "served")  # type: ignore[attr-defined]
     boot = _last_values(receiver.requests, "boot")  # type: ignore[attr-defined]
     assert sum(served.values()) == 41  # the probe and 40 requests, each counted by the worker that served it
-    assert len(served) == len(pids) >= 2  # one instance id per worker that served
-    assert sorted(boot.values(), reverse=True)[:2] in ([5], [5, 0])  # the master's, once; a worker's copy: 0
-    assert sum(boot.values()) == 5
+    assert len(served) == len(pids)  # one instance id per worker that served
+    # Five processes, five instance ids: the master's count once; each worker's inherited copy starts at 0.
+    assert sorted(boot.values()) == [0, 0, 0, 0, 5]
