@@ -315,3 +315,39 @@ def test_a_forked_child_reports_only_what_it_records_itself(recording: str) -> N
     assert forked.get("api_calls", 0) == 0  # an OpenTelemetry-API instrument too (the SDK's own aggregation)
     assert forked["instance"] != parent["instance"]
     assert (parent["jobs"], parent["size_bytes"], parent["handled"], parent["api_calls"]) == (3, [1, 10], 4, 5)
+
+
+def _health(monitor: PerformanceMonitor) -> dict[str, object]:
+    """The self-telemetry sums of the pipeline's collection: metric name and labels -> value."""
+    state = encode(monitor.pipeline.collect())  # type: ignore[union-attr]
+    return {
+        f"{metric['name']}{sorted(point[0].items())}": point[3]
+        for metric in state["metrics"]
+        if metric["name"].startswith("chat_turbo_metrics_") and metric["type"] == "sum"
+        for point in metric["points"]
+    }
+
+
+@pytest.mark.parametrize("recording", ["fast", "sdk"])
+def test_a_forked_child_reports_only_its_own_drops_and_overflow(recording: str) -> None:
+    monitor = _worker(recording=recording, cardinality_limit=1)
+    dropped = "chat_turbo_metrics_dropped_total[('cause', 'not_finite')]"
+    overflow = "chat_turbo_metrics_overflow_measurements_total[('metric', 'latency')]"
+    try:
+        for user in range(3):  # two past the limit, before the fork (a histogram: counted exactly on both paths)
+            monitor.record_histogram("latency", 0.1, {"user": user})
+        monitor.record_histogram("size", float("nan"))
+        monitor.record_histogram("size", float("nan"))
+
+        def child() -> object:
+            monitor.record_histogram("size", float("inf"))
+            return _health(monitor)
+
+        forked = _in_fork(child)
+        parent = _health(monitor)
+    finally:
+        monitor.shutdown()
+
+    assert isinstance(forked, dict)
+    assert (parent[dropped], parent[overflow]) == (2, 2)
+    assert (forked[dropped], forked.get(overflow, 0)) == (1, 0)  # its own drop; no overflow of its own
