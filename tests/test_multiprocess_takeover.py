@@ -7,6 +7,7 @@ member that takes the port over when the holder exits or is killed.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -16,11 +17,12 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
-from chat_turbo_metrics._pipeline.member import read_json
+from chat_turbo_metrics._pipeline.member import is_worker, read_json
 from conftest import clean_env, free_port
 
 # Generous bound for waits that normally end in about a second (a takeover, a background publication).
@@ -201,3 +203,34 @@ def _published_jobs(directory: Path, pid: int) -> int | None:
             if metric["name"] == "jobs":
                 return int(metric["points"][0][3])
     return None
+
+
+def _child_is_worker(queue: Any) -> None:
+    from chat_turbo_metrics._pipeline.member import is_worker
+
+    queue.put(is_worker())
+
+
+@pytest.mark.skipif(not Path("/proc/self/exe").exists(), reason="recognised from /proc only")
+def test_workers_are_told_from_processes_started_by_a_supervisor() -> None:
+    # Forked without exec (gunicorn's workers): a worker. Spawned by multiprocessing (uvicorn's): a worker.
+    # Started as a program of its own, even by a Python parent (a supervisor, this test): not one.
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if is_worker() else 1)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    spawned = context.Process(target=_child_is_worker, args=(queue,))
+    spawned.start()
+    assert queue.get(timeout=60) is True
+    spawned.join(60)
+    started = subprocess.run(
+        [sys.executable, "-c", "from chat_turbo_metrics._pipeline.member import is_worker; print(is_worker())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=clean_env(PYTHONPATH=os.pathsep.join(p for p in sys.path if p)),
+    )
+    assert started.stdout.strip() == "False"
+    assert is_worker() is False  # pytest, started from a shell or make

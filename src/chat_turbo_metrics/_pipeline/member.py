@@ -51,15 +51,21 @@ def parent_identity() -> str:
 
 def is_worker() -> bool:
     """True for a worker of a pre-fork server: a ``multiprocessing`` child (``uvicorn --workers``), or a process
-    whose parent runs the same program (gunicorn forks its workers; so do uWSGI and ``fork()`` itself).
+    forked by its parent without an exec (gunicorn, uWSGI): same program, and the same command line or a
+    gunicorn master for a parent (gunicorn retitles its processes when setproctitle is installed).
 
     A worker may be recycled before any sibling has joined the service, so it always leaves its totals; a
-    single process started by a shell, systemd or a container runtime does not, and restarts at zero.
+    single process started by a shell, systemd, a container runtime or a Python supervisor does not, and
+    restarts at zero.
     """
     if multiprocessing.parent_process() is not None:
         return True
+    parent = os.getppid()
     try:
-        return os.readlink(f"/proc/{os.getppid()}/exe") == os.readlink("/proc/self/exe")
+        if os.readlink(f"/proc/{parent}/exe") != os.readlink("/proc/self/exe"):
+            return False
+        command = Path(f"/proc/{parent}/cmdline").read_bytes()
+        return command == Path("/proc/self/cmdline").read_bytes() or b"gunicorn" in command
     except OSError:  # no /proc (macOS): a worker is known once it meets a sibling
         return False
 
