@@ -17,7 +17,6 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -205,12 +204,6 @@ def _published_jobs(directory: Path, pid: int) -> int | None:
     return None
 
 
-def _child_is_worker(queue: Any) -> None:
-    from chat_turbo_metrics._pipeline.member import is_worker
-
-    queue.put(is_worker())
-
-
 @pytest.mark.skipif(not Path("/proc/self/exe").exists(), reason="recognised from /proc only")
 def test_workers_are_told_from_processes_started_by_a_supervisor() -> None:
     # Forked without exec (gunicorn's workers): a worker. Spawned by multiprocessing (uvicorn's): a worker.
@@ -219,12 +212,8 @@ def test_workers_are_told_from_processes_started_by_a_supervisor() -> None:
     if pid == 0:
         os._exit(0 if is_worker() else 1)
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    spawned = context.Process(target=_child_is_worker, args=(queue,))
-    spawned.start()
-    assert queue.get(timeout=60) is True
-    spawned.join(60)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:  # the function travels by its module's name
+        assert pool.apply(is_worker) is True
     started = subprocess.run(
         [sys.executable, "-c", "from chat_turbo_metrics._pipeline.member import is_worker; print(is_worker())"],
         capture_output=True,
