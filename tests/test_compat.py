@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from opentelemetry.sdk.metrics import Counter, MeterProvider
-from opentelemetry.sdk.metrics.export import AggregationTemporality, ConsoleMetricExporter
+from opentelemetry.sdk.metrics.export import AggregationTemporality, ConsoleMetricExporter, InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
 
 from chat_turbo_metrics._pipeline import compat
@@ -20,7 +20,7 @@ from chat_turbo_metrics._pipeline import compat
 SRC = Path(compat.__file__).resolve().parents[1]
 COMPAT = Path(compat.__file__).resolve()
 # Private attributes read with getattr(); each must appear in compat.py only.
-PRIVATE_ATTRIBUTES = ("_sdk_config", "_preferred_temporality", "_internal")
+PRIVATE_ATTRIBUTES = ("_sdk_config", "_preferred_temporality", "_internal", "_attributes_aggregation")
 
 
 def test_configurator_base_class_is_the_one_opentelemetry_instrument_loads() -> None:
@@ -56,6 +56,27 @@ def test_exporter_temporality_reads_what_the_exporter_was_built_with() -> None:
     delta = {Counter: AggregationTemporality.DELTA}
     assert compat.exporter_temporality(ConsoleMetricExporter(preferred_temporality=delta))[Counter] == delta[Counter]
     assert compat.exporter_temporality(object()) == {}
+
+
+def test_forget_inherited_sums_drops_counter_and_histogram_series_and_keeps_gauges() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    meter = provider.get_meter("compat")
+    meter.create_counter("c").add(3, {"k": "a"})
+    meter.create_up_down_counter("u").add(-2)
+    meter.create_histogram("h").record(5.0)
+    meter.create_gauge("g").set(7)
+
+    assert compat.forget_inherited_sums(provider) == 3
+    meter.create_counter("c").add(1, {"k": "a"})
+
+    collected = reader.get_metrics_data()
+    assert collected is not None
+    points = {m.name: m.data.data_points for m in collected.resource_metrics[0].scope_metrics[0].metrics}
+    assert sorted(points) == ["c", "g"]
+    assert [p.value for p in points["c"]] == [1]  # starts again from what is recorded after
+    assert [p.value for p in points["g"]] == [7]
+    assert compat.forget_inherited_sums(object()) == 0
 
 
 def private_otel_uses(path: Path) -> list[str]:

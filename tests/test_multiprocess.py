@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import socket
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -249,3 +251,103 @@ def test_a_restarted_service_starts_at_zero(tmp_path: Path) -> None:
         assert "jobs_total 1" in _scrape(port).splitlines()
     finally:
         second.shutdown()
+
+
+def _in_fork(work: Callable[[], object]) -> object:
+    """Run ``work`` in a forked child; what it returns (JSON) comes back through a pipe."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_end)
+            os.write(write_end, json.dumps(work()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        body = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, body
+    return json.loads(body)
+
+
+def _points(monitor: PerformanceMonitor) -> dict[str, object]:
+    """What the pipeline's collection (the data every push exporter gets) holds, by metric name."""
+    state = encode(monitor.pipeline.collect())  # type: ignore[union-attr]
+    found: dict[str, object] = {"instance": state["resource"]["service.instance.id"]}
+    for metric in state["metrics"]:
+        point = metric["points"][0]
+        found[metric["name"]] = (
+            point[2] if metric["type"] == "gauge" else point[3:5] if metric["type"] == "histogram" else point[3]
+        )
+    return found
+
+
+@pytest.mark.parametrize("recording", ["fast", "sdk"])
+def test_a_forked_child_reports_only_what_it_records_itself(recording: str) -> None:
+    monitor = _worker(recording=recording)
+    try:
+        # Recorded before the fork (at import in a --preload master): the parent keeps reporting it.
+        monitor.increment_counter("jobs", {"queue": "a"}, value=3)
+        monitor.record_histogram("size_bytes", 10, {"queue": "a"})
+        monitor.record_gauge("depth", 7)
+        handle = monitor.counter("handled", {"queue": "a"})
+        handle.inc(4)
+        api_counter = monitor.pipeline.meter.create_counter("api_calls")  # type: ignore[union-attr]
+        api_counter.add(5)
+
+        def child() -> object:
+            monitor.increment_counter("jobs", {"queue": "a"}, value=2)
+            monitor.record_histogram("size_bytes", 6, {"queue": "a"})
+            handle.inc()
+            return _points(monitor)
+
+        forked = _in_fork(child)
+        parent = _points(monitor)
+    finally:
+        monitor.shutdown()
+
+    assert isinstance(forked, dict)
+    assert (forked["jobs"], forked["size_bytes"], forked["handled"]) == (2, [1, 6], 1)
+    assert forked["depth"] == 7  # a gauge is a reading, not a sum: the child keeps the value it inherited
+    assert forked.get("api_calls", 0) == 0  # an OpenTelemetry-API instrument too (the SDK's own aggregation)
+    assert forked["instance"] != parent["instance"]
+    assert (parent["jobs"], parent["size_bytes"], parent["handled"], parent["api_calls"]) == (3, [1, 10], 4, 5)
+
+
+def _health(monitor: PerformanceMonitor) -> dict[str, object]:
+    """The self-telemetry sums of the pipeline's collection: metric name and labels -> value."""
+    state = encode(monitor.pipeline.collect())  # type: ignore[union-attr]
+    return {
+        f"{metric['name']}{sorted(point[0].items())}": point[3]
+        for metric in state["metrics"]
+        if metric["name"].startswith("chat_turbo_metrics_") and metric["type"] == "sum"
+        for point in metric["points"]
+    }
+
+
+@pytest.mark.parametrize("recording", ["fast", "sdk"])
+def test_a_forked_child_reports_only_its_own_drops_and_overflow(recording: str) -> None:
+    monitor = _worker(recording=recording, cardinality_limit=1)
+    dropped = "chat_turbo_metrics_dropped_total[('cause', 'not_finite')]"
+    overflow = "chat_turbo_metrics_overflow_measurements_total[('metric', 'latency')]"
+    try:
+        for user in range(3):  # two past the limit, before the fork (a histogram: counted exactly on both paths)
+            monitor.record_histogram("latency", 0.1, {"user": user})
+        monitor.record_histogram("size", float("nan"))
+        monitor.record_histogram("size", float("nan"))
+
+        def child() -> object:
+            monitor.record_histogram("size", float("inf"))
+            return _health(monitor)
+
+        forked = _in_fork(child)
+        parent = _health(monitor)
+    finally:
+        monitor.shutdown()
+
+    assert isinstance(forked, dict)
+    assert (parent[dropped], parent[overflow]) == (2, 2)
+    assert (forked[dropped], forked.get(overflow, 0)) == (1, 0)  # its own drop; no overflow of its own

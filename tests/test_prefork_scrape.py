@@ -1,13 +1,16 @@
 """One scrape of the Prometheus port shows the whole service under real pre-fork servers.
 
 gunicorn (sync and uvicorn workers) and ``uvicorn --workers`` (spawned workers), with and without
-``opentelemetry-instrument``, and across ``max_requests`` recycling. Load comes from a client in another
-process, in batches; after each batch (every response received) the client scrapes, and the scrape must
-show exactly the requests sent so far: counter total, histogram count and sum.
+``opentelemetry-instrument``, across ``max_requests`` recycling (the port changing hands between workers
+when no master runs the pipeline), and with a master that records before it forks (``--preload``). The
+client, in another process, waits until every worker has joined the service, then sends the load in
+batches; after each batch (every response received) it scrapes, and the scrape must show exactly the
+requests sent so far: counter total, histogram count and sum. Scrapes during the load never go backwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -28,12 +31,16 @@ APP = textwrap.dedent(
     from chat_turbo_metrics import PerformanceMonitor
 
     monitor = PerformanceMonitor.get_instance()
+    monitor.record_gauge("worker_up", 1)  # at import: the client sees which workers have joined the service
+    ENDPOINT = "127.0.0.1-" + os.environ["OTEL_EXPORTER_PROMETHEUS_PORT"]
+    HOLDER = os.path.join(os.environ["METRICS_MULTIPROCESS_DIR"], ENDPOINT, "holder.json")
 
     def _record():
         monitor.increment_counter("served", {"route": "/"})
         monitor.record_histogram("payload_bytes", 3, {"route": "/"})
         monitor.record_gauge("worker_up", 1)
-        return json.dumps({"pid": os.getpid()}).encode()
+        with open(HOLDER) as holder:  # which process serves the Prometheus port now (tells the test it moved)
+            return json.dumps({"pid": os.getpid(), "holder": json.load(holder)["pid"]}).encode()
 
     def app(environ, start_response):
         body = _record()
@@ -55,15 +62,17 @@ CLIENT = textwrap.dedent(
     from concurrent.futures import ThreadPoolExecutor
 
     app_url, metrics_url, batches, per_batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    workers, pause = int(sys.argv[5]), float(sys.argv[6])
 
     def hit(_):
         for _ in range(5):
             try:
-                with urllib.request.urlopen(app_url, timeout=10) as reply:
-                    return json.loads(reply.read())["pid"]
-            except http.client.RemoteDisconnected:
-                # uvicorn closes connections it accepted but will not serve once it reaches
-                # --limit-max-requests; the request never reached the application.
+                with urllib.request.urlopen(app_url, timeout=60) as reply:
+                    answer = json.loads(reply.read())
+                    return answer["pid"], answer["holder"]
+            except (http.client.RemoteDisconnected, ConnectionResetError):
+                # uvicorn closes (or resets, with the request unread) connections it accepted but will not
+                # serve once it reaches --limit-max-requests; the request never reached the application.
                 continue
         raise RuntimeError("no worker answered")
 
@@ -82,8 +91,16 @@ CLIENT = textwrap.dedent(
         found = re.search("^" + pattern + r" (\\S+)$", text, re.M)
         return float(found.group(1)) if found else 0.0
 
+    def joined(text):
+        return sorted(set(re.findall(r'^worker_up\\{process_pid="(\\d+)"\\} 1$', text, re.M)))
+
+    deadline = time.monotonic() + 60
+    while len(joined(scrape())) < workers:  # every worker has started (imported the app) and joined
+        if time.monotonic() > deadline:
+            raise RuntimeError("workers did not join: " + scrape())
+        time.sleep(0.1)
     base = value(scrape(), r'served_total\\{route="/"\\}')  # the probes that waited for the server
-    sent, seen, pids = 0, [], set()
+    sent, seen, pids, holders = 0, [], set(), set()
     during, loading = [], threading.Event()
 
     def watch():  # scrapes while requests are in flight: the totals only ever grow
@@ -95,7 +112,9 @@ CLIENT = textwrap.dedent(
     watcher.start()
     with ThreadPoolExecutor(4) as pool:
         for _ in range(batches):
-            pids.update(pool.map(hit, range(per_batch)))
+            for pid, holder in pool.map(hit, range(per_batch)):
+                pids.add(pid)
+                holders.add(holder)
             sent += per_batch
             text = scrape()
             seen.append({
@@ -103,11 +122,15 @@ CLIENT = textwrap.dedent(
                 "total": value(text, r'served_total\\{route="/"\\}'),
                 "count": value(text, r'payload_bytes_count\\{route="/"\\}'),
                 "sum": value(text, r'payload_bytes_sum\\{route="/"\\}'),
-                "workers": sorted(set(re.findall(r'^worker_up\\{process_pid="(\\d+)"\\} 1$', text, re.M))),
+                "boot": [value(text, "boot_total"), value(text, "boot_seconds_count"), value(text, "boot_seconds_sum")],
+                "workers": joined(text),
             })
+            time.sleep(pause)  # lets a server that checks its request limit on a timer recycle its workers
     loading.clear()
     watcher.join()
-    print(json.dumps({"base": base, "scrapes": seen, "pids": sorted(pids), "during": during}))
+    print(json.dumps({
+        "base": base, "scrapes": seen, "pids": sorted(pids), "holders": sorted(holders), "during": during
+    }))
     """
 )
 
@@ -139,7 +162,8 @@ def _wait_for(url: str, deadline_s: float, server: subprocess.Popen[str]) -> Non
             return
         except OSError:
             if time.monotonic() > deadline or server.poll() is not None:
-                os.killpg(server.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # it exited by itself: say why below
+                    os.killpg(server.pid, signal.SIGKILL)
                 raise AssertionError(f"server did not start: {server.communicate()[1][-3000:]}") from None
             time.sleep(0.1)
 
@@ -170,12 +194,23 @@ def _command(server: str, instrument: bool, app_port: int, extra: list[str]) -> 
 
 
 def _run_load(
-    tmp_path: Path, server: str, instrument: bool, *, batches: int, per_batch: int, extra: list[str] = ()
+    tmp_path: Path,
+    server: str,
+    instrument: bool,
+    *,
+    batches: int,
+    per_batch: int,
+    extra: list[str] = (),  # type: ignore[assignment]
+    app: str = APP,
+    workers: int = 1,
+    pause_s: float = 0.0,
+    **settings: str,
 ) -> tuple[dict[str, object], str]:
-    (tmp_path / "app.py").write_text(APP)
+    """Start the server, wait until ``workers`` processes have joined its scrape, run the client's load."""
+    (tmp_path / "app.py").write_text(app)
     (tmp_path / "client.py").write_text(CLIENT)
     app_port, metrics_port = free_port(), free_port()
-    env = _server_env(tmp_path, metrics_port)
+    env = _server_env(tmp_path, metrics_port, **settings)
     command = _command(server, instrument, app_port, list(extra))
     # A session of its own: if the server does not stop in time, its whole process group is ended.
     process = subprocess.Popen(
@@ -197,6 +232,8 @@ def _run_load(
                 f"http://127.0.0.1:{metrics_port}/metrics",
                 str(batches),
                 str(per_batch),
+                str(workers),
+                str(pause_s),
             ],
             capture_output=True,
             text=True,
@@ -236,7 +273,7 @@ def _assert_exact(result: dict[str, object]) -> None:
 @pytest.mark.parametrize("instrument", [False, True], ids=["plain", "opentelemetry-instrument"])
 @pytest.mark.parametrize("server", list(SERVERS))
 def test_one_scrape_counts_every_request_of_every_worker(tmp_path: Path, server: str, instrument: bool) -> None:
-    result, stderr = _run_load(tmp_path, server, instrument, batches=5, per_batch=24)
+    result, stderr = _run_load(tmp_path, server, instrument, batches=5, per_batch=24, workers=4)
 
     _assert_exact(result)
     pids = result["pids"]
@@ -249,20 +286,66 @@ def test_one_scrape_counts_every_request_of_every_worker(tmp_path: Path, server:
     assert "Address already in use" not in stderr, stderr
 
 
-# Recycling while a worker (not the master) holds the port is left out: a worker taking the port over can
-# still start the totals afresh (issue 11 stays open for it), and a test that is allowed to fail proves nothing.
+# Every worker is replaced after 7 requests: many recycles, all workers at once included. Without
+# opentelemetry-instrument a worker holds the port, so the port changes hands at every recycle of its holder
+# (gunicorn forks its workers, uvicorn spawns them); under it, the master holds the port throughout.
+# uvicorn checks its limit on a timer (every 0.1 s), so its workers serve more than the limit: a pause
+# after each batch lets it recycle the workers that served the batch.
 RECYCLING = {
-    "gunicorn-opentelemetry-instrument": ("gunicorn-sync", True, ["--max-requests", "7"]),
+    "gunicorn-plain": ("gunicorn-sync", False, ["--max-requests", "7"], 0.0),
+    "gunicorn-opentelemetry-instrument": ("gunicorn-sync", True, ["--max-requests", "7"], 0.0),
+    "uvicorn-plain": ("uvicorn-workers", False, ["--limit-max-requests", "2"], 0.3),
+    "uvicorn-opentelemetry-instrument": ("uvicorn-workers", True, ["--limit-max-requests", "2"], 0.3),
 }
 
 
 @pytest.mark.parametrize("case", sorted(RECYCLING))
 def test_counters_survive_max_requests_recycling(tmp_path: Path, case: str) -> None:
-    # Every worker is replaced after 7 requests: many recycles, all workers at once included; the master
-    # (opentelemetry-instrument built the pipeline there) holds the port throughout.
-    server, instrument, extra = RECYCLING[case]
-    result, stderr = _run_load(tmp_path, server, instrument, batches=8, per_batch=16, extra=extra)
+    server, instrument, extra, pause_s = RECYCLING[case]
+    result, stderr = _run_load(tmp_path, server, instrument, batches=8, per_batch=16, extra=extra, pause_s=pause_s)
 
     _assert_exact(result)
-    assert len(result["pids"]) > 8, "workers were not recycled"  # type: ignore[arg-type]
+    pids, holders = set(result["pids"]), set(result["holders"])  # type: ignore[call-overload]
+    assert len(pids) > 8, "workers were not recycled"
+    if not instrument:  # a worker holds the port: it changed hands, from a recycled worker to a sibling
+        assert len(holders & pids) >= 2, holders
+    else:  # the master holds the port throughout
+        assert len(holders) == 1
+        assert not holders & pids
+    assert "Traceback" not in stderr, stderr
+
+
+# The master imports the application (--preload) and records at import, before it forks its workers.
+PRELOADED_APP = APP.replace(
+    'monitor.record_gauge("worker_up", 1)',
+    'monitor.increment_counter("boot", value=5)\nmonitor.record_histogram("boot_seconds", 2)\n'
+    'monitor.record_gauge("worker_up", 1)',
+    1,
+)
+PRELOAD = {
+    "gunicorn-sync-fast": ("gunicorn-sync", False, "fast"),
+    "gunicorn-sync-opentelemetry-instrument-sdk": ("gunicorn-sync", True, "sdk"),
+    "gunicorn-uvicorn-worker-opentelemetry-instrument-fast": ("gunicorn-uvicorn-worker", True, "fast"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PRELOAD))
+def test_what_the_master_records_before_forking_counts_once(tmp_path: Path, case: str) -> None:
+    server, instrument, recording = PRELOAD[case]
+    result, stderr = _run_load(
+        tmp_path,
+        server,
+        instrument,
+        batches=4,
+        per_batch=24,
+        extra=["--preload"],
+        app=PRELOADED_APP,
+        workers=5,  # the master's gauge, inherited by its four workers, each of which sets it again
+        METRICS_RECORDING=recording,
+    )
+
+    _assert_exact(result)
+    # Inherited by four workers, recorded once: not 25 (every worker's copy and the master's).
+    assert [scrape["boot"] for scrape in result["scrapes"]] == [[5, 1, 2]] * 4  # type: ignore[index]
+    assert len(result["pids"]) > 1, "the load reached one worker only"  # type: ignore[arg-type]
     assert "Traceback" not in stderr, stderr

@@ -101,6 +101,16 @@ def test_a_second_owner_on_the_same_port_takes_over_and_hands_back() -> None:
         release(endpoint, first)
 
 
+def test_a_scrape_while_the_last_owner_is_released_gets_503_not_an_empty_page(endpoint: Endpoint) -> None:
+    # release() drops the owner before it stops the server: a scrape in between must fail, not report nothing.
+    endpoint.owners = []
+
+    status, _, body = get(endpoint.port)
+
+    assert status == 503
+    assert b"up 1" not in body
+
+
 def test_accept_failing_with_emfile_does_not_spin_and_recovers() -> None:
     code = textwrap.dedent(
         """

@@ -50,6 +50,8 @@ class Unexportable:
 
     def after_fork_in_child(self) -> None:
         forksafe.reinit(self._lock)
+        # The parent reports what it dropped; the child counts its own (metrics already logged stay logged).
+        self.counts = Counter(dict.fromkeys(self.counts, 0))
 
     @property
     def total(self) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 from opentelemetry.exporter.prometheus._mapping import map_unit
 from opentelemetry.metrics import _Gauge as _ApiGauge
 from opentelemetry.sdk._configuration import _BaseConfigurator
-from opentelemetry.sdk.metrics import _Gauge
+from opentelemetry.sdk.metrics import Counter, Histogram, UpDownCounter, _Gauge
 from opentelemetry.sdk.metrics.export import AggregationTemporality
 from opentelemetry.sdk.resources import Resource
 
@@ -32,6 +32,7 @@ __all__ = [
     "BaseConfigurator",
     "SdkGauge",
     "exporter_temporality",
+    "forget_inherited_sums",
     "prometheus_unit_suffix",
     "provider_resource",
     "reinit_sdk_metric_locks",
@@ -93,3 +94,26 @@ def reinit_sdk_metric_locks(meter_provider: Any) -> None:
                 for aggregation in list(getattr(match, "_attributes_aggregation", {}).values()):
                     reinit(getattr(aggregation, "_lock", None))
                     reinit(getattr(getattr(aggregation, "_reservoir", None), "_lock", None))
+
+
+_SUMMED = (Counter, UpDownCounter, Histogram)  # what a forked child must not report again as its own
+
+
+def forget_inherited_sums(meter_provider: Any) -> int:
+    """Drop the SDK's series of synchronous counters, up-down counters and histograms; for a forked child only.
+
+    The child inherits every series its parent aggregated, and the parent keeps reporting them: the child
+    must report only what it records itself. Each dropped series starts again (with a new start time) at
+    its next measurement. Gauges keep their last value; observable instruments report what their callbacks
+    observe in the child. Returns how many series were dropped.
+    """
+    dropped = 0
+    consumer = getattr(meter_provider, "_measurement_consumer", None)
+    for storage in list(getattr(consumer, "_reader_storages", {}).values()):
+        for matches in list(getattr(storage, "_instrument_view_instrument_matches", {}).values()):
+            for match in matches:
+                series = getattr(match, "_attributes_aggregation", None)
+                if isinstance(series, dict) and isinstance(getattr(match, "_instrument", None), _SUMMED):
+                    dropped += len(series)
+                    match._attributes_aggregation = {}
+    return dropped

@@ -120,6 +120,8 @@ class _Worker:
     def after_fork_in_child(self) -> None:
         # The parent's thread does not exist here and its lock may have been held at the fork.
         self._cond = threading.Condition()
+        # The parent's delta baselines describe the parent's series; the child's start afresh.
+        self._converter = DeltaConverter.for_exporter(self.exporter)
         self._thread = None
         self._slot = None
         self._busy_since = None

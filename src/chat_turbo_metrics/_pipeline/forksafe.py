@@ -18,7 +18,8 @@ import logging
 import os
 import threading
 import weakref
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 _logger = logging.getLogger("chat_turbo_metrics.fork")
 
@@ -44,6 +45,35 @@ def reinit(lock: object) -> None:
     at_fork_reinit = getattr(lock, "_at_fork_reinit", None)
     if at_fork_reinit is not None:
         at_fork_reinit()
+
+
+# A collection must not be in flight in another thread when this process forks: the child would inherit the
+# pipeline reader's lock held by a thread it does not have, and every collection there (the holder's requests,
+# the final state at exit) would wait forever. Held across fork(); registered at the first use, so that it
+# runs before the recorders' own fork hooks (before-fork hooks run last-registered first).
+_outside_fork = threading.Lock()
+_guard_state = {"registered": False, "held": False}
+_T = TypeVar("_T")
+
+
+def outside_fork(call: Callable[[], _T]) -> _T:
+    """``call()``, never overlapping a ``fork()`` of this process (a fork waits up to 1 s for it)."""
+    if not _guard_state["registered"] and hasattr(os, "register_at_fork"):
+        _guard_state["registered"] = True
+        os.register_at_fork(before=_hold_guard, after_in_parent=_release_guard, after_in_child=_release_guard)
+    with _outside_fork:
+        return call()
+
+
+def _hold_guard() -> None:
+    # Bounded: a collection waiting for a lock the forking thread holds must not stop the fork.
+    _guard_state["held"] = _outside_fork.acquire(timeout=1.0)
+
+
+def _release_guard() -> None:
+    if _guard_state["held"]:
+        _guard_state["held"] = False
+        _outside_fork.release()
 
 
 def _after_in_child() -> None:

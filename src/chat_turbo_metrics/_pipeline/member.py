@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import multiprocessing
 import os
 import secrets
 import socket
@@ -20,9 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from opentelemetry.sdk.metrics.export import MetricsData
-
-from chat_turbo_metrics._exposition.merge import State, encode
+from chat_turbo_metrics._exposition.merge import State
 
 _logger = logging.getLogger("chat_turbo_metrics.multiprocess")
 
@@ -48,6 +47,27 @@ def identity(pid: int) -> str:
 def parent_identity() -> str:
     """The identity of this process's parent: workers of one server share it."""
     return identity(os.getppid())
+
+
+def is_worker() -> bool:
+    """True for a worker of a pre-fork server: a ``multiprocessing`` child (``uvicorn --workers``), or a process
+    forked by its parent without an exec (gunicorn, uWSGI): same program, and the same command line or a
+    gunicorn master for a parent (gunicorn retitles its processes when setproctitle is installed).
+
+    A worker may be recycled before any sibling has joined the service, so it always leaves its totals; a
+    single process started by a shell, systemd, a container runtime or a Python supervisor does not, and
+    restarts at zero.
+    """
+    if multiprocessing.parent_process() is not None:
+        return True
+    parent = os.getppid()
+    try:
+        if os.readlink(f"/proc/{parent}/exe") != os.readlink("/proc/self/exe"):
+            return False
+        command = Path(f"/proc/{parent}/cmdline").read_bytes()
+        return command == Path("/proc/self/cmdline").read_bytes() or b"gunicorn" in command
+    except OSError:  # no /proc (macOS): a worker is known once it meets a sibling
+        return False
 
 
 def pid_alive(pid: int) -> bool:
@@ -116,12 +136,33 @@ def fetch_state(path: Path, timeout_s: float) -> State | None:
         return None
 
 
+def fetch_states(paths: dict[str, Path]) -> dict[str, State | None]:
+    """Ask every member (token -> socket path) in parallel; None for those that do not answer in time."""
+    answers: dict[str, State | None] = {}
+
+    def fetch(token: str) -> None:
+        answers[token] = fetch_state(paths[token], FETCH_TIMEOUT_S)
+
+    threads = [threading.Thread(target=fetch, args=(token,), daemon=True) for token in paths]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + FETCH_TIMEOUT_S + 0.5
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return dict(answers)
+
+
 class MemberServer:
     """Answers the holder's requests for this process's state on a unix socket; tries to take the port over."""
 
-    def __init__(self, path: Path, collect: Callable[[], MetricsData | None], takeover: Callable[[], bool]) -> None:
+    def __init__(self, path: Path, answer: Callable[[], bytes], takeover: Callable[[], bool]) -> None:
+        """Args:
+        path: the socket file to listen on.
+        answer: this process's state, JSON-encoded (published to its file before it is sent).
+        takeover: tries to bind the Prometheus port; True once this process holds it (the server stops).
+        """
         self.path = path
-        self._collect = collect
+        self._state = answer
         self._takeover = takeover
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -151,9 +192,7 @@ class MemberServer:
             conn.settimeout(FETCH_TIMEOUT_S)
             if conn.recv(1) != b"C":
                 return
-            state = encode(self._collect())
-            state["parent"] = parent_identity()  # tells the holder whether it is the server's master
-            body = json.dumps(state, separators=(",", ":"), default=str).encode()
+            body = self._state()
             conn.sendall(_HEADER.pack(len(body)) + body)
         except OSError:
             pass  # the holder gave up waiting; it uses what it last had

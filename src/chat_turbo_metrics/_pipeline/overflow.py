@@ -44,6 +44,8 @@ class Overflow:
 
     def after_fork_in_child(self) -> None:
         forksafe.reinit(self._lock)
+        # The parent reports what it counted; the child counts its own (warned-about metrics stay warned).
+        self.counts = dict.fromkeys(self.counts, 0)
 
     def snapshot(self) -> dict[str, int]:
         """A copy: metric -> measurements that went to its overflow series."""
@@ -82,6 +84,7 @@ class OverflowWatcher:
 
     def after_fork_in_child(self) -> None:
         forksafe.reinit(self._lock)
+        self._seen = {}  # the child's SDK series start again from zero (compat.forget_inherited_sums)
 
     def __call__(self, data: MetricsData | None) -> MetricsData | None:
         if data is None:

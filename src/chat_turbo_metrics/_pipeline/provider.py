@@ -30,7 +30,7 @@ from chat_turbo_metrics._pipeline import forksafe
 from chat_turbo_metrics._pipeline import multiprocess as _multiprocess
 from chat_turbo_metrics._pipeline import registry as _registry
 from chat_turbo_metrics._pipeline import termination as _termination
-from chat_turbo_metrics._pipeline.compat import reinit_sdk_metric_locks
+from chat_turbo_metrics._pipeline.compat import forget_inherited_sums, reinit_sdk_metric_locks
 from chat_turbo_metrics._pipeline.fanout import Fanout
 from chat_turbo_metrics._pipeline.health import Sources
 from chat_turbo_metrics._pipeline.overflow import Overflow, OverflowWatcher
@@ -203,6 +203,8 @@ class Pipeline:
         if self._is_shutdown:  # the thread that was shutting down is not in the child: nobody to wait for
             self._shutdown_done.set()
         reinit_sdk_metric_locks(self.meter_provider)
+        # The parent keeps reporting what it recorded before the fork; the child reports only its own.
+        forget_inherited_sums(self.meter_provider)
 
     def _add_named(
         self,

@@ -30,6 +30,7 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import Metric
 
 from chat_turbo_metrics._config import MonitoringConfig
+from chat_turbo_metrics._pipeline import forksafe
 from chat_turbo_metrics._pipeline.provider import Pipeline
 from chat_turbo_metrics._recording.guard import (
     EXACT_TYPES,
@@ -56,6 +57,7 @@ from chat_turbo_metrics._recording.producer import (
     bounds_problem,
     current_resource,
     new_cell,
+    restart_after_fork,
     stream_specs,
 )
 from chat_turbo_metrics._recording.sdk import DROPPED, BoundInstrument, Tags
@@ -67,6 +69,7 @@ _I64_INT = INT64_LIMIT
 _FMAX = FLOAT_MAX
 _EXACT = EXACT_TYPES
 _perf_counter = time.perf_counter
+_time_ns = time.time_ns
 _random = random.random
 _EMPTY: Mapping[str, Any] = {}
 
@@ -356,6 +359,18 @@ class FastRecorder:
         spec = self._registry.define(kind, name, **settings)
         self._adopt(kind, bool(settings.get("timer")), name, spec)
 
+    def after_fork_in_child(self) -> None:
+        """Count only what this forked child records: inherited sums and histograms start again at zero.
+
+        Runs while the fork hook still holds the lock, so no cell is half-updated; the hot path's caches and
+        bound handles keep pointing at the same cells.
+        """
+        now = _time_ns()
+        for instrument in list(self._by_identity.values()):
+            cells = [cell for stream in instrument.streams for cell in stream.series.values()]
+            for cell in [*cells, *([instrument.sink] if instrument.sink is not None else [])]:
+                restart_after_fork(cell, now)
+
     # --- collection (called by the producer) -------------------------------------------------------
     def _collect_metrics(self, now: int) -> list[Metric]:
         """Every stream's cumulative metric at ``now``, instruments in order of first measurement."""
@@ -383,6 +398,7 @@ def _hold_lock_across_fork(recorder: FastRecorder) -> None:
     """
     if not hasattr(os, "register_at_fork"):
         return
+    forksafe.register(recorder)  # its after_fork_in_child runs before the lock is released below
     ref = weakref.ref(recorder)
 
     def before() -> None:

@@ -41,6 +41,9 @@ class Problems:
 
     def after_fork_in_child(self) -> None:
         forksafe.reinit(self._lock)  # another thread of the parent may have been reporting
+        # The parent reports what it dropped; the child counts its own (causes already logged stay logged).
+        self.counts = Counter(dict.fromkeys(self.counts, 0))
+        self._causes = Counter()
 
     @property
     def total(self) -> int:

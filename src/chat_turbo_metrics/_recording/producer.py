@@ -396,3 +396,17 @@ def current_resource(meter_provider: object, fallback: Resource) -> Callable[[],
         return provider_resource(meter_provider) or fallback
 
     return resource
+
+
+def restart_after_fork(cell: Cell, now_ns: int) -> None:
+    """Empty a sum or histogram cell in place, for a forked child: the parent keeps reporting what the child
+    inherited, so the child's series start again at ``now_ns``. A gauge keeps its last value."""
+    if isinstance(cell, SumCell):
+        cell.delta = cell.total = 0
+        cell.start_ns = now_ns
+    elif isinstance(cell, HistogramCell):
+        cell.counts = [0] * len(cell.counts)
+        cell.sum = cell.total_sum = 0
+        cell.min = cell.total_min = _INF
+        cell.max = cell.total_max = -_INF
+        cell.start_ns = now_ns

@@ -78,8 +78,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(404, "try /metrics")
             return
         try:
+            text = self.server.render()
+            if text is None:
+                # Stopping (the process is exiting; under a pre-fork server a sibling takes the port over): an
+                # empty 200 would tell Prometheus every series vanished. A 503 is a failed scrape, retried.
+                self.send_error(503, "the endpoint is stopping")
+                return
             # "replace": a tag value with a lone surrogate must not make every scrape fail.
-            body = self.server.render().encode("utf-8", "replace")
+            body = text.encode("utf-8", "replace")
         except Exception:
             _logger.exception("collecting metrics for a scrape failed")
             self.send_error(500, "collection failed; see the application's log")
@@ -103,7 +109,11 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False  # server_close() must not wait for client threads
 
     def __init__(
-        self, address: tuple[str, int], render: Callable[[], str], max_connections: int, client_timeout_s: float
+        self,
+        address: tuple[str, int],
+        render: Callable[[], str | None],
+        max_connections: int,
+        client_timeout_s: float,
     ) -> None:
         super().__init__(address, _Handler)
         self.render = render
@@ -165,9 +175,9 @@ class Endpoint:
         """The bound interface address (``127.0.0.1`` for ``localhost``)."""
         return str(self._server.server_address[0])
 
-    def _render(self) -> str:
+    def _render(self) -> str | None:
         owners = self.owners
-        return owners[-1].render() if owners else ""
+        return owners[-1].render() if owners else None
 
     def _serve(self) -> None:
         backoff = 0.0

@@ -1,0 +1,225 @@
+"""The port changes hands, processes die: the service's counters carry on, never backwards.
+
+The process holding the Prometheus port is a separate Python process here (a worker of a pre-fork server
+without ``opentelemetry-instrument`` is exactly that: a sibling, not the parent); this test process is a
+member that takes the port over when the holder exits or is killed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
+from chat_turbo_metrics._pipeline.member import is_worker, read_json
+from conftest import clean_env, free_port
+
+# Generous bound for waits that normally end in about a second (a takeover, a background publication).
+PATIENCE_S = 20.0
+
+HOLDER = textwrap.dedent(
+    """
+    import sys
+    from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
+
+    port, directory = int(sys.argv[1]), sys.argv[2]
+    monitor = PerformanceMonitor(MonitoringConfig(
+        environment="test", metrics_exporters=("prometheus",), prometheus_host="127.0.0.1",
+        prometheus_port=port, multiprocess_dir=directory,
+    ))
+    print("bound", flush=True)
+    for line in sys.stdin:  # "jobs N": record; "exit": shut down as a recycled worker does
+        command, *arguments = line.split()
+        if command == "jobs":
+            monitor.increment_counter("jobs", value=int(arguments[0]))
+            monitor.record_histogram("size_bytes", 3)
+            print("done", flush=True)
+        elif command == "exit":
+            monitor.shutdown()
+            break
+    """
+)
+
+
+def _serving(tmp_path: Path, port: int) -> PerformanceMonitor:
+    return PerformanceMonitor(
+        MonitoringConfig(
+            environment="test",
+            metrics_exporters=("prometheus",),
+            prometheus_host="127.0.0.1",
+            prometheus_port=port,
+            multiprocess_dir=str(tmp_path / "mp"),
+        )
+    )
+
+
+class Holder:
+    """A Python process that binds the port first and records what it is told to."""
+
+    def __init__(self, tmp_path: Path, port: int) -> None:
+        script = tmp_path / "holder.py"
+        script.write_text(HOLDER)
+        self.process = subprocess.Popen(
+            [sys.executable, str(script), str(port), str(tmp_path / "mp")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(PYTHONPATH=os.pathsep.join(p for p in sys.path if p)),
+        )
+        assert self._read() == "bound", self.process.stderr.read()  # type: ignore[union-attr]
+
+    def _read(self) -> str:
+        return self.process.stdout.readline().strip()  # type: ignore[union-attr]
+
+    def send(self, line: str) -> None:
+        self.process.stdin.write(line + "\n")  # type: ignore[union-attr]
+        self.process.stdin.flush()  # type: ignore[union-attr]
+
+    def record(self, jobs: int) -> None:
+        self.send(f"jobs {jobs}")
+        assert self._read() == "done"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.communicate(timeout=10)
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[tuple[Holder, int]]:
+    port = free_port()
+    started = Holder(tmp_path, port)
+    yield started, port
+    started.stop()
+
+
+def _scrape_after_takeover(port: int, directory: Path) -> list[str]:
+    """Wait until this process holds the port (it says so in holder.json once it has bound it), then scrape."""
+    deadline = time.monotonic() + PATIENCE_S
+    while (read_json(directory / "holder.json") or {}).get("pid") != os.getpid():
+        assert time.monotonic() < deadline, "the port was not taken over"
+        time.sleep(0.05)
+    return _scrape(port)
+
+
+def _scrape(port: int) -> list[str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        return reply.read().decode().splitlines()  # type: ignore[no-any-return]
+
+
+def test_a_member_takes_the_port_over_from_a_recycled_holder_and_continues_its_totals(
+    tmp_path: Path, holder: tuple[Holder, int]
+) -> None:
+    process, port = holder
+    directory = tmp_path / "mp" / f"127.0.0.1-{port}"
+    process.record(5)
+    member = _serving(tmp_path, port)  # the port is held: this process becomes a member
+    try:
+        member.increment_counter("jobs", value=2)
+        assert "jobs_total 7" in _scrape(port)
+        process.send("exit")  # recycled: its final totals stay, a member takes the port over
+        process.process.wait(10)
+
+        taken = _scrape_after_takeover(port, directory)
+
+        assert "jobs_total 7" in taken
+        assert "size_bytes_count 1" in taken
+        member.increment_counter("jobs")
+        assert "jobs_total 8" in _scrape(port)
+    finally:
+        member.shutdown()
+
+
+def test_a_holder_killed_with_sigkill_keeps_what_it_published(tmp_path: Path, holder: tuple[Holder, int]) -> None:
+    process, port = holder
+    directory = tmp_path / "mp" / f"127.0.0.1-{port}"
+    process.record(5)
+    member = _serving(tmp_path, port)
+    try:
+        member.increment_counter("jobs", value=2)
+        assert "jobs_total 7" in _scrape(port)  # served: the holder published its 5 before it served them
+        process.record(4)  # not scraped: only the holder's background publication knows of these
+        _wait_until_published(directory, process.process.pid, jobs=9)
+        process.process.send_signal(signal.SIGKILL)
+        process.process.wait(10)
+
+        taken = _scrape_after_takeover(port, directory)
+
+        assert "jobs_total 11" in taken
+        assert "size_bytes_count 2" in taken
+    finally:
+        member.shutdown()
+
+
+def test_a_member_killed_before_any_scrape_keeps_what_it_published(tmp_path: Path) -> None:
+    port = free_port()
+    holder = _serving(tmp_path, port)
+    directory = tmp_path / "mp" / f"127.0.0.1-{port}"
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a member that records and is killed before the holder ever asked it for its totals
+        try:
+            holder.increment_counter("jobs", value=6)
+            os.write(write_end, b"1")
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    try:
+        os.read(read_end, 1)
+        _wait_until_published(directory, pid, jobs=6)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        holder.increment_counter("jobs")
+
+        assert "jobs_total 7" in _scrape(port)
+    finally:
+        holder.shutdown()
+
+
+def _wait_until_published(directory: Path, pid: int, *, jobs: int) -> None:
+    """Wait until process ``pid`` has published (in the background, within about a second) ``jobs`` jobs."""
+    deadline = time.monotonic() + PATIENCE_S
+    while _published_jobs(directory, pid) != jobs:
+        assert time.monotonic() < deadline, f"process {pid} did not publish {jobs} jobs"
+        time.sleep(0.05)
+
+
+def _published_jobs(directory: Path, pid: int) -> int | None:
+    for path in directory.glob(f"{pid}-*.state.json"):
+        state = read_json(path)
+        for metric in state.get("metrics", ()) if isinstance(state, dict) else ():
+            if metric["name"] == "jobs":
+                return int(metric["points"][0][3])
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/exe").exists(), reason="recognised from /proc only")
+def test_workers_are_told_from_processes_started_by_a_supervisor() -> None:
+    # Forked without exec (gunicorn's workers): a worker. Spawned by multiprocessing (uvicorn's): a worker.
+    # Started as a program of its own, even by a Python parent (a supervisor, this test): not one.
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if is_worker() else 1)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    with multiprocessing.get_context("spawn").Pool(1) as pool:  # the function travels by its module's name
+        assert pool.apply(is_worker) is True
+    started = subprocess.run(
+        [sys.executable, "-c", "from chat_turbo_metrics._pipeline.member import is_worker; print(is_worker())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=clean_env(PYTHONPATH=os.pathsep.join(p for p in sys.path if p)),
+    )
+    assert started.stdout.strip() == "False"
+    assert is_worker() is False  # pytest, started from a shell or make
