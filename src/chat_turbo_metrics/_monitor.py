@@ -7,7 +7,7 @@ import inspect
 import logging
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
@@ -19,6 +19,7 @@ from chat_turbo_metrics._pipeline import forksafe
 from chat_turbo_metrics._pipeline import globals as otel_globals
 from chat_turbo_metrics._pipeline.health import HealthMetrics, HealthProducer
 from chat_turbo_metrics._pipeline.provider import Pipeline
+from chat_turbo_metrics._recording.bundle import bundle
 from chat_turbo_metrics._recording.guard import Problems
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry
 from chat_turbo_metrics._recording.naming import Kind
@@ -265,6 +266,34 @@ class PerformanceMonitor:
     def gauge(self, name: str, tags: Tags = None) -> BoundInstrument:
         """A handle on one gauge series: ``handle.set(value)``."""
         return self._runtime.recorder.bind("gauge", name, tags)
+
+    def bundle(
+        self, observe: Sequence[Sequence[BoundInstrument]], increment: Sequence[BoundInstrument] = ()
+    ) -> Callable[..., None]:
+        """One call that records one event into several handles of this monitor, under one lock.
+
+        ``record(v0, v1, ...)`` observes ``v0`` into every histogram handle of ``observe[0]``, ``v1`` into those of
+        ``observe[1]``, ..., and adds 1 to every counter handle of ``increment``: what the handle calls would do,
+        for the cost of about one (what a web request's four or more recordings need).
+
+        Example:
+            >>> tags = {"endpoint": "/api/x"}
+            >>> record = monitor.bundle(
+            ...     [[monitor.histogram("request_seconds", tags)], [monitor.histogram("response_bytes", tags)]],
+            ...     [monitor.counter("requests", tags)],
+            ... )
+            >>> record(0.004, 1200)
+            >>> monitor.snapshot().value("requests", tags), monitor.snapshot().value("response_bytes", tags)["sum"]
+            (1, 1200)
+
+        Args:
+            observe: per argument position, the histogram handles that observe it.
+            increment: counter handles incremented by 1 on every call.
+
+        Returns:
+            The recording function; like a handle, it warns once, counts and drops a bad value.
+        """
+        return bundle(observe, increment)
 
     def define(
         self,

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from chat_turbo_metrics_http._metrics import UNMATCHED, Bound, RequestMetrics, route_template
+from chat_turbo_metrics_http._metrics import UNMATCHED, RequestMetrics, route_template
 from chat_turbo_metrics_http.wsgi import ERROR_TYPE, MEASURED, content_length
 
 _perf_counter = time.perf_counter
@@ -49,18 +49,18 @@ def measure(metrics: RequestMetrics, get_response: Callable[[Any], Any], request
     if MEASURED in meta or metrics.skips(path):
         return get_response(request)
     meta[MEASURED] = True
-    bound = metrics.started()
+    metrics.started()
     start = _perf_counter()
     try:
         response = get_response(request)
     except BaseException as error:
-        _finish(metrics, bound, request, 500, start, 0, type(error).__name__)
+        _finish(metrics, request, 500, start, 0, type(error).__name__)
         raise  # unchanged
     if response.streaming:
         chunks = response.streaming_content
-        response.streaming_content = _measured_stream(metrics, bound, request, response.status_code, chunks, start)
+        response.streaming_content = _measured_stream(metrics, request, response.status_code, chunks, start)
     else:
-        _finish(metrics, bound, request, response.status_code, start, len(response.content), None)
+        _finish(metrics, request, response.status_code, start, len(response.content), None)
     return response
 
 
@@ -99,8 +99,8 @@ def patch_django(metrics: RequestMetrics) -> Callable[[], None]:
     return undo
 
 
-def _measured_stream(  # noqa: PLR0917 - one call site
-    metrics: RequestMetrics, bound: Bound, request: Any, status: int, chunks: Iterable[bytes], start: float
+def _measured_stream(
+    metrics: RequestMetrics, request: Any, status: int, chunks: Iterable[bytes], start: float
 ) -> Iterator[bytes]:
     sent = 0
     error_type = None
@@ -114,12 +114,11 @@ def _measured_stream(  # noqa: PLR0917 - one call site
         error_type = type(error).__name__
         raise
     finally:
-        _finish(metrics, bound, request, status, start, sent, error_type)
+        _finish(metrics, request, status, start, sent, error_type)
 
 
 def _finish(  # noqa: PLR0917 - one call site, called per request
     metrics: RequestMetrics,
-    bound: Bound,
     request: Any,
     status: int,
     start: float,
@@ -141,5 +140,4 @@ def _finish(  # noqa: PLR0917 - one call site, called per request
         content_length(meta),
         sent,
         error_type,
-        bound,
     )

@@ -1,9 +1,10 @@
 """What one finished HTTP request records, through the process-wide monitor's front end.
 
-Shared by the ASGI and WSGI middleware. Per request it costs a few dict lookups and the monitor's own
-recording calls: the tag dicts are built once per (method, route, status, scheme) and reused, the monitor's
-methods are looked up on every request so that ``configure()`` (which rebinds them to a new recorder) is
-followed, and the instruments' units and buckets are declared again whenever the monitor's recorder changes.
+Shared by the ASGI and WSGI middleware. Per request it costs a dict lookup and one call of a
+:meth:`~chat_turbo_metrics.PerformanceMonitor.bundle` that records the duration, the count and both sizes under
+one lock: the handles are bound once per (method, route, status, scheme), rebound when ``configure()`` gives the
+monitor a new recorder (noticed by one identity test per request), and the instruments' units and buckets are
+declared again then. The in-flight gauges are read when metrics are collected, not set per request.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +34,7 @@ REQUEST_SIZE, RESPONSE_SIZE = "http_request_size_bytes", "http_response_size_byt
 IN_FLIGHT, WEBSOCKETS = "http_requests_in_flight", "websocket_connections_active"
 SC_DURATION, SC_ACTIVE = "http.server.request.duration", "http.server.active_requests"
 SC_REQUEST_SIZE, SC_RESPONSE_SIZE = "http.server.request.body.size", "http.server.response.body.size"
+_SEMCONV_HISTOGRAMS = (SC_DURATION, SC_REQUEST_SIZE, SC_RESPONSE_SIZE)
 
 # (name, kind, unit, description, buckets) declared on each recorder before first use.
 _SEED_DEFINITIONS: tuple[tuple[str, Any, str | None, str, tuple[float, ...] | None], ...] = (
@@ -87,21 +90,46 @@ Series = Callable[[float, int, int], None]  # (duration, request bytes, response
 
 
 class Bound:
-    """Handles on one recorder of the monitor: the series per tag set, the in-flight gauges.
+    """Handles on one recorder of the monitor: the series per tag set, the WebSocket gauge.
 
-    Rebuilt when ``configure()`` gives the monitor a new recorder, so recordings follow it; a request that
-    started before keeps recording into the recorder it started with.
+    Rebuilt when ``configure()`` gives the monitor a new recorder, so recordings follow it (a request in
+    flight then records into the new one: the old pipeline has been shut down).
     """
 
-    __slots__ = ("active", "errored", "marker", "monitor", "series", "websockets")
+    __slots__ = ("errored", "lines", "marker", "monitor", "series", "websockets")
 
-    def __init__(self, monitor: PerformanceMonitor, active_names: tuple[str, ...]) -> None:
+    def __init__(self, monitor: PerformanceMonitor) -> None:
         self.monitor = monitor
         self.marker = monitor.increment_counter  # replaced by configure(): how a new recorder is noticed
         self.series: dict[tuple[str, str, int, str], Series] = {}
+        # The same series keyed by a WSGI status line ("200 OK"): found without parsing the status.
+        self.lines: dict[tuple[str, str, str, str], Series] = {}
         self.errored: dict[tuple[tuple[str, str, int, str], str], Series] = {}
-        self.active = tuple(monitor.gauge(name).set for name in active_names)
         self.websockets = monitor.gauge(WEBSOCKETS).set
+
+
+# Monitor -> in-flight gauge names its collection hook sets; one hook per monitor, however many middlewares.
+_in_flight_names: weakref.WeakKeyDictionary[PerformanceMonitor, set[str]] = weakref.WeakKeyDictionary()
+
+
+def _read_in_flight(monitor: weakref.ref[PerformanceMonitor], names: set[str]) -> Callable[[], None]:
+    def read() -> None:
+        found = monitor()
+        if found is not None:
+            count = len(_in_flight)
+            for name in tuple(names):
+                found.record_gauge(name, count)
+
+    return read
+
+
+def _report_in_flight(monitor: PerformanceMonitor, names: tuple[str, ...]) -> None:
+    """Have ``monitor`` read the requests in flight into the gauges ``names`` at every collection."""
+    known = _in_flight_names.get(monitor)
+    if known is None:
+        known = _in_flight_names[monitor] = set()
+        monitor.add_collection_hook(_read_in_flight(weakref.ref(monitor), known))
+    known.update(names)
 
 
 def _sampled(observe: Observe, rate: float) -> Observe:
@@ -118,13 +146,13 @@ class RequestMetrics:
     """Records finished requests into the monitor under the configured names.
 
     Each (method, endpoint, status, scheme) gets bound handles on the monitor's instruments once; a request
-    then costs a dict lookup and one handle call per metric. Views, the cardinality limit and sampling apply
-    as on every other recording of the monitor.
+    then costs a dict lookup and one bundled recording. Views, the cardinality limit and sampling apply as on
+    every other recording of the monitor.
 
     Example:
         >>> metrics = RequestMetrics(HttpMetricsSettings(), monitor)
-        >>> bound = metrics.started()
-        >>> metrics.finish("GET", "/api/messages/{id}", 200, "http", 0.004, 0, 120, None, bound)
+        >>> metrics.started()
+        >>> metrics.finish("GET", "/api/messages/{id}", 200, "http", 0.004, 0, 120, None)
         >>> monitor.snapshot().value("api_requests", {"method": "GET", "endpoint": "/api/messages/{id}", "status": 200})
         1
     """
@@ -132,6 +160,7 @@ class RequestMetrics:
     def __init__(self, settings: HttpMetricsSettings, monitor: PerformanceMonitor | None = None) -> None:
         self.settings = settings
         self.skips = settings.is_excluded  # True for paths that are never measured
+        self.excludes = bool(settings.exact or settings.prefixes)  # False: skips() need not be asked
         self._fixed = monitor
         self._bound: Bound | None = None
         self._seed = settings.metric_names in ("seed", "both")
@@ -153,18 +182,16 @@ class RequestMetrics:
                 monitor.define(name, kind, unit=unit, description=description, buckets=buckets)
             except ValueError as error:  # the application defined it its own way first: keep theirs
                 _logger.debug("keeping the application's definition of %s: %s", name, error)
-        bound = self._bound = Bound(monitor, self._active_names)
+        _report_in_flight(monitor, self._active_names)
+        bound = self._bound = Bound(monitor)
         return bound
 
     # --- in flight ------------------------------------------------------------------------------
-    def started(self) -> Bound:
-        """Count a request in flight; the handles to record its end with."""
-        bound = self.bound()
+    def started(self) -> None:
+        """Count a request in flight (the gauges read the count when metrics are collected)."""
         _in_flight.append(None)
-        count = len(_in_flight)
-        for set_active in bound.active:
-            set_active(count)
-        return bound
+        if self._bound is None:  # the first request: the monitor reads the gauges from now on
+            self.bound()
 
     def websocket_opened(self) -> Bound:
         """Count an open WebSocket connection."""
@@ -189,7 +216,6 @@ class RequestMetrics:
         received: int,
         sent: int,
         error_type: str | None,
-        bound: Bound,
     ) -> None:
         """A request :meth:`started` is over: no longer in flight, and recorded.
 
@@ -202,12 +228,9 @@ class RequestMetrics:
             received: request body bytes.
             sent: response body bytes.
             error_type: the exception's class name when the application raised; None otherwise.
-            bound: what :meth:`started` returned for this request.
         """
         _in_flight.pop()
-        count = len(_in_flight)
-        for set_active in bound.active:
-            set_active(count)
+        bound = self.bound()
         key = (method, endpoint, status, scheme)
         if error_type is None and status < 500:
             series = bound.series.get(key)
@@ -222,26 +245,65 @@ class RequestMetrics:
     def _new_series(self, bound: Bound, key: tuple[str, str, int, str], why: str | None) -> Series:
         method, endpoint, status, scheme = key
         method = normal_method(method)
-        parts: list[Series] = []
         monitor = bound.monitor
         rate = monitor.config.sampling_rate
-        if self._seed:
-            tags = {"method": method, "endpoint": endpoint, "status": status}
-            errors = monitor.counter(ERRORS, {**tags, "error_type": why}).inc if why is not None else None
-            parts.append(_seed_series(monitor, tags, rate, errors))
-        if self._semconv:
-            semconv: dict[str, Any] = {"http.request.method": method, "url.scheme": scheme}
-            semconv["http.response.status_code"] = status
-            if endpoint != UNMATCHED:  # the conventions leave http.route out when no route matched
-                semconv["http.route"] = endpoint
-            if why is not None:
-                semconv["error.type"] = why
-            parts.append(_semconv_series(monitor, semconv, rate))
-        series = parts[0] if len(parts) == 1 else _both(*parts)
+        if rate >= 1.0:
+            series = self._bundled(monitor, method, endpoint, status, scheme, why)
+        else:
+            series = self._sampled_series(monitor, rate, method, endpoint, status, scheme, why)
         cache: dict[Any, Series] = bound.series if why is None else bound.errored
         if len(cache) < _CACHE_LIMIT:
             cache[key if why is None else (key, why)] = series
         return series
+
+    def _tags(self, method: str, endpoint: str, status: int, scheme: str, why: str | None) -> tuple[Any, Any]:
+        """The seed and the semantic-convention tag sets of one series (None for a set not emitted)."""
+        seed = {"method": method, "endpoint": endpoint, "status": status} if self._seed else None
+        semconv: dict[str, Any] | None = None
+        if self._semconv:
+            semconv = {"http.request.method": method, "url.scheme": scheme, "http.response.status_code": status}
+            if endpoint != UNMATCHED:  # the conventions leave http.route out when no route matched
+                semconv["http.route"] = endpoint
+            if why is not None:
+                semconv["error.type"] = why
+        return seed, semconv
+
+    def _bundled(  # noqa: PLR0917 - one call site
+        self, monitor: PerformanceMonitor, method: str, endpoint: str, status: int, scheme: str, why: str | None
+    ) -> Series:
+        """Every metric of the series in one :meth:`~chat_turbo_metrics.PerformanceMonitor.bundle` call."""
+        seed, semconv = self._tags(method, endpoint, status, scheme, why)
+        observe: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
+        increment = []
+        for tags, names in ((seed, (DURATION, REQUEST_SIZE, RESPONSE_SIZE)), (semconv, _SEMCONV_HISTOGRAMS)):
+            if tags is not None:
+                for group, name in zip(observe, names, strict=True):
+                    group.append(monitor.histogram(name, tags))
+        if seed is not None:
+            increment.append(monitor.counter(REQUESTS, seed))
+            if why is not None:
+                increment.append(monitor.counter(ERRORS, {**seed, "error_type": why}))
+        return monitor.bundle(observe, increment)
+
+    def _sampled_series(  # noqa: PLR0917 - one call site
+        self,
+        monitor: PerformanceMonitor,
+        rate: float,
+        method: str,
+        endpoint: str,
+        status: int,
+        scheme: str,
+        why: str | None,
+    ) -> Series:
+        """Handle by handle: the monitor samples histograms at ``sampling_rate``, each on its own."""
+        seed, semconv = self._tags(method, endpoint, status, scheme, why)
+        parts: list[Series] = []
+        if seed is not None:
+            errors = monitor.counter(ERRORS, {**seed, "error_type": why}).inc if why is not None else None
+            parts.append(_seed_series(monitor, seed, rate, errors))
+        if semconv is not None:
+            parts.append(_semconv_series(monitor, semconv, rate))
+        return parts[0] if len(parts) == 1 else _both(*parts)
 
 
 def _histogram(monitor: PerformanceMonitor, name: str, tags: dict[str, Any], rate: float) -> Observe:

@@ -143,7 +143,7 @@ class AsgiMetricsMiddleware:
             return
         scope[MEASURED] = True
         root_path = scope.get("root_path", "")
-        bound = metrics.started()
+        metrics.started()
         status = received = sent = 0
         end = 0.0
         start = _perf_counter()
@@ -188,7 +188,6 @@ class AsgiMetricsMiddleware:
                 received,
                 sent,
                 error_type,
-                bound,
             )
 
     async def _unmeasured(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -17,7 +17,14 @@ from typing import Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from chat_turbo_metrics import PerformanceMonitor
-from chat_turbo_metrics_http._metrics import UNMATCHED, Bound, RequestMetrics, route_template
+from chat_turbo_metrics_http._metrics import (
+    _CACHE_LIMIT,
+    UNMATCHED,
+    RequestMetrics,
+    _in_flight,
+    _templates,
+    route_template,
+)
 from chat_turbo_metrics_http._settings import HttpMetricsSettings
 
 Environ = MutableMapping[str, Any]
@@ -35,7 +42,7 @@ def route_of(environ: Environ) -> str:
     request = environ.get("werkzeug.request")  # Werkzeug's Request registers itself in the environ
     if request is not None:
         rule = getattr(request, "url_rule", None)
-        return route_template(rule.rule) if rule is not None else UNMATCHED
+        return (_templates.get(rule.rule) or route_template(rule.rule)) if rule is not None else UNMATCHED
     route = environ.get(ROUTE)
     return route if isinstance(route, str) else UNMATCHED
 
@@ -52,39 +59,51 @@ def content_length(headers: Mapping[str, Any]) -> int:
 
 
 class _Exchange:
-    """One measured request: its ``start_response``, and its body iterable, which records at the last chunk."""
+    """One measured request: its ``start_response`` and ``write``, and its body, which records at the last chunk.
 
-    __slots__ = ("_start_response", "body", "bound", "done", "environ", "metrics", "route", "sent", "start", "status")
+    It has no ``__init__``: :func:`measure` sets the fields, which saves a call frame per request.
+    """
 
-    def __init__(self, metrics: RequestMetrics, bound: Bound, environ: Environ, start_response: StartResponse) -> None:
-        self.metrics = metrics
-        self.bound = bound
-        self.environ = environ
-        self._start_response = start_response
-        self.status = "500"
-        self.route = ""
-        self.sent = 0
-        self.done = False
-        self.body: Iterable[bytes] = ()
-        self.start = _perf_counter()
+    __slots__ = ("body", "done", "environ", "metrics", "respond", "route", "sent", "start", "status", "written")
 
-    def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
+    metrics: _WsgiMetrics
+    environ: Environ
+    respond: StartResponse  # the server's start_response
+    written: Callable[[bytes], Any]  # the server's write
+    body: Iterable[bytes]
+    status: str
+    route: str
+    sent: int
+    done: bool
+    start: float
+
+    def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], None]:
         self.status = status
         # Flask drops the request from the environ when its context ends, after this call, before the body.
-        self.route = route_of(self.environ)
-        return self._start_response(status, headers, exc_info)
+        # route_of(), its common case inline: a frame less per request.
+        rule = getattr(self.environ.get("werkzeug.request"), "url_rule", None)
+        self.route = (
+            (_templates.get(rule.rule) or route_template(rule.rule)) if rule is not None else route_of(self.environ)
+        )
+        self.written = self.respond(status, headers, exc_info)
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """PEP 3333's imperative ``write()``: its bytes count as body bytes sent."""
+        self.sent += len(data)
+        self.written(data)
 
     def __iter__(self) -> Iterator[bytes]:
         try:
             for chunk in self.body:
-                self.sent += len(chunk)
+                self.sent += len(chunk)  # here, not in a local: close() may come before this generator ends
                 yield chunk
         except GeneratorExit:  # the server stopped iterating; close() records
             raise
         except BaseException as error:
-            self.finish(type(error).__name__)
+            self.metrics.finish_exchange(self, type(error).__name__)
             raise
-        self.finish(None)  # the duration runs to the last body chunk
+        self.metrics.finish_exchange(self, None)  # the duration runs to the last body chunk
 
     def close(self) -> None:
         try:
@@ -93,37 +112,71 @@ class _Exchange:
                 close()
         finally:
             if not self.done:
-                self.finish(None)
+                self.metrics.finish_exchange(self, None)
 
-    def finish(self, error_type: str | None) -> None:
-        if self.done:
+
+class _WsgiMetrics(RequestMetrics):
+    """:class:`RequestMetrics` that finish an :class:`_Exchange`, finding its series by the status line."""
+
+    def finish_exchange(self, exchange: _Exchange, error_type: str | None) -> None:
+        """The request of ``exchange`` is over: recorded once, whatever calls this later.
+
+        Args:
+            exchange: the request.
+            error_type: the class name of the exception that ended it, or None.
+        """
+        if exchange.done:
             return
-        self.done = True
-        end = _perf_counter()
-        environ = self.environ
+        exchange.done = True
+        duration = _perf_counter() - exchange.start
+        environ = exchange.environ
+        received = content_length(environ) if "CONTENT_LENGTH" in environ else 0
+        key = (
+            environ.get("REQUEST_METHOD", "GET"),
+            exchange.route or route_of(environ),
+            exchange.status,
+            environ.get("wsgi.url_scheme", "http"),
+        )
+        if error_type is None:
+            bound = self._bound
+            monitor = self._fixed or PerformanceMonitor._instance
+            if bound is None or bound.monitor is not monitor or bound.marker is not monitor.increment_counter:
+                bound = self.bound()
+            series = bound.lines.get(key)
+            if series is not None:
+                _in_flight.pop()
+                series(duration, received, exchange.sent)
+                return
+        self._finish_parsed(key, duration, received, exchange.sent, error_type, environ)
+
+    def _finish_parsed(  # noqa: PLR0917 - one call site
+        self,
+        key: tuple[str, str, str, str],
+        duration: float,
+        received: int,
+        sent: int,
+        error_type: str | None,
+        environ: Environ,
+    ) -> None:
+        """:meth:`finish` from a status line: a 5xx is an error named by the exception the framework caught."""
+        method, route, line, scheme = key
         try:
-            status = int(self.status[:3])
-        except ValueError:
+            status = int(line[:3])
+        except (TypeError, ValueError):
             status = 500
         if error_type is not None:
             status = 500
         elif status >= 500:
             error_type = environ.get(ERROR_TYPE)
-        metrics = self.metrics
-        metrics.finish(
-            environ.get("REQUEST_METHOD", "GET"),
-            self.route or route_of(environ),
-            status,
-            environ.get("wsgi.url_scheme", "http"),
-            end - self.start,
-            content_length(environ),
-            self.sent,
-            error_type,
-            self.bound,
-        )
+        self.finish(method, route, status, scheme, duration, received, sent, error_type)
+        if error_type is None and status < 500:  # found by its status line from now on
+            bound = self.bound()
+            series = bound.series.get((method, route, status, scheme))
+            if series is not None and len(bound.lines) < _CACHE_LIMIT:
+                bound.lines[key] = series
 
 
-def measure(metrics: RequestMetrics, app: WSGIApp, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+def measure(metrics: _WsgiMetrics, app: WSGIApp, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     """Run one request through ``app``, measured unless excluded or already measured by an outer middleware.
 
     Args:
@@ -133,18 +186,35 @@ def measure(metrics: RequestMetrics, app: WSGIApp, environ: Environ, start_respo
         start_response: the server's ``start_response``.
 
     Returns:
-        The application's body, wrapped to record when its last chunk is sent (or it is closed).
+        The application's body, wrapped to record when its last chunk is sent (or it is closed); a list or
+        tuple, complete when the application returns, is recorded then and returned as it is.
     """
-    path = environ.get("PATH_INFO", "")
-    if MEASURED in environ or metrics.skips(path):
+    if MEASURED in environ or (metrics.excludes and metrics.skips(environ.get("PATH_INFO", ""))):
         return app(environ, start_response)
     environ[MEASURED] = True
-    exchange = _Exchange(metrics, metrics.started(), environ, start_response)
+    _in_flight.append(None)  # metrics.started(), inline
+    if metrics._bound is None:
+        metrics.bound()
+    exchange = _Exchange()
+    exchange.metrics = metrics
+    exchange.environ = environ
+    exchange.respond = start_response
+    exchange.route = exchange.status = ""
+    exchange.sent = 0
+    exchange.done = False
+    exchange.start = _perf_counter()
     try:
-        exchange.body = app(environ, exchange.start_response)
+        body = exchange.body = app(environ, exchange.start_response)
     except BaseException as error:
-        exchange.finish(type(error).__name__)
+        metrics.finish_exchange(exchange, type(error).__name__)
         raise  # unchanged
+    if body.__class__ is list or body.__class__ is tuple:  # nothing left to wait for, nothing to close
+        try:
+            exchange.sent += sum(map(len, body))
+        except TypeError:  # not bytes: the server will say so; measure it as any other body
+            return exchange
+        metrics.finish_exchange(exchange, None)
+        return body
     return exchange
 
 
@@ -178,7 +248,7 @@ class WsgiMetricsMiddleware:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.app = app
-        self._metrics = RequestMetrics(HttpMetricsSettings.from_options(excluded_paths, metric_names, environ), monitor)
+        self._metrics = _WsgiMetrics(HttpMetricsSettings.from_options(excluded_paths, metric_names, environ), monitor)
         _connect_flask_errors()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -209,7 +279,7 @@ class WsgiMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         settings = HttpMetricsSettings.from_options(
             kwargs.get("excluded_paths"), kwargs.get("metric_names"), kwargs.get("environ")
         )
-        metrics = RequestMetrics(settings, kwargs.get("monitor"))
+        metrics = _WsgiMetrics(settings, kwargs.get("monitor"))
         if importlib.util.find_spec("flask") is not None:
             WsgiMetricsInstrumentor._undo.append(_patch_flask(metrics))
         if importlib.util.find_spec("django") is not None:
@@ -225,7 +295,7 @@ class WsgiMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 _FRAMEWORKS = (("flask", "flask >= 2.2"), ("django", "django >= 3.2"))
 
 
-def _patch_flask(metrics: RequestMetrics) -> Callable[[], None]:
+def _patch_flask(metrics: _WsgiMetrics) -> Callable[[], None]:
     import flask
 
     original = flask.Flask.__dict__["wsgi_app"]
