@@ -65,18 +65,17 @@ class _Exchange:
     It has no ``__init__``: :meth:`_MeasuredApp.__call__` sets the fields, which saves a call frame per request.
     """
 
-    __slots__ = ("body", "done", "environ", "metrics", "respond", "route", "sent", "start", "status", "written")
-
     metrics: _WsgiMetrics
     environ: Environ
     respond: StartResponse  # the server's start_response
     written: Callable[[bytes], Any]  # the server's write
     body: Iterable[bytes]
-    status: str
-    route: str
-    sent: int
-    done: bool
     start: float
+    # Class defaults, not slots: a request sets only what differs (four stores fewer per request).
+    status: str = ""
+    route: str = ""
+    sent: int = 0
+    done: bool = False
 
     def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], None]:
         self.status = status
@@ -206,9 +205,6 @@ class _MeasuredApp:
         exchange.metrics = metrics
         exchange.environ = environ
         exchange.respond = start_response
-        exchange.route = exchange.status = ""
-        exchange.sent = 0
-        exchange.done = False
         exchange.start = _perf_counter()
         try:
             body = exchange.body = self.app(environ, exchange.start_response)
