@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chat_turbo_metrics import PerformanceMonitor
+from chat_turbo_metrics._recording.bundle import bundle_produced
 from chat_turbo_metrics_http._settings import HttpMetricsSettings
 
 _logger = logging.getLogger("chat_turbo_metrics_http")
@@ -271,7 +272,8 @@ class RequestMetrics:
     def _bundled(  # noqa: PLR0917 - one call site
         self, monitor: PerformanceMonitor, method: str, endpoint: str, status: int, scheme: str, why: str | None
     ) -> Series:
-        """Every metric of the series in one :meth:`~chat_turbo_metrics.PerformanceMonitor.bundle` call."""
+        """Every metric of the series in one call of a bundle. Its values are ours: a ``perf_counter`` difference and
+        two ``len()`` sums or a capped ``Content-Length`` (see :func:`content_length`), never checked again."""
         seed, semconv = self._tags(method, endpoint, status, scheme, why)
         observe: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
         increment = []
@@ -283,7 +285,7 @@ class RequestMetrics:
             increment.append(monitor.counter(REQUESTS, seed))
             if why is not None:
                 increment.append(monitor.counter(ERRORS, {**seed, "error_type": why}))
-        return monitor.bundle(observe, increment)
+        return bundle_produced(observe, increment)
 
     def _sampled_series(  # noqa: PLR0917 - one call site
         self,

@@ -18,6 +18,7 @@ from typing import Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from chat_turbo_metrics import PerformanceMonitor
+from chat_turbo_metrics._recording.guard import FLOAT_MAX
 from chat_turbo_metrics_http._metrics import (
     _CACHE_LIMIT,
     UNMATCHED,
@@ -49,14 +50,18 @@ def route_of(environ: Environ) -> str:
 
 
 def content_length(headers: Mapping[str, Any]) -> int:
-    """The request body size the client announced (``CONTENT_LENGTH``), 0 when absent or bad."""
+    """The request body size the client announced (``CONTENT_LENGTH``), 0 when absent or bad.
+
+    Always an ``int`` in ``0 <= size < FLOAT_MAX``: the recording does not check it again.
+    """
     length = headers.get("CONTENT_LENGTH")
     if not length:
         return 0
     try:
-        return max(int(length), 0)
+        size = int(length)
     except ValueError:
         return 0
+    return size if 0 < size < FLOAT_MAX else 0
 
 
 class _Exchange:
