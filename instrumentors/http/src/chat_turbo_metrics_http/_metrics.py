@@ -1,10 +1,11 @@
 """What one finished HTTP request records, through the process-wide monitor's front end.
 
-Shared by the ASGI and WSGI middleware. Per request it costs a dict lookup and one call of a
-:meth:`~chat_turbo_metrics.PerformanceMonitor.bundle` that records the duration, the count and both sizes under
-one lock: the handles are bound once per (method, route, status, scheme), rebound when ``configure()`` gives the
-monitor a new recorder (noticed by one identity test per request), and the instruments' units and buckets are
-declared again then. The in-flight gauges are read when metrics are collected, not set per request.
+Shared by the ASGI and WSGI middleware. Per request it costs a dict lookup and one call of a bundle (as
+:meth:`~chat_turbo_metrics.PerformanceMonitor.bundle` makes, without re-checking the values we produced) that records
+the duration, the count and both sizes under one lock: the handles are bound once per (method, route, status,
+scheme), rebound when ``configure()`` gives the monitor a new recorder (noticed by one identity test per request),
+and the instruments' units and buckets are declared again then. The in-flight gauges are read when metrics are
+collected, not set per request.
 """
 
 from __future__ import annotations
