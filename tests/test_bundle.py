@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from chat_turbo_metrics import PerformanceMonitor, ViewConfig
+from chat_turbo_metrics._recording.bundle import bundle_produced
 from test_fork_safety import run
 
 Factory = Callable[..., PerformanceMonitor]
@@ -59,6 +60,36 @@ def test_a_bundle_records_what_the_handle_calls_record(monitor_factory: Factory,
     assert records(bundled) == records(handled)
     assert bundled.snapshot().value("requests", TAGS) == len(CALLS)
     assert bundled.snapshot().value("response_bytes", TAGS)["sum"] == sum(sent for _, _, sent in CALLS)
+
+
+def test_a_produced_bundle_records_what_the_checked_one_records(monitor_factory: Factory, recording: str) -> None:
+    checked, produced = monitor_factory(recording=recording), monitor_factory(recording=recording)
+    record = request_bundle(checked)
+    unchecked = bundle_produced(
+        [
+            [produced.histogram("request_seconds", TAGS)],
+            [produced.histogram("request_bytes", TAGS)],
+            [produced.histogram("response_bytes", TAGS)],
+        ],
+        [produced.counter("requests", TAGS), produced.counter("errors", TAGS)],
+    )
+    for call in CALLS:
+        record(*call)
+        unchecked(*call)
+    assert records(produced) == records(checked)
+    assert produced.snapshot().value("request_bytes", TAGS)["sum"] == sum(received for _, received, _ in CALLS)
+    assert produced.snapshot().value("requests", TAGS) == len(CALLS)
+
+
+def test_the_public_bundle_still_checks_after_a_produced_one_of_its_shape(monitor_factory: Factory) -> None:
+    monitor = monitor_factory(recording="fast")
+    shape = ([[monitor.histogram("a_seconds")]], [monitor.counter("a")])
+    bundle_produced(*shape)(0.1)  # the unchecked code of this shape is compiled first
+    record = monitor.bundle(*shape)
+    record(0.1)
+    record(math.nan)
+    assert monitor.snapshot().value("a_seconds")["count"] == 2
+    assert monitor.dropped == 1
 
 
 def test_one_argument_may_feed_several_histograms(monitor_factory: Factory, recording: str) -> None:

@@ -198,6 +198,54 @@ def test_uninstrument_restores_flask(
     assert requests_of(http_monitor, "/api/messages/{id}", 200) is None
 
 
+def test_uninstrument_stops_measuring_an_app_that_already_served(
+    http_monitor: PerformanceMonitor, wsgi_instrumentor: WsgiMetricsInstrumentor, requests_of: Reader
+) -> None:
+    wsgi_instrumentor.instrument(monitor=http_monitor)
+    app = make_app()
+    client = app.test_client()
+    client.get("/api/messages/1", buffered=True)  # its measured wsgi_app is now kept on the app
+    wsgi_instrumentor.uninstrument()
+    client.get("/api/messages/2", buffered=True)
+    assert requests_of(http_monitor, "/api/messages/{id}", 200) == 1
+    assert "wsgi_app" not in vars(app)
+
+
+def test_a_subclass_overriding_wsgi_app_keeps_its_override_and_is_measured(
+    http_monitor: PerformanceMonitor, wsgi_instrumentor: WsgiMetricsInstrumentor, requests_of: Reader
+) -> None:
+    calls = []
+
+    class Traced(flask.Flask):
+        def wsgi_app(self, environ: Any, start_response: Any) -> Any:
+            calls.append(environ["PATH_INFO"])
+            return super().wsgi_app(environ, start_response)
+
+    wsgi_instrumentor.instrument(monitor=http_monitor)
+    app = Traced("chat")
+    app.add_url_rule("/api/messages/<int:id>", "message", lambda id: "hi")
+    client = app.test_client()
+    for n in range(3):
+        client.get(f"/api/messages/{n}", buffered=True)
+    assert calls == ["/api/messages/0", "/api/messages/1", "/api/messages/2"]
+    assert requests_of(http_monitor, "/api/messages/{id}", 200) == 3
+
+
+def test_middleware_wrapped_around_an_instrumented_app_counts_once_and_survives_uninstrument(
+    http_monitor: PerformanceMonitor, wsgi_instrumentor: WsgiMetricsInstrumentor, requests_of: Reader
+) -> None:
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    wsgi_instrumentor.instrument(monitor=http_monitor)
+    app = make_app()
+    app.wsgi_app = ProxyFix(app.wsgi_app)  # type: ignore[method-assign]  # as Flask's docs show
+    app.test_client().get("/api/messages/1", buffered=True)
+    wsgi_instrumentor.uninstrument()
+    assert isinstance(app.wsgi_app, ProxyFix)  # the application's own choice is left alone
+    app.test_client().get("/api/messages/2", buffered=True)
+    assert requests_of(http_monitor, "/api/messages/{id}", 200) == 2  # it wraps the measured app it was given
+
+
 def test_contribs_wsgi_middleware_beside_ours_counts_nothing_twice(
     http_monitor: PerformanceMonitor, wsgi_instrumentor: WsgiMetricsInstrumentor, requests_of: Reader
 ) -> None:

@@ -94,6 +94,17 @@ def test_a_list_body_is_returned_as_it_is_and_recorded(http_monitor: Performance
     assert http_monitor.snapshot().value("http_requests_in_flight") == 0
 
 
+@pytest.mark.parametrize("announced", ["9" * 400, "-5", "12abc", "0"])
+def test_an_impossible_content_length_is_a_request_of_no_body(http_monitor: PerformanceMonitor, announced: str) -> None:
+    middleware = WsgiMetricsMiddleware(app_returning([b"ok"]), monitor=http_monitor)
+    Server().serve(middleware, environ(CONTENT_LENGTH=announced))
+    Server().serve(middleware, environ(CONTENT_LENGTH="7"))
+    received = http_monitor.snapshot().value("http_request_size_bytes", OK)
+    assert (received["count"], received["sum"]) == (2, 7)  # recorded as 0, then 7: nothing dropped
+    assert sizes(http_monitor)[0] == 2
+    assert http_monitor.dropped == 0
+
+
 def test_a_tuple_body_counts_its_bytes_too(http_monitor: PerformanceMonitor) -> None:
     middleware = WsgiMetricsMiddleware(app_returning((b"abc", b"de")), monitor=http_monitor)
     assert Server().serve(middleware) == b"abcde"

@@ -11,12 +11,14 @@ from __future__ import annotations
 import importlib.util
 import sys
 import time
+import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from chat_turbo_metrics import PerformanceMonitor
+from chat_turbo_metrics._recording.guard import FLOAT_MAX
 from chat_turbo_metrics_http._metrics import (
     _CACHE_LIMIT,
     UNMATCHED,
@@ -48,34 +50,37 @@ def route_of(environ: Environ) -> str:
 
 
 def content_length(headers: Mapping[str, Any]) -> int:
-    """The request body size the client announced (``CONTENT_LENGTH``), 0 when absent or bad."""
+    """The request body size the client announced (``CONTENT_LENGTH``), 0 when absent or bad.
+
+    Always an ``int`` in ``0 <= size < FLOAT_MAX``: the recording does not check it again.
+    """
     length = headers.get("CONTENT_LENGTH")
     if not length:
         return 0
     try:
-        return max(int(length), 0)
+        size = int(length)
     except ValueError:
         return 0
+    return size if 0 < size < FLOAT_MAX else 0
 
 
 class _Exchange:
     """One measured request: its ``start_response`` and ``write``, and its body, which records at the last chunk.
 
-    It has no ``__init__``: :func:`measure` sets the fields, which saves a call frame per request.
+    It has no ``__init__``: :meth:`_MeasuredApp.__call__` sets the fields, which saves a call frame per request.
     """
-
-    __slots__ = ("body", "done", "environ", "metrics", "respond", "route", "sent", "start", "status", "written")
 
     metrics: _WsgiMetrics
     environ: Environ
     respond: StartResponse  # the server's start_response
     written: Callable[[bytes], Any]  # the server's write
     body: Iterable[bytes]
-    status: str
-    route: str
-    sent: int
-    done: bool
     start: float
+    # Class defaults, not slots: a request sets only what differs (four stores fewer per request).
+    status: str = ""
+    route: str = ""
+    sent: int = 0
+    done: bool = False
 
     def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], None]:
         self.status = status
@@ -176,49 +181,52 @@ class _WsgiMetrics(RequestMetrics):
                 bound.lines[key] = series
 
 
-def measure(metrics: _WsgiMetrics, app: WSGIApp, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-    """Run one request through ``app``, measured unless excluded or already measured by an outer middleware.
-
-    Args:
-        metrics: where to record.
-        app: the WSGI application.
-        environ: the request's WSGI environ.
-        start_response: the server's ``start_response``.
-
-    Returns:
-        The application's body, wrapped to record when its last chunk is sent (or it is closed); a list or
-        tuple, complete when the application returns, is recorded then and returned as it is.
+class _MeasuredApp:
+    """A WSGI application, measured: what :class:`WsgiMetricsMiddleware` is, and each Flask application's
+    ``wsgi_app`` after ``instrument()``. Its ``__call__`` is the whole measured path, so a request goes from the
+    server (or ``Flask.__call__``) straight into it: no function of ours between it and the application.
     """
-    if MEASURED in environ or (metrics.excludes and metrics.skips(environ.get("PATH_INFO", ""))):
-        return app(environ, start_response)
-    environ[MEASURED] = True
-    _in_flight.append(None)  # metrics.started(), inline
-    if metrics._bound is None:
-        metrics.bound()
-    exchange = _Exchange()
-    exchange.metrics = metrics
-    exchange.environ = environ
-    exchange.respond = start_response
-    exchange.route = exchange.status = ""
-    exchange.sent = 0
-    exchange.done = False
-    exchange.start = _perf_counter()
-    try:
-        body = exchange.body = app(environ, exchange.start_response)
-    except BaseException as error:
-        metrics.finish_exchange(exchange, type(error).__name__)
-        raise  # unchanged
-    if body.__class__ is list or body.__class__ is tuple:  # nothing left to wait for, nothing to close
+
+    __slots__ = ("_metrics", "app")
+
+    app: WSGIApp
+    _metrics: _WsgiMetrics
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        """Run one request through the application, measured unless excluded or measured further out.
+
+        Returns:
+            The application's body, wrapped to record when its last chunk is sent (or it is closed); a list or
+            tuple, complete when the application returns, is recorded then and returned as it is.
+        """
+        metrics = self._metrics
+        if MEASURED in environ or (metrics.excludes and metrics.skips(environ.get("PATH_INFO", ""))):
+            return self.app(environ, start_response)
+        environ[MEASURED] = True
+        _in_flight.append(None)  # metrics.started(), inline
+        if metrics._bound is None:
+            metrics.bound()
+        exchange = _Exchange()
+        exchange.metrics = metrics
+        exchange.environ = environ
+        exchange.respond = start_response
+        exchange.start = _perf_counter()
         try:
-            exchange.sent += sum(map(len, body))
-        except TypeError:  # not bytes: the server will say so; measure it as any other body
-            return exchange
-        metrics.finish_exchange(exchange, None)
-        return body
-    return exchange
+            body = exchange.body = self.app(environ, exchange.start_response)
+        except BaseException as error:
+            metrics.finish_exchange(exchange, type(error).__name__)
+            raise  # unchanged
+        if body.__class__ is list or body.__class__ is tuple:  # nothing left to wait for, nothing to close
+            try:
+                exchange.sent += sum(map(len, body))
+            except TypeError:  # not bytes: the server will say so; measure it as any other body
+                return exchange
+            metrics.finish_exchange(exchange, None)
+            return body
+        return exchange
 
 
-class WsgiMetricsMiddleware:
+class WsgiMetricsMiddleware(_MeasuredApp):
     """Measures every request of the WSGI application it wraps.
 
     Records through the process-wide :class:`~chat_turbo_metrics.PerformanceMonitor` (or ``monitor``) the
@@ -250,9 +258,6 @@ class WsgiMetricsMiddleware:
         self.app = app
         self._metrics = _WsgiMetrics(HttpMetricsSettings.from_options(excluded_paths, metric_names, environ), monitor)
         _connect_flask_errors()
-
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        return measure(self._metrics, self.app, environ, start_response)
 
 
 class WsgiMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -298,19 +303,43 @@ _FRAMEWORKS = (("flask", "flask >= 2.2"), ("django", "django >= 3.2"))
 def _patch_flask(metrics: _WsgiMetrics) -> Callable[[], None]:
     import flask
 
-    original = flask.Flask.__dict__["wsgi_app"]
-
-    def wsgi_app(self: flask.Flask, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        return measure(metrics, original.__get__(self), environ, start_response)
-
-    wsgi_app.__wrapped__ = original  # type: ignore[attr-defined]
-    flask.Flask.wsgi_app = wsgi_app  # type: ignore[method-assign]
+    patch = _FlaskWsgiApp(flask.Flask.__dict__["wsgi_app"], metrics)
+    flask.Flask.wsgi_app = patch  # type: ignore[assignment]
     _connect_flask_errors()
+    return patch.undo
 
-    def undo() -> None:
-        flask.Flask.wsgi_app = original  # type: ignore[method-assign]
 
-    return undo
+class _FlaskWsgiApp:
+    """``Flask.wsgi_app`` while instrumented: an application's ``wsgi_app`` is a :class:`_MeasuredApp` of its own,
+    made on first use and kept in the application's ``__dict__``, where ``Flask.__call__`` finds it from then on.
+    A subclass's override of ``wsgi_app`` (calling ``super().wsgi_app``) keeps working: nothing is kept then.
+    """
+
+    def __init__(self, original: Callable[..., Iterable[bytes]], metrics: _WsgiMetrics) -> None:
+        self.__wrapped__ = original
+        self.metrics = metrics
+        self.apps: weakref.WeakSet[Any] = weakref.WeakSet()  # applications whose __dict__ holds theirs
+
+    def __get__(self, app: Any, owner: type | None = None) -> Any:
+        if app is None:
+            return self
+        measured = _MeasuredApp()
+        measured.app = self.__wrapped__.__get__(app, owner)
+        measured._metrics = self.metrics
+        if next(klass.__dict__["wsgi_app"] for klass in type(app).__mro__ if "wsgi_app" in klass.__dict__) is self:
+            app.__dict__["wsgi_app"] = measured
+            self.apps.add(app)
+        return measured
+
+    def undo(self) -> None:
+        """Restore ``Flask.wsgi_app``, and every application's that this patch made."""
+        import flask
+
+        flask.Flask.wsgi_app = self.__wrapped__  # type: ignore[method-assign]
+        for app in list(self.apps):
+            kept = app.__dict__.get("wsgi_app")
+            if isinstance(kept, _MeasuredApp) and kept._metrics is self.metrics:
+                del app.__dict__["wsgi_app"]
 
 
 def _flask_error(sender: Any, exception: BaseException, **extra: Any) -> None:
