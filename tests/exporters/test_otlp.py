@@ -399,8 +399,8 @@ def test_the_grpc_exporter_keeps_its_channel_with_a_bounded_reconnect_backoff(
     monitor = otlp_monitor(monitor_factory, protocol="grpc")
     (exporter,) = monitor.pipeline.fanout.exporters
     options = dict(exporter._channel_options)
-    assert options["grpc.max_reconnect_backoff_ms"] == 5000
-    assert options["grpc.initial_reconnect_backoff_ms"] == 1000
+    assert options["grpc.max_reconnect_backoff_ms"] == 2000
+    assert options["grpc.initial_reconnect_backoff_ms"] == 500
     assert isinstance(exporter._channel, compat._KeptChannel)
     assert exporter._timeout == (2 if timeout_variable else monitor.config.export_timeout_s)
     assert number(flushed_metrics(monitor, grpc_receiver)["messages_sent"].sum.data_points[0]) == 5

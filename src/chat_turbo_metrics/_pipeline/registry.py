@@ -26,11 +26,11 @@ _OTLP_PACKAGES = {
 }
 _OTLP_HINT = "pip install 'chat-turbo-metrics[otlp]'"
 # While its endpoint is away a kept gRPC channel (see compat.keep_grpc_channel) reconnects with gRPC's backoff,
-# which by default grows to 120 s; 5 s bounds how long exports stay off after the endpoint returns, and a refused
-# reconnect every few seconds costs next to nothing.
+# which by default starts at 1 s and grows to 120 s; 0.5 s growing to 2 s bounds how long exports stay off after
+# the endpoint returns, and a refused reconnect every 2 s costs next to nothing.
 GRPC_CHANNEL_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 1000),
-    ("grpc.max_reconnect_backoff_ms", 5000),
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 2000),
 )
 _OTLP_TIMEOUT_VARIABLES = {
     "metrics": ("OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT"),
