@@ -9,13 +9,26 @@ from __future__ import annotations
 import ast
 import importlib
 import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import grpc
+import pytest
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 from opentelemetry.sdk.metrics import Counter, MeterProvider
-from opentelemetry.sdk.metrics.export import AggregationTemporality, ConsoleMetricExporter, InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    ConsoleMetricExporter,
+    InMemoryMetricReader,
+    MetricExportResult,
+)
 from opentelemetry.sdk.resources import Resource
 
 from chat_turbo_metrics._pipeline import compat
+from conftest import free_port
 
 SRC = Path(compat.__file__).resolve().parents[1]
 COMPAT = Path(compat.__file__).resolve()
@@ -104,3 +117,64 @@ def test_the_scan_finds_what_compat_itself_uses() -> None:
     uses = private_otel_uses(COMPAT)
     assert any("_configuration" in use for use in uses)
     assert any("_sdk_config" in use for use in uses)
+
+
+def _one_counter_snapshot() -> Any:
+    reader = InMemoryMetricReader()
+    MeterProvider(metric_readers=[reader]).get_meter("compat").create_counter("orders").add(3)
+    return reader.get_metrics_data()
+
+
+class _Accepting(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def __init__(self) -> None:
+        self.requests = 0
+
+    def Export(self, request: Any, context: Any) -> ExportMetricsServiceResponse:
+        self.requests += 1
+        return ExportMetricsServiceResponse()
+
+
+def _serve(port: int) -> tuple[grpc.Server, _Accepting]:
+    service = _Accepting()
+    server = grpc.server(ThreadPoolExecutor(max_workers=1))
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(service, server)
+    assert server.add_insecure_port(f"127.0.0.1:{port}") == port
+    server.start()
+    return server, service
+
+
+def test_keep_grpc_channel_keeps_one_channel_through_an_outage_and_closes_it_at_shutdown() -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+    from chat_turbo_metrics._pipeline.registry import GRPC_CHANNEL_OPTIONS
+
+    port = free_port()
+    exporter = OTLPMetricExporter(
+        endpoint=f"http://127.0.0.1:{port}", insecure=True, timeout=0.5, channel_options=GRPC_CHANNEL_OPTIONS
+    )
+    assert compat.keep_grpc_channel(exporter)
+    kept, stub = exporter._channel, exporter._client
+    data = _one_counter_snapshot()
+    for _ in range(3):  # refused: UNAVAILABLE, on which the exporter would build a new channel each time
+        assert exporter.export(data) is MetricExportResult.FAILURE
+    assert (exporter._channel, exporter._client) == (kept, stub)
+
+    server, service = _serve(port)
+    try:
+        deadline = time.monotonic() + 15  # the reconnect backoff (at most 2 s) lets the same channel recover
+        while exporter.export(data) is not MetricExportResult.SUCCESS:
+            assert time.monotonic() < deadline, "the kept channel never reconnected"
+            time.sleep(0.2)
+        assert service.requests == 1
+        assert exporter._client is stub
+    finally:
+        exporter.shutdown()
+        server.stop(grace=None).wait()
+    with pytest.raises(ValueError, match="closed"):
+        kept.channel.unary_unary("/ctm.Test/Ping")(b"")
+
+
+def test_keep_grpc_channel_leaves_an_exporter_without_one_alone() -> None:
+    exporter = ConsoleMetricExporter()
+    assert compat.keep_grpc_channel(exporter) is False
+    assert not hasattr(exporter, "_channel")

@@ -40,6 +40,8 @@ from test_exit_signals import file_orders, last_otlp_orders, stored_orders
 from test_otlp import OtlpHttpReceiver, Received, _MetricsService
 
 from chat_turbo_metrics import PerformanceMonitor
+from chat_turbo_metrics._pipeline.compat import keep_grpc_channel
+from chat_turbo_metrics._pipeline.registry import GRPC_CHANNEL_OPTIONS
 from chat_turbo_metrics.exporters import DatabaseExporter, DataDogExporter, FileExporter
 from conftest import require
 
@@ -102,6 +104,15 @@ def _otlp_http() -> Iterator[Endpoint]:
         thread_pool.shutdown()
 
 
+def _grpc_exporter(endpoint: str) -> MetricExporter:
+    """Built as the pipeline builds it (registry._otlp): reconnect backoff bounded, channel kept."""
+    exporter = GrpcMetricExporter(
+        endpoint=endpoint, insecure=True, timeout=TIMEOUT_S, channel_options=GRPC_CHANNEL_OPTIONS
+    )
+    assert keep_grpc_channel(exporter)
+    return exporter
+
+
 def _otlp_grpc() -> Iterator[Endpoint]:
     received = Received()
     server = grpc.server(ThreadPoolExecutor(max_workers=2))
@@ -113,7 +124,7 @@ def _otlp_grpc() -> Iterator[Endpoint]:
         yield Endpoint(
             "otlp_grpc",
             proxy,
-            lambda: GrpcMetricExporter(endpoint=f"http://127.0.0.1:{proxy.port}", insecure=True, timeout=TIMEOUT_S),
+            lambda: _grpc_exporter(f"http://127.0.0.1:{proxy.port}"),
             _otlp_delivered(received),
             cumulative=True,
         )

@@ -29,6 +29,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 
 from chat_turbo_metrics import PerformanceMonitor, get_monitoring_config
+from chat_turbo_metrics._pipeline import compat
 from chat_turbo_metrics.exporters.file import read_metric_records
 from chat_turbo_metrics.exporters.prometheus import PrometheusExporter
 
@@ -382,6 +383,27 @@ def test_otel_metrics_exporter_builds_otlp_and_prometheus(
     (pull,) = pipeline.pull_exporters
     assert isinstance(pull, PrometheusExporter)
     assert (pull.host, pull.port > 0) == ("127.0.0.1", True)
+
+
+@pytest.mark.parametrize("timeout_variable", [None, "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT"])
+def test_the_grpc_exporter_keeps_its_channel_with_a_bounded_reconnect_backoff(
+    grpc_receiver: Received,
+    monitor_factory: MonitorFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    timeout_variable: str | None,
+) -> None:
+    # Rebuilding the channel at every failed export costs the application CPU while the endpoint is away
+    # (bench/bench_faults.py); the kept channel must still deliver.
+    if timeout_variable is not None:
+        monkeypatch.setenv(timeout_variable, "2")
+    monitor = otlp_monitor(monitor_factory, protocol="grpc")
+    (exporter,) = monitor.pipeline.fanout.exporters
+    options = dict(exporter._channel_options)
+    assert options["grpc.max_reconnect_backoff_ms"] == 2000
+    assert options["grpc.initial_reconnect_backoff_ms"] == 500
+    assert isinstance(exporter._channel, compat._KeptChannel)
+    assert exporter._timeout == (2 if timeout_variable else monitor.config.export_timeout_s)
+    assert number(flushed_metrics(monitor, grpc_receiver)["messages_sent"].sum.data_points[0]) == 5
 
 
 def test_exporter_names_build_one_exporter_each(

@@ -2,9 +2,9 @@
 
 The SDK and the Prometheus exporter keep some things we need behind underscores: the configurator base class
 ``opentelemetry-instrument`` loads, the synchronous gauge class, the Prometheus unit mapping, the loggers that
-report rejected measurements, the resource a MeterProvider refreshes after a fork and an exporter's temporality
-preference. Each is imported or read here only, so an SDK upgrade that moves one breaks this module and
-``tests/test_compat.py``, not a capability somewhere else.
+report rejected measurements, the resource a MeterProvider refreshes after a fork, an exporter's temporality
+preference and the OTLP/gRPC exporter's channel. Each is imported or read here only, so an SDK upgrade that
+moves one breaks this module and ``tests/test_compat.py``, not a capability somewhere else.
 
 Example:
     >>> from chat_turbo_metrics._pipeline.compat import prometheus_unit_suffix
@@ -33,6 +33,7 @@ __all__ = [
     "SdkGauge",
     "exporter_temporality",
     "forget_inherited_sums",
+    "keep_grpc_channel",
     "prometheus_unit_suffix",
     "provider_resource",
     "reinit_sdk_metric_locks",
@@ -117,3 +118,33 @@ def forget_inherited_sums(meter_provider: Any) -> int:
                     dropped += len(series)
                     match._attributes_aggregation = {}
     return dropped
+
+
+class _KeptChannel:
+    """A gRPC channel the OTLP exporter may "close" after an UNAVAILABLE error without it being closed."""
+
+    def __init__(self, channel: Any, exporter: Any) -> None:
+        self.channel = channel
+        self._exporter = exporter
+
+    def close(self) -> None:
+        # The exporter sets ``_shutdown`` before it closes the channel in shutdown(); any other close is its
+        # reaction to UNAVAILABLE, which would throw away a channel that reconnects by itself.
+        if getattr(self._exporter, "_shutdown", True):
+            self.channel.close()
+
+
+def keep_grpc_channel(exporter: Any) -> bool:
+    """Make an OTLP/gRPC exporter keep its channel when an export fails with UNAVAILABLE; True if done.
+
+    The exporter (``OTLPExporterMixin._export``) closes its channel and builds a new one at every such failure,
+    so while its endpoint is down or flapping each export starts a fresh channel, connection and backoff state
+    in the application's process. A kept channel reconnects by itself, within its reconnect backoff (a channel
+    option). Its shutdown still closes the channel. Does nothing (False) when the exporter has no such channel.
+    """
+    channel = getattr(exporter, "_channel", None)
+    if channel is None or not hasattr(exporter, "_initialize_channel_and_stub"):
+        return False
+    exporter._channel = _KeptChannel(channel, exporter)
+    exporter._initialize_channel_and_stub = lambda: None
+    return True

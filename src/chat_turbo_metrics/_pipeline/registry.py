@@ -18,12 +18,20 @@ from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig
+from chat_turbo_metrics._pipeline.compat import keep_grpc_channel
 
 _OTLP_PACKAGES = {
     "grpc": "opentelemetry.exporter.otlp.proto.grpc",
     "http/protobuf": "opentelemetry.exporter.otlp.proto.http",
 }
 _OTLP_HINT = "pip install 'chat-turbo-metrics[otlp]'"
+# While its endpoint is away a kept gRPC channel (see compat.keep_grpc_channel) reconnects with gRPC's backoff,
+# which by default starts at 1 s and grows to 120 s; 0.5 s growing to 2 s bounds how long exports stay off after
+# the endpoint returns, and a refused reconnect every 2 s costs next to nothing.
+GRPC_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
 _OTLP_TIMEOUT_VARIABLES = {
     "metrics": ("OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT"),
     "traces": ("OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
@@ -37,13 +45,18 @@ def _otlp(signal: str, protocol: str | None = None) -> Callable[[MonitoringConfi
     }[signal]
 
     def build(config: MonitoringConfig) -> Any:
+        grpc = (protocol or config.otlp_protocol) == "grpc"
         package = _OTLP_PACKAGES[protocol or config.otlp_protocol]
         exporter_class = getattr(import_module(f"{package}.{module_name}"), class_name)
+        options: dict[str, Any] = {"channel_options": GRPC_CHANNEL_OPTIONS} if grpc else {}
         # The OTLP exporter ignores export(timeout_millis=); bound it by our export timeout unless the
         # OTLP-specific timeout variables say otherwise.
-        if any(os.environ.get(name) for name in _OTLP_TIMEOUT_VARIABLES[signal]):
-            return exporter_class()
-        return exporter_class(timeout=config.export_timeout_s)
+        if not any(os.environ.get(name) for name in _OTLP_TIMEOUT_VARIABLES[signal]):
+            options["timeout"] = config.export_timeout_s
+        exporter = exporter_class(**options)
+        if grpc:
+            keep_grpc_channel(exporter)
+        return exporter
 
     return build
 
