@@ -69,7 +69,6 @@ _I64_INT = INT64_LIMIT
 _FMAX = FLOAT_MAX
 _EXACT = EXACT_TYPES
 _perf_counter = time.perf_counter
-_time_ns = time.time_ns
 _random = random.random
 _EMPTY: Mapping[str, Any] = {}
 
@@ -365,7 +364,7 @@ class FastRecorder:
         Runs while the fork hook still holds the lock, so no cell is half-updated; the hot path's caches and
         bound handles keep pointing at the same cells.
         """
-        now = _time_ns()
+        now = self._clock()  # the same clock as the collections that fold these cells
         for instrument in list(self._by_identity.values()):
             cells = [cell for stream in instrument.streams for cell in stream.series.values()]
             for cell in [*cells, *([instrument.sink] if instrument.sink is not None else [])]:
