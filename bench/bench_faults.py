@@ -37,7 +37,6 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "exporters"))  # the receivers and the fault proxy the tests use
 sys.path.insert(0, str(ROOT / "tests"))
 
-import grpc  # noqa: E402
 from datadog_intake import DD_KEY, DatadogIntake, total  # noqa: E402
 from fault_proxy import DOWN, STALL, UP, FaultProxy  # noqa: E402
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc  # noqa: E402
-from test_otlp import OtlpHttpReceiver, Received, _MetricsService, metrics_by_name, number  # noqa: E402
+from test_otlp import OtlpHttpReceiver, Received, metrics_by_name, number, start_grpc_receiver  # noqa: E402
 
 QUICK = "--quick" in sys.argv
 # Short phases, many rounds, interleaved: a burst of load from elsewhere on the machine lasts seconds, so it lands
@@ -182,11 +179,7 @@ def _otlp_http() -> Target:
 
 
 def _otlp_grpc() -> Target:
-    received = Received()
-    server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(received), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    received, server, port = start_grpc_receiver()
     proxy = FaultProxy(("127.0.0.1", port)).start()
 
     def stop() -> None:

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -25,10 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "exporters"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-import grpc  # noqa: E402
 from fault_proxy import DOWN, STALL, UP, FaultProxy  # noqa: E402
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc  # noqa: E402
-from test_otlp import Received, _MetricsService, metrics_by_name  # noqa: E402
+from test_otlp import metrics_by_name, start_grpc_receiver  # noqa: E402
 
 QUICK = "--quick" in sys.argv
 PHASE_S = 5.0 if QUICK else 15.0
@@ -60,11 +57,7 @@ def _cpu_s(pid: int) -> float:
 
 
 def main() -> None:
-    received = Received()
-    server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(received), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    received, server, port = start_grpc_receiver()
     proxy = FaultProxy(("127.0.0.1", port)).start()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("OTEL_", "CHAT_TURBO_", "METRICS_"))}
     env.update(

@@ -25,19 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import test_database
 from datadog_intake import DD_KEY, running_intake, total
 from fault_proxy import DOWN, STALL, UP, FaultProxy
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricsData
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from test_exit_signals import file_orders, last_otlp_orders, stored_orders
-from test_otlp import OtlpHttpReceiver, Received, _MetricsService
+from test_otlp import OtlpHttpReceiver, Received, start_grpc_receiver
 
 from chat_turbo_metrics import PerformanceMonitor
 from chat_turbo_metrics._pipeline.compat import keep_grpc_channel
@@ -114,11 +112,7 @@ def _grpc_exporter(endpoint: str) -> MetricExporter:
 
 
 def _otlp_grpc() -> Iterator[Endpoint]:
-    received = Received()
-    server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(received), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    received, server, port = start_grpc_receiver()
     proxy = FaultProxy(("127.0.0.1", port)).start()
     try:
         yield Endpoint(

@@ -153,14 +153,20 @@ def http_receiver(start_http_receiver: Callable[..., OtlpHttpReceiver]) -> OtlpH
     return start_http_receiver()
 
 
-@pytest.fixture
-def grpc_receiver(clean_otlp_env: pytest.MonkeyPatch) -> Iterator[Received]:
-    """An OTLP/gRPC MetricsService on 127.0.0.1, plaintext; the endpoint variables point at it."""
+def start_grpc_receiver() -> tuple[Received, grpc.Server, int]:
+    """An OTLP/gRPC MetricsService serving on 127.0.0.1 (plaintext): what it received, the server, its port."""
     received = Received()
     server = grpc.server(ThreadPoolExecutor(max_workers=2))
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(received), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+    return received, server, port
+
+
+@pytest.fixture
+def grpc_receiver(clean_otlp_env: pytest.MonkeyPatch) -> Iterator[Received]:
+    """An OTLP/gRPC MetricsService on 127.0.0.1, plaintext; the endpoint variables point at it."""
+    received, server, port = start_grpc_receiver()
     clean_otlp_env.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", f"http://127.0.0.1:{port}")
     clean_otlp_env.setenv("OTEL_EXPORTER_OTLP_METRICS_INSECURE", "true")
     yield received
