@@ -1,31 +1,37 @@
 """Faults benchmark: a served application's p99 latency and memory while a push exporter's endpoint fails.
 
 Run: ``python bench/bench_faults.py [otlp_http|otlp_grpc|datadog|postgresql ...]`` (``--quick`` for shorter
-phases). For each push exporter that talks to a
-network endpoint (OTLP/HTTP, OTLP/gRPC, Datadog, and the database exporter on PostgreSQL when one listens on
-127.0.0.1:5432), one uvicorn process serves a small Starlette application instrumented with
-``chat_turbo_metrics_http``'s ASGI middleware (plus a counter of its own), exporting every 0.5 s (timeout 1 s) to a
-real receiver through a TCP fault proxy on 127.0.0.1. A load process sends a steady 200 requests per second over
-loopback for a bounded time per phase; the phases are, in many short interleaved rounds so that drift and load
-from elsewhere on the machine hit all of them alike:
+phases, ``--null`` to calibrate). For each push exporter that talks to a network endpoint (OTLP/HTTP, OTLP/gRPC,
+Datadog, and the database exporter on PostgreSQL when one listens on 127.0.0.1:5432), two identical uvicorn
+processes serve a small Starlette application instrumented with ``chat_turbo_metrics_http``'s ASGI middleware (plus
+a counter of its own), each exporting every 0.5 s (timeout 1 s) to its own real receiver through its own TCP fault
+proxy on 127.0.0.1. A load process (one event loop) sends the same steady 200 requests per second to both
+servers at the same moments, over loopback, for a bounded time per phase. The phases of one server's endpoint:
 
 - healthy: the endpoint answers;
 - down: the port refuses connections;
 - stall: connections are accepted and never answered (every export runs into its timeout);
 - flapping: the port alternates down and up every 0.5 s.
 
-It prints, per exporter and phase, the client-side p50 and p99 latency (the median of the rounds' p99s, so
-that one burst of load elsewhere on the machine does not decide it), the p99 ratio to the healthy phases of the
-same server (the target: <= 1.10; "pooled" is the same ratio over all rounds' requests together), the server's
-CPU time (user + system) relative to the healthy phases, its RSS at the end of the phase, and the failed exports
-the fan-out counted; then whether the receiver ended up with every request the application counted (after a
-final healthy phase). Compare ratios measured in the same run, not absolute figures.
+The other server's endpoint stays up: it is the control, measured in the same rounds, so that a burst of load
+elsewhere on this machine lands on both sides of each comparison. The servers take turns at being faulted, round
+by round, and the phases are interleaved in short rounds, so that what differs between the two processes and
+drift over time weigh on every phase and role alike.
+
+It prints, per exporter and phase, the faulted server's client-side p50 and p99 latency (over every round's
+requests), the control's p99 in the same rounds, their ratio (the target: <= 1.10) with a 90 % bootstrap interval
+over rounds, the CPU time (user + system) ratio of the two, the larger RSS at the end of a phase and the failed
+exports the fan-out counted; then whether each receiver ended up with every request its application counted
+(after a final healthy phase). In the healthy phase nothing differs between the two servers, so its ratio is
+the measurement's own spread; ``--null`` runs every phase that way. Compare ratios measured in the same run, not
+absolute figures.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -38,7 +44,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,13 +56,17 @@ from fault_proxy import DOWN, STALL, UP, FaultProxy  # noqa: E402
 from test_otlp import OtlpHttpReceiver, Received, metrics_by_name, number, start_grpc_receiver  # noqa: E402
 
 QUICK = "--quick" in sys.argv
+# Calibration: the same phases, but the faulted server's endpoint is never faulted. Its ratios show how far
+# apart two identical servers measure here, which is the smallest difference this benchmark can show.
+NULL = "--null" in sys.argv
 # Short phases, many rounds, interleaved: a burst of load from elsewhere on the machine lasts seconds, so it lands
 # on every phase alike instead of deciding one phase's p99.
 PHASE_S = 1.5 if QUICK else 2.0
-ROUNDS = 4 if QUICK else 10
+ROUNDS = 4 if QUICK else 20
 RATE = 200  # requests per second, open loop
 FLAPPING = "flapping"
-PHASES = ("healthy", DOWN, STALL, FLAPPING)
+PHASES = ("healthy", DOWN, STALL, FLAPPING)  # of the faulted server's endpoint; the control's is always up
+RESAMPLES = 1000  # bootstrap resamples of the rounds, for each ratio's interval
 POSTGRES = ("127.0.0.1", 5432)
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -85,46 +95,44 @@ APP = textwrap.dedent(
     """
 )
 
+# One thread, one event loop: the client's own timing is not disturbed by client threads waiting for its GIL.
 LOAD = textwrap.dedent(
     """
-    import http.client, json, sys, threading, time
-    port, rate, duration = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
-    threads = 8
-    latencies, errors = [], [0]
-    lock = threading.Lock()
-    start = time.monotonic() + 0.1
+    import asyncio, json, sys, time
+    rate, duration, ports = float(sys.argv[1]), float(sys.argv[2]), [int(port) for port in sys.argv[3:]]
 
-    def run(index):
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        mine, n = [], index
-        while True:
-            due = start + n / rate  # open loop: each request at its time, whatever the others took
-            if due > start + duration:
-                break
-            pause = due - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
+    async def main():
+        loop = asyncio.get_running_loop()
+        latencies, idle, errors = {port: [] for port in ports}, {port: [] for port in ports}, [0]
+
+        async def request(port, n):
+            if idle[port]:  # keep-alive connections, opened as needed
+                reader, writer = idle[port].pop()
+            else:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
             sent = time.perf_counter()
             try:
-                connection.request("GET", f"/api/shops/s{n % 50}")
-                reply = connection.getresponse()
-                reply.read()
-                mine.append(time.perf_counter() - sent)
-            except (OSError, http.client.HTTPException):
-                with lock:
-                    errors[0] += 1
-                connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            n += threads
-        with lock:
-            latencies.extend(mine)
+                writer.write(f"GET /api/shops/s{n % 50} HTTP/1.1\\r\\nHost: bench\\r\\n\\r\\n".encode())
+                head = await reader.readuntil(b"\\r\\n\\r\\n")
+                sizes = [line for line in head.split(b"\\r\\n") if line.lower().startswith(b"content-length:")]
+                await reader.readexactly(int(sizes[0].split(b":")[1]))
+                latencies[port].append(time.perf_counter() - sent)
+                idle[port].append((reader, writer))
+            except (OSError, asyncio.IncompleteReadError, IndexError):
+                errors[0] += 1
+                writer.close()
 
-    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    print(json.dumps({"latencies": latencies, "errors": errors[0]}))
+        start, pending, n = loop.time() + 0.1, [], 0
+        while start + n / rate <= start + duration:  # open loop: each request at its time, whatever others took
+            await asyncio.sleep(max(0.0, start + n / rate - loop.time()))
+            # The same request to every server, at the same moment, the servers' order turning.
+            for port in ports[n % len(ports):] + ports[:n % len(ports)]:
+                pending.append(asyncio.ensure_future(request(port, n)))
+            n += 1
+        await asyncio.gather(*pending)
+        print(json.dumps({"latencies": {str(port): values for port, values in latencies.items()}, "errors": errors[0]}))
+
+    asyncio.run(main())
     """
 )
 
@@ -310,15 +318,17 @@ def _failures(port: int) -> int:
     return _status(port)["failures"]
 
 
-def _load(port: int, seconds: float) -> tuple[list[float], int]:
-    done = subprocess.run(
-        [sys.executable, "-c", LOAD, str(port), str(RATE), str(seconds)], capture_output=True, text=True, check=True
-    )
+def _load(ports: list[int], seconds: float) -> tuple[list[list[float]], int]:
+    """Latencies per server (in the order of ``ports``) of a load sent to all of them at once, and errors."""
+    args = [sys.executable, "-c", LOAD, str(RATE), str(seconds), *map(str, ports)]
+    done = subprocess.run(args, capture_output=True, text=True, check=True)
     result = json.loads(done.stdout)
-    return result["latencies"], result["errors"]
+    return [result["latencies"][str(port)] for port in ports], result["errors"]
 
 
 def _fault(proxy: FaultProxy, phase: str) -> AbstractContextManager[None]:
+    if NULL:
+        return nullcontext()
     if phase == FLAPPING:
         return proxy.flapping(0.5)
     proxy.set(UP if phase == "healthy" else phase)
@@ -331,74 +341,121 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 @dataclass
-class Phases:
-    """What one server showed per phase, over every round."""
+class Role:
+    """What the server in one role (faulted or control) showed per phase, over every round."""
 
-    latencies: dict[str, list[float]]
-    round_p99s: dict[str, list[float]]
-    cpu_s: dict[str, float]
-    rss_mb: dict[str, float]
-    failed: dict[str, int]
-    errors: int = 0
-    served: int = 0
-    delivered: float = 0.0
+    latencies: dict[str, list[list[float]]] = field(default_factory=lambda: {phase: [] for phase in PHASES})
+    cpu_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    rss_mb: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    failed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PHASES, 0))
 
-    @classmethod
-    def empty(cls) -> Phases:
-        return cls(
-            latencies={phase: [] for phase in PHASES},
-            round_p99s={phase: [] for phase in PHASES},
-            cpu_s=dict.fromkeys(PHASES, 0.0),
-            rss_mb=dict.fromkeys(PHASES, 0.0),
-            failed=dict.fromkeys(PHASES, 0),
-        )
+    def p99(self, phase: str, rounds: list[int]) -> float:
+        return _quantile([value for index in rounds for value in self.latencies[phase][index]], 0.99)
 
 
-def run_phases(target: Target, folder: Path) -> Phases:
-    seen = Phases.empty()
-    with serving(target, folder) as (server, port):
-        _load(port, 1.0)  # warm-up: imports, first export, connection pools
-        for _ in range(ROUNDS):
-            for phase in PHASES:
-                before, cpu_before = _failures(port), _cpu_s(server.pid)
-                with _fault(target.proxy, phase):
-                    observed, errors = _load(port, PHASE_S)
-                seen.cpu_s[phase] += _cpu_s(server.pid) - cpu_before
-                target.proxy.set(UP)
-                seen.latencies[phase] += observed
-                seen.round_p99s[phase].append(_quantile(observed, 0.99))
-                seen.errors += errors
-                seen.rss_mb[phase] = _rss_mb(server.pid)
-                seen.failed[phase] += _failures(port) - before
-        _load(port, 2.0)  # a final healthy phase: everything recorded must arrive
-        seen.served = _status(port)["served"]
-        deadline = time.monotonic() + 20
-        while target.delivered() < seen.served and time.monotonic() < deadline:
-            time.sleep(0.2)
-        seen.delivered = target.delivered()
-    return seen
+@dataclass
+class Measured:
+    name: str
+    faulted: Role
+    control: Role
+    errors: int
+    arrived: list[tuple[int, float]]  # per server: what the application counted, what its receiver holds
 
 
-def report(target: Target, seen: Phases) -> None:
-    healthy = statistics.median(seen.round_p99s["healthy"])
-    healthy_pooled = _quantile(seen.latencies["healthy"], 0.99)
-    print(f"\n{target.name}  (phases of {PHASE_S:.1f} s x {ROUNDS}, {RATE} req/s; client errors: {seen.errors})")
+def run_phases(build: Callable[[], Target | None], folder: Path) -> Measured | None:
+    """Serve the same application twice, each exporting to its own endpoint, and fault one server's at a time.
+
+    The servers take turns, round by round, at being the faulted one, so that whatever differs between the two
+    processes (where the scheduler puts them, which was started first) weighs on both roles alike. Returns None
+    when the target is not available here.
+    """
+    targets = [build(), build()]
+    if None in targets:
+        for target in targets:
+            if target is not None:
+                target.stop()
+        return None
+    built = [target for target in targets if target is not None]
+    faulted, control, errors = Role(), Role(), 0
+    try:
+        with serving(built[0], folder) as first, serving(built[1], folder) as second:
+            processes, ports = [first[0], second[0]], [first[1], second[1]]
+            _load(ports, 1.0)  # warm-up: imports, first export, connection pools
+            for index in range(ROUNDS):
+                turn = index % 2  # the server faulted this round
+                roles = (faulted, control) if turn == 0 else (control, faulted)
+                for phase in PHASES:
+                    before = [
+                        (_failures(port), _cpu_s(process.pid)) for port, process in zip(ports, processes, strict=True)
+                    ]
+                    with _fault(built[turn].proxy, phase):
+                        observed, failed_requests = _load(ports, PHASE_S)
+                    built[turn].proxy.set(UP)
+                    errors += failed_requests
+                    for role, port, process, values, (failures, cpu) in zip(
+                        roles, ports, processes, observed, before, strict=True
+                    ):
+                        role.cpu_s[phase] += _cpu_s(process.pid) - cpu
+                        role.latencies[phase].append(values)
+                        role.rss_mb[phase] = max(role.rss_mb[phase], _rss_mb(process.pid))
+                        role.failed[phase] += _failures(port) - failures
+            _load(ports, 2.0)  # a final healthy phase: everything recorded must arrive
+            arrived = []
+            for target, port in zip(built, ports, strict=True):
+                served = _status(port)["served"]
+                deadline = time.monotonic() + 20
+                while target.delivered() < served and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                arrived.append((served, target.delivered()))
+    finally:
+        for target in built:
+            target.stop()
+    return Measured(built[0].name, faulted, control, errors, arrived)
+
+
+def p99_ratio(measured: Measured, phase: str, rng: random.Random) -> tuple[float, float, float]:
+    """The faulted role's p99 over the control's in the same rounds of ``phase``, with a 90 % interval.
+
+    Both servers took the same requests at the same moments, so a burst of load elsewhere on the machine hits
+    both sides of the ratio alike. The interval is a bootstrap over whole rounds.
+    """
+    faulted, control = measured.faulted, measured.control
+    every = list(range(len(faulted.latencies[phase])))
+    ratio = faulted.p99(phase, every) / control.p99(phase, every)
+    resampled = []
+    for _ in range(RESAMPLES):
+        chosen = rng.choices(every, k=len(every))
+        resampled.append(faulted.p99(phase, chosen) / control.p99(phase, chosen))
+    return ratio, _quantile(resampled, 0.05), _quantile(resampled, 0.95)
+
+
+def report(measured: Measured) -> None:
+    rng = random.Random(11)
+    every = list(range(ROUNDS))
+    faulted, control = measured.faulted, measured.control
+    shape = f"phases of {PHASE_S:.1f} s x {ROUNDS}, {RATE} req/s to each server"
     print(
-        f"  {'phase':<10} {'requests':>8} {'p50 ms':>7} {'p99 ms':>7} {'p99 ratio':>9} {'pooled':>7} "
-        f"{'CPU ratio':>9} {'RSS MB':>7} {'failed':>7}"
+        f"\n{measured.name}{' (--null: nothing faulted)' if NULL else ''}  ({shape}; client errors: {measured.errors})"
+    )
+    print(
+        f"  {'phase':<9} {'requests':>8} {'p50 ms':>7} {'p99 ms':>7} {'control':>7} {'p99 ratio [90 % interval]':>26} "
+        f"{'CPU ratio':>9} {'RSS MB':>7} {'failed':>6}"
     )
     for phase in PHASES:
-        values, p99 = seen.latencies[phase], statistics.median(seen.round_p99s[phase])
+        values = [value for rounds in faulted.latencies[phase] for value in rounds]
+        ratio, low, high = p99_ratio(measured, phase, rng)
         print(
-            f"  {phase:<10} {len(values):>8} {statistics.median(values) * 1e3:>7.2f} {p99 * 1e3:>7.2f} "
-            f"{p99 / healthy:>9.2f} {_quantile(values, 0.99) / healthy_pooled:>7.2f} "
-            f"{seen.cpu_s[phase] / seen.cpu_s['healthy']:>9.2f} {seen.rss_mb[phase]:>7.1f} {seen.failed[phase]:>7}"
+            f"  {phase:<9} {len(values):>8} {statistics.median(values) * 1e3:>7.2f} "
+            f"{faulted.p99(phase, every) * 1e3:>7.2f} {control.p99(phase, every) * 1e3:>7.2f} "
+            f"{ratio:>11.2f} [{low:.2f}, {high:.2f}]{'':>2} "
+            f"{faulted.cpu_s[phase] / control.cpu_s[phase]:>9.2f} {faulted.rss_mb[phase]:>7.1f} "
+            f"{faulted.failed[phase]:>6}"
         )
-    served, delivered = seen.served, seen.delivered
-    verdict = "all arrived" if delivered >= served else f"MISSING {served - delivered:.0f}"
-    if delivered > served:  # a cut answer makes a delta exporter send its interval again
-        verdict += f", {delivered - served:.0f} more: intervals sent again after a flap cut their answer"
-    print(f"  orders counted by the application: {served}; held by the receiver: {delivered:.0f} ({verdict})")
+    for index, (served, delivered) in enumerate(measured.arrived, 1):
+        verdict = "all arrived" if delivered >= served else f"MISSING {served - delivered:.0f}"
+        if delivered > served:  # a cut answer makes a delta exporter send its interval again
+            verdict += f", {delivered - served:.0f} more: intervals sent again after a flap cut their answer"
+        print(f"  server {index}: orders counted: {served}; held by its receiver: {delivered:.0f} ({verdict})")
 
 
 def main() -> None:
@@ -412,13 +469,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "faults_app.py").write_text(APP)
         for name in chosen:
-            target = builders[name]()
-            if target is None:
-                continue
-            try:
-                report(target, run_phases(target, Path(folder)))
-            finally:
-                target.stop()
+            measured = run_phases(builders[name], Path(folder))
+            if measured is not None:
+                report(measured)
 
 
 if __name__ == "__main__":
