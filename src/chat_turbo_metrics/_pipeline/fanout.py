@@ -1,9 +1,10 @@
 """One periodic collection that feeds every push exporter.
 
 Recording cost must not grow with the number of exporters, so the provider has a single cumulative reader and
-this fan-out hands each snapshot to every push exporter. Each exporter has its own worker thread and a
-latest-snapshot slot: snapshots are cumulative, so a newer one supersedes an older one that was never exported
-without losing data, and a slow or hanging exporter delays neither the others nor the collection.
+this fan-out hands each snapshot to every push exporter. Each exporter has its own worker thread and
+latest-snapshot slot (``export_worker``): snapshots are cumulative, so a newer one supersedes an older one that
+was never exported without losing data, and a slow or hanging exporter delays neither the others nor the
+collection.
 """
 
 from __future__ import annotations
@@ -14,208 +15,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 
-from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricsData
 
+from chat_turbo_metrics._pipeline.export_worker import THREAD_NAME, ExportWorker
 from chat_turbo_metrics._pipeline.health import ExportStats
-from chat_turbo_metrics._pipeline.temporality import DeltaConverter
 
 _log = logging.getLogger("chat_turbo_metrics.export")
-
-_THREAD_NAME = "chat-turbo-metrics-fanout"
-
-
-@dataclass
-class _Job:
-    generation: int
-    data: MetricsData
-    flush: bool
-
-
-class _Worker:
-    """One exporter, its own daemon thread and a one-snapshot slot."""
-
-    def __init__(
-        self,
-        name: str,
-        exporter: MetricExporter,
-        *,
-        timeout_s: float,
-        clock: Callable[[], float],
-        on_failure: Callable[[str], None],
-        stats: ExportStats | None = None,
-    ) -> None:
-        self.name = name
-        self.exporter = exporter
-        self._timeout_s = timeout_s
-        self._clock = clock
-        self._on_failure = on_failure
-        self._stats = stats or ExportStats()
-        self._converter = DeltaConverter.for_exporter(exporter)
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._slot: _Job | None = None
-        self._done_generation = 0
-        self._done_ok = True
-        self._busy_since: float | None = None
-        self._hang_reported = False
-        self._closing = False
-        self._retired = False
-        self._close_deadline = 0.0
-        self._finished = False
-        self._failed_in_outage = 0
-
-    def offer(self, generation: int, data: MetricsData, *, flush: bool) -> None:
-        """Put a snapshot in the slot, replacing one not yet exported."""
-        with self._cond:
-            if self._closing:
-                return
-            flush = flush or (self._slot is not None and self._slot.flush)
-            if self._slot is not None:  # not lost (snapshots are cumulative), but a sign of a slow exporter
-                self._stats.count(self.name, "superseded")
-            self._slot = _Job(generation, data, flush)
-            self._report_hang()
-            self._ensure_thread()
-            self._cond.notify_all()
-
-    @property
-    def pending(self) -> int:
-        """Snapshots waiting for this exporter (0 or 1: a newer one replaces an older one)."""
-        return 0 if self._slot is None else 1
-
-    def wait_done(self, generation: int, deadline: float) -> bool:
-        """Wait until a snapshot as new as ``generation`` or newer was handled; True if it was exported."""
-        with self._cond:
-            while self._done_generation < generation:
-                remaining = deadline - self._clock()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-            return self._done_ok
-
-    def close(self, deadline: float) -> None:
-        """Export what is in the slot, then flush and shut the exporter down, all on the worker thread."""
-        with self._cond:
-            if not self._closing:
-                self._closing = True
-                self._close_deadline = deadline
-                self._ensure_thread()
-                self._cond.notify_all()
-
-    def retire(self) -> None:
-        """Let the thread end after what it holds, without flushing or shutting the exporter down."""
-        with self._cond:
-            self._closing = True
-            self._retired = True
-            self._cond.notify_all()
-
-    def join(self, deadline: float) -> None:
-        thread = self._thread
-        # An exporter may shut the pipeline down from its own export; a thread cannot join itself.
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(max(0.0, deadline - self._clock()))
-
-    def after_fork_in_child(self) -> None:
-        # The parent's thread does not exist here and its lock may have been held at the fork.
-        self._cond = threading.Condition()
-        # The parent's delta baselines describe the parent's series; the child's start afresh.
-        self._converter = DeltaConverter.for_exporter(self.exporter)
-        self._thread = None
-        self._slot = None
-        self._busy_since = None
-
-    def _ensure_thread(self) -> None:
-        if self._thread is None and not self._finished:
-            self._thread = threading.Thread(target=self._run, name=f"{_THREAD_NAME}-{self.name}", daemon=True)
-            self._thread.start()
-
-    def _report_hang(self) -> None:
-        if self._busy_since is None or self._hang_reported:
-            return
-        busy_s = self._clock() - self._busy_since
-        if busy_s > self._timeout_s:
-            self._hang_reported = True
-            _log.warning(
-                "exporter %s is still exporting after %.1f s (timeout %.1f s); newer snapshots wait for it",
-                self.name,
-                busy_s,
-                self._timeout_s,
-            )
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._slot is None and not self._closing:
-                    self._cond.wait()
-                job, self._slot = self._slot, None
-                if job is None:
-                    self._finished = True
-                    break
-                self._busy_since = self._clock()
-                self._hang_reported = False
-            ok = self._export(job)
-            with self._cond:
-                self._busy_since = None
-                self._done_generation = job.generation
-                self._done_ok = ok
-                self._cond.notify_all()
-        if not self._retired:
-            self._finish(self._close_deadline)
-
-    def _export(self, job: _Job) -> bool:
-        started = self._clock()
-        error: BaseException | None = None
-        try:
-            data, pending = (job.data, None) if self._converter is None else self._converter.convert(job.data)
-            ok = self.exporter.export(data, timeout_millis=self._timeout_s * 1000) is MetricExportResult.SUCCESS
-            if ok and pending is not None and self._converter is not None:
-                self._converter.commit(pending)
-        except Exception as raised:
-            ok, error = False, raised
-        elapsed = self._clock() - started
-        self._stats.record(self.name, ok=ok, seconds=elapsed, timeout_s=self._timeout_s)
-        if elapsed > self._timeout_s:
-            _log.warning(
-                "exporter %s was slow: export took %.2f s (timeout %.2f s)",
-                self.name,
-                elapsed,
-                self._timeout_s,
-            )
-        self._outage(ok, error)
-        if not ok:
-            self._on_failure(self.name)
-        elif job.flush:
-            ok = self._call("force_flush", self._timeout_s)
-        return ok
-
-    def _outage(self, ok: bool, error: BaseException | None) -> None:
-        """Log once when exports start failing and once when they work again, not at every interval."""
-        if not ok:
-            self._failed_in_outage += 1
-            if self._failed_in_outage == 1:
-                _log.warning(
-                    "exporter %s failed to export metrics (%s); retrying every interval, logged again on recovery",
-                    self.name,
-                    "returned failure" if error is None else f"{type(error).__name__}: {error}",
-                    exc_info=error,
-                )
-        elif self._failed_in_outage:
-            _log.warning("exporter %s exports again after %d failed exports", self.name, self._failed_in_outage)
-            self._failed_in_outage = 0
-
-    def _finish(self, deadline: float) -> None:
-        self._call("force_flush", deadline - self._clock())
-        self._call("shutdown", deadline - self._clock())
-
-    def _call(self, method: str, timeout_s: float) -> bool:
-        try:
-            result = getattr(self.exporter, method)(timeout_millis=max(0.0, timeout_s) * 1000)
-        except Exception:
-            _log.exception("exporter %s raised in %s", self.name, method)
-            return False
-        return result is not False
 
 
 class Fanout:
@@ -247,7 +54,7 @@ class Fanout:
         self._timeout_s = timeout_s
         self._clock = clock
         self._on_failure = on_failure
-        self._workers: tuple[_Worker, ...] = ()
+        self._workers: tuple[ExportWorker, ...] = ()
         self._failures: dict[str, int] = {}
         self.stats = ExportStats()  # outcomes and durations per exporter, for the self-telemetry
         self._generation = 0
@@ -284,7 +91,7 @@ class Fanout:
             name = self._unique_name(str(getattr(exporter, "name", type(exporter).__name__)))
             self._failures[name] = 0
             self.stats.add(name)
-            worker = _Worker(
+            worker = ExportWorker(
                 name,
                 exporter,
                 timeout_s=self._timeout_s,
@@ -364,7 +171,7 @@ class Fanout:
         for worker in workers:
             worker.join(deadline)
 
-    def _offer_snapshot(self, *, flush: bool, deadline: float) -> tuple[int, tuple[_Worker, ...]]:
+    def _offer_snapshot(self, *, flush: bool, deadline: float) -> tuple[int, tuple[ExportWorker, ...]]:
         # One collection at a time, offered under the same lock, so workers never see an older snapshot after
         # a newer one (that would look like a counter reset and double-count in the deltas).
         if not self._cycle_lock.acquire(timeout=max(0.0, deadline - self._clock())):
@@ -399,7 +206,7 @@ class Fanout:
         return candidate
 
     def _start_ticker(self) -> None:
-        self._ticker = threading.Thread(target=self._tick, name=_THREAD_NAME, daemon=True)
+        self._ticker = threading.Thread(target=self._tick, name=THREAD_NAME, daemon=True)
         self._ticker.start()
 
     def _tick(self) -> None:
