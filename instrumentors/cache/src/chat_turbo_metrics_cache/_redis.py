@@ -12,8 +12,7 @@ from typing import Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from chat_turbo_metrics import ConfigurationError, PerformanceMonitor
-from chat_turbo_metrics._recording.guard import Problems
-from chat_turbo_metrics._recording.ratio import HITS, MISSES
+from chat_turbo_metrics.instrumentation import CACHE_HITS, CACHE_MISSES, Problems
 
 _instruments = ("redis >= 4.5",)
 COMMAND_DURATION = "redis_command_duration_seconds"
@@ -120,7 +119,8 @@ class _Recorder:
         lookup = LOOKUPS.get(command)
         if lookup is not None:
             for key, found in lookup(args, response):
-                monitor.increment_counter(HITS if found else MISSES, {"cache": self.caches(self.cache_name(key))})
+                name = CACHE_HITS if found else CACHE_MISSES
+                monitor.increment_counter(name, {"cache": self.caches(self.cache_name(key))})
 
 
 def _command_name(args: tuple[Any, ...]) -> str:

@@ -14,9 +14,12 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from chat_turbo_metrics import ConfigurationError, PerformanceMonitor
-from chat_turbo_metrics._database import QUERY_DURATION
-from chat_turbo_metrics._recording.guard import Problems
-from chat_turbo_metrics._sql import StatementClassifier, strip_literals
+from chat_turbo_metrics.instrumentation import (
+    DATABASE_QUERY_DURATION,
+    Problems,
+    StatementClassifier,
+    strip_literals,
+)
 
 _instruments = ("sqlalchemy >= 2.0",)
 CONNECTIONS = "database_connections"
@@ -108,7 +111,7 @@ class _Listener:
 
     def record(self, elapsed: float, statement: str, status: str) -> None:
         try:
-            self.recorder().record_histogram(QUERY_DURATION, elapsed, self.tags(statement, status))
+            self.recorder().record_histogram(DATABASE_QUERY_DURATION, elapsed, self.tags(statement, status))
         except Exception as error:  # an event handler that raises would fail the application's statement
             self.problems.report(("record", type(error)), "cannot record a statement: %r", error)
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chat_turbo_metrics import PerformanceMonitor
-from chat_turbo_metrics._recording.bundle import bundle_produced
+from chat_turbo_metrics.instrumentation import bundle_produced
 from chat_turbo_metrics_http._settings import HttpMetricsSettings
 
 _logger = logging.getLogger("chat_turbo_metrics_http")

@@ -18,7 +18,7 @@ from typing import Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from chat_turbo_metrics import PerformanceMonitor
-from chat_turbo_metrics._recording.guard import FLOAT_MAX
+from chat_turbo_metrics.instrumentation import FLOAT_MAX
 from chat_turbo_metrics_http._metrics import (
     _CACHE_LIMIT,
     UNMATCHED,

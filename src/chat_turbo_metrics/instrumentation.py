@@ -1,0 +1,46 @@
+"""What an instrumentor distribution builds on: the names and helpers the core shares with its instrumentors.
+
+The instrumentors under ``instrumentors/`` (HTTP, database, cache) are distributions of their own that record
+through the monitor's front end. What they need beyond :class:`~chat_turbo_metrics.PerformanceMonitor`'s public
+methods is here, and only here, so that the core can reorganise its private modules without breaking them
+(``tests/test_instrumentation_surface.py`` checks that no instrumentor imports a private core module). The
+instrumentors are released with the core at the same version; a name here changes only with a changelog entry.
+
+- :class:`Problems`: counts dropped recordings per cause and logs the first of each cause, for an instrumentor's
+  own checks (a hook that fails, a value it cannot use), so that they show in ``monitor.dropped`` like the core's.
+- :func:`bundle_produced`: one call that records one event into several bound handles, for values the
+  instrumentor produced itself and knows to be valid (a ``perf_counter`` difference, a ``len()`` sum); use
+  :meth:`~chat_turbo_metrics.PerformanceMonitor.bundle` for any other value.
+- :data:`FLOAT_MAX`: the bound below which such a value must stay.
+- :data:`CACHE_HITS`, :data:`CACHE_MISSES`: the counters the cache hit ratio is derived from at collection.
+- :data:`DATABASE_QUERY_DURATION`: the histogram of database query durations.
+- :func:`strip_literals`, :class:`StatementClassifier`: SQL text without its literal values, and the bounded
+  operation/table labels of a statement.
+
+Example:
+    >>> from chat_turbo_metrics.instrumentation import StatementClassifier, strip_literals
+    >>> strip_literals("SELECT * FROM users WHERE email = 'a@example.com' AND id = 42")
+    'SELECT * FROM users WHERE email = ? AND id = ?'
+    >>> StatementClassifier().classify("UPDATE orders SET paid = true WHERE id = 7")
+    ('update', 'orders')
+"""
+
+from __future__ import annotations
+
+from chat_turbo_metrics._database import QUERY_DURATION as DATABASE_QUERY_DURATION
+from chat_turbo_metrics._recording.bundle import bundle_produced
+from chat_turbo_metrics._recording.guard import FLOAT_MAX, Problems
+from chat_turbo_metrics._recording.ratio import HITS as CACHE_HITS
+from chat_turbo_metrics._recording.ratio import MISSES as CACHE_MISSES
+from chat_turbo_metrics._sql import StatementClassifier, strip_literals
+
+__all__ = [
+    "CACHE_HITS",
+    "CACHE_MISSES",
+    "DATABASE_QUERY_DURATION",
+    "FLOAT_MAX",
+    "Problems",
+    "StatementClassifier",
+    "bundle_produced",
+    "strip_literals",
+]
