@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -160,6 +161,57 @@ def test_a_holder_killed_with_sigkill_keeps_what_it_published(tmp_path: Path, ho
         assert "size_bytes_count 2" in taken
     finally:
         member.shutdown()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="the holder is seen blocked through /proc only")
+def test_a_holder_that_dies_before_writing_the_ledger_loses_no_retired_totals(
+    tmp_path: Path, holder: tuple[Holder, int]
+) -> None:
+    # A scrape folds a retired member's final totals into the ledger, then writes the ledger. A recycled
+    # holder's scrape thread can end there, with its process; the member's files must outlive it. A FIFO in
+    # place of the ledger's temporary file stops the holder inside that write, where it is killed.
+    process, port = holder
+    directory = tmp_path / "mp" / f"127.0.0.1-{port}"
+    retired = Holder(tmp_path, port)  # the port is held: a member, recycled before any scrape
+    retired.record(5)
+    retired.send("exit")
+    retired.process.wait(10)
+    process.record(1)
+    member = _serving(tmp_path, port)
+    try:
+        member.increment_counter("jobs", value=2)
+        os.mkfifo(directory / f".retired.json.{process.process.pid}.tmp")
+        with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S) as scrape:
+            scrape.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            _wait_until_blocked_on_a_fifo(process.process.pid)
+            process.process.send_signal(signal.SIGKILL)
+            process.process.wait(10)
+        (directory / f".retired.json.{process.process.pid}.tmp").unlink()
+
+        taken = _scrape_after_takeover(port, directory)
+
+        assert "jobs_total 8" in taken  # 5 retired, 1 the killed holder published, 2 this process's
+        assert "size_bytes_count 2" in taken
+    finally:
+        member.shutdown()
+        retired.stop()
+
+
+def _wait_until_blocked_on_a_fifo(pid: int) -> None:
+    """Wait until a thread of process ``pid`` waits in open() for the other end of a FIFO."""
+    deadline = time.monotonic() + PATIENCE_S
+    while not any(
+        _read(task / "wchan") in ("wait_for_partner", "fifo_open") for task in Path(f"/proc/{pid}/task").iterdir()
+    ):
+        assert time.monotonic() < deadline, f"process {pid} never opened the ledger's temporary file"
+        time.sleep(0.02)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:  # the thread has just ended
+        return ""
 
 
 def test_a_member_killed_before_any_scrape_keeps_what_it_published(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ ever showed of a process, its files hold as much or more, whichever process serv
 for each process at each scrape (:meth:`Directory.account`): its final state is retired; else its answer
 counts live; else its published state counts, live while it runs, retired once it is dead (SIGKILL). Retired
 states are added up in the *ledger* (``retired.json``: the totals and which processes they include), which
-any holder, the one that takes the port over included, continues under ``lock``.
+any holder, the one that takes the port over included, continues under ``lock``. A retired process's files are
+removed only after the ledger that includes it is written: a holder that dies in between loses nothing.
 
 Files:
 
@@ -34,7 +35,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,11 +135,14 @@ class Directory:
     ) -> tuple[bool, State | None]:
         """Add process ``token`` to a scrape: live (into ``live``), or retired (into ``ledger``). Under the lock.
 
+        Removes no file: a retired process's files go only once the ledger that holds its totals is written
+        (:meth:`forget`), so a holder that fails or dies in between (a recycled worker's scrape thread, ended
+        with its process) leaves them for the next scrape instead of losing them.
+
         Returns:
             Whether the ledger changed (the process retired), and the state that counted (None: nothing did).
         """
         if token in ledger["folded"]:
-            self._forget(token)
             return False, None
         alive = pid_alive(pid_of(token))  # before reading the final: a process that was dead has written its last
         final = read_json(self.path / f"{token}{FINAL}")
@@ -153,14 +157,18 @@ class Directory:
         if last is not None:
             ledger["state"] = retire(ledger["state"], last)
         ledger["folded"].append(token)
-        self._forget(token)
         return True, last
 
-    def _forget(self, token: str) -> None:
-        (self.path / f"{token}{FINAL}").unlink(missing_ok=True)
-        if not pid_alive(pid_of(token)):  # a live process still owns its files
-            (self.path / f"{token}{STATE}").unlink(missing_ok=True)
-            (self.sockets / f"{token}{SOCKET}").unlink(missing_ok=True)
+    def forget(self, tokens: Iterable[str], ledger: Ledger) -> None:
+        """Remove the files of the processes among ``tokens`` that ``ledger`` (as written) holds as retired."""
+        folded = set(ledger["folded"])
+        for token in tokens:
+            if token not in folded:
+                continue
+            (self.path / f"{token}{FINAL}").unlink(missing_ok=True)
+            if not pid_alive(pid_of(token)):  # a live process still owns its files
+                (self.path / f"{token}{STATE}").unlink(missing_ok=True)
+                (self.sockets / f"{token}{SOCKET}").unlink(missing_ok=True)
 
     def left_totals(self, parent: str) -> bool:
         """True when processes of the same server (same parent process) left totals: a recycle, not a restart."""

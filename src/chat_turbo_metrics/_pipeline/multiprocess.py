@@ -261,6 +261,8 @@ class Session:
                     changed |= pruned
                 if changed:
                     self._files.write_ledger(ledger, parent_identity())
+                # Only now that the ledger holding their totals is written (see Directory.account).
+                self._files.forget(others, ledger)
         return merge(live, ledger["state"], self.gauge_mode)
 
     def _fold_idle(self, ledger: dict[str, Any], token: str, state: State, *, retired: bool) -> bool:
