@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
+from chat_turbo_metrics._pipeline import multiprocess
 from chat_turbo_metrics._pipeline.member import is_worker, read_json
 from conftest import clean_env, free_port
 
@@ -138,6 +139,28 @@ def test_a_member_takes_the_port_over_from_a_recycled_holder_and_continues_its_t
         assert "size_bytes_count 1" in taken
         member.increment_counter("jobs")
         assert "jobs_total 8" in _scrape(port)
+    finally:
+        member.shutdown()
+
+
+def test_a_member_publishes_its_state_as_it_takes_the_port_over(
+    tmp_path: Path, holder: tuple[Holder, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A scrape still finishing at the old holder can no longer ask this process once it has closed its member
+    # socket: it reads the published state, which must include what was recorded up to the take-over.
+    monkeypatch.setattr(multiprocess, "PUBLISH_INTERVAL_S", 3600.0)  # no background publication meanwhile
+    process, port = holder
+    directory = tmp_path / "mp" / f"127.0.0.1-{port}"
+    member = _serving(tmp_path, port)
+    try:
+        member.increment_counter("jobs", value=2)
+        assert "jobs_total 2" in _scrape(port)  # this process published 2 as it answered the holder
+        member.increment_counter("jobs", value=3)  # not published: no scrape, no background publication
+        process.send("exit")
+        process.process.wait(10)
+
+        _wait_until_published(directory, os.getpid(), jobs=5)  # without scraping this process, now the holder
+        assert (read_json(directory / "holder.json") or {}).get("pid") == os.getpid()
     finally:
         member.shutdown()
 

@@ -181,6 +181,9 @@ class Session:
         self.become_holder(continuing=True)
         if member is not None:
             member.close()
+            # A scrape still finishing at the old holder can no longer ask this process: it reads the published
+            # state instead, which must not be the background publication of up to a second ago.
+            self._publish()
         _logger.info("this process now serves the Prometheus endpoint for the service (its holder exited)")
         return True
 
