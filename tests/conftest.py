@@ -64,6 +64,22 @@ def make_config(**settings: object) -> MonitoringConfig:
     return MonitoringConfig(**settings)  # type: ignore[arg-type]
 
 
+def service_process(directory: object, port: int, **settings: object) -> PerformanceMonitor:
+    """One process of a multi-process service sharing ``directory``, serving Prometheus on 127.0.0.1:``port``.
+
+    The first such process binds the port and holds it; the others become its members.
+    """
+    return PerformanceMonitor(
+        make_config(
+            metrics_exporters=("prometheus",),
+            prometheus_host="127.0.0.1",
+            prometheus_port=port,
+            multiprocess_dir=str(directory),
+            **settings,
+        )
+    )
+
+
 @pytest.fixture
 def monitor_factory() -> Iterator[object]:
     """Builds monitors on private pipelines and shuts them all down after the test."""

@@ -17,7 +17,7 @@ import pytest
 from chat_turbo_metrics import ConfigurationError, MonitoringConfig, PerformanceMonitor, get_monitoring_config
 from chat_turbo_metrics._exposition.merge import encode, merge, retire
 from chat_turbo_metrics._exposition.prometheus_text import to_prometheus_text
-from conftest import free_port
+from conftest import free_port, service_process
 
 
 def _worker(**settings: object) -> PerformanceMonitor:
@@ -126,21 +126,9 @@ def _scrape(port: int) -> str:
         return reply.read().decode()  # type: ignore[no-any-return]
 
 
-def _serving(tmp_path: Path, port: int) -> PerformanceMonitor:
-    return PerformanceMonitor(
-        MonitoringConfig(
-            environment="test",
-            metrics_exporters=("prometheus",),
-            prometheus_host="127.0.0.1",
-            prometheus_port=port,
-            multiprocess_dir=str(tmp_path),
-        )
-    )
-
-
 def test_a_second_pipeline_on_the_port_in_another_process_becomes_a_member(tmp_path: Path) -> None:
     port = free_port()
-    holder = _serving(tmp_path, port)
+    holder = service_process(tmp_path, port)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child is a new member: it serves its own count to the holder, and exits cleanly
@@ -173,7 +161,7 @@ def test_port_held_by_another_program_still_raises(tmp_path: Path) -> None:
         squatter.listen()
         port = squatter.getsockname()[1]
         with pytest.raises(OSError, match=rf"127\.0\.0\.1:{port}\b") as raised:
-            _serving(tmp_path, port)
+            service_process(tmp_path, port)
     assert raised.value.errno == errno.EADDRINUSE
 
 
@@ -204,7 +192,7 @@ def test_each_forked_worker_pushes_under_its_own_service_instance_id() -> None:
 
 def test_a_killed_worker_keeps_what_it_last_reported(tmp_path: Path) -> None:
     port = free_port()
-    holder = _serving(tmp_path, port)
+    holder = service_process(tmp_path, port)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # recorded, reported once, then SIGKILLed: no final state is written
@@ -235,7 +223,7 @@ def test_a_killed_worker_keeps_what_it_last_reported(tmp_path: Path) -> None:
 
 def test_a_restarted_service_starts_at_zero(tmp_path: Path) -> None:
     port = free_port()
-    first = _serving(tmp_path, port)
+    first = service_process(tmp_path, port)
     pid = os.fork()
     if pid == 0:
         first.increment_counter("jobs", value=3)
@@ -245,7 +233,7 @@ def test_a_restarted_service_starts_at_zero(tmp_path: Path) -> None:
     assert "jobs_total 3" in _scrape(port).splitlines()
     first.shutdown()
 
-    second = _serving(tmp_path, port)  # the same port and directory, a new run (this process is not its sibling)
+    second = service_process(tmp_path, port)  # the same port and directory, a new run (this process is not its sibling)
     try:
         second.increment_counter("jobs")
         assert "jobs_total 1" in _scrape(port).splitlines()

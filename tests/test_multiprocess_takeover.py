@@ -21,10 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
 from chat_turbo_metrics._pipeline import multiprocess
 from chat_turbo_metrics._pipeline.member import is_worker, read_json
-from conftest import clean_env, free_port
+from conftest import clean_env, free_port, service_process
 
 # Generous bound for waits that normally end in about a second (a takeover, a background publication).
 PATIENCE_S = 20.0
@@ -51,18 +50,6 @@ HOLDER = textwrap.dedent(
             break
     """
 )
-
-
-def _serving(tmp_path: Path, port: int) -> PerformanceMonitor:
-    return PerformanceMonitor(
-        MonitoringConfig(
-            environment="test",
-            metrics_exporters=("prometheus",),
-            prometheus_host="127.0.0.1",
-            prometheus_port=port,
-            multiprocess_dir=str(tmp_path / "mp"),
-        )
-    )
 
 
 class Holder:
@@ -126,7 +113,7 @@ def test_a_member_takes_the_port_over_from_a_recycled_holder_and_continues_its_t
     process, port = holder
     directory = tmp_path / "mp" / f"127.0.0.1-{port}"
     process.record(5)
-    member = _serving(tmp_path, port)  # the port is held: this process becomes a member
+    member = service_process(tmp_path / "mp", port)  # the port is held: this process becomes a member
     try:
         member.increment_counter("jobs", value=2)
         assert "jobs_total 7" in _scrape(port)
@@ -151,7 +138,7 @@ def test_a_member_publishes_its_state_as_it_takes_the_port_over(
     monkeypatch.setattr(multiprocess, "PUBLISH_INTERVAL_S", 3600.0)  # no background publication meanwhile
     process, port = holder
     directory = tmp_path / "mp" / f"127.0.0.1-{port}"
-    member = _serving(tmp_path, port)
+    member = service_process(tmp_path / "mp", port)
     try:
         member.increment_counter("jobs", value=2)
         assert "jobs_total 2" in _scrape(port)  # this process published 2 as it answered the holder
@@ -169,7 +156,7 @@ def test_a_holder_killed_with_sigkill_keeps_what_it_published(tmp_path: Path, ho
     process, port = holder
     directory = tmp_path / "mp" / f"127.0.0.1-{port}"
     process.record(5)
-    member = _serving(tmp_path, port)
+    member = service_process(tmp_path / "mp", port)
     try:
         member.increment_counter("jobs", value=2)
         assert "jobs_total 7" in _scrape(port)  # served: the holder published its 5 before it served them
@@ -200,7 +187,7 @@ def test_a_holder_that_dies_before_writing_the_ledger_loses_no_retired_totals(
     retired.send("exit")
     retired.process.wait(10)
     process.record(1)
-    member = _serving(tmp_path, port)
+    member = service_process(tmp_path / "mp", port)
     try:
         member.increment_counter("jobs", value=2)
         os.mkfifo(directory / f".retired.json.{process.process.pid}.tmp")
@@ -239,7 +226,7 @@ def _read(path: Path) -> str:
 
 def test_a_member_killed_before_any_scrape_keeps_what_it_published(tmp_path: Path) -> None:
     port = free_port()
-    holder = _serving(tmp_path, port)
+    holder = service_process(tmp_path / "mp", port)
     directory = tmp_path / "mp" / f"127.0.0.1-{port}"
     read_end, write_end = os.pipe()
     pid = os.fork()

@@ -19,7 +19,7 @@ from chat_turbo_metrics import ConfigurationError, MonitoringConfig, Performance
 from chat_turbo_metrics._exposition.merge import encode, merge
 from chat_turbo_metrics._pipeline.multiprocess import Session
 from chat_turbo_metrics.alerting._delivery import Channel, DeliveryStats, Job, RetryPolicy
-from conftest import free_port
+from conftest import free_port, service_process
 
 MonitorFactory = Callable[..., PerformanceMonitor]
 HEALTH_LOGGER = "chat_turbo_metrics.health"
@@ -324,16 +324,7 @@ def test_health_follows_every_configure() -> None:
 
 def test_one_scrape_adds_up_the_health_of_every_process_of_the_service(tmp_path: Path) -> None:
     port = free_port()
-    holder = PerformanceMonitor(
-        MonitoringConfig(
-            environment="test",
-            metrics_exporters=("prometheus",),
-            prometheus_host="127.0.0.1",
-            prometheus_port=port,
-            multiprocess_dir=str(tmp_path),
-            cardinality_limit=1,
-        )
-    )
+    holder = service_process(tmp_path, port, cardinality_limit=1)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # a member: its drops and overflow reach the holder's scrape
