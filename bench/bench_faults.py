@@ -369,13 +369,11 @@ def run_phases(build: Callable[[], Target | None], folder: Path) -> Measured | N
     processes (where the scheduler puts them, which was started first) weighs on both roles alike. Returns None
     when the target is not available here.
     """
-    targets = [build(), build()]
-    if None in targets:
-        for target in targets:
-            if target is not None:
-                target.stop()
+    built = [target for target in (build(), build()) if target is not None]
+    if len(built) < 2:
+        for target in built:
+            target.stop()
         return None
-    built = [target for target in targets if target is not None]
     faulted, control, errors = Role(), Role(), 0
     try:
         with serving(built[0], folder) as first, serving(built[1], folder) as second:
