@@ -405,3 +405,31 @@ def test_a_peer_that_hangs_up_without_answering_is_retried_then_counted_failed(c
     finally:
         dispatcher.shutdown(1.0)
         server.close()
+
+
+def test_log_notifier_escapes_control_characters_so_a_label_cannot_forge_a_line(dispatcher, caplog) -> None:
+    logger = logging.getLogger("test.forge")
+    dispatcher.add_route(LogNotifier(logger), group_wait_s=0, group_by=("alertname", "instance"))
+    forged = "web-1\nCRITICAL fake: database dropped\x1b[2J\x1b[1;1H\u2028\x9b31m"
+    with caplog.at_level(logging.INFO, logger="test.forge"):
+        fire(dispatcher, alert(instance=forged))
+        assert dispatcher.flush(5.0)
+    (record,) = [r for r in caplog.records if r.name == "test.forge"]
+    line = record.getMessage()
+    for raw in ("\n", "\x1b", "\u2028", "\x9b"):
+        assert raw not in line
+    assert "web-1\\x0aCRITICAL fake" in line  # shown, escaped, not lost
+    assert record.alert_notification["groupLabels"]["instance"] == forged  # type: ignore[attr-defined]
+
+
+def test_slack_escapes_label_text_so_it_cannot_mention_or_link(receivers, dispatcher) -> None:
+    hook = receivers()
+    dispatcher.add_route(SlackNotifier(hook.url), group_wait_s=0, group_by=("alertname", "instance"))
+    fire(dispatcher, alert(instance="<!channel> & <https://evil.example|click>"))
+    (request,) = hook.wait_for(1)
+    (attachment,) = request.json()["attachments"]
+    for text in (attachment["title"], attachment["fallback"], attachment["text"]):
+        assert "<!channel>" not in text
+        assert "<https://" not in text
+    assert "&lt;!channel&gt; &amp; &lt;https://evil.example|click&gt;" in attachment["title"]
+    assert "instance=&lt;!channel&gt;" in attachment["text"]

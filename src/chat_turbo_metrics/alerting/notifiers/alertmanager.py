@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from chat_turbo_metrics._endpoints import SecretURL, parse_secret_url
 from chat_turbo_metrics._secret import Secret
 from chat_turbo_metrics.alerting._model import Alert
 from chat_turbo_metrics.alerting._notification import rfc3339
@@ -50,12 +51,15 @@ class AlertmanagerForwarder:
         timeout_s: float = 10.0,
     ) -> None:
         items = [urls] if isinstance(urls, str | Secret) else list(urls)
-        self._urls = [url if isinstance(url, Secret) else Secret(url) for url in items]
-        if not self._urls:
+        if not items:
             raise ValueError("urls: at least one Alertmanager URL is needed")
-        for url in self._urls:
-            if not url.reveal().startswith(("http://", "https://")):
-                raise ValueError(f"urls: {url!s} is not an http(s) URL")
+        self._urls: list[SecretURL] = []
+        for number, url in enumerate(items, 1):
+            text = url.reveal() if isinstance(url, Secret) else url
+            try:
+                self._urls.append(parse_secret_url(text.strip().rstrip("/") + "/api/v2/alerts"))
+            except ValueError as error:  # the message shows no part of the URL
+                raise ValueError(f"urls: URL {number}: {error}") from None
         if not resend_interval_s > 0:
             raise ValueError(f"resend_interval_s={resend_interval_s!r}: must be > 0")
         self._resend_s = resend_interval_s
@@ -70,9 +74,7 @@ class AlertmanagerForwarder:
         """One (name, send) per instance; each send posts one prepared batch."""
         return [(self.name, self._sender(url)) for url in self._urls]
 
-    def _sender(self, url: Secret) -> Callable[[bytes], None]:
-        endpoint = Secret(url.reveal().rstrip("/") + "/api/v2/alerts")
-
+    def _sender(self, endpoint: SecretURL) -> Callable[[bytes], None]:
         def send(body: bytes) -> None:
             post(endpoint, body, {"Content-Type": "application/json"}, self._timeout_s)
 
