@@ -90,7 +90,8 @@ def test_the_user_part_of_a_url_is_sent_as_basic_auth(receivers) -> None:
 def test_a_url_with_a_token_in_the_user_part_never_shows_it(caplog) -> None:
     dispatcher = Dispatcher(retry=ONE_TRY)
     try:
-        dispatcher.add_route(WebhookNotifier(f"http://{TOKEN}@127.0.0.1:1/hook"), group_wait_s=0)
+        # No port: urllib took "bot:TOKEN@127.0.0.1" for host:port and logged "nonnumeric port: 'TOKEN@127.0.0.1'"
+        dispatcher.add_route(WebhookNotifier(f"http://bot:{TOKEN}@127.0.0.1/hook"), group_wait_s=0)
         with caplog.at_level(logging.DEBUG):
             dispatcher.on_evaluated(1_800_000_000.0, (alert(),))
             assert dispatcher.flush(5.0)
