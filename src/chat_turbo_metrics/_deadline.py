@@ -7,7 +7,7 @@ process-wide watchdog thread keeps the deadlines of the calls in flight and, whe
 Go's ``http.Client.Timeout`` (what Alertmanager and Prometheus use) is such a total deadline.
 
 Example:
-    >>> with deadline(5.0, lambda: None) as call:
+    >>> with abort_after(5.0, lambda: None) as call:
     ...     pass  # the blocking call; ``call.expired`` tells afterwards whether the deadline cut it short
     >>> call.expired
     False
@@ -85,7 +85,7 @@ _watchdog = _Watchdog()
 
 
 @contextlib.contextmanager
-def deadline(seconds: float, abort: Callable[[], None]) -> Iterator[Call]:
+def abort_after(seconds: float, abort: Callable[[], None]) -> Iterator[Call]:
     """Run ``abort`` if the ``with`` block is still running after ``seconds``.
 
     Args:

@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Mapping
 from urllib.parse import unquote, urljoin, urlsplit
 
-from chat_turbo_metrics._deadline import deadline, shutdown_socket
+from chat_turbo_metrics._deadline import abort_after, shutdown_socket
 from chat_turbo_metrics._endpoints import SecretURL
 from chat_turbo_metrics._secret import Secret
 from chat_turbo_metrics.alerting._delivery import DeliveryError
@@ -67,7 +67,7 @@ def post(url: SecretURL, body: bytes, headers: Mapping[str, str], timeout_s: flo
     sent.update({"User-Agent": USER_AGENT, **headers})
     if url.credentials is not None:
         sent["Authorization"] = _basic(*url.credentials)
-    with deadline(timeout_s, lambda: shutdown_socket(connection.sock)) as call:
+    with abort_after(timeout_s, lambda: shutdown_socket(connection.sock)) as call:
         try:
             connection.request("POST", target, body=body, headers=sent)
             response = connection.getresponse()
