@@ -96,7 +96,7 @@ class AlertManager(Notifying):
         self._staleness_s = staleness_s
         self._rules: dict[str, AlertRule] = {}
         self._evaluators: dict[str, RuleEvaluator] = {}
-        self._reader = RuleReader(self._store, staleness_s)
+        self._reader = RuleReader(self._store, staleness_s, self.evaluation_interval_s)
         self._silences = Silences()
         self._history = History(history_size)
         self._listeners: tuple[AlertListener, ...] = ()
@@ -149,9 +149,15 @@ class AlertManager(Notifying):
                     _log.warning("alert rule %r duplicates rule %r (same definition)", parsed.id, other.id)
             self._rules[parsed.id] = parsed
             self._evaluators[parsed.id] = RuleEvaluator(parsed)
-            if parsed.spans is not None:
-                self._spans().track(parsed.spans)
-            self._watch()
+            try:
+                if parsed.spans is not None:
+                    self._spans().track(parsed.spans)
+                self._watch()
+            except BaseException:  # a rule that cannot be watched is not kept: later add_rule calls still work
+                del self._rules[parsed.id], self._evaluators[parsed.id]
+                self._watch()
+                raise
+            self._reader.check_added(parsed)
         return parsed
 
     def load_rules(self, path: str | Path) -> list[AlertRule]:

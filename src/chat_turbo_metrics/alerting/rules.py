@@ -1,7 +1,9 @@
 """Alert rules: the seed's ``{id, name, metric, condition, threshold, duration, severity, enabled}`` and more.
 
 A rule is parsed once, when it is added or its file is loaded; every mistake is a :class:`RuleError` naming
-the rule's id and the field. Defaults follow Prometheus where the seed says nothing.
+the rule's id and the field. Defaults follow Prometheus where the seed says nothing, and so do the limits: a rule
+that is valid here exports to a rule file ``promtool check rules`` accepts (label and annotation names, durations
+from 1 ms for a window up to Prometheus's longest, 106751d23h47m16s854ms, at millisecond resolution).
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ KINDS = ("gauge", "counter", "updowncounter", "histogram", "timer")
 MISSING_DATA = ("ok", "alerting", "keep_last", "no_data")
 SPAN_KINDS = ("internal", "server", "client", "producer", "consumer")
 DEFAULT_WINDOW_S = 300.0
+MAX_DURATION_S = 9_223_372_036.854
+"""Prometheus's longest duration: 2**63 - 1 nanoseconds (Go's ``time.Duration``), in whole milliseconds."""
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -193,15 +197,50 @@ class AlertRule:
         if self.metric and self.spans is not None:
             raise RuleError(self.id, "spans", "a rule reads either a metric or spans, not both")
         self._validate_statistic()
+        self._validate_durations()
+        self._validate_text()
         for key in self.labels:
-            if not _LABEL_NAME.match(key):
+            if not _LABEL_NAME.match(key) or key == "__name__":  # Prometheus rejects __name__ as a rule label
                 raise RuleError(self.id, "labels", f"{key!r} is not a valid label name")
         for key, text in self.annotations.items():
+            if not _LABEL_NAME.match(key):  # Prometheus checks annotation names as label names
+                raise RuleError(self.id, "annotations", f"{key!r} is not a valid annotation name")
             if "{{" in TEMPLATE.sub("", text):
                 raise RuleError(self.id, "annotations", f"{key}: only {{{{ $value }}}} and {{{{ $labels.name }}}}")
+        for key in self.matchers:
+            if key.startswith("__"):
+                raise RuleError(self.id, "matchers", f"{key!r}: names starting with __ are Prometheus's own")
         for reserved in ("alertname", "severity"):
             if reserved in self.labels:
                 raise RuleError(self.id, "labels", f"{reserved!r} is set from the rule's own field")
+
+    def _validate_durations(self) -> None:
+        bounds = (
+            ("window", self.window_s, 0.001),  # PromQL: a range must be greater than 0 (it counts milliseconds)
+            ("duration", self.duration_s, 0.0),
+            ("keep_firing_for", self.keep_firing_for_s, 0.0),
+        )
+        for name, seconds, least in bounds:
+            if not least <= seconds <= MAX_DURATION_S:  # also NaN
+                shown = "1ms" if least else "0"
+                raise RuleError(self.id, name, f"must be from {shown} to {MAX_DURATION_S:.3f} s (got {seconds!r})")
+
+    def _validate_text(self) -> None:
+        """Every text must be valid Unicode: a lone surrogate cannot be written to a rule file (or a payload)."""
+        texts: list[tuple[str, str]] = [("id", self.id), ("name", self.name), ("metric", self.metric)]
+        texts.append(("severity", self.severity))
+        for field_name in ("matchers", "labels", "annotations"):
+            texts += [(field_name, text) for item in getattr(self, field_name).items() for text in item]
+        if self.spans is not None:
+            texts += [
+                ("spans", self.spans.name or ""),
+                *(("spans", t) for i in self.spans.attributes.items() for t in i),
+            ]
+        for field_name, text in texts:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise RuleError(self.id, field_name, "contains a lone surrogate, which is not valid text") from None
 
     def _validate_statistic(self) -> None:
         if self.statistic is None:
@@ -241,14 +280,16 @@ class AlertRule:
 def parse_duration(value: object) -> float:
     """Seconds from a number or a Prometheus-style duration (``"90s"``, ``"5m"``, ``"1h30m"``, ``"250ms"``).
 
+    Durations have Prometheus's range and resolution: whole milliseconds, at most :data:`MAX_DURATION_S`.
+
     Args:
         value: non-negative seconds, or a duration string.
 
     Returns:
-        Seconds.
+        Seconds, rounded to the millisecond.
 
     Raises:
-        ValueError: negative, not finite, or not a duration.
+        ValueError: negative, not finite, longer than Prometheus's longest duration, or not a duration.
 
     Example:
         >>> parse_duration("1h30m"), parse_duration(45), parse_duration("250ms")
@@ -259,11 +300,14 @@ def parse_duration(value: object) -> float:
         parts = _DURATION.findall(text)
         if not parts or "".join(number + unit for number, unit in parts) != text:
             raise ValueError("expected seconds or a duration such as '5m', '1h30m', '90s'")
-        return sum(float(number) * _UNIT_S[unit] for number, unit in parts)
-    seconds = _number(value)
-    if seconds < 0:
-        raise ValueError("must be >= 0")
-    return seconds
+        seconds = sum(float(number) * _UNIT_S[unit] for number, unit in parts)  # a 309-digit number: inf
+    else:
+        seconds = _number(value)
+        if seconds < 0:
+            raise ValueError("must be >= 0")
+    if not seconds <= MAX_DURATION_S:
+        raise ValueError(f"longer than Prometheus's longest duration ({MAX_DURATION_S:.3f} s, about 292 years)")
+    return round(seconds * 1000) / 1000
 
 
 def _number(value: object) -> float:
