@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import urllib.request
 from pathlib import Path
 
 from chat_turbo_metrics._config import ConfigurationError
+from chat_turbo_metrics._endpoints import parse_secret_url
+from chat_turbo_metrics.alerting._delivery import DeliveryError
 from chat_turbo_metrics.alerting._files import check_rules, load_rules
 from chat_turbo_metrics.alerting._rule_checks import (
     close_names,
@@ -22,6 +23,7 @@ from chat_turbo_metrics.alerting._rule_checks import (
     unseen_problem,
     window_problem,
 )
+from chat_turbo_metrics.alerting.notifiers._http import get
 from chat_turbo_metrics.alerting.promql import NotExportable, export_rule, metric_kind, prometheus_rules
 from chat_turbo_metrics.alerting.rules import MAX_DURATION_S, AlertRule, parse_duration
 
@@ -116,14 +118,13 @@ def _scraped_names(source: str) -> set[str]:
 
     try:
         if source.startswith(("http://", "https://")):
-            with urllib.request.urlopen(source, timeout=10) as response:
-                text = response.read().decode("utf-8", "replace")
+            text = get(parse_secret_url(source), timeout_s=10.0).decode("utf-8", "replace")
         else:
             text = Path(source).read_text(encoding="utf-8")
         names: set[str] = set()
         for family in text_string_to_metric_families(text):
             names.add(family.name)
             names.update(sample.name for sample in family.samples)
-    except (OSError, ValueError) as error:
-        raise ConfigurationError(f"--metrics {source}: cannot read metric names: {error}") from None
+    except (OSError, ValueError, DeliveryError) as error:
+        raise ConfigurationError(f"--metrics: cannot read metric names: {error}") from None
     return names

@@ -63,15 +63,30 @@ def post(url: SecretURL, body: bytes, headers: Mapping[str, str], timeout_s: flo
         DeliveryError: the peer refused, redirected, failed, could not be reached or did not answer in time; the
             message shows the masked URL only.
     """
+    return _exchange("POST", url, body, headers, timeout_s, _MAX_RESPONSE)
+
+
+def get(url: SecretURL, timeout_s: float, limit: int = 64 * 1024 * 1024) -> bytes:
+    """GET ``url`` within ``timeout_s`` in all (``rules check --metrics``); return at most ``limit`` bytes.
+
+    Raises:
+        DeliveryError: as :func:`post`.
+    """
+    return _exchange("GET", url, None, {}, timeout_s, limit)
+
+
+def _exchange(  # noqa: PLR0917 - the two public functions above are its only callers
+    method: str, url: SecretURL, body: bytes | None, headers: Mapping[str, str], timeout_s: float, limit: int
+) -> bytes:
     connection, target, sent = _connection(url, timeout_s)
     sent.update({"User-Agent": USER_AGENT, **headers})
     if url.credentials is not None:
         sent["Authorization"] = _basic(*url.credentials)
     with abort_after(timeout_s, lambda: shutdown_socket(connection.sock)) as call:
         try:
-            connection.request("POST", target, body=body, headers=sent)
+            connection.request(method, target, body=body, headers=sent)
             response = connection.getresponse()
-            data = response.read(_MAX_RESPONSE)
+            data = response.read(limit)
         except ssl.SSLCertVerificationError as error:  # retrying cannot make an untrusted certificate trusted
             raise DeliveryError(f"cannot reach {url}: {error.verify_message}", retryable=False) from None
         except (OSError, http.client.HTTPException) as error:
