@@ -118,6 +118,19 @@ def smtp_server(certificate) -> Iterator[Any]:
         controller.stop()
 
 
+def starttls_notifier(port: int, context: ssl.SSLContext, password: str) -> EmailNotifier:
+    """The notifier of the STARTTLS server with login: alerts@ to oncall@."""
+    return EmailNotifier(
+        "127.0.0.1",
+        port,
+        "alerts@chat.example",
+        ["oncall@chat.example"],
+        username=USER,
+        password=password,
+        ssl_context=context,
+    )
+
+
 def deliver(notifier: EmailNotifier, *alerts: object) -> Dispatcher:
     dispatcher = Dispatcher(retry=RetryPolicy(deadline_s=3.0, backoff_base_s=0.01, backoff_max_s=0.05))
     dispatcher.add_route(notifier, group_wait_s=0)
@@ -164,15 +177,7 @@ def test_email_over_tls_with_login_has_subject_recipients_and_both_parts(smtp_se
 
 def test_wrong_password_fails_without_retrying_and_without_showing_it(smtp_server, caplog) -> None:
     port, mailbox, context = smtp_server("starttls")
-    notifier = EmailNotifier(
-        "127.0.0.1",
-        port,
-        "alerts@chat.example",
-        ["oncall@chat.example"],
-        username=USER,
-        password="wrong-password-123",
-        ssl_context=context,
-    )
+    notifier = starttls_notifier(port, context, "wrong-password-123")
     dispatcher = deliver(notifier, alert())
     assert dispatcher.stats.snapshot()["email"] == {"sent": 0, "failed": 1, "dropped": 0, "retries": 0}
     assert mailbox.messages == []
@@ -275,15 +280,7 @@ def test_config_command_masks_the_smtp_password() -> None:
 @pytest.mark.parametrize("breaker", ["\r\n", "\n", "\r", "\u2028"])
 def test_a_line_break_in_a_label_is_folded_in_the_subject_and_the_email_is_sent(smtp_server, breaker) -> None:
     port, mailbox, context = smtp_server("starttls")
-    notifier = EmailNotifier(
-        "127.0.0.1",
-        port,
-        "alerts@chat.example",
-        ["oncall@chat.example"],
-        username=USER,
-        password=PASSWORD,
-        ssl_context=context,
-    )
+    notifier = starttls_notifier(port, context, PASSWORD)
     forged = f"web-1{breaker}Bcc: attacker@evil.example"
     dispatcher = deliver(notifier, alert(f"High{breaker}CPU", instance=forged))
     assert dispatcher.stats.snapshot()["email"] == {"sent": 1, "failed": 0, "dropped": 0, "retries": 0}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import http.client
-import ipaddress
 import json
 import logging
 import math
@@ -27,6 +26,7 @@ from urllib.parse import urlsplit
 
 from chat_turbo_metrics._config import ConfigurationError
 from chat_turbo_metrics._deadline import abort_after, shutdown_socket
+from chat_turbo_metrics._endpoints import is_loopback
 from chat_turbo_metrics._secret import Secret
 from chat_turbo_metrics._version import __version__
 from chat_turbo_metrics.exporters.datadog._batching import Batch, Batcher
@@ -68,12 +68,7 @@ def intake_base_url(site: str, endpoint: str | None, setting: str = "endpoint") 
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(host)
 
 
 @dataclass(frozen=True)
