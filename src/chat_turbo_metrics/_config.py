@@ -25,6 +25,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 from chat_turbo_metrics._config_values import (
     parse_bool,
     parse_database_url,
+    parse_file_mode,
     parse_float,
     parse_host,
     parse_int,
@@ -114,6 +115,7 @@ class MonitoringConfig:
     file_path: str = "metrics.jsonl"
     file_max_bytes: int = 10 * 1024 * 1024
     file_rotation_interval_s: float = 86400.0
+    file_mode: int = 0o600  # of the files (and, plus search, directories) the file exporter creates
     database_url: Secret | None = None
     alert_email_enabled: bool = False
     alert_slack_webhook_url: Secret | None = None
@@ -279,6 +281,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "file_path": parse_str,
     "file_max_bytes": parse_int,
     "file_rotation_interval_s": parse_float,
+    "file_mode": parse_file_mode,
     "database_url": parse_database_url,
     "alert_email_enabled": parse_bool,
     "alert_slack_webhook_url": parse_secret,
@@ -410,6 +413,7 @@ _SEED_ENV: tuple[_EnvVar, ...] = (
     _EnvVar("ALERT_EMAIL_TLS", "alert_email_tls"),
     _EnvVar("METRICS_PROMETHEUS_PORT", "prometheus_port"),
     _EnvVar("METRICS_FILE_PATH", "file_path", empty_is_error=True),
+    _EnvVar("METRICS_FILE_MODE", "file_mode"),
     _EnvVar("METRICS_DATABASE_URL", "database_url"),
     _EnvVar("CHAT_TURBO_ENV", "environment"),
     # Datadog's own variables, read as its libraries read them; the endpoint override is ours.

@@ -64,6 +64,10 @@ METRICS_PROMETHEUS_PORT = "METRICS_PROMETHEUS_PORT"
 METRICS_FILE_PATH = "METRICS_FILE_PATH"
 """JSON Lines file for the file exporter; setting it enables file export."""
 
+METRICS_FILE_MODE = "METRICS_FILE_MODE"
+"""Octal mode of the files the file exporter creates: ``0600`` (default), ``0640`` or ``0644``; directories it
+creates get ``0700`` plus search permission for whoever may read."""
+
 METRICS_DATABASE_URL = "METRICS_DATABASE_URL"
 """SQLAlchemy URL for metric history (default: SQLite file ``chat_turbo_metrics.db``)."""
 

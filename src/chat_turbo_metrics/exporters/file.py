@@ -31,6 +31,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig
+from chat_turbo_metrics._config_values import parse_file_mode
 from chat_turbo_metrics._exposition.records import metric_records
 from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
 from chat_turbo_metrics.exporters._rotating_file import RotatingFile, rotated_files
@@ -101,11 +102,19 @@ class FileExporter(MetricExporter):
         max_bytes: rotate before an export would make the active file larger than this (an export is
             never split across files, so one larger than this fills a file of its own).
         rotation_interval_s: rotate once the active file has been open this long (by ``clock``).
-        retention_days: delete rotated files whose modification time is older than this.
+        retention_days: delete rotated files whose modification time is older than this, among the files this
+            exporter created (listed by inode number in ``<path>.created``); a file it did not create is never
+            deleted, whatever its name.
+        file_mode: the mode of the files it creates (default ``0o600``; ``0o640`` or ``0o644`` let others read);
+            directories it creates get ``0o700`` plus search permission for whoever may read.
         clock: seconds since the epoch; used for rotation age, rotated names and retention.
 
+    The active file is never written through a symbolic link, nor when it is not a regular file owned by
+    this process's user: the export fails with the reason logged. The constructor touches no file.
+
     Raises:
-        ConfigurationError: a size, interval or retention setting is not positive.
+        ConfigurationError: a size, interval or retention setting is not positive, or ``file_mode`` would let
+            others write or the owner not read and write.
     """
 
     name = "chat_turbo_file"
@@ -117,6 +126,7 @@ class FileExporter(MetricExporter):
         max_bytes: int | None = None,
         rotation_interval_s: float | None = None,
         retention_days: float | None = None,
+        file_mode: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(preferred_temporality=dict.fromkeys(INSTRUMENT_CLASSES, AggregationTemporality.CUMULATIVE))
@@ -132,11 +142,17 @@ class FileExporter(MetricExporter):
             ("retention_days", retention_days),
         ):
             _checked(setting, value)
+        file_mode = _DEFAULTS.file_mode if file_mode is None else file_mode
+        try:
+            mode = parse_file_mode(file_mode)
+        except ValueError as error:
+            raise ConfigurationError(f"file_mode={file_mode!r}: {error}") from None
         retention_s = retention_days * _SECONDS_PER_DAY
-        self._file = RotatingFile(Path(path), max_bytes, interval_s, retention_s, clock)
+        # Nothing is opened, created or deleted here: validating a set-up (``chat-turbo-metrics config``) builds
+        # this exporter too. The first export opens the file and runs retention, on the export worker.
+        self._file = RotatingFile(Path(path), max_bytes, interval_s, retention_s, clock, mode=mode)
         self._lock = threading.Lock()
         self._is_shutdown = False
-        self._file.delete_expired()
 
     @classmethod
     def from_config(cls, config: MonitoringConfig) -> FileExporter:
@@ -146,6 +162,7 @@ class FileExporter(MetricExporter):
             max_bytes=config.file_max_bytes,
             rotation_interval_s=config.file_rotation_interval_s,
             retention_days=config.retention_days,
+            file_mode=config.file_mode,
         )
 
     @property
