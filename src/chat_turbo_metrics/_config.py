@@ -25,6 +25,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 from chat_turbo_metrics._config_values import (
     parse_bool,
     parse_database_url,
+    parse_endpoint,
     parse_file_mode,
     parse_float,
     parse_host,
@@ -34,7 +35,7 @@ from chat_turbo_metrics._config_values import (
     parse_secret,
     parse_str,
 )
-from chat_turbo_metrics._secret import Secret, mask_url_password
+from chat_turbo_metrics._secret import Secret, mask_url_password, mask_url_userinfo
 
 _logger = logging.getLogger("chat_turbo_metrics.config")
 
@@ -130,7 +131,7 @@ class MonitoringConfig:
     # Datadog exporter (exporters/datadog): DD_* variables; None means "from the resource" or "not set".
     datadog_api_key: Secret | None = None
     datadog_site: str = "datadoghq.com"
-    datadog_endpoint: str | None = None
+    datadog_endpoint: Secret | None = None  # its user info may hold a proxy's credentials
     datadog_env: str | None = None
     datadog_service: str | None = None
     datadog_version: str | None = None
@@ -148,7 +149,9 @@ class MonitoringConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Secret):
                 try:
-                    object.__setattr__(self, name, parse_secret(value))
+                    object.__setattr__(
+                        self, name, (parse_endpoint if name == "datadog_endpoint" else parse_secret)(value)
+                    )
                 except (TypeError, ValueError) as error:
                     raise ConfigurationError(f"{name}={shown_value(name, value)}: {error}") from None
         _check_config(self)
@@ -295,7 +298,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "views": _parse_views,
     "datadog_api_key": parse_secret,
     "datadog_site": _parse_datadog_site,
-    "datadog_endpoint": _parse_optional_str,
+    "datadog_endpoint": parse_endpoint,
     "datadog_env": _parse_optional_str,
     "datadog_service": _parse_optional_str,
     "datadog_version": _parse_optional_str,
@@ -306,7 +309,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "multiprocess_dir": parse_str,
     "multiprocess_gauges": _parse_gauge_modes,
 }
-_SECRET_SETTINGS = frozenset(("database_url", "alert_slack_webhook_url", "alert_email_password", "datadog_api_key"))
+_SECRET_SETTINGS = frozenset(
+    ("database_url", "alert_slack_webhook_url", "alert_email_password", "datadog_api_key", "datadog_endpoint")
+)
 
 
 def _from_mapping(
@@ -348,6 +353,8 @@ def shown_value(key: str, raw: Any) -> str:
     if key not in _SECRET_SETTINGS:
         return repr(raw)
     text = raw.reveal() if isinstance(raw, Secret) else str(raw)
+    if key == "datadog_endpoint":
+        return repr(mask_url_userinfo(text))
     if key == "database_url":
         # Show the URL with its password masked, if one can be told apart; the query (which may carry
         # password= or sslpassword=) never. Anything else is masked whole.

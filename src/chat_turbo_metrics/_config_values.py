@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from chat_turbo_metrics._secret import Secret, mask_url_password
+from chat_turbo_metrics._secret import Secret, mask_url_password, mask_url_userinfo
 
 
 def parse_bool(raw: Any) -> bool:
@@ -72,6 +72,14 @@ def parse_secret(raw: Any) -> Secret | None:
         return raw
     text = parse_str(raw).strip()
     return Secret(text) if text else None
+
+
+def parse_endpoint(raw: Any) -> Secret | None:
+    """An endpoint URL that may carry credentials in its user info: shown with that part masked, never revealed."""
+    secret = parse_secret(raw)
+    if secret is None:
+        return None
+    return Secret(secret.reveal(), shown=mask_url_userinfo(secret.reveal()))
 
 
 def parse_database_url(raw: Any) -> Secret | None:

@@ -97,7 +97,8 @@ DD_HOSTNAME = "DD_HOSTNAME"
 """Host sent with every Datadog series (default: the resource's ``host.name``, else none)."""
 
 CHAT_TURBO_DATADOG_ENDPOINT = "CHAT_TURBO_DATADOG_ENDPOINT"
-"""Base URL replacing ``https://api.<DD_SITE>`` (a proxy or test intake); plain ``http://`` only to loopback."""
+"""Base URL replacing ``https://api.<DD_SITE>`` (a proxy or test intake); plain ``http://`` only to loopback.
+User info (``https://user:password@proxy``) is sent as Basic authentication and shown masked everywhere."""
 
 CHAT_TURBO_DATADOG_HISTOGRAM_BUCKETS = "CHAT_TURBO_DATADOG_HISTOGRAM_BUCKETS"
 """``true`` to send per-bucket Datadog counts (``<name>.bucket`` tagged ``lower_bound``/``upper_bound``)."""
