@@ -196,10 +196,11 @@ monitor.shutdown()
 """
 
 
-def _doctor(env: dict[str, str]) -> tuple[int, dict[str, object]]:
+def _doctor(env: dict[str, str], cwd: Path | None = None) -> tuple[int, dict[str, object]]:
     done = subprocess.run(
         [sys.executable, "-m", "chat_turbo_metrics", "doctor", "--json"],
         env=env,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
@@ -361,18 +362,11 @@ def test_cli_deletes_no_rotated_file_a_shorter_retention_would_and_creates_no_da
         METRICS_FILE_PATH=str(tmp_path / "metrics.jsonl"),
         METRICS_RETENTION_DAYS="1",
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "chat_turbo_metrics", "doctor", "--json"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    status, report = _doctor(env, cwd=tmp_path)
 
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
-    assert report["endpoints"]["database"]["reachable"] is True  # the directory it will be created in is writable
-    assert report["metrics"]["source"] == "file"
+    assert status == 0
+    endpoints: Any = report["endpoints"]
+    assert endpoints["database"]["reachable"] is True  # the directory it will be created in is writable
+    listed: Any = report["metrics"]
+    assert listed["source"] == "file"
     assert directory_listing(tmp_path) == before

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import subprocess
 import sys
 import textwrap
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 
-from chat_turbo_metrics import ConfigurationError, PerformanceMonitor, get_monitoring_config
+from chat_turbo_metrics import ConfigurationError
 from chat_turbo_metrics._config_command import run_config_command
 from chat_turbo_metrics._otlp_headers import check_otlp_headers
 from conftest import clean_env, require_tool
@@ -154,56 +148,3 @@ def test_an_otlp_exporter_the_application_builds_itself_logs_the_header_masked(t
     assert done.returncode == 0, done.stderr
     assert "Authorization: ***" in done.stderr  # OpenTelemetry's own warning, the header's value masked
     assert TOKEN[:12] not in done.stderr
-
-
-# --- well-formed headers still reach the collector ------------------------------------------------------------
-
-
-class _Receiver(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.headers: list[dict[str, str]] = []
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Receiver
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.headers.append({key.lower(): value for key, value in self.headers.items()})
-        answer = ExportMetricsServiceResponse().SerializeToString()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet."""
-
-
-@pytest.fixture
-def receiver() -> Iterator[_Receiver]:
-    server = _Receiver()
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def test_well_formed_headers_reach_the_collector(receiver: _Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [name for name in os.environ if name.startswith("OTEL_EXPORTER_OTLP_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", f"http://127.0.0.1:{receiver.server_port}/v1/metrics")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20abc, x-tenant = t1")
-    monitor = PerformanceMonitor(get_monitoring_config("test", env={"OTEL_METRICS_EXPORTER": "otlp"}))
-    try:
-        monitor.increment_counter("jobs")
-        assert monitor.force_flush()
-    finally:
-        monitor.shutdown()
-
-    assert receiver.headers
-    assert {(h["authorization"], h["x-tenant"]) for h in receiver.headers} == {("Bearer abc", "t1")}
