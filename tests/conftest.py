@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
 
@@ -105,3 +109,31 @@ def recording(request: pytest.FixtureRequest) -> str:
 def monitor(monitor_factory: object, recording: str) -> PerformanceMonitor:
     """A monitor on a private pipeline with no exporters, for each recording path."""
     return monitor_factory(recording=recording)  # type: ignore[operator, no-any-return]
+
+
+def old_file_history(directory: Path, rotations: int = 3, age_days: float = 8.0) -> dict[str, tuple[int, int]]:
+    """A service's file history in ``directory``: ``metrics.jsonl`` and ``rotations`` rotated files the exporter
+    made (30 days retention), aged ``age_days``. Returns every file's name -> (mtime_ns, size), to compare."""
+    from chat_turbo_metrics.exporters.file import FileExporter
+
+    now = [time.time() - age_days * 86400 - 600]
+    exporter = FileExporter(
+        directory / "metrics.jsonl", rotation_interval_s=60, retention_days=30, clock=lambda: now[0]
+    )
+    provider = MeterProvider(metric_readers=[reader := InMemoryMetricReader()])
+    provider.get_meter("history").create_counter("jobs").add(1)
+    for _ in range(rotations + 1):
+        data = reader.get_metrics_data()
+        assert data is not None
+        exporter.export(data)
+        now[0] += 60
+    exporter.shutdown()
+    provider.shutdown()
+    for file in directory.iterdir():
+        os.utime(file, (now[0], now[0]))
+    return directory_listing(directory)
+
+
+def directory_listing(directory: Path) -> dict[str, tuple[int, int]]:
+    """Every file in ``directory``: name -> (mtime_ns, size)."""
+    return {file.name: (file.stat().st_mtime_ns, file.stat().st_size) for file in directory.iterdir()}

@@ -236,3 +236,15 @@ def test_an_exporter_named_in_code_is_not_blamed_on_a_variable() -> None:
         with pytest.raises(ConfigurationError) as caught:
             PerformanceMonitor(config)
         assert str(caught.value).startswith("metrics_exporters='bogus': unknown exporter")
+
+
+@pytest.mark.parametrize(("typed", "mode"), [("0640", 0o640), ("600", 0o600), ("0o644", 0o644)])
+def test_file_mode_variable_is_octal(typed: str, mode: int) -> None:
+    assert get_monitoring_config("test", env={"METRICS_FILE_MODE": typed}).file_mode == mode
+
+
+@pytest.mark.parametrize("typed", ["0666", "0700", "0400", "rw-r-----", "0o1600", "9"])
+def test_file_mode_others_could_write_or_execute_is_refused_naming_the_variable(typed: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        get_monitoring_config("test", env={"METRICS_FILE_MODE": typed})
+    assert str(caught.value).startswith(f"METRICS_FILE_MODE={typed!r}: ")

@@ -13,7 +13,7 @@ import pytest
 
 from chat_turbo_metrics import ConfigurationError, MonitoringConfig, PerformanceMonitor, ViewConfig
 from chat_turbo_metrics._config_command import check_as_configure_would, run_config_command
-from conftest import clean_env
+from conftest import clean_env, directory_listing, old_file_history
 
 TOKEN = "XXXXSECRETTOKENXXXX"
 
@@ -129,3 +129,27 @@ def test_a_view_the_sdk_refuses_fails_as_configure_would() -> None:
 
     assert str(from_command.value) == str(from_configure.value)
     assert "wildcard" in str(from_command.value)
+
+
+def test_the_command_deletes_no_rotated_file_a_shorter_retention_would_and_writes_nothing(tmp_path: Path) -> None:
+    # The service keeps 30 days; the shell that runs the command resolves 1 day. Checking must not apply it.
+    before = old_file_history(tmp_path, rotations=3, age_days=8)
+    env = clean_env(
+        CHAT_TURBO_ENV="development",
+        OTEL_METRICS_EXPORTER="chat_turbo_file,chat_turbo_database",
+        METRICS_FILE_PATH=str(tmp_path / "metrics.jsonl"),
+        METRICS_RETENTION_DAYS="1",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "chat_turbo_metrics", "config"],
+        env=env,
+        cwd=tmp_path,  # where the default SQLite database would be created
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert len([name for name in before if name.startswith("metrics.jsonl.2")]) == 3
+    assert directory_listing(tmp_path) == before

@@ -15,7 +15,7 @@ import pytest
 from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor, Secret
 from chat_turbo_metrics._doctor import diagnose
 from chat_turbo_metrics.exporters.prometheus import PrometheusExporter
-from conftest import free_port, port_open, require
+from conftest import directory_listing, free_port, old_file_history, port_open, require
 
 
 def _config(**settings: object) -> MonitoringConfig:
@@ -196,10 +196,11 @@ monitor.shutdown()
 """
 
 
-def _doctor(env: dict[str, str]) -> tuple[int, dict[str, object]]:
+def _doctor(env: dict[str, str], cwd: Path | None = None) -> tuple[int, dict[str, object]]:
     done = subprocess.run(
         [sys.executable, "-m", "chat_turbo_metrics", "doctor", "--json"],
         env=env,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
@@ -352,3 +353,20 @@ def test_datadog_intake_reachability_and_key_presence_are_reported_without_the_k
     assert [tip for tip in down["advice"] if down["endpoints"]["datadog"]["endpoint"] in tip]
     assert bad["endpoints"]["datadog"]["reachable"] is False
     assert "http://example.com" in bad["endpoints"]["datadog"]["error"]
+
+
+def test_cli_deletes_no_rotated_file_a_shorter_retention_would_and_creates_no_database(tmp_path: Path) -> None:
+    before = old_file_history(tmp_path, rotations=3, age_days=8)
+    env = _env(
+        OTEL_METRICS_EXPORTER="chat_turbo_file,chat_turbo_database",  # the database: the default SQLite file
+        METRICS_FILE_PATH=str(tmp_path / "metrics.jsonl"),
+        METRICS_RETENTION_DAYS="1",
+    )
+    status, report = _doctor(env, cwd=tmp_path)
+
+    assert status == 0
+    endpoints: Any = report["endpoints"]
+    assert endpoints["database"]["reachable"] is True  # the directory it will be created in is writable
+    listed: Any = report["metrics"]
+    assert listed["source"] == "file"
+    assert directory_listing(tmp_path) == before

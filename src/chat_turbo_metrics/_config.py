@@ -25,6 +25,8 @@ else:  # pragma: no cover - exercised on 3.10 only
 from chat_turbo_metrics._config_values import (
     parse_bool,
     parse_database_url,
+    parse_endpoint,
+    parse_file_mode,
     parse_float,
     parse_host,
     parse_int,
@@ -34,7 +36,7 @@ from chat_turbo_metrics._config_values import (
     parse_str,
 )
 from chat_turbo_metrics._endpoints import is_loopback, parse_secret_url
-from chat_turbo_metrics._secret import Secret, mask_url_password
+from chat_turbo_metrics._secret import Secret, mask_url_password, mask_url_userinfo
 
 _logger = logging.getLogger("chat_turbo_metrics.config")
 
@@ -115,6 +117,7 @@ class MonitoringConfig:
     file_path: str = "metrics.jsonl"
     file_max_bytes: int = 10 * 1024 * 1024
     file_rotation_interval_s: float = 86400.0
+    file_mode: int = 0o600  # of the files (and, plus search, directories) the file exporter creates
     database_url: Secret | None = None
     alert_email_enabled: bool = False
     alert_slack_webhook_url: Secret | None = None
@@ -130,7 +133,7 @@ class MonitoringConfig:
     # Datadog exporter (exporters/datadog): DD_* variables; None means "from the resource" or "not set".
     datadog_api_key: Secret | None = None
     datadog_site: str = "datadoghq.com"
-    datadog_endpoint: str | None = None
+    datadog_endpoint: Secret | None = None  # its user info may hold a proxy's credentials
     datadog_env: str | None = None
     datadog_service: str | None = None
     datadog_version: str | None = None
@@ -148,7 +151,9 @@ class MonitoringConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Secret):
                 try:
-                    object.__setattr__(self, name, parse_secret(value))
+                    object.__setattr__(
+                        self, name, (parse_endpoint if name == "datadog_endpoint" else parse_secret)(value)
+                    )
                 except (TypeError, ValueError) as error:
                     raise ConfigurationError(f"{name}={shown_value(name, value)}: {error}") from None
         _check_config(self)
@@ -304,6 +309,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "file_path": parse_str,
     "file_max_bytes": parse_int,
     "file_rotation_interval_s": parse_float,
+    "file_mode": parse_file_mode,
     "database_url": parse_database_url,
     "alert_email_enabled": parse_bool,
     "alert_slack_webhook_url": parse_secret,
@@ -318,7 +324,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "views": _parse_views,
     "datadog_api_key": parse_secret,
     "datadog_site": _parse_datadog_site,
-    "datadog_endpoint": _parse_optional_str,
+    "datadog_endpoint": parse_endpoint,
     "datadog_env": _parse_optional_str,
     "datadog_service": _parse_optional_str,
     "datadog_version": _parse_optional_str,
@@ -329,7 +335,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "multiprocess_dir": parse_str,
     "multiprocess_gauges": _parse_gauge_modes,
 }
-_SECRET_SETTINGS = frozenset(("database_url", "alert_slack_webhook_url", "alert_email_password", "datadog_api_key"))
+_SECRET_SETTINGS = frozenset(
+    ("database_url", "alert_slack_webhook_url", "alert_email_password", "datadog_api_key", "datadog_endpoint")
+)
 
 
 def _from_mapping(
@@ -371,6 +379,8 @@ def shown_value(key: str, raw: Any) -> str:
     if key not in _SECRET_SETTINGS:
         return repr(raw)
     text = raw.reveal() if isinstance(raw, Secret) else str(raw)
+    if key == "datadog_endpoint":
+        return repr(mask_url_userinfo(text))
     if key == "database_url":
         # Show the URL with its password masked, if one can be told apart; the query (which may carry
         # password= or sslpassword=) never. Anything else is masked whole.
@@ -438,6 +448,7 @@ _SEED_ENV: tuple[_EnvVar, ...] = (
     _EnvVar("ALERT_EMAIL_TLS", "alert_email_tls"),
     _EnvVar("METRICS_PROMETHEUS_PORT", "prometheus_port"),
     _EnvVar("METRICS_FILE_PATH", "file_path", empty_is_error=True),
+    _EnvVar("METRICS_FILE_MODE", "file_mode"),
     _EnvVar("METRICS_DATABASE_URL", "database_url"),
     _EnvVar("CHAT_TURBO_ENV", "environment"),
     # Datadog's own variables, read as its libraries read them; the endpoint override is ours.

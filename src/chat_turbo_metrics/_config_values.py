@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from chat_turbo_metrics._secret import Secret, mask_url_password
+from chat_turbo_metrics._secret import Secret, mask_url_password, mask_url_userinfo
 
 
 def parse_bool(raw: Any) -> bool:
@@ -46,6 +46,21 @@ def parse_names(raw: Any) -> tuple[str, ...]:
     return () if names == ("none",) else names
 
 
+def parse_file_mode(raw: Any) -> int:
+    """A mode for files the exporters create: the owner reads and writes, others may at most read.
+
+    Text is octal (``"0640"``, ``"640"``, ``"0o640"``); a number is taken as it is (TOML ``0o640``).
+    """
+    if isinstance(raw, str):
+        text = raw.strip().lower().removeprefix("0o")
+        mode = int(text, 8) if text and all(char in "01234567" for char in text) else -1
+    else:
+        mode = raw if isinstance(raw, int) and not isinstance(raw, bool) else -1
+    if mode < 0 or mode & ~0o644 or mode & 0o600 != 0o600:
+        raise ValueError("expected a file mode such as 0600 or 0640 (owner read-write, others read at most)")
+    return mode
+
+
 def parse_str(raw: Any) -> str:
     if not isinstance(raw, str):
         raise ValueError("expected a string")
@@ -57,6 +72,14 @@ def parse_secret(raw: Any) -> Secret | None:
         return raw
     text = parse_str(raw).strip()
     return Secret(text) if text else None
+
+
+def parse_endpoint(raw: Any) -> Secret | None:
+    """An endpoint URL that may carry credentials in its user info: shown with that part masked, never revealed."""
+    secret = parse_secret(raw)
+    if secret is None:
+        return None
+    return Secret(secret.reveal(), shown=mask_url_userinfo(secret.reveal()))
 
 
 def parse_database_url(raw: Any) -> Secret | None:

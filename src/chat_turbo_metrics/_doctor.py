@@ -88,12 +88,18 @@ def check_database(config: MonitoringConfig, env: Mapping[str, str]) -> dict[str
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
+    from chat_turbo_metrics.exporters._database_query import read_only_url, sqlite_file
+
     secret = config.database_url or Secret("sqlite:///chat_turbo_metrics.db")
     result: dict[str, Any] = {"enabled": True, "url": secret.masked()}
     try:
         url = make_url(secret.reveal())
+        path = sqlite_file(url)
+        if path is not None and not path.exists():  # the first export creates it; the doctor creates nothing
+            result["reachable"] = os.access(path.absolute().parent, os.W_OK)
+            return result
         args = {"connect_timeout": int(TIMEOUT_S)} if url.get_backend_name() == "postgresql" else {}
-        engine = create_engine(url, connect_args=args)
+        engine = create_engine(read_only_url(url), connect_args=args)
         try:
             with engine.connect() as connection:
                 connection.execute(text("SELECT 1"))

@@ -81,11 +81,12 @@ def _file_families(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def _database_metrics(secret: Secret) -> dict[str, Any]:
-    from sqlalchemy import create_engine, select
+    from sqlalchemy import create_engine, make_url, select
 
+    from chat_turbo_metrics.exporters._database_query import read_only_url
     from chat_turbo_metrics.exporters._database_schema import streams
 
-    engine = create_engine(secret.reveal())
+    engine = create_engine(read_only_url(make_url(secret.reveal())))  # a missing SQLite file stays missing
     try:
         with engine.connect() as conn:
             rows = conn.execute(select(streams.c.name, streams.c.kind, streams.c.attributes)).all()

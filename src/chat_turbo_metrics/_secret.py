@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
 # The password of ``scheme://user:password@host``: from the user's ":" to the last "@" (a password may hold
 # "/" or "@"; masking too much is harmless, too little is not).
 _URL_PASSWORD = re.compile(r"(?P<head>//[^/:@]*:).*(?=@)")
+# The whole user info of ``scheme://userinfo@host``, up to the last "@" (a token may stand where the user does).
+_URL_USERINFO = re.compile(r"(?P<head>//)[^@]*@")
 
 
 def mask_url_password(url: str) -> str:
@@ -20,10 +23,21 @@ def mask_url_password(url: str) -> str:
     return _URL_PASSWORD.sub(r"\g<head>***", url, count=1)
 
 
+def mask_url_userinfo(url: str) -> str:
+    """``url`` with its whole user-info part (user and password, or a token) replaced by ``***``.
+
+    Example:
+        >>> mask_url_userinfo("https://metrics:hunter2@proxy.internal:8443/datadog")
+        'https://***@proxy.internal:8443/datadog'
+    """
+    return _URL_USERINFO.sub(r"\g<head>***@", url, count=1)
+
+
 class Secret:
     """Holds a credential (API key, webhook URL with a token, database URL with a password).
 
     ``str()`` and ``repr()`` show only a masked form; call :meth:`reveal` where the real value is needed.
+    ``shown`` replaces the masked form where more of the value may be seen (an endpoint without its user info).
 
     Example:
         >>> url = Secret("https://hooks.slack.com/services/T0/B0/abcdef")
@@ -33,17 +47,20 @@ class Secret:
         True
     """
 
-    __slots__ = ("_value",)
+    __slots__ = ("_shown", "_value")
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, *, shown: str | None = None) -> None:
         self._value = value
+        self._shown = shown
 
     def reveal(self) -> str:
         """Return the real value, for the one call that sends it."""
         return self._value
 
     def masked(self) -> str:
-        """Scheme and host of a URL, or nothing of anything else."""
+        """What may be shown: ``shown`` if given, else scheme and host of a URL, or nothing of anything else."""
+        if self._shown is not None:
+            return self._shown
         parts = urlsplit(self._value)
         if parts.scheme and parts.hostname:
             return f"{parts.scheme}://{parts.hostname}/***"
@@ -62,5 +79,9 @@ class Secret:
     def __hash__(self) -> int:
         return hash(self._value)
 
-    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
-        return (Secret, (self._value,))
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuilt, (self._value, self._shown))
+
+
+def _rebuilt(value: str, shown: str | None) -> Secret:
+    return Secret(value, shown=shown)

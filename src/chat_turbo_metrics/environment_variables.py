@@ -67,6 +67,10 @@ METRICS_PROMETHEUS_PORT = "METRICS_PROMETHEUS_PORT"
 METRICS_FILE_PATH = "METRICS_FILE_PATH"
 """JSON Lines file for the file exporter; setting it enables file export."""
 
+METRICS_FILE_MODE = "METRICS_FILE_MODE"
+"""Octal mode of the files the file exporter creates: ``0600`` (default), ``0640`` or ``0644``; directories it
+creates get ``0700`` plus search permission for whoever may read."""
+
 METRICS_DATABASE_URL = "METRICS_DATABASE_URL"
 """SQLAlchemy URL for metric history (default: SQLite file ``chat_turbo_metrics.db``)."""
 
@@ -96,7 +100,8 @@ DD_HOSTNAME = "DD_HOSTNAME"
 """Host sent with every Datadog series (default: the resource's ``host.name``, else none)."""
 
 CHAT_TURBO_DATADOG_ENDPOINT = "CHAT_TURBO_DATADOG_ENDPOINT"
-"""Base URL replacing ``https://api.<DD_SITE>`` (a proxy or test intake); plain ``http://`` only to loopback."""
+"""Base URL replacing ``https://api.<DD_SITE>`` (a proxy or test intake); plain ``http://`` only to loopback.
+User info (``https://user:password@proxy``) is sent as Basic authentication and shown masked everywhere."""
 
 CHAT_TURBO_DATADOG_HISTOGRAM_BUCKETS = "CHAT_TURBO_DATADOG_HISTOGRAM_BUCKETS"
 """``true`` to send per-bucket Datadog counts (``<name>.bucket`` tagged ``lower_bound``/``upper_bound``)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -24,7 +25,26 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
-from sqlalchemy import Engine, create_engine, event, func, inspect, select, text
+from opentelemetry.sdk.resources import Resource
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+    text,
+)
 
 from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, get_monitoring_config
 from chat_turbo_metrics._secret import Secret
@@ -117,7 +137,7 @@ def make_exporter(database_url: str, clock: Clock) -> Iterator[Callable[..., Dat
 class Recorder:
     """A real SDK pipeline whose collected points are re-stamped with the times a test chooses."""
 
-    def __init__(self) -> None:
+    def __init__(self, resource: Resource | None = None) -> None:
         self.reader = InMemoryMetricReader(
             preferred_temporality={
                 Counter: AggregationTemporality.DELTA,
@@ -125,7 +145,9 @@ class Recorder:
             }
         )
         view = View(instrument_name="latency", aggregation=ExplicitBucketHistogramAggregation(LATENCY_BOUNDS))
-        self.provider = MeterProvider(metric_readers=[self.reader], views=[view])
+        self.provider = MeterProvider(
+            metric_readers=[self.reader], views=[view], resource=resource or Resource.create()
+        )
         self.meter = self.provider.get_meter("tests.exporters.test_database")
 
     def collect(self, start: float, end: float) -> MetricsData:
@@ -175,7 +197,7 @@ def _count(engine: Engine, table: str) -> int:
 # --- schema ------------------------------------------------------------------------------------
 
 
-def test_first_export_creates_tables_and_records_schema_version_1(
+def test_first_export_creates_tables_and_records_every_schema_version(
     make_exporter: Callable[..., Any], db: Engine
 ) -> None:
     exporter = make_exporter()
@@ -184,7 +206,7 @@ def test_first_export_creates_tables_and_records_schema_version_1(
 
     assert {"ctm_schema_version", "ctm_streams", "ctm_points"} <= set(inspect(db).get_table_names())
     with db.connect() as conn:
-        assert conn.scalars(text("SELECT version FROM ctm_schema_version")).all() == [1]
+        assert sorted(conn.scalars(text("SELECT version FROM ctm_schema_version")).all()) == [1, 2]
 
 
 def test_points_are_indexed_by_stream_and_end_time_and_by_end_time(
@@ -196,11 +218,11 @@ def test_points_are_indexed_by_stream_and_end_time_and_by_end_time(
     assert {("stream_id", "end_ns"), ("end_ns",)} <= indexed
 
 
-def test_second_start_keeps_one_schema_version_row(make_exporter: Callable[..., Any], db: Engine) -> None:
+def test_second_start_keeps_one_row_per_schema_version(make_exporter: Callable[..., Any], db: Engine) -> None:
     first_export(make_exporter())
     first_export(make_exporter())
 
-    assert _count(db, "ctm_schema_version") == 1
+    assert _count(db, "ctm_schema_version") == 2
 
 
 def test_newer_schema_version_refuses_to_export_with_a_clear_error(
@@ -208,14 +230,14 @@ def test_newer_schema_version_refuses_to_export_with_a_clear_error(
 ) -> None:
     first_export(make_exporter())
     with db.begin() as conn:
-        conn.execute(text("INSERT INTO ctm_schema_version (version, applied_at) VALUES (2, 0)"))
+        conn.execute(text("INSERT INTO ctm_schema_version (version, applied_at) VALUES (3, 0)"))
     recorder.meter.create_counter("chat_requests").add(1)
 
     result = make_exporter().export(recorder.collect(T0, T0 + 10))
 
     assert result is MetricExportResult.FAILURE
     (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert re.search(r"schema version 2 .* newer than the version 1", error.getMessage())
+    assert re.search(r"schema version 3 .* newer than the version 2", error.getMessage())
     assert _count(db, "ctm_points") == 0
 
 
@@ -389,8 +411,9 @@ def test_retention_at_first_export_deletes_points_older_than_retention_days_and_
     first.export(recorder.collect(T0 - 6 * DAY, T0 - 5 * DAY))
 
     clock.now = T0 + 20 * DAY  # the cutoff is now T0 - 10 days
-    later = make_exporter(retention_days=30)
-    first_export(later)
+    later = make_exporter(retention_days=30)  # the same service, started again
+    requests.add(3)
+    later.export(recorder.collect(T0 + 20 * DAY, T0 + 20 * DAY + 60))
 
     rows = later.history().counter_rate("chat_requests", T0 - 30 * DAY, T0, bucket_s=DAY)
     assert [row.total for row in rows] == [2.0]
@@ -414,6 +437,152 @@ def test_retention_during_export_runs_at_most_once_an_hour(
     exporter.export(recorder.collect(T0 + 45 * 60, T0 + 61 * 60))
 
     assert (kept_within_the_hour, _count(db, "ctm_points")) == (2, 2)
+
+
+# --- retention on a shared database ----------------------------------------------------------------
+
+
+def _service(name: str, environment: str = "production", **extra: str) -> Recorder:
+    return Recorder(Resource.create({"service.name": name, "deployment.environment.name": environment, **extra}))
+
+
+def _stored_services(engine: Engine) -> list[tuple[str, int]]:
+    """(service.name, points) per service stored, from the streams' resources."""
+    query = text(
+        "SELECT s.resource, COUNT(p.id) FROM ctm_streams s JOIN ctm_points p ON p.stream_id = s.id GROUP BY s.resource"
+    )
+    counted: dict[str, int] = {}
+    with engine.connect() as conn:
+        for resource, count in conn.execute(query):
+            name = json.loads(resource)["service.name"]
+            counted[name] = counted.get(name, 0) + int(count)
+    return sorted(counted.items())
+
+
+def _write_old_points(make_exporter: Callable[..., Any], recorder: Recorder, days_ago: list[float]) -> None:
+    exporter = make_exporter(retention_days=30)
+    requests = recorder.meter.create_counter("requests")
+    for days in days_ago:
+        requests.add(1)
+        assert exporter.export(recorder.collect(T0 - days * DAY, T0 - days * DAY + 60)) is MetricExportResult.SUCCESS
+
+
+def test_retention_deletes_only_the_points_of_the_service_that_runs_it(
+    make_exporter: Callable[..., Any], db: Engine
+) -> None:
+    _write_old_points(make_exporter, _service("billing"), [20, 10, 5])
+    _write_old_points(make_exporter, _service("chat"), [20, 10, 0.5])
+    chat_again = _service("chat")  # restarted with 1 day of retention (a dev shell's test.toml)
+    exporter = make_exporter(retention_days=1)
+    chat_again.meter.create_counter("requests").add(1)
+
+    assert exporter.export(chat_again.collect(T0, T0 + 60)) is MetricExportResult.SUCCESS
+
+    assert _stored_services(db) == [("billing", 3), ("chat", 2)]  # chat: its last day and the new point
+
+
+def test_retention_keeps_the_same_service_of_another_environment(make_exporter: Callable[..., Any], db: Engine) -> None:
+    _write_old_points(make_exporter, _service("billing", "production"), [20, 10])
+    development = _service("billing", "development")  # a dev run pointed at the same database, 1 day kept
+    exporter = make_exporter(retention_days=1)
+    development.meter.create_counter("requests").add(1)
+    exporter.export(development.collect(T0, T0 + 60))
+
+    assert _stored_services(db) == [("billing", 3)]
+
+
+def test_retention_covers_every_instance_of_its_service(make_exporter: Callable[..., Any], db: Engine) -> None:
+    _write_old_points(make_exporter, _service("chat", **{"service.instance.id": "worker-1"}), [20, 10])
+    worker_2 = _service("chat", **{"service.instance.id": "worker-2"})
+    exporter = make_exporter(retention_days=1)
+    worker_2.meter.create_counter("requests").add(1)
+    exporter.export(worker_2.collect(T0, T0 + 60))
+
+    assert _stored_services(db) == [("chat", 1)]
+
+
+def test_retention_deletes_nothing_before_the_exporter_wrote_any_data(
+    make_exporter: Callable[..., Any], db: Engine
+) -> None:
+    _write_old_points(make_exporter, _service("billing"), [20, 10])
+
+    first_export(make_exporter(retention_days=1))  # whose points are its own is not known yet
+
+    assert _stored_services(db) == [("billing", 2)]
+
+
+# The tables as schema version 1 created them (chat_turbo_metrics before the owner column), for the migration.
+_V1 = MetaData()
+Table(
+    "ctm_schema_version",
+    _V1,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("applied_at", Float, nullable=False),
+)
+_V1_STREAMS = Table(
+    "ctm_streams",
+    _V1,
+    Column("id", Integer, primary_key=True),
+    Column("hash", String(64), nullable=False, unique=True),
+    Column("name", String(255), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("unit", String(64), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("attributes", Text, nullable=False),
+    Column("resource", Text, nullable=False),
+)
+_V1_POINTS = Table(
+    "ctm_points",
+    _V1,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("stream_id", Integer, ForeignKey("ctm_streams.id"), nullable=False),
+    Column("start_ns", BigInteger, nullable=False),
+    Column("end_ns", BigInteger, nullable=False),
+    Column("value", Float),
+    Column("count", BigInteger),
+    Column("sum", Float),
+    Column("min", Float),
+    Column("max", Float),
+    Column("bounds", Text),
+    Column("bucket_counts", Text),
+    Index("ix_ctm_points_stream_end", "stream_id", "end_ns"),
+    Index("ix_ctm_points_end", "end_ns"),
+)
+
+
+def _version_1_database(engine: Engine, services: dict[str, list[float]]) -> None:
+    """A database as version 1 wrote it: per service, one counter stream with a point ``days`` ago each."""
+    _V1.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO ctm_schema_version (version, applied_at) VALUES (1, 0)"))
+        for number, (service, days_ago) in enumerate(services.items()):
+            resource = json.dumps({"service.name": service, "deployment.environment.name": "production"})
+            stream = {"name": "requests", "kind": "counter", "unit": "", "description": "", "attributes": "{}"}
+            inserted = conn.execute(_V1_STREAMS.insert().values(hash=f"{number:064d}", resource=resource, **stream))
+            stream_id = inserted.inserted_primary_key[0]
+            for days in days_ago:
+                end_ns = round((T0 - days * DAY) * 1e9)
+                point = {"stream_id": stream_id, "start_ns": end_ns - 60 * 10**9, "end_ns": end_ns, "value": 1.0}
+                conn.execute(_V1_POINTS.insert().values(**point))
+
+
+def test_a_version_1_database_is_migrated_and_retention_keeps_other_services_rows(
+    make_exporter: Callable[..., Any], db: Engine
+) -> None:
+    _version_1_database(db, {"billing": [20, 10, 5], "chat": [20, 10, 0.5]})
+    chat = _service("chat")
+    exporter = make_exporter(retention_days=1)
+    chat.meter.create_counter("requests").add(1)
+
+    assert exporter.export(chat.collect(T0, T0 + 60)) is MetricExportResult.SUCCESS
+
+    assert _stored_services(db) == [("billing", 3), ("chat", 2)]  # chat: its last day before, and the new point
+    with db.connect() as conn:
+        assert sorted(conn.scalars(text("SELECT version FROM ctm_schema_version")).all()) == [1, 2]
+        assert conn.scalar(text("SELECT COUNT(*) FROM ctm_streams WHERE owner = ''")) == 0
+    assert "ix_ctm_streams_owner" in {index["name"] for index in inspect(db).get_indexes("ctm_streams")}
+    rows = exporter.history().counter_rate("requests", T0 - 30 * DAY, T0 + DAY, bucket_s=DAY)
+    assert sum(row.total for row in rows) == 3 + 2  # one stream per service, old and new rows alike
 
 
 # --- failures and secrets ----------------------------------------------------------------------

@@ -3,6 +3,8 @@ end to end in a subprocess under ``opentelemetry-instrument``."""
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import os
 import re
@@ -12,10 +14,12 @@ import textwrap
 from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import pytest
 from datadog_intake import DD_KEY, DROP, Answer, DatadogIntake, points, running_intake, total
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
+from test_datadog_delivery import _counts
 
 from chat_turbo_metrics import ConfigurationError, PerformanceMonitor, Secret, get_monitoring_config
 from chat_turbo_metrics.__main__ import main
@@ -60,7 +64,7 @@ def test_dd_variables_fill_the_datadog_settings() -> None:
     assert (config.datadog_env, config.datadog_service, config.datadog_version) == ("prod", "chat-api", "2.1.0")
     assert config.datadog_tags == ("team:chat", "region:eu", "canary")
     assert config.datadog_host == "web-1"
-    assert config.datadog_endpoint == "https://proxy.internal:8443/datadog"
+    assert config.datadog_endpoint == Secret("https://proxy.internal:8443/datadog")
     assert config.datadog_histogram_buckets is True
     assert DataDogExporter.from_config(config).series_url == "https://proxy.internal:8443/datadog/api/v2/series"
 
@@ -160,8 +164,6 @@ def test_the_key_appears_in_no_log_error_repr_or_config_output(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from test_datadog_delivery import _counts
-
     exporter = DataDogExporter(DD_KEY, endpoint=intake.url, retry_initial_s=0.01, retry_max_s=0.02)
     # What a debugger or a crash reporter dumping the objects would show.
     texts = [
@@ -199,6 +201,58 @@ def test_the_key_appears_in_no_log_error_repr_or_config_output(
     texts.append(str(raised.value))
     leaks = [text for text in texts if DD_KEY in text]
     assert leaks == []
+
+
+PROXY_PASSWORD = "pr0xy-Pa55w0rd"
+
+
+def _basic_login(received: list[Any]) -> set[str]:
+    """The user:password pairs the intake received as Basic authentication."""
+    prefix = "Basic "
+    values = {r.headers.get("Authorization", "") for r in received}
+    return {base64.b64decode(value.removeprefix(prefix)).decode() for value in values if value.startswith(prefix)}
+
+
+def test_endpoint_user_info_is_sent_as_basic_authentication(intake: DatadogIntake) -> None:
+    host = intake.url.removeprefix("http://")
+    exporter = DataDogExporter(DD_KEY, endpoint=f"http://metrics:{PROXY_PASSWORD}%40eu@{host}")
+
+    assert exporter.export(_counts(1)) is MetricExportResult.SUCCESS
+    assert _basic_login(intake.requests) == {f"metrics:{PROXY_PASSWORD}@eu"}  # percent-decoded, as curl sends it
+    assert exporter.series_url == f"{intake.url}/api/v2/series"
+
+
+def test_endpoint_password_shows_in_no_config_doctor_repr_log_or_error(
+    intake: DatadogIntake,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    endpoint = intake.url.replace("http://", f"http://metrics:{PROXY_PASSWORD}@")
+    env = {**_env(intake), "CHAT_TURBO_DATADOG_ENDPOINT": endpoint, "CHAT_TURBO_ENV": "test"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config = get_monitoring_config()
+    texts = [repr(config), str(config)]
+    for command in (["config"], ["doctor"], ["doctor", "--json"]):
+        main(command)
+        texts.append(capsys.readouterr().out)
+    assert f"http://***@{intake.url.removeprefix('http://')}" in texts[2]  # config shows the endpoint, masked
+    assert json.loads(texts[4])["config"]["datadog_endpoint"] == endpoint.replace(f"metrics:{PROXY_PASSWORD}", "***")
+    exporter = DataDogExporter.from_config(config)
+    texts += [repr(exporter), exporter.series_url, repr(vars(exporter._intake))]
+    intake.answer(Answer(500), Answer(429, {"Retry-After": "0"}), Answer(400, body="no"))
+    with caplog.at_level(logging.DEBUG):
+        exporter.export(_counts(2))
+        exporter.export(_counts(2))
+    texts += [record.getMessage() for record in caplog.records]
+    assert len(intake.requests) >= 3
+    for bad in (f"http://metrics:{PROXY_PASSWORD}@intake.example.com", f"https://metrics:{PROXY_PASSWORD}@x/?q=1"):
+        bad_env = {"DD_API_KEY": DD_KEY, "CHAT_TURBO_DATADOG_ENDPOINT": bad}
+        with pytest.raises(ConfigurationError) as raised:
+            DataDogExporter.from_config(get_monitoring_config("test", env=bad_env))
+        texts.append(str(raised.value))
+    assert [text for text in texts if PROXY_PASSWORD in text] == []
 
 
 # --- OTEL_METRICS_EXPORTER=datadog end to end --------------------------------------------------------

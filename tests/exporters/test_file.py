@@ -83,7 +83,8 @@ def export_all(exporter: FileExporter, *batches: MetricsData) -> None:
 
 
 def rotated(path: Path) -> list[Path]:
-    return sorted(p for p in path.parent.iterdir() if p.name.startswith(path.name + "."))
+    pattern = re.compile(re.escape(path.name) + r"\.\d{8}T\d{6}(\.\d+)?")
+    return sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name))
 
 
 def our_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -316,36 +317,250 @@ def _age(path: Path, clock: FakeClock, days: float) -> None:
     os.utime(path, (mtime, mtime))
 
 
-def test_retention_at_start_deletes_only_expired_rotated_files_of_this_path(tmp_path: Path) -> None:
-    clock = FakeClock()
-    active = tmp_path / "metrics.jsonl"
-    expired = [tmp_path / "metrics.jsonl.20231101T000000", tmp_path / "metrics.jsonl.20231101T000000.1"]
-    recent = tmp_path / "metrics.jsonl.20231113T000000"
+def _rotate_every_minute(path: Path, clock: FakeClock, count: int, **settings: Any) -> FileExporter:
+    """An exporter that has rotated ``count`` files away, one a minute (named by the clock)."""
+    exporter = make_exporter(path, clock, rotation_interval_s=60, **settings)
+    for value in range(count + 1):
+        export_all(exporter, counter_data(value))
+        clock.now += 60
+    assert len(rotated(path)) == count
+    return exporter
+
+
+def test_retention_deletes_only_expired_rotated_files_the_exporter_created(tmp_path: Path) -> None:
+    clock, active = FakeClock(), tmp_path / "metrics.jsonl"
+    exporter = _rotate_every_minute(active, clock, 2, retention_days=7)
+    expired, recent = rotated(active)
+    # Files that look like rotated ones but were put there by someone else, and unrelated files.
+    lookalikes = [tmp_path / "metrics.jsonl.20231101T000000", tmp_path / "metrics.jsonl.20231101T000000.1"]
     unrelated = [tmp_path / "other.jsonl.20231101T000000", tmp_path / "metrics.jsonl.bak"]
-    for file in [active, *expired, recent, *unrelated]:
+    for file in [*lookalikes, *unrelated]:
         file.write_text("{}\n")
-        _age(file, clock, days=8)
+        _age(file, clock, days=30)
+    _age(expired, clock, days=8)
     _age(recent, clock, days=6)
 
-    make_exporter(active, clock, retention_days=7)
+    clock.now += 3600  # retention runs at most once an hour between rotations
+    export_all(exporter, counter_data(9))
 
-    assert sorted(tmp_path.iterdir()) == sorted([active, recent, *unrelated])
+    assert not expired.exists()
+    assert all(file.exists() for file in [recent, *lookalikes, *unrelated])
 
 
 def test_retention_runs_after_each_rotation(tmp_path: Path) -> None:
     path, clock = tmp_path / "metrics.jsonl", FakeClock()
-    exporter = make_exporter(path, clock, rotation_interval_s=60, retention_days=7)
-    export_all(exporter, counter_data(1))
-    expired = tmp_path / "metrics.jsonl.20231101T000000"
-    expired.write_text("{}\n")
+    exporter = _rotate_every_minute(path, clock, 1, retention_days=7)
+    [expired] = rotated(path)
     _age(expired, clock, days=8)
 
-    clock.now += 60
-    export_all(exporter, counter_data(2))
+    export_all(exporter, counter_data(2))  # a minute on: rotates, then retention
 
     assert not expired.exists()
-    assert [p.name for p in rotated(path)] == ["metrics.jsonl.20231114T221420"]
+    assert [p.name for p in rotated(path)] == ["metrics.jsonl.20231114T221520"]
     assert [r["value"] for r in read_metric_records(path)] == [2]
+
+
+def test_the_constructor_deletes_nothing(tmp_path: Path) -> None:
+    path, clock = tmp_path / "metrics.jsonl", FakeClock()
+    _rotate_every_minute(path, clock, 2, retention_days=30).shutdown()
+    for file in rotated(path):
+        _age(file, clock, days=8)
+
+    make_exporter(path, clock, retention_days=1)
+
+    assert len(rotated(path)) == 2
+
+
+def _recorded(path: Path) -> dict[str, int]:
+    """The list of created files next to ``path``: name -> inode number."""
+    lines = path.with_name(path.name + ".created").read_text().splitlines()
+    return {name: int(inode) for inode, name in (line.split("\t") for line in lines)}
+
+
+def test_the_list_of_created_files_names_each_file_with_its_inode(tmp_path: Path) -> None:
+    path, clock = tmp_path / "metrics.jsonl", FakeClock()
+    _rotate_every_minute(path, clock, 2)
+
+    assert _recorded(path) == {file.name: file.stat().st_ino for file in [*rotated(path), path]}
+
+
+def test_retention_forgets_created_files_that_are_gone(tmp_path: Path) -> None:
+    path, clock = tmp_path / "metrics.jsonl", FakeClock()
+    exporter = _rotate_every_minute(path, clock, 2)
+    gone = rotated(path)[0]
+    gone.unlink()  # removed by hand: its inode number may be reused by a stranger's file
+
+    clock.now += 3600
+    export_all(exporter, counter_data(9))  # rotates once more, then retention
+
+    assert gone.name not in _recorded(path)
+    assert _recorded(path) == {file.name: file.stat().st_ino for file in [*rotated(path), path]}
+
+
+def test_a_lookalike_with_the_inode_of_a_rotated_file_but_another_name_is_kept(tmp_path: Path) -> None:
+    path, clock = tmp_path / "metrics.jsonl", FakeClock()
+    exporter = _rotate_every_minute(path, clock, 1, retention_days=7)
+    [ours] = rotated(path)
+    # As when a file system reuses the inode number of a deleted rotated file for a stranger's file: a hard
+    # link gives the lookalike that inode for certain.
+    lookalike = tmp_path / "metrics.jsonl.20231101T000000"
+    os.link(ours, lookalike)
+    ours.unlink()
+    _age(lookalike, clock, days=30)
+
+    clock.now += 3600
+    export_all(exporter, counter_data(9))
+
+    assert lookalike.exists()
+
+
+def test_without_the_list_of_created_files_retention_deletes_nothing(tmp_path: Path) -> None:
+    path, clock = tmp_path / "metrics.jsonl", FakeClock()
+    exporter = _rotate_every_minute(path, clock, 2, retention_days=7)
+    (tmp_path / "metrics.jsonl.created").unlink()
+    old = rotated(path)
+    for file in old:
+        _age(file, clock, days=8)
+
+    clock.now += 3600
+    export_all(exporter, counter_data(9))
+
+    assert all(file.exists() for file in old)
+
+
+# --- links, owners and modes ------------------------------------------------------------------------
+
+
+def test_a_symlink_at_the_active_path_is_not_followed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    path = tmp_path / "metrics.jsonl"
+    path.symlink_to(victim)
+
+    with caplog.at_level(logging.ERROR, logger=LOGGER):
+        result = make_exporter(path).export(counter_data(1))
+
+    assert result is MetricExportResult.FAILURE
+    assert victim.read_text() == "precious\n"
+    assert path.is_symlink()
+    assert any(str(path) in r.getMessage() for r in caplog.records if r.name == LOGGER)
+
+
+def test_a_dangling_symlink_at_the_active_path_creates_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere" / "created-by-us.jsonl"
+    target.parent.mkdir()
+    path = tmp_path / "metrics.jsonl"
+    path.symlink_to(target)
+
+    assert make_exporter(path).export(counter_data(1)) is MetricExportResult.FAILURE
+    assert not target.exists()
+
+
+def test_rotation_neither_follows_nor_replaces_what_is_at_the_rotated_name(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    path, clock = tmp_path / "metrics.jsonl", FakeClock()
+    exporter = make_exporter(path, clock, rotation_interval_s=60)
+    export_all(exporter, counter_data(1))
+    clock.now += 60
+    taken = [tmp_path / f"metrics.jsonl.20231114T221420{suffix}" for suffix in ("", ".1", ".2")]
+    taken[0].symlink_to(victim)
+    taken[1].symlink_to(tmp_path / "nowhere")  # a dangling link: "does it exist?" says no
+    taken[2].write_text("a user's file\n")
+
+    export_all(exporter, counter_data(2))
+
+    assert victim.read_text() == "precious\n"
+    assert (taken[0].readlink(), taken[1].readlink()) == (victim, tmp_path / "nowhere")
+    assert not (tmp_path / "nowhere").exists()
+    assert taken[2].read_text() == "a user's file\n"
+    assert [r["value"] for r in read_metric_records(tmp_path / "metrics.jsonl.20231114T221420.3")] == [1]
+    assert [r["value"] for r in read_metric_records(path)] == [2]
+
+
+def test_a_fifo_at_the_active_path_fails_the_export_without_blocking(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    os.mkfifo(path)
+
+    assert make_exporter(path).export(counter_data(1)) is MetricExportResult.FAILURE
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_an_active_file_owned_by_another_user_is_not_written(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("")
+    os.chown(path, 65534, 65534)
+
+    assert make_exporter(path).export(counter_data(1)) is MetricExportResult.FAILURE
+    assert path.read_text() == ""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_rotated_looking_file_of_another_user_is_never_deleted(tmp_path: Path) -> None:
+    path, clock = tmp_path / "metrics.jsonl", FakeClock()
+    exporter = _rotate_every_minute(path, clock, 1, retention_days=7)
+    [ours] = rotated(path)
+    os.chown(ours, 65534, 65534)  # same inode as recorded, but no longer this user's file
+    _age(ours, clock, days=8)
+
+    clock.now += 3600
+    export_all(exporter, counter_data(9))
+
+    assert ours.exists()
+
+
+def _with_umask(umask: int, action: Callable[[], object]) -> None:
+    previous = os.umask(umask)
+    try:
+        action()
+    finally:
+        os.umask(previous)
+
+
+def test_files_are_created_0600_and_directories_0700_whatever_the_umask(tmp_path: Path) -> None:
+    path, clock = tmp_path / "new" / "dirs" / "metrics.jsonl", FakeClock()
+    exporter = make_exporter(path, clock, rotation_interval_s=60)
+    _with_umask(0, lambda: [export_all(exporter, counter_data(1)), setattr(clock, "now", clock.now + 60)])
+    _with_umask(0, lambda: export_all(exporter, counter_data(2)))
+
+    files = [path, *rotated(path), path.with_name("metrics.jsonl.created")]
+    assert {oct(file.stat().st_mode & 0o777) for file in files} == {"0o600"}
+    assert {oct(d.stat().st_mode & 0o777) for d in (path.parent, path.parent.parent)} == {"0o700"}
+
+
+def test_file_mode_lets_the_group_read_files_and_enter_directories(tmp_path: Path) -> None:
+    path = tmp_path / "logs" / "metrics.jsonl"
+    _with_umask(0o077, lambda: export_all(make_exporter(path, file_mode=0o640), counter_data(1)))
+
+    assert (oct(path.stat().st_mode & 0o777), oct(path.parent.stat().st_mode & 0o777)) == ("0o640", "0o750")
+
+
+def test_an_existing_directory_keeps_its_mode(tmp_path: Path) -> None:
+    directory = tmp_path / "shared"
+    directory.mkdir(mode=0o755)
+    directory.chmod(0o755)
+    export_all(make_exporter(directory / "metrics.jsonl"), counter_data(1))
+
+    assert oct(directory.stat().st_mode & 0o777) == "0o755"
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o700, 0o400, 0o4600, "rw"])
+def test_a_file_mode_others_could_write_or_execute_is_refused(tmp_path: Path, mode: Any) -> None:
+    with pytest.raises(ConfigurationError, match="file_mode="):
+        make_exporter(tmp_path / "metrics.jsonl", file_mode=mode)
+
+
+def test_a_process_sharing_the_path_does_not_rotate_the_file_another_one_just_started(tmp_path: Path) -> None:
+    path, clock = tmp_path / "metrics.jsonl", FakeClock()
+    first, second = (make_exporter(path, clock, rotation_interval_s=60) for _ in range(2))
+    export_all(first, counter_data(1))
+    export_all(second, counter_data(2))
+    clock.now += 60
+    export_all(first, counter_data(3))  # rotates the shared file away and starts a new one
+
+    export_all(second, counter_data(4))  # its file was rotated already: it moves to the new one
+
+    assert [[r["value"] for r in read_metric_records(file)] for file in [*rotated(path), path]] == [[1, 2], [3, 4]]
 
 
 # --- torn and invalid lines -------------------------------------------------------------------------

@@ -73,6 +73,7 @@ class _OtlpHttpHandler(BaseHTTPRequestHandler):
             self.send_error(415)
             return
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.headers.append({key.lower(): value for key, value in self.headers.items()})
         if self.headers.get("Content-Encoding") == "gzip":
             body = gzip.decompress(body)
         self.server.received.add(ExportMetricsServiceRequest.FromString(body))
@@ -97,6 +98,7 @@ class OtlpHttpReceiver(ThreadingHTTPServer):
     def __init__(self, delay_s: float = 0.0) -> None:
         super().__init__(("127.0.0.1", 0), _OtlpHttpHandler)
         self.received = Received()
+        self.headers: list[dict[str, str]] = []  # of each request, names lower-cased
         self.delay_s = delay_s
         self.release = threading.Event()
 
@@ -514,3 +516,16 @@ def test_export_timeout_setting_alone_ends_a_hanging_otlp_export(
         time.sleep(0.05)
 
     assert fanout.failures[OTLP_NAME] == 1
+
+
+def test_well_formed_otlp_headers_reach_the_collector(
+    http_receiver: OtlpHttpReceiver, clean_otlp_env: pytest.MonkeyPatch, monitor_factory: MonitorFactory
+) -> None:
+    clean_otlp_env.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20abc, x-tenant = t1")
+    clean_otlp_env.delenv("OTEL_EXPORTER_OTLP_METRICS_HEADERS", raising=False)
+    monitor = otlp_monitor(monitor_factory)
+    monitor.increment_counter("jobs")
+    assert monitor.force_flush()
+
+    assert http_receiver.headers
+    assert {(h["authorization"], h["x-tenant"]) for h in http_receiver.headers} == {("Bearer abc", "t1")}

@@ -18,7 +18,10 @@ from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig
+from chat_turbo_metrics._otlp_headers import check_otlp_headers, mask_parser_warnings
 from chat_turbo_metrics._pipeline.compat import keep_grpc_channel
+
+mask_parser_warnings()  # for OTLP exporters an application builds itself, too
 
 _OTLP_PACKAGES = {
     "grpc": "opentelemetry.exporter.otlp.proto.grpc",
@@ -45,6 +48,7 @@ def _otlp(signal: str, protocol: str | None = None) -> Callable[[MonitoringConfi
     }[signal]
 
     def build(config: MonitoringConfig) -> Any:
+        check_otlp_headers(os.environ, signal)  # before OpenTelemetry's parser could log a credential
         grpc = (protocol or config.otlp_protocol) == "grpc"
         package = _OTLP_PACKAGES[protocol or config.otlp_protocol]
         exporter_class = getattr(import_module(f"{package}.{module_name}"), class_name)

@@ -11,9 +11,11 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from sqlalchemy import Engine, Subquery, func, select
+from sqlalchemy import URL, Engine, Subquery, func, select
 
 from chat_turbo_metrics._recording.naming import prometheus_name
 from chat_turbo_metrics.exporters._database_schema import points, streams
@@ -321,3 +323,18 @@ def metric_names(engine: Engine) -> list[str]:
     """Every metric name stored, sorted."""
     with engine.connect() as conn:
         return list(conn.scalars(select(streams.c.name).distinct().order_by(streams.c.name)))
+
+
+def sqlite_file(url: URL) -> Path | None:
+    """The file of a SQLite file URL; None for another backend or an in-memory database."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:") or url.query.get("uri"):
+        return None
+    return Path(str(url.database))
+
+
+def read_only_url(url: URL) -> URL:
+    """``url``, with a SQLite file opened read-only, so that reading it (``doctor``) never creates or changes it."""
+    path = sqlite_file(url)
+    if path is None:
+        return url
+    return url.set(database=f"file:{quote(str(path))}", query={**url.query, "mode": "ro", "uri": "true"})

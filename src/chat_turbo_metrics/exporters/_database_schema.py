@@ -3,6 +3,13 @@
 Only portable SQLAlchemy Core is used (JSON is stored as canonical text) so the same code runs on
 SQLite and PostgreSQL. Times are unix nanoseconds in BIGINT columns: exact, and integer division
 buckets them the same way on every backend.
+
+Several services may share one database. Each stream row carries its ``owner``: the service that wrote it,
+identified by the ``service.namespace``, ``service.name`` and ``deployment.environment.name`` (or the older
+``deployment.environment``) of its resource, as a SHA-256 of their canonical JSON (:func:`owner_of`). Every
+process and instance of a service shares it (``service.instance.id`` and ``process.pid`` are left out); a
+development run of the same service under another environment does not. Retention deletes only the points
+of its own owner's streams.
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import (
@@ -23,6 +30,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Connection,
+    Delete,
     Float,
     ForeignKey,
     Index,
@@ -31,15 +39,23 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
+    delete,
     func,
     insert,
+    inspect,
     select,
+    text,
+    update,
 )
 
 from chat_turbo_metrics._config import ConfigurationError
 from chat_turbo_metrics._exposition.records import data_kind
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# What says whose a stream is (see the module docstring); a missing attribute counts as null.
+OWNER_ATTRIBUTES = ("service.namespace", "service.name", "deployment.environment.name")
+_LEGACY_ENVIRONMENT = "deployment.environment"
 
 metadata = MetaData()
 
@@ -61,7 +77,12 @@ streams = Table(
     Column("description", Text, nullable=False),
     Column("attributes", Text, nullable=False),
     Column("resource", Text, nullable=False),
+    # Added by version 2 (hence the default: rows written before are filled in by the migration).
+    Column("owner", String(64), nullable=False, server_default=""),
+    Index("ix_ctm_streams_owner", "owner"),
 )
+
+_OWNER_INDEX = next(index for index in streams.indexes if index.name == "ix_ctm_streams_owner")
 
 points = Table(
     "ctm_points",
@@ -84,11 +105,39 @@ points = Table(
 
 
 def _create_version_1(conn: Connection) -> None:
+    # Creates the tables as they are now; the later migrations find their changes made and skip them.
     metadata.create_all(conn, tables=[streams, points], checkfirst=True)
 
 
+def _add_stream_owners(conn: Connection) -> None:
+    """Version 2: ``ctm_streams.owner``, filled in from each row's stored resource, and its index."""
+    if "owner" not in {column["name"] for column in inspect(conn).get_columns(streams.name)}:
+        conn.execute(text(f"ALTER TABLE {streams.name} ADD COLUMN owner VARCHAR(64) DEFAULT '' NOT NULL"))
+    rows = conn.execute(select(streams.c.id, streams.c.resource).where(streams.c.owner == "")).all()
+    update_owner = update(streams).where(streams.c.id == bindparam("stream_id")).values(owner=bindparam("owner"))
+    for part in chunks(rows, 500):
+        conn.execute(update_owner, [{"stream_id": row.id, "owner": _stored_owner(row.resource)} for row in part])
+    _OWNER_INDEX.create(conn, checkfirst=True)
+
+
+def _stored_owner(resource: str) -> str:
+    try:
+        attributes = json.loads(resource)
+    except ValueError:
+        attributes = None
+    return owner_of(attributes if isinstance(attributes, dict) else {})
+
+
+def owner_of(resource: Mapping[str, Any]) -> str:
+    """The owner of the streams of a resource with these attributes (see the module docstring)."""
+    identity = {key: resource.get(key) for key in OWNER_ATTRIBUTES}
+    if identity["deployment.environment.name"] is None:
+        identity["deployment.environment.name"] = resource.get(_LEGACY_ENVIRONMENT)
+    return hashlib.sha256(canonical_json(identity).encode()).hexdigest()
+
+
 # _MIGRATIONS[n - 1] takes a database from version n - 1 to version n.
-_MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_create_version_1,)
+_MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_create_version_1, _add_stream_owners)
 
 
 def ensure_schema(conn: Connection, shown_url: str, now: float) -> None:
@@ -165,19 +214,26 @@ def _histogram_row(point: HistogramDataPoint) -> dict[str, Any]:
 
 
 class ExportRows:
-    """The stream rows (by hash) and point rows (with their stream's hash) of one :class:`MetricsData`."""
+    """The stream rows (by hash) and point rows (with their stream's hash) of one :class:`MetricsData`,
+    and the owners of its resources."""
 
     def __init__(self, data: MetricsData) -> None:
         self.streams: dict[str, dict[str, Any]] = {}
         self.points: list[tuple[str, dict[str, Any]]] = []
         self.skipped: set[str] = set()
+        self.owners: set[str] = set()
         for resource_metrics in data.resource_metrics:
-            resource = canonical_json(dict(resource_metrics.resource.attributes))
+            attributes = dict(resource_metrics.resource.attributes)
+            owner = owner_of(attributes)
+            self.owners.add(owner)
+            resource = canonical_json(attributes)
             for scope_metrics in resource_metrics.scope_metrics:
                 for metric in scope_metrics.metrics:
-                    self._add_metric(metric.name, metric.unit, metric.description, metric.data, resource)
+                    self._add_metric(metric.name, metric.unit, metric.description, metric.data, (resource, owner))
 
-    def _add_metric(self, name: str, unit: str | None, description: str | None, data: Any, resource: str) -> None:
+    def _add_metric(
+        self, name: str, unit: str | None, description: str | None, data: Any, source: tuple[str, str]
+    ) -> None:
         kind = data_kind(data)
         temporality = getattr(data, "aggregation_temporality", None)
         if kind not in _STORED_TEMPORALITY or _STORED_TEMPORALITY[kind] != temporality:
@@ -191,11 +247,18 @@ class ExportRows:
                 "unit": unit or "",
                 "description": description or "",
                 "attributes": canonical_json(dict(point.attributes or {})),
-                "resource": resource,
+                "resource": source[0],
             }
+            # The owner follows from the resource, so it stays out of the hash (which version 1 rows have too).
             digest = hashlib.sha256(canonical_json(stream).encode()).hexdigest()
-            self.streams.setdefault(digest, {"hash": digest, **stream})
+            self.streams.setdefault(digest, {"hash": digest, **stream, "owner": source[1]})
             self.points.append((digest, to_row(point)))
+
+
+def expired_points(owners: Iterable[str], cutoff_ns: int) -> Delete:
+    """Delete the points that ended before ``cutoff_ns`` of the streams of ``owners``, and no one else's."""
+    theirs = select(streams.c.id).where(streams.c.owner.in_(sorted(owners)))
+    return delete(points).where(points.c.end_ns < cutoff_ns, points.c.stream_id.in_(theirs))
 
 
 def chunks(rows: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -22,7 +22,7 @@ from opentelemetry.sdk.metrics.export import (
     MetricExportResult,
     MetricsData,
 )
-from sqlalchemy import Engine, create_engine, delete, insert, make_url
+from sqlalchemy import Engine, create_engine, insert, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from chat_turbo_metrics._config import DEFAULT_DATABASE_URL, ConfigurationError, MonitoringConfig, shown_value
@@ -34,6 +34,7 @@ from chat_turbo_metrics.exporters._database_schema import (
     ExportRows,
     chunks,
     ensure_schema,
+    expired_points,
     points,
     resolve_stream_ids,
 )
@@ -238,8 +239,10 @@ class DatabaseExporter(MetricExporter):
     The constructor only checks its settings and never connects, so it cannot stall the application's
     start-up on a slow database: the first export (on the pipeline's export worker) creates or migrates the
     schema. Points older than ``retention_days`` are deleted at the first export and at most once an hour
-    afterwards. ``export`` never raises: it returns ``FAILURE`` when the database cannot take the rows, so
-    the pipeline retries the interval.
+    afterwards, and only those of the service that exports them: streams whose resource has the same
+    ``service.namespace``, ``service.name`` and ``deployment.environment.name`` as the data this exporter
+    wrote. Other services sharing the database keep theirs, whatever their retention. ``export`` never raises:
+    it returns ``FAILURE`` when the database cannot take the rows, so the pipeline retries the interval.
 
     Example:
         >>> from chat_turbo_metrics.exporters import DatabaseExporter
@@ -286,6 +289,7 @@ class DatabaseExporter(MetricExporter):
         self._clock = clock
         self._lock = threading.Lock()
         self._stream_ids: dict[str, int] = {}
+        self._owners: set[str] = set()  # whose points retention may delete: the services this exporter wrote
         self._skipped: set[str] = set()
         self._ready = False
         self._failing = False
@@ -354,6 +358,7 @@ class DatabaseExporter(MetricExporter):
 
     def _write(self, metrics_data: MetricsData) -> None:
         rows = ExportRows(metrics_data)
+        self._owners |= rows.owners
         for name in rows.skipped - self._skipped:
             _logger.warning("metric %r skipped: its kind or temporality cannot be stored as deltas or values", name)
         self._skipped |= rows.skipped
@@ -379,14 +384,14 @@ class DatabaseExporter(MetricExporter):
 
     def _delete_expired(self) -> None:
         now = self._clock()
-        if now < self._next_retention:
+        if now < self._next_retention or not self._owners:  # whose points are ours is known after a first write
             return
         self._next_retention = now + _RETENTION_EVERY_S
         cutoff_ns = round((now - self._retention_days * _DAY_S) * 1e9)
         # Stream rows stay: they are small, and another process may hold their ids in its cache.
         try:
             with self._database.engine.begin() as conn:
-                deleted = conn.execute(delete(points).where(points.c.end_ns < cutoff_ns)).rowcount
+                deleted = conn.execute(expired_points(self._owners, cutoff_ns)).rowcount
         except SQLAlchemyError as error:
             _logger.warning("retention on %s failed: %s", self._database.shown_url, _describe(self._database, error))
             return

@@ -17,12 +17,11 @@ import json
 import logging
 import math
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -32,8 +31,10 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig
+from chat_turbo_metrics._config_values import parse_file_mode
 from chat_turbo_metrics._exposition.records import metric_records
 from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
+from chat_turbo_metrics.exporters._rotating_file import RotatingFile, rotated_files
 
 __all__ = ["FileExporter", "read_metric_records"]
 
@@ -72,129 +73,6 @@ def _encoded(record: dict[str, Any]) -> bytes:
     return (text + "\n").encode("utf-8")
 
 
-# --- rotated file names -------------------------------------------------------------------------
-
-
-def _rotated_files(active: Path) -> list[Path]:
-    """Rotated files of ``active``, oldest first (by name: timestamp, then sequence number)."""
-    pattern = re.compile(re.escape(active.name) + r"\.(\d{8}T\d{6})(?:\.(\d+))?")
-    try:
-        names = os.listdir(active.parent)
-    except FileNotFoundError:
-        return []
-    found: list[tuple[str, int, Path]] = []
-    for name in names:
-        match = pattern.fullmatch(name)
-        if match:
-            found.append((match.group(1), int(match.group(2) or 0), active.parent / name))
-    return [path for _, _, path in sorted(found)]
-
-
-class _RotatingFile:
-    """An append-only file that rotates by size and age; callers serialise access."""
-
-    def __init__(
-        self, path: Path, max_bytes: int, interval_s: float, retention_s: float, clock: Callable[[], float]
-    ) -> None:
-        self.path = path
-        self._max_bytes = max_bytes
-        self._interval_s = interval_s
-        self._retention_s = retention_s
-        self._clock = clock
-        self._file: IO[bytes] | None = None
-        self._size = 0
-        self._opened_at = 0.0
-        self._pending = b""
-
-    def write_snapshot(self, lines: bytes) -> None:
-        """Append one export's lines whole, or not at all: a failed write is rolled back, then raised."""
-        if self._file is None:
-            self._open()
-        self._rotate_if_due(len(self._pending) + len(lines))
-        data = self._pending + lines
-        assert self._file is not None  # opened above, reopened by any rotation
-        view = memoryview(data)
-        try:
-            while view:  # a regular file takes it all in one write(); loop only on a short write
-                view = view[self._file.write(view) :]
-        except BaseException:
-            self._roll_back()
-            raise
-        self._size += len(data)
-        self._pending = b""
-
-    def _roll_back(self) -> None:
-        """Cut the file back to its size before the failed export (the file is in append mode)."""
-        assert self._file is not None
-        try:
-            os.ftruncate(self._file.fileno(), self._size)
-        except OSError as error:
-            # Rare (truncating frees space); the lines written stay, and the next export starts a new line.
-            _logger.error("could not remove a partly written export from %s: %s", self.path, error)
-
-    def sync(self) -> None:
-        if self._file is not None:
-            os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        file, self._file = self._file, None
-        if file is not None:
-            try:
-                os.fsync(file.fileno())
-            finally:
-                file.close()
-
-    def delete_expired(self) -> None:
-        """Delete rotated files older than the retention; housekeeping, so errors are only logged."""
-        cutoff = self._clock() - self._retention_s
-        try:
-            rotated_files = _rotated_files(self.path)
-        except OSError as error:
-            _logger.warning("could not list rotated metrics files of %s: %s", self.path, error)
-            return
-        for rotated in rotated_files:
-            try:
-                if rotated.stat().st_mtime < cutoff:
-                    rotated.unlink()
-            except OSError as error:
-                _logger.warning("could not delete expired metrics file %s: %s", rotated, error)
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Unbuffered: each line reaches the kernel in its own write(), so SIGKILL cannot lose it.
-        file = open(self.path, "a+b", buffering=0)  # noqa: SIM115 - kept open until close()
-        size = file.seek(0, os.SEEK_END)
-        if size:
-            file.seek(size - 1)
-        # A line torn by a killed writer must not swallow the next one: end it first.
-        self._pending = b"\n" if size and file.read(1) != b"\n" else b""
-        self._file, self._size, self._opened_at = file, size, self._clock()
-
-    def _rotate_if_due(self, incoming: int) -> None:
-        now = self._clock()
-        if now - self._opened_at >= self._interval_s:
-            if self._size == 0:
-                self._opened_at = now  # nothing to rotate; start the interval with the first line
-                return
-            self._rotate(now)
-        elif self._size and self._size + incoming > self._max_bytes:
-            self._rotate(now)
-
-    def _rotate(self, now: float) -> None:
-        self.close()
-        os.rename(self.path, self._rotated_name(now))
-        self._open()
-        self.delete_expired()
-
-    def _rotated_name(self, now: float) -> Path:
-        base = f"{self.path}.{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}"
-        candidate, sequence = Path(base), 0
-        while candidate.exists():
-            sequence += 1
-            candidate = Path(f"{base}.{sequence}")
-        return candidate
-
-
 # --- the exporter -------------------------------------------------------------------------------
 
 
@@ -224,11 +102,19 @@ class FileExporter(MetricExporter):
         max_bytes: rotate before an export would make the active file larger than this (an export is
             never split across files, so one larger than this fills a file of its own).
         rotation_interval_s: rotate once the active file has been open this long (by ``clock``).
-        retention_days: delete rotated files whose modification time is older than this.
+        retention_days: delete rotated files whose modification time is older than this, among the files this
+            exporter created (listed by inode number in ``<path>.created``); a file it did not create is never
+            deleted, whatever its name.
+        file_mode: the mode of the files it creates (default ``0o600``; ``0o640`` or ``0o644`` let others read);
+            directories it creates get ``0o700`` plus search permission for whoever may read.
         clock: seconds since the epoch; used for rotation age, rotated names and retention.
 
+    The active file is never written through a symbolic link, nor when it is not a regular file owned by
+    this process's user: the export fails with the reason logged. The constructor touches no file.
+
     Raises:
-        ConfigurationError: a size, interval or retention setting is not positive.
+        ConfigurationError: a size, interval or retention setting is not positive, or ``file_mode`` would let
+            others write or the owner not read and write.
     """
 
     name = "chat_turbo_file"
@@ -240,6 +126,7 @@ class FileExporter(MetricExporter):
         max_bytes: int | None = None,
         rotation_interval_s: float | None = None,
         retention_days: float | None = None,
+        file_mode: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(preferred_temporality=dict.fromkeys(INSTRUMENT_CLASSES, AggregationTemporality.CUMULATIVE))
@@ -255,11 +142,17 @@ class FileExporter(MetricExporter):
             ("retention_days", retention_days),
         ):
             _checked(setting, value)
+        file_mode = _DEFAULTS.file_mode if file_mode is None else file_mode
+        try:
+            mode = parse_file_mode(file_mode)
+        except ValueError as error:
+            raise ConfigurationError(f"file_mode={file_mode!r}: {error}") from None
         retention_s = retention_days * _SECONDS_PER_DAY
-        self._file = _RotatingFile(Path(path), max_bytes, interval_s, retention_s, clock)
+        # Nothing is opened, created or deleted here: validating a set-up (``chat-turbo-metrics config``) builds
+        # this exporter too. The first export opens the file and runs retention, on the export worker.
+        self._file = RotatingFile(Path(path), max_bytes, interval_s, retention_s, clock, mode=mode)
         self._lock = threading.Lock()
         self._is_shutdown = False
-        self._file.delete_expired()
 
     @classmethod
     def from_config(cls, config: MonitoringConfig) -> FileExporter:
@@ -269,6 +162,7 @@ class FileExporter(MetricExporter):
             max_bytes=config.file_max_bytes,
             rotation_interval_s=config.file_rotation_interval_s,
             retention_days=config.retention_days,
+            file_mode=config.file_mode,
         )
 
     @property
@@ -349,7 +243,7 @@ def read_metric_records(path: str | os.PathLike[str], include_rotated: bool = Fa
     if not include_rotated:
         yield from _read_file(active)
         return
-    for file in [*_rotated_files(active), active]:
+    for file in [*rotated_files(active), active]:
         try:
             yield from _read_file(file)
         except FileNotFoundError:

@@ -38,7 +38,7 @@ from chat_turbo_metrics.exporters.datadog._transport import (
     Intake,
     RetryPolicy,
     Sender,
-    intake_base_url,
+    intake_endpoint,
 )
 
 _logger = logging.getLogger("chat_turbo_metrics.exporters.datadog")
@@ -86,7 +86,8 @@ class DataDogExporter(MetricExporter):
             neither sent nor stored.
         site: the Datadog site (``datadoghq.com``, ``datadoghq.eu``, ``us3.datadoghq.com``, ...).
         endpoint: a base URL replacing ``https://api.<site>`` (a proxy or a test intake); ``http://``
-            only to a loopback address.
+            only to a loopback address. User info (``https://user:password@proxy``) is sent as Basic
+            authentication, never shown.
         service, env, version: the ``service``/``env``/``version`` tags; default: the resource's
             ``service.name``, ``deployment.environment.name`` and ``service.version``.
         tags: extra tags for every series (``"team:chat"``).
@@ -109,7 +110,7 @@ class DataDogExporter(MetricExporter):
         api_key: str | Secret,
         app_key: str | Secret | None = None,
         site: str = "datadoghq.com",
-        endpoint: str | None = None,
+        endpoint: str | Secret | None = None,
         *,
         service: str | None = None,
         env: str | None = None,
@@ -127,7 +128,8 @@ class DataDogExporter(MetricExporter):
         super().__init__(preferred_temporality=_TEMPORALITY)
         del app_key  # not needed to submit metrics; not kept, so it cannot leak
         key = _secret(api_key, "api_key")
-        self._intake = Intake(intake_base_url(site, endpoint), key, ssl_context)
+        base_url, authorization = intake_endpoint(site, endpoint)
+        self._intake = Intake(base_url, key, ssl_context, authorization)
         self._mapper = SeriesMapper(MappingOptions(service, env, version, tuple(tags), host, histogram_buckets))
         for setting, value, limit in (
             ("max_compressed_bytes", max_compressed_bytes, MAX_COMPRESSED),
@@ -296,7 +298,7 @@ def _settings(config: MonitoringConfig) -> dict[str, Any]:
             "(setting datadog_api_key)"
         )
     # Checked here too, so that an error names the variable the endpoint came from.
-    intake_base_url(config.datadog_site, config.datadog_endpoint, setting_label(config, "datadog_endpoint"))
+    intake_endpoint(config.datadog_site, config.datadog_endpoint, setting_label(config, "datadog_endpoint"))
     return {
         "api_key": config.datadog_api_key,
         "site": config.datadog_site,

@@ -9,6 +9,7 @@ meanwhile keep their data for later, as the OpenTelemetry exporters' retry rules
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import email.utils
 import http.client
@@ -22,12 +23,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 from chat_turbo_metrics._config import ConfigurationError
 from chat_turbo_metrics._deadline import abort_after, shutdown_socket
 from chat_turbo_metrics._endpoints import is_loopback
-from chat_turbo_metrics._secret import Secret
+from chat_turbo_metrics._secret import Secret, mask_url_userinfo
 from chat_turbo_metrics._version import __version__
 from chat_turbo_metrics.exporters.datadog._batching import Batch, Batcher
 
@@ -40,8 +41,16 @@ _MAX_RESPONSE = 65_536
 _MAX_SERVER_WAIT_S = 3600.0  # a longer Retry-After (or a bogus one) still lets an export try again after an hour
 
 
-def intake_base_url(site: str, endpoint: str | None, setting: str = "endpoint") -> str:
-    """The base URL to post to: ``endpoint`` if given, else ``https://api.<site>``.
+def intake_base_url(site: str, endpoint: str | Secret | None, setting: str = "endpoint") -> str:
+    """The base URL to post to, without user info: see :func:`intake_endpoint`."""
+    return intake_endpoint(site, endpoint, setting)[0]
+
+
+def intake_endpoint(site: str, endpoint: str | Secret | None, setting: str = "endpoint") -> tuple[str, Secret | None]:
+    """The base URL to post to (``endpoint`` if given, else ``https://api.<site>``), and its Basic credentials.
+
+    User info in the endpoint (``https://user:password@proxy``, for a proxy that asks for a login) is taken out
+    of the URL, which is what logs and reprs show, and sent as ``Authorization: Basic`` instead.
 
     Args:
         site: the Datadog site, used when there is no endpoint.
@@ -49,22 +58,39 @@ def intake_base_url(site: str, endpoint: str | None, setting: str = "endpoint") 
         setting: how an error names the endpoint (its variable when it came from one).
 
     Returns:
-        The base URL, without a trailing slash.
+        The base URL without user info or trailing slash, and the ``Authorization`` value or None.
 
     Raises:
-        ConfigurationError: the endpoint is not an http(s) URL, or is plain http to a non-loopback host.
+        ConfigurationError: the endpoint is not an http(s) URL, or is plain http to a non-loopback host; the
+            message shows it with its user info masked.
     """
     if endpoint is None:
-        return f"https://api.{site}"
-    parts = urlsplit(endpoint.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-        raise ConfigurationError(f"{setting}={endpoint!r}: expected a base URL such as https://api.datadoghq.com")
+        return f"https://api.{site}", None
+    raw = (endpoint.reveal() if isinstance(endpoint, Secret) else endpoint).strip()
+    shown = mask_url_userinfo(raw)
+    parts = _split(raw)
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigurationError(f"{setting}={shown!r}: expected a base URL such as https://api.datadoghq.com")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         raise ConfigurationError(
-            f"{setting}={endpoint!r}: plain http would send the API key unencrypted; use https "
+            f"{setting}={shown!r}: plain http would send the API key unencrypted; use https "
             "(http is accepted only for loopback addresses)"
         )
-    return endpoint.strip().rstrip("/")
+    netloc = parts.netloc.rpartition("@")[2]
+    base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    if "@" not in parts.netloc:
+        return base, None
+    login = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    return base, Secret("Basic " + base64.b64encode(login.encode()).decode("ascii"))
+
+
+def _split(url: str) -> SplitResult | None:
+    """``url``'s parts, or None when it or its port does not parse (found here, not at the first export)."""
+    try:
+        parts = urlsplit(url)
+        return parts if parts.port is None or parts.port >= 0 else None
+    except ValueError:
+        return None
 
 
 def _is_loopback(host: str) -> bool:
@@ -83,9 +109,16 @@ class Response:
 class Intake:
     """Posts gzip bodies to ``<base>/api/v2/series``; :meth:`abort` may be called from another thread."""
 
-    def __init__(self, base_url: str, api_key: Secret, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: Secret,
+        ssl_context: ssl.SSLContext | None = None,
+        authorization: Secret | None = None,
+    ) -> None:
         parts = urlsplit(base_url)
         self.base_url = base_url
+        self._authorization = authorization
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
         self._port = parts.port
@@ -105,6 +138,8 @@ class Intake:
             "Accept": "application/json",
             "User-Agent": f"chat-turbo-metrics/{__version__}",
         }
+        if self._authorization is not None:  # the endpoint's user info, for a proxy that asks for a login
+            headers["Authorization"] = self._authorization.reveal()
         with abort_after(timeout_s, lambda: shutdown_socket(connection.sock)) as call:
             try:
                 connection.request("POST", self._path, body=body, headers=headers)
