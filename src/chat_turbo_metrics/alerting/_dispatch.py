@@ -433,6 +433,8 @@ class Dispatcher:
         self.stats.after_fork()
         for channel in self._channels():
             channel.after_fork()
+        for group in self._groups.values():  # what was on its way is the parent's to deliver, not the child's
+            group.in_flight = 0
 
 
 _live: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
