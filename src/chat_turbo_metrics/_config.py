@@ -35,6 +35,7 @@ from chat_turbo_metrics._config_values import (
     parse_secret,
     parse_str,
 )
+from chat_turbo_metrics._endpoints import is_loopback, parse_secret_url
 from chat_turbo_metrics._secret import Secret, mask_url_password, mask_url_userinfo
 
 _logger = logging.getLogger("chat_turbo_metrics.config")
@@ -127,6 +128,7 @@ class MonitoringConfig:
     alert_email_username: str = ""
     alert_email_password: Secret | None = None
     alert_email_tls: str = "starttls"
+    alert_email_allow_insecure_auth: bool = False  # log in without TLS to a host other than this machine
     views: tuple[ViewConfig, ...] = ()
     # Datadog exporter (exporters/datadog): DD_* variables; None means "from the resource" or "not set".
     datadog_api_key: Secret | None = None
@@ -206,6 +208,29 @@ def _check_config(config: MonitoringConfig) -> None:
     for name, ok, why in checks:
         if not ok:
             raise _InvalidSetting(name, getattr(config, name), why)
+    _check_notifiers(config)
+
+
+def _check_notifiers(config: MonitoringConfig) -> None:
+    """The notifiers' endpoints: a URL the Slack notifier cannot post to, a password sent in clear text."""
+    if config.alert_slack_webhook_url is not None:
+        try:
+            parse_secret_url(config.alert_slack_webhook_url)
+        except ValueError as error:  # the reason shows no part of the URL
+            raise _InvalidSetting("alert_slack_webhook_url", config.alert_slack_webhook_url, str(error)) from None
+    plain_login = config.alert_email_tls == "none" and config.alert_email_username and config.alert_email_password
+    if (
+        config.alert_email_enabled
+        and plain_login
+        and not config.alert_email_allow_insecure_auth
+        and not is_loopback(config.alert_email_host)
+    ):
+        raise _InvalidSetting(
+            "alert_email_tls",
+            config.alert_email_tls,
+            f"the SMTP password would cross the network to {config.alert_email_host!r} in clear text; use starttls "
+            "or tls (or set alert_email_allow_insecure_auth, ALERT_EMAIL_ALLOW_INSECURE_AUTH=true, to accept that)",
+        )
 
 
 def _parse_views(raw: Any) -> tuple[ViewConfig, ...]:
@@ -295,6 +320,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "alert_email_username": parse_str,
     "alert_email_password": parse_secret,
     "alert_email_tls": parse_str,
+    "alert_email_allow_insecure_auth": parse_bool,
     "views": _parse_views,
     "datadog_api_key": parse_secret,
     "datadog_site": _parse_datadog_site,
@@ -417,6 +443,8 @@ _SEED_ENV: tuple[_EnvVar, ...] = (
     _EnvVar("ALERT_EMAIL_TO", "alert_email_to"),
     _EnvVar("ALERT_EMAIL_USERNAME", "alert_email_username"),
     _EnvVar("ALERT_EMAIL_PASSWORD", "alert_email_password"),
+    # Before ALERT_EMAIL_TLS: each variable is checked with those before it, and this one permits tls=none.
+    _EnvVar("ALERT_EMAIL_ALLOW_INSECURE_AUTH", "alert_email_allow_insecure_auth"),
     _EnvVar("ALERT_EMAIL_TLS", "alert_email_tls"),
     _EnvVar("METRICS_PROMETHEUS_PORT", "prometheus_port"),
     _EnvVar("METRICS_FILE_PATH", "file_path", empty_is_error=True),

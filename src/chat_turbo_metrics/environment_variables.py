@@ -58,6 +58,9 @@ ALERT_EMAIL_PASSWORD = "ALERT_EMAIL_PASSWORD"
 ALERT_EMAIL_TLS = "ALERT_EMAIL_TLS"
 """``starttls`` (default), ``tls`` (implicit TLS, usually port 465) or ``none``."""
 
+ALERT_EMAIL_ALLOW_INSECURE_AUTH = "ALERT_EMAIL_ALLOW_INSECURE_AUTH"
+"""``true`` to log in to the SMTP server without TLS although it is not on this machine (default ``false``)."""
+
 METRICS_PROMETHEUS_PORT = "METRICS_PROMETHEUS_PORT"
 """Port of the ``/metrics`` endpoint (twin: ``OTEL_EXPORTER_PROMETHEUS_PORT``)."""
 

@@ -25,6 +25,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b"ok"
     stall: bool = False
+    trickle_s: float = 0.0  # write the answer one byte at a time, this long apart
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class Receiver:
                     receiver._cond.notify_all()
                 if reply.stall:
                     receiver.release.wait(30)
+                if reply.trickle_s:
+                    self._trickle(reply)
+                    return
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
@@ -71,6 +75,18 @@ class Receiver:
                 with receiver._cond:
                     receiver.finished.append(time.monotonic())
                     receiver._cond.notify_all()
+
+            def _trickle(self, reply: Reply) -> None:
+                head = f"HTTP/1.1 {reply.status} OK\r\nContent-Length: {len(reply.body)}\r\n\r\n".encode()
+                self.close_connection = True
+                for byte in head + reply.body:
+                    if receiver.release.wait(reply.trickle_s):
+                        return
+                    try:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                    except OSError:  # the client gave up
+                        return
 
             def log_message(self, format: str, *args: object) -> None:
                 pass

@@ -20,7 +20,7 @@ def test_check_lists_each_valid_rule(capsys: pytest.CaptureFixture[str]) -> None
     assert main(["rules", "check", str(SHIPPED)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines[:-1]] == ["high-response-time", "high-error-rate", "high-memory"]
-    assert lines[-1].endswith("3 rule(s) valid")
+    assert "3 rule(s) valid" in lines[-1]
 
 
 def test_check_fails_with_the_rule_and_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -73,5 +73,5 @@ def test_export_leaves_rules_without_an_equivalent_as_comments(tmp_path: Path, c
     (group,) = yaml.safe_load(text)["groups"]
     assert [r["alert"] for r in group["rules"]] == ["Kept"]
     assert group["rules"][0]["expr"] == "histogram_quantile(0.99, rate(api_request_duration_seconds_bucket[5m])) > 1.0"
-    commented = [line.split(":")[0].strip("# ") for line in text.splitlines() if line.strip().startswith("#")][1:]
+    commented = [line.split(":")[0].strip('# "') for line in text.splitlines() if line.strip().startswith("#")][1:]
     assert commented == ["spans", "max", "disabled", "absent"]

@@ -239,3 +239,47 @@ def test_a_clock_that_steps_back_replaces_the_newer_points(manager: AlertManager
     # the wall clock is set back by 90 s: the 60 s and 120 s points are dropped, the rate comes from 0 s and 30 s
     (alert,) = manager.evaluate_data(data_at([spec], 3, 30.0), 30.0)
     assert alert.value == pytest.approx(180 / 300 * (30 + 0) / 30)
+
+
+def _malformed_histogram(now_ns: int, count: int) -> Any:
+    """A histogram point with fewer bucket counts than its bounds need (a broken producer's data)."""
+    from opentelemetry.sdk.metrics.export import AggregationTemporality, Histogram, HistogramDataPoint, Metric
+
+    point = HistogramDataPoint(
+        attributes={"host": "a"}, start_time_unix_nano=0, time_unix_nano=now_ns, count=count, sum=count * 0.2,
+        bucket_counts=[count], explicit_bounds=[0.1, 0.5], min=0.2, max=0.2,
+    )  # fmt: skip
+    data = Histogram(data_points=[point], aggregation_temporality=AggregationTemporality.CUMULATIVE)
+    return Metric(name="latency", description="", unit="s", data=data)
+
+
+def test_a_rule_that_fails_is_isolated_logged_once_and_counted(manager: AlertManager, caplog) -> None:
+    manager.add_rule(rule(id="latency", name="Slow", metric="latency", statistic="p95", threshold=0.1, window="5m"))
+    manager.add_rule(rule())
+    states = []
+    with caplog.at_level("WARNING", logger="chat_turbo_metrics.alerting"):
+        for step in range(3):
+            now = step * 60.0
+            data = metrics_data(
+                [
+                    _malformed_histogram(int(now * 1e9), 10 * (step + 1)),
+                    *gauge({"a": 9.0}).resource_metrics[0].scope_metrics[0].metrics,
+                ]
+            )
+            states.append(sorted((a.rule_id, a.state) for a in manager.evaluate_data(data, now)))
+    assert states == [[("load", "firing")]] * 3  # the other rule goes on
+    assert manager.evaluation_failures() == {"latency": 2}  # from the second evaluation on: two points in the window
+    failures = [r for r in caplog.records if "latency" in r.getMessage()]
+    assert len(failures) == 1
+    assert failures[0].exc_info is not None
+
+
+def test_a_lone_surrogate_in_a_label_value_stops_no_rule(manager: AlertManager) -> None:
+    manager.add_rule(rule())
+    manager.add_rule(rule(id="load-2", name="Very High Load", threshold=7.0))
+    poisoned = "general\udce9"  # json.loads(b'{"channel":"general\\udce9"}') gives such a string
+    alerts = manager.evaluate_data(gauge({poisoned: 9.0, "b": 9.0}), 0.0)
+    assert sorted((a.rule_id, a.labels["host"]) for a in alerts) == [
+        ("load", "b"), ("load", poisoned), ("load-2", "b"), ("load-2", poisoned)
+    ]  # fmt: skip
+    assert manager.evaluation_failures() == {}

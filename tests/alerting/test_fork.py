@@ -81,3 +81,35 @@ def test_child_evaluates_while_the_parent_was_evaluating(monitor_factory) -> Non
     code = fork_and_run(child, held, release)
     thread.join()
     assert code == 0, "1: wrong state, 3: raised, -14: deadlocked (SIGALRM)"
+
+
+def test_a_forked_child_does_not_wait_for_the_parents_deliveries() -> None:
+    """A group whose notification was on its way at the fork is not held in the child for ever."""
+    import dataclasses
+
+    from notify_peers import alert
+
+    from chat_turbo_metrics.alerting import Dispatcher
+
+    release, parent = threading.Event(), os.getpid()
+    dispatcher = Dispatcher()
+    slow_in_parent = lambda n: release.wait(10) if os.getpid() == parent else None  # noqa: E731
+    dispatcher.add_route(slow_in_parent, group_wait_s=0, group_interval_s=60, name="slow")
+    t0 = 1_800_000_000.0
+    firing = alert(at=t0)
+    dispatcher.on_evaluated(t0, (firing,))
+    pid = os.fork()
+    if pid == 0:
+        try:
+            dispatcher.on_evaluated(t0 + 60, ())  # no alert fires any more; the parent still delivers the first
+            resolved = dataclasses.replace(firing, state="resolved", resolved_at=t0 + 60)
+            dispatcher.on_evaluated(t0 + 61, (resolved,))
+            dispatcher.on_evaluated(t0 + 200, ())
+            ok = dispatcher.flush(5.0) and dispatcher._groups == {}
+            os._exit(0 if ok else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    release.set()
+    dispatcher.shutdown(5.0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -134,8 +134,28 @@ def test_firing_alerts_are_resent_every_interval_and_resolved_once(receivers) ->
 
 
 def test_forwarder_rejects_a_url_that_is_not_http() -> None:
-    with pytest.raises(ValueError, match="not an http"):
+    with pytest.raises(ValueError, match="urls"):
         AlertmanagerForwarder(["ftp://127.0.0.1:9093"])
     with pytest.raises(ValueError, match="resend_interval_s"):
         AlertmanagerForwarder("http://127.0.0.1:9093", resend_interval_s=0)
     assert json.loads(AlertmanagerForwarder("http://x").due(T0, [alert(at=T0)])[0])[0]["startsAt"].endswith("Z")
+
+
+def test_a_resolved_alert_is_resent_every_interval_for_fifteen_minutes_as_prometheus_does() -> None:
+    forwarder = AlertmanagerForwarder("http://127.0.0.1:9093", resend_interval_s=60)
+    firing = alert(at=T0)
+    forwarder.due(T0, [firing])
+    resolved = dataclasses.replace(firing, state="resolved", resolved_at=T0 + 30)
+    sent = {offset: forwarder.due(T0 + offset, [resolved] if offset == 30 else []) for offset in range(30, 1200, 15)}
+    times = [offset for offset, batches in sent.items() if batches]
+    assert times == list(range(30, 30 + 901, 60))  # at the resolution, then every minute for 15 minutes
+    bodies = {json.loads(batches[0])[0]["endsAt"] for batches in sent.values() if batches}
+    assert len(bodies) == 1  # always the same end time
+    assert forwarder.due(T0 + 1300, [firing]) != []  # firing again is news at once
+
+
+def test_a_wall_clock_step_back_does_not_stop_the_resends() -> None:
+    forwarder = AlertmanagerForwarder("http://127.0.0.1:9093", resend_interval_s=60)
+    firing = alert(at=T0)
+    sent = [bool(forwarder.due(T0 + offset - (3600 if offset >= 90 else 0), [firing])) for offset in range(0, 300, 30)]
+    assert sent.count(True) >= 4  # about once a minute; on the wall clock alone: none for an hour

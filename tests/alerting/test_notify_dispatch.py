@@ -394,3 +394,25 @@ def test_group_by_every_label_sends_one_message_per_alert(make_dispatcher, clock
         "[FIRING:1] HighCPU web-1 warning",
         "[FIRING:1] HighCPU web-2 warning",
     ]
+
+
+def test_a_wall_clock_step_back_does_not_delay_a_resolution(clock) -> None:
+    """Evaluations pass wall-clock times; one hour back must not hold the group's next flush for an hour."""
+    monotonic = Clock(0.0)
+    dispatcher = Dispatcher(clock=clock, monotonic=monotonic)
+    recorder = Recorder(clock)
+    try:
+        dispatcher.add_route(recorder, group_wait_s=0, group_interval_s=300)
+        firing = alert(at=T0)
+        step(dispatcher, clock, 0, (firing,))
+        for minute in range(1, 4):  # the clock steps back one hour after three minutes
+            monotonic.now = 60.0 * minute
+            step(dispatcher, clock, 60 * minute - (3600 if minute == 3 else 0), (firing,))
+        for minute in range(4, 7):  # the condition clears; wall times go on from the stepped clock
+            monotonic.now = 60.0 * minute
+            resolved = dataclasses.replace(firing, state="resolved", resolved_at=clock.now)
+            step(dispatcher, clock, 60 * minute - 3600, (resolved,) if minute == 4 else ())
+    finally:
+        dispatcher.shutdown(5.0)
+    assert recorder.titles == ["[FIRING:1] HighCPU (warning)", "[RESOLVED] HighCPU (warning)"]
+    assert recorder.sent[1][0] == 300 - 3600  # 5 minutes after the first message, as it really elapsed

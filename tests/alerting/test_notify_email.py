@@ -118,6 +118,19 @@ def smtp_server(certificate) -> Iterator[Any]:
         controller.stop()
 
 
+def starttls_notifier(port: int, context: ssl.SSLContext, password: str) -> EmailNotifier:
+    """The notifier of the STARTTLS server with login: alerts@ to oncall@."""
+    return EmailNotifier(
+        "127.0.0.1",
+        port,
+        "alerts@chat.example",
+        ["oncall@chat.example"],
+        username=USER,
+        password=password,
+        ssl_context=context,
+    )
+
+
 def deliver(notifier: EmailNotifier, *alerts: object) -> Dispatcher:
     dispatcher = Dispatcher(retry=RetryPolicy(deadline_s=3.0, backoff_base_s=0.01, backoff_max_s=0.05))
     dispatcher.add_route(notifier, group_wait_s=0)
@@ -164,15 +177,7 @@ def test_email_over_tls_with_login_has_subject_recipients_and_both_parts(smtp_se
 
 def test_wrong_password_fails_without_retrying_and_without_showing_it(smtp_server, caplog) -> None:
     port, mailbox, context = smtp_server("starttls")
-    notifier = EmailNotifier(
-        "127.0.0.1",
-        port,
-        "alerts@chat.example",
-        ["oncall@chat.example"],
-        username=USER,
-        password="wrong-password-123",
-        ssl_context=context,
-    )
+    notifier = starttls_notifier(port, context, "wrong-password-123")
     dispatcher = deliver(notifier, alert())
     assert dispatcher.stats.snapshot()["email"] == {"sent": 0, "failed": 1, "dropped": 0, "retries": 0}
     assert mailbox.messages == []
@@ -270,3 +275,56 @@ def test_config_command_masks_the_smtp_password() -> None:
     assert rows["alert_email_host"].endswith("= 'smtp.x'  (ALERT_EMAIL_HOST)")
     assert rows["alert_email_password"].endswith("(ALERT_EMAIL_PASSWORD)")
     assert "hunter2-secret" not in shown
+
+
+@pytest.mark.parametrize("breaker", ["\r\n", "\n", "\r", "\u2028"])
+def test_a_line_break_in_a_label_is_folded_in_the_subject_and_the_email_is_sent(smtp_server, breaker) -> None:
+    port, mailbox, context = smtp_server("starttls")
+    notifier = starttls_notifier(port, context, PASSWORD)
+    forged = f"web-1{breaker}Bcc: attacker@evil.example"
+    dispatcher = deliver(notifier, alert(f"High{breaker}CPU", instance=forged))
+    assert dispatcher.stats.snapshot()["email"] == {"sent": 1, "failed": 0, "dropped": 0, "retries": 0}
+    ((recipients, message, _, _),) = mailbox.messages
+    assert recipients == ["oncall@chat.example"]
+    assert message["Bcc"] is None
+    assert message["Subject"] == "[FIRING:1] High CPU (web-1 Bcc: attacker@evil.example warning)"
+    text = next(p for p in message.walk() if p.get_content_type() == "text/plain").get_payload(decode=True).decode()
+    assert "\nBcc:" not in text  # in the body too, the value stays on its line
+
+
+@pytest.mark.parametrize("host", ["smtp.example.com", "192.0.2.1"])
+def test_a_login_without_tls_to_another_machine_is_refused(host) -> None:
+    with pytest.raises(ValueError, match="tls"):
+        EmailNotifier(host, 25, "a@chat.example", ["b@chat.example"], username=USER, password=PASSWORD, tls="none")
+    allowed = EmailNotifier(
+        host,
+        25,
+        "a@chat.example",
+        ["b@chat.example"],
+        username=USER,
+        password=PASSWORD,
+        tls="none",
+        allow_insecure_auth=True,
+    )
+    assert PASSWORD not in repr(allowed)
+    EmailNotifier(host, 25, "a@chat.example", ["b@chat.example"], tls="none")  # no login: nothing to protect
+
+
+def test_a_login_without_tls_to_another_machine_fails_at_configuration() -> None:
+    env = {
+        "ALERT_EMAIL_ENABLED": "true",
+        "ALERT_EMAIL_HOST": "smtp.example.com",
+        "ALERT_EMAIL_FROM": "alerts@chat.example",
+        "ALERT_EMAIL_TO": "oncall@chat.example",
+        "ALERT_EMAIL_USERNAME": USER,
+        "ALERT_EMAIL_PASSWORD": PASSWORD,
+        "ALERT_EMAIL_TLS": "none",
+    }
+    with pytest.raises(ConfigurationError, match="ALERT_EMAIL_TLS") as raised:
+        get_monitoring_config("test", env=env)
+    assert PASSWORD not in str(raised.value)
+    config = get_monitoring_config("test", env={**env, "ALERT_EMAIL_ALLOW_INSECURE_AUTH": "true"})
+    (mail,) = notifiers_from_config(config)
+    assert isinstance(mail, EmailNotifier)
+    loopback = get_monitoring_config("test", env={**env, "ALERT_EMAIL_HOST": "localhost"})
+    assert loopback.alert_email_tls == "none"

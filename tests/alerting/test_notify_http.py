@@ -405,3 +405,59 @@ def test_a_peer_that_hangs_up_without_answering_is_retried_then_counted_failed(c
     finally:
         dispatcher.shutdown(1.0)
         server.close()
+
+
+def test_log_notifier_escapes_control_characters_so_a_label_cannot_forge_a_line(dispatcher, caplog) -> None:
+    logger = logging.getLogger("test.forge")
+    dispatcher.add_route(LogNotifier(logger), group_wait_s=0, group_by=("alertname", "instance"))
+    forged = "web-1\nCRITICAL fake: database dropped\x1b[2J\x1b[1;1H\u2028\x9b31m"
+    with caplog.at_level(logging.INFO, logger="test.forge"):
+        fire(dispatcher, alert(instance=forged))
+        assert dispatcher.flush(5.0)
+    (record,) = [r for r in caplog.records if r.name == "test.forge"]
+    line = record.getMessage()
+    for raw in ("\n", "\x1b", "\u2028", "\x9b"):
+        assert raw not in line
+    assert "web-1\\x0aCRITICAL fake" in line  # shown, escaped, not lost
+    assert record.alert_notification["groupLabels"]["instance"] == forged  # type: ignore[attr-defined]
+
+
+def test_slack_escapes_label_text_so_it_cannot_mention_or_link(receivers, dispatcher) -> None:
+    hook = receivers()
+    dispatcher.add_route(SlackNotifier(hook.url), group_wait_s=0, group_by=("alertname", "instance"))
+    fire(dispatcher, alert(instance="<!channel> & <https://evil.example|click>"))
+    (request,) = hook.wait_for(1)
+    (attachment,) = request.json()["attachments"]
+    for text in (attachment["title"], attachment["fallback"], attachment["text"]):
+        assert "<!channel>" not in text
+        assert "<https://" not in text
+    assert "&lt;!channel&gt; &amp; &lt;https://evil.example|click&gt;" in attachment["title"]
+    assert "instance=&lt;!channel&gt;" in attachment["text"]
+
+
+def test_a_resolution_whose_delivery_fails_is_sent_again_until_delivered(receivers) -> None:
+    """Alertmanager keeps a resolved alert in its group until a flush carrying it succeeds; so do we."""
+    hook = receivers()
+    dispatcher = Dispatcher(retry=RetryPolicy(deadline_s=0.3, backoff_base_s=0.01, backoff_max_s=0.02))
+    t0 = 1_800_000_000.0
+    try:
+        dispatcher.add_route(WebhookNotifier(hook.url), group_wait_s=0, group_interval_s=300)
+        firing = alert(at=t0)
+        fire(dispatcher, firing, now=t0)
+        assert dispatcher.flush(5.0)
+        hook.default = Reply(503)  # the receiver is down for the one flush that carries the resolution
+        fire(dispatcher, dataclasses.replace(firing, state="resolved", resolved_at=t0 + 300), now=t0 + 300)
+        assert dispatcher.flush(5.0)
+        assert {r.answered for r in hook.requests[1:]} == {503}
+        hook.default = Reply(200)
+        for minute in range(6, 6 * 60 + 1):  # six hours of evaluations, one a minute, with nothing firing
+            dispatcher.on_evaluated(t0 + 60 * minute, ())
+            assert dispatcher.flush(5.0)
+    finally:
+        dispatcher.shutdown(1.0)
+    delivered = [r.json() for r in hook.requests if r.answered == 200]
+    assert [body["status"] for body in delivered] == ["firing", "resolved"]  # once, not at every flush
+    assert delivered[1]["alerts"][0]["endsAt"].startswith("2027-01-15T08:05:00")
+    stats = dispatcher.stats.snapshot()["webhook"]
+    assert (stats["sent"], stats["failed"]) == (2, 1)
+    assert dispatcher._groups == {}  # and the group is gone once the receiver knows

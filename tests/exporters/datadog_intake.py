@@ -3,7 +3,7 @@
 Anything a real intake would refuse, or that Datadog would silently mangle (NaN, float timestamps, tags
 that break the tag rules, bodies over the limits, a missing key), is recorded as a violation and answered
 400; tests assert there were none. Responses can be scripted: 202, 400, 403, 413, 429 with Retry-After,
-500, a dropped connection, or a stall until released.
+500, a dropped connection, a stall until released, or an answer trickled one byte at a time.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ _TAG = re.compile(r"[^\W\d_][\w\-:./]{0,199}\Z")  # a letter, then Datadog's all
 _SERIES_KEYS = {"metric", "type", "points", "interval", "tags", "resources", "unit"}
 STALL = "stall"
 DROP = "drop"
+TRICKLE = "trickle"  # accept, then answer one byte every TRICKLE_S
+TRICKLE_S = 0.2
 
 
 @dataclass
@@ -125,6 +127,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         length = int(self.headers.get("Content-Length", "0"))
         body = self.rfile.read(length)
+        if answer.status == TRICKLE:
+            intake.record([], Received(time.monotonic(), TRICKLE, len(body), 0, [], dict(self.headers)))
+            self._trickle(b"HTTP/1.1 202 Accepted\r\nContent-Length: 13\r\n\r\n" + b'{"errors":[]}', intake)
+            return
         problems, series, decompressed = intake.check(self.path, dict(self.headers.items()), body)
         status = 400 if problems else answer.status
         if (
@@ -143,6 +149,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def _trickle(self, data: bytes, intake: DatadogIntake) -> None:
+        self.close_connection = True
+        for byte in data:
+            if intake.release.wait(TRICKLE_S):
+                return
+            try:
+                self.wfile.write(bytes([byte]))
+            except OSError:  # the exporter gave up on us
+                return
 
 
 class _Server(ThreadingHTTPServer):

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from datadog_intake import DD_KEY, DROP, STALL, Answer, DatadogIntake, points, running_intake, total
+from datadog_intake import DD_KEY, DROP, STALL, TRICKLE, Answer, DatadogIntake, points, running_intake, total
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     Metric,
@@ -35,7 +35,21 @@ from conftest import require_tool
 MonitorFactory = Callable[..., PerformanceMonitor]
 FAST_RETRY: dict[str, Any] = {"retry_initial_s": 0.05, "retry_max_s": 0.2}
 # Unavailable for longer than any export may wait: each request is tried once and kept, however slow the machine.
+# The wait holds across exports: a test lets it pass with a SteppedClock.
 UNAVAILABLE = Answer(503, {"Retry-After": "3600"})
+
+
+class SteppedClock:
+    """The exporter's monotonic clock, which a test moves on as if the intake's wait had passed."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def skip(self, seconds: float) -> None:
+        self.offset += seconds
 
 
 @pytest.fixture
@@ -81,12 +95,14 @@ def test_counts_are_deltas_across_exports(
 
 
 def test_a_failed_export_is_counted_once_in_the_next(intake: DatadogIntake, monitor_factory: MonitorFactory) -> None:
-    monitor = _monitor(monitor_factory, intake)
+    clock = SteppedClock()
+    monitor = _monitor(monitor_factory, intake, clock=clock)
     intake.answer(Answer(500, body='{"errors":["Internal Server Error"]}'), UNAVAILABLE)
     monitor.increment_counter("messages_sent", value=5)
     monitor.record_histogram("message_size", 100)
     assert not monitor.force_flush()
     assert [request.status for request in intake.requests] == [500, 503]  # retried, then gave up
+    clock.skip(3600)
     monitor.increment_counter("messages_sent", value=2)
     monitor.record_histogram("message_size", 300)
     assert monitor.force_flush()
@@ -97,14 +113,16 @@ def test_a_failed_export_is_counted_once_in_the_next(intake: DatadogIntake, moni
 
 
 def test_partial_delivery_carries_the_rest_to_the_next_export_without_double_counting(intake: DatadogIntake) -> None:
-    exporter = DataDogExporter(DD_KEY, endpoint=intake.url, max_compressed_bytes=4096, **FAST_RETRY)
+    clock = SteppedClock()
+    exporter = DataDogExporter(DD_KEY, endpoint=intake.url, max_compressed_bytes=4096, clock=clock, **FAST_RETRY)
     intake.answer(Answer())  # the first body is accepted, every later one fails
-    intake.default = UNAVAILABLE
+    intake.default = Answer(503, {"Retry-After": "60"})  # longer than the export may wait, shorter than series keep
     assert exporter.export(_counts(2000), timeout_millis=30_000) is MetricExportResult.SUCCESS
     delivered_first = len(intake.accepted_series())
     assert 0 < delivered_first < 2000
     assert not exporter.force_flush()  # series are waiting for the next export
     intake.default = Answer()
+    clock.skip(60)
     assert exporter.export(_counts(2000, value=10), timeout_millis=5000) is MetricExportResult.SUCCESS
     per_series: dict[str, float] = {}
     for one in intake.accepted_series():
@@ -294,11 +312,13 @@ def test_an_unreachable_intake_fails_the_export_within_its_timeout(caplog: pytes
 
 
 def test_a_forked_child_exports_on_its_own_without_the_parents_leftovers(intake: DatadogIntake) -> None:
-    exporter = DataDogExporter(DD_KEY, endpoint=intake.url, max_compressed_bytes=4096, **FAST_RETRY)
+    clock = SteppedClock()
+    exporter = DataDogExporter(DD_KEY, endpoint=intake.url, max_compressed_bytes=4096, clock=clock, **FAST_RETRY)
     intake.answer(Answer())
     intake.default = UNAVAILABLE
     assert exporter.export(_counts(2000), timeout_millis=30_000) is MetricExportResult.SUCCESS  # partial: some carried
     intake.default = Answer()
+    clock.skip(3600)
     intake.answer(Answer(STALL))  # the parent's next export holds the exporter's lock and a connection
     thread, _ = _export_in_thread(exporter, _counts(1), timeout_millis=30_000)
     assert intake.stalled.wait(10)
@@ -409,7 +429,7 @@ def test_series_left_over_for_50_minutes_are_dropped_with_an_error(
     assert exporter.export(_counts(2000), timeout_millis=30_000) is MetricExportResult.SUCCESS
     assert not exporter.force_flush()  # some series are waiting
     intake.default = Answer()
-    offset[0] = 3001.0
+    offset[0] = 3601.0  # past the intake's wait, and past the 50 minutes series are kept
     before = len(intake.accepted_series())
     with caplog.at_level(logging.ERROR, logger="chat_turbo_metrics"):
         assert exporter.export(_counts(1, value=5)) is MetricExportResult.SUCCESS
@@ -420,11 +440,13 @@ def test_series_left_over_for_50_minutes_are_dropped_with_an_error(
 
 
 def test_a_rate_limited_intake_gets_one_request_per_export_not_one_per_body(intake: DatadogIntake) -> None:
-    exporter = DataDogExporter(DD_KEY, endpoint=intake.url, max_compressed_bytes=4096, **FAST_RETRY)
+    clock = SteppedClock()
+    exporter = DataDogExporter(DD_KEY, endpoint=intake.url, max_compressed_bytes=4096, clock=clock, **FAST_RETRY)
     intake.default = Answer(429, {"Retry-After": "3600"})
     assert exporter.export(_counts(2000), timeout_millis=30_000) is MetricExportResult.FAILURE
     assert len(intake.requests) == 1
     intake.default = Answer()
+    clock.skip(3600)
     assert exporter.export(_counts(2000), timeout_millis=30_000) is MetricExportResult.SUCCESS
     assert len(intake.accepted_series()) == 2000
 
@@ -438,3 +460,41 @@ def test_retry_after_zero_still_backs_off(intake: DatadogIntake) -> None:
     gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
     assert len(gaps) == 3
     assert all(gap >= 0.1 * 2**attempt * 0.5 for attempt, gap in enumerate(gaps))  # the backoff's lower bounds
+
+
+def test_the_intakes_wait_holds_across_exports(intake: DatadogIntake) -> None:
+    clock = SteppedClock()
+    exporter = DataDogExporter(DD_KEY, endpoint=intake.url, clock=clock, **FAST_RETRY)
+    intake.default = Answer(429, {"Retry-After": "3600"})
+    results = [exporter.export(_counts(3, value=1), timeout_millis=2000) for _ in range(20)]
+    assert set(results) == {MetricExportResult.FAILURE}  # the fan-out keeps each interval for a later export
+    assert len(intake.requests) == 1  # one request, not one per export
+    clock.skip(3599)
+    assert exporter.export(_counts(3), timeout_millis=2000) is MetricExportResult.FAILURE
+    assert len(intake.requests) == 1
+    intake.default = Answer()
+    clock.skip(1)
+    assert exporter.export(_counts(3), timeout_millis=2000) is MetricExportResult.SUCCESS
+    assert len(intake.accepted_series()) == 3
+
+
+def test_an_intake_that_trickles_its_answer_is_cut_off_at_the_export_timeout(intake: DatadogIntake) -> None:
+    exporter = DataDogExporter(DD_KEY, endpoint=intake.url, **FAST_RETRY)
+    intake.answer(Answer(TRICKLE))  # ~50 bytes at 5 a second: each read is quick, the answer takes 10 s
+    started = time.monotonic()
+    assert exporter.export(_counts(2), timeout_millis=1000) is MetricExportResult.FAILURE
+    assert time.monotonic() - started < 2.5
+    assert exporter.export(_counts(2), timeout_millis=5000) is MetricExportResult.SUCCESS  # the next one goes out
+    assert len(intake.accepted_series()) == 2
+
+
+def test_exports_go_on_after_a_trickling_answer(intake: DatadogIntake, monitor_factory: MonitorFactory) -> None:
+    monitor = _monitor(monitor_factory, intake, timeout_s=1.0)
+    intake.answer(Answer(TRICKLE))
+    monitor.increment_counter("messages_sent", value=5)
+    started = time.monotonic()
+    assert not monitor.force_flush(timeout_s=10)
+    assert time.monotonic() - started < 3.0
+    monitor.increment_counter("messages_sent", value=2)
+    assert monitor.force_flush(timeout_s=10)
+    assert total(intake.accepted_series(), "messages_sent") == 7  # the trickled interval comes with the next

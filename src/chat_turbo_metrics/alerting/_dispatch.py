@@ -7,6 +7,11 @@ every ``group_interval``. A flush sends a message only when the notification log
 (a new firing alert, a newly resolved one with ``send_resolved``, everything resolved) or ``repeat_interval`` has
 passed. Silenced and inhibited alerts are left out; acknowledged ones cause no repeats. Messages go to each
 notifier's own delivery queue (:mod:`._delivery`), so this never waits for the network.
+
+As in Alertmanager, a resolved alert leaves its group only once a notification carrying it was delivered: when
+delivery fails, the notification log forgets the decision and the next flush sends the resolution again, until
+it is delivered. Groups are scheduled on a :class:`~._timeline.Timeline`, so a wall clock that steps back delays
+no flush.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from chat_turbo_metrics.alerting._model import Alert, AlertTransition
 from chat_turbo_metrics.alerting._nflog import LogEntry, NotificationLog
 from chat_turbo_metrics.alerting._notification import Notification
 from chat_turbo_metrics.alerting._routing import Forwarder, Inhibition, Route, group_key, needs_update
+from chat_turbo_metrics.alerting._timeline import Timeline
 
 _logger = logging.getLogger("chat_turbo_metrics.alerting")
 
@@ -41,15 +47,17 @@ class _Group:
     route: Route
     labels: dict[str, str]
     key: str
-    next_flush: float
+    next_flush: float  # scheduling time (see _timeline)
     flushed: bool = False
     alerts: dict[str, Alert] = field(default_factory=dict)
+    in_flight: int = 0  # notifications of this group queued or being delivered
 
 
 @dataclass
 class _Tracked:
     alert: Alert
-    last_seen: float
+    last_seen: float  # the evaluation's time, for the resolution's end time
+    last_seen_tick: float  # its scheduling time, for resolve_timeout_s
 
 
 def _notifier_name(notifier: object) -> str:
@@ -84,6 +92,8 @@ class Dispatcher:
         external_url: ``externalURL`` of webhook payloads (a link back to this service).
         meter_provider: where the delivery counters go (default: OpenTelemetry's global provider).
         rng: the jitter source, ``[0, 1)``.
+        monotonic: measures real elapsed time when the evaluations' clock steps back (default
+            ``time.monotonic``).
     """
 
     def __init__(
@@ -97,6 +107,7 @@ class Dispatcher:
         external_url: str = "",
         meter_provider: metrics.MeterProvider | None = None,
         rng: Callable[[], float] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size={queue_size!r}: must be >= 1")
@@ -110,6 +121,7 @@ class Dispatcher:
         self._external_url = external_url
         self.stats = DeliveryStats(meter_provider)
         self._rng = rng
+        self._timeline = Timeline(monotonic)
         self._lock = threading.RLock()
         self._routes: list[Route] = []
         self._inhibitions: list[Inhibition] = []
@@ -261,25 +273,26 @@ class Dispatcher:
                 self._ended.append(transition.alert)
 
     def _dispatch(self, now: float, alerts: tuple[Alert, ...]) -> None:
+        tick = self._timeline.at(now)
         if self._ended:
             alerts = (*self._ended, *alerts)  # the evaluation's own reports come later and win
             self._ended.clear()
-        reported = self._ingest(now, alerts)
+        reported = self._ingest(now, tick, alerts)
         for forwarder, parsed, channels in self._forwarders:
             chosen = [alert for _, alert in reported if match_all(parsed, alert.labels)]
             for payload in forwarder.due(now, chosen):
                 for channel in channels:
                     channel.submit(Job(payload, on_done=lambda ok: None))
-        due = [(key, group) for key, group in self._groups.items() if group.next_flush <= now]
+        due = [(key, group) for key, group in self._groups.items() if group.next_flush <= tick]
         if due:
             firing = [(fp, tracked.alert) for fp, tracked in self._tracked.items()]
             self._sources = [
                 [(fp, a) for fp, a in firing if match_all(rule.source, a.labels)] for rule in self._inhibitions
             ]
             for key, group in due:
-                self._flush(key, group, now)
+                self._flush(key, group, now, tick)
 
-    def _ingest(self, now: float, alerts: tuple[Alert, ...]) -> list[tuple[str, Alert]]:
+    def _ingest(self, now: float, tick: float, alerts: tuple[Alert, ...]) -> list[tuple[str, Alert]]:
         """Update tracked alerts and groups; return the firing and resolved alerts of this evaluation."""
         seen: list[tuple[str, Alert]] = []
         for alert in alerts:
@@ -287,20 +300,20 @@ class Dispatcher:
                 continue
             fp = alert.fingerprint  # a hash of the labels: computed once per alert and evaluation
             if alert.state == "firing":
-                self._tracked[fp] = _Tracked(alert, now)
+                self._tracked[fp] = _Tracked(alert, now, tick)
             else:
                 self._tracked.pop(fp, None)
             seen.append((fp, alert))
         reported = {fp for fp, _ in seen}
         for fp, tracked in list(self._tracked.items()):
-            if fp not in reported and now - tracked.last_seen >= self._resolve_timeout_s:
+            if fp not in reported and tick - tracked.last_seen_tick >= self._resolve_timeout_s:
                 del self._tracked[fp]
                 seen.append((fp, dataclasses.replace(tracked.alert, state="resolved", resolved_at=tracked.last_seen)))
         for fp, alert in seen:
-            self._file(fp, alert, now)
+            self._file(fp, alert, now, tick)
         return seen
 
-    def _file(self, fp: str, alert: Alert, now: float) -> None:
+    def _file(self, fp: str, alert: Alert, now: float, tick: float) -> None:
         for route in self._routes:
             if not match_all(route.matchers, alert.labels):
                 continue
@@ -308,12 +321,12 @@ class Dispatcher:
             identity = (route.name, tuple(labels.items()))  # cheap; the group key text is made once per group
             group = self._groups.get(identity)
             if group is None:
-                group = _Group(route, labels, group_key(route, labels), next_flush=now + route.group_wait_s)
+                group = _Group(route, labels, group_key(route, labels), next_flush=tick + route.group_wait_s)
                 self._groups[identity] = group
             group.alerts[fp] = alert
             started = alert.fired_at if alert.fired_at is not None else alert.active_at
             if not group.flushed and started + route.group_wait_s <= now:
-                group.next_flush = min(group.next_flush, now)  # an old alert (e.g. after a restart): no wait
+                group.next_flush = min(group.next_flush, tick)  # an old alert (e.g. after a restart): no wait
 
     def _muted(self, fp: str, alert: Alert) -> bool:
         if alert.silenced:
@@ -321,37 +334,59 @@ class Dispatcher:
         rules = zip(self._inhibitions, self._sources, strict=True)
         return any(rule.mutes(fp, alert, sources) for rule, sources in rules)
 
-    def _flush(self, identity: tuple[str, Any], group: _Group, now: float) -> None:
+    def _flush(self, identity: tuple[str, Any], group: _Group, now: float, tick: float) -> None:
         route = group.route
         key = (route.name, group.key)
         current = [(fp, alert) for fp, alert in group.alerts.items() if not self._muted(fp, alert)]
         firing = {fp: a for fp, a in current if a.state == "firing"}
         resolved = {fp: a for fp, a in current if a.state == "resolved"}
         previous = self._log.get(key)
-        if needs_update(previous, firing, resolved, route, now):
-            entry = LogEntry(frozenset(firing), frozenset(resolved), now)
+        if needs_update(previous, firing, resolved, route, now, tick=tick):
+            entry = LogEntry(frozenset(firing), frozenset(resolved), now, tick)
             self._log.set(key, entry)
             chosen = list(firing.values()) + (list(resolved.values()) if route.send_resolved else [])
             if chosen:
                 chosen.sort(key=lambda alert: sorted(alert.labels.items()))
                 notification = Notification.for_alerts(route.name, chosen, group.labels, group.key, self._external_url)
-                done = self._on_done_callback(key, entry, previous)
+                carried = {fp: a for fp, a in group.alerts.items() if a.state == "resolved"}
+                done = self._on_done_callback(identity, group, carried, key=key, entry=entry, previous=previous)
+                group.in_flight += 1
                 route.channel.submit(Job(notification, on_done=done))
-        for fp in [fp for fp, alert in group.alerts.items() if alert.state == "resolved"]:
-            del group.alerts[fp]
-        if group.alerts:
-            group.flushed = True
-            group.next_flush = now + route.group_interval_s
-        else:
+        if not group.in_flight:  # nothing on its way that could still fail: the receiver knows what it needs
+            self._forget_resolved(group, {fp: a for fp, a in group.alerts.items() if a.state == "resolved"})
+        group.flushed = True
+        group.next_flush = tick + route.group_interval_s
+        self._drop_if_empty(identity, group)
+
+    def _forget_resolved(self, group: _Group, resolved: dict[str, Alert]) -> None:
+        """Remove resolved alerts the receiver was told about (unless they changed since, e.g. fire again)."""
+        for fp, alert in resolved.items():
+            if group.alerts.get(fp) is alert:
+                del group.alerts[fp]
+
+    def _drop_if_empty(self, identity: tuple[str, Any], group: _Group) -> None:
+        if not group.alerts and not group.in_flight and self._groups.get(identity) is group:
             del self._groups[identity]
 
     def _on_done_callback(
-        self, key: tuple[str, str], entry: LogEntry, previous: LogEntry | None
+        self,
+        identity: tuple[str, Any],
+        group: _Group,
+        carried: dict[str, Alert],
+        *,
+        key: tuple[str, str],
+        entry: LogEntry,
+        previous: LogEntry | None,
     ) -> Callable[[bool], None]:
         def done(delivered: bool) -> None:
+            with self._lock:
+                group.in_flight -= 1
+                if delivered:  # Alertmanager deletes resolved alerts from a group only after a successful flush
+                    self._forget_resolved(group, carried)
+                    self._drop_if_empty(identity, group)
             if delivered:
                 self._log.save(self._clock())
-            else:  # not delivered: forget the decision, so the next flush tries again
+            else:  # not delivered: forget the decision, so the next flush (the group is kept) tries again
                 self._log.restore(key, entry, previous)
 
         return done
@@ -398,6 +433,8 @@ class Dispatcher:
         self.stats.after_fork()
         for channel in self._channels():
             channel.after_fork()
+        for group in self._groups.values():  # what was on its way is the parent's to deliver, not the child's
+            group.in_flight = 0
 
 
 _live: weakref.WeakSet[Dispatcher] = weakref.WeakSet()

@@ -23,23 +23,44 @@ def load_rules(path: str | Path) -> list[AlertRule]:
         ConfigurationError: unreadable file, bad syntax, or a bad rule (a :class:`RuleError` naming the file,
             the rule's id and the field); duplicate ids in one file.
     """
+    rules, errors = check_rules(path)
+    if errors:
+        raise errors[0]
+    return rules
+
+
+def check_rules(path: str | Path) -> tuple[list[AlertRule], list[RuleError]]:
+    """Every valid rule of a rule file, and a :class:`RuleError` for each bad one (``rules check`` shows all).
+
+    Args:
+        path: a ``.toml``, ``.yaml`` or ``.yml`` file.
+
+    Returns:
+        The valid rules in file order, and the errors in file order (each names the file, rule id and field).
+
+    Raises:
+        ConfigurationError: unreadable file, bad syntax, or no ``rules`` list.
+    """
     path = Path(path)
     data = _read(path)
     specs = data.get("rules") if isinstance(data, Mapping) else None
     if not isinstance(specs, list):
         raise ConfigurationError(f"{path}: expected a list `rules` of rule tables")
     rules: list[AlertRule] = []
+    errors: list[RuleError] = []
     seen: set[str] = set()
     for spec in specs:
         try:
             rule = AlertRule.from_dict(spec)
         except RuleError as error:
-            raise RuleError(error.rule_id, error.field, f"{error.problem} (in {path})") from None
+            errors.append(RuleError(error.rule_id, error.field, f"{error.problem} (in {path})"))
+            continue
         if rule.id in seen:
-            raise RuleError(rule.id, "id", f"duplicate id in {path}")
+            errors.append(RuleError(rule.id, "id", f"duplicate id in {path}"))
+            continue
         seen.add(rule.id)
         rules.append(rule)
-    return rules
+    return rules, errors
 
 
 def _read(path: Path) -> Any:

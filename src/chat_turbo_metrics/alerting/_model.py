@@ -25,10 +25,10 @@ def fingerprint(labels: Mapping[str, str]) -> str:
         True
     """
     digest = hashlib.sha256()
-    for key in sorted(labels):
-        digest.update(key.encode())
+    for key in sorted(labels):  # "surrogatepass": a lone surrogate in a value is data too, never an error here
+        digest.update(key.encode("utf-8", "surrogatepass"))
         digest.update(b"\xff")
-        digest.update(str(labels[key]).encode())
+        digest.update(str(labels[key]).encode("utf-8", "surrogatepass"))
         digest.update(b"\xff")
     return digest.hexdigest()[:16]
 

@@ -27,7 +27,8 @@ class LogEntry:
 
     firing: frozenset[str]
     resolved: frozenset[str]
-    at: float
+    at: float  # the evaluation's time (kept in the file: a restart compares with it)
+    tick: float | None = None  # its scheduling time in this process (see _timeline); None when read from the file
 
 
 class NotificationLog:

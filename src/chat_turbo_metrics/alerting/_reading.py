@@ -13,7 +13,9 @@ from typing import Any
 
 from chat_turbo_metrics._recording.naming import prometheus_label
 from chat_turbo_metrics.alerting._model import fingerprint
+from chat_turbo_metrics.alerting._rule_checks import UNSEEN_EVALUATIONS, close_names, unseen_problem, window_problem
 from chat_turbo_metrics.alerting._statistics import Series, SeriesStore, statistic_value
+from chat_turbo_metrics.alerting.promql import NotExportable, metric_kind
 from chat_turbo_metrics.alerting.rules import CONDITIONS, STATISTICS, AlertRule
 
 _log = logging.getLogger("chat_turbo_metrics.alerting")
@@ -35,11 +37,18 @@ def alert_labels(rule: AlertRule, series: Mapping[str, str], *, no_data: bool = 
 
 
 class RuleReader:
-    """Reads rules' values from a :class:`SeriesStore`; call :meth:`begin` once per evaluation."""
+    """Reads rules' values from a :class:`SeriesStore`; call :meth:`begin` once per evaluation.
 
-    def __init__(self, store: SeriesStore, staleness_s: float) -> None:
+    It also says (once per rule) what makes a rule read nothing: a metric absent from the collected data after
+    :data:`~._rule_checks.UNSEEN_EVALUATIONS` evaluations, a window too short for the evaluation interval, a
+    statistic that does not apply to the metric's kind.
+    """
+
+    def __init__(self, store: SeriesStore, staleness_s: float, interval_s: float) -> None:
         self.store = store
         self.staleness_s = staleness_s
+        self.interval_s = interval_s
+        self._unseen: dict[str, int] = {}  # rule id -> evaluations without its metric; -1: seen, or said
         self._values: dict[Any, list[tuple[Series, float | None, bool]]] = {}
         self._statistics: dict[tuple[int, str, float], float | None] = {}
         self._memo: dict[Any, Any] = {}
@@ -56,6 +65,32 @@ class RuleReader:
         """Drop what was remembered for a removed rule."""
         for key in [k for k in self._last if k[0] == rule_id]:
             del self._last[key]
+        self._unseen.pop(rule_id, None)
+        self._warned = {key for key in self._warned if key[0] != rule_id}
+
+    def check_added(self, rule: AlertRule) -> None:
+        """At ``add_rule``: warn now when the window is too short for a kind the rule already tells."""
+        try:
+            kind: str | None = metric_kind(rule) if rule.spans is None else "spans"
+        except NotExportable:
+            kind = None  # told by the first collection that has the metric
+        problem = window_problem(rule, kind, self.interval_s)
+        if problem is not None:
+            self._warn_once(rule.id, problem)
+
+    def _check_seen(self, rule: AlertRule) -> None:
+        count = self._unseen.get(rule.id, 0)
+        if count < 0 or rule.spans is not None:
+            return
+        if next(self.store.histories(rule.metric), None) is not None:
+            self._unseen[rule.id] = -1
+            return
+        self._unseen[rule.id] = count + 1
+        if count + 1 >= UNSEEN_EVALUATIONS:
+            self._unseen[rule.id] = -1
+            where = f"in the collected data after {count + 1} evaluations"
+            close = close_names(rule.metric, self.store.known_names())
+            self._warn_once(rule.id, unseen_problem(rule, close, where))
 
     def results(self, rule: AlertRule, now: float) -> Results:
         """Fingerprint -> (labels, value) of every label set whose condition holds at ``now``."""
@@ -63,6 +98,7 @@ class RuleReader:
         threshold = rule.threshold
         results: Results = {}
         readings = self._readings(rule, now)
+        self._check_seen(rule)
         for series, value, fresh in readings:
             if fresh or rule.missing_data == "ok":
                 if rule.missing_data == "keep_last":
@@ -105,8 +141,12 @@ class RuleReader:
         for history in self.store.histories(name):
             statistic = rule.resolved_statistic(history.kind)
             if history.kind not in STATISTICS[statistic]:
-                self._warn_once(rule.id, f"statistic {statistic!r} does not apply to the {history.kind} {name!r}")
+                mismatch = f"statistic {statistic!r} does not apply to the {history.kind} {name!r}"
+                self._warn_once(rule.id, f"{mismatch}; the rule reads nothing from it")
                 continue
+            short = window_problem(rule, history.kind, self.interval_s)
+            if short is not None:
+                self._warn_once(rule.id, short)
             for series in history.series.values():
                 if not matchers or all(series.labels.get(k) == v for k, v in matchers):
                     yield series, statistic
@@ -131,4 +171,4 @@ class RuleReader:
     def _warn_once(self, rule_id: str, problem: str) -> None:
         if (rule_id, problem) not in self._warned:
             self._warned.add((rule_id, problem))
-            _log.warning("alert rule %r: %s; the rule reads nothing from it", rule_id, problem)
+            _log.warning("alert rule %r: %s", rule_id, problem)

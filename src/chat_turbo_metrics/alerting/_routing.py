@@ -79,9 +79,19 @@ def group_key(route: Route, labels: dict[str, str]) -> str:
 
 
 def needs_update(
-    previous: LogEntry | None, firing: dict[str, Alert], resolved: dict[str, Alert], route: Route, now: float
+    previous: LogEntry | None,
+    firing: dict[str, Alert],
+    resolved: dict[str, Alert],
+    route: Route,
+    now: float,
+    *,
+    tick: float | None = None,
 ) -> bool:
-    """Alertmanager's deduplication, per receiver and group, with acknowledgements silencing repeats."""
+    """Alertmanager's deduplication, per receiver and group, with acknowledgements silencing repeats.
+
+    ``repeat_interval`` is measured in scheduling time (``tick``) when this process made the previous decision,
+    else (an entry read from the notification log's file) in the evaluations' time ``now``.
+    """
     if previous is None:
         return bool(firing)  # never told: only news of firing alerts is worth a message
     if not firing.keys() <= previous.firing:
@@ -90,5 +100,6 @@ def needs_update(
         return bool(previous.firing)  # everything the receiver knows of has resolved (or been muted)
     if route.send_resolved and not resolved.keys() <= previous.resolved:
         return True
-    repeat_due = now - previous.at >= route.repeat_interval_s
+    elapsed = tick - previous.tick if tick is not None and previous.tick is not None else now - previous.at
+    repeat_due = elapsed >= route.repeat_interval_s
     return repeat_due and any(not alert.acknowledged for alert in firing.values())

@@ -192,6 +192,10 @@ class SeriesStore:
                 while points and points[0][0] < oldest:
                     points.popleft()
 
+    def known_names(self) -> set[str]:
+        """Every name (and alias) of every metric collected so far, watched by a rule or not."""
+        return set().union(*self._aliases.values())
+
     def histories(self, metric: str) -> Iterator[MetricHistory]:
         """The histories a rule's metric name refers to (by any of its aliases)."""
         for name in self._by_alias.get(metric, ()):

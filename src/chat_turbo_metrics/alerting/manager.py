@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import metrics
 from opentelemetry.sdk.metrics.export import MetricsData
 
 from chat_turbo_metrics.alerting._background import CycleSubscriber, register_active_gauge
@@ -95,7 +96,7 @@ class AlertManager(Notifying):
         self._staleness_s = staleness_s
         self._rules: dict[str, AlertRule] = {}
         self._evaluators: dict[str, RuleEvaluator] = {}
-        self._reader = RuleReader(self._store, staleness_s)
+        self._reader = RuleReader(self._store, staleness_s, self.evaluation_interval_s)
         self._silences = Silences()
         self._history = History(history_size)
         self._listeners: tuple[AlertListener, ...] = ()
@@ -105,6 +106,13 @@ class AlertManager(Notifying):
         self._evaluating = threading.RLock()
         self._published: tuple[Alert, ...] = ()
         self._subscriber: CycleSubscriber | None = None
+        self._failures: dict[str, int] = {}
+        self._failing: set[str] = set()
+        provider = self._pipeline.meter_provider if self._pipeline is not None else None
+        meter = metrics.get_meter("chat_turbo_metrics.alerting", meter_provider=provider)
+        self._failure_counter = meter.create_counter(
+            "alert_rule_evaluation_failures", description="Evaluations of an alert rule that failed, by rule"
+        )
         self._start_notifications(dispatcher)  # and routes to the notifiers ALERT_* variables configure
         if self._pipeline is not None:
             register_active_gauge(self._pipeline, self)
@@ -141,9 +149,15 @@ class AlertManager(Notifying):
                     _log.warning("alert rule %r duplicates rule %r (same definition)", parsed.id, other.id)
             self._rules[parsed.id] = parsed
             self._evaluators[parsed.id] = RuleEvaluator(parsed)
-            if parsed.spans is not None:
-                self._spans().track(parsed.spans)
-            self._watch()
+            try:
+                if parsed.spans is not None:
+                    self._spans().track(parsed.spans)
+                self._watch()
+            except BaseException:  # a rule that cannot be watched is not kept: later add_rule calls still work
+                del self._rules[parsed.id], self._evaluators[parsed.id]
+                self._watch()
+                raise
+            self._reader.check_added(parsed)
         return parsed
 
     def load_rules(self, path: str | Path) -> list[AlertRule]:
@@ -168,6 +182,7 @@ class AlertManager(Notifying):
                 del self._rules[rule_id]
                 del self._evaluators[rule_id]
                 self._reader.forget(rule_id)
+                self._failing.discard(rule_id)
                 self._watch()
             self._publish(changes, self._clock())
 
@@ -239,9 +254,9 @@ class AlertManager(Notifying):
                 self._ingest_spans(now)
                 self._reader.begin()
                 changes: list[Change] = []
-                for rule_id, rule in self._rules.items():
+                for rule in self._rules.values():
                     if rule.enabled:
-                        changes.extend(self._evaluators[rule_id].step(now, self._reader.results(rule, now)))
+                        changes.extend(self._step(rule, now))
                 changes = self._flag(changes, now)
                 current = tuple(i.alert for e in self._evaluators.values() for i in e.active.values())
                 self._published = current
@@ -250,6 +265,30 @@ class AlertManager(Notifying):
             for hook in self._hooks:
                 self._call(hook, now, current + ended)
         return current
+
+    def _step(self, rule: AlertRule, now: float) -> list[Change]:
+        """One rule's evaluation, isolated: whatever makes it fail (a malformed series, a bug), the other rules
+        are evaluated; it is logged when it starts failing and when it works again, and counted each time in
+        ``alert_rule_evaluation_failures`` and :meth:`evaluation_failures`. Its alerts keep their state meanwhile,
+        as Prometheus keeps a rule's alerts when its query fails."""
+        try:
+            changes = self._evaluators[rule.id].step(now, self._reader.results(rule, now))
+        except Exception:
+            self._failures[rule.id] = self._failures.get(rule.id, 0) + 1
+            self._failure_counter.add(1, {"rule": rule.id})
+            if rule.id not in self._failing:
+                self._failing.add(rule.id)
+                _log.exception("alert rule %r: evaluation failed; its alerts keep their state (logged once)", rule.id)
+            return []
+        if rule.id in self._failing:
+            self._failing.discard(rule.id)
+            _log.warning("alert rule %r: evaluates again", rule.id)
+        return changes
+
+    def evaluation_failures(self) -> dict[str, int]:
+        """How many evaluations failed, per rule id (rules that never failed are absent)."""
+        with self._lock:
+            return dict(self._failures)
 
     def _ingest_spans(self, now: float) -> None:
         if self._span_processor is not None:

@@ -53,6 +53,7 @@ def notifiers_from_config(config: MonitoringConfig) -> list[Sender]:
                     username=config.alert_email_username or None,
                     password=config.alert_email_password if config.alert_email_username else None,
                     tls=config.alert_email_tls,  # type: ignore[arg-type]  # checked by MonitoringConfig
+                    allow_insecure_auth=config.alert_email_allow_insecure_auth,
                 )
             )
         except ValueError as error:

@@ -10,10 +10,11 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Literal
 
+from chat_turbo_metrics._endpoints import is_loopback
 from chat_turbo_metrics._secret import Secret
 from chat_turbo_metrics.alerting._delivery import DeliveryError
 from chat_turbo_metrics.alerting._notification import Notification
-from chat_turbo_metrics.alerting.notifiers._render import alert_fields, plain_text
+from chat_turbo_metrics.alerting.notifiers._render import alert_fields, header_text, plain_text, printable
 
 TlsMode = Literal["starttls", "tls", "none"]
 TLS_MODES = ("starttls", "tls", "none")
@@ -39,9 +40,13 @@ class EmailNotifier:
         tls: ``starttls`` (default; fails if the server does not offer it), ``tls`` (implicit) or ``none``.
         ssl_context: certificates to trust (default: the system's).
         timeout_s: per connection.
+        allow_insecure_auth: with ``tls="none"``, log in although the server is not on this machine (the
+            password then crosses the network in clear text). Without it that is refused, as Go's ``net/smtp``
+            (Alertmanager's) refuses it.
 
     Raises:
-        ValueError: no recipients, an unknown ``tls`` mode, or a password without a user name.
+        ValueError: no recipients, an unknown ``tls`` mode, a password without a user name, or a login without
+            TLS to another machine.
     """
 
     name = "email"
@@ -58,6 +63,7 @@ class EmailNotifier:
         tls: TlsMode = "starttls",
         ssl_context: ssl.SSLContext | None = None,
         timeout_s: float = 30.0,
+        allow_insecure_auth: bool = False,
     ) -> None:
         if isinstance(recipients, str):
             recipients = [part.strip() for part in recipients.split(",")]
@@ -68,6 +74,11 @@ class EmailNotifier:
             raise ValueError(f"tls={tls!r}: expected one of {', '.join(TLS_MODES)}")
         if password is not None and not username:
             raise ValueError("password given without username")
+        if tls == "none" and password is not None and not allow_insecure_auth and not is_loopback(host):
+            raise ValueError(
+                f"tls='none' would send the password to {host!r} in clear text; use starttls or tls "
+                "(or allow_insecure_auth=True to accept that)"
+            )
         self._host, self._port, self._sender = host, port, sender
         self._username = username
         self._password = password if isinstance(password, Secret) or password is None else Secret(password)
@@ -81,7 +92,7 @@ class EmailNotifier:
     def message(self, notification: Notification) -> EmailMessage:
         """The email for ``notification``: plain text, with an HTML alternative."""
         message = EmailMessage()
-        message["Subject"] = notification.title
+        message["Subject"] = header_text(notification.title)  # a header cannot hold a line break
         message["From"] = self._sender
         message["To"] = ", ".join(self._recipients)
         message["Date"] = formatdate(localtime=False)
@@ -131,7 +142,7 @@ class EmailNotifier:
 
 def _html(notification: Notification) -> str:
     color = "#d9534f" if notification.status == "firing" else "#5cb85c"
-    parts = [f'<h2 style="color:{color}">{html.escape(notification.title)}</h2>']
+    parts = [f'<h2 style="color:{color}">{html.escape(printable(notification.title))}</h2>']
     for alert in notification.alerts:
         rows = "".join(
             f"<tr><th align=left>{html.escape(name)}</th><td>{html.escape(text)}</td></tr>"
@@ -139,6 +150,6 @@ def _html(notification: Notification) -> str:
         )
         parts.append(f"<table>{rows}</table><hr>")
     if notification.external_url:
-        url = html.escape(notification.external_url)
+        url = html.escape(printable(notification.external_url))
         parts.append(f'<p><a href="{url}">{url}</a></p>')
     return "<html><body>" + "".join(parts) + "</body></html>"

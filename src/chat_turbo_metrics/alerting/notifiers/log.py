@@ -7,6 +7,7 @@ import logging
 import math
 
 from chat_turbo_metrics.alerting._notification import Notification
+from chat_turbo_metrics.alerting.notifiers._render import printable
 
 _LEVELS = {"firing": logging.WARNING, "resolved": logging.INFO}
 
@@ -47,7 +48,7 @@ class LogNotifier:
         self._logger.log(
             level,
             "%s %s",
-            notification.title,
+            printable(notification.title),  # label values must not forge log lines or move the cursor
             json.dumps(payload, sort_keys=True, separators=(",", ":")),
             extra={"alert_notification": payload},
         )

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from chat_turbo_metrics._endpoints import parse_secret_url
 from chat_turbo_metrics._secret import Secret
 from chat_turbo_metrics.alerting._notification import Notification
 from chat_turbo_metrics.alerting.notifiers._http import post
-from chat_turbo_metrics.alerting.notifiers._render import alert_fields
+from chat_turbo_metrics.alerting.notifiers._render import alert_fields, slack_text
 
 _COLOR = {"firing": "danger", "resolved": "good"}
 
@@ -44,29 +45,31 @@ class SlackNotifier:
         max_alerts: int = 20,
         timeout_s: float = 10.0,
     ) -> None:
-        self._url = webhook_url if isinstance(webhook_url, Secret) else Secret(webhook_url)
-        if not self._url.reveal().startswith(("https://", "http://")):
-            raise ValueError(f"webhook_url={self._url!s}: expected an http(s) URL")
+        try:
+            self._url = parse_secret_url(webhook_url)
+        except ValueError as error:  # the message shows no part of the URL
+            raise ValueError(f"webhook_url: {error}") from None
         self._channel = channel
         self._username = username
         self._max_alerts = max_alerts
         self._timeout_s = timeout_s
 
     def __repr__(self) -> str:
-        return f"SlackNotifier({self._url!r})"
+        return f"SlackNotifier({self._url.secret!r})"
 
     def message(self, notification: Notification) -> dict[str, Any]:
         """The JSON body posted for ``notification``."""
         shown = notification.truncated(self._max_alerts)
         lines = []
         for alert in shown.alerts:
-            lines.append("\n".join(f"*{name}:* {text}" for name, text in alert_fields(alert)))
+            lines.append("\n".join(f"*{name}:* {slack_text(text)}" for name, text in alert_fields(alert)))
         if shown.truncated_alerts:
             lines.append(f"_… and {shown.truncated_alerts} more_")
+        title = slack_text(notification.title)
         attachment: dict[str, Any] = {
             "color": _COLOR[notification.status],
-            "title": notification.title,
-            "fallback": notification.title,
+            "title": title,
+            "fallback": title,
             "text": "\n\n".join(lines),
             "mrkdwn_in": ["text"],
         }

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 
+from chat_turbo_metrics._endpoints import parse_secret_url
 from chat_turbo_metrics._secret import Secret
 from chat_turbo_metrics.alerting._notification import Notification
 from chat_turbo_metrics.alerting.notifiers._http import post
@@ -60,15 +61,16 @@ class WebhookNotifier:
         max_alerts: int = 0,
         timeout_s: float = 10.0,
     ) -> None:
-        self._url = url if isinstance(url, Secret) else Secret(url)
-        if not self._url.reveal().startswith(("https://", "http://")):
-            raise ValueError(f"url={self._url!s}: expected an http(s) URL")
+        try:
+            self._url = parse_secret_url(url)
+        except ValueError as error:  # the message shows no part of the URL
+            raise ValueError(f"url: {error}") from None
         self._secret = secret if isinstance(secret, Secret) or secret is None else Secret(secret)
         self._max_alerts = max_alerts
         self._timeout_s = timeout_s
 
     def __repr__(self) -> str:
-        return f"WebhookNotifier({self._url!r}, signed={self._secret is not None})"
+        return f"WebhookNotifier({self._url.secret!r}, signed={self._secret is not None})"
 
     def __call__(self, notification: Notification) -> None:
         """Post ``notification``.

@@ -1,7 +1,10 @@
 """HTTP to the series intake: one connection per export, retries with backoff, 413 splitting.
 
 Standard library only (``http.client`` with a verifying SSL context): the exporter needs one POST and
-must stay importable everywhere the SDK is.
+must stay importable everywhere the SDK is. Each request has a total deadline (the export's remaining time), not
+a per-read timeout, so an intake that trickles its answer cannot hold the export worker. A wait the intake asks for
+(``Retry-After``, ``X-RateLimit-Reset``) holds across exports: no request goes out before it ends, and the exports
+meanwhile keep their data for later, as the OpenTelemetry exporters' retry rules ask for throttled answers.
 """
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ import base64
 import contextlib
 import email.utils
 import http.client
-import ipaddress
 import json
 import logging
+import math
 import random
 import ssl
 import threading
@@ -23,6 +26,8 @@ from enum import Enum
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 from chat_turbo_metrics._config import ConfigurationError
+from chat_turbo_metrics._deadline import abort_after, shutdown_socket
+from chat_turbo_metrics._endpoints import is_loopback
 from chat_turbo_metrics._secret import Secret, mask_url_userinfo
 from chat_turbo_metrics._version import __version__
 from chat_turbo_metrics.exporters.datadog._batching import Batch, Batcher
@@ -33,6 +38,7 @@ SERIES_PATH = "/api/v2/series"
 _RETRYABLE = frozenset({408, 429})
 _MAX_ERROR_TEXT = 500
 _MAX_RESPONSE = 65_536
+_MAX_SERVER_WAIT_S = 3600.0  # a longer Retry-After (or a bogus one) still lets an export try again after an hour
 
 
 def intake_base_url(site: str, endpoint: str | Secret | None, setting: str = "endpoint") -> str:
@@ -88,12 +94,7 @@ def _split(url: str) -> SplitResult | None:
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(host)
 
 
 @dataclass(frozen=True)
@@ -139,15 +140,18 @@ class Intake:
         }
         if self._authorization is not None:  # the endpoint's user info, for a proxy that asks for a login
             headers["Authorization"] = self._authorization.reveal()
-        try:
-            connection.request("POST", self._path, body=body, headers=headers)
-            answer = connection.getresponse()
-            text = answer.read(_MAX_RESPONSE).decode("utf-8", "replace")
-            if answer.will_close or not answer.isclosed():  # a body left unread would corrupt the next answer
-                self.close()
-        except BaseException:
-            self.close()  # the connection's state is unknown; the next request opens a new one
-            raise
+        with abort_after(timeout_s, lambda: shutdown_socket(connection.sock)) as call:
+            try:
+                connection.request("POST", self._path, body=body, headers=headers)
+                answer = connection.getresponse()
+                text = answer.read(_MAX_RESPONSE).decode("utf-8", "replace")
+                if answer.will_close or not answer.isclosed():  # a body left unread would corrupt the next answer
+                    self.close()
+            except BaseException as error:
+                self.close()  # the connection's state is unknown; the next request opens a new one
+                if call.expired and isinstance(error, (OSError, http.client.HTTPException)):
+                    raise TimeoutError(f"no complete answer within {timeout_s:.1f} s") from None
+                raise
         return Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, text)
 
     def close(self) -> None:
@@ -282,6 +286,7 @@ class Sender:
         self._secret = secret
         self._clock = clock
         self.retries = 0
+        self._resume_at = -math.inf  # clock time before which the intake asked for no request
 
     def deliver(self, batch: Batch, deadline: float, delivery: Delivery) -> None:
         """Send ``batch``, splitting it on 413; record the result in ``delivery``."""
@@ -309,6 +314,9 @@ class Sender:
         _logger.error("Datadog series dropped: %s (%d bytes, %d compressed)", why, batch.raw_size, len(batch.body))
 
     def _post_with_retries(self, batch: Batch, deadline: float) -> Outcome:
+        if self._clock() < self._resume_at:
+            _logger.debug("Datadog intake asked to wait %.0f s more; the data is kept", self._resume_at - self._clock())
+            return Outcome.UNSENT
         attempt = 0
         while True:
             remaining = deadline - self._clock()
@@ -327,14 +335,17 @@ class Sender:
                 if outcome is not None:
                     return outcome
                 reason, wait = f"HTTP {response.status}", server_wait_s(response.headers)
+                if wait:
+                    wait = min(wait, _MAX_SERVER_WAIT_S)
+                    self._resume_at = max(self._resume_at, self._clock() + wait)
             # The intake's wait is a minimum: a Retry-After of 0 must not turn the retries into a busy loop.
             delay = max(self._policy.delay_s(attempt), wait or 0.0)
             if self._clock() + delay >= deadline:
                 _logger.warning(
-                    "Datadog intake %s: %s; not retrying within this export's timeout, the data is kept for the "
-                    "next export",
+                    "Datadog intake %s: %s; not retrying within this export's timeout, the data is kept for %s",
                     self._intake.base_url,
                     reason,
+                    f"the first export after {wait:.0f} s (the intake's wait)" if wait else "the next export",
                 )
                 return Outcome.UNSENT
             _logger.info("Datadog intake %s: %s; retrying in %.1f s", self._intake.base_url, reason, delay)
