@@ -283,6 +283,31 @@ def valid_text(text: str) -> str:
     return text if text.isascii() or _surrogate(text) is None else _SURROGATES.sub("\ufffd", text)
 
 
+def configured_tags_problem(tags: Mapping[Any, Any]) -> str | None:
+    """Why attributes given in configuration (resource attributes) cannot be used as given; None if they can.
+
+    The limits of recorded tags apply. Text that is not valid (a lone surrogate: an environment variable
+    holding bytes that are not UTF-8) is an error here, where recording would replace it.
+
+    Example:
+        >>> configured_tags_problem({"team": "chat"}) is None, configured_tags_problem({"k" * 300: "x"})
+        (True, 'a key of 300 characters (limit 255)')
+    """
+    if len(tags) > MAX_TAGS:
+        return f"{len(tags)} attributes (limit {MAX_TAGS})"
+    for key, value in tags.items():
+        if not isinstance(key, str) or not key:
+            return f"key {short_repr(key)} is not a non-empty string"
+        if len(key) > MAX_TAG_KEY_LENGTH:
+            return f"a key of {len(key)} characters (limit {MAX_TAG_KEY_LENGTH})"
+        text = value if isinstance(value, str) else ""
+        if len(text) > MAX_TAG_VALUE_LENGTH:
+            return f"{short_repr(key)} has a value of {len(text)} characters (limit {MAX_TAG_VALUE_LENGTH})"
+        if valid_text(key) != key or valid_text(text) != text:
+            return f"{short_repr(key)}: not valid UTF-8 text (it holds a lone surrogate)"
+    return None
+
+
 # The hot paths accept exactly these types within these bounds; anything else takes the slow path to
 # number(). Counters and gauges stay inside OTLP's int64 (a float beyond it takes the slow path, still fine).
 EXACT_TYPES = frozenset((int, float))
