@@ -169,3 +169,14 @@ def test_refused_and_normalised_tags_give_the_same_result_on_both_paths(
         seen.append((monitor.dropped, sorted(map(str, attribute_sets(monitor, "c")))))
     assert seen[0] == seen[1]
     assert seen[0][0] == 4
+
+
+def test_many_invalid_keys_are_warned_about_once_per_metric(
+    monitor: PerformanceMonitor, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="chat_turbo_metrics"):
+        for byte in range(0x80, 0xB0):
+            monitor.increment_counter("uploads", {bytes([byte]).decode("utf-8", "surrogateescape"): "x"})
+
+    assert monitor.snapshot().value("uploads", {"\ufffd": "x"}) == 0xB0 - 0x80
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1

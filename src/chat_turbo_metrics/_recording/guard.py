@@ -176,8 +176,9 @@ def checked_tags(name: object, tags: object, problems: Problems) -> Mapping[str,
     Runs where a tag set is first seen (the fast path's slow path, the SDK path's slow path, ``bind()``):
     lone surrogates (``json.loads`` of ``"\\udce9"``, bytes decoded with ``surrogateescape``) become U+FFFD
     in keys and values, a str/int/float subclass (an enum) its plain value, and an int beyond int64 or a
-    non-finite float its text; each such change is warned about once per metric and key. Tags that cannot
-    label a series (see :func:`plain_tags`) are refused: counted and warned once per cause.
+    non-finite float its text; each such change is warned about once per metric and key (an invalid key:
+    once per metric). Tags that cannot label a series (see :func:`plain_tags`) are refused: counted and
+    warned once per cause.
 
     Returns:
         ``tags`` itself when nothing needed a change, a normalised copy, or None when they are refused.
@@ -230,7 +231,7 @@ def _normalised_tags(tags: object) -> tuple[dict[str, Any], list[tuple[Any, str]
             raise _Refused("key_length", f"a tag key of {len(key)} characters (limit {MAX_TAG_KEY_LENGTH})")
         text = valid_text(str.__str__(key))
         if text != key:
-            changes.append((("key", text), f"tag key {short_repr(key)} is not valid text: recorded as {text!r}"))
+            changes.append(("key", f"tag key {short_repr(key)} is not valid text: recorded as {text!r}"))
         plain, change = _plain_tag_value(text, value)
         if change is not None:
             changes.append(((text, change), f"tag {text!r}: {change}: {short_repr(value)} recorded as {plain!r}"))
