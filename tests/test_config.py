@@ -97,6 +97,11 @@ def test_code_overrides_win_over_environment() -> None:
         ("PERFORMANCE_MONITORING_ENABLED", "maybe"),
         ("OTEL_METRIC_EXPORT_INTERVAL", "soon"),
         ("OTEL_RESOURCE_ATTRIBUTES", "novalue"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "k" * 256 + "=x"),  # tag key limits apply to resource attributes
+        ("OTEL_RESOURCE_ATTRIBUTES", ",".join(f"k{i}=v" for i in range(129))),
+        ("OTEL_RESOURCE_ATTRIBUTES", "team=" + "v" * 2049),
+        ("OTEL_RESOURCE_ATTRIBUTES", b"team=caf\xe9".decode("utf-8", "surrogateescape")),  # not UTF-8 bytes
+        ("OTEL_SERVICE_NAME", b"caf\xe9".decode("utf-8", "surrogateescape")),
         ("METRICS_RECORDING", "turbo"),
         ("METRICS_RETENTION_DAYS", "inf"),
         ("METRICS_RETENTION_DAYS", "nan"),
@@ -145,6 +150,13 @@ def test_none_means_no_exporters() -> None:
 def test_resource_attributes_are_parsed() -> None:
     config = get_monitoring_config("test", env={"OTEL_RESOURCE_ATTRIBUTES": "team=chat, region=eu"})
     assert config.resource_attributes == {"team": "chat", "region": "eu"}
+
+
+def test_resource_attributes_given_in_code_are_checked_like_tags() -> None:
+    assert MonitoringConfig(resource_attributes={"k" * 255: "v" * 2048}).resource_attributes
+    for bad in ({"k" * 256: "x"}, {"": "x"}, {"team": "caf\udce9"}, {f"k{i}": "v" for i in range(129)}):
+        with pytest.raises(ConfigurationError, match=r"^resource_attributes="):
+            MonitoringConfig(resource_attributes=bad)
 
 
 def test_file_with_unknown_key_names_file_and_key(tmp_path: Path) -> None:

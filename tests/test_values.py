@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import json
 import logging
 import math
 import subprocess
@@ -249,6 +250,31 @@ def test_points_from_opentelemetry_api_instruments_are_made_exportable(monitor: 
     text = monitor.snapshot().to_prometheus()
     assert promtool_errors(text) == ""
     assert "api_ok_total 3\n" in text
+
+
+def test_attributes_the_tag_check_never_saw_are_made_valid_text(
+    monitor_factory: Factory, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chat_turbo_metrics.exporters.file import FileExporter, read_metric_records
+
+    # The SDK reads OTEL_RESOURCE_ATTRIBUTES itself; os.environ decodes bytes that are not UTF-8 to surrogates.
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", b"team=caf\xe9".decode("utf-8", "surrogateescape"))
+    monitor = monitor_factory()
+    path = tmp_path / "metrics.jsonl"
+    monitor.add_exporter(FileExporter(path))
+    meter = monitor.pipeline.meter_provider.get_meter("some.library")
+    poisoned = json.loads(b'{"p":"general\\udce9"}')["p"]
+    meter.create_counter("api_hits").add(1, {"path": poisoned, "big": 2**70, "parts": (poisoned, "ok")})
+
+    (point,) = otlp_points(monitor)["api_hits"]  # encodes
+    assert monitor.force_flush(10)
+    (record,) = [r for r in read_metric_records(path) if r["name"] == "api_hits"]
+    assert record["attributes"] == {"path": "general\ufffd", "big": str(2**70), "parts": ["general\ufffd", "ok"]}
+    assert record["resource"]["team"] == "caf\ufffd"
+    assert len(point.attributes) == 3
+    text = monitor.snapshot().to_prometheus()
+    assert 'path="general\ufffd"' in text
+    assert 'team="caf\ufffd"' in text
 
 
 def test_push_exporters_get_the_good_points_of_a_batch_with_a_bad_one(monitor_factory: Factory, tmp_path: Any) -> None:

@@ -36,6 +36,7 @@ from chat_turbo_metrics._config_values import (
     parse_str,
 )
 from chat_turbo_metrics._endpoints import is_loopback, parse_secret_url
+from chat_turbo_metrics._recording.guard import configured_tags_problem, valid_text
 from chat_turbo_metrics._secret import Secret, mask_url_password, mask_url_userinfo
 
 _logger = logging.getLogger("chat_turbo_metrics.config")
@@ -208,6 +209,13 @@ def _check_config(config: MonitoringConfig) -> None:
     for name, ok, why in checks:
         if not ok:
             raise _InvalidSetting(name, getattr(config, name), why)
+    # What becomes resource attributes: every exporter must be able to encode it, Prometheus in target_info.
+    for name in ("service_name", "environment"):
+        if valid_text(getattr(config, name)) != getattr(config, name):
+            raise _InvalidSetting(name, getattr(config, name), "not valid UTF-8 text (it holds a lone surrogate)")
+    problem = configured_tags_problem(config.resource_attributes)
+    if problem is not None:
+        raise _InvalidSetting("resource_attributes", config.resource_attributes, problem)
     _check_notifiers(config)
 
 

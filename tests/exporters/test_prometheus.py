@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import gzip
 import json
+import logging
 import socket
 import subprocess
 import time
@@ -21,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
+from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor, get_monitoring_config
 from chat_turbo_metrics.exporters.prometheus import PrometheusExporter
 from conftest import free_port, make_config, require_tool
 
@@ -475,3 +477,76 @@ def test_constructor_defaults_never_read_the_environment(monkeypatch: pytest.Mon
 
     assert (exporter.host, exporter.port) == ("localhost", 9464)
     assert (configured.host, configured.port) == ("127.0.0.1", 9100)
+
+
+# --- tag keys Prometheus reserves ----------------------------------------------------------------------
+
+POISONED = json.loads(b'{"channel":"general\\udce9"}')["channel"]
+
+
+def families(text: str) -> dict[str, Any]:
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def test_reserved_tag_keys_are_renamed_in_the_exposition_and_warned_once(
+    monitor_factory: MonitorFactory, recording: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Warnings are once per process and family: each recording path uses names of its own.
+    latency, orders = f"reserved_latency_{recording}", f"reserved_orders_{recording}"
+    monitor = monitor_factory(recording=recording, resource_attributes={"__name__": "svc", "team": "chat"})
+    monitor.record_histogram(latency, 0.2, {"le": "user", "route": "/a"})
+    monitor.increment_counter(orders, {"__name__": "n", "__meta_x": "m", "le": "x", "quantile": "0.9"})
+
+    with caplog.at_level(logging.WARNING, logger="chat_turbo_metrics.exposition"):
+        text = monitor.snapshot().to_prometheus()
+        assert monitor.snapshot().to_prometheus() == text
+
+    found = families(text)
+    samples = found[latency].samples
+    assert [s.labels for s in samples if s.name.endswith("_count")] == [{"exported_le": "user", "route": "/a"}]
+    assert sorted({s.labels["le"] for s in samples if s.name.endswith("_bucket")}, key=float)[-1] == "+Inf"
+    # le and quantile mean nothing special on a counter: Prometheus stores them as they are.
+    assert [s.labels for s in found[orders].samples] == [{"_name_": "n", "_meta_x": "m", "le": "x", "quantile": "0.9"}]
+    assert found["target_info"].samples[0].labels["_name_"] == "svc"
+    warned = [
+        r
+        for r in caplog.records
+        if r.levelno == logging.WARNING and (latency in r.getMessage() or orders in r.getMessage())
+    ]
+    assert len(warned) == 3  # le on the histogram; __name__ and __meta_x on the counter; each once
+
+
+def test_tag_key_underscores_collapse_as_the_opentelemetry_spec_says(monitor_factory: MonitorFactory) -> None:
+    monitor = monitor_factory()
+    monitor.increment_counter("keys", {"a..b": "1", "c__d": "2", "_e": "3", "9f": "4"})
+
+    (sample,) = families(monitor.snapshot().to_prometheus())["keys"].samples
+    assert sample.labels == {"a_b": "1", "c_d": "2", "_e": "3", "_9f": "4"}
+
+
+def test_prometheus_keeps_the_target_up_with_reserved_keys_and_hostile_values(
+    tmp_path: Path, monitor_factory: MonitorFactory
+) -> None:
+    config = get_monitoring_config("test", env={"OTEL_RESOURCE_ATTRIBUTES": "__name__=x,le=y"})
+    monitor = monitor_factory(resource_attributes=config.resource_attributes)
+    exporter = served_by(monitor)
+    hostile = "\x00 \r \x1b[2J \u2028 " + POISONED
+    monitor.increment_counter("orders")
+    monitor.record_histogram("checkout_seconds", 0.2, {"le": "user"})
+    monitor.increment_counter("named", {"__name__": "n", "text": hostile})
+    monitor.record_gauge("percentiles", 3, {"quantile": "0.9"})
+    process, server = start_prometheus(tmp_path, exporter.port)
+    try:
+        wait_ready(process, server)
+        server.wait_for("orders_total", lambda result: values(result) == [1.0])
+
+        assert values(server.query('up{job="chat_turbo"}')) == [1.0]
+        (bucket,) = server.query('checkout_seconds_bucket{le="+Inf"}')
+        assert bucket["metric"]["exported_le"] == "user"
+        (named,) = server.query("named_total")
+        assert (named["metric"]["_name_"], named["metric"]["text"]) == ("n", "\x00 \r \x1b[2J \u2028 general\ufffd")
+        assert server.query("percentiles")[0]["metric"]["quantile"] == "0.9"
+        assert server.query("target_info")[0]["metric"]["_name_"] == "x"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

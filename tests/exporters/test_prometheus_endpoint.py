@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -64,17 +65,108 @@ def test_an_idle_client_is_cut_after_the_client_timeout(endpoint: Endpoint) -> N
         assert time.monotonic() - started < 3
 
 
-def test_connections_beyond_the_limit_get_a_quick_503_and_service_resumes(endpoint: Endpoint) -> None:
-    holders = [socket.create_connection(("127.0.0.1", endpoint.port)) for _ in range(2)]
+class HeldText:
+    """Renders ``held`` scrapes only when released (they stay busy answering); later ones at once."""
+
+    def __init__(self, held: int) -> None:
+        self._held = threading.Semaphore(held)
+        self.release = threading.Event()
+        self.waiting = threading.Semaphore(0)
+
+    def render(self) -> str:
+        if self._held.acquire(blocking=False):
+            self.waiting.release()
+            self.release.wait(10)
+        return "up 1\n"
+
+
+def hold_busy(endpoint: Endpoint, count: int, source: str = "127.0.0.1") -> tuple[HeldText, list[socket.socket]]:
+    """``count`` connections from ``source`` whose scrapes are being answered (their render is held)."""
+    held = HeldText(count)
+    endpoint.owners = [held]
+    clients = []
+    for _ in range(count):
+        client = socket.create_connection(("127.0.0.1", endpoint.port), source_address=(source, 0))
+        client.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        clients.append(client)
+        assert held.waiting.acquire(timeout=5)  # being answered now
+    return held, clients
+
+
+def test_a_connection_gets_a_quick_503_only_when_every_slot_is_busy_answering(endpoint: Endpoint) -> None:
+    held, clients = hold_busy(endpoint, 2)
     try:
-        time.sleep(0.1)  # both accepted and waiting for a request line
+        started = time.monotonic()
         status, _, _ = get(endpoint.port)
         assert status == 503
+        assert time.monotonic() - started < 1
     finally:
-        for holder in holders:
-            holder.close()
+        held.release.set()
+        for client in clients:
+            client.close()
     time.sleep(0.2)
     assert get(endpoint.port)[0] == 200
+
+
+def test_idle_connections_from_an_attacker_never_lock_the_scraper_out() -> None:
+    served = Endpoint("127.0.0.1", 0)  # the default limits
+    served.owners = [Text("up 1\n")]
+    attackers: list[socket.socket] = []
+    try:
+        statuses = []
+        for _ in range(48):
+            attackers.append(socket.create_connection(("127.0.0.1", served.port)))
+            if len(attackers) % 2 == 0:
+                statuses.append(get(served.port)[0])
+        for _ in range(48):
+            statuses.append(get(served.port)[0])
+        assert statuses == [200] * 72
+    finally:
+        for attacker in attackers:
+            attacker.close()
+        served.stop()
+
+
+def test_a_slow_request_line_is_idle_and_makes_room_for_a_scrape(endpoint: Endpoint) -> None:
+    slow = [socket.create_connection(("127.0.0.1", endpoint.port)) for _ in range(2)]
+    try:
+        for client in slow:
+            client.sendall(b"GET /metr")  # never finished
+        time.sleep(0.1)
+        status, _, body = get(endpoint.port)
+        assert (status, body) == (200, b"up 1\n")
+    finally:
+        for client in slow:
+            client.close()
+
+
+def test_one_peer_cannot_take_the_slots_of_another() -> None:
+    served = Endpoint("127.0.0.1", 0, max_connections=4, client_timeout_s=5, max_connections_per_peer=2)
+    held, clients = hold_busy(served, 2, source="127.0.0.2")
+    try:
+        with socket.create_connection(("127.0.0.1", served.port), source_address=("127.0.0.2", 0)) as third:
+            third.settimeout(5)
+            third.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            assert third.recv(1024).startswith(b"HTTP/1.0 503")
+        assert get(served.port)[:3:2] == (200, b"up 1\n")  # another peer (127.0.0.1) is served
+    finally:
+        held.release.set()
+        for client in clients:
+            client.close()
+        served.stop()
+
+
+def test_responses_do_not_name_the_server_software(endpoint: Endpoint) -> None:
+    for path in ("/metrics", "/nothing-here"):
+        connection = http.client.HTTPConnection("127.0.0.1", endpoint.port, timeout=5)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            response.read()
+            assert response.getheader("Server") is None
+            assert response.getheader("Date")
+        finally:
+            connection.close()
 
 
 def test_stop_is_immediate() -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from opentelemetry.sdk.metrics.export import Gauge, Histogram, Metric, MetricsData, Sum
 
 from chat_turbo_metrics._exposition.records import data_kind
-from chat_turbo_metrics._recording.naming import Kind, prometheus_label, prometheus_name
+from chat_turbo_metrics._recording.naming import Kind, is_reserved_label, prometheus_label, prometheus_name
 
 _logger = logging.getLogger("chat_turbo_metrics.exposition")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -58,15 +58,47 @@ def _escape_help(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
-def label_text(attributes: Mapping[str, object] | None) -> str:
-    """``k1="v1",k2="v2"`` for an attribute mapping, keys sanitized and sorted."""
+def label_text(attributes: Mapping[str, object] | None, family: str = "", *, histogram: bool = False) -> str:
+    """``k1="v1",k2="v2"`` for an attribute mapping, keys sanitized and sorted.
+
+    A key Prometheus reserves never reaches it: ``__name__`` and other ``__*`` keys lose their doubled
+    ``_`` (:func:`prometheus_label`), and on a histogram a key ``le``, which the bucket lines add, becomes
+    ``exported_le`` (Prometheus's own prefix for a scraped label that clashes with one it adds). Either took
+    a real Prometheus's whole target down. Each such key is warned about once per ``family``.
+    """
     if not attributes:
         return ""
     labels: dict[str, list[str]] = {}
     # Keys that sanitize to the same label (a.b, a_b) keep every value, joined with ";" in key order.
     for key in sorted(attributes):
-        labels.setdefault(prometheus_label(key), []).append(_label_value(attributes[key]))
+        label = prometheus_label(key)
+        if label[0] == "_" or (histogram and label in _HISTOGRAM_LABELS):
+            label = _unreserved(family, key, label, histogram)
+        labels.setdefault(label, []).append(_label_value(attributes[key]))
     return ",".join(f'{label}="{_escape_label_value(";".join(labels[label]))}"' for label in sorted(labels))
+
+
+_HISTOGRAM_LABELS = frozenset({"le"})  # added to a histogram's bucket lines by the exposition
+_warned_reserved: set[tuple[str, str]] = set()
+
+
+def _unreserved(family: str, key: str, label: str, histogram: bool) -> str:
+    """``label`` for ``key``, renamed when it is one the exposition adds; warned once per family and key."""
+    if histogram and label in _HISTOGRAM_LABELS:
+        renamed = "exported_" + label
+    elif is_reserved_label(key):
+        renamed = label
+    else:
+        return label
+    if (family, key) not in _warned_reserved and len(_warned_reserved) < 1000:
+        _warned_reserved.add((family, key))
+        _logger.warning(
+            "%s: tag key %r is a label name Prometheus reserves; exposed as %r (the series is kept)",
+            family,
+            key,
+            renamed,
+        )
+    return renamed
 
 
 @dataclass
@@ -128,7 +160,7 @@ def _add_metric(families: dict[str, _Family], metric: Metric) -> None:
     if isinstance(data, Histogram):
         seen = family.histogram_labels
         for point in data.data_points:
-            labels = label_text(point.attributes)
+            labels = label_text(point.attributes, name, histogram=True)
             if labels in seen:
                 _warn_collision(name, labels)
                 continue
@@ -137,7 +169,7 @@ def _add_metric(families: dict[str, _Family], metric: Metric) -> None:
     elif isinstance(data, (Sum, Gauge)):
         values = family.values
         for number in data.data_points:
-            labels = label_text(number.attributes)
+            labels = label_text(number.attributes, name)
             if labels in values:
                 _warn_collision(name, labels)
                 if kind == "counter":
@@ -151,7 +183,7 @@ def _target_info(metrics_data: MetricsData) -> _Family | None:
         attributes = dict(resource_metrics.resource.attributes)
         if attributes:
             family = _Family("target_info", "gauge", "Target metadata")
-            family.values[label_text(attributes)] = 1
+            family.values[label_text(attributes, family.name)] = 1
             return family
     return None
 

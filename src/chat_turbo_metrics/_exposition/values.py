@@ -7,6 +7,10 @@ sum of int64-sized increments can outgrow int64. One such point used to fail a w
 becomes 1/0, an int outside int64 a float, another number type an int or float, and a point that still has
 no finite value is dropped and counted, never the batch.
 
+Attributes get the same treatment where the recording paths' tag check did not see them: on points of other
+instrumentation scopes (OpenTelemetry-API instruments) and on the resource, a lone surrogate (which no UTF-8
+encoder accepts) becomes U+FFFD and an int outside int64 its text, as the tag check does it.
+
 Example:
     >>> unexportable = Unexportable()
     >>> exportable(None, unexportable) is None
@@ -19,6 +23,7 @@ import dataclasses
 import logging
 import threading
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import (
@@ -32,9 +37,13 @@ from opentelemetry.sdk.metrics.export import (
     ScopeMetrics,
     Sum,
 )
+from opentelemetry.sdk.resources import Resource
 
 from chat_turbo_metrics._pipeline import forksafe
-from chat_turbo_metrics._recording.guard import INT64_LIMIT, number, short_repr
+from chat_turbo_metrics._recording.guard import INT64_LIMIT, number, short_repr, valid_text
+from chat_turbo_metrics._recording.producer import SCOPE
+
+_MAX_TEXT_INT_BITS = 6000  # an int whose text is at most about 1,800 digits
 
 _logger = logging.getLogger("chat_turbo_metrics.exposition")
 _MAX_LOGGED = 1000
@@ -97,10 +106,69 @@ def _histogram_point(point: HistogramDataPoint, metric: str, unexportable: Unexp
     return dataclasses.replace(point, **fields)
 
 
-def _clean_metric(metric: Metric, unexportable: Unexportable) -> Metric | None:
-    """``metric`` itself when every point is plain; a copy without the bad points; None if none is left."""
+def _clean_metric(metric: Metric, unexportable: Unexportable, own: bool) -> Metric | None:
+    """``metric`` itself when every point is plain; a copy without the bad points; None if none is left.
+
+    ``own``: recorded through the monitor, whose tag check already made the attributes plain.
+    """
     cleaned = _clean_points(metric, unexportable)
+    if not own:
+        cleaned = _clean_attributes(cleaned)
     return cleaned if cleaned is metric or cleaned.data.data_points else None
+
+
+def _plain_attribute(value: object) -> bool:
+    kind = type(value)
+    if kind is str:
+        return valid_text(value) is value  # type: ignore[arg-type]
+    if kind is int:
+        return -INT64_LIMIT <= value < INT64_LIMIT  # type: ignore[operator]
+    if kind in (tuple, list):
+        return all(_plain_attribute(item) for item in value)  # type: ignore[attr-defined]
+    return True  # bool, float; anything else the SDK itself refuses
+
+
+def plain_attributes(attributes: Mapping[str, Any] | None) -> bool:
+    """True when every exporter encodes ``attributes`` as they are."""
+    return not attributes or all(valid_text(k) is k and _plain_attribute(v) for k, v in attributes.items())
+
+
+def _exportable_attribute(value: Any) -> Any:
+    if isinstance(value, str):
+        return valid_text(value)
+    if isinstance(value, (tuple, list)):
+        return tuple(_exportable_attribute(item) for item in value)
+    if type(value) is int and not -INT64_LIMIT <= value < INT64_LIMIT:
+        return str(value) if value.bit_length() <= _MAX_TEXT_INT_BITS else f"<an int of {value.bit_length()} bits>"
+    return value
+
+
+def exportable_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """``attributes`` as every exporter encodes them: valid text (U+FFFD for lone surrogates), int64 ints."""
+    cleaned: dict[str, Any] = {}
+    for key, value in attributes.items():
+        cleaned.setdefault(valid_text(key), _exportable_attribute(value))
+    return cleaned
+
+
+def _clean_attributes(metric: Metric) -> Metric:
+    data: Any = metric.data
+    points = data.data_points
+    if all(plain_attributes(point.attributes) for point in points):
+        return metric
+    cleaned = [
+        point
+        if plain_attributes(point.attributes)
+        else dataclasses.replace(point, attributes=exportable_attributes(point.attributes or {}))
+        for point in points
+    ]
+    return dataclasses.replace(metric, data=dataclasses.replace(data, data_points=cleaned))
+
+
+def _clean_resource(resource: Resource) -> Resource:
+    if plain_attributes(resource.attributes):
+        return resource
+    return Resource(exportable_attributes(resource.attributes), resource.schema_url)
 
 
 def _clean_points(metric: Metric, unexportable: Unexportable) -> Metric:
@@ -132,11 +200,14 @@ def exportable(data: MetricsData | None, unexportable: Unexportable) -> MetricsD
     for resource_metrics in data.resource_metrics:
         scopes = []
         for scope_metrics in resource_metrics.scope_metrics:
-            cleaned = [_clean_metric(metric, unexportable) for metric in scope_metrics.metrics]
+            own = scope_metrics.scope.name == SCOPE.name
+            cleaned = [_clean_metric(metric, unexportable, own) for metric in scope_metrics.metrics]
             if any(new is not old for new, old in zip(cleaned, scope_metrics.metrics, strict=True)):
                 changed = True
                 metrics = [metric for metric in cleaned if metric is not None]
                 scope_metrics = ScopeMetrics(scope_metrics.scope, metrics, scope_metrics.schema_url)  # noqa: PLW2901
             scopes.append(scope_metrics)
-        resources.append(ResourceMetrics(resource_metrics.resource, scopes, resource_metrics.schema_url))
+        resource = _clean_resource(resource_metrics.resource)
+        changed = changed or resource is not resource_metrics.resource
+        resources.append(ResourceMetrics(resource, scopes, resource_metrics.schema_url))
     return MetricsData(resources) if changed else data

@@ -38,7 +38,7 @@ from chat_turbo_metrics._recording.guard import (
     INT64_BOUND,
     INT64_LIMIT,
     Problems,
-    bad_tags,
+    checked_tags,
     number,
     short_repr,
     timer_seconds,
@@ -266,12 +266,11 @@ class FastRecorder:
             instrument = self._instrument(kind, name, timer)
             if instrument is None:
                 return  # the registry reported the name
-            if tags is not None:
-                why = bad_tags(tags)
-                if why is not None:
-                    self._problems.report(("tags", name, why), "%s: %s", name, why)
-                    return
-            cell, own = self._record(instrument, name, tags or _EMPTY, value)
+            # Checked and normalised once per new tag set: the cache below maps the raw tags to the cell.
+            clean = _EMPTY if tags is None else checked_tags(name, tags, self._problems)
+            if clean is None:
+                return  # refused; reported
+            cell, own = self._record(instrument, name, clean, value)
             # Only plain int/float values may find the cell again: anything else must be normalised first.
             token = value.start if timer else value
             if own and cell is not None and token.__class__ in _EXACT:
@@ -341,9 +340,8 @@ class FastRecorder:
     # --- set-up time ------------------------------------------------------------------------------
     def bind(self, kind: Kind, name: str, tags: Tags, timer: bool = False) -> BoundInstrument:
         """A handle for one series; bad names or tags give a handle that drops (reported once)."""
-        why = bad_tags(tags) if tags is not None else None
-        if why is not None:
-            self._problems.report(("tags", name, why), "%s: %s", name, why)
+        clean = _EMPTY if tags is None else checked_tags(name, tags, self._problems)
+        if clean is None:
             return BoundInstrument(DROPPED, None, self._problems, str(name))
         handle_class = HANDLES.get(kind)
         if handle_class is None:
@@ -351,7 +349,7 @@ class FastRecorder:
         instrument = self._instrument(kind, name, timer)
         if instrument is None:
             return BoundInstrument(DROPPED, None, self._problems, str(name))
-        return handle_class(self, instrument, dict(tags) if tags else {}, name)
+        return handle_class(self, instrument, dict(clean), name)
 
     def define(self, kind: Kind, name: str, **settings: Any) -> None:
         """Create the instrument now with explicit unit/description/buckets."""

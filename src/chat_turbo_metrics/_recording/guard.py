@@ -6,6 +6,7 @@ import logging
 import math
 import numbers
 import operator
+import re
 import sys
 import threading
 from collections import Counter
@@ -18,8 +19,9 @@ from chat_turbo_metrics._pipeline.compat import SDK_MEASUREMENT_LOGGERS
 _logger = logging.getLogger("chat_turbo_metrics.recording")
 
 MAX_TAG_VALUE_LENGTH = 2048
+MAX_TAG_KEY_LENGTH = 255  # as long as an instrument name may be
+MAX_TAGS = 128  # keys in one tag set: OpenTelemetry's default attribute count limit
 _MAX_CAUSES = 10_000  # bounded memory even if every bad call has a new cause
-_TAG_VALUE_TYPES = (str, bool, int, float)
 
 
 class Problems:
@@ -37,6 +39,7 @@ class Problems:
         self._lock = threading.Lock()
         self.counts: Counter[tuple[Any, ...]] = Counter()
         self._causes: Counter[str] = Counter()  # by the self-telemetry's cause label, kept as they come
+        self._noticed: set[tuple[Any, ...]] = set()  # causes of changed (not dropped) recordings, logged once
         forksafe.register(self)
 
     def after_fork_in_child(self) -> None:
@@ -75,6 +78,17 @@ class Problems:
             self._causes[label] += 1
         if first:
             self._logger.warning(message + "; dropped (further occurrences are counted, not logged)", *args)
+
+    def notice(self, cause: tuple[Any, ...], message: str, *args: Any) -> None:
+        """Log ``message % args`` the first time ``cause`` is seen: something was recorded, changed (not dropped).
+
+        ``cause`` must be hashable; after ``_MAX_CAUSES`` distinct causes nothing more is logged.
+        """
+        with self._lock:
+            if cause in self._noticed or len(self._noticed) >= _MAX_CAUSES:
+                return
+            self._noticed.add(cause)
+        self._logger.warning(message + " (further occurrences are not logged)", *(_Short(arg) for arg in args))
 
 
 # Problems keys are (kind, ...) tuples; a bad value's key carries the reason as its third part.
@@ -129,45 +143,170 @@ class _Short:
         return text if len(text) <= 200 else f"{text[:180]}...({len(text)} characters)"
 
 
-def bad_tags(tags: object) -> str | None:
-    """Why ``tags`` cannot label a series, or None when they can.
+def plain_tags(tags: object) -> bool:
+    """True when ``tags`` can label a series exactly as given: the common case, decided cheaply.
 
-    The common case (a dict of short strings and numbers) is decided with type identity checks only, because
-    the SDK recording path runs this on every call; anything else takes the explanatory slow path.
+    A dict of at most :data:`MAX_TAGS` short keys, with str values of valid text (no lone surrogate) within
+    :data:`MAX_TAG_VALUE_LENGTH`, bools, int64 ints or finite floats. Type identity checks only, and
+    ``isascii()`` (a flag read) before any search for surrogates, because the SDK recording path runs this on
+    every call. Anything else goes to :func:`checked_tags`, which normalises it or explains the refusal.
     """
-    if type(tags) is dict:
-        for key, value in tags.items():
-            kind = type(value)
-            if (
-                type(key) is not str
-                or not key
-                or not (
-                    (kind is str and len(value) <= MAX_TAG_VALUE_LENGTH) or kind is int or kind is float or kind is bool
-                )
-            ):
-                return _why_bad_tags(tags)
-        return None
-    return _why_bad_tags(tags)
+    if type(tags) is not dict or len(tags) > MAX_TAGS:
+        return False
+    for key, value in tags.items():
+        kind = type(value)
+        if not (
+            type(key) is str
+            and 0 < len(key) <= MAX_TAG_KEY_LENGTH
+            and (key.isascii() or _surrogate(key) is None)
+            and (
+                (kind is str and len(value) <= MAX_TAG_VALUE_LENGTH and (value.isascii() or _surrogate(value) is None))
+                or kind is bool
+                or (kind is int and -INT64_LIMIT <= value < INT64_LIMIT)
+                or (kind is float and value - value == 0)
+            )
+        ):
+            return False
+    return True
 
 
-def _why_bad_tags(tags: object) -> str | None:
+def checked_tags(name: object, tags: object, problems: Problems) -> Mapping[str, Any] | None:
+    """The tags to record ``name`` with, normalised so every exporter encodes the same valid text.
+
+    Runs where a tag set is first seen (the fast path's slow path, the SDK path's slow path, ``bind()``):
+    lone surrogates (``json.loads`` of ``"\\udce9"``, bytes decoded with ``surrogateescape``) become U+FFFD
+    in keys and values, a str/int/float subclass (an enum) its plain value, and an int beyond int64 or a
+    non-finite float its text; each such change is warned about once per metric and key (an invalid key:
+    once per metric). Tags that cannot label a series (see :func:`plain_tags`) are refused: counted and
+    warned once per cause.
+
+    Returns:
+        ``tags`` itself when nothing needed a change, a normalised copy, or None when they are refused.
+
+    Example:
+        >>> problems = Problems()
+        >>> checked_tags("jobs", {"channel": "caf\\udce9"}, problems)
+        {'channel': 'caf\ufffd'}
+        >>> checked_tags("jobs", {"k" * 300: "x"}, problems) is None, problems.total
+        (True, 1)
+    """
+    if plain_tags(tags):
+        return tags  # type: ignore[return-value]
     try:
-        return _explain_tags(tags)
+        cleaned, changes = _normalised_tags(tags)
+    except _Refused as refused:
+        problems.report(("tags", name, refused.cause), "%s: %s", name, refused.reason)
+        return None
     except Exception as error:  # a mapping whose items() raises: the call must not
-        return f"tags cannot be read ({type(error).__name__}: {short_repr(str(error))})"
+        why = f"tags cannot be read ({type(error).__name__}: {short_repr(str(error))})"
+        problems.report(("tags", name, "unreadable"), "%s: %s", name, why)
+        return None
+    for cause, message in changes:
+        problems.notice(("tag text", name, cause), "%s: %s", name, message)
+    return cleaned
 
 
-def _explain_tags(tags: object) -> str | None:
+class _Refused(Exception):
+    """Tags that cannot label a series: a short cause (the key under which it is counted) and the reason."""
+
+    def __init__(self, cause: str, reason: str) -> None:
+        super().__init__(reason)
+        self.cause = cause
+        self.reason = reason
+
+
+def _normalised_tags(tags: object) -> tuple[dict[str, Any], list[tuple[Any, str]]]:
+    """Normalised tags and the changes made (cause, message); raises :class:`_Refused`."""
     if not isinstance(tags, Mapping):
-        return f"tags must be a dict, not {type(tags).__name__}"
+        raise _Refused("type", f"tags must be a dict, not {type(tags).__name__}")
+    items = list(tags.items())
+    if len(items) > MAX_TAGS:
+        raise _Refused("count", f"{len(items)} tags in one tag set (limit {MAX_TAGS})")
+    cleaned: dict[str, Any] = {}
+    changes: list[tuple[Any, str]] = []
+    for key, value in items:
+        if not isinstance(key, str) or not key:
+            raise _Refused("key", f"tag key {short_repr(key)} is not a non-empty string")
+        if len(key) > MAX_TAG_KEY_LENGTH:
+            raise _Refused("key_length", f"a tag key of {len(key)} characters (limit {MAX_TAG_KEY_LENGTH})")
+        text = valid_text(str.__str__(key))
+        if text != key:
+            changes.append(("key", f"tag key {short_repr(key)} is not valid text: recorded as {text!r}"))
+        plain, change = _plain_tag_value(text, value)
+        if change is not None:
+            changes.append(((text, change), f"tag {text!r}: {change}: {short_repr(value)} recorded as {plain!r}"))
+        cleaned.setdefault(text, plain)  # two keys that normalise alike: the first one's value is kept
+    return cleaned, changes
+
+
+def _plain_tag_value(key: str, value: object) -> tuple[str | bool | int | float, str | None]:
+    """``value`` as the plain type every exporter encodes the same way, and what was changed (None: nothing)."""
+    if isinstance(value, str):
+        plain = str.__str__(value)  # a StrEnum member or other str subclass: its plain text
+        if len(plain) > MAX_TAG_VALUE_LENGTH:
+            raise _Refused(
+                "value_length", f"tag {key!r} has a value of {len(plain)} characters (limit {MAX_TAG_VALUE_LENGTH})"
+            )
+        text = valid_text(plain)
+        return text, (None if text == plain else "lone surrogates replaced with U+FFFD")
+    if isinstance(value, bool):
+        return bool(value), None
+    if isinstance(value, int):
+        number = int.__index__(value)  # an IntEnum member: its plain int
+        if -INT64_LIMIT <= number < INT64_LIMIT:
+            return number, None
+        if number.bit_length() > _MAX_TEXT_INT_BITS:
+            raise _Refused("value_length", f"tag {key!r} has an int of {number.bit_length()} bits as its value")
+        return str(number), "an int beyond int64 (OTLP cannot encode it)"
+    if isinstance(value, float):
+        number_f = float(value)
+        if math.isfinite(number_f):
+            return number_f, None
+        return _NON_FINITE_TEXT.get(number_f, "NaN"), "a float that is not finite"
+    raise _Refused(
+        "value_type", f"tag {key!r} has a value of type {type(value).__name__} (use str, int, float or bool)"
+    )
+
+
+_MAX_TEXT_INT_BITS = 6000  # about 1,800 digits: an int whose text is within the value length limit
+_NON_FINITE_TEXT = {math.inf: "+Inf", -math.inf: "-Inf"}
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_surrogate = _SURROGATES.search
+
+
+def valid_text(text: str) -> str:
+    """``text`` with each lone surrogate (no UTF-8 encoder accepts one) replaced by U+FFFD.
+
+    Example:
+        >>> valid_text(b"caf\\xe9".decode("utf-8", "surrogateescape"))
+        'caf\ufffd'
+    """
+    return text if text.isascii() or _surrogate(text) is None else _SURROGATES.sub("\ufffd", text)
+
+
+def configured_tags_problem(tags: Mapping[Any, Any]) -> str | None:
+    """Why attributes given in configuration (resource attributes) cannot be used as given; None if they can.
+
+    The limits of recorded tags apply. Text that is not valid (a lone surrogate: an environment variable
+    holding bytes that are not UTF-8) is an error here, where recording would replace it.
+
+    Example:
+        >>> configured_tags_problem({"team": "chat"}) is None, configured_tags_problem({"k" * 300: "x"})
+        (True, 'a key of 300 characters (limit 255)')
+    """
+    if len(tags) > MAX_TAGS:
+        return f"{len(tags)} attributes (limit {MAX_TAGS})"
     for key, value in tags.items():
         if not isinstance(key, str) or not key:
-            return f"tag key {key!r} is not a non-empty string"
-        if not isinstance(value, _TAG_VALUE_TYPES):
-            return f"tag {key!r} has a value of type {type(value).__name__} (use str, int, float or bool)"
-        if isinstance(value, str) and len(value) > MAX_TAG_VALUE_LENGTH:
-            return f"tag {key!r} has a value of {len(value)} characters (limit {MAX_TAG_VALUE_LENGTH})"
-    return None  # a Mapping subclass or str/int subclasses: acceptable
+            return f"key {short_repr(key)} is not a non-empty string"
+        if len(key) > MAX_TAG_KEY_LENGTH:
+            return f"a key of {len(key)} characters (limit {MAX_TAG_KEY_LENGTH})"
+        text = value if isinstance(value, str) else ""
+        if len(text) > MAX_TAG_VALUE_LENGTH:
+            return f"{short_repr(key)} has a value of {len(text)} characters (limit {MAX_TAG_VALUE_LENGTH})"
+        if valid_text(key) != key or valid_text(text) != text:
+            return f"{short_repr(key)}: not valid UTF-8 text (it holds a lone surrogate)"
+    return None
 
 
 # The hot paths accept exactly these types within these bounds; anything else takes the slow path to

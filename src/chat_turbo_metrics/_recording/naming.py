@@ -8,6 +8,7 @@ name does not already end with them, so every seed name shows up in a scrape exa
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -19,6 +20,8 @@ Kind = Literal["counter", "updowncounter", "gauge", "histogram"]
 # OTel instrument name syntax (API spec): a letter, then up to 254 of [A-Za-z0-9_.-/].
 _INSTRUMENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-/]{0,254}\Z")
 _PROM_INVALID = re.compile(r"[^a-zA-Z0-9_:]")
+_LABEL_INVALID = re.compile(r"[^a-zA-Z0-9_]")
+_LABEL_UNDERSCORES = re.compile(r"__+")
 
 # (name suffix, UCUM unit): the suffixes the seed's metric names use.
 _SUFFIX_UNITS: tuple[tuple[str, str], ...] = (
@@ -141,7 +144,21 @@ def prometheus_name(name: str, unit: str, kind: Kind, monotonic: bool = True) ->
     return f"{base}_total" if is_counter else base
 
 
+@functools.lru_cache(maxsize=4096)  # a few keys per metric, asked for on every series of every scrape
 def prometheus_label(key: str) -> str:
-    """A valid Prometheus label name for an attribute key (``http.route`` -> ``http_route``)."""
-    label = re.sub(r"[^a-zA-Z0-9_]", "_", key)
+    """A valid Prometheus label name for an attribute key, as OpenTelemetry's Prometheus compatibility spec
+    maps it: each character Prometheus does not allow becomes ``_``, and a run of ``_`` becomes one.
+
+    So no key becomes a label Prometheus reserves (``__name__`` -> ``_name_``); a leading digit gets a ``_``.
+
+    Example:
+        >>> prometheus_label("http.route"), prometheus_label("__name__"), prometheus_label("2xx")
+        ('http_route', '_name_', '_2xx')
+    """
+    label = _LABEL_UNDERSCORES.sub("_", _LABEL_INVALID.sub("_", key))
     return "_" + label if label[:1].isdigit() or not label else label
+
+
+def is_reserved_label(key: str) -> bool:
+    """True when ``key``, with invalid characters made ``_``, would be a label Prometheus reserves (``__*``)."""
+    return _LABEL_INVALID.sub("_", key[:2]).startswith("__")

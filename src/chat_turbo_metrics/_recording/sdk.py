@@ -19,9 +19,10 @@ from chat_turbo_metrics._recording.guard import (
     FLOAT_MAX,
     INT64_BOUND,
     Problems,
-    bad_tags,
+    checked_tags,
     install_sdk_log_filter,
     number,
+    plain_tags,
     short_repr,
     timer_seconds,
 )
@@ -177,11 +178,9 @@ class SdkRecorder:
             instrument = self._by_kind[kind, timer].get(name) or self._instrument(kind, name, timer)
             if instrument is DROPPED:
                 return
-            if tags is not None:
-                why = bad_tags(tags)
-                if why is not None:
-                    self._problems.report(("tags", name, why), "%s: %s", name, why)
-                    return
+            clean = None if tags is None else checked_tags(name, tags, self._problems)
+            if tags is not None and clean is None:
+                return  # refused; reported
             if timer:
                 value, problem = timer_seconds(value, _perf_counter())
                 if problem is not None:
@@ -191,7 +190,7 @@ class SdkRecorder:
                 value = self._number(name, value, non_negative)
                 if value is None:
                     return
-            _RECORD[kind](instrument, value, tags)
+            _RECORD[kind](instrument, value, clean)
         except Exception as error:  # never raise while recording
             self._problems.report(("internal", type(error)), "%s: recording failed: %r", name, error)
 
@@ -199,7 +198,7 @@ class SdkRecorder:
     def increment_counter(self, name: str, tags: Tags = None, value: float = 1) -> None:
         try:
             counter = self._counters[name]
-            if value.__class__ in _EXACT and 0 <= value < _I64 and (tags is None or bad_tags(tags) is None):
+            if value.__class__ in _EXACT and 0 <= value < _I64 and (tags is None or plain_tags(tags)):
                 counter.add(value, tags)
                 return
         except Exception:  # a new name, or bad input: the slow path sorts it out
@@ -209,7 +208,7 @@ class SdkRecorder:
     def record_gauge(self, name: str, value: float, tags: Tags = None) -> None:
         try:
             gauge = self._gauges[name]
-            if value.__class__ in _EXACT and -_I64 <= value < _I64 and (tags is None or bad_tags(tags) is None):
+            if value.__class__ in _EXACT and -_I64 <= value < _I64 and (tags is None or plain_tags(tags)):
                 gauge.set(value, tags)
                 return
         except Exception:
@@ -219,7 +218,7 @@ class SdkRecorder:
     def record_histogram(self, name: str, value: float, tags: Tags = None) -> None:
         try:
             histogram = self._histograms[name]
-            if value.__class__ in _EXACT and 0 <= value < _FMAX and (tags is None or bad_tags(tags) is None):
+            if value.__class__ in _EXACT and 0 <= value < _FMAX and (tags is None or plain_tags(tags)):
                 histogram.record(value, tags)
                 return
         except Exception:
@@ -234,7 +233,7 @@ class SdkRecorder:
         try:
             timer = self._timers[name]
             value = end - start
-            if start.__class__ is float and 0 <= value < end and (tags is None or bad_tags(tags) is None):
+            if start.__class__ is float and 0 <= value < end and (tags is None or plain_tags(tags)):
                 timer.record(value, tags)
                 return
         except Exception:
@@ -252,13 +251,12 @@ class SdkRecorder:
     # --- set-up time ------------------------------------------------------------------------------
     def bind(self, kind: Kind, name: str, tags: Tags, timer: bool = False) -> BoundInstrument:
         """A handle for one series; bad names or tags give a handle that drops (reported once)."""
-        why = bad_tags(tags) if tags is not None else None
-        if why is not None:
-            self._problems.report(("tags", name, why), "%s: %s", name, why)
+        clean = None if tags is None else checked_tags(name, tags, self._problems)
+        if tags is not None and clean is None:
             return BoundInstrument(DROPPED, None, self._problems, str(name))
         cache = self._by_kind[kind, timer]
         instrument = (cache.get(name) if isinstance(name, str) else None) or self._instrument(kind, name, timer)
-        return BoundInstrument(instrument, dict(tags) if tags else None, self._problems, str(name))
+        return BoundInstrument(instrument, dict(clean) if clean else None, self._problems, str(name))
 
     def define(self, kind: Kind, name: str, **settings: Any) -> None:
         """Create the instrument now with explicit unit/description/buckets."""

@@ -1,8 +1,12 @@
 """The ``/metrics`` HTTP endpoint: a small server that survives hostile clients and hands over on reconfigure.
 
 - Idle and slow clients are cut after ``client_timeout_s`` of silence; at most ``max_connections`` are
-  served at once (more get a quick 503), so a peer holding connections cannot use up the application's
-  file descriptors or threads.
+  served at once, and at most ``max_connections_per_peer`` from one address, so a peer holding connections
+  cannot use up the application's file descriptors or threads. When the limit is reached, a new connection
+  takes the place of the one that has been idle longest (connected, no complete request yet): connections
+  held open by an attacker cannot lock the scraper out. Only when every slot is busy answering does a new
+  connection get a quick 503.
+- No ``Server`` header: the Python version is nobody's business.
 - A failing ``accept()`` (EMFILE, ENFILE, ENOBUFS) backs off instead of spinning the CPU.
 - ``stop()`` is immediate: the serve loop waits on the listening socket and a wake-up pipe, not a poll.
 - One endpoint per ``host:port`` in a process. An exporter attached to a port this process already serves
@@ -37,6 +41,7 @@ _logger = logging.getLogger("chat_turbo_metrics.exporters.prometheus")
 
 CLIENT_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 16
+MAX_CONNECTIONS_PER_PEER = 8
 _MAX_BACKOFF_S = 1.0
 _BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
@@ -66,6 +71,22 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.timeout = self.server.client_timeout_s  # type: ignore[misc]  # per server; idle or stalled is cut
         super().setup()
+
+    def handle_one_request(self) -> None:
+        self.server.connections.mark(self.connection, idle=True)  # waiting for a request: may be replaced
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        # Busy from the moment a whole request (line and headers) is in: only then is it being served.
+        self.server.connections.mark(self.connection, idle=False)
+        return parsed
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        """The base class's, without its ``Server: BaseHTTP/0.6 Python/3.x.y`` header."""
+        self.log_request(code)
+        self.send_response_only(code, message)
+        self.send_header("Date", self.date_time_string())
 
     def do_GET(self) -> None:
         self._respond(with_body=True)
@@ -104,6 +125,46 @@ class _Handler(BaseHTTPRequestHandler):
         """Scrapes are routine; keep them out of the application's log."""
 
 
+class _Connections:
+    """The connections being served, least recently active first, and which one a newcomer may replace."""
+
+    def __init__(self, limit: int, per_peer: int) -> None:
+        self._lock = threading.Lock()
+        self._limit = limit
+        self._per_peer = per_peer
+        self._open: dict[socket.socket, tuple[str, bool]] = {}  # connection -> (peer, idle); oldest first
+
+    def admit(self, connection: socket.socket, peer: str) -> bool:
+        """Take ``connection`` in, closing the longest idle one if a limit is reached; False if all are busy."""
+        with self._lock:
+            # The connections the newcomer competes with: its peer's at the peer limit, else all at the limit.
+            rivals = [c for c, (p, _) in self._open.items() if p == peer]
+            if len(rivals) < self._per_peer:
+                rivals = list(self._open) if len(self._open) >= self._limit else []
+            victim = next((c for c in rivals if self._open[c][1]), None)
+            if rivals and victim is None:
+                return False
+            if victim is not None:
+                del self._open[victim]
+            self._open[connection] = (peer, True)
+        if victim is not None:
+            # Its handler thread sees the end of input and finishes; the descriptor is closed there.
+            with contextlib.suppress(OSError):
+                victim.shutdown(socket.SHUT_RDWR)
+        return True
+
+    def mark(self, connection: socket.socket, *, idle: bool) -> None:
+        """Record that ``connection`` waits for a request (idle) or is being answered; a replaced one is ignored."""
+        with self._lock:
+            state = self._open.pop(connection, None)
+            if state is not None:
+                self._open[connection] = (state[0], idle)  # most recently active last
+
+    def remove(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._open.pop(connection, None)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # server_close() must not wait for client threads
@@ -112,16 +173,16 @@ class _Server(ThreadingHTTPServer):
         self,
         address: tuple[str, int],
         render: Callable[[], str | None],
-        max_connections: int,
+        connections: _Connections,
         client_timeout_s: float,
     ) -> None:
         super().__init__(address, _Handler)
         self.render = render
-        self.slots = threading.BoundedSemaphore(max_connections)
+        self.connections = connections
         self.client_timeout_s = client_timeout_s
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
+        if not self.connections.admit(request, str(client_address[0])):
             with contextlib.suppress(OSError):
                 request.sendall(_BUSY)
             self.shutdown_request(request)
@@ -129,7 +190,7 @@ class _Server(ThreadingHTTPServer):
         try:
             super().process_request(request, client_address)
         except Exception:  # e.g. no thread can be started: free the slot, drop the client
-            self.slots.release()
+            self.connections.remove(request)
             self.shutdown_request(request)
             raise
 
@@ -137,7 +198,11 @@ class _Server(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.slots.release()
+            self.connections.remove(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that broke its connection: routine for a server anyone may reach; not printed to stderr."""
+        _logger.debug("a /metrics connection from %s failed", client_address, exc_info=True)
 
 
 class Endpoint:
@@ -149,10 +214,12 @@ class Endpoint:
         port: int,
         max_connections: int = MAX_CONNECTIONS,
         client_timeout_s: float = CLIENT_TIMEOUT_S,
+        max_connections_per_peer: int = MAX_CONNECTIONS_PER_PEER,
     ) -> None:
         self.key = (host, port)
         self.owners: list[Renderer] = []
-        self._server = _Server((host, port), self._render, max_connections, client_timeout_s)
+        connections = _Connections(max_connections, min(max_connections, max_connections_per_peer))
+        self._server = _Server((host, port), self._render, connections, client_timeout_s)
         self._server.socket.setblocking(False)  # another process sharing it may take the connection first
         self._wake_r, self._wake_w = socket.socketpair()
         # Made here, not in the thread: if descriptors run out, binding fails loudly at set-up instead of a
