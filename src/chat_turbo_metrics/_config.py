@@ -474,7 +474,8 @@ _SEED_ENV: tuple[_EnvVar, ...] = (
 )
 
 
-_ENV_NAMES = frozenset(var.name for var in (*_OTEL_ENV, *_SEED_ENV))
+VARIABLES = tuple(var.name for var in (*_OTEL_ENV, *_SEED_ENV))  # every variable a setting is read from
+_ENV_NAMES = frozenset(VARIABLES)
 
 
 def is_variable(source: str) -> bool:
@@ -590,11 +591,12 @@ def _not_owned(path: Path) -> str:
 NOT_ENVIRONMENTS = frozenset({"alert_rules"})
 
 
-def _config_file(environment: str, env: Mapping[str, str]) -> Path:
+def _config_file(environment: str, env: Mapping[str, str], setting: str = "environment") -> Path:
+    """The file of ``environment``, chosen by ``setting`` (``environment`` in code, or ``CHAT_TURBO_ENV``)."""
     if environment in NOT_ENVIRONMENTS:
-        raise ConfigurationError(f"environment={environment!r}: configs/{environment}.toml is not an environment")
+        raise ConfigurationError(f"{setting}={environment!r}: configs/{environment}.toml is not an environment")
     if not environment or not environment.replace("-", "").replace("_", "").isalnum():
-        raise ConfigurationError(f"environment={environment!r}: expected a name such as {', '.join(ENVIRONMENTS)}")
+        raise ConfigurationError(f"{setting}={environment!r}: expected a name such as {', '.join(ENVIRONMENTS)}")
     directories = config_dirs(env)
     for directory in directories:
         candidate = directory / f"{environment}.toml"
@@ -606,7 +608,7 @@ def _config_file(environment: str, env: Mapping[str, str]) -> Path:
     shipped = sorted({p.stem for d in directories if d.is_dir() for p in d.glob("*.toml")} - NOT_ENVIRONMENTS)
     searched = ", ".join(str(directory) for directory in directories if directory.is_dir())
     raise ConfigurationError(
-        f"environment={environment!r}: no {environment}.toml in {searched} (available: {', '.join(shipped)})"
+        f"{setting}={environment!r}: no {environment}.toml in {searched} (available: {', '.join(shipped)})"
     )
 
 
@@ -645,7 +647,8 @@ def get_monitoring_config(
     """
     env = os.environ if env is None else env
     name = environment or env.get("CHAT_TURBO_ENV") or "development"
-    config = load_config_file(_config_file(name, env), MonitoringConfig(environment=name))
+    chosen_by = "CHAT_TURBO_ENV" if not environment and env.get("CHAT_TURBO_ENV") else "environment"
+    config = load_config_file(_config_file(name, env, chosen_by), MonitoringConfig(environment=name))
     config = _apply_env(config, env)
     if environment:  # an explicit argument beats $CHAT_TURBO_ENV for the recorded name too
         config = dataclasses.replace(config, environment=environment, sources={**config.sources, "environment": "code"})
