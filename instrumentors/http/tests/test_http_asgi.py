@@ -17,6 +17,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from chat_turbo_metrics import ConfigurationError, PerformanceMonitor, ViewConfig
+from chat_turbo_metrics_http import _settings
 from chat_turbo_metrics_http.asgi import AsgiMetricsInstrumentor, AsgiMetricsMiddleware
 
 Reader = Callable[..., Any]
@@ -210,15 +211,20 @@ def test_a_bad_keyword_argument_fails_at_construction_naming_it() -> None:
 
 
 @pytest.mark.parametrize(
-    ("variable", "value"), [("CHAT_TURBO_HTTP_METRIC_NAMES", "prometheus"), ("CHAT_TURBO_HTTP_EXCLUDED_PATHS", "x")]
+    "environ", [{"CHAT_TURBO_HTTP_METRIC_NAMES": "prometheus"}, {"CHAT_TURBO_HTTP_EXCLUDED_PATHS": "x"}]
 )
 def test_a_bad_variable_leaves_requests_unmeasured_with_one_error_naming_it(
-    http_monitor: PerformanceMonitor, requests_of: Reader, caplog: pytest.LogCaptureFixture, variable: str, value: str
+    http_monitor: PerformanceMonitor,
+    requests_of: Reader,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    environ: dict[str, str],
 ) -> None:
-    environ = {variable: value}
+    monkeypatch.setattr(_settings, "_reported", set())  # a process that has not said it yet
+    ((variable, value),) = environ.items()
     with caplog.at_level(logging.ERROR, logger="chat_turbo_metrics_http"):
-        app = AsgiMetricsMiddleware(make_app(), monitor=http_monitor, environ=environ)
-        responses = drive(app, ("GET", "/api/messages/1"), ("GET", "/api/messages/2"))
+        apps = [AsgiMetricsMiddleware(make_app(), monitor=http_monitor, environ=environ) for _ in range(2)]
+        responses = drive(apps[0], ("GET", "/api/messages/1")) + drive(apps[1], ("GET", "/api/messages/2"))
 
     assert [(response.status_code, response.text) for response in responses] == [
         (200, "message [1]"),

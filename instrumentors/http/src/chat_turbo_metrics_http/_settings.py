@@ -22,6 +22,8 @@ METRIC_NAMES: tuple[MetricNames, ...] = ("seed", "semconv", "both")
 EXCLUDED_PATHS_VARIABLE = environment_variables.CHAT_TURBO_HTTP_EXCLUDED_PATHS
 METRIC_NAMES_VARIABLE = environment_variables.CHAT_TURBO_HTTP_METRIC_NAMES
 _logger = logging.getLogger("chat_turbo_metrics_http")
+# Bad variables already logged: the ASGI and WSGI instrumentors (and any middleware) read the same ones.
+_reported: set[str] = set()
 
 
 class VariableError(ConfigurationError):
@@ -109,8 +111,7 @@ def _error(source: str, message: str) -> ConfigurationError:
 def usable_settings(
     excluded_paths: Iterable[str] | str | None, metric_names: str | None, environ: Mapping[str, str] | None
 ) -> HttpMetricsSettings | None:
-    """:meth:`HttpMetricsSettings.from_options`, or None when a variable is bad (logged: one error per middleware
-    or instrumentor, which an application builds once).
+    """:meth:`HttpMetricsSettings.from_options`, or None when a variable is bad (one error per process).
 
     Raises:
         ConfigurationError: a keyword argument is bad.
@@ -118,9 +119,11 @@ def usable_settings(
     try:
         return HttpMetricsSettings.from_options(excluded_paths, metric_names, environ)
     except VariableError as error:
-        _logger.error(
-            "chat_turbo_metrics_http not measuring: %s. Requests pass through unmeasured until the variable "
-            "is fixed (or unset) and the process restarted.",
-            error,
-        )
+        if str(error) not in _reported:
+            _reported.add(str(error))
+            _logger.error(
+                "chat_turbo_metrics_http not measuring: %s. Requests pass through unmeasured until the variable "
+                "is fixed (or unset) and the process restarted.",
+                error,
+            )
         return None

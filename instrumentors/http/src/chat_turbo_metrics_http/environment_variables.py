@@ -1,7 +1,7 @@
 """Environment variables read by the HTTP instrumentors (also ``opentelemetry-instrument --flags``).
 
-A bad value never stops the application: it is logged once per middleware or instrumentor, naming the variable
-and the value, and requests pass through unmeasured.
+A bad value never stops the application: one error per process names the variable and the value, and requests
+pass through unmeasured.
 """
 
 CHAT_TURBO_HTTP_EXCLUDED_PATHS = "CHAT_TURBO_HTTP_EXCLUDED_PATHS"
