@@ -10,6 +10,7 @@ function of the configuration and an environment mapping, so tests inject both.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from chat_turbo_metrics._config import MonitoringConfig, ViewConfig, get_monitoring_config
-from chat_turbo_metrics._doctor_endpoints import CHECKS
+from chat_turbo_metrics._doctor_endpoints import CHECKS, DEADLINE_S, run_bounded
 from chat_turbo_metrics._doctor_sources import health, health_advice, stored_metrics
 from chat_turbo_metrics._secret import Secret
 
@@ -91,19 +92,44 @@ def advice(report: dict[str, Any]) -> list[str]:
     return tips
 
 
-def _listed_metrics(config: MonitoringConfig, prometheus: dict[str, Any]) -> dict[str, Any]:
+def _listed_metrics(config: MonitoringConfig, prometheus: dict[str, Any], deadline_s: float) -> dict[str, Any]:
     """The service's metrics: from its /metrics, else from what it stored, else none (``source`` None)."""
     if "metrics" in prometheus:
         return {"source": "prometheus", "where": prometheus["url"], "metrics": prometheus["metrics"]}
-    return stored_metrics(config) or {"source": None, "where": None, "metrics": {}}
+    stored = run_bounded({"stored": lambda: stored_metrics(config)}, deadline_s)["stored"]
+    return stored or {"source": None, "where": None, "metrics": {}}
 
 
-def diagnose(config: MonitoringConfig | None = None, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+def _checked_endpoints(config: MonitoringConfig, env: Mapping[str, str], deadline_s: float) -> dict[str, Any]:
+    """Every endpoint check, side by side; one that has not finished by the deadline did not answer in time."""
+    found = run_bounded({name: functools.partial(check, config, env) for name, check in CHECKS.items()}, deadline_s)
+    silent = {"enabled": True, "reachable": False, "error": f"no answer within {deadline_s:g} s"}
+    return {name: result if result is not None else silent for name, result in found.items()}
+
+
+def unusable(report: dict[str, Any]) -> list[str]:
+    """The enabled endpoints the service could not use: unreachable, unwritable, or a key the intake refuses."""
+    return [
+        name
+        for name, found in report["endpoints"].items()
+        if found.get("enabled")
+        and (
+            found.get("reachable") is False
+            or found.get("writable") is False
+            or found.get("api_key", "accepted") not in ("accepted", "not checked")
+        )
+    ]
+
+
+def diagnose(
+    config: MonitoringConfig | None = None, env: Mapping[str, str] | None = None, deadline_s: float = DEADLINE_S
+) -> dict[str, Any]:
     """Everything ``doctor`` reports, as data.
 
     Args:
         config: the configuration to check (default: resolved from files and ``env``).
         env: the environment variables (default: ``os.environ``).
+        deadline_s: the longest one check may take; the checks run side by side.
 
     Returns:
         ``enabled``, ``exporters``, ``instrumentors``, ``endpoints``, ``config`` (secrets masked), ``metrics``
@@ -116,10 +142,10 @@ def diagnose(config: MonitoringConfig | None = None, env: Mapping[str, str] | No
         "enabled": config.enabled,
         "exporters": list(config.metrics_exporters),
         "instrumentors": instrumentors(env),
-        "endpoints": {name: check(config, env) for name, check in CHECKS.items()},
+        "endpoints": _checked_endpoints(config, env, deadline_s),
         "config": _masked_config(config),
     }
-    report["metrics"] = _listed_metrics(config, report["endpoints"]["prometheus"])
+    report["metrics"] = _listed_metrics(config, report["endpoints"]["prometheus"], deadline_s)
     report["health"] = health(report["metrics"].get("metrics", {}))
     report["advice"] = advice(report)
     return report
@@ -148,6 +174,4 @@ def run_doctor(as_json: bool = False) -> int:
     """Print the report; returns the exit status (1 when an enabled endpoint cannot be used)."""
     report = diagnose()
     print(json.dumps(report, indent=2, default=str) if as_json else render(report))
-    endpoints = report["endpoints"].values()
-    broken = any(e.get("enabled") and (e.get("reachable") is False or e.get("writable") is False) for e in endpoints)
-    return 1 if broken else 0
+    return 1 if unusable(report) else 0
