@@ -337,3 +337,14 @@ def test_an_exporter_named_in_code_is_not_blamed_on_a_variable() -> None:
         with pytest.raises(ConfigurationError) as caught:
             PerformanceMonitor(config)
         assert str(caught.value).startswith("metrics_exporters='bogus': unknown exporter")
+
+
+@pytest.mark.parametrize("buckets", ["[nan]", "[inf]", "[1.0, 0.5]", "[1.0, 1.0]", '["a"]', "[true]"])
+def test_view_buckets_the_sdk_would_drop_every_value_for_are_refused_naming_the_file(
+    tmp_path: Path, buckets: str
+) -> None:
+    path = tmp_path / "views.toml"
+    path.write_text(f"[views.api_request_duration]\nbuckets = {buckets}\n")
+    with pytest.raises(ConfigurationError) as caught:
+        load_config_file(path)
+    assert str(caught.value).startswith(f"{path}: views=")

@@ -8,7 +8,9 @@ the setting (file key or variable) and the value, at configuration time, never w
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
+import math
 import os
 import stat
 import sys
@@ -210,6 +212,8 @@ def _check_config(config: MonitoringConfig) -> None:
             all(mode in GAUGE_MODES for mode in config.multiprocess_gauges.values()),
             f"modes must be one of {', '.join(GAUGE_MODES)}",
         ),
+        # The SDK accepts other boundaries, then drops every value recorded into the metric.
+        ("views", all(_increasing(view.buckets) for view in config.views), _BUCKETS),
     ]
     for name, ok, why in checks:
         if not ok:
@@ -218,6 +222,20 @@ def _check_config(config: MonitoringConfig) -> None:
 
 _AT_MOST = f"at most {LONGEST_S:.0f} s (ten years)"
 _EXPORT_DURATION = f"must be at least 1 ms and {_AT_MOST}"
+
+
+_BUCKETS = "bucket boundaries must be finite numbers, strictly increasing"
+
+
+def _increasing(buckets: tuple[float, ...] | None) -> bool:
+    if buckets is None:
+        return True
+    try:
+        bounds = [float(bound) for bound in buckets if not isinstance(bound, bool)]
+    except (TypeError, ValueError):
+        return False
+    finite = len(bounds) == len(buckets) and all(-math.inf < bound < math.inf for bound in bounds)
+    return finite and all(low < high for low, high in itertools.pairwise(bounds))
 
 
 def _export_duration(seconds: float) -> bool:
