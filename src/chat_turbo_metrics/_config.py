@@ -222,8 +222,6 @@ def _check_config(config: MonitoringConfig) -> None:
 
 _AT_MOST = f"at most {LONGEST_S:.0f} s (ten years)"
 _EXPORT_DURATION = f"must be at least 1 ms and {_AT_MOST}"
-
-
 _BUCKETS = "bucket boundaries must be finite numbers, strictly increasing"
 
 

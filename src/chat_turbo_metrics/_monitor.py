@@ -13,7 +13,7 @@ from typing import Any, ClassVar, TypeVar
 
 from opentelemetry import metrics, trace
 
-from chat_turbo_metrics._config import MonitoringConfig, get_monitoring_config
+from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, get_monitoring_config
 from chat_turbo_metrics._exposition.snapshot import MetricsSnapshot
 from chat_turbo_metrics._pipeline import forksafe
 from chat_turbo_metrics._pipeline import globals as otel_globals
@@ -414,8 +414,6 @@ _NOT_STARTED = MonitoringConfig(enabled=False, metrics_exporters=())
 
 def _report_not_started(error: BaseException) -> None:
     """The one error log of a process-wide start that failed: why, what it means, how to fix it."""
-    from chat_turbo_metrics._config import ConfigurationError
-
     _logger.error(
         "chat_turbo_metrics not started: %s. The application runs unmeasured (every recording is a no-op) until "
         "this is fixed and the process restarted; `chat-turbo-metrics config` checks the settings.",
