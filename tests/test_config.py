@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from chat_turbo_metrics import (
     get_monitoring_config,
     load_config_file,
 )
-from chat_turbo_metrics._config import config_dirs
+from chat_turbo_metrics._config import LONGEST_RETENTION_DAYS, LONGEST_S, config_dirs
 
 
 @pytest.mark.parametrize("environment", ["development", "production", "test"])
@@ -111,6 +112,19 @@ def test_code_overrides_win_over_environment() -> None:
         ("METRICS_FILE_PATH", ""),
         ("METRICS_SHUTDOWN_TIMEOUT", "0"),
         ("METRICS_SHUTDOWN_TIMEOUT", "inf"),
+        # Finite but past what a thread's wait, a timedelta or a nanosecond column can hold: each of these was
+        # accepted and then killed the export thread, failed every export or every retention pass.
+        ("OTEL_METRIC_EXPORT_INTERVAL", "1e400"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "1e20"),
+        ("OTEL_METRIC_EXPORT_TIMEOUT", "1e400"),
+        ("OTEL_METRIC_EXPORT_TIMEOUT", "1e308"),
+        ("METRICS_RETENTION_DAYS", "1e308"),
+        ("METRICS_RETENTION_DAYS", "1e12"),
+        ("METRICS_SHUTDOWN_TIMEOUT", "1e308"),
+        ("METRICS_SERIES_IDLE_TIMEOUT", "1e308"),
+        # An export every 1e-300 ms is a thread spinning on a core.
+        ("OTEL_METRIC_EXPORT_INTERVAL", "1e-300"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "nan"),
     ],
 )
 def test_bad_value_error_names_variable_and_value_as_typed(variable: str, value: str) -> None:
@@ -215,7 +229,94 @@ def test_a_file_error_names_the_file_and_key(tmp_path: Path) -> None:
     path.write_text("retention_days = inf\n")
     with pytest.raises(ConfigurationError) as caught:
         load_config_file(path)
-    assert str(caught.value) == f"{path}: retention_days=inf: must be a finite number of days > 0"
+    assert str(caught.value).startswith(f"{path}: retention_days=inf: ")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("export_interval_s", "1e300"),
+        ("export_timeout_s", "1e300"),
+        ("shutdown_timeout_s", "1e300"),
+        ("series_idle_timeout_s", "1e300"),
+        ("file_rotation_interval_s", "1e300"),
+        ("retention_days", "1e300"),
+        ("export_interval_s", "1e-9"),
+    ],
+)
+def test_a_duration_past_its_bound_in_a_file_names_the_file_key_and_value(tmp_path: Path, key: str, value: str) -> None:
+    path = tmp_path / "prod.toml"
+    path.write_text(f"{key} = {value}\n")
+    with pytest.raises(ConfigurationError) as caught:
+        load_config_file(path)
+    assert str(caught.value).startswith(f"{path}: {key}={float(value)!r}: ")
+
+
+def test_the_longest_accepted_durations_build_a_pipeline_that_exports_and_stops(tmp_path: Path) -> None:
+    from chat_turbo_metrics import PerformanceMonitor
+
+    longest = get_monitoring_config(
+        "test",
+        env={
+            "OTEL_METRIC_EXPORT_INTERVAL": repr(LONGEST_S * 1000),
+            "OTEL_METRIC_EXPORT_TIMEOUT": repr(LONGEST_S * 1000),
+            "METRICS_RETENTION_DAYS": repr(LONGEST_RETENTION_DAYS),
+            "METRICS_SHUTDOWN_TIMEOUT": repr(LONGEST_S),
+            "METRICS_SERIES_IDLE_TIMEOUT": repr(LONGEST_S),
+            "METRICS_FILE_PATH": str(tmp_path / "metrics.jsonl"),
+            "METRICS_DATABASE_URL": f"sqlite:///{tmp_path / 'metrics.db'}",
+        },
+        metrics_exporters=("chat_turbo_file", "chat_turbo_database"),
+        file_rotation_interval_s=LONGEST_S,
+    )
+    failures: list[BaseException] = []
+    previous, threading.excepthook = threading.excepthook, lambda args: failures.append(args.exc_value)
+    try:
+        monitor = PerformanceMonitor(longest)
+        monitor.increment_counter("messages_sent")
+        assert monitor.force_flush(10)
+        monitor.shutdown(10)
+    finally:
+        threading.excepthook = previous
+    assert failures == []
+    assert '"messages_sent"' in (tmp_path / "metrics.jsonl").read_text()
+
+
+def test_otel_milliseconds_with_a_unit_are_refused_saying_the_unit() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        get_monitoring_config("test", env={"OTEL_METRIC_EXPORT_INTERVAL": "10s"})
+    assert str(caught.value).startswith("OTEL_METRIC_EXPORT_INTERVAL='10s': ")
+    assert "milliseconds" in str(caught.value)
+
+
+@pytest.mark.parametrize("missing", ["ALERT_EMAIL_HOST", "ALERT_EMAIL_FROM", "ALERT_EMAIL_TO"])
+def test_email_alerts_enabled_without_server_sender_or_recipients_fail_naming_both(missing: str) -> None:
+    env = {
+        "ALERT_EMAIL_ENABLED": "true",
+        "ALERT_EMAIL_HOST": "smtp.example.com",
+        "ALERT_EMAIL_FROM": "alerts@example.com",
+        "ALERT_EMAIL_TO": "oncall@example.com",
+    }
+    assert get_monitoring_config("test", env=env).alert_email_enabled
+    del env[missing]
+    with pytest.raises(ConfigurationError) as caught:
+        get_monitoring_config("test", env=env)
+    assert str(caught.value).startswith("ALERT_EMAIL_ENABLED=True: ")
+    assert missing in str(caught.value)
+
+
+def test_email_enabled_in_a_file_may_get_its_server_from_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "mail.toml").write_text("alert_email_enabled = true\n")
+    env = {
+        "CHAT_TURBO_CONFIG_DIR": str(tmp_path),
+        "ALERT_EMAIL_HOST": "smtp.example.com",
+        "ALERT_EMAIL_FROM": "alerts@example.com",
+        "ALERT_EMAIL_TO": "oncall@example.com",
+    }
+    assert get_monitoring_config("mail", env=env).alert_email_host == "smtp.example.com"
+    with pytest.raises(ConfigurationError) as caught:
+        get_monitoring_config("mail", env={"CHAT_TURBO_CONFIG_DIR": str(tmp_path)})
+    assert str(caught.value).startswith(f"{tmp_path / 'mail.toml'}: alert_email_enabled=True: ")
 
 
 def test_code_errors_name_the_setting_not_a_variable() -> None:
@@ -260,3 +361,14 @@ def test_file_mode_others_could_write_or_execute_is_refused_naming_the_variable(
     with pytest.raises(ConfigurationError) as caught:
         get_monitoring_config("test", env={"METRICS_FILE_MODE": typed})
     assert str(caught.value).startswith(f"METRICS_FILE_MODE={typed!r}: ")
+
+
+@pytest.mark.parametrize("buckets", ["[nan]", "[inf]", "[1.0, 0.5]", "[1.0, 1.0]", '["a"]', "[true]"])
+def test_view_buckets_the_sdk_would_drop_every_value_for_are_refused_naming_the_file(
+    tmp_path: Path, buckets: str
+) -> None:
+    path = tmp_path / "views.toml"
+    path.write_text(f"[views.api_request_duration]\nbuckets = {buckets}\n")
+    with pytest.raises(ConfigurationError) as caught:
+        load_config_file(path)
+    assert str(caught.value).startswith(f"{path}: views=")

@@ -78,20 +78,44 @@ def test_a_setting_configure_would_refuse_fails_with_its_error(env: dict[str, st
     assert str(raised.value).startswith(error)
 
 
-def test_the_command_exits_non_zero_with_the_error_and_prints_no_settings(tmp_path: Path) -> None:
-    result = subprocess.run(
+def run_command(directory: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``chat-turbo-metrics config`` in ``directory`` with only ``env`` as monitoring variables."""
+    return subprocess.run(
         [sys.executable, "-m", "chat_turbo_metrics", "config"],
-        env=clean_env(OTEL_METRICS_EXPORTER="bogus"),
-        cwd=tmp_path,
+        env=clean_env(**env),
+        cwd=directory,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
 
+
+def test_the_command_exits_non_zero_with_the_error_and_prints_no_settings(tmp_path: Path) -> None:
+    result = run_command(tmp_path, OTEL_METRICS_EXPORTER="bogus")
+
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.startswith("configuration error: OTEL_METRICS_EXPORTER='bogus': unknown exporter")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("ALERT_EMAIL_ENABLED", "true"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "1e400"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "10s"),
+        ("OTEL_METRIC_EXPORT_TIMEOUT", "1e400"),
+        ("METRICS_RETENTION_DAYS", "1e308"),
+    ],
+)
+def test_the_command_refuses_what_used_to_fail_only_later(tmp_path: Path, variable: str, value: str) -> None:
+    result = run_command(tmp_path, CHAT_TURBO_ENV="test", **{variable: value})
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert variable in result.stderr.splitlines()[0]  # named with the value: ALERT_EMAIL_ENABLED=True, ...
+    assert value.lower() in result.stderr.splitlines()[0].lower()
 
 
 def test_the_command_prints_the_resolved_settings_without_binding_the_port(tmp_path: Path) -> None:

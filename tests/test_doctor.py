@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor, Secret
-from chat_turbo_metrics._doctor import diagnose
+from chat_turbo_metrics._doctor import diagnose, unusable
 from chat_turbo_metrics.exporters.prometheus import PrometheusExporter
 from conftest import directory_listing, free_port, old_file_history, port_open, require
 
@@ -89,18 +94,105 @@ def test_file_path_writability_is_checked(tmp_path: Path) -> None:
     assert missing_dir["endpoints"]["file"]["writable"] is False
 
 
-def test_otlp_collector_reachability_follows_the_endpoint_variable() -> None:
-    with socket.socket() as collector:
-        collector.bind(("127.0.0.1", 0))
-        collector.listen()
-        up = f"http://127.0.0.1:{collector.getsockname()[1]}"
-        reachable = diagnose(_config(metrics_exporters=("otlp",)), env={"OTEL_EXPORTER_OTLP_ENDPOINT": up})
+def test_otlp_collector_reachability_follows_the_endpoint_variable(collector: Collector) -> None:
+    up = f"http://127.0.0.1:{collector.port}"
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": up, "OTEL_EXPORTER_OTLP_HEADERS": "x-tenant=chat%20team"}
+    reachable = diagnose(_config(metrics_exporters=("otlp",)), env=env)
     down = diagnose(
         _config(metrics_exporters=("otlp",)), env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
     )
 
-    assert reachable["endpoints"]["otlp"] == {"enabled": True, "endpoint": up, "reachable": True}
+    assert reachable["endpoints"]["otlp"] == {
+        "enabled": True,
+        "endpoint": f"{up}/v1/metrics",
+        "reachable": True,
+        "answer": "HTTP 200",
+    }
+    assert collector.requests == [("POST", "/v1/metrics", "application/x-protobuf", "chat team")]
     assert down["endpoints"]["otlp"]["reachable"] is False
+
+
+def test_an_otlp_metrics_endpoint_variable_is_used_as_it_is(collector: Collector) -> None:
+    url = f"http://127.0.0.1:{collector.port}/custom/path"
+    report = diagnose(_config(metrics_exporters=("otlp_proto_http",)), env={"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": url})
+
+    assert report["endpoints"]["otlp"]["endpoint"] == url
+    assert report["endpoints"]["otlp"]["answer"] == "HTTP 404"  # the collector answered: wrong path
+    assert report["endpoints"]["otlp"]["reachable"] is False
+    assert collector.requests[0][:2] == ("POST", "/custom/path")
+
+
+def test_an_otlp_grpc_collector_is_asked_over_grpc() -> None:
+    grpc = pytest.importorskip("grpc")
+    from concurrent import futures
+
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+
+    class Service(metrics_service_pb2_grpc.MetricsServiceServicer):  # type: ignore[misc]
+        def Export(self, request: Any, context: Any) -> Any:
+            return metrics_service_pb2.ExportMetricsServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Service(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        report = diagnose(
+            _config(metrics_exporters=("otlp",), otlp_protocol="grpc"),
+            env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"},
+        )
+    finally:
+        server.stop(None)
+
+    assert report["endpoints"]["otlp"] == {
+        "enabled": True,
+        "endpoint": f"http://127.0.0.1:{port}",
+        "reachable": True,
+        "answer": "OK",
+    }
+
+
+@pytest.mark.parametrize(
+    ("settings", "variable"),
+    [
+        ({"metrics_exporters": ("otlp",)}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ({"metrics_exporters": ("otlp",), "otlp_protocol": "grpc"}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ({"metrics_exporters": ("datadog",), "datadog_api_key": "k" * 32}, "datadog_endpoint"),
+        ({"metrics_exporters": ("chat_turbo_database",)}, "database_url"),
+        ({"metrics_exporters": ("prometheus",)}, "prometheus_port"),
+    ],
+    ids=["otlp-http", "otlp-grpc", "datadog", "postgresql", "prometheus"],
+)
+def test_an_endpoint_that_accepts_and_never_answers_is_reported_not_answering(
+    silent_port: int, settings: dict[str, Any], variable: str
+) -> None:
+    where = f"http://127.0.0.1:{silent_port}"
+    env = {variable: where} if variable.startswith("OTEL_") else {}
+    if variable == "datadog_endpoint":
+        settings = {**settings, "datadog_endpoint": where}
+    elif variable == "database_url":
+        settings = {**settings, "database_url": f"postgresql+psycopg://u:pw@127.0.0.1:{silent_port}/db"}
+    elif variable == "prometheus_port":
+        settings = {**settings, "prometheus_port": silent_port}
+
+    report = diagnose(_config(**settings), env=env)
+
+    name = {"otlp": "otlp", "datadog": "datadog", "chat_turbo_database": "database", "prometheus": "prometheus"}[
+        settings["metrics_exporters"][0]
+    ]
+    found = report["endpoints"][name]
+    assert found["enabled"] is True
+    assert "metrics" not in found
+    assert found["reachable"] is False
+    assert unusable(report) == [name]
+
+
+def test_a_trickling_endpoint_is_cut_off_at_the_deadline(trickling_port: int) -> None:
+    started = time.monotonic()
+    report = diagnose(_config(metrics_exporters=("prometheus",), prometheus_port=trickling_port), env={}, deadline_s=1)
+
+    assert report["endpoints"]["prometheus"] == {"enabled": True, "reachable": False, "error": "no answer within 1 s"}
+    assert time.monotonic() - started < 10  # not the minute a byte a second would take
 
 
 def test_disabled_instrumentations_are_reported_disabled() -> None:
@@ -196,14 +288,14 @@ monitor.shutdown()
 """
 
 
-def _doctor(env: dict[str, str], cwd: Path | None = None) -> tuple[int, dict[str, object]]:
+def _doctor(env: dict[str, str], cwd: Path | None = None, timeout_s: float = 60) -> tuple[int, dict[str, object]]:
     done = subprocess.run(
         [sys.executable, "-m", "chat_turbo_metrics", "doctor", "--json"],
         env=env,
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout_s,
         check=False,
     )
     return done.returncode, json.loads(done.stdout)
@@ -330,24 +422,28 @@ def test_alert_notifications_a_service_sent_and_dropped_become_alert_spam_advice
     assert [tip for tip in report["advice"] if "slack" in tip and " 3 " in tip and " 1 " in tip]
 
 
-def test_datadog_intake_reachability_and_key_presence_are_reported_without_the_key() -> None:
-    with socket.socket() as intake:
-        intake.bind(("127.0.0.1", 0))
-        intake.listen()
-        up = f"http://127.0.0.1:{intake.getsockname()[1]}"
-        reachable = diagnose(
-            _config(metrics_exporters=("datadog",), datadog_endpoint=up, datadog_api_key="feedc0ffee1234"), env={}
-        )
+def test_datadog_intake_reachability_and_key_acceptance_are_reported_without_the_key(collector: Collector) -> None:
+    up = f"http://127.0.0.1:{collector.port}"
+    key = "feedc0ffee1234"
+    collector.datadog_key = key
+    accepted = diagnose(_config(metrics_exporters=("datadog",), datadog_endpoint=up, datadog_api_key=key), env={})
+    rejected = diagnose(
+        _config(metrics_exporters=("datadog",), datadog_endpoint=up, datadog_api_key="0ther" + key), env={}
+    )
     down = diagnose(_config(metrics_exporters=("datadog",), datadog_endpoint=f"http://127.0.0.1:{free_port()}"), env={})
     bad = diagnose(_config(metrics_exporters=("datadog",), datadog_endpoint="http://example.com"), env={})
 
-    assert reachable["endpoints"]["datadog"] == {
+    assert accepted["endpoints"]["datadog"] == {
         "enabled": True,
         "endpoint": f"{up}/api/v2/series",
-        "api_key": "set",
+        "api_key": "accepted",
         "reachable": True,
+        "answer": "HTTP 200",
     }
-    assert "feedc0ffee1234" not in json.dumps(reachable, default=str)
+    assert unusable(accepted) == []
+    assert rejected["endpoints"]["datadog"]["api_key"] == "rejected by the intake"
+    assert unusable(rejected) == ["datadog"]
+    assert key not in json.dumps(accepted, default=str) + json.dumps(rejected, default=str)
     assert down["endpoints"]["datadog"]["reachable"] is False
     assert down["endpoints"]["datadog"]["api_key"] == "missing (DD_API_KEY)"
     assert [tip for tip in down["advice"] if down["endpoints"]["datadog"]["endpoint"] in tip]
@@ -370,3 +466,106 @@ def test_cli_deletes_no_rotated_file_a_shorter_retention_would_and_creates_no_da
     listed: Any = report["metrics"]
     assert listed["source"] == "file"
     assert directory_listing(tmp_path) == before
+
+
+def test_cli_against_a_database_that_never_answers_finishes_and_exits_1(silent_port: int) -> None:
+    url = f"postgresql+psycopg://u:pw@127.0.0.1:{silent_port}/db"
+    env = _env(OTEL_METRICS_EXPORTER="chat_turbo_database", METRICS_DATABASE_URL=url)
+
+    status, report = _doctor(env, timeout_s=40)  # it took 134 s: the listing's engine had no connect timeout
+
+    assert status == 1
+    endpoints: Any = report["endpoints"]
+    assert endpoints["database"]["reachable"] is False
+    assert report["metrics"] == {"source": None, "where": None, "metrics": {}}
+
+
+# --- peers ---------------------------------------------------------------------------------------------------
+
+
+class Collector(ThreadingHTTPServer):
+    """An OTLP/HTTP collector (POST /v1/metrics) and a Datadog key validation (GET /api/v1/validate)."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _CollectorHandler)
+        self.port = self.server_address[1]
+        self.requests: list[tuple[str, str, str, str]] = []
+        self.datadog_key = ""
+
+
+class _CollectorHandler(BaseHTTPRequestHandler):
+    server: Collector
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.requests.append(
+            (self.command, self.path, self.headers.get("Content-Type", ""), self.headers.get("x-tenant", ""))
+        )
+        status = 200 if self.path == "/v1/metrics" and body == b"" else 404
+        self.send_response(status)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        valid = self.path == "/api/v1/validate" and self.headers.get("DD-API-KEY") == self.server.datadog_key
+        payload = b'{"valid":true}' if valid else b'{"errors":["Forbidden"]}'
+        self.send_response(200 if valid else 403)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    server = Collector()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts TCP connections (the kernel completes them) and never answers a byte."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield listener.getsockname()[1]
+
+
+@pytest.fixture
+def trickling_port() -> Iterator[int]:
+    """An HTTP server that answers /metrics one byte a second."""
+    stop = threading.Event()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.1)
+
+    def trickle(connection: socket.socket) -> None:
+        with connection, contextlib.suppress(OSError):
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            while not stop.wait(1):
+                connection.sendall(b"#")
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=trickle, args=(connection,), daemon=True).start()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    server.join()
+    listener.close()

@@ -8,9 +8,11 @@ the setting (file key or variable) and the value, at configuration time, never w
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import os
+import stat
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +48,11 @@ ENVIRONMENTS = ("development", "production", "test")
 # Where history goes when no database_url is configured: a SQLite file in the working directory.
 DEFAULT_DATABASE_URL = "sqlite:///chat_turbo_metrics.db"
 DEFAULT_SOURCE = "default"
+# Bounds of the durations. Past them a value means nothing, and it overflows what it feeds long before it is
+# infinite: a thread's wait (OverflowError past time_t), a timedelta, a nanosecond count in a database column.
+LONGEST_S = 10 * 365 * 86400.0  # ten years
+LONGEST_RETENTION_DAYS = 36500.0  # a hundred years
+SHORTEST_EXPORT_S = 0.001  # one millisecond, the unit of OTEL_METRIC_EXPORT_INTERVAL/_TIMEOUT
 
 
 class ConfigurationError(ValueError):
@@ -179,22 +186,30 @@ def setting_label(config: MonitoringConfig, setting: str) -> str:
 def _check_config(config: MonitoringConfig) -> None:
     checks: list[tuple[str, bool, str]] = [
         ("sampling_rate", 0.0 < config.sampling_rate <= 1.0, "must be > 0 and <= 1"),
-        ("retention_days", 0 < config.retention_days < math.inf, "must be a finite number of days > 0"),
+        (
+            "retention_days",
+            0 < config.retention_days <= LONGEST_RETENTION_DAYS,
+            f"must be a number of days > 0 and at most {LONGEST_RETENTION_DAYS:.0f} (a hundred years)",
+        ),
         ("recording", config.recording in ("fast", "sdk"), "must be 'fast' or 'sdk'"),
-        ("export_interval_s", config.export_interval_s > 0, "must be > 0"),
-        ("export_timeout_s", config.export_timeout_s > 0, "must be > 0"),
-        ("shutdown_timeout_s", 0 < config.shutdown_timeout_s < math.inf, "must be > 0 and finite"),
+        ("export_interval_s", _export_duration(config.export_interval_s), _EXPORT_DURATION),
+        ("export_timeout_s", _export_duration(config.export_timeout_s), _EXPORT_DURATION),
+        ("shutdown_timeout_s", 0 < config.shutdown_timeout_s <= LONGEST_S, f"must be > 0 and {_AT_MOST}"),
         ("cardinality_limit", config.cardinality_limit > 0, "must be > 0"),
         (
             "series_idle_timeout_s",
-            config.series_idle_timeout_s == 0 or 1 <= config.series_idle_timeout_s < math.inf,
-            "must be 0 (never) or a finite number of seconds >= 1",
+            config.series_idle_timeout_s == 0 or 1 <= config.series_idle_timeout_s <= LONGEST_S,
+            f"must be 0 (never) or >= 1 s and {_AT_MOST}",
         ),
         ("metric_limit", config.metric_limit > 0, "must be > 0"),
         ("otlp_protocol", config.otlp_protocol in ("grpc", "http/protobuf"), "must be 'grpc' or 'http/protobuf'"),
         ("prometheus_port", 0 <= config.prometheus_port <= 65535, "must be a TCP port (0-65535)"),
         ("file_max_bytes", config.file_max_bytes > 0, "must be > 0"),
-        ("file_rotation_interval_s", config.file_rotation_interval_s > 0, "must be > 0"),
+        (
+            "file_rotation_interval_s",
+            0 < config.file_rotation_interval_s <= LONGEST_S,
+            f"must be > 0 and {_AT_MOST}",
+        ),
         ("service_name", bool(config.service_name), "must not be empty"),
         ("file_path", bool(config.file_path.strip()), "must be a file path, not empty"),
         ("prometheus_host", bool(config.prometheus_host.strip()), "must be a host name or address, not empty"),
@@ -205,6 +220,8 @@ def _check_config(config: MonitoringConfig) -> None:
             all(mode in GAUGE_MODES for mode in config.multiprocess_gauges.values()),
             f"modes must be one of {', '.join(GAUGE_MODES)}",
         ),
+        # The SDK accepts other boundaries, then drops every value recorded into the metric.
+        ("views", all(_increasing(view.buckets) for view in config.views), _BUCKETS),
     ]
     for name, ok, why in checks:
         if not ok:
@@ -239,6 +256,47 @@ def _check_notifiers(config: MonitoringConfig) -> None:
             f"the SMTP password would cross the network to {config.alert_email_host!r} in clear text; use starttls "
             "or tls (or set alert_email_allow_insecure_auth, ALERT_EMAIL_ALLOW_INSECURE_AUTH=true, to accept that)",
         )
+
+
+_AT_MOST = f"at most {LONGEST_S:.0f} s (ten years)"
+_EXPORT_DURATION = f"must be at least 1 ms and {_AT_MOST}"
+_BUCKETS = "bucket boundaries must be finite numbers, strictly increasing"
+
+
+def _increasing(buckets: tuple[float, ...] | None) -> bool:
+    if buckets is None:
+        return True
+    try:
+        bounds = [float(bound) for bound in buckets if not isinstance(bound, bool)]
+    except (TypeError, ValueError):
+        return False
+    finite = len(bounds) == len(buckets) and all(-math.inf < bound < math.inf for bound in bounds)
+    return finite and all(low < high for low, high in itertools.pairwise(bounds))
+
+
+def _export_duration(seconds: float) -> bool:
+    return SHORTEST_EXPORT_S <= seconds <= LONGEST_S
+
+
+def check_combination(config: MonitoringConfig) -> None:
+    """Checks of settings that only make sense together, run once every source has been applied.
+
+    Raises:
+        ConfigurationError: email alerts are enabled without a server, a sender or recipients.
+    """
+    if config.alert_email_enabled:
+        missing = [f"{variable} ({setting})" for setting, variable in _EMAIL_NEEDS if not getattr(config, setting)]
+        if missing:
+            raise _InvalidSetting(
+                setting_label(config, "alert_email_enabled"), True, f"email alerts need {', '.join(missing)}"
+            )
+
+
+_EMAIL_NEEDS = (
+    ("alert_email_host", "ALERT_EMAIL_HOST"),
+    ("alert_email_from", "ALERT_EMAIL_FROM"),
+    ("alert_email_to", "ALERT_EMAIL_TO"),
+)
 
 
 def _parse_views(raw: Any) -> tuple[ViewConfig, ...]:
@@ -412,7 +470,11 @@ class _EnvVar:
 
 
 def _otel_ms(raw: str) -> float:
-    return parse_float(raw) / 1000.0
+    try:
+        milliseconds = parse_float(raw)
+    except ValueError as error:
+        raise ValueError(f"expected a number of milliseconds without a unit, such as 60000 ({error})") from None
+    return milliseconds / 1000.0
 
 
 def _not(raw: str) -> bool:
@@ -475,7 +537,8 @@ _SEED_ENV: tuple[_EnvVar, ...] = (
 )
 
 
-_ENV_NAMES = frozenset(var.name for var in (*_OTEL_ENV, *_SEED_ENV))
+VARIABLES = tuple(var.name for var in (*_OTEL_ENV, *_SEED_ENV))  # every variable a setting is read from
+_ENV_NAMES = frozenset(VARIABLES)
 
 
 def is_variable(source: str) -> bool:
@@ -534,27 +597,82 @@ def _apply_env(base: MonitoringConfig, env: Mapping[str, str]) -> MonitoringConf
 # --- files -------------------------------------------------------------------------------------
 
 
-def config_dirs() -> tuple[Path, ...]:
-    """Where ``<environment>.toml`` files are looked up: the installed package, then a source checkout."""
-    here = Path(__file__).resolve().parent
-    return (here / "configs", here.parent.parent / "configs")
+CONFIG_DIR_VARIABLE = "CHAT_TURBO_CONFIG_DIR"
+_PACKAGED = Path(__file__).resolve().parent / "configs"
+_CHECKOUT = Path(__file__).resolve().parent.parent.parent / "configs"
+
+
+def config_dirs(env: Mapping[str, str] | None = None) -> tuple[Path, ...]:
+    """Where ``<environment>.toml`` files are looked up, in this order; the first directory holding the file wins.
+
+    1. ``$CHAT_TURBO_CONFIG_DIR``, when set (a relative path is taken from the working directory);
+    2. ``configs/`` in the working directory, when it is the user's own: owned by this user (or root),
+       writable by no one else, not a symbolic link; otherwise it is skipped with a warning;
+    3. the ``configs/`` shipped inside the installed package;
+    4. the ``configs/`` of a source checkout the package runs from.
+
+    Args:
+        env: the environment variables (default ``os.environ``).
+
+    Raises:
+        ConfigurationError: ``CHAT_TURBO_CONFIG_DIR`` is set but is not a directory.
+    """
+    env = os.environ if env is None else env
+    found: list[Path] = []
+    chosen = env.get(CONFIG_DIR_VARIABLE, "").strip()
+    if chosen:
+        if not Path(chosen).is_dir():
+            raise ConfigurationError(f"{CONFIG_DIR_VARIABLE}={chosen!r}: not a directory")
+        found.append(Path(chosen).absolute())
+    local = Path.cwd() / "configs"
+    if local.is_dir() and local.resolve() not in (_PACKAGED, _CHECKOUT):
+        problem = _not_owned(local)
+        if problem:
+            _logger.warning("not reading %s: it %s; set %s to use it anyway", local, problem, CONFIG_DIR_VARIABLE)
+        else:
+            found.append(local)
+    return (*found, _PACKAGED, _CHECKOUT)
+
+
+def _not_owned(path: Path) -> str:
+    """Why ``path`` is not safely the user's own (another user could have put it there or can change it), or ''."""
+    try:
+        info = path.lstat()
+    except OSError as error:
+        return f"cannot be read ({error.strerror})"
+    if stat.S_ISLNK(info.st_mode):
+        return "is a symbolic link"
+    uid = getattr(os, "getuid", lambda: info.st_uid)()
+    if info.st_uid not in (uid, 0):
+        return f"belongs to another user (uid {info.st_uid})"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return "is writable by other users"
+    return ""
 
 
 # configs/ also holds files that are not environments (alert rules for AlertManager.load_rules).
 NOT_ENVIRONMENTS = frozenset({"alert_rules"})
 
 
-def _config_file(environment: str) -> Path:
+def _config_file(environment: str, env: Mapping[str, str], setting: str = "environment") -> Path:
+    """The file of ``environment``, chosen by ``setting`` (``environment`` in code, or ``CHAT_TURBO_ENV``)."""
     if environment in NOT_ENVIRONMENTS:
-        raise ConfigurationError(f"environment={environment!r}: configs/{environment}.toml is not an environment")
+        raise ConfigurationError(f"{setting}={environment!r}: configs/{environment}.toml is not an environment")
     if not environment or not environment.replace("-", "").replace("_", "").isalnum():
-        raise ConfigurationError(f"environment={environment!r}: expected a name such as {', '.join(ENVIRONMENTS)}")
-    for directory in config_dirs():
+        raise ConfigurationError(f"{setting}={environment!r}: expected a name such as {', '.join(ENVIRONMENTS)}")
+    directories = config_dirs(env)
+    for directory in directories:
         candidate = directory / f"{environment}.toml"
         if candidate.is_file():
-            return candidate
-    shipped = sorted({p.stem for d in config_dirs() if d.is_dir() for p in d.glob("*.toml")} - NOT_ENVIRONMENTS)
-    raise ConfigurationError(f"environment={environment!r}: no {environment}.toml (available: {', '.join(shipped)})")
+            problem = _not_owned(candidate) if directory == Path.cwd() / "configs" else ""
+            if not problem:
+                return candidate
+            _logger.warning("not reading %s: it %s", candidate, problem)
+    shipped = sorted({p.stem for d in directories if d.is_dir() for p in d.glob("*.toml")} - NOT_ENVIRONMENTS)
+    searched = ", ".join(str(directory) for directory in directories if directory.is_dir())
+    raise ConfigurationError(
+        f"{setting}={environment!r}: no {environment}.toml in {searched} (available: {', '.join(shipped)})"
+    )
 
 
 def load_config_file(path: str | os.PathLike[str], base: MonitoringConfig | None = None) -> MonitoringConfig:
@@ -592,10 +710,13 @@ def get_monitoring_config(
     """
     env = os.environ if env is None else env
     name = environment or env.get("CHAT_TURBO_ENV") or "development"
-    config = load_config_file(_config_file(name), MonitoringConfig(environment=name))
+    chosen_by = "CHAT_TURBO_ENV" if not environment and env.get("CHAT_TURBO_ENV") else "environment"
+    config = load_config_file(_config_file(name, env, chosen_by), MonitoringConfig(environment=name))
     config = _apply_env(config, env)
     if environment:  # an explicit argument beats $CHAT_TURBO_ENV for the recorded name too
         config = dataclasses.replace(config, environment=environment, sources={**config.sources, "environment": "code"})
     elif env.get("CHAT_TURBO_ENV"):
         config = dataclasses.replace(config, sources={**config.sources, "environment": "CHAT_TURBO_ENV"})
-    return _from_mapping(overrides, "code", base=config) if overrides else config
+    config = _from_mapping(overrides, "code", base=config) if overrides else config
+    check_combination(config)
+    return config

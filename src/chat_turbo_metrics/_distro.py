@@ -7,16 +7,12 @@ calls it.
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
 from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr-defined]
 
-from chat_turbo_metrics._config import ConfigurationError
 from chat_turbo_metrics._pipeline.compat import BaseConfigurator
-
-_logger = logging.getLogger("chat_turbo_metrics.distro")
 
 
 class ChatTurboDistro(BaseDistro):  # type: ignore[misc]
@@ -31,10 +27,8 @@ class ChatTurboConfigurator(BaseConfigurator):
     """Builds the process-wide pipeline from the environment, like ``chat_turbo_metrics.configure()``."""
 
     def _configure(self, **kwargs: Any) -> None:
-        from chat_turbo_metrics._monitor import configure
+        from chat_turbo_metrics._monitor import start_from_environment
 
-        try:
-            # Not strict: an unknown or uninstalled exporter is reported and the rest still starts.
-            configure(strict=False)
-        except ConfigurationError as error:
-            _logger.error("chat_turbo_metrics not started: %s", error)
+        # Not strict: an unknown or uninstalled exporter is reported and the rest still starts. A bad setting
+        # is logged once and leaves monitoring off; the instrumentors then pass requests through unmeasured.
+        start_from_environment()

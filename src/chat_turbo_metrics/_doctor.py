@@ -10,136 +10,19 @@ function of the configuration and an environment mapping, so tests inject both.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
-import re
-import socket
-import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from importlib.metadata import entry_points
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from chat_turbo_metrics._config import (
-    ConfigurationError,
-    MonitoringConfig,
-    ViewConfig,
-    get_monitoring_config,
-    setting_label,
-)
-from chat_turbo_metrics._doctor_sources import (
-    health,
-    health_advice,
-    keeps_values,
-    label_values,
-    sample_value,
-    stored_metrics,
-)
+from chat_turbo_metrics._config import MonitoringConfig, ViewConfig, get_monitoring_config
+from chat_turbo_metrics._doctor_endpoints import CHECKS, DEADLINE_S, run_bounded
+from chat_turbo_metrics._doctor_sources import health, health_advice, stored_metrics
 from chat_turbo_metrics._secret import Secret
 
-TIMEOUT_S = 3.0
 HIGH_CARDINALITY = 500  # series of one metric worth a look
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? ")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="')
-
-
-def _reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=TIMEOUT_S):
-            return True
-    except OSError:
-        return False
-
-
-def check_prometheus(config: MonitoringConfig, env: Mapping[str, str]) -> dict[str, Any]:
-    """Whether the Prometheus port is free or held, and by a service that answers ``/metrics``."""
-    if "prometheus" not in config.metrics_exporters:
-        return {"enabled": False}
-    host, port = config.prometheus_host, config.prometheus_port
-    result: dict[str, Any] = {"enabled": True, "url": f"http://{host}:{port}/metrics"}
-    result["port"] = "held" if _reachable(host, port) else "free"
-    if result["port"] == "held":
-        try:
-            with urllib.request.urlopen(result["url"], timeout=TIMEOUT_S) as reply:
-                result["metrics"] = parse_families(reply.read().decode("utf-8", "replace"))
-        except (OSError, ValueError) as error:
-            result["error"] = f"port held, but /metrics does not answer: {type(error).__name__}"
-    return result
-
-
-def check_otlp(config: MonitoringConfig, env: Mapping[str, str]) -> dict[str, Any]:
-    """Whether the OTLP collector's port accepts connections."""
-    if not any(name.startswith("otlp") for name in config.metrics_exporters):
-        return {"enabled": False}
-    grpc = config.otlp_protocol == "grpc"
-    default = "http://localhost:4317" if grpc else "http://localhost:4318"
-    endpoint = env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or default
-    parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
-    port = parts.port or (443 if parts.scheme == "https" else 4317 if grpc else 4318)
-    host = parts.hostname or "localhost"
-    return {"enabled": True, "endpoint": f"{parts.scheme}://{host}:{port}", "reachable": _reachable(host, port)}
-
-
-def check_database(config: MonitoringConfig, env: Mapping[str, str]) -> dict[str, Any]:
-    """Whether the history database accepts a connection (its URL masked)."""
-    if "chat_turbo_database" not in config.metrics_exporters:
-        return {"enabled": False}
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from chat_turbo_metrics.exporters._database_query import read_only_url, sqlite_file
-
-    secret = config.database_url or Secret("sqlite:///chat_turbo_metrics.db")
-    result: dict[str, Any] = {"enabled": True, "url": secret.masked()}
-    try:
-        url = make_url(secret.reveal())
-        path = sqlite_file(url)
-        if path is not None and not path.exists():  # the first export creates it; the doctor creates nothing
-            result["reachable"] = os.access(path.absolute().parent, os.W_OK)
-            return result
-        args = {"connect_timeout": int(TIMEOUT_S)} if url.get_backend_name() == "postgresql" else {}
-        engine = create_engine(read_only_url(url), connect_args=args)
-        try:
-            with engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-        finally:
-            engine.dispose()
-        result["reachable"] = True
-    except Exception as error:  # the driver's message can quote the URL: only its type is shown
-        result["reachable"] = False
-        result["error"] = type(error).__name__
-    return result
-
-
-def check_datadog(config: MonitoringConfig, env: Mapping[str, str]) -> dict[str, Any]:
-    """Whether the Datadog intake's port accepts connections, and whether an API key is set (never shown)."""
-    if "datadog" not in config.metrics_exporters:
-        return {"enabled": False}
-    from chat_turbo_metrics.exporters.datadog._transport import intake_base_url
-
-    try:
-        base = intake_base_url(config.datadog_site, config.datadog_endpoint, setting_label(config, "datadog_endpoint"))
-    except ConfigurationError as error:
-        return {"enabled": True, "reachable": False, "error": str(error)}
-    parts = urlsplit(base)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return {
-        "enabled": True,
-        "endpoint": f"{base}/api/v2/series",
-        "api_key": "set" if config.datadog_api_key is not None else "missing (DD_API_KEY)",
-        "reachable": _reachable(parts.hostname or "", port),
-    }
-
-
-def check_file(config: MonitoringConfig, env: Mapping[str, str]) -> dict[str, Any]:
-    """Whether the metrics file can be written (its directory exists and is writable)."""
-    if "chat_turbo_file" not in config.metrics_exporters:
-        return {"enabled": False}
-    path = Path(config.file_path).absolute()
-    directory = path.parent
-    writable = os.access(path, os.W_OK) if path.exists() else directory.is_dir() and os.access(directory, os.W_OK)
-    return {"enabled": True, "path": str(path), "writable": writable}
 
 
 def instrumentors(env: Mapping[str, str]) -> dict[str, str]:
@@ -147,40 +30,6 @@ def instrumentors(env: Mapping[str, str]) -> dict[str, str]:
     disabled = {n.strip() for n in env.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",") if n.strip()}
     found = {ep.name for ep in entry_points(group="opentelemetry_instrumentor")}
     return {name: "disabled" if name in disabled or "all" in disabled else "active" for name in sorted(found)}
-
-
-def parse_families(text: str) -> dict[str, dict[str, Any]]:
-    """Metric family -> its type, series count and tag keys, from a Prometheus text exposition."""
-    families: dict[str, dict[str, Any]] = {}
-    types: dict[str, str] = {}
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split(" ", 3)
-            types[name] = kind
-            families[name] = {"type": kind, "series": 0, "tags": set()}
-            continue
-        match = _SAMPLE.match(line)
-        if match is None:
-            continue
-        name, labels = match.group(1), match.group(2) or ""
-        family = next((f for f in _family_names(name) if f in families), None)
-        if family is None:
-            continue
-        keys = set(_LABEL.findall(labels)) - {"le"}
-        families[family]["tags"] |= keys
-        if keeps_values(family) and name in (family, f"{family}_count"):  # self-telemetry: keep values
-            families[family].setdefault("samples", []).append([label_values(labels), sample_value(line)])
-        if not name.endswith(("_bucket", "_sum")):
-            families[family]["series"] += 1
-    return {name: {**info, "tags": sorted(info["tags"])} for name, info in families.items()}
-
-
-def _family_names(sample: str) -> tuple[str, ...]:
-    names = [sample]
-    for suffix in ("_bucket", "_sum", "_count"):
-        if sample.endswith(suffix):
-            names.append(sample[: -len(suffix)])
-    return tuple(names)
 
 
 def _masked_config(config: MonitoringConfig) -> dict[str, Any]:
@@ -243,28 +92,44 @@ def advice(report: dict[str, Any]) -> list[str]:
     return tips
 
 
-CHECKS: dict[str, Callable[[MonitoringConfig, Mapping[str, str]], dict[str, Any]]] = {
-    "prometheus": check_prometheus,
-    "otlp": check_otlp,
-    "database": check_database,
-    "file": check_file,
-    "datadog": check_datadog,
-}
-
-
-def _listed_metrics(config: MonitoringConfig, prometheus: dict[str, Any]) -> dict[str, Any]:
+def _listed_metrics(config: MonitoringConfig, prometheus: dict[str, Any], deadline_s: float) -> dict[str, Any]:
     """The service's metrics: from its /metrics, else from what it stored, else none (``source`` None)."""
     if "metrics" in prometheus:
         return {"source": "prometheus", "where": prometheus["url"], "metrics": prometheus["metrics"]}
-    return stored_metrics(config) or {"source": None, "where": None, "metrics": {}}
+    stored = run_bounded({"stored": lambda: stored_metrics(config)}, deadline_s)["stored"]
+    return stored or {"source": None, "where": None, "metrics": {}}
 
 
-def diagnose(config: MonitoringConfig | None = None, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+def _checked_endpoints(config: MonitoringConfig, env: Mapping[str, str], deadline_s: float) -> dict[str, Any]:
+    """Every endpoint check, side by side; one that has not finished by the deadline did not answer in time."""
+    found = run_bounded({name: functools.partial(check, config, env) for name, check in CHECKS.items()}, deadline_s)
+    silent = {"enabled": True, "reachable": False, "error": f"no answer within {deadline_s:g} s"}
+    return {name: result if result is not None else silent for name, result in found.items()}
+
+
+def unusable(report: dict[str, Any]) -> list[str]:
+    """The enabled endpoints the service could not use: unreachable, unwritable, or a key the intake refuses."""
+    return [
+        name
+        for name, found in report["endpoints"].items()
+        if found.get("enabled")
+        and (
+            found.get("reachable") is False
+            or found.get("writable") is False
+            or found.get("api_key", "accepted") not in ("accepted", "not checked")
+        )
+    ]
+
+
+def diagnose(
+    config: MonitoringConfig | None = None, env: Mapping[str, str] | None = None, deadline_s: float = DEADLINE_S
+) -> dict[str, Any]:
     """Everything ``doctor`` reports, as data.
 
     Args:
         config: the configuration to check (default: resolved from files and ``env``).
         env: the environment variables (default: ``os.environ``).
+        deadline_s: the longest one check may take; the checks run side by side.
 
     Returns:
         ``enabled``, ``exporters``, ``instrumentors``, ``endpoints``, ``config`` (secrets masked), ``metrics``
@@ -277,10 +142,10 @@ def diagnose(config: MonitoringConfig | None = None, env: Mapping[str, str] | No
         "enabled": config.enabled,
         "exporters": list(config.metrics_exporters),
         "instrumentors": instrumentors(env),
-        "endpoints": {name: check(config, env) for name, check in CHECKS.items()},
+        "endpoints": _checked_endpoints(config, env, deadline_s),
         "config": _masked_config(config),
     }
-    report["metrics"] = _listed_metrics(config, report["endpoints"]["prometheus"])
+    report["metrics"] = _listed_metrics(config, report["endpoints"]["prometheus"], deadline_s)
     report["health"] = health(report["metrics"].get("metrics", {}))
     report["advice"] = advice(report)
     return report
@@ -309,6 +174,4 @@ def run_doctor(as_json: bool = False) -> int:
     """Print the report; returns the exit status (1 when an enabled endpoint cannot be used)."""
     report = diagnose()
     print(json.dumps(report, indent=2, default=str) if as_json else render(report))
-    endpoints = report["endpoints"].values()
-    broken = any(e.get("enabled") and (e.get("reachable") is False or e.get("writable") is False) for e in endpoints)
-    return 1 if broken else 0
+    return 1 if unusable(report) else 0

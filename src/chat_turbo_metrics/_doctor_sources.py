@@ -80,13 +80,36 @@ def _file_families(path: Path) -> dict[str, dict[str, Any]]:
     )
 
 
+def bounded_connect_args(url: Any, timeout_s: float) -> dict[str, Any]:
+    """Driver arguments that bound connecting to (and, where the driver can, querying) the database at ``url``.
+
+    Example:
+        >>> from sqlalchemy.engine import make_url
+        >>> bounded_connect_args(make_url("postgresql+psycopg://db/metrics"), 3.0)
+        {'connect_timeout': 3, 'options': '-c statement_timeout=3000'}
+    """
+    backend, seconds = url.get_backend_name(), max(1, int(timeout_s))
+    if backend == "postgresql" and url.get_driver_name() in ("psycopg", "psycopg2"):
+        return {"connect_timeout": seconds, "options": f"-c statement_timeout={seconds * 1000}"}
+    if backend == "postgresql" and url.get_driver_name() == "pg8000":
+        return {"timeout": seconds}
+    if backend in ("mysql", "mariadb"):
+        return {"connect_timeout": seconds, "read_timeout": seconds, "write_timeout": seconds}
+    if backend == "sqlite":
+        return {"timeout": timeout_s}  # waiting for another writer's lock
+    return {}  # other drivers: the caller's deadline bounds them
+
+
 def _database_metrics(secret: Secret) -> dict[str, Any]:
     from sqlalchemy import create_engine, make_url, select
 
+    from chat_turbo_metrics._doctor_endpoints import TIMEOUT_S
     from chat_turbo_metrics.exporters._database_query import read_only_url
     from chat_turbo_metrics.exporters._database_schema import streams
 
-    engine = create_engine(read_only_url(make_url(secret.reveal())))  # a missing SQLite file stays missing
+    url = make_url(secret.reveal())
+    # Read-only: a missing SQLite file stays missing.
+    engine = create_engine(read_only_url(url), connect_args=bounded_connect_args(url, TIMEOUT_S))
     try:
         with engine.connect() as conn:
             rows = conn.execute(select(streams.c.name, streams.c.kind, streams.c.attributes)).all()

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, TypeVar
 
 from opentelemetry import metrics, trace
 
-from chat_turbo_metrics._config import MonitoringConfig, get_monitoring_config
+from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, get_monitoring_config
 from chat_turbo_metrics._exposition.snapshot import MetricsSnapshot
 from chat_turbo_metrics._pipeline import forksafe
 from chat_turbo_metrics._pipeline import globals as otel_globals
@@ -156,11 +156,10 @@ class PerformanceMonitor:
         self._hooks: list[Callable[[], None]] = []
         if config is None:
             with PerformanceMonitor._global_lock:
-                # Implicit creation (often at import time) must not crash the application over its
-                # environment: an exporter that cannot start (a taken port) is logged once, the rest runs.
-                runtime = PerformanceMonitor._global_runtime or PerformanceMonitor._install(
-                    get_monitoring_config(), strict=False
-                )
+                # Implicit creation (often at import time, or an instrumentor's first request) must not crash the
+                # application over its environment: an exporter that cannot start (a taken port) is logged once,
+                # the rest runs; a bad setting leaves monitoring off, said once (start_from_environment).
+                runtime = PerformanceMonitor._global_runtime or PerformanceMonitor._install_from_environment()
                 PerformanceMonitor._global_monitors.add(self)
                 self._bind(runtime)
         else:
@@ -218,6 +217,15 @@ class PerformanceMonitor:
             if old is not None:
                 old.shutdown()
             return cls.get_instance()
+
+    @classmethod
+    def _install_from_environment(cls) -> _Runtime:
+        """The process-wide runtime from the environment, or, when it cannot be built, a disabled one (logged)."""
+        try:
+            return cls._install(get_monitoring_config(), strict=False)
+        except Exception as error:  # whatever it is, the application runs on, unmeasured
+            _report_not_started(error)
+            return cls._install(_NOT_STARTED, strict=True)
 
     @classmethod
     def _install(cls, config: MonitoringConfig, strict: bool) -> _Runtime:
@@ -398,6 +406,40 @@ class _ForkHook:
 
 _FORK_HOOK = _ForkHook()
 forksafe.register(_FORK_HOOK)
+
+
+# What the process-wide monitor runs on when its configuration cannot be used: every recording a no-op.
+_NOT_STARTED = MonitoringConfig(enabled=False, metrics_exporters=())
+
+
+def _report_not_started(error: BaseException) -> None:
+    """The one error log of a process-wide start that failed: why, what it means, how to fix it."""
+    _logger.error(
+        "chat_turbo_metrics not started: %s. The application runs unmeasured (every recording is a no-op) until "
+        "this is fixed and the process restarted; `chat-turbo-metrics config` checks the settings.",
+        error,
+        exc_info=not isinstance(error, ConfigurationError),  # a bug of ours, not a setting: the traceback helps
+    )
+
+
+def start_from_environment() -> PerformanceMonitor:
+    """Build the process-wide pipeline from the environment as ``configure(strict=False)`` does, never raising.
+
+    What ``opentelemetry-instrument`` runs. When the configuration cannot be used, one error says why and the
+    process-wide monitor stays disabled: instrumentors pass requests through unmeasured, recording calls are
+    no-ops, and a later ``configure()`` in code can still start it.
+
+    Returns:
+        The process-wide monitor.
+    """
+    with PerformanceMonitor._global_lock:
+        try:
+            return PerformanceMonitor.configure(strict=False)
+        except Exception as error:
+            _report_not_started(error)
+            if PerformanceMonitor._global_runtime is None:
+                PerformanceMonitor._install(_NOT_STARTED, strict=True)
+            return PerformanceMonitor.get_instance()
 
 
 def configure(config: MonitoringConfig | None = None, *, strict: bool = True, **overrides: Any) -> PerformanceMonitor:

@@ -77,6 +77,9 @@ METRICS_DATABASE_URL = "METRICS_DATABASE_URL"
 CHAT_TURBO_ENV = "CHAT_TURBO_ENV"
 """Which ``configs/<environment>.toml`` to load: development, production or test."""
 
+CHAT_TURBO_CONFIG_DIR = "CHAT_TURBO_CONFIG_DIR"
+"""A directory of your own ``<environment>.toml`` files, looked in first (then ``./configs``, then the shipped ones)."""
+
 DD_API_KEY = "DD_API_KEY"
 """Datadog API key for ``OTEL_METRICS_EXPORTER=datadog`` (a secret: never logged; prefer the environment to a
 command-line flag, which other users of the machine can see)."""

@@ -103,6 +103,51 @@ def test_pipelines_count_their_lookups_and_time_the_round_trip(
     assert commands(monitor, "GET") == 0  # queued commands are not sent one by one
 
 
+def test_commands_a_watching_pipeline_sends_at_once_are_counted(
+    monitor: PerformanceMonitor, instrument: Callable[..., None], prefix: str
+) -> None:
+    instrument()
+    client = redis.Redis.from_url(REDIS_URL)
+    client.set(f"{prefix}:balance", "10")
+    with client.pipeline() as pipe:  # optimistic locking, as redis-py documents it
+        pipe.watch(f"{prefix}:balance")
+        for n in range(100):
+            assert pipe.get(f"{prefix}:balance" if n % 2 else f"{prefix}:none") == (b"10" if n % 2 else None)
+        pipe.multi()
+        pipe.set(f"{prefix}:balance", "9")
+        assert pipe.execute() == [True]
+    client.close()
+    snapshot = monitor.snapshot()
+    assert snapshot.value("cache_hits", {"cache": prefix}) == 50
+    assert snapshot.value("cache_misses", {"cache": prefix}) == 50
+    assert commands(monitor, "GET") == 100
+    assert commands(monitor, "WATCH") == 1
+    assert commands(monitor, "PIPELINE") == 1  # MULTI ... EXEC: one round trip
+
+
+def test_commands_a_watching_async_pipeline_sends_at_once_are_counted(
+    monitor: PerformanceMonitor, instrument: Callable[..., None], prefix: str
+) -> None:
+    instrument()
+
+    async def main() -> list[object]:
+        client = redis.asyncio.Redis.from_url(REDIS_URL)
+        try:
+            async with client.pipeline() as pipe:
+                await pipe.watch(f"{prefix}:k")
+                found = [await pipe.get(f"{prefix}:k"), await pipe.hget(f"{prefix}:h", "f")]
+                pipe.multi()
+                pipe.set(f"{prefix}:k", "v")
+                return [*found, *await pipe.execute()]
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(main()) == [None, None, True]
+    assert monitor.snapshot().value("cache_misses", {"cache": prefix}) == 2
+    assert commands(monitor, "GET") == 1
+    assert commands(monitor, "HGET") == 1
+
+
 def test_async_pipeline(monitor: PerformanceMonitor, instrument: Callable[..., None], prefix: str) -> None:
     instrument()
 

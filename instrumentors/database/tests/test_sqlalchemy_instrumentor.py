@@ -290,3 +290,35 @@ def test_a_bad_max_tables_fails_at_instrument_time_naming_it(monitor: Performanc
         SQLAlchemyInstrumentor().instrument(monitor=monitor, max_tables=bad)
     assert repr(bad) in str(error.value)
     assert not SQLAlchemyInstrumentor().is_instrumented_by_opentelemetry
+
+
+SECRET = "4111111111111111"
+
+
+@pytest.mark.parametrize(
+    "select",
+    [
+        rf"SELECT E'\' FROM acct_{SECRET} ' AS note, id FROM {{table}}",  # escape string: \' is a quote
+        rf"SELECT E'it\'s', 'C:\' AS dir, id FROM {{table}} WHERE name <> 'acct_{SECRET}'",  # standard: \ is \
+        f"SELECT $$ FROM acct_{SECRET} $$ AS note, id FROM {{table}}",
+        f"SELECT $q$it's FROM acct_{SECRET}$q$ AS note, id FROM {{table}}",
+        f"SELECT id FROM {{table}} WHERE name <> 'acct_{SECRET}' /* FROM acct_{SECRET} */",
+    ],
+    ids=["escape-string", "standard-backslash", "dollar", "tagged-dollar", "comment"],
+)
+def test_postgresql_literals_never_reach_a_label(
+    monitor: PerformanceMonitor, instrument: Callable[..., None], pg_table: str, select: str
+) -> None:
+    instrument(record_statement=True)
+    engine = create_engine(PG_URL)
+    with engine.begin() as connection:
+        connection.execute(text(f"INSERT INTO {pg_table} VALUES (1, 'ann')"))
+        rows = connection.exec_driver_sql(select.format(table=pg_table)).all()  # PostgreSQL reads it as meant
+    engine.dispose()
+
+    assert [row[-1] for row in rows] == [1]
+    series = [record for record in monitor.snapshot().records() if record["name"] == NAME]
+    labels = [record["attributes"] for record in series]
+    assert labels  # the INSERT and the SELECT were recorded
+    assert SECRET not in repr(labels)
+    assert {label["table"] for label in labels} <= {pg_table, "other"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import warnings
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -16,6 +17,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from chat_turbo_metrics import ConfigurationError, PerformanceMonitor, ViewConfig
+from chat_turbo_metrics_http import _settings
 from chat_turbo_metrics_http.asgi import AsgiMetricsInstrumentor, AsgiMetricsMiddleware
 
 Reader = Callable[..., Any]
@@ -201,11 +203,36 @@ def test_excluded_paths_come_from_the_environment_mapping(
     assert requests_of(http_monitor, "/stream", 200) == 1
 
 
-def test_a_bad_setting_fails_at_construction_naming_it() -> None:
-    with pytest.raises(ConfigurationError, match=r"CHAT_TURBO_HTTP_METRIC_NAMES.*'prometheus'"):
-        AsgiMetricsMiddleware(make_app(), environ={"CHAT_TURBO_HTTP_METRIC_NAMES": "prometheus"})
+def test_a_bad_keyword_argument_fails_at_construction_naming_it() -> None:
     with pytest.raises(ConfigurationError, match=r"excluded_paths.*'health'"):
         AsgiMetricsMiddleware(make_app(), excluded_paths=["health"])
+    with pytest.raises(ConfigurationError, match=r"metric_names.*'prometheus'"):
+        AsgiMetricsMiddleware(make_app(), metric_names="prometheus")
+
+
+@pytest.mark.parametrize(
+    "environ", [{"CHAT_TURBO_HTTP_METRIC_NAMES": "prometheus"}, {"CHAT_TURBO_HTTP_EXCLUDED_PATHS": "x"}]
+)
+def test_a_bad_variable_leaves_requests_unmeasured_with_one_error_naming_it(
+    http_monitor: PerformanceMonitor,
+    requests_of: Reader,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    environ: dict[str, str],
+) -> None:
+    monkeypatch.setattr(_settings, "_reported", set())  # a process that has not said it yet
+    ((variable, value),) = environ.items()
+    with caplog.at_level(logging.ERROR, logger="chat_turbo_metrics_http"):
+        apps = [AsgiMetricsMiddleware(make_app(), monitor=http_monitor, environ=environ) for _ in range(2)]
+        responses = drive(apps[0], ("GET", "/api/messages/1")) + drive(apps[1], ("GET", "/api/messages/2"))
+
+    assert [(response.status_code, response.text) for response in responses] == [
+        (200, "message [1]"),
+        (200, "message [2]"),
+    ]
+    assert requests_of(http_monitor, "/api/messages/{id}", 200) is None
+    (error,) = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert f"{variable}: {value!r}" in error
 
 
 def test_methods_outside_the_standard_set_collapse_to_other(

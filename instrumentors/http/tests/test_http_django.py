@@ -59,6 +59,7 @@ def _urlconf() -> types.ModuleType:
 @pytest.fixture(scope="module")
 def django_client() -> Any:
     from django.conf import settings
+    from django.urls import clear_url_caches
 
     if not settings.configured:
         settings.configure(
@@ -71,6 +72,9 @@ def django_client() -> Any:
             DATABASES={},
         )
         django.setup()
+    else:  # another test module of this process configured Django first: these URLs are the ones to resolve
+        settings.ROOT_URLCONF = _urlconf()
+        clear_url_caches()
     from django.test import Client
 
     return Client(raise_request_exception=False)

@@ -133,7 +133,6 @@ def available(signal: str) -> list[str]:
 
 def _build(name: str, config: MonitoringConfig, variable: str, signal: str) -> Any:
     table = METRIC_EXPORTERS if signal == "metrics" else SPAN_EXPORTERS
-    choices = ", ".join(available(signal))
     if name in table:
         builder, hint = table[name]
         try:
@@ -141,14 +140,14 @@ def _build(name: str, config: MonitoringConfig, variable: str, signal: str) -> A
         except ImportError as error:
             raise ConfigurationError(
                 f"{variable}={name!r}: the exporter's package is not installed ({error.name}); {hint}. "
-                f"Available: {choices}"
+                f"Available: {', '.join(available(signal))}"  # listed only now: a scan of every distribution
             ) from None
     for entry_point in entry_points(group=_GROUPS[signal], name=name):
         try:
             return entry_point.load()()
         except ImportError as error:
             raise ConfigurationError(f"{variable}={name!r}: cannot load {entry_point.value}: {error}") from None
-    raise ConfigurationError(f"{variable}={name!r}: unknown exporter. Available: {choices}")
+    raise ConfigurationError(f"{variable}={name!r}: unknown exporter. Available: {', '.join(available(signal))}")
 
 
 def build_metric_exporter(name: str, config: MonitoringConfig, variable: str) -> Any:

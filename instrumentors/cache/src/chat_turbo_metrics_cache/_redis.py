@@ -208,6 +208,9 @@ def _patch_points() -> list[tuple[type, str, _Wrap]]:
         (redis.asyncio.client.Redis, "execute_command", _wrap_async),
         (redis.client.Pipeline, "execute", _wrap_pipeline),
         (redis.asyncio.client.Pipeline, "execute", _wrap_async_pipeline),
+        # A pipeline between WATCH and MULTI sends each command at once, through this, not through execute().
+        (redis.client.Pipeline, "immediate_execute_command", _wrap_sync),
+        (redis.asyncio.client.Pipeline, "immediate_execute_command", _wrap_async),
     ]
 
 
@@ -215,7 +218,8 @@ class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Counts redis-py cache hits and misses and times every command, for clients old and new, sync and async.
 
     ``GET``/``HGET`` replies of ``None`` are misses, anything else a hit; ``MGET`` counts each key; commands
-    queued in a pipeline are counted when it executes (one ``PIPELINE`` latency sample per round trip). The
+    queued in a pipeline are counted when it executes (one ``PIPELINE`` latency sample per round trip), and
+    those a pipeline sends at once while it watches keys (between ``WATCH`` and ``MULTI``) one by one. The
     ``cache`` label is the key's prefix before ``:`` (``instrument(cache_name=...)`` to choose), bounded
     to ``max_caches`` distinct values. Works beside ``opentelemetry-instrumentation-redis`` (spans).
 

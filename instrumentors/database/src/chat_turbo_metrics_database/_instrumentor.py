@@ -26,6 +26,7 @@ CONNECTIONS = "database_connections"
 _START = "_chat_turbo_start"  # attribute set on SQLAlchemy's execution context for one statement
 _perf_counter = time.perf_counter
 _MAX_STRIPPED = 2048  # statement texts kept, literals stripped, when record_statement is on
+_DOUBLE_QUOTED_STRINGS = frozenset({"mysql", "mariadb"})  # dialects whose "..." is a string, not a name
 
 
 def pool_label(engine: Engine) -> str:
@@ -47,7 +48,7 @@ class _Listener:
         self.classifier = StatementClassifier(max_tables=max_tables)
         self.engines: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
         self.engines_lock = threading.Lock()  # a collection copies the engines while connects add to them
-        self.stripped: dict[str, str] = {}
+        self.stripped: dict[tuple[str, bool], str] = {}
         self.hooked: PerformanceMonitor | None = None
         self.problems = Problems(logging.getLogger("chat_turbo_metrics.sqlalchemy"))
 
@@ -67,15 +68,17 @@ class _Listener:
                 self.hooked = monitor
             return self.hooked
 
-    def tags(self, statement: str, status: str) -> dict[str, Any]:
+    def tags(self, statement: str, status: str, dialect: Any = None) -> dict[str, Any]:
         operation, table = self.classifier.classify(statement)
         tags = {"table": table, "operation": operation, "status": status}
         if self.record_statement:
-            text = self.stripped.get(statement)
+            # MySQL quotes names with backticks: its "..." are strings, literals like any other.
+            strings = getattr(dialect, "name", None) in _DOUBLE_QUOTED_STRINGS
+            text = self.stripped.get((statement, strings))
             if text is None:
-                text = strip_literals(statement)[:2048]
+                text = strip_literals(statement, double_quoted_strings=strings)[:2048]
                 if len(self.stripped) < _MAX_STRIPPED and len(statement) <= 4096:
-                    self.stripped[statement] = text
+                    self.stripped[statement, strings] = text
             tags["statement"] = text
         return tags
 
@@ -101,17 +104,18 @@ class _Listener:
     ) -> None:
         start = getattr(context, _START, None)
         if start is not None:
-            self.record(_perf_counter() - start, statement, "success")
+            self.record(_perf_counter() - start, statement, "success", conn.dialect)
 
     def handle_error(self, exception_context: Any) -> None:
         start = getattr(exception_context.execution_context, _START, None)
         statement = exception_context.statement
         if start is not None and statement is not None:
-            self.record(_perf_counter() - start, statement, "error")
+            self.record(_perf_counter() - start, statement, "error", exception_context.dialect)
 
-    def record(self, elapsed: float, statement: str, status: str) -> None:
+    def record(self, elapsed: float, statement: str, status: str, dialect: Any = None) -> None:
         try:
-            self.recorder().record_histogram(DATABASE_QUERY_DURATION, elapsed, self.tags(statement, status))
+            tags = self.tags(statement, status, dialect)
+            self.recorder().record_histogram(DATABASE_QUERY_DURATION, elapsed, tags)
         except Exception as error:  # an event handler that raises would fail the application's statement
             self.problems.report(("record", type(error)), "cannot record a statement: %r", error)
 

@@ -1,22 +1,33 @@
 """What the HTTP instrumentors can be told: excluded paths and which metric names to emit.
 
-Read from code (keyword arguments) or from the environment, checked once at set-up time: a bad value raises
-:class:`~chat_turbo_metrics.ConfigurationError` naming the setting and the value.
+Read from code (keyword arguments) or from the environment, checked once at set-up time. A bad keyword argument
+raises :class:`~chat_turbo_metrics.ConfigurationError` naming the setting and the value: the code calling is
+wrong. A bad variable never stops the application (:func:`usable_settings`): it is logged once, naming the
+variable, the value and the fix, and requests pass through unmeasured.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from chat_turbo_metrics import ConfigurationError
+from chat_turbo_metrics_http import environment_variables
 
 MetricNames = Literal["seed", "semconv", "both"]
 METRIC_NAMES: tuple[MetricNames, ...] = ("seed", "semconv", "both")
-EXCLUDED_PATHS_VARIABLE = "CHAT_TURBO_HTTP_EXCLUDED_PATHS"
-METRIC_NAMES_VARIABLE = "CHAT_TURBO_HTTP_METRIC_NAMES"
+EXCLUDED_PATHS_VARIABLE = environment_variables.CHAT_TURBO_HTTP_EXCLUDED_PATHS
+METRIC_NAMES_VARIABLE = environment_variables.CHAT_TURBO_HTTP_METRIC_NAMES
+_logger = logging.getLogger("chat_turbo_metrics_http")
+# Bad variables already logged: the ASGI and WSGI instrumentors (and any middleware) read the same ones.
+_reported: set[str] = set()
+
+
+class VariableError(ConfigurationError):
+    """A variable of the environment (not an argument of the code) has a bad value."""
 
 
 @dataclass(frozen=True)
@@ -70,13 +81,13 @@ class HttpMetricsSettings:
         paths = [path for path in paths if path]
         for path in paths:
             if not path.startswith("/"):
-                raise ConfigurationError(f"{source}: {path!r} is not a path (it must start with '/')")
+                raise _error(source, f"{source}: {path!r} is not a path (it must start with '/')")
         names_source = "metric_names"
         if metric_names is None:
             metric_names, names_source = env.get(METRIC_NAMES_VARIABLE, "seed"), METRIC_NAMES_VARIABLE
         names = metric_names.strip().lower()
         if names not in METRIC_NAMES:
-            raise ConfigurationError(f"{names_source}: {metric_names!r} is not one of {', '.join(METRIC_NAMES)}")
+            raise _error(names_source, f"{names_source}: {metric_names!r} is not one of {', '.join(METRIC_NAMES)}")
         return cls(
             exact=frozenset(path for path in paths if not path.endswith("*")),
             prefixes=tuple(path[:-1] for path in paths if path.endswith("*")),
@@ -86,3 +97,33 @@ class HttpMetricsSettings:
     def is_excluded(self, path: str) -> bool:
         """True when requests to ``path`` are not measured."""
         return path in self.exact or (bool(self.prefixes) and path.startswith(self.prefixes))
+
+
+# A request to any path is excluded: what a middleware measures when its variables are bad.
+MEASURE_NOTHING = HttpMetricsSettings(prefixes=("",))
+
+
+def _error(source: str, message: str) -> ConfigurationError:
+    variable = source in (EXCLUDED_PATHS_VARIABLE, METRIC_NAMES_VARIABLE)
+    return VariableError(message) if variable else ConfigurationError(message)
+
+
+def usable_settings(
+    excluded_paths: Iterable[str] | str | None, metric_names: str | None, environ: Mapping[str, str] | None
+) -> HttpMetricsSettings | None:
+    """:meth:`HttpMetricsSettings.from_options`, or None when a variable is bad (one error per process).
+
+    Raises:
+        ConfigurationError: a keyword argument is bad.
+    """
+    try:
+        return HttpMetricsSettings.from_options(excluded_paths, metric_names, environ)
+    except VariableError as error:
+        if str(error) not in _reported:
+            _reported.add(str(error))
+            _logger.error(
+                "chat_turbo_metrics_http not measuring: %s. Requests pass through unmeasured until the variable "
+                "is fixed (or unset) and the process restarted.",
+                error,
+            )
+        return None

@@ -17,7 +17,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 
 from chat_turbo_metrics import PerformanceMonitor
 from chat_turbo_metrics_http._metrics import UNMATCHED, RequestMetrics, route_template
-from chat_turbo_metrics_http._settings import HttpMetricsSettings
+from chat_turbo_metrics_http._settings import MEASURE_NOTHING, usable_settings
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -131,9 +131,11 @@ class AsgiMetricsMiddleware:
         _switch: list[bool] | None = None,
     ) -> None:
         self.app = app
-        self._metrics = _metrics or RequestMetrics(
-            HttpMetricsSettings.from_options(excluded_paths, metric_names, environ), monitor
-        )
+        if _metrics is None:
+            settings = usable_settings(excluded_paths, metric_names, environ)
+            _metrics = RequestMetrics(settings or MEASURE_NOTHING, monitor)
+            _switch = _switch or [settings is not None]  # a bad variable: off for good, said once
+        self._metrics = _metrics
         self._switch = _switch or [True]  # the instrumentor's shared switch turns off stacks it wrapped
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -230,9 +232,9 @@ class AsgiMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         from starlette.applications import Starlette
 
-        settings = HttpMetricsSettings.from_options(
-            kwargs.get("excluded_paths"), kwargs.get("metric_names"), kwargs.get("environ")
-        )
+        settings = usable_settings(kwargs.get("excluded_paths"), kwargs.get("metric_names"), kwargs.get("environ"))
+        if settings is None:  # a bad variable, logged: applications are left as they are
+            return
         metrics = RequestMetrics(settings, kwargs.get("monitor"))
         # A new switch per instrument(): stacks wrapped before an uninstrument() stay off for good.
         switch = AsgiMetricsInstrumentor._switch = [True]

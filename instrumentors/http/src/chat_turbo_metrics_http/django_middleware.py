@@ -15,7 +15,7 @@ from typing import Any
 
 from chat_turbo_metrics_http._django import connect_errors, measure
 from chat_turbo_metrics_http._metrics import RequestMetrics
-from chat_turbo_metrics_http._settings import HttpMetricsSettings
+from chat_turbo_metrics_http._settings import MEASURE_NOTHING, usable_settings
 
 
 class DjangoMetricsMiddleware:
@@ -33,10 +33,8 @@ class DjangoMetricsMiddleware:
 
         options = getattr(settings, "CHAT_TURBO_HTTP", {}) if settings.configured else {}
         self.get_response = get_response
-        self._metrics = RequestMetrics(
-            HttpMetricsSettings.from_options(options.get("excluded_paths"), options.get("metric_names")),
-            options.get("monitor"),
-        )
+        settings = usable_settings(options.get("excluded_paths"), options.get("metric_names"), None)
+        self._metrics = RequestMetrics(settings or MEASURE_NOTHING, options.get("monitor"))  # None: bad variable
         connect_errors("chat_turbo_metrics_http.middleware")
 
     def __call__(self, request: Any) -> Any:

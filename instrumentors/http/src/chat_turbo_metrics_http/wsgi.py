@@ -27,7 +27,7 @@ from chat_turbo_metrics_http._metrics import (
     _templates,
     route_template,
 )
-from chat_turbo_metrics_http._settings import HttpMetricsSettings
+from chat_turbo_metrics_http._settings import MEASURE_NOTHING, usable_settings
 
 Environ = MutableMapping[str, Any]
 StartResponse = Callable[..., Any]
@@ -256,7 +256,8 @@ class WsgiMetricsMiddleware(_MeasuredApp):
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.app = app
-        self._metrics = _WsgiMetrics(HttpMetricsSettings.from_options(excluded_paths, metric_names, environ), monitor)
+        settings = usable_settings(excluded_paths, metric_names, environ)  # None: a bad variable, logged
+        self._metrics = _WsgiMetrics(settings or MEASURE_NOTHING, monitor)
         _connect_flask_errors()
 
 
@@ -281,9 +282,9 @@ class WsgiMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return found[:1] or (_FRAMEWORKS[0][1],)
 
     def _instrument(self, **kwargs: Any) -> None:
-        settings = HttpMetricsSettings.from_options(
-            kwargs.get("excluded_paths"), kwargs.get("metric_names"), kwargs.get("environ")
-        )
+        settings = usable_settings(kwargs.get("excluded_paths"), kwargs.get("metric_names"), kwargs.get("environ"))
+        if settings is None:  # a bad variable, logged: the frameworks are left as they are
+            return
         metrics = _WsgiMetrics(settings, kwargs.get("monitor"))
         if importlib.util.find_spec("flask") is not None:
             WsgiMetricsInstrumentor._undo.append(_patch_flask(metrics))
