@@ -59,7 +59,7 @@ def in_child(measure: Callable[[], dict[str, float]]) -> dict[str, float]:
 
 def ours() -> dict[str, float]:
     from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
-    from chat_turbo_metrics._pipeline import multiprocess
+    from chat_turbo_metrics.multiprocess import _session as multiprocess
 
     with tempfile.TemporaryDirectory() as directory:
         holder = PerformanceMonitor(

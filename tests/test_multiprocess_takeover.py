@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from chat_turbo_metrics._pipeline import multiprocess
-from chat_turbo_metrics._pipeline.member import is_worker, read_json
+from chat_turbo_metrics.multiprocess import _session as multiprocess
+from chat_turbo_metrics.multiprocess._member import is_worker, read_json
 from conftest import clean_env, free_port, service_process
 
 # Generous bound for waits that normally end in about a second (a takeover, a background publication).
@@ -277,7 +277,7 @@ def test_workers_are_told_from_processes_started_by_a_supervisor() -> None:
     with multiprocessing.get_context("spawn").Pool(1) as pool:  # the function travels by its module's name
         assert pool.apply(is_worker) is True
     started = subprocess.run(
-        [sys.executable, "-c", "from chat_turbo_metrics._pipeline.member import is_worker; print(is_worker())"],
+        [sys.executable, "-c", "from chat_turbo_metrics.multiprocess._member import is_worker; print(is_worker())"],
         capture_output=True,
         text=True,
         check=True,

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from chat_turbo_metrics import ConfigurationError, MonitoringConfig, PerformanceMonitor, get_monitoring_config
-from chat_turbo_metrics._exposition.merge import encode, merge
-from chat_turbo_metrics._pipeline.multiprocess import Session
 from chat_turbo_metrics.alerting._delivery import Channel, DeliveryStats, Job, RetryPolicy
+from chat_turbo_metrics.multiprocess._merge import encode, merge
+from chat_turbo_metrics.multiprocess._session import Session
 from conftest import free_port, service_process
 
 MonitorFactory = Callable[..., PerformanceMonitor]

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from chat_turbo_metrics._exposition.merge import EVICTING_SCOPE, fold_vanished, merge, prune, retire
 from chat_turbo_metrics._exposition.snapshot import MetricsSnapshot
-from chat_turbo_metrics._pipeline.multiprocess import Session
+from chat_turbo_metrics.multiprocess._merge import EVICTING_SCOPE, fold_vanished, merge, prune, retire
+from chat_turbo_metrics.multiprocess._session import Session
 from test_series_eviction import TIMEOUT_S, Recording, values
 
 MINUTE_NS = 60 * 10**9

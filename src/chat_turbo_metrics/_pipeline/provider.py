@@ -27,7 +27,6 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, ViewConfig, setting_label
 from chat_turbo_metrics._exposition.values import Unexportable, exportable
 from chat_turbo_metrics._pipeline import forksafe
-from chat_turbo_metrics._pipeline import multiprocess as _multiprocess
 from chat_turbo_metrics._pipeline import registry as _registry
 from chat_turbo_metrics._pipeline import termination as _termination
 from chat_turbo_metrics._pipeline.compat import forget_inherited_sums, reinit_sdk_metric_locks
@@ -36,6 +35,7 @@ from chat_turbo_metrics._pipeline.health import Sources
 from chat_turbo_metrics._pipeline.overflow import Overflow, OverflowWatcher
 from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
 from chat_turbo_metrics._version import __version__
+from chat_turbo_metrics.multiprocess import _session as _multiprocess
 
 _logger = logging.getLogger("chat_turbo_metrics.pipeline")
 

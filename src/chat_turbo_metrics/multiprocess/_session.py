@@ -6,7 +6,7 @@ other process of the service (a worker forked from the holder, or one that finds
 becomes a *member*: it serves its current cumulative collection, on demand, over a unix socket in the
 endpoint's multiprocess directory. At each scrape the holder asks every live member in parallel (short
 timeout), adds what they answer to its own collection and to the *retired* totals of members that have
-exited (:mod:`chat_turbo_metrics._exposition.merge`), and serves the sum. Nothing runs on the recording path:
+exited (:mod:`chat_turbo_metrics.multiprocess._merge`), and serves the sum. Nothing runs on the recording path:
 what is merged is what each pipeline collects anyway, the fast path's pre-aggregated cells included.
 
 Every process of the service publishes its state to a file of its own before any of it is served, and
@@ -14,7 +14,7 @@ leaves its final state there when its pipeline shuts down: the holder that takes
 that finds a process gone, continues from the files, so the service's counters never go backwards,
 whichever process exits, is recycled or is killed. The files, in ``<base>/<host>-<port>/`` (``<base>``:
 ``METRICS_MULTIPROCESS_DIR``, default ``$TMPDIR/chat-turbo-metrics-<uid>``, created 0700 and exported to the
-environment so forked and spawned children find it), are described in :mod:`chat_turbo_metrics._pipeline.ledger`.
+environment so forked and spawned children find it), are described in :mod:`chat_turbo_metrics.multiprocess._ledger`.
 
 A member tries to bind the port every second, so the port is taken over within a second when its holder
 exits. A process that binds the port while no member of the service is alive, and no process of the same
@@ -40,10 +40,9 @@ from typing import Any, Protocol
 
 from opentelemetry.sdk.metrics.export import MetricsData
 
-from chat_turbo_metrics._exposition.merge import State, encode, fold_vanished, merge, prune
 from chat_turbo_metrics._pipeline import forksafe
 from chat_turbo_metrics._pipeline.health import PREFIX as HEALTH_PREFIX
-from chat_turbo_metrics._pipeline.ledger import (
+from chat_turbo_metrics.multiprocess._ledger import (
     FINAL,
     HOLDER,
     SOCKET,
@@ -54,7 +53,7 @@ from chat_turbo_metrics._pipeline.ledger import (
     private_directory,
     socket_directory,
 )
-from chat_turbo_metrics._pipeline.member import (
+from chat_turbo_metrics.multiprocess._member import (
     MemberServer,
     fetch_states,
     identity,
@@ -66,6 +65,7 @@ from chat_turbo_metrics._pipeline.member import (
     read_json,
     write_json,
 )
+from chat_turbo_metrics.multiprocess._merge import State, encode, fold_vanished, merge, prune
 
 _logger = logging.getLogger("chat_turbo_metrics.multiprocess")
 

@@ -39,8 +39,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from chat_turbo_metrics._exposition.merge import State, retire
-from chat_turbo_metrics._pipeline.member import flock, pid_alive, pid_of, read_json, write_json
+from chat_turbo_metrics.multiprocess._member import flock, pid_alive, pid_of, read_json, write_json
+from chat_turbo_metrics.multiprocess._merge import State, retire
 
 STATE = ".state.json"
 FINAL = ".final.json"

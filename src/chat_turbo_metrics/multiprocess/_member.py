@@ -1,7 +1,7 @@
 """The member side of multiprocess serving: a unix socket that answers with this process's state, and the
 small file helpers the holder and the members share (atomic JSON, flock, pid liveness).
 
-See :mod:`chat_turbo_metrics._pipeline.multiprocess` for the design.
+See :mod:`chat_turbo_metrics.multiprocess._session` for the design.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from chat_turbo_metrics._exposition.merge import State
+from chat_turbo_metrics.multiprocess._merge import State
 
 _logger = logging.getLogger("chat_turbo_metrics.multiprocess")
 
