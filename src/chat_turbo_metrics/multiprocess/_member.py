@@ -1,25 +1,21 @@
-"""The member side of multiprocess serving: a unix socket that answers with this process's state, and the
-small file helpers the holder and the members share (atomic JSON, flock, pid liveness).
+"""The member side of multiprocess serving: a unix socket in the group's directory that answers the holder
+with this process's state, and the holder's side that asks every member in parallel.
 
-See :mod:`chat_turbo_metrics.multiprocess._session` for the design.
+The holder accepts an answer only from the process the socket is named after, running as this user
+(``SO_PEERCRED``, where the platform has it). See :mod:`chat_turbo_metrics.multiprocess` for the design.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
-import multiprocessing
 import os
-import secrets
 import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 from chat_turbo_metrics.multiprocess._merge import State
 
@@ -30,93 +26,29 @@ TAKEOVER_INTERVAL_S = 1.0
 _HEADER = struct.Struct(">Q")
 
 
-def pid_of(token: str) -> int:
-    head = token.split("-", 1)[0]
-    return int(head) if head.isdigit() else -1
+_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
-def identity(pid: int) -> str:
-    """A process's identity that survives pid reuse: pid and start time (from /proc where there is one)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return f"{pid}:{fields[19]}"
-    except (OSError, IndexError):
-        return str(pid)
-
-
-def parent_identity() -> str:
-    """The identity of this process's parent: workers of one server share it."""
-    return identity(os.getppid())
-
-
-def is_worker() -> bool:
-    """True for a worker of a pre-fork server: a ``multiprocessing`` child (``uvicorn --workers``), or a process
-    forked by its parent without an exec (gunicorn, uWSGI): same program, and the same command line or a
-    gunicorn master for a parent (gunicorn retitles its processes when setproctitle is installed).
-
-    A worker may be recycled before any sibling has joined the service, so it always leaves its totals; a
-    single process started by a shell, systemd, a container runtime or a Python supervisor does not, and
-    restarts at zero.
-    """
-    if multiprocessing.parent_process() is not None:
+def _peer_is(conn: socket.socket, pid: int) -> bool:
+    """True when the process listening on ``conn``'s other end is ``pid``, running as this user."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:  # no peer credentials here: the directory's privacy is the check
         return True
-    parent = os.getppid()
-    try:
-        if os.readlink(f"/proc/{parent}/exe") != os.readlink("/proc/self/exe"):
-            return False
-        command = Path(f"/proc/{parent}/cmdline").read_bytes()
-        return command == Path("/proc/self/cmdline").read_bytes() or b"gunicorn" in command
-    except OSError:  # no /proc (macOS): a worker is known once it meets a sibling
-        return False
+    peer, uid, _ = _CREDENTIALS.unpack(conn.getsockopt(socket.SOL_SOCKET, option, _CREDENTIALS.size))
+    return bool(peer == pid and uid == os.geteuid())
 
 
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def new_token() -> str:
-    return f"{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Write atomically: readers see the old file or the new one, never half of one."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(value, separators=(",", ":"), default=str), encoding="utf-8")
-    os.replace(temporary, path)
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-@contextlib.contextmanager
-def flock(path: Path) -> Iterator[None]:
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def fetch_state(path: Path, timeout_s: float) -> State | None:
-    """Ask the member listening at ``path`` for its state; None if it does not answer in time."""
+def fetch_state(address: str, pid: int, timeout_s: float) -> State | None:
+    """Ask member ``pid`` listening at ``address`` for its state; None if it does not answer in time (or the
+    socket is not that process's)."""
     deadline = time.monotonic() + timeout_s
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(timeout_s)
-            conn.connect(str(path))
+            conn.connect(address)
+            if not _peer_is(conn, pid):
+                _logger.warning("ignored socket %s: it is not served by process %d of this user", address, pid)
+                return None
             conn.sendall(b"C")
             chunks: list[bytes] = []
             expected: int | None = None
@@ -136,14 +68,14 @@ def fetch_state(path: Path, timeout_s: float) -> State | None:
         return None
 
 
-def fetch_states(paths: dict[str, Path]) -> dict[str, State | None]:
-    """Ask every member (token -> socket path) in parallel; None for those that do not answer in time."""
+def fetch_states(members: dict[str, tuple[str, int]]) -> dict[str, State | None]:
+    """Ask every member (token -> (socket address, pid)) in parallel; None for those that do not answer in time."""
     answers: dict[str, State | None] = {}
 
     def fetch(token: str) -> None:
-        answers[token] = fetch_state(paths[token], FETCH_TIMEOUT_S)
+        answers[token] = fetch_state(*members[token], FETCH_TIMEOUT_S)
 
-    threads = [threading.Thread(target=fetch, args=(token,), daemon=True) for token in paths]
+    threads = [threading.Thread(target=fetch, args=(token,), daemon=True) for token in members]
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + FETCH_TIMEOUT_S + 0.5
@@ -155,20 +87,29 @@ def fetch_states(paths: dict[str, Path]) -> dict[str, State | None]:
 class MemberServer:
     """Answers the holder's requests for this process's state on a unix socket; tries to take the port over."""
 
-    def __init__(self, path: Path, answer: Callable[[], bytes], takeover: Callable[[], bool]) -> None:
+    def __init__(
+        self, address: str, remove: Callable[[], None], answer: Callable[[], bytes], takeover: Callable[[], bool]
+    ) -> None:
         """Args:
-        path: the socket file to listen on.
+        address: the socket address to listen on (in the group's directory).
+        remove: removes the socket's file (at :meth:`close`).
         answer: this process's state, JSON-encoded (published to its file before it is sent).
         takeover: tries to bind the Prometheus port; True once this process holds it (the server stops).
+
+        Raises:
+            OSError: the socket cannot be made (the directory is full, read-only or gone).
         """
-        self.path = path
+        self._remove = remove
         self._state = answer
         self._takeover = takeover
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        remove()
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._socket.bind(str(path))
-        self._socket.listen(8)
+        try:
+            self._socket.bind(address)
+            self._socket.listen(8)
+        except OSError:
+            self._socket.close()
+            raise
         self._socket.settimeout(TAKEOVER_INTERVAL_S)
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="chat-turbo-metrics-member", daemon=True)
@@ -204,7 +145,7 @@ class MemberServer:
         self._stopped.set()
         self._socket.close()
         with contextlib.suppress(OSError):
-            self.path.unlink()
+            self._remove()
 
     def forget(self) -> None:
         """After fork: the socket and its file belong to the parent; close the inherited descriptor only."""
