@@ -15,9 +15,11 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from conftest import clean_env, free_port
@@ -26,12 +28,13 @@ BIN = Path(sys.executable).parent
 
 APP = textwrap.dedent(
     """
-    import json, os
+    import json, os, time
     import chat_turbo_metrics
 
     monitor = {monitor}
 
     def app(environ, start_response):
+        time.sleep(0.02)  # long enough that concurrent requests reach different workers
         monitor.increment_counter("orders")
         body = json.dumps({{"pid": os.getpid()}}).encode()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
@@ -61,6 +64,8 @@ class Server:
         self.app_port = free_port()
         self.metrics_port = metrics_port or free_port()
         self.log = tmp_path / f"server-{self.app_port}.log"
+        self.sent = 0  # requests answered, the probes that waited for the workers included
+        self._lock = threading.Lock()
         environment = clean_env(
             PYTHONPATH=os.pathsep.join([str(tmp_path), *(p for p in sys.path if p)]),
             CHAT_TURBO_ENV="test",
@@ -77,27 +82,34 @@ class Server:
             self.process = subprocess.Popen(
                 command, env=environment, cwd=tmp_path, stdout=log, stderr=log, start_new_session=True
             )
-        self._wait_ready()
+        self._wait_ready(workers)
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 30
-        while True:
+    def _wait_ready(self, workers: int) -> None:
+        """Until every worker has served a request (so every worker has started, and configured monitoring)."""
+        deadline = time.monotonic() + 60
+        pids: set[int] = set()
+        while len(pids) < workers:
             try:
-                self.request()
-                return
+                pids |= self.load(2 * workers)
             except OSError:
                 if time.monotonic() > deadline or self.process.poll() is not None:
                     raise AssertionError(f"the server did not start:\n{self.stop()[-3000:]}") from None
                 time.sleep(0.1)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"only {len(pids)} of {workers} workers served:\n{self.stop()[-3000:]}")
 
     def request(self) -> int:
         """One request to the application; the pid of the worker that served it."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.app_port}/", timeout=10) as reply:
-            return int(json.loads(reply.read())["pid"])
+            pid = int(json.loads(reply.read())["pid"])
+        with self._lock:
+            self.sent += 1
+        return pid
 
     def load(self, requests: int) -> set[int]:
-        """``requests`` requests; the pids that served them."""
-        return {self.request() for _ in range(requests)}
+        """``requests`` requests, four at a time (so that every worker takes some); the pids that served them."""
+        with ThreadPoolExecutor(4) as pool:
+            return set(pool.map(lambda _: self.request(), range(requests)))
 
     def scrape(self) -> str:
         """The Prometheus endpoint's answer (see :func:`scrape`)."""
