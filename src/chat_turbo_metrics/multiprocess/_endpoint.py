@@ -17,9 +17,10 @@ import time
 from chat_turbo_metrics._pipeline.ports import PortInUseError
 from chat_turbo_metrics.multiprocess._directory import DirectoryRefused, PrivateDirectory
 from chat_turbo_metrics.multiprocess._group import Group, group_for, is_worker, pid_alive, pid_of, run_founder_alive
+from chat_turbo_metrics.multiprocess._health import Health
 from chat_turbo_metrics.multiprocess._ledger import GroupFiles
 from chat_turbo_metrics.multiprocess._protocols import Membership, SharedEndpoint, Source
-from chat_turbo_metrics.multiprocess._session import DIRECTORY_SETTING, Health, Session
+from chat_turbo_metrics.multiprocess._session import DIRECTORY_SETTING, Session
 
 _logger = logging.getLogger("chat_turbo_metrics.multiprocess")
 

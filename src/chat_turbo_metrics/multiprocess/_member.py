@@ -27,6 +27,7 @@ _HEADER = struct.Struct(">Q")
 
 
 _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_ignored: set[str] = set()  # sockets warned about once
 
 
 def _peer_is(conn: socket.socket, pid: int) -> bool:
@@ -47,7 +48,9 @@ def fetch_state(address: str, pid: int, timeout_s: float) -> State | None:
             conn.settimeout(timeout_s)
             conn.connect(address)
             if not _peer_is(conn, pid):
-                _logger.warning("ignored socket %s: it is not served by process %d of this user", address, pid)
+                if address not in _ignored and len(_ignored) < 100:
+                    _ignored.add(address)
+                    _logger.warning("ignored socket %s: it is not served by process %d of this user", address, pid)
                 return None
             conn.sendall(b"C")
             chunks: list[bytes] = []

@@ -30,6 +30,7 @@ from chat_turbo_metrics.multiprocess._group import (
     pid_alive,
     pid_of,
 )
+from chat_turbo_metrics.multiprocess._health import CAUSES, Health
 from chat_turbo_metrics.multiprocess._ledger import FINAL, SOCKET, STATE, GroupFiles, Ledger, dumps
 from chat_turbo_metrics.multiprocess._member import TAKEOVER_INTERVAL_S, MemberServer, fetch_states
 from chat_turbo_metrics.multiprocess._merge import State, encode, fold_vanished, gauge_modes, merge, prune
@@ -40,38 +41,6 @@ _logger = logging.getLogger("chat_turbo_metrics.multiprocess")
 DIRECTORY_SETTING = "METRICS_MULTIPROCESS_DIR"
 PUBLISH_INTERVAL_S = 1.0  # how often a process of a multi-process service publishes its state to its file
 DECIDE_WAIT_S = 10.0
-WARN_AGAIN_S = 600.0  # a cause that keeps coming back is warned about again after this long
-CAUSES = ("directory", "storage")
-
-
-class Health:
-    """Why this process cannot share its metrics with its group; each cause is logged once when it starts."""
-
-    def __init__(self) -> None:
-        self.causes: dict[str, int] = {}
-        self._failing: dict[str, set[str]] = {}
-        self._warned_at: dict[str, float] = {}
-
-    def fail(self, cause: str, operation: str, level: int, message: str, *args: object) -> None:
-        """``operation`` failed for ``cause``; the first failure of an episode is logged (at most every 10 min)."""
-        failing = self._failing.setdefault(cause, set())
-        starts = not failing
-        failing.add(operation)
-        self.causes[cause] = 1
-        now = time.monotonic()
-        if starts and now - self._warned_at.get(cause, -WARN_AGAIN_S) >= WARN_AGAIN_S:
-            self._warned_at[cause] = now
-            _logger.log(level, message, *args)
-
-    def ok(self, cause: str, operation: str, message: str, *args: object) -> None:
-        """``operation`` worked; the cause ends once every failing operation has worked again."""
-        failing = self._failing.get(cause)
-        if not failing or operation not in failing:
-            return
-        failing.discard(operation)
-        if not failing:
-            self.causes[cause] = 0
-            _logger.info(message, *args)
 
 
 class Session:
@@ -424,6 +393,7 @@ class Session:
         """
         forksafe.reinit(self._scrape_lock)
         forksafe.reinit(self._publish_lock)
+        self._health.after_fork_in_child()
         self._previous = {}
         self._publisher, self._stop, self._final = None, threading.Event(), None
         member, self._member = self._member, None
