@@ -45,6 +45,18 @@ CONFIGURE = "chat_turbo_metrics.configure()  # strict: a port this worker cannot
 GET_INSTANCE = "chat_turbo_metrics.PerformanceMonitor.get_instance()"
 
 
+def monitored_env(metrics_port: int, **extra: str) -> dict[str, str]:
+    """The environment of a program that serves Prometheus on 127.0.0.1:``metrics_port`` (plus ``extra``)."""
+    settings = {
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        "CHAT_TURBO_ENV": "test",
+        "OTEL_METRICS_EXPORTER": "prometheus",
+        "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
+        "OTEL_EXPORTER_PROMETHEUS_PORT": str(metrics_port),
+    }
+    return clean_env(**{**settings, **extra})
+
+
 class Server:
     """``gunicorn -w <workers>`` serving :data:`APP` on a free port, its Prometheus endpoint on another."""
 
@@ -66,13 +78,8 @@ class Server:
         self.log = tmp_path / f"server-{self.app_port}.log"
         self.sent = 0  # requests answered, the probes that waited for the workers included
         self._lock = threading.Lock()
-        environment = clean_env(
-            PYTHONPATH=os.pathsep.join([str(tmp_path), *(p for p in sys.path if p)]),
-            CHAT_TURBO_ENV="test",
-            OTEL_METRICS_EXPORTER="prometheus",
-            OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1",
-            OTEL_EXPORTER_PROMETHEUS_PORT=str(self.metrics_port),
-            **env,
+        environment = monitored_env(
+            self.metrics_port, PYTHONPATH=os.pathsep.join([str(tmp_path), *filter(None, sys.path)]), **env
         )
         command = [str(BIN / "gunicorn"), "-w", str(workers), "-b", f"127.0.0.1:{self.app_port}"]
         command += ["--graceful-timeout", "5", *extra, "app:app"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -15,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import clean_env, free_port
-from prefork_server import GET_INSTANCE, Server, scrape, value
+from conftest import free_port
+from prefork_server import GET_INSTANCE, Server, monitored_env, scrape, value
 
 STRANGER = textwrap.dedent(
     """
@@ -51,14 +50,7 @@ def _run_stranger(tmp_path: Path, mode: str, port: int, **env: str) -> subproces
     (tmp_path / "stranger.py").write_text(STRANGER)
     return subprocess.run(
         [sys.executable, str(tmp_path / "stranger.py"), mode],
-        env=clean_env(
-            PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
-            CHAT_TURBO_ENV="test",
-            OTEL_METRICS_EXPORTER="prometheus",
-            OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1",
-            OTEL_EXPORTER_PROMETHEUS_PORT=str(port),
-            **env,
-        ),
+        env=monitored_env(port, **env),
         capture_output=True,
         text=True,
         timeout=60,
@@ -118,15 +110,7 @@ def test_processes_named_into_one_group_share_a_scrape_and_others_do_not(tmp_pat
     def start(jobs: int, **env: str) -> subprocess.Popen[str]:
         process = subprocess.Popen(
             [sys.executable, str(script), str(jobs)],
-            env=clean_env(
-                PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
-                CHAT_TURBO_ENV="test",
-                OTEL_METRICS_EXPORTER="prometheus",
-                OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1",
-                OTEL_EXPORTER_PROMETHEUS_PORT=str(port),
-                METRICS_MULTIPROCESS_DIR=str(tmp_path / "mp"),
-                **env,
-            ),
+            env=monitored_env(port, METRICS_MULTIPROCESS_DIR=str(tmp_path / "mp"), **env),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
