@@ -23,8 +23,8 @@ Files (all in the group's private directory, :mod:`._directory`):
 Example:
     >>> files = GroupFiles(PrivateDirectory.open(str(tmp_path / "mp")), "group-demo")
     >>> files.publish("123-ab", b'{"group": "group-demo", "metrics": []}', final=True)
-    >>> sorted(files.tokens(FINAL))
-    ['123-ab']
+    >>> files.tokens(FINAL, STATE)
+    [{'123-ab'}, set()]
 """
 
 from __future__ import annotations
@@ -60,13 +60,14 @@ class GroupFiles:
         self.directory = directory
         self.group = group
 
-    def tokens(self, suffix: str) -> set[str]:
-        """The tokens (``<pid>-<nonce>``) that have a file ending in ``suffix``."""
+    def tokens(self, *suffixes: str) -> list[set[str]]:
+        """For each of ``suffixes``, the tokens (``<pid>-<nonce>``) that have a file ending in it (one listing)."""
         try:
             names = self.directory.names()
         except OSError:
-            return set()
-        return {name[: -len(suffix)] for name in names if name.endswith(suffix) and not name.startswith(".")}
+            names = []
+        names = [name for name in names if not name.startswith(".")]
+        return [{name[: -len(suffix)] for name in names if name.endswith(suffix)} for suffix in suffixes]
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -165,8 +166,8 @@ class GroupFiles:
         ledger = self._read(LEDGER)
         if ledger is not None and ledger.get("parent") == parent:
             return True
-        for suffix in (FINAL, STATE):
-            for token in self.tokens(suffix):
+        for suffix, tokens in zip((FINAL, STATE), self.tokens(FINAL, STATE), strict=True):
+            for token in tokens:
                 state = self.read_state(token, suffix)
                 if state is not None and state.get("parent") == parent:
                     return True

@@ -112,7 +112,8 @@ class Session:
         pid = holder.get("pid") if holder is not None else None
         if isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
             return True
-        return any(pid_of(t) != os.getpid() and pid_alive(pid_of(t)) for t in self.files.tokens(SOCKET))
+        (sockets,) = self.files.tokens(SOCKET)
+        return any(pid_of(t) != os.getpid() and pid_alive(pid_of(t)) for t in sockets)
 
     def become_holder(self, *, continuing: bool = False) -> None:
         """This process bound the port: continue the group's totals (a named group: if a sibling left any)."""
@@ -122,7 +123,8 @@ class Session:
             if files is not None:
                 with files.locked():
                     if self.group.explicit:
-                        alive = [t for t in files.tokens(SOCKET) if t != self.token and pid_alive(pid_of(t))]
+                        (sockets,) = files.tokens(SOCKET)
+                        alive = [t for t in sockets if t != self.token and pid_alive(pid_of(t))]
                         continuing = continuing or bool(alive) or (worker and files.left_totals(parent_identity()))
                         if not continuing:
                             files.clear_earlier_run()
@@ -273,8 +275,9 @@ class Session:
             return guarded_collect(self._source)
 
     def _collect_group(self, files: GroupFiles) -> MetricsData | None:
-        members = files.tokens(SOCKET) - {self.token}
-        others = members | files.tokens(FINAL) | files.tokens(STATE)
+        sockets, finals, states = files.tokens(SOCKET, FINAL, STATE)
+        members = sockets - {self.token}
+        others = members | finals | states
         others.discard(self.token)
         if not (others or self._multi):
             return guarded_collect(self._source)  # a single process: nothing to merge
