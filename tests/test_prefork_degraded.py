@@ -99,6 +99,14 @@ def test_a_full_directory_serves_every_scrape_and_recovers_without_losing_totals
             full = server.scrape()
             assert value(full, "orders_total") == server.sent
             assert (value(full, STORAGE_DEGRADED) or 0) >= 1
+            # A worker killed while nothing can be written retires with what the last scrape saw of it.
+            holder = holder_of(server.metrics_port)
+            assert holder is not None
+            victim = next(pid for pid in server.load(16) if pid != holder.pid)
+            assert value(server.scrape(), "orders_total") == server.sent
+            os.kill(victim, signal.SIGKILL)
+            time.sleep(0.5)
+            assert value(server.scrape(), "orders_total") == server.sent
 
             filler.unlink()  # space comes back: the files catch up by themselves
             deadline = time.monotonic() + 20

@@ -20,7 +20,7 @@ from chat_turbo_metrics.multiprocess._group import Group, group_for, is_worker, 
 from chat_turbo_metrics.multiprocess._health import Health
 from chat_turbo_metrics.multiprocess._ledger import GroupFiles
 from chat_turbo_metrics.multiprocess._protocols import Membership, SharedEndpoint, Source
-from chat_turbo_metrics.multiprocess._session import DIRECTORY_SETTING, Session
+from chat_turbo_metrics.multiprocess._session import Session
 
 _logger = logging.getLogger("chat_turbo_metrics.multiprocess")
 
@@ -108,17 +108,7 @@ def _open_files(
         if base is not None:
             base.close()
         reason = error.reason if isinstance(error, DirectoryRefused) else error.strerror or str(error)
-        health.fail(
-            "directory",
-            "open",
-            logging.ERROR,
-            "multiprocess directory %s refused: %s. The processes of this service cannot share one scrape: each "
-            "keeps its own metrics, and the Prometheus endpoint serves only those of the process holding the "
-            "port. Choose a private directory with %s=<path>",
-            path,
-            reason,
-            DIRECTORY_SETTING,
-        )
+        health.directory_refused(path, reason)
         return None, None
     if new and not group.explicit:
         _sweep(base, name)

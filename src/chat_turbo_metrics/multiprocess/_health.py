@@ -20,6 +20,7 @@ from chat_turbo_metrics._pipeline import forksafe
 
 _logger = logging.getLogger("chat_turbo_metrics.multiprocess")
 
+DIRECTORY_SETTING = "METRICS_MULTIPROCESS_DIR"
 CAUSES = ("directory", "storage")
 WARN_AGAIN_S = 600.0  # a cause that keeps coming back is warned about again after this long
 
@@ -61,3 +62,35 @@ class Health:
 
     def after_fork_in_child(self) -> None:
         forksafe.reinit(self._lock)
+
+    def directory_refused(self, path: str, reason: str) -> None:
+        """The group's directory cannot be used: each process keeps its own data."""
+        self.fail(
+            "directory",
+            "open",
+            logging.ERROR,
+            "multiprocess directory %s refused: %s. The processes of this service cannot share one scrape: each "
+            "keeps its own metrics, and the Prometheus endpoint serves only those of the process holding the "
+            "port. Choose a private directory with %s=<path>",
+            path,
+            reason,
+            DIRECTORY_SETTING,
+        )
+
+    def storage_failed(self, path: str, operation: str, error: OSError) -> None:
+        """Writing to the group's directory failed (``operation``): scrapes are merged from memory."""
+        self.fail(
+            "storage",
+            operation,
+            logging.WARNING,
+            "cannot write to the multiprocess directory %s (%s): scrapes are merged from the processes' memory, "
+            "and a process that exits or is killed meanwhile keeps only what the last scrape saw of it. Free "
+            "space there, or choose another directory with %s=<path>",
+            path,
+            error.strerror or error,
+            DIRECTORY_SETTING,
+        )
+
+    def storage_ok(self, path: str, operation: str) -> None:
+        """Writing ``operation`` worked again."""
+        self.ok("storage", operation, "the multiprocess directory %s is writable again", path)

@@ -53,6 +53,11 @@ def dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), default=str).encode()
 
 
+def newest(state: State, other: State | None) -> State:
+    """The later of two states of one process (by the sequence number each publication carries)."""
+    return other if other is not None and other.get("seq", 0) > state.get("seq", 0) else state
+
+
 class GroupFiles:
     """One group's directory for one endpoint: the states, the ledger, the holder and the sockets."""
 
@@ -122,13 +127,22 @@ class GroupFiles:
         self.directory.write(LEDGER, dumps(ledger))
 
     def account(
-        self, token: str, answer: State | None, ledger: Ledger, live: list[tuple[str, State]]
+        self,
+        token: str,
+        answer: State | None,
+        ledger: Ledger,
+        live: list[tuple[str, State]],
+        unstored: State | None = None,
     ) -> tuple[bool, State | None]:
         """Add process ``token`` to a scrape: live (into ``live``), or retired (into ``ledger``). Under the lock.
 
         Removes no file: a retired process's files go only once the ledger that holds its totals is written
         (:meth:`forget`), so a holder that fails or dies in between (a recycled worker's scrape thread, ended
         with its process) leaves them for the next scrape instead of losing them.
+
+        Args:
+            unstored: the newest state of this process the holder saw that it could not write (directory
+                full): it counts when it is newer than what the files hold.
 
         Returns:
             Whether the ledger changed (the process retired), and the state that counted (None: nothing did).
@@ -140,7 +154,7 @@ class GroupFiles:
         last: State | None = final if final is not None else answer if alive else None
         if last is None:  # busy, slow or killed: what it published covers everything it answered
             published = self.read_state(token, STATE)
-            last = published if published is not None else answer
+            last = newest(published, unstored) if published is not None else answer or unstored
         if final is None and alive:
             if last is not None:
                 live.append((token, last))

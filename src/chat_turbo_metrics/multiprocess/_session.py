@@ -38,7 +38,6 @@ from chat_turbo_metrics.multiprocess._protocols import SharedEndpoint, Source
 
 _logger = logging.getLogger("chat_turbo_metrics.multiprocess")
 
-DIRECTORY_SETTING = "METRICS_MULTIPROCESS_DIR"
 PUBLISH_INTERVAL_S = 1.0  # how often a process of a multi-process service publishes its state to its file
 DECIDE_WAIT_S = 10.0
 
@@ -94,6 +93,9 @@ class Session:
         self._closed = False
         self._final: bytes | None = None  # once written, this process's part is its final state
         self._published_at = 0.0
+        self._seq = 0  # publications of this process: the holder tells a newer state from an older one
+        # The newest state of each member that could not write it (a full directory), seen in its answers.
+        self._unstored: dict[str, State] = {}
         self._publisher: threading.Thread | None = None
         self._stop = threading.Event()
         self._failed_merge: set[type] = set()
@@ -202,22 +204,10 @@ class Session:
         return {cause: causes.get(cause, 0) for cause in CAUSES}
 
     def _storage_failed(self, operation: str, error: OSError) -> None:
-        path = self.files.directory.path if self.files is not None else "?"
-        self._health.fail(
-            "storage",
-            operation,
-            logging.WARNING,
-            "cannot write to the multiprocess directory %s (%s): scrapes are served from the processes' memory, "
-            "and a process that exits or is killed meanwhile loses what it recorded since its last write. Free "
-            "space there, or choose another directory with %s=<path>",
-            path,
-            error.strerror or error,
-            DIRECTORY_SETTING,
-        )
+        self._health.storage_failed(self._path, operation, error)
 
     def _storage_ok(self, operation: str) -> None:
-        path = self.files.directory.path if self.files is not None else "?"
-        self._health.ok("storage", operation, "the multiprocess directory %s is writable again", path)
+        self._health.storage_ok(self._path, operation)
 
     # --- this process's state ---------------------------------------------------------------------
     def _publish(self, *, final: bool = False) -> tuple[State, bytes]:
@@ -232,12 +222,16 @@ class Session:
             state = encode(guarded_collect(self._source))
             state["parent"] = parent_identity()  # tells the holder of a named group whether it is the master
             state["group"] = self.group.key
+            self._seq += 1
+            state["seq"] = self._seq
             body = dumps(state)
             if self.files is not None:
                 try:
                     self.files.publish(self.token, body, final=final)
                 except OSError as error:
                     self._storage_failed("publish", error)
+                    state["stored"] = False  # the holder keeps it: the file is older
+                    body = dumps(state)
                 else:
                     self._storage_ok("publish")
             self._published_at = time.monotonic()
@@ -298,7 +292,8 @@ class Session:
                 live = [] if self.token in ledger["folded"] else [(self.token, own)]
                 changed = bool(live) and self._fold_idle(ledger, self.token, own, retired=False)
                 for token in sorted(others):
-                    retired, state = files.account(token, answers.get(token), ledger, live)
+                    retired, state = files.account(token, answers.get(token), ledger, live, self._unstored.get(token))
+                    self._remember_unstored(token, state)
                     changed |= retired
                     if state is not None:
                         self._root = self._root or state.get("parent") == self._identity
@@ -309,7 +304,16 @@ class Session:
                 # A retired process's files go only once the ledger holding its totals is written.
                 if not changed or (locked and self._write_ledger(files, ledger)):
                     files.forget(others, ledger)
+                    for token in set(self._unstored).intersection(ledger["folded"]):
+                        del self._unstored[token]  # its totals are in the ledger on disk now
         return merge(live, ledger["state"], self.gauge_mode)
+
+    def _remember_unstored(self, token: str, state: State | None) -> None:
+        """Keep a member's state that is newer than its file until the ledger holding it is written."""
+        if state is not None and state.get("stored", True):
+            self._unstored.pop(token, None)
+        elif state is not None:
+            self._unstored[token] = state
 
     def _write_ledger(self, files: GroupFiles, ledger: Ledger) -> bool:
         try:
@@ -397,7 +401,7 @@ class Session:
         forksafe.reinit(self._scrape_lock)
         forksafe.reinit(self._publish_lock)
         self._health.after_fork_in_child()
-        self._previous = {}
+        self._previous, self._unstored, self._seq = {}, {}, 0
         self._publisher, self._stop, self._final = None, threading.Event(), None
         member, self._member = self._member, None
         if member is not None:
