@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -82,6 +84,21 @@ def service_process(directory: object, port: int, **settings: object) -> Perform
             **settings,
         )
     )
+
+
+def group_directory(base: Path, port: int) -> Path:
+    """The directory of the one group serving 127.0.0.1:``port`` in the multiprocess base directory ``base``."""
+    found = sorted(base.glob(f"127.0.0.1-{port}.*"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in ``path``, or None if it is missing or not (yet) JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 @pytest.fixture

@@ -6,11 +6,13 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
-from conftest import clean_env, free_port
+from conftest import clean_env, free_port, port_open
 
 # The seed README's ten metric names, as Prometheus shows them (families; histograms by their _count).
 SEED_FAMILIES = (
@@ -114,3 +116,38 @@ def test_taken_port_ends_with_a_one_line_hint_and_a_failure_status() -> None:
     (line,) = result.stderr.strip().splitlines()
     assert f"127.0.0.1:{port}" in line
     assert "METRICS_PROMETHEUS_PORT" in line
+
+
+def test_a_second_demo_on_the_same_port_fails_and_merges_nothing(tmp_path: Path) -> None:
+    port = free_port()
+    settings = {"METRICS_PROMETHEUS_PORT": str(port), "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1"}
+    env = clean_env(**settings, TMPDIR=str(tmp_path))
+    first = subprocess.Popen(
+        [sys.executable, "-m", "chat_turbo_metrics", "demo", "--duration", "6"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not port_open("127.0.0.1", port):
+            assert time.monotonic() < deadline, "the first demo did not start"
+            assert first.poll() is None, "the first demo exited"
+            time.sleep(0.1)
+
+        second = run_demo(
+            METRICS_PROMETHEUS_PORT=str(port), OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1", TMPDIR=str(tmp_path)
+        )
+    finally:
+        output, _ = first.communicate(timeout=60)
+
+    assert second.returncode == 1
+    (line,) = second.stderr.strip().splitlines()
+    assert f"127.0.0.1:{port}" in line
+    assert f"pid {first.pid}" in line  # the holder: the first demo
+    assert "METRICS_PROMETHEUS_PORT" in line
+    # The first run's scrape at its end counts its own requests only: what it recorded equals what it served.
+    recorded = re.search(r"recorded (\d+) API requests", output)
+    assert recorded is not None, output
+    assert totals(output)["api_requests_total"] == int(recorded.group(1))

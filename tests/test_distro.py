@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -117,6 +118,21 @@ def test_unknown_exporter_gives_one_clear_error_and_the_rest_starts(tmp_path: Pa
     assert "prometheus" in errors[0]
     assert "chat_turbo_file" in errors[0]
     assert 'messages_sent_total{channel="public"} 1' in report["scrape"]
+
+
+def test_a_port_in_use_says_once_who_holds_it_and_what_to_set(tmp_path: Path, base_env: dict[str, str]) -> None:
+    with socket.socket() as squatter:  # another program holds the port: this test's process
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        base_env["OTEL_EXPORTER_PROMETHEUS_PORT"] = str(port)
+        report, stderr = run_app(tmp_path, "instrument", {**base_env, "TMPDIR": str(tmp_path)})
+    (line,) = [line for line in stderr.splitlines() if f"127.0.0.1:{port}" in line]
+    assert f"pid {os.getpid()}" in line
+    assert "METRICS_PROMETHEUS_PORT" in line
+    assert "Errno" not in line
+    assert report["pull"] == []  # the application runs on without the endpoint, and the rest starts
+    assert report["push"] == ["ConsoleMetricExporter"]
 
 
 def test_unknown_trace_exporter_names_its_variable(tmp_path: Path, base_env: dict[str, str]) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from chat_turbo_metrics import ConfigurationError, MonitoringConfig, PerformanceMonitor, get_monitoring_config
-from chat_turbo_metrics._exposition.merge import encode, merge, retire
 from chat_turbo_metrics._exposition.prometheus_text import to_prometheus_text
+from chat_turbo_metrics.multiprocess._merge import encode, merge, retire
 from conftest import free_port, service_process
 
 
@@ -163,6 +163,8 @@ def test_port_held_by_another_program_still_raises(tmp_path: Path) -> None:
         with pytest.raises(OSError, match=rf"127\.0\.0\.1:{port}\b") as raised:
             service_process(tmp_path, port)
     assert raised.value.errno == errno.EADDRINUSE
+    assert f"pid {os.getpid()}" in str(raised.value)  # the holder, when it can be seen
+    assert "METRICS_PROMETHEUS_PORT" in str(raised.value)
 
 
 def test_each_forked_worker_pushes_under_its_own_service_instance_id() -> None:

@@ -1,8 +1,9 @@
 """The port changes hands, processes die: the service's counters carry on, never backwards.
 
-The process holding the Prometheus port is a separate Python process here (a worker of a pre-fork server
-without ``opentelemetry-instrument`` is exactly that: a sibling, not the parent); this test process is a
-member that takes the port over when the holder exits or is killed.
+The process holding the Prometheus port is a separate Python process here, started by this one: not one of
+its workers, so the two join by a group name they share (``METRICS_MULTIPROCESS_GROUP``), as an operator
+joins separate programs. This test process is a member that takes the port over when the holder exits or is
+killed.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from chat_turbo_metrics._pipeline import multiprocess
-from chat_turbo_metrics._pipeline.member import is_worker, read_json
-from conftest import clean_env, free_port, service_process
+from chat_turbo_metrics.multiprocess import _session
+from chat_turbo_metrics.multiprocess._group import is_worker
+from conftest import clean_env, free_port, group_directory, read_json, service_process
 
 # Generous bound for waits that normally end in about a second (a takeover, a background publication).
 PATIENCE_S = 20.0
@@ -36,7 +37,7 @@ HOLDER = textwrap.dedent(
     port, directory = int(sys.argv[1]), sys.argv[2]
     monitor = PerformanceMonitor(MonitoringConfig(
         environment="test", metrics_exporters=("prometheus",), prometheus_host="127.0.0.1",
-        prometheus_port=port, multiprocess_dir=directory,
+        prometheus_port=port, multiprocess_dir=directory, multiprocess_group="takeover",
     ))
     print("bound", flush=True)
     for line in sys.stdin:  # "jobs N": record; "exit": shut down as a recycled worker does
@@ -111,9 +112,9 @@ def test_a_member_takes_the_port_over_from_a_recycled_holder_and_continues_its_t
     tmp_path: Path, holder: tuple[Holder, int]
 ) -> None:
     process, port = holder
-    directory = tmp_path / "mp" / f"127.0.0.1-{port}"
+    directory = group_directory(tmp_path / "mp", port)
     process.record(5)
-    member = service_process(tmp_path / "mp", port)  # the port is held: this process becomes a member
+    member = service_process(tmp_path / "mp", port, multiprocess_group="takeover")  # the port is held: a member
     try:
         member.increment_counter("jobs", value=2)
         assert "jobs_total 7" in _scrape(port)
@@ -135,10 +136,10 @@ def test_a_member_publishes_its_state_as_it_takes_the_port_over(
 ) -> None:
     # A scrape still finishing at the old holder can no longer ask this process once it has closed its member
     # socket: it reads the published state, which must include what was recorded up to the take-over.
-    monkeypatch.setattr(multiprocess, "PUBLISH_INTERVAL_S", 3600.0)  # no background publication meanwhile
+    monkeypatch.setattr(_session, "PUBLISH_INTERVAL_S", 3600.0)  # no background publication meanwhile
     process, port = holder
-    directory = tmp_path / "mp" / f"127.0.0.1-{port}"
-    member = service_process(tmp_path / "mp", port)
+    member = service_process(tmp_path / "mp", port, multiprocess_group="takeover")
+    directory = group_directory(tmp_path / "mp", port)
     try:
         member.increment_counter("jobs", value=2)
         assert "jobs_total 2" in _scrape(port)  # this process published 2 as it answered the holder
@@ -154,9 +155,9 @@ def test_a_member_publishes_its_state_as_it_takes_the_port_over(
 
 def test_a_holder_killed_with_sigkill_keeps_what_it_published(tmp_path: Path, holder: tuple[Holder, int]) -> None:
     process, port = holder
-    directory = tmp_path / "mp" / f"127.0.0.1-{port}"
+    directory = group_directory(tmp_path / "mp", port)
     process.record(5)
-    member = service_process(tmp_path / "mp", port)
+    member = service_process(tmp_path / "mp", port, multiprocess_group="takeover")
     try:
         member.increment_counter("jobs", value=2)
         assert "jobs_total 7" in _scrape(port)  # served: the holder published its 5 before it served them
@@ -181,13 +182,13 @@ def test_a_holder_that_dies_before_writing_the_ledger_loses_no_retired_totals(
     # holder's scrape thread can end there, with its process; the member's files must outlive it. A FIFO in
     # place of the ledger's temporary file stops the holder inside that write, where it is killed.
     process, port = holder
-    directory = tmp_path / "mp" / f"127.0.0.1-{port}"
+    directory = group_directory(tmp_path / "mp", port)
     retired = Holder(tmp_path, port)  # the port is held: a member, recycled before any scrape
     retired.record(5)
     retired.send("exit")
     retired.process.wait(10)
     process.record(1)
-    member = service_process(tmp_path / "mp", port)
+    member = service_process(tmp_path / "mp", port, multiprocess_group="takeover")
     try:
         member.increment_counter("jobs", value=2)
         os.mkfifo(directory / f".retired.json.{process.process.pid}.tmp")
@@ -227,7 +228,7 @@ def _read(path: Path) -> str:
 def test_a_member_killed_before_any_scrape_keeps_what_it_published(tmp_path: Path) -> None:
     port = free_port()
     holder = service_process(tmp_path / "mp", port)
-    directory = tmp_path / "mp" / f"127.0.0.1-{port}"
+    directory = group_directory(tmp_path / "mp", port)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # a member that records and is killed before the holder ever asked it for its totals
@@ -277,7 +278,7 @@ def test_workers_are_told_from_processes_started_by_a_supervisor() -> None:
     with multiprocessing.get_context("spawn").Pool(1) as pool:  # the function travels by its module's name
         assert pool.apply(is_worker) is True
     started = subprocess.run(
-        [sys.executable, "-c", "from chat_turbo_metrics._pipeline.member import is_worker; print(is_worker())"],
+        [sys.executable, "-c", "from chat_turbo_metrics.multiprocess._group import is_worker; print(is_worker())"],
         capture_output=True,
         text=True,
         check=True,

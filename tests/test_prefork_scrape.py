@@ -27,19 +27,20 @@ from conftest import free_port
 
 APP = textwrap.dedent(
     """
-    import json, os
+    import glob, json, os
     from chat_turbo_metrics import PerformanceMonitor
 
     monitor = PerformanceMonitor.get_instance()
     monitor.record_gauge("worker_up", 1)  # at import: the client sees which workers have joined the service
-    ENDPOINT = "127.0.0.1-" + os.environ["OTEL_EXPORTER_PROMETHEUS_PORT"]
+    ENDPOINT = "127.0.0.1-" + os.environ["OTEL_EXPORTER_PROMETHEUS_PORT"] + ".*"
     HOLDER = os.path.join(os.environ["METRICS_MULTIPROCESS_DIR"], ENDPOINT, "holder.json")
 
     def _record():
         monitor.increment_counter("served", {"route": "/"})
         monitor.record_histogram("payload_bytes", 3, {"route": "/"})
         monitor.record_gauge("worker_up", 1)
-        with open(HOLDER) as holder:  # which process serves the Prometheus port now (tells the test it moved)
+        (path,) = glob.glob(HOLDER)  # the one group of this server
+        with open(path) as holder:  # which process serves the Prometheus port now (tells the test it moved)
             return json.dumps({"pid": os.getpid(), "holder": json.load(holder)["pid"]}).encode()
 
     def app(environ, start_response):

@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 
 from chat_turbo_metrics import ConfigurationError, MonitoringConfig, PerformanceMonitor, get_monitoring_config
-from chat_turbo_metrics._exposition.merge import encode, merge
-from chat_turbo_metrics._pipeline.multiprocess import Session
 from chat_turbo_metrics.alerting._delivery import Channel, DeliveryStats, Job, RetryPolicy
+from chat_turbo_metrics.multiprocess._merge import encode, gauge_modes, merge
 from conftest import free_port, service_process
 
 MonitorFactory = Callable[..., PerformanceMonitor]
@@ -221,23 +220,12 @@ def test_health_counters_add_up_across_processes(monitor_factory: MonitorFactory
     assert found[("chat_turbo_metrics_dropped_total", (("cause", "not_finite"),))] == 2
 
 
-def test_health_gauges_of_processes_are_summed_whatever_the_default_mode(tmp_path: Path) -> None:
+def test_health_gauges_of_processes_are_summed_whatever_the_default_mode() -> None:
     config = MonitoringConfig(multiprocess_gauges={"*": "latest", "chat_turbo_metrics_series": "max"})
-    session = Session(_Stub(config), object(), tmp_path, config.multiprocess_gauges)
-    assert session.gauge_mode("chat_turbo_metrics_queue_depth") == "sum"
-    assert session.gauge_mode("chat_turbo_metrics_series") == "max"  # an explicit entry still wins
-    assert session.gauge_mode("active_connections") == "latest"
-
-
-class _Stub:
-    def __init__(self, config: MonitoringConfig) -> None:
-        self.config = config
-
-    def collect(self) -> None:
-        return None
-
-    def shutdown(self, timeout_s: float | None = None) -> None:
-        """Nothing to stop."""
+    gauge_mode = gauge_modes(config.multiprocess_gauges)
+    assert gauge_mode("chat_turbo_metrics_queue_depth") == "sum"
+    assert gauge_mode("chat_turbo_metrics_series") == "max"  # an explicit entry still wins
+    assert gauge_mode("active_connections") == "latest"
 
 
 def test_a_forked_worker_reports_its_own_exports_not_its_parents(

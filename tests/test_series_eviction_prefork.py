@@ -13,9 +13,12 @@ from typing import Any
 
 import pytest
 
-from chat_turbo_metrics._exposition.merge import EVICTING_SCOPE, fold_vanished, merge, prune, retire
 from chat_turbo_metrics._exposition.snapshot import MetricsSnapshot
-from chat_turbo_metrics._pipeline.multiprocess import Session
+from chat_turbo_metrics.multiprocess._directory import PrivateDirectory
+from chat_turbo_metrics.multiprocess._group import Group, group_for
+from chat_turbo_metrics.multiprocess._ledger import GroupFiles
+from chat_turbo_metrics.multiprocess._merge import EVICTING_SCOPE, fold_vanished, merge, prune, retire
+from chat_turbo_metrics.multiprocess._session import Session
 from test_series_eviction import TIMEOUT_S, Recording, values
 
 MINUTE_NS = 60 * 10**9
@@ -68,11 +71,11 @@ class _Service:
     """A holder and a member of one Prometheus endpoint in this process, talking over the real unix socket."""
 
     def __init__(self, directory: Path) -> None:
-        directory.mkdir(mode=0o700)
         self.holder = Recording(multiprocess_dir=str(directory))
         self.member = Recording(multiprocess_dir=str(directory))
-        self.holder_session = Session(self.holder.pipeline, None, directory, {})
-        self.member_session = Session(self.member.pipeline, None, directory, {})
+        group = group_for("eviction")
+        self.holder_session = Session(self.holder.pipeline, None, group, _files(directory, group), {})
+        self.member_session = Session(self.member.pipeline, None, group, _files(directory, group), {})
         self.holder_session.become_holder()
         self.member_session.become_member()
 
@@ -86,6 +89,14 @@ class _Service:
             session.close()
         for recording in (self.member, self.holder):
             recording.pipeline.shutdown()
+
+
+def _files(directory: Path, group: Group) -> GroupFiles:
+    base = PrivateDirectory.open(str(directory))
+    try:
+        return GroupFiles(base.child(group.directory_name("127.0.0.1", 1)), group.key)
+    finally:
+        base.close()
 
 
 @pytest.fixture

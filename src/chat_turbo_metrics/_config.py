@@ -12,6 +12,7 @@ import itertools
 import logging
 import math
 import os
+import re
 import stat
 import sys
 from collections.abc import Callable, Mapping
@@ -152,6 +153,7 @@ class MonitoringConfig:
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     multiprocess: bool = True
     multiprocess_dir: str = ""
+    multiprocess_group: str = ""
     multiprocess_gauges: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -215,6 +217,11 @@ def _check_config(config: MonitoringConfig) -> None:
         ("prometheus_host", bool(config.prometheus_host.strip()), "must be a host name or address, not empty"),
         ("alert_email_port", 0 < config.alert_email_port <= 65535, "must be a TCP port (1-65535)"),
         ("alert_email_tls", config.alert_email_tls in ("starttls", "tls", "none"), "must be starttls, tls or none"),
+        (
+            "multiprocess_group",
+            re.fullmatch(r"[A-Za-z0-9_-]{0,64}", config.multiprocess_group) is not None,
+            "must be up to 64 letters, digits, '_' or '-'",
+        ),
         (
             "multiprocess_gauges",
             all(mode in GAUGE_MODES for mode in config.multiprocess_gauges.values()),
@@ -399,6 +406,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "datadog_histogram_buckets": parse_bool,
     "multiprocess": parse_bool,
     "multiprocess_dir": parse_str,
+    "multiprocess_group": parse_str,
     "multiprocess_gauges": _parse_gauge_modes,
 }
 _SECRET_SETTINGS = frozenset(
@@ -533,6 +541,7 @@ _SEED_ENV: tuple[_EnvVar, ...] = (
     _EnvVar("CHAT_TURBO_DATADOG_HISTOGRAM_BUCKETS", "datadog_histogram_buckets"),
     _EnvVar("METRICS_MULTIPROCESS", "multiprocess"),
     _EnvVar("METRICS_MULTIPROCESS_DIR", "multiprocess_dir"),
+    _EnvVar("METRICS_MULTIPROCESS_GROUP", "multiprocess_group"),
     _EnvVar("METRICS_MULTIPROCESS_GAUGES", "multiprocess_gauges"),
 )
 

@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from chat_turbo_metrics._monitor import PerformanceMonitor, configure
+from chat_turbo_metrics._pipeline.ports import PortInUseError
 
 _CHANNELS = ("public", "private", "support")
 _STARTED = time.monotonic()
@@ -135,8 +136,11 @@ def _start(environment: str | None) -> PerformanceMonitor | None:
     """The configured monitor, or None after printing why the demo cannot start."""
     try:
         return configure(environment=environment) if environment else configure()
+    except PortInUseError as error:
+        # Most often a second demo (or another program) holds the Prometheus port; the message says which.
+        print(f"demo not started: {error}.", file=sys.stderr)
+        return None
     except OSError as error:
-        # Most often a second demo (or another exporter) holds the Prometheus port.
         print(
             f"demo not started: {error.strerror or error}. "
             "Free the port or choose another with METRICS_PROMETHEUS_PORT=<port>.",

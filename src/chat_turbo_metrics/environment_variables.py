@@ -113,7 +113,12 @@ METRICS_MULTIPROCESS = "METRICS_MULTIPROCESS"
 """``false`` to serve only this process's data on the Prometheus port (default: merge every worker's)."""
 
 METRICS_MULTIPROCESS_DIR = "METRICS_MULTIPROCESS_DIR"
-"""Base directory where the workers of a pre-fork server meet (default ``$TMPDIR/chat-turbo-metrics-<uid>``)."""
+"""Private base directory where the workers of a pre-fork server meet (default ``$TMPDIR/chat-turbo-metrics-<uid>``,
+0700; refused if another user owns it or may write to it)."""
+
+METRICS_MULTIPROCESS_GROUP = "METRICS_MULTIPROCESS_GROUP"
+"""A group name: processes of this user with the same name share one scrape, whoever started them (default:
+only the processes of one server, its master and the workers it forks or spawns)."""
 
 METRICS_MULTIPROCESS_GAUGES = "METRICS_MULTIPROCESS_GAUGES"
 """How gauges of several workers combine: ``sum``, ``max``, ``min``, ``latest``, ``worker``; or per metric."""

@@ -48,6 +48,7 @@ DROPPED = PREFIX + "dropped_total"
 OVERFLOW = OVERFLOW_METRIC
 QUEUE_DEPTH = PREFIX + "queue_depth"
 SERIES = PREFIX + "series"
+MULTIPROCESS_DEGRADED = PREFIX + "multiprocess_degraded"
 OUTCOMES = ("success", "failure", "timeout", "superseded")
 # An export that failed after using this share of its timeout ran out of time (exporters stop a little early).
 TIMEOUT_SHARE = 0.95
@@ -185,6 +186,7 @@ class Sources:
         exports: ExportStats,
         export_queues: Callable[[], Mapping[str, int]],
         exporters: Callable[[], Iterable[tuple[str, object]]],
+        multiprocess: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self.dropped_recordings = dropped_recordings
         self.unexportable = unexportable
@@ -192,6 +194,7 @@ class Sources:
         self.exports = exports
         self.export_queues = export_queues
         self.exporters = exporters
+        self.multiprocess = multiprocess
 
 
 def _sum(name: str, description: str, points: list[NumberDataPoint]) -> Metric:
@@ -230,6 +233,7 @@ class HealthMetrics:
             lambda: self._overflow(now),
             lambda: self._queues(now),
             lambda: self._series(data, now),
+            lambda: self._multiprocess(now),
         )
         built = []
         for index, build in enumerate(builders):
@@ -326,6 +330,15 @@ class HealthMetrics:
             for name, n in sorted(series.items())
         ]
         return _gauge(SERIES, "Series each metric holds in memory.", points) if points else None
+
+    def _multiprocess(self, now: int) -> Metric | None:
+        causes = self._sources.multiprocess()
+        points = [
+            NumberDataPoint({"cause": cause}, None, now, value)  # type: ignore[arg-type]
+            for cause, value in sorted(causes.items())
+        ]
+        description = "1 while this process cannot share its metrics with its pre-fork group, by cause."
+        return _gauge(MULTIPROCESS_DEGRADED, description, points) if points else None
 
 
 class HealthProducer:

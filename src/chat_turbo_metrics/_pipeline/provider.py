@@ -24,10 +24,10 @@ from opentelemetry.sdk.metrics.view import DropAggregation, ExplicitBucketHistog
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
+from chat_turbo_metrics import multiprocess
 from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, ViewConfig, setting_label
 from chat_turbo_metrics._exposition.values import Unexportable, exportable
 from chat_turbo_metrics._pipeline import forksafe
-from chat_turbo_metrics._pipeline import multiprocess as _multiprocess
 from chat_turbo_metrics._pipeline import registry as _registry
 from chat_turbo_metrics._pipeline import termination as _termination
 from chat_turbo_metrics._pipeline.compat import forget_inherited_sums, reinit_sdk_metric_locks
@@ -178,6 +178,7 @@ class Pipeline:
             timeout_s=config.export_timeout_s,
         )
         self.pull_exporters: list[PullExporter] = []
+        self._memberships: list[multiprocess.Membership] = []  # pre-fork groups this pipeline serves in
         self._shutdown_lock = threading.Lock()
         self._is_shutdown = False
         self._shutdown_done = threading.Event()
@@ -230,7 +231,12 @@ class Pipeline:
             self.fanout.add(exporter)
             _termination.flush_on_sigterm(self)  # a plain SIGTERM would end the process before its final export
         elif isinstance(exporter, PullExporter):
-            _multiprocess.attach_pull(self, exporter)  # one scrape for every process of the service
+            if isinstance(exporter, multiprocess.SharedEndpoint):
+                membership = multiprocess.serve(self, exporter)  # one scrape for every process of the service
+                if membership is not None:
+                    self._memberships.append(membership)
+            else:
+                exporter.attach(self.collect)
             self.pull_exporters.append(exporter)
         else:
             raise TypeError(
@@ -247,7 +253,15 @@ class Pipeline:
             exports=self.fanout.stats,
             export_queues=self.fanout.pending,
             exporters=lambda: self.fanout.named_exporters,
+            multiprocess=self._multiprocess_health,
         )
+
+    def _multiprocess_health(self) -> Mapping[str, int]:
+        causes: dict[str, int] = {}
+        for membership in self._memberships:
+            for cause, degraded in membership.health().items():
+                causes[cause] = max(causes.get(cause, 0), degraded)
+        return causes
 
     def add_span_processor(self, processor: SpanProcessor) -> None:
         """Install a span processor (alerting, exporting) on the pipeline's TracerProvider."""
@@ -291,7 +305,8 @@ class Pipeline:
 
     def _shut_down(self, deadline: float) -> None:
         self.fanout.shutdown(_remaining(deadline))
-        _multiprocess.close(self)  # the final state must be on disk before the port is let go
+        for membership in self._memberships:
+            membership.close()  # the final state must be on disk before the port is let go
         for exporter in self.pull_exporters:
             try:
                 exporter.shutdown(timeout_millis=_remaining(deadline) * 1000)

@@ -6,6 +6,7 @@ kept as documented (``memory_usage_mb``, ``api_requests_total``); see :mod:`chat
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from typing import Any
 
@@ -13,19 +14,22 @@ from opentelemetry.sdk.metrics.export import MetricsData
 
 from chat_turbo_metrics._config import MonitoringConfig
 from chat_turbo_metrics._exposition.prometheus_text import to_prometheus_text
+from chat_turbo_metrics._pipeline.ports import PortInUseError
 from chat_turbo_metrics.exporters import _prometheus_server
 from chat_turbo_metrics.exporters._prometheus_server import Endpoint
+from chat_turbo_metrics.multiprocess import SharedEndpoint
 
 Collect = Callable[[], MetricsData | None]
 
 
-class PrometheusExporter:
+class PrometheusExporter(SharedEndpoint):
     """Serves the Prometheus text exposition of every metric at ``http://host:port/metrics``.
 
     Binds to localhost unless told otherwise; port 0 picks a free port (see :attr:`port` after start).
     Answers GET and HEAD; cuts idle clients after 10 s and serves at most 16 at once. Attached to a port this
     process already serves (``configure()`` again), it takes the endpoint over instead of failing to bind;
-    shutting it down hands the endpoint back to the previous exporter, if any.
+    shutting it down hands the endpoint back to the previous exporter, if any. Under a pre-fork server one
+    process serves the port for every process of the service (:mod:`chat_turbo_metrics.multiprocess`).
 
     Example:
         >>> from chat_turbo_metrics.exporters.prometheus import PrometheusExporter
@@ -60,7 +64,8 @@ class PrometheusExporter:
         """Start serving what ``collect`` returns. Called by the pipeline once.
 
         Raises:
-            OSError: the port cannot be bound (named in the message).
+            PortInUseError: another process holds the port (the message names it when it can be seen).
+            OSError: the port cannot be bound for another reason (named in the message).
         """
         if self._collect is not None:
             raise RuntimeError("this PrometheusExporter is already attached to a monitor")
@@ -70,13 +75,21 @@ class PrometheusExporter:
         except OSError as error:
             # Nothing is kept, so attaching again (after the port is freed) works.
             self._collect = None
+            if error.errno == errno.EADDRINUSE:
+                raise PortInUseError(self.host, self._requested_port) from None
             raise OSError(
-                error.errno, f"Prometheus exporter cannot listen on {self.host}:{self._requested_port}: {error}"
+                error.errno,
+                f"Prometheus exporter cannot listen on {self.host}:{self._requested_port}: {error.strerror or error}",
             ) from None
 
     def render(self) -> str:
         """The exposition text a scrape returns now."""
         return to_prometheus_text(self._collect() if self._collect is not None else None)
+
+    @property
+    def requested_port(self) -> int:
+        """The configured port (0: any free port)."""
+        return self._requested_port
 
     @property
     def port(self) -> int:
@@ -88,7 +101,7 @@ class PrometheusExporter:
         """Where Prometheus should scrape."""
         return f"http://{self.host}:{self.port}/metrics"
 
-    def release_after_fork(self) -> None:
+    def detach_after_fork(self) -> None:
         """In a forked child: detach from the parent's endpoint (whose own fork hook closes the socket copy), so
         that this exporter can attach again when the child takes the port over."""
         self._endpoint, self._collect = None, None

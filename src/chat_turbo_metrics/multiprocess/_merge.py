@@ -25,7 +25,8 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from fnmatch import fnmatchcase
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import (
@@ -44,6 +45,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from chat_turbo_metrics._config import GAUGE_MODES
+from chat_turbo_metrics._pipeline.health import PREFIX as HEALTH_PREFIX
 
 _logger = logging.getLogger("chat_turbo_metrics.multiprocess")
 
@@ -55,6 +57,33 @@ WORKER_LABEL = "process.pid"
 # Per-process resource attributes: in a merged scrape they would describe one process as the service.
 _PER_PROCESS_RESOURCE = ("service.instance.id", "process.pid")
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
+
+
+DEFAULT_GAUGE_MODE = "sum"
+
+
+def gauge_modes(modes: Mapping[str, str]) -> GaugeMode:
+    """The gauge mode of a metric: its exact entry in ``modes``, else the first matching pattern, else ``"*"``.
+
+    Example:
+        >>> mode = gauge_modes({"cpu_*": "max", "*": "latest"})
+        >>> mode("cpu_percent"), mode("depth"), mode("chat_turbo_metrics_queue_depth")
+        ('max', 'latest', 'sum')
+    """
+    table = dict(modes)
+
+    def mode_of(name: str) -> str:
+        mode = table.get(name)
+        if mode is not None:
+            return mode
+        for pattern, found in table.items():
+            if pattern != "*" and fnmatchcase(name, pattern):
+                return found
+        if name.startswith(HEALTH_PREFIX):
+            return "sum"  # the service's queue depths and series are its workers' together, whatever "*" says
+        return table.get("*", DEFAULT_GAUGE_MODE)
+
+    return mode_of
 
 
 # --- MetricsData <-> state ------------------------------------------------------------------------
