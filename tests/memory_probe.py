@@ -13,10 +13,10 @@ import sys
 from typing import Any
 
 from chat_turbo_metrics import MonitoringConfig
+from chat_turbo_metrics._core.guard import Problems
 from chat_turbo_metrics._exposition.snapshot import MetricsSnapshot
 from chat_turbo_metrics._pipeline.provider import Pipeline
 from chat_turbo_metrics._recording.fast import FastRecorder
-from chat_turbo_metrics._recording.guard import Problems
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry
 
 TAG_SETS = 1_000_000

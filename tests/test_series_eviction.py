@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from chat_turbo_metrics import ViewConfig
+from chat_turbo_metrics._core.guard import Problems
 from chat_turbo_metrics._exposition.snapshot import MetricsSnapshot
 from chat_turbo_metrics._pipeline.provider import Pipeline
 from chat_turbo_metrics._recording.fast import FastRecorder
-from chat_turbo_metrics._recording.guard import Problems
 from chat_turbo_metrics._recording.idle import DEMOTED, GONE, PINNED
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry
 from conftest import make_config

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from chat_turbo_metrics._config import ConfigurationError
+from chat_turbo_metrics._core.config import ConfigurationError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,14 +12,14 @@ import os
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from chat_turbo_metrics._config import (
+from chat_turbo_metrics._core.config import (
     DEFAULT_DATABASE_URL,
     DEFAULT_SOURCE,
     MonitoringConfig,
     get_monitoring_config,
     is_variable,
 )
-from chat_turbo_metrics._secret import Secret
+from chat_turbo_metrics._core.secret import Secret
 
 # Settings whose default means something worth saying.
 _DEFAULT_MEANING = {

@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from chat_turbo_metrics._config import MonitoringConfig
+from chat_turbo_metrics._core.config import MonitoringConfig
+from chat_turbo_metrics._core.secret import Secret
 from chat_turbo_metrics._pipeline.health import DROPPED, EXPORTS, OVERFLOW, PREFIX, QUEUE_DEPTH, SERIES
-from chat_turbo_metrics._secret import Secret
 
 _LABEL_VALUE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 _UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}

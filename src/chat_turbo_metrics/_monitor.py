@@ -13,16 +13,16 @@ from typing import Any, ClassVar, TypeVar
 
 from opentelemetry import metrics, trace
 
-from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, get_monitoring_config
+from chat_turbo_metrics._core import forksafe
+from chat_turbo_metrics._core.config import ConfigurationError, MonitoringConfig, get_monitoring_config
+from chat_turbo_metrics._core.guard import Problems
+from chat_turbo_metrics._core.naming import Kind
 from chat_turbo_metrics._exposition.snapshot import MetricsSnapshot
-from chat_turbo_metrics._pipeline import forksafe
 from chat_turbo_metrics._pipeline import globals as otel_globals
 from chat_turbo_metrics._pipeline.health import HealthMetrics, HealthProducer
 from chat_turbo_metrics._pipeline.provider import Pipeline
 from chat_turbo_metrics._recording.bundle import bundle
-from chat_turbo_metrics._recording.guard import Problems
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry
-from chat_turbo_metrics._recording.naming import Kind
 from chat_turbo_metrics._recording.producer import current_resource
 from chat_turbo_metrics._recording.protocol import Recorder
 from chat_turbo_metrics._recording.ratio import add_hit_ratios

@@ -38,7 +38,7 @@ from test_exit_signals import file_orders, last_otlp_orders, stored_orders
 from test_otlp import OtlpHttpReceiver, Received, start_grpc_receiver
 
 from chat_turbo_metrics import PerformanceMonitor
-from chat_turbo_metrics._pipeline.compat import keep_grpc_channel
+from chat_turbo_metrics._core.compat import keep_grpc_channel
 from chat_turbo_metrics._pipeline.registry import GRPC_CHANNEL_OPTIONS
 from chat_turbo_metrics.exporters import DatabaseExporter, DataDogExporter, FileExporter
 from conftest import require

@@ -1,6 +1,6 @@
 """Point values every exporter can encode: checked once per collection, before any exporter sees them.
 
-Both recording paths normalise values at the call (:func:`chat_turbo_metrics._recording.guard.number`),
+Both recording paths normalise values at the call (:func:`chat_turbo_metrics._core.guard.number`),
 but OpenTelemetry-API instruments (contrib instrumentations, libraries) record straight into the SDK, and a
 sum of int64-sized increments can outgrow int64. One such point used to fail a whole scrape (``True`` or a
 401-digit number in the text), a whole OTLP batch (int64 encoding) or every database export. Here a bool
@@ -39,8 +39,8 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import Resource
 
-from chat_turbo_metrics._pipeline import forksafe
-from chat_turbo_metrics._recording.guard import INT64_LIMIT, number, short_repr, valid_text
+from chat_turbo_metrics._core import forksafe
+from chat_turbo_metrics._core.guard import INT64_LIMIT, number, short_repr, valid_text
 from chat_turbo_metrics._recording.producer import SCOPE
 
 _MAX_TEXT_INT_BITS = 6000  # an int whose text is at most about 1,800 digits

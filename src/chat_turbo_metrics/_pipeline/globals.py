@@ -25,8 +25,8 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackT, Meter, NoOpMeterProvider
 from opentelemetry.util.types import Attributes
 
-from chat_turbo_metrics._pipeline import forksafe
-from chat_turbo_metrics._pipeline.compat import ApiGauge
+from chat_turbo_metrics._core import forksafe
+from chat_turbo_metrics._core.compat import ApiGauge
 
 _Factory = Callable[[Meter], Any]
 _MAX_METERS = 1000  # identities cached; past that, meters are still handed out, just not shared

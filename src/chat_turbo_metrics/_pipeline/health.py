@@ -34,10 +34,10 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from chat_turbo_metrics._pipeline import forksafe
+from chat_turbo_metrics._core import forksafe
+from chat_turbo_metrics._core.version import __version__
 from chat_turbo_metrics._pipeline.overflow import OVERFLOW_METRIC, Overflow
 from chat_turbo_metrics._recording.producer import FastPathProducer
-from chat_turbo_metrics._version import __version__
 
 _logger = logging.getLogger("chat_turbo_metrics.health")
 

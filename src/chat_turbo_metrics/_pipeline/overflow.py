@@ -16,7 +16,7 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import MetricsData
 
-from chat_turbo_metrics._pipeline import forksafe
+from chat_turbo_metrics._core import forksafe
 
 _logger = logging.getLogger("chat_turbo_metrics.health")
 

@@ -17,9 +17,9 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig
-from chat_turbo_metrics._otlp_headers import check_otlp_headers, mask_parser_warnings
-from chat_turbo_metrics._pipeline.compat import keep_grpc_channel
+from chat_turbo_metrics._core.compat import keep_grpc_channel
+from chat_turbo_metrics._core.config import ConfigurationError, MonitoringConfig
+from chat_turbo_metrics._core.otlp_headers import check_otlp_headers, mask_parser_warnings
 
 mask_parser_warnings()  # for OTLP exporters an application builds itself, too
 
@@ -182,7 +182,7 @@ def check_components(config: MonitoringConfig) -> None:
     Raises:
         ConfigurationError: exactly the error building the pipeline from ``config`` would raise.
     """
-    from chat_turbo_metrics._config import setting_label
+    from chat_turbo_metrics._core.config import setting_label
 
     for name in config.metrics_exporters:
         build_metric_exporter(name, config, setting_label(config, "metrics_exporters")).shutdown()

@@ -42,7 +42,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.util.types import Attributes
 
-from chat_turbo_metrics._pipeline.compat import SdkGauge, exporter_temporality
+from chat_turbo_metrics._core.compat import SdkGauge, exporter_temporality
 
 # Every SDK instrument class, for readers and exporters that set a preference for all of them.
 INSTRUMENT_CLASSES = (

@@ -23,7 +23,7 @@ import weakref
 from types import FrameType
 from typing import Protocol
 
-from chat_turbo_metrics._pipeline import forksafe
+from chat_turbo_metrics._core import forksafe
 
 _logger = logging.getLogger("chat_turbo_metrics.pipeline")
 

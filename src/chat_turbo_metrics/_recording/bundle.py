@@ -18,7 +18,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from chat_turbo_metrics._recording.guard import FLOAT_MAX
+from chat_turbo_metrics._core.guard import FLOAT_MAX
 from chat_turbo_metrics._recording.handles import _CounterHandle, _HistogramHandle
 from chat_turbo_metrics._recording.sdk import BoundInstrument
 

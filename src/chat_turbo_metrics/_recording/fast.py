@@ -7,7 +7,7 @@ object (a *cell*, :mod:`chat_turbo_metrics._recording.producer`) under one uncon
 — name and tag validation, View attribute filters, the cardinality limit — runs once per new tag set on the
 slow path, which stores the cell the SDK would have aggregated into. Only plain ``int`` and ``float`` values
 are cached, so a ``bool``, ``Decimal``, numpy scalar or ``10**400`` never reaches a cell unconverted: it
-misses the cache and the slow path normalises it with :func:`~chat_turbo_metrics._recording.guard.number` (the
+misses the cache and the slow path normalises it with :func:`~chat_turbo_metrics._core.guard.number` (the
 one home of value checks, shared with the SDK path) before it touches any state. The reader collects the cells
 through :class:`~chat_turbo_metrics._recording.producer.FastPathProducer`.
 
@@ -29,10 +29,9 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import Metric
 
-from chat_turbo_metrics._config import MonitoringConfig
-from chat_turbo_metrics._pipeline import forksafe
-from chat_turbo_metrics._pipeline.provider import Pipeline
-from chat_turbo_metrics._recording.guard import (
+from chat_turbo_metrics._core import forksafe
+from chat_turbo_metrics._core.config import MonitoringConfig
+from chat_turbo_metrics._core.guard import (
     EXACT_TYPES,
     FLOAT_MAX,
     INT64_BOUND,
@@ -43,10 +42,11 @@ from chat_turbo_metrics._recording.guard import (
     short_repr,
     timer_seconds,
 )
+from chat_turbo_metrics._core.naming import Kind
+from chat_turbo_metrics._pipeline.provider import Pipeline
 from chat_turbo_metrics._recording.handles import HANDLES
 from chat_turbo_metrics._recording.idle import GONE, PINNED, sweep
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry, InstrumentSpec
-from chat_turbo_metrics._recording.naming import Kind
 from chat_turbo_metrics._recording.producer import (
     AGGREGATE,
     NATURAL,
@@ -132,7 +132,7 @@ class FastRecorder:
     a fraction of the cost (well under 1 µs a call with three tags, against 7 to 12 µs for the SDK).
 
     Example:
-        >>> from chat_turbo_metrics._recording.guard import Problems
+        >>> from chat_turbo_metrics._core.guard import Problems
         >>> from chat_turbo_metrics._recording.instruments import InstrumentRegistry
         >>> problems = Problems()
         >>> recorder = FastRecorder(pipeline, InstrumentRegistry(problems), problems, config)

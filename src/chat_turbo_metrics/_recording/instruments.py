@@ -9,9 +9,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from chat_turbo_metrics._pipeline import forksafe
-from chat_turbo_metrics._recording.guard import Problems
-from chat_turbo_metrics._recording.naming import (
+from chat_turbo_metrics._core import forksafe
+from chat_turbo_metrics._core.guard import Problems
+from chat_turbo_metrics._core.naming import (
     Kind,
     counter_name,
     default_buckets,

@@ -40,11 +40,11 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from chat_turbo_metrics._config import ViewConfig
-from chat_turbo_metrics._pipeline.compat import provider_resource
+from chat_turbo_metrics._core.compat import provider_resource
+from chat_turbo_metrics._core.config import ViewConfig
+from chat_turbo_metrics._core.version import __version__
 from chat_turbo_metrics._pipeline.temporality import attributes_key
 from chat_turbo_metrics._recording.instruments import InstrumentSpec
-from chat_turbo_metrics._version import __version__
 
 Aggregation = Literal["sum", "gauge", "histogram", "drop"]
 

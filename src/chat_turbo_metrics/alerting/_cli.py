@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from chat_turbo_metrics._config import ConfigurationError
-from chat_turbo_metrics._endpoints import parse_secret_url
+from chat_turbo_metrics._core.config import ConfigurationError
+from chat_turbo_metrics._core.endpoints import parse_secret_url
 from chat_turbo_metrics.alerting._delivery import DeliveryError
 from chat_turbo_metrics.alerting._files import check_rules, load_rules
 from chat_turbo_metrics.alerting._rule_checks import (

@@ -19,7 +19,7 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import Gauge, Histogram, MetricsData, Sum
 
-from chat_turbo_metrics._recording.naming import Kind, counter_name, prometheus_label, prometheus_name
+from chat_turbo_metrics._core.naming import Kind, counter_name, prometheus_label, prometheus_name
 
 STALENESS_S = 300.0
 """How long the last sample of a series counts (Prometheus's lookback delta)."""

@@ -18,7 +18,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind, StatusCode
 
-from chat_turbo_metrics._recording.naming import HTTP_DURATION_BUCKETS
+from chat_turbo_metrics._core.naming import HTTP_DURATION_BUCKETS
 from chat_turbo_metrics.alerting._statistics import HistogramPoint
 from chat_turbo_metrics.alerting.rules import SpanSelector
 

@@ -49,7 +49,7 @@ from sqlalchemy import (
     update,
 )
 
-from chat_turbo_metrics._config import ConfigurationError
+from chat_turbo_metrics._core.config import ConfigurationError
 from chat_turbo_metrics._exposition.records import data_kind
 
 SCHEMA_VERSION = 2

@@ -34,8 +34,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
+from chat_turbo_metrics._core import forksafe
 from chat_turbo_metrics._exposition.prometheus_text import CONTENT_TYPE
-from chat_turbo_metrics._pipeline import forksafe
 
 _logger = logging.getLogger("chat_turbo_metrics.exporters.prometheus")
 

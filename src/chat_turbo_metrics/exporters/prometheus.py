@@ -1,7 +1,7 @@
 """Prometheus pull exporter: ``/metrics`` served from the pipeline's one reader.
 
 Metric and unit naming follow ``opentelemetry-exporter-prometheus``'s mapping, with the seed's own names
-kept as documented (``memory_usage_mb``, ``api_requests_total``); see :mod:`chat_turbo_metrics._recording.naming`.
+kept as documented (``memory_usage_mb``, ``api_requests_total``); see :mod:`chat_turbo_metrics._core.naming`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import MetricsData
 
-from chat_turbo_metrics._config import MonitoringConfig
+from chat_turbo_metrics._core.config import MonitoringConfig
 from chat_turbo_metrics._exposition.prometheus_text import to_prometheus_text
 from chat_turbo_metrics._pipeline.ports import PortInUseError
 from chat_turbo_metrics.exporters import _prometheus_server

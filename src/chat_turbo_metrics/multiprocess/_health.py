@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 
-from chat_turbo_metrics._pipeline import forksafe
+from chat_turbo_metrics._core import forksafe
 
 _logger = logging.getLogger("chat_turbo_metrics.multiprocess")
 

@@ -44,7 +44,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from chat_turbo_metrics._config import GAUGE_MODES
+from chat_turbo_metrics._core.config import GAUGE_MODES
 from chat_turbo_metrics._pipeline.health import PREFIX as HEALTH_PREFIX
 
 _logger = logging.getLogger("chat_turbo_metrics.multiprocess")

@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 from opentelemetry.sdk.metrics.export import MetricsData
 
-from chat_turbo_metrics._config import MonitoringConfig
+from chat_turbo_metrics._core.config import MonitoringConfig
 
 Collect = Callable[[], MetricsData | None]
 

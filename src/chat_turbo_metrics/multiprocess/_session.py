@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 from opentelemetry.sdk.metrics.export import MetricsData
 
-from chat_turbo_metrics._pipeline import forksafe
+from chat_turbo_metrics._core import forksafe
 from chat_turbo_metrics.multiprocess._directory import PrivateDirectory
 from chat_turbo_metrics.multiprocess._group import (
     Group,

@@ -19,14 +19,14 @@ from opentelemetry.sdk.metrics.export import (
     MetricsData,
 )
 
-from chat_turbo_metrics._config import (
+from chat_turbo_metrics._core.config import (
     ConfigurationError,
     MonitoringConfig,
     get_monitoring_config,
     setting_label,
 )
+from chat_turbo_metrics._core.secret import Secret
 from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
-from chat_turbo_metrics._secret import Secret
 from chat_turbo_metrics.exporters.datadog._batching import (
     MAX_COMPRESSED,
     MAX_DECOMPRESSED,

@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import Mapping
 
-from chat_turbo_metrics._config import ConfigurationError
+from chat_turbo_metrics._core.config import ConfigurationError
 
 # The specification's grammar as OpenTelemetry Python's parser applies it (opentelemetry.util.re, liberal).
 _KEY = r"[\x21\x23-\x27\x2a\x2b\x2d\x2e\x30-\x39\x41-\x5a\x5e-\x7a\x7c\x7e]+"

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from chat_turbo_metrics._secret import Secret
+from chat_turbo_metrics._core.secret import Secret
 
 # RFC 3986's characters, plus "%" for escapes: no space, no control character, nothing outside ASCII.
 _URL_CHARACTERS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+\Z")

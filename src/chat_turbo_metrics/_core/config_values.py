@@ -1,5 +1,5 @@
 """Setting values: each parser takes a raw value (text from a variable, a TOML value, a value given in code)
-and returns the typed one, or raises ``ValueError`` with the reason; :mod:`chat_turbo_metrics._config` names
+and returns the typed one, or raises ``ValueError`` with the reason; :mod:`chat_turbo_metrics._core.config` names
 the setting and the source around that reason.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from chat_turbo_metrics._secret import Secret, mask_url_password, mask_url_userinfo
+from chat_turbo_metrics._core.secret import Secret, mask_url_password, mask_url_userinfo
 
 
 def parse_bool(raw: Any) -> bool:

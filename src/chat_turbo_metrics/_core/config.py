@@ -25,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-from chat_turbo_metrics._config_values import (
+from chat_turbo_metrics._core.config_values import (
     parse_bool,
     parse_database_url,
     parse_endpoint,
@@ -38,9 +38,9 @@ from chat_turbo_metrics._config_values import (
     parse_secret,
     parse_str,
 )
-from chat_turbo_metrics._endpoints import is_loopback, parse_secret_url
-from chat_turbo_metrics._recording.guard import configured_tags_problem, valid_text
-from chat_turbo_metrics._secret import Secret, mask_url_password, mask_url_userinfo
+from chat_turbo_metrics._core.endpoints import is_loopback, parse_secret_url
+from chat_turbo_metrics._core.guard import configured_tags_problem, valid_text
+from chat_turbo_metrics._core.secret import Secret, mask_url_password, mask_url_userinfo
 
 _logger = logging.getLogger("chat_turbo_metrics.config")
 
@@ -607,8 +607,8 @@ def _apply_env(base: MonitoringConfig, env: Mapping[str, str]) -> MonitoringConf
 
 
 CONFIG_DIR_VARIABLE = "CHAT_TURBO_CONFIG_DIR"
-_PACKAGED = Path(__file__).resolve().parent / "configs"
-_CHECKOUT = Path(__file__).resolve().parent.parent.parent / "configs"
+_PACKAGED = Path(__file__).resolve().parents[1] / "configs"
+_CHECKOUT = Path(__file__).resolve().parents[3] / "configs"
 
 
 def config_dirs(env: Mapping[str, str] | None = None) -> tuple[Path, ...]:

@@ -13,8 +13,8 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from chat_turbo_metrics._pipeline import forksafe
-from chat_turbo_metrics._pipeline.compat import SDK_MEASUREMENT_LOGGERS
+from chat_turbo_metrics._core import forksafe
+from chat_turbo_metrics._core.compat import SDK_MEASUREMENT_LOGGERS
 
 _logger = logging.getLogger("chat_turbo_metrics.recording")
 

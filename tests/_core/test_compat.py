@@ -1,4 +1,4 @@
-"""The private OpenTelemetry names in ``_pipeline/compat.py`` still exist, and no other module reaches for one.
+"""The private OpenTelemetry names in ``_core/compat.py`` still exist, and no other module reaches for one.
 
 An SDK upgrade that moves, renames or drops one of them fails here, naming it, instead of as a wrong behaviour
 somewhere in the pipeline.
@@ -27,7 +27,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import Resource
 
-from chat_turbo_metrics._pipeline import compat
+from chat_turbo_metrics._core import compat
 from conftest import free_port
 
 SRC = Path(compat.__file__).resolve().parents[1]

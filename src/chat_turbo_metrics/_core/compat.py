@@ -7,7 +7,7 @@ preference and the OTLP/gRPC exporter's channel. Each is imported or read here o
 moves one breaks this module and ``tests/test_compat.py``, not a capability somewhere else.
 
 Example:
-    >>> from chat_turbo_metrics._pipeline.compat import prometheus_unit_suffix
+    >>> from chat_turbo_metrics._core.compat import prometheus_unit_suffix
     >>> prometheus_unit_suffix("By")
     'bytes'
 """
@@ -24,7 +24,7 @@ from opentelemetry.sdk.metrics import Counter, Histogram, UpDownCounter, _Gauge
 from opentelemetry.sdk.metrics.export import AggregationTemporality
 from opentelemetry.sdk.resources import Resource
 
-from chat_turbo_metrics._pipeline.forksafe import reinit
+from chat_turbo_metrics._core.forksafe import reinit
 
 __all__ = [
     "SDK_MEASUREMENT_LOGGERS",

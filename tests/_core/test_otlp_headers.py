@@ -13,7 +13,7 @@ import pytest
 
 from chat_turbo_metrics import ConfigurationError
 from chat_turbo_metrics._config_command import run_config_command
-from chat_turbo_metrics._otlp_headers import check_otlp_headers
+from chat_turbo_metrics._core.otlp_headers import check_otlp_headers
 from conftest import clean_env, require_tool
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXRva2Vu.Zm9v"

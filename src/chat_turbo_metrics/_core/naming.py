@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from chat_turbo_metrics._pipeline.compat import prometheus_unit_suffix
+from chat_turbo_metrics._core.compat import prometheus_unit_suffix
 
 Kind = Literal["counter", "updowncounter", "gauge", "histogram"]
 

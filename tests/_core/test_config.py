@@ -15,7 +15,7 @@ from chat_turbo_metrics import (
     get_monitoring_config,
     load_config_file,
 )
-from chat_turbo_metrics._config import LONGEST_RETENTION_DAYS, LONGEST_S, config_dirs
+from chat_turbo_metrics._core.config import LONGEST_RETENTION_DAYS, LONGEST_S, config_dirs
 
 
 @pytest.mark.parametrize("environment", ["development", "production", "test"])
