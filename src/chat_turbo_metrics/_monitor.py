@@ -13,6 +13,7 @@ from typing import Any, ClassVar, TypeVar
 
 from opentelemetry import metrics, trace
 
+from chat_turbo_metrics._collection.ratio import add_hit_ratios
 from chat_turbo_metrics._core import forksafe
 from chat_turbo_metrics._core.config import ConfigurationError, MonitoringConfig, get_monitoring_config
 from chat_turbo_metrics._core.guard import Problems
@@ -25,7 +26,6 @@ from chat_turbo_metrics._recording.bundle import bundle
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry
 from chat_turbo_metrics._recording.producer import current_resource
 from chat_turbo_metrics._recording.protocol import Recorder
-from chat_turbo_metrics._recording.ratio import add_hit_ratios
 from chat_turbo_metrics._recording.sdk import BoundInstrument, NoopRecorder, SdkRecorder, Tags
 
 _logger = logging.getLogger("chat_turbo_metrics")

@@ -27,12 +27,12 @@ Example:
 
 from __future__ import annotations
 
+from chat_turbo_metrics._collection.ratio import HITS as CACHE_HITS
+from chat_turbo_metrics._collection.ratio import MISSES as CACHE_MISSES
 from chat_turbo_metrics._core.guard import FLOAT_MAX, Problems
 from chat_turbo_metrics._core.sql import StatementClassifier, strip_literals
 from chat_turbo_metrics._database import QUERY_DURATION as DATABASE_QUERY_DURATION
 from chat_turbo_metrics._recording.bundle import bundle_produced
-from chat_turbo_metrics._recording.ratio import HITS as CACHE_HITS
-from chat_turbo_metrics._recording.ratio import MISSES as CACHE_MISSES
 
 __all__ = [
     "CACHE_HITS",

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from opentelemetry.sdk.metrics.export import Gauge, Histogram, Metric, MetricsData, Sum
 
+from chat_turbo_metrics._collection.records import data_kind
 from chat_turbo_metrics._core.naming import Kind, is_reserved_label, prometheus_label, prometheus_name
-from chat_turbo_metrics._exposition.records import data_kind
 
 _logger = logging.getLogger("chat_turbo_metrics.exposition")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

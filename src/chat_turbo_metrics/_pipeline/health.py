@@ -7,7 +7,7 @@ buffer of their own say what it holds and what they dropped (:class:`ReportsHeal
 turns those counts into metrics when the reader collects, so every exporter and the Prometheus scrape carry
 them like any other metric (``METRICS_SELF_TELEMETRY=false`` leaves them out).
 
-Overflow past the cardinality limit is counted and warned about in :mod:`chat_turbo_metrics._pipeline.overflow`.
+Overflow past the cardinality limit is counted and warned about in :mod:`chat_turbo_metrics._collection.overflow`.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+from chat_turbo_metrics._collection.overflow import OVERFLOW_METRIC, Overflow
 from chat_turbo_metrics._core import forksafe
 from chat_turbo_metrics._core.version import __version__
-from chat_turbo_metrics._pipeline.overflow import OVERFLOW_METRIC, Overflow
 from chat_turbo_metrics._recording.producer import FastPathProducer
 
 _logger = logging.getLogger("chat_turbo_metrics.health")

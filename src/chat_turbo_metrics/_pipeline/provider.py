@@ -25,16 +25,16 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 from chat_turbo_metrics import multiprocess
+from chat_turbo_metrics._collection.exportable import Unexportable, exportable
+from chat_turbo_metrics._collection.overflow import Overflow, OverflowWatcher
 from chat_turbo_metrics._core import forksafe
 from chat_turbo_metrics._core.compat import forget_inherited_sums, reinit_sdk_metric_locks
 from chat_turbo_metrics._core.config import ConfigurationError, MonitoringConfig, ViewConfig, setting_label
 from chat_turbo_metrics._core.version import __version__
-from chat_turbo_metrics._exposition.values import Unexportable, exportable
 from chat_turbo_metrics._pipeline import registry as _registry
 from chat_turbo_metrics._pipeline import termination as _termination
 from chat_turbo_metrics._pipeline.fanout import Fanout
 from chat_turbo_metrics._pipeline.health import Sources
-from chat_turbo_metrics._pipeline.overflow import Overflow, OverflowWatcher
 from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
 
 _logger = logging.getLogger("chat_turbo_metrics.pipeline")

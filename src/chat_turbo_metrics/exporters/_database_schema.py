@@ -49,8 +49,8 @@ from sqlalchemy import (
     update,
 )
 
+from chat_turbo_metrics._collection.records import data_kind
 from chat_turbo_metrics._core.config import ConfigurationError
-from chat_turbo_metrics._exposition.records import data_kind
 
 SCHEMA_VERSION = 2
 # What says whose a stream is (see the module docstring); a missing attribute counts as null.
