@@ -14,10 +14,10 @@ from typing import Any
 
 from chat_turbo_metrics import MonitoringConfig
 from chat_turbo_metrics._core.guard import Problems
-from chat_turbo_metrics._exposition.snapshot import MetricsSnapshot
 from chat_turbo_metrics._pipeline.provider import Pipeline
 from chat_turbo_metrics._recording.fast import FastRecorder
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry
+from chat_turbo_metrics._snapshot import MetricsSnapshot
 
 TAG_SETS = 1_000_000
 BATCH = 10_000  # tag sets recorded between two collections in the eviction case

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from chat_turbo_metrics import ConfigurationError, MonitoringConfig, PerformanceMonitor, get_monitoring_config
-from chat_turbo_metrics._exposition.prometheus_text import to_prometheus_text
+from chat_turbo_metrics.exporters._prometheus_text import to_prometheus_text
 from chat_turbo_metrics.multiprocess._merge import encode, merge, retire
 from conftest import free_port, service_process
 

@@ -23,9 +23,9 @@ from chat_turbo_metrics._database import (
     monitor_database_query_async,
     set_database_connection,
 )
-from chat_turbo_metrics._exposition.snapshot import MetricsSnapshot
 from chat_turbo_metrics._monitor import PerformanceMonitor, Timer, configure
 from chat_turbo_metrics._recording.sdk import BoundInstrument
+from chat_turbo_metrics._snapshot import MetricsSnapshot
 from chat_turbo_metrics.alerting import AlertManager, AlertRule
 
 __all__ = [

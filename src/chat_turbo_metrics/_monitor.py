@@ -18,7 +18,6 @@ from chat_turbo_metrics._core import forksafe
 from chat_turbo_metrics._core.config import ConfigurationError, MonitoringConfig, get_monitoring_config
 from chat_turbo_metrics._core.guard import Problems
 from chat_turbo_metrics._core.naming import Kind
-from chat_turbo_metrics._exposition.snapshot import MetricsSnapshot
 from chat_turbo_metrics._pipeline import globals as otel_globals
 from chat_turbo_metrics._pipeline.health import HealthMetrics, HealthProducer
 from chat_turbo_metrics._pipeline.provider import Pipeline
@@ -27,6 +26,7 @@ from chat_turbo_metrics._recording.instruments import InstrumentRegistry
 from chat_turbo_metrics._recording.producer import current_resource
 from chat_turbo_metrics._recording.protocol import Recorder
 from chat_turbo_metrics._recording.sdk import BoundInstrument, NoopRecorder, SdkRecorder, Tags
+from chat_turbo_metrics._snapshot import MetricsSnapshot
 
 _logger = logging.getLogger("chat_turbo_metrics")
 F = TypeVar("F", bound=Callable[..., Any])

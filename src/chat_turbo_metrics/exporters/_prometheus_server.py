@@ -35,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
 from chat_turbo_metrics._core import forksafe
-from chat_turbo_metrics._exposition.prometheus_text import CONTENT_TYPE
+from chat_turbo_metrics.exporters._prometheus_text import CONTENT_TYPE
 
 _logger = logging.getLogger("chat_turbo_metrics.exporters.prometheus")
 

@@ -13,10 +13,10 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import MetricsData
 
 from chat_turbo_metrics._core.config import MonitoringConfig
-from chat_turbo_metrics._exposition.prometheus_text import to_prometheus_text
 from chat_turbo_metrics._pipeline.ports import PortInUseError
 from chat_turbo_metrics.exporters import _prometheus_server
 from chat_turbo_metrics.exporters._prometheus_server import Endpoint
+from chat_turbo_metrics.exporters._prometheus_text import to_prometheus_text
 from chat_turbo_metrics.multiprocess import SharedEndpoint
 
 Collect = Callable[[], MetricsData | None]

@@ -10,7 +10,7 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import MetricsData
 
 from chat_turbo_metrics._collection.records import metric_records
-from chat_turbo_metrics._exposition.prometheus_text import to_prometheus_text
+from chat_turbo_metrics.exporters._prometheus_text import to_prometheus_text
 
 
 @dataclass(frozen=True)
