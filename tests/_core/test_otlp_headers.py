@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from chat_turbo_metrics import ConfigurationError
-from chat_turbo_metrics._config_command import run_config_command
+from chat_turbo_metrics._cli.config import run_config_command
 from chat_turbo_metrics._core.otlp_headers import check_otlp_headers
 from conftest import clean_env, require_tool
 

@@ -266,7 +266,7 @@ def test_untrusted_certificate_is_final_not_retried(smtp_server) -> None:
 def test_config_command_masks_the_smtp_password() -> None:
     import io
 
-    from chat_turbo_metrics._config_command import run_config_command
+    from chat_turbo_metrics._cli.config import run_config_command
 
     out = io.StringIO()
     run_config_command("test", {"ALERT_EMAIL_PASSWORD": "hunter2-secret", "ALERT_EMAIL_HOST": "smtp.x"}, out)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from chat_turbo_metrics import ConfigurationError, MonitoringConfig, PerformanceMonitor, ViewConfig
-from chat_turbo_metrics._config_command import check_as_configure_would, run_config_command
+from chat_turbo_metrics._cli.config import check_as_configure_would, run_config_command
 from conftest import clean_env, directory_listing, old_file_history
 
 TOKEN = "XXXXSECRETTOKENXXXX"

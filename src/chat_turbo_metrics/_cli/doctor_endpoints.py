@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from chat_turbo_metrics._cli.doctor_sources import bounded_connect_args, keeps_values, label_values, sample_value
 from chat_turbo_metrics._core.config import ConfigurationError, MonitoringConfig, setting_label
 from chat_turbo_metrics._core.secret import Secret
-from chat_turbo_metrics._doctor_sources import bounded_connect_args, keeps_values, label_values, sample_value
 
 TIMEOUT_S = 3.0  # each connection, request or query of a check
 DEADLINE_S = 8.0  # each check as a whole (a trickling peer defeats per-read timeouts)

@@ -17,10 +17,10 @@ from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
+from chat_turbo_metrics._cli.doctor_endpoints import CHECKS, DEADLINE_S, run_bounded
+from chat_turbo_metrics._cli.doctor_sources import health, health_advice, stored_metrics
 from chat_turbo_metrics._core.config import MonitoringConfig, ViewConfig, get_monitoring_config
 from chat_turbo_metrics._core.secret import Secret
-from chat_turbo_metrics._doctor_endpoints import CHECKS, DEADLINE_S, run_bounded
-from chat_turbo_metrics._doctor_sources import health, health_advice, stored_metrics
 
 HIGH_CARDINALITY = 500  # series of one metric worth a look
 

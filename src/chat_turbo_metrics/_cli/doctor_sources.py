@@ -103,7 +103,7 @@ def bounded_connect_args(url: Any, timeout_s: float) -> dict[str, Any]:
 def _database_metrics(secret: Secret) -> dict[str, Any]:
     from sqlalchemy import create_engine, make_url, select
 
-    from chat_turbo_metrics._doctor_endpoints import TIMEOUT_S
+    from chat_turbo_metrics._cli.doctor_endpoints import TIMEOUT_S
     from chat_turbo_metrics.exporters._database_query import read_only_url
     from chat_turbo_metrics.exporters._database_schema import streams
 

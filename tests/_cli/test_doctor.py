@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor, Secret
-from chat_turbo_metrics._doctor import diagnose, unusable
+from chat_turbo_metrics._cli.doctor import diagnose, unusable
 from chat_turbo_metrics.exporters.prometheus import PrometheusExporter
 from conftest import directory_listing, free_port, old_file_history, port_open, require
 
