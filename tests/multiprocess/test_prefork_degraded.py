@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prefork_server import GET_INSTANCE, Server, value
 
 from chat_turbo_metrics._pipeline.ports import holder_of
 from conftest import require
-from prefork_server import GET_INSTANCE, Server, value
 
 DIRECTORY_DEGRADED = 'chat_turbo_metrics_multiprocess_degraded{cause="directory"}'
 STORAGE_DEGRADED = 'chat_turbo_metrics_multiprocess_degraded{cause="storage"}'

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_series_eviction import TIMEOUT_S, Recording, values
 
 from chat_turbo_metrics._snapshot import MetricsSnapshot
 from chat_turbo_metrics.multiprocess._directory import PrivateDirectory
@@ -19,7 +20,6 @@ from chat_turbo_metrics.multiprocess._group import Group, group_for
 from chat_turbo_metrics.multiprocess._ledger import GroupFiles
 from chat_turbo_metrics.multiprocess._merge import EVICTING_SCOPE, fold_vanished, merge, prune, retire
 from chat_turbo_metrics.multiprocess._session import Session
-from test_series_eviction import TIMEOUT_S, Recording, values
 
 MINUTE_NS = 60 * 10**9
 

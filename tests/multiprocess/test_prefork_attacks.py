@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prefork_server import Server, value
 
 from conftest import require
-from prefork_server import Server, value
 
 NOBODY = 65534
 FORGED = '{"group": "%s", "parent": "", "resource": {}, "metrics": [%s]}'

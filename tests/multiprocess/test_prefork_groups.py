@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prefork_server import GET_INSTANCE, Server, monitored_env, scrape, value
 
 from conftest import free_port
-from prefork_server import GET_INSTANCE, Server, monitored_env, scrape, value
 
 STRANGER = textwrap.dedent(
     """
