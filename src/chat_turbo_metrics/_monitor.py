@@ -14,7 +14,7 @@ from typing import Any, ClassVar, TypeVar
 from opentelemetry import metrics, trace
 
 from chat_turbo_metrics._collection.ratio import add_hit_ratios
-from chat_turbo_metrics._core import forksafe
+from chat_turbo_metrics._core import forks
 from chat_turbo_metrics._core.config import ConfigurationError, MonitoringConfig, get_monitoring_config
 from chat_turbo_metrics._core.guard import Problems
 from chat_turbo_metrics._core.naming import Kind
@@ -239,7 +239,7 @@ class PerformanceMonitor:
 
     @classmethod
     def _after_fork_in_child(cls) -> None:
-        forksafe.reinit(cls._global_lock)
+        forks.reinit(cls._global_lock)
 
     # --- the documented recording API (replaced per instance by the recorder's bound methods) -----
     def increment_counter(self, name: str, tags: Tags = None, value: float = 1) -> None:
@@ -397,15 +397,8 @@ def _install_global_providers() -> None:
         )
 
 
-class _ForkHook:
-    """Frees the process-wide lock in a forked child (a thread may have been configuring)."""
-
-    def after_fork_in_child(self) -> None:
-        PerformanceMonitor._after_fork_in_child()
-
-
-_FORK_HOOK = _ForkHook()
-forksafe.register(_FORK_HOOK)
+# Frees the process-wide lock in a forked child (a thread may have been configuring).
+forks.register_function(PerformanceMonitor._after_fork_in_child, forks.Phase.LOCKS)
 
 
 # What the process-wide monitor runs on when its configuration cannot be used: every recording a no-op.

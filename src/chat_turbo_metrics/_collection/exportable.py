@@ -39,7 +39,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import Resource
 
-from chat_turbo_metrics._core import forksafe
+from chat_turbo_metrics._core import forks
 from chat_turbo_metrics._core.guard import INT64_LIMIT, number, short_repr, valid_text
 from chat_turbo_metrics._recording.producer import SCOPE
 
@@ -55,10 +55,10 @@ class Unexportable:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
-        forksafe.register(self)
+        forks.register(self, forks.Phase.PIPELINE)
 
     def after_fork_in_child(self) -> None:
-        forksafe.reinit(self._lock)
+        forks.reinit(self._lock)
         # The parent reports what it dropped; the child counts its own (metrics already logged stay logged).
         self.counts = Counter(dict.fromkeys(self.counts, 0))
 

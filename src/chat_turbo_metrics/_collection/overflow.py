@@ -16,7 +16,7 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import MetricsData
 
-from chat_turbo_metrics._core import forksafe
+from chat_turbo_metrics._core import forks
 
 _logger = logging.getLogger("chat_turbo_metrics.health")
 
@@ -40,10 +40,10 @@ class Overflow:
         self._logger = logger
         self._lock = threading.Lock()
         self.counts: dict[str, int] = {}
-        forksafe.register(self)
+        forks.register(self, forks.Phase.PIPELINE)
 
     def after_fork_in_child(self) -> None:
-        forksafe.reinit(self._lock)
+        forks.reinit(self._lock)
         # The parent reports what it counted; the child counts its own (warned-about metrics stay warned).
         self.counts = dict.fromkeys(self.counts, 0)
 
@@ -80,10 +80,10 @@ class OverflowWatcher:
         self._overflow = overflow
         self._seen: dict[str, int] = {}
         self._lock = threading.Lock()  # a scrape and a push export may collect at once: count each delta once
-        forksafe.register(self)
+        forks.register(self, forks.Phase.PIPELINE)
 
     def after_fork_in_child(self) -> None:
-        forksafe.reinit(self._lock)
+        forks.reinit(self._lock)
         self._seen = {}  # the child's SDK series start again from zero (compat.forget_inherited_sums)
 
     def __call__(self, data: MetricsData | None) -> MetricsData | None:

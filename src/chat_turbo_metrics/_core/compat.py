@@ -24,7 +24,7 @@ from opentelemetry.sdk.metrics import Counter, Histogram, UpDownCounter, _Gauge
 from opentelemetry.sdk.metrics.export import AggregationTemporality
 from opentelemetry.sdk.resources import Resource
 
-from chat_turbo_metrics._core.forksafe import reinit
+from chat_turbo_metrics._core.forks import reinit
 
 __all__ = [
     "SDK_MEASUREMENT_LOGGERS",

@@ -18,12 +18,13 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
-import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+
+from chat_turbo_metrics._core import forks
 
 
 @dataclass(order=True)
@@ -117,5 +118,4 @@ def _after_fork_in_child() -> None:
     _watchdog._reset()  # the parent's thread and its calls are not the child's
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+forks.register_function(_after_fork_in_child, forks.Phase.LOCKS)

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from chat_turbo_metrics._core import forksafe
+from chat_turbo_metrics._core import forks
 from chat_turbo_metrics._core.compat import SDK_MEASUREMENT_LOGGERS
 
 _logger = logging.getLogger("chat_turbo_metrics.recording")
@@ -40,10 +40,10 @@ class Problems:
         self.counts: Counter[tuple[Any, ...]] = Counter()
         self._causes: Counter[str] = Counter()  # by the self-telemetry's cause label, kept as they come
         self._noticed: set[tuple[Any, ...]] = set()  # causes of changed (not dropped) recordings, logged once
-        forksafe.register(self)
+        forks.register(self, forks.Phase.PIPELINE)
 
     def after_fork_in_child(self) -> None:
-        forksafe.reinit(self._lock)  # another thread of the parent may have been reporting
+        forks.reinit(self._lock)  # another thread of the parent may have been reporting
         # The parent reports what it dropped; the child counts its own (causes already logged stay logged).
         self.counts = Counter(dict.fromkeys(self.counts, 0))
         self._causes = Counter()

@@ -25,7 +25,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackT, Meter, NoOpMeterProvider
 from opentelemetry.util.types import Attributes
 
-from chat_turbo_metrics._core import forksafe
+from chat_turbo_metrics._core import forks
 from chat_turbo_metrics._core.compat import ApiGauge
 
 _Factory = Callable[[Meter], Any]
@@ -177,7 +177,7 @@ class DelegatingMeterProvider(metrics.MeterProvider):
         self._target: metrics.MeterProvider = NoOpMeterProvider()
         self._meters: weakref.WeakSet[_DelegatingMeter] = weakref.WeakSet()
         self._by_key: dict[str, _DelegatingMeter] = {}
-        forksafe.register(self)
+        forks.register(self, forks.Phase.LOCKS)
 
     def get_meter(
         self, name: str, version: str | None = None, schema_url: str | None = None, attributes: Attributes = None
@@ -241,7 +241,7 @@ class DelegatingTracerProvider(trace.TracerProvider):
         self._target: trace.TracerProvider = trace.NoOpTracerProvider()
         # Weak: libraries that call get_tracer() per request must not make this grow.
         self._tracers: weakref.WeakSet[_DelegatingTracer] = weakref.WeakSet()
-        forksafe.register(self)
+        forks.register(self, forks.Phase.LOCKS)
 
     def get_tracer(
         self,

@@ -35,7 +35,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from chat_turbo_metrics._collection.overflow import OVERFLOW_METRIC, Overflow
-from chat_turbo_metrics._core import forksafe
+from chat_turbo_metrics._core import forks
 from chat_turbo_metrics._core.version import __version__
 from chat_turbo_metrics._recording.producer import FastPathProducer
 
@@ -93,11 +93,11 @@ class ExportStats:
         self.start_ns = time.time_ns()
         self._outcomes: dict[str, Counter[str]] = {}
         self._durations: dict[str, _Durations] = {}
-        forksafe.register(self)
+        forks.register(self, forks.Phase.PIPELINE)
 
     def after_fork_in_child(self) -> None:
         # The child exports on its own from now on; the parent's exports are the parent's to report.
-        forksafe.reinit(self._lock)
+        forks.reinit(self._lock)
         self.start_ns = time.time_ns()
         self._outcomes = {name: Counter() for name in self._outcomes}
         self._durations = {}
@@ -163,15 +163,11 @@ def _registered_queues() -> list[HealthQueue]:
         return list(_queues)
 
 
-class _QueuesForkHook:
-    """Frees the registry's lock in a forked child (another thread may have been registering)."""
-
-    def after_fork_in_child(self) -> None:
-        forksafe.reinit(_queues_lock)
+def _after_fork_in_child() -> None:
+    forks.reinit(_queues_lock)  # another thread may have been registering
 
 
-_FORK_HOOK = _QueuesForkHook()
-forksafe.register(_FORK_HOOK)
+forks.register_function(_after_fork_in_child, forks.Phase.LOCKS)
 
 
 class Sources:

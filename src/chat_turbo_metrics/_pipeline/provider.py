@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from chat_turbo_metrics import multiprocess
 from chat_turbo_metrics._collection.exportable import Unexportable, exportable
 from chat_turbo_metrics._collection.overflow import Overflow, OverflowWatcher
-from chat_turbo_metrics._core import forksafe
+from chat_turbo_metrics._core import forks
 from chat_turbo_metrics._core.compat import forget_inherited_sums, reinit_sdk_metric_locks
 from chat_turbo_metrics._core.config import ConfigurationError, MonitoringConfig, ViewConfig, setting_label
 from chat_turbo_metrics._core.version import __version__
@@ -68,11 +68,11 @@ class PipelineReader(MetricReader):
         self._failed_hooks: set[tuple[str, type]] = set()
         # Points no exporter could encode (bool, huge ints, NaN from OTel-API instruments), dropped here.
         self.unexportable = Unexportable()
-        forksafe.register(self)
+        forks.register(self, forks.Phase.LOCKS)
 
     def after_fork_in_child(self) -> None:
         # A thread of the parent may have been collecting: its lock, and the SDK's, would stay held.
-        forksafe.reinit(self._lock)
+        forks.reinit(self._lock)
         self._received = None
 
     def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
@@ -194,13 +194,13 @@ class Pipeline:
             # A half-built pipeline must not keep a port, a thread or a file: the running one stays in charge.
             self.shutdown(1.0)
             raise
-        forksafe.register(self)
+        forks.register(self, forks.Phase.PIPELINE)
         atexit.register(self.shutdown)
 
     def after_fork_in_child(self) -> None:
         # Another thread may have been recording or collecting: the SDK's own locks would stay held.
-        forksafe.reinit(self._shutdown_lock)
-        forksafe.reinit(self._shutdown_done)
+        forks.reinit(self._shutdown_lock)
+        forks.reinit(self._shutdown_done)
         if self._is_shutdown:  # the thread that was shutting down is not in the child: nobody to wait for
             self._shutdown_done.set()
         reinit_sdk_metric_locks(self.meter_provider)

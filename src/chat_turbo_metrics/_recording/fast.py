@@ -18,18 +18,16 @@ hot path's key compares by equality).
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
-import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import Metric
 
-from chat_turbo_metrics._core import forksafe
+from chat_turbo_metrics._core import forks
 from chat_turbo_metrics._core.config import MonitoringConfig
 from chat_turbo_metrics._core.guard import (
     EXACT_TYPES,
@@ -188,7 +186,10 @@ class FastRecorder:
             self.record_timer = self._sampled_timer  # type: ignore[method-assign]
         resource = current_resource(pipeline.meter_provider, pipeline.resource)
         pipeline.reader.producers.append(FastPathProducer(self._collect_metrics, resource))
-        _hold_lock_across_fork(self)
+        # No cell is half-updated in a forked child, and the lock a recording thread held at the fork (a thread the
+        # child does not have) is not left locked for ever: held across the fork, released after the repair below.
+        forks.register(self, forks.Phase.PIPELINE)
+        forks.hold(self)
 
     # --- hot path -------------------------------------------------------------------------------
     def increment_counter(self, name: str, tags: Tags = None, value: float = 1) -> None:
@@ -356,10 +357,21 @@ class FastRecorder:
         spec = self._registry.define(kind, name, **settings)
         self._adopt(kind, bool(settings.get("timer")), name, spec)
 
+    def hold_for_fork(self) -> None:
+        """Just before a fork: no recording is half-way through a cell (see :func:`forks.hold`)."""
+        self._lock.acquire()
+        self._fork_held = True
+
+    def release_after_fork(self) -> None:
+        """Just after a fork, in parent and child."""
+        if self._fork_held:
+            self._fork_held = False
+            self._lock.release()
+
     def after_fork_in_child(self) -> None:
         """Count only what this forked child records: inherited sums and histograms start again at zero.
 
-        Runs while the fork hook still holds the lock, so no cell is half-updated; the hot path's caches and
+        Runs while the lock is still held across the fork, so no cell is half-updated; the hot path's caches and
         bound handles keep pointing at the same cells.
         """
         now = self._clock()  # the same clock as the collections that fold these cells
@@ -385,29 +397,3 @@ class FastRecorder:
                 if metric is not None:
                     metrics.append(metric)
         return metrics
-
-
-def _hold_lock_across_fork(recorder: FastRecorder) -> None:
-    """Take the recorder's lock before ``fork()`` and free it after, in parent and child.
-
-    No cell is half-updated in the child, and the lock a recording thread held at fork time (a thread
-    the child does not have) is not left locked forever.
-    """
-    if not hasattr(os, "register_at_fork"):
-        return
-    forksafe.register(recorder)  # its after_fork_in_child runs before the lock is released below
-    ref = weakref.ref(recorder)
-
-    def before() -> None:
-        alive = ref()
-        if alive is not None:
-            alive._lock.acquire()
-            alive._fork_held = True
-
-    def after() -> None:
-        alive = ref()
-        if alive is not None and alive._fork_held:
-            alive._fork_held = False
-            alive._lock.release()
-
-    os.register_at_fork(before=before, after_in_parent=after, after_in_child=after)

@@ -31,6 +31,7 @@ from typing import Any
 
 from opentelemetry import metrics
 
+from chat_turbo_metrics._core import forks
 from chat_turbo_metrics.alerting._delivery import Channel, DeliveryStats, Job, RetryPolicy, Sender
 from chat_turbo_metrics.alerting._matchers import Matcher, Matchers, match_all, parse_matchers
 from chat_turbo_metrics.alerting._model import Alert, AlertTransition
@@ -132,7 +133,7 @@ class Dispatcher:
         self._sources: list[list[tuple[str, Alert]]] = []  # per inhibition: firing (fp, alert) matching its source
         self._closed = False
         self._warned_error = False
-        _live.add(self)
+        forks.register(self, forks.Phase.PIPELINE)
         atexit.register(_shutdown_at_exit, weakref.ref(self))
 
     # --- configuration -------------------------------------------------------------------------
@@ -427,7 +428,7 @@ class Dispatcher:
         self._log.save(self._clock())
         return clean
 
-    def _after_fork(self) -> None:
+    def after_fork_in_child(self) -> None:
         self._lock = threading.RLock()
         self._log.after_fork()
         self.stats.after_fork()
@@ -437,18 +438,7 @@ class Dispatcher:
             group.in_flight = 0
 
 
-_live: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
-
-
-def _reset_after_fork() -> None:
-    for dispatcher in list(_live):
-        dispatcher._after_fork()
-
-
 def _shutdown_at_exit(ref: weakref.ref[Dispatcher]) -> None:
     dispatcher = ref()
     if dispatcher is not None and not dispatcher._closed:
         dispatcher.shutdown(5.0)
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)

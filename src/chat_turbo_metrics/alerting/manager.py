@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 import weakref
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics.export import MetricsData
 
+from chat_turbo_metrics._core import forks
 from chat_turbo_metrics.alerting._background import CycleSubscriber, register_active_gauge
 from chat_turbo_metrics.alerting._dispatch import Dispatcher
 from chat_turbo_metrics.alerting._engine import Change, RuleEvaluator
@@ -116,9 +116,9 @@ class AlertManager(Notifying):
         self._start_notifications(dispatcher)  # and routes to the notifiers ALERT_* variables configure
         if self._pipeline is not None:
             register_active_gauge(self._pipeline, self)
-        _managers.add(self)
+        forks.register(self, forks.Phase.LOCKS)
 
-    def _after_fork_in_child(self) -> None:
+    def after_fork_in_child(self) -> None:
         # Only the forking thread survives fork(): a lock an evaluation held would stay held in the child.
         self._lock = threading.RLock()
         self._evaluating = threading.RLock()
@@ -470,15 +470,3 @@ class AlertManager(Notifying):
             subscriber, self._subscriber = self._subscriber, None
         if subscriber is not None and self._pipeline is not None:
             self._pipeline.fanout.remove(subscriber)
-
-
-_managers: weakref.WeakSet[AlertManager] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for manager in list(_managers):
-        manager._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
