@@ -41,11 +41,10 @@ def build(**settings: Any) -> tuple[Pipeline, FastRecorder, Clock]:
     pipeline = Pipeline(config)
     problems = Problems()
     clock = Clock()
-    return (
-        pipeline,
-        FastRecorder(pipeline, InstrumentRegistry(problems, config.metric_limit), problems, config, clock),
-        clock,
-    )
+    registry = InstrumentRegistry(problems, config.metric_limit)
+    recorder = FastRecorder(registry, problems, config, overflow=pipeline.overflow, clock=clock)
+    pipeline.add_producer(recorder.metrics)
+    return pipeline, recorder, clock
 
 
 def series_held(recorder: FastRecorder) -> int:

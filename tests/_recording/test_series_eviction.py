@@ -49,8 +49,13 @@ class Recording:
         self.clock = Clock()
         self.problems = Problems()
         self.recorder = FastRecorder(
-            self.pipeline, InstrumentRegistry(self.problems), self.problems, self.config, clock=self.clock
+            InstrumentRegistry(self.problems),
+            self.problems,
+            self.config,
+            overflow=self.pipeline.overflow,
+            clock=self.clock,
         )
+        self.pipeline.add_producer(self.recorder.metrics)
 
     def collect(self, after_s: float = 0) -> MetricsSnapshot:
         self.clock.advance(after_s)

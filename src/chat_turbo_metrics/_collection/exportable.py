@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import (
@@ -33,15 +33,15 @@ from opentelemetry.sdk.metrics.export import (
     Metric,
     MetricsData,
     NumberDataPoint,
-    ResourceMetrics,
-    ScopeMetrics,
     Sum,
 )
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+from chat_turbo_metrics._collection.walk import rewrite
 from chat_turbo_metrics._core import forks
 from chat_turbo_metrics._core.guard import INT64_LIMIT, number, short_repr, valid_text
-from chat_turbo_metrics._recording.producer import SCOPE
+from chat_turbo_metrics._recording.streams import SCOPE
 
 _MAX_TEXT_INT_BITS = 6000  # an int whose text is at most about 1,800 digits
 
@@ -193,21 +193,12 @@ def _clean_points(metric: Metric, unexportable: Unexportable) -> Metric:
 
 def exportable(data: MetricsData | None, unexportable: Unexportable) -> MetricsData | None:
     """``data`` with every point encodable by every exporter; the same object when nothing needed a change."""
-    if data is None:
-        return None
-    changed = False
-    resources = []
-    for resource_metrics in data.resource_metrics:
-        scopes = []
-        for scope_metrics in resource_metrics.scope_metrics:
-            own = scope_metrics.scope.name == SCOPE.name
-            cleaned = [_clean_metric(metric, unexportable, own) for metric in scope_metrics.metrics]
-            if any(new is not old for new, old in zip(cleaned, scope_metrics.metrics, strict=True)):
-                changed = True
-                metrics = [metric for metric in cleaned if metric is not None]
-                scope_metrics = ScopeMetrics(scope_metrics.scope, metrics, scope_metrics.schema_url)  # noqa: PLW2901
-            scopes.append(scope_metrics)
-        resource = _clean_resource(resource_metrics.resource)
-        changed = changed or resource is not resource_metrics.resource
-        resources.append(ResourceMetrics(resource, scopes, resource_metrics.schema_url))
-    return MetricsData(resources) if changed else data
+
+    def clean(resource: Resource, scope: InstrumentationScope, metrics: Sequence[Metric]) -> Sequence[Metric]:
+        own = scope.name == SCOPE.name
+        cleaned = [_clean_metric(metric, unexportable, own) for metric in metrics]
+        if all(new is old for new, old in zip(cleaned, metrics, strict=True)):
+            return metrics
+        return [metric for metric in cleaned if metric is not None]
+
+    return rewrite(data, clean, _clean_resource)

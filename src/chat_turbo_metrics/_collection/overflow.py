@@ -16,6 +16,7 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import MetricsData
 
+from chat_turbo_metrics._collection.walk import walk
 from chat_turbo_metrics._core import forks
 
 _logger = logging.getLogger("chat_turbo_metrics.health")
@@ -71,8 +72,8 @@ class Overflow:
 class OverflowWatcher:
     """A reader producer that finds the SDK's overflow series in its collection and reports them.
 
-    Registered first in ``PipelineReader.producers``, so it sees what the SDK collected before the fast
-    path adds its own metrics (which count their overflow at the call). A sum or gauge does not say how many
+    The ``overflow`` step of the collection pass, the first: it sees what the SDK collected before a fast
+    recorder adds its own metrics (which count their overflow at the call). A sum or gauge does not say how many
     measurements it folded, so for those only the overflow itself is reported; a histogram's count is exact.
     """
 
@@ -87,15 +88,11 @@ class OverflowWatcher:
         self._seen = {}  # the child's SDK series start again from zero (compat.forget_inherited_sums)
 
     def __call__(self, data: MetricsData | None) -> MetricsData | None:
-        if data is None:
-            return None
         limit = self._overflow.limit
-        for resource_metrics in data.resource_metrics:
-            for scope_metrics in resource_metrics.scope_metrics:
-                for metric in scope_metrics.metrics:
-                    points = getattr(metric.data, "data_points", ())
-                    if len(points) > limit:  # the SDK adds the overflow series beside `limit` others
-                        self._check(metric.name, points)
+        for found in walk(data):
+            points = getattr(found.metric.data, "data_points", ())
+            if len(points) > limit:  # the SDK adds the overflow series beside `limit` others
+                self._check(found.metric.name, points)
         return data
 
     def _check(self, name: str, points: Iterable[Any]) -> None:

@@ -1,7 +1,7 @@
 """Cache hit ratios, derived at collection time from the ``cache_hits`` and ``cache_misses`` counters.
 
-Recording a hit or a miss is one counter increment; the ratio costs nothing until something collects. This
-producer runs after the recorder's own (in ``PipelineReader.producers``) and adds one gauge series
+Recording a hit or a miss is one counter increment; the ratio costs nothing until something collects. This is
+the ``hit_ratios`` step of the collection pass, after the recorder's metrics have joined: it adds one gauge series
 ``cache_hit_ratio`` per label set of the counters: ``hits / (hits + misses)`` since the process started.
 """
 
@@ -15,10 +15,12 @@ from opentelemetry.sdk.metrics.export import (
     Metric,
     MetricsData,
     NumberDataPoint,
-    ResourceMetrics,
-    ScopeMetrics,
     Sum,
 )
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from chat_turbo_metrics._collection.walk import rewrite
 
 HITS, MISSES, RATIO = "cache_hits", "cache_misses", "cache_hit_ratio"
 RATIO_DESCRIPTION = "Share of cache lookups that found their entry, since the process started."
@@ -61,20 +63,9 @@ def add_hit_ratios(data: MetricsData | None) -> MetricsData | None:
         >>> add_hit_ratios(None) is None
         True
     """
-    if data is None:
-        return None
-    changed = False
-    resource_metrics = []
-    for resource in data.resource_metrics:
-        scopes = []
-        for scope in resource.scope_metrics:
-            ratio = _ratio_metric(scope.metrics)
-            if ratio is None:
-                scopes.append(scope)
-                continue
-            changed = True
-            scopes.append(ScopeMetrics(scope=scope.scope, metrics=[*scope.metrics, ratio], schema_url=scope.schema_url))
-        resource_metrics.append(
-            ResourceMetrics(resource=resource.resource, scope_metrics=scopes, schema_url=resource.schema_url)
-        )
-    return MetricsData(resource_metrics=resource_metrics) if changed else data
+    return rewrite(data, _with_ratio)
+
+
+def _with_ratio(resource: Resource, scope: InstrumentationScope, metrics: Sequence[Metric]) -> Sequence[Metric]:
+    ratio = _ratio_metric(metrics)
+    return metrics if ratio is None else [*metrics, ratio]

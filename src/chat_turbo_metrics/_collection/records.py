@@ -16,6 +16,9 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 from opentelemetry.sdk.metrics.export import Histogram as HistogramData
+from opentelemetry.sdk.resources import Resource
+
+from chat_turbo_metrics._collection.walk import walk
 
 
 def _number_fields(point: NumberDataPoint) -> dict[str, Any]:
@@ -72,28 +75,27 @@ def _temporality(data: Any) -> str:
 
 def metric_records(metrics_data: MetricsData | None) -> Iterator[dict[str, Any]]:
     """One self-describing JSON-able dict per data point: the file exporter's line and the snapshot's record."""
-    if metrics_data is None:
-        return
-    for resource_metrics in metrics_data.resource_metrics:
-        resource = dict(resource_metrics.resource.attributes)
-        for scope_metrics in resource_metrics.scope_metrics:
-            scope = scope_metrics.scope.name
-            for metric in scope_metrics.metrics:
-                kind_of, fields_of = _ENCODINGS[type(metric.data)]
-                head = {
-                    "name": metric.name,
-                    "kind": kind_of(metric.data),
-                    "unit": metric.unit or "",
-                    "description": metric.description or "",
-                    "temporality": _temporality(metric.data),
-                }
-                for point in metric.data.data_points:
-                    yield {
-                        **head,
-                        "attributes": dict(point.attributes or {}),
-                        "start_time_unix_nano": point.start_time_unix_nano,
-                        "time_unix_nano": point.time_unix_nano,
-                        **fields_of(point),
-                        "resource": resource,
-                        "scope": scope,
-                    }
+    last: Resource | None = None
+    resource: dict[str, Any] = {}
+    for found in walk(metrics_data):
+        if found.resource is not last:  # one dict per resource, shared by its records
+            last, resource = found.resource, dict(found.resource.attributes)
+        metric = found.metric
+        kind_of, fields_of = _ENCODINGS[type(metric.data)]
+        head = {
+            "name": metric.name,
+            "kind": kind_of(metric.data),
+            "unit": metric.unit or "",
+            "description": metric.description or "",
+            "temporality": _temporality(metric.data),
+        }
+        for point in metric.data.data_points:
+            yield {
+                **head,
+                "attributes": dict(point.attributes or {}),
+                "start_time_unix_nano": point.start_time_unix_nano,
+                "time_unix_nano": point.time_unix_nano,
+                **fields_of(point),
+                "resource": resource,
+                "scope": found.scope.name,
+            }

@@ -29,7 +29,7 @@ class Fanout:
 
     Example:
         >>> from chat_turbo_metrics.exporters.file import FileExporter, read_metric_records
-        >>> fanout = Fanout(pipeline.reader.collect_cumulative, interval_s=60, timeout_s=10)
+        >>> fanout = Fanout(pipeline.collect, interval_s=60, timeout_s=10)
         >>> fanout.add(FileExporter(tmp_path / "metrics.jsonl"))
         >>> monitor.increment_counter("jobs", value=2)
         >>> fanout.force_flush()

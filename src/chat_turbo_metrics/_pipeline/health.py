@@ -35,9 +35,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from chat_turbo_metrics._collection.overflow import OVERFLOW_METRIC, Overflow
+from chat_turbo_metrics._collection.walk import add_metrics, walk
 from chat_turbo_metrics._core import forks
 from chat_turbo_metrics._core.version import __version__
-from chat_turbo_metrics._recording.producer import FastPathProducer
 
 _logger = logging.getLogger("chat_turbo_metrics.health")
 
@@ -317,10 +317,8 @@ class HealthMetrics:
 
     def _series(self, data: MetricsData | None, now: int) -> Metric | None:
         series: Counter[str] = Counter()
-        for resource_metrics in data.resource_metrics if data is not None else ():
-            for scope_metrics in resource_metrics.scope_metrics:
-                for metric in scope_metrics.metrics:
-                    series[metric.name] += len(getattr(metric.data, "data_points", ()))
+        for found in walk(data):
+            series[found.metric.name] += len(getattr(found.metric.data, "data_points", ()))
         points = [
             NumberDataPoint({"metric": name}, None, now, n)  # type: ignore[arg-type]
             for name, n in sorted(series.items())
@@ -338,9 +336,10 @@ class HealthMetrics:
 
 
 class HealthProducer:
-    """A reader producer that adds the self-telemetry metrics to every collection, in their own scope.
+    """The ``self_telemetry`` step of the collection pass: adds the self-telemetry metrics, in their own scope.
 
-    Registered last in ``PipelineReader.producers``, so the series it counts are those every exporter gets.
+    Its place in the pass (:data:`chat_turbo_metrics._collection.collector.STEPS`) comes after every step that
+    adds metrics, so the series it counts are those every exporter gets.
     """
 
     def __init__(self, health: HealthMetrics, resource: Callable[[], Resource]) -> None:
@@ -348,5 +347,4 @@ class HealthProducer:
         self._resource = resource
 
     def __call__(self, data: MetricsData | None) -> MetricsData | None:
-        metrics = self._health.metrics(data, time.time_ns())
-        return FastPathProducer(lambda now: metrics, self._resource, SCOPE)(data)
+        return add_metrics(data, self._health.metrics(data, time.time_ns()), SCOPE, self._resource)

@@ -10,25 +10,27 @@ recording call is therefore the same with one exporter or ten.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from opentelemetry.sdk.metrics import (
     MeterProvider,
 )
-from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, MetricsData
+from opentelemetry.sdk.metrics.export import Metric, MetricExporter, MetricReader, MetricsData
 from opentelemetry.sdk.metrics.view import DropAggregation, ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 from chat_turbo_metrics import multiprocess
+from chat_turbo_metrics._collection.collector import Collector, Producer
 from chat_turbo_metrics._collection.exportable import Unexportable, exportable
 from chat_turbo_metrics._collection.overflow import Overflow, OverflowWatcher
 from chat_turbo_metrics._core import forks
-from chat_turbo_metrics._core.compat import forget_inherited_sums, reinit_sdk_metric_locks
+from chat_turbo_metrics._core.compat import forget_inherited_sums, provider_resource, reinit_sdk_metric_locks
 from chat_turbo_metrics._core.config import ConfigurationError, MonitoringConfig, ViewConfig, setting_label
 from chat_turbo_metrics._core.version import __version__
 from chat_turbo_metrics._pipeline import registry as _registry
@@ -36,10 +38,9 @@ from chat_turbo_metrics._pipeline import termination as _termination
 from chat_turbo_metrics._pipeline.fanout import Fanout
 from chat_turbo_metrics._pipeline.health import Sources
 from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
+from chat_turbo_metrics._recording.streams import SCOPE
 
 _logger = logging.getLogger("chat_turbo_metrics.pipeline")
-
-MetricsProducer = Callable[[MetricsData | None], MetricsData | None]
 
 
 @runtime_checkable
@@ -60,14 +61,6 @@ class PipelineReader(MetricReader):
         super().__init__(cardinality_limits=dict.fromkeys(INSTRUMENT_CLASSES, cardinality_limit))
         self._lock = threading.Lock()
         self._received: MetricsData | None = None
-        # The fast recording path merges its pre-aggregated state in here (the MetricProducer seam).
-        self.producers: list[MetricsProducer] = []
-        # Called before every collection: collection-time readings (system statistics, pool usage)
-        # record through the monitor's front end here, so they cost nothing between collections.
-        self.before_collect: list[Callable[[], None]] = []
-        self._failed_hooks: set[tuple[str, type]] = set()
-        # Points no exporter could encode (bool, huge ints, NaN from OTel-API instruments), dropped here.
-        self.unexportable = Unexportable()
         forks.register(self, forks.Phase.LOCKS)
 
     def after_fork_in_child(self) -> None:
@@ -78,27 +71,15 @@ class PipelineReader(MetricReader):
     def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
         self._received = metrics_data
 
-    def collect_cumulative(self) -> MetricsData | None:
-        """Collect now; safe from any thread (cumulative data makes concurrent collections harmless)."""
-        for hook in list(self.before_collect):
-            try:
-                hook()
-            except Exception as error:  # a broken reading must not cost the scrape or the other readings
-                self._report_hook(hook, error)
+    def collect_sdk(self) -> MetricsData | None:
+        """What the SDK's instruments hold now; safe from any thread (cumulative data makes concurrent collections
+        harmless). The pipeline's :class:`Collector` adds the rest."""
         with self._lock:
             self._received = None
             self.collect()
             data = self._received
             self._received = None
-        for producer in self.producers:
-            data = producer(data)
-        return exportable(data, self.unexportable)
-
-    def _report_hook(self, hook: Callable[[], None], error: Exception) -> None:
-        key = (getattr(hook, "__qualname__", repr(hook)), type(error))
-        if key not in self._failed_hooks:  # once per cause: a scrape every few seconds must not flood the log
-            self._failed_hooks.add(key)
-            _logger.error("collection-time reading %r failed: %r (further failures are not logged)", hook, error)
+        return data
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         """Nothing to release: exporters are shut down by the pipeline."""
@@ -160,10 +141,14 @@ class Pipeline:
         self.config = config
         self.resource = build_resource(config)
         self.reader = PipelineReader(config.cardinality_limit)
-        # Measurements past a metric's cardinality limit: counted by the fast path at the call, found in the
-        # SDK's collection by the watcher (first producer: it sees the SDK's metrics alone).
+        self.collector = Collector(self.reader.collect_sdk)
+        # Measurements past a metric's cardinality limit: counted by the fast path at the call (see add_producer),
+        # found in the SDK's collection by the watcher.
         self.overflow = Overflow(config.cardinality_limit)
-        self.reader.producers.append(OverflowWatcher(self.overflow))
+        self.collector.add("overflow", OverflowWatcher(self.overflow))
+        # Points no exporter could encode (bool, huge ints, NaN from OTel-API instruments), dropped here.
+        self.unexportable = Unexportable()
+        self.collector.add("exportable", functools.partial(exportable, unexportable=self.unexportable))
         self.meter_provider = MeterProvider(
             metric_readers=[self.reader],
             resource=self.resource,
@@ -248,7 +233,7 @@ class Pipeline:
         """What this pipeline's self-telemetry reads; ``dropped_recordings`` from the recorder's guard."""
         return Sources(
             dropped_recordings=dropped_recordings,
-            unexportable=lambda: self.reader.unexportable.total,
+            unexportable=lambda: self.unexportable.total,
             overflow=self.overflow,
             exports=self.fanout.stats,
             export_queues=self.fanout.pending,
@@ -269,7 +254,16 @@ class Pipeline:
 
     def collect(self) -> MetricsData | None:
         """Cumulative metrics of the whole pipeline, right now."""
-        return self.reader.collect_cumulative()
+        return self.collector.collect()
+
+    def current_resource(self) -> Resource:
+        """The resource the MeterProvider holds now (the SDK refreshes it after a fork), else the pipeline's."""
+        return provider_resource(self.meter_provider) or self.resource
+
+    def add_producer(self, metrics: Callable[[int], Sequence[Metric]]) -> None:
+        """Add what ``metrics(now_ns)`` returns (a fast recorder's metrics) to every collection, in the
+        ``chat_turbo_metrics`` scope, at the ``recorder`` step of the collection pass."""
+        self.collector.add("recorder", Producer(metrics, self.current_resource, SCOPE))
 
     def force_flush(self, timeout_s: float | None = None) -> bool:
         """Export current data to every push exporter and flush spans; False if something timed out."""

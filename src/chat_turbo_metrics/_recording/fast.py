@@ -3,13 +3,14 @@
 A recording call is one dict lookup keyed by ``(name, tuple(tags.items()), type(value))``, one chained
 comparison that rejects bad values (NaN, infinities, negatives, ints beyond int64: a comparison with a non-
 number raises inside a ``try`` that costs nothing when nothing is raised), and an update of a small slotted
-object (a *cell*, :mod:`chat_turbo_metrics._recording.producer`) under one uncontended lock. Everything else
+object (a *cell*, :mod:`chat_turbo_metrics._recording.streams`) under one uncontended lock. Everything else
 — name and tag validation, View attribute filters, the cardinality limit — runs once per new tag set on the
 slow path, which stores the cell the SDK would have aggregated into. Only plain ``int`` and ``float`` values
 are cached, so a ``bool``, ``Decimal``, numpy scalar or ``10**400`` never reaches a cell unconverted: it
 misses the cache and the slow path normalises it with :func:`~chat_turbo_metrics._core.guard.number` (the
-one home of value checks, shared with the SDK path) before it touches any state. The reader collects the cells
-through :class:`~chat_turbo_metrics._recording.producer.FastPathProducer`.
+one home of value checks, shared with the SDK path) before it touches any state. A collection reads the cells
+through :meth:`FastRecorder.metrics`, which the layer above adds to its collection (``Pipeline.add_producer``):
+the recorder knows nothing of the pipeline.
 
 Differences from the SDK path: no exemplars are recorded; tag values that are equal in Python but of different
 types (``1``, ``1.0``, ``True``) share the series of the first one seen, where the SDK keeps them apart (the
@@ -41,24 +42,21 @@ from chat_turbo_metrics._core.guard import (
     timer_seconds,
 )
 from chat_turbo_metrics._core.naming import Kind
-from chat_turbo_metrics._pipeline.provider import Pipeline
 from chat_turbo_metrics._recording.handles import HANDLES
 from chat_turbo_metrics._recording.idle import GONE, PINNED, sweep
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry, InstrumentSpec
-from chat_turbo_metrics._recording.producer import (
+from chat_turbo_metrics._recording.sdk import DROPPED, BoundInstrument, Tags
+from chat_turbo_metrics._recording.streams import (
     AGGREGATE,
     NATURAL,
     Cell,
-    FastPathProducer,
     OverflowReport,
     Stream,
     bounds_problem,
-    current_resource,
     new_cell,
     restart_after_fork,
     stream_specs,
 )
-from chat_turbo_metrics._recording.sdk import DROPPED, BoundInstrument, Tags
 
 _Route = tuple[dict[Any, Any], Kind, bool]
 _I64 = INT64_BOUND
@@ -133,7 +131,8 @@ class FastRecorder:
         >>> from chat_turbo_metrics._core.guard import Problems
         >>> from chat_turbo_metrics._recording.instruments import InstrumentRegistry
         >>> problems = Problems()
-        >>> recorder = FastRecorder(pipeline, InstrumentRegistry(problems), problems, config)
+        >>> recorder = FastRecorder(InstrumentRegistry(problems), problems, config)
+        >>> pipeline.add_producer(recorder.metrics)  # what the monitor does: its collections read the cells
         >>> recorder.increment_counter("messages_sent", {"channel": "public"})
         >>> monitor.snapshot().value("messages_sent", {"channel": "public"})
         1
@@ -141,24 +140,25 @@ class FastRecorder:
 
     def __init__(
         self,
-        pipeline: Pipeline,
         registry: InstrumentRegistry,
         problems: Problems,
         config: MonitoringConfig,
+        *,
+        overflow: OverflowReport | None = None,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         """Args:
-        pipeline: the pipeline whose reader collects the cells.
         registry: names to instrument specs.
         problems: where dropped recordings are counted.
         config: views, cardinality limit, sampling rate, idle timeout.
+        overflow: where measurements past a metric's cardinality limit are counted (the pipeline's).
         clock: collection time in ns, for idle-series eviction.
         """
         self._registry = registry
         self._problems = problems
         self._views = config.views
         self._limit = config.cardinality_limit
-        self._overflow = pipeline.overflow
+        self._overflow = overflow
         # Raw tag sets cached per instrument: enough for every series plus reordered/filtered variants.
         self._cache_limit = 4 * config.cardinality_limit + 100
         self._idle_ns = int(config.series_idle_timeout_s * 1e9)  # 0: series are never evicted
@@ -184,8 +184,6 @@ class FastRecorder:
             # Sampling applies to distributions only; decided here so the unsampled path has no branch.
             self.record_histogram = self._sampled_histogram  # type: ignore[method-assign]
             self.record_timer = self._sampled_timer  # type: ignore[method-assign]
-        resource = current_resource(pipeline.meter_provider, pipeline.resource)
-        pipeline.reader.producers.append(FastPathProducer(self._collect_metrics, resource))
         # No cell is half-updated in a forked child, and the lock a recording thread held at the fork (a thread the
         # child does not have) is not left locked for ever: held across the fork, released after the repair below.
         forks.register(self, forks.Phase.PIPELINE)
@@ -380,8 +378,8 @@ class FastRecorder:
             for cell in [*cells, *([instrument.sink] if instrument.sink is not None else [])]:
                 restart_after_fork(cell, now)
 
-    # --- collection (called by the producer) -------------------------------------------------------
-    def _collect_metrics(self, now: int) -> list[Metric]:
+    # --- collection ------------------------------------------------------------------------------
+    def metrics(self, now: int) -> list[Metric]:
         """Every stream's cumulative metric at ``now``, instruments in order of first measurement."""
         with self._lock:
             instruments = list(self._order)

@@ -19,6 +19,7 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import Gauge, Histogram, MetricsData, Sum
 
+from chat_turbo_metrics._collection.walk import walk
 from chat_turbo_metrics._core.naming import Kind, counter_name, prometheus_label, prometheus_name
 
 STALENESS_S = 300.0
@@ -134,11 +135,8 @@ class SeriesStore:
 
     def ingest(self, data: MetricsData | None, now: float) -> None:
         """Add the points of one collection at ``now``; forget what is older than the longest window."""
-        if data is not None:
-            for resource_metrics in data.resource_metrics:
-                for scope_metrics in resource_metrics.scope_metrics:
-                    for metric in scope_metrics.metrics:
-                        self._ingest_metric(metric, now)
+        for found in walk(data):
+            self._ingest_metric(found.metric, now)
         self._prune(now)
 
     def ingest_points(self, name: str, kind: str, points: Mapping[SeriesKey, Point], now: float) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from opentelemetry.sdk.metrics.export import Gauge, Histogram, Metric, MetricsData, Sum
 
 from chat_turbo_metrics._collection.records import data_kind
+from chat_turbo_metrics._collection.walk import resources, walk
 from chat_turbo_metrics._core.naming import Kind, is_reserved_label, prometheus_label, prometheus_name
 
 _logger = logging.getLogger("chat_turbo_metrics.exposition")
@@ -179,8 +180,8 @@ def _add_metric(families: dict[str, _Family], metric: Metric) -> None:
 
 
 def _target_info(metrics_data: MetricsData) -> _Family | None:
-    for resource_metrics in metrics_data.resource_metrics:
-        attributes = dict(resource_metrics.resource.attributes)
+    for resource in resources(metrics_data):
+        attributes = dict(resource.attributes)
         if attributes:
             family = _Family("target_info", "gauge", "Target metadata")
             family.values[label_text(attributes, family.name)] = 1
@@ -204,10 +205,8 @@ def to_prometheus_text(metrics_data: MetricsData | None, *, target_info: bool = 
     info = _target_info(metrics_data) if target_info else None
     if info is not None:
         families[info.name] = info
-    for resource_metrics in metrics_data.resource_metrics:
-        for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                _add_metric(families, metric)
+    for found in walk(metrics_data):
+        _add_metric(families, found.metric)
     out: list[str] = []
     for family in families.values():
         if not family.lines and not family.values:

@@ -1,13 +1,12 @@
-"""The MetricProducer seam: the fast path's aggregation state, the Views, and the merge into a collection.
+"""The fast path's aggregation state: cells, the streams the Views make of an instrument, and their fold.
 
-The fast path (:mod:`chat_turbo_metrics._recording.fast`) updates *cells* at the call and reaches the pipeline only
-here, when the reader collects. This module holds what the SDK's ``_ViewInstrumentMatch`` and synchronous
-aggregations would do with the same measurements: the streams the configured Views make of an instrument
-(matched the way the SDK matches them), each stream's series under the View's attribute filter and the
-cardinality limit (with the SDK's overflow series), and the fold of each cell's delta into its cumulative
-total exactly as the SDK folds it. :class:`FastPathProducer` merges the resulting metrics into the
-collected ``MetricsData`` under the pipeline's resource and the ``chat_turbo_metrics`` scope, so every
-exporter receives one ``MetricsData`` whatever recorded it.
+The fast path (:mod:`chat_turbo_metrics._recording.fast`) updates *cells* at the call and is read only when
+something collects. This module holds what the SDK's ``_ViewInstrumentMatch`` and synchronous aggregations would
+do with the same measurements: the streams the configured Views make of an instrument (matched the way the SDK
+matches them), each stream's series under the View's attribute filter and the cardinality limit (with the SDK's
+overflow series), and the fold of each cell's delta into its cumulative total exactly as the SDK folds it. The
+resulting metrics join the SDK's collection in the ``chat_turbo_metrics`` scope (``Pipeline.add_producer``), so
+every exporter receives one ``MetricsData`` whatever recorded it.
 
 Cells are small slotted objects (:class:`SumCell`, :class:`GaugeCell`, :class:`HistogramCell`): a named
 field costs the hot path what a list index did (CPython specialises both), and reads as what it is.
@@ -31,19 +30,14 @@ from opentelemetry.sdk.metrics.export import (
     Histogram,
     HistogramDataPoint,
     Metric,
-    MetricsData,
     NumberDataPoint,
-    ResourceMetrics,
-    ScopeMetrics,
     Sum,
 )
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.util.types import Attributes
 
-from chat_turbo_metrics._core.compat import provider_resource
 from chat_turbo_metrics._core.config import ViewConfig
 from chat_turbo_metrics._core.version import __version__
-from chat_turbo_metrics._pipeline.temporality import attributes_key
 from chat_turbo_metrics._recording.instruments import InstrumentSpec
 
 Aggregation = Literal["sum", "gauge", "histogram", "drop"]
@@ -220,6 +214,24 @@ def bounds_problem(bounds: Sequence[float]) -> str | None:
     return None
 
 
+AttributesKey = tuple[tuple[str, type, object], ...]
+
+
+def attributes_key(attributes: Attributes | Mapping[str, object]) -> AttributesKey:
+    """The SDK's identity of an attribute set: key order ignored, ``1``, ``1.0`` and ``True`` kept apart.
+
+    Example:
+        >>> attributes_key({"b": 1, "a": "x"}) == attributes_key({"a": "x", "b": 1})
+        True
+        >>> attributes_key({"a": 1}) == attributes_key({"a": True})
+        False
+    """
+    if not attributes:
+        return ()
+    # The SDK stores sequence values as tuples; a list from elsewhere would make the key unhashable.
+    return tuple(sorted((k, type(v), tuple(v) if isinstance(v, list) else v) for k, v in attributes.items()))
+
+
 _OVERFLOW_ATTRIBUTES = {"otel.metric.overflow": True}  # what the SDK labels the overflow series with
 
 
@@ -323,79 +335,6 @@ class Stream:
             ]
             data = Histogram(data_points=hist_points, aggregation_temporality=_CUMULATIVE)
         return Metric(name=spec.name, description=spec.description, unit=spec.unit, data=data)
-
-
-class FastPathProducer:
-    """Merges the fast path's metrics into what the pipeline's reader collected.
-
-    Registered in ``PipelineReader.producers``; called with the SDK's collection (or None) and returns it
-    with the fast path's metrics added to the ``chat_turbo_metrics`` scope of the pipeline's resource.
-
-    Example:
-        >>> def metrics(now_ns):  # the recorder's metrics at a collection time
-        ...     return []
-        >>> pipeline.reader.producers.append(FastPathProducer(metrics, lambda: pipeline.resource))
-        >>> monitor.snapshot().records()
-        []
-    """
-
-    def __init__(
-        self,
-        metrics: Callable[[int], list[Metric]],
-        resource: Callable[[], Resource],
-        scope: InstrumentationScope = SCOPE,
-    ) -> None:
-        """Args:
-        metrics: the fast path's metrics at a collection time (ns since the epoch).
-        resource: the pipeline's current resource (it changes after a fork).
-        scope: the instrumentation scope the metrics belong to.
-        """
-        self._metrics = metrics
-        self._resource = resource
-        self._scope = scope
-
-    def __call__(self, data: MetricsData | None) -> MetricsData | None:
-        metrics = self._metrics(time.time_ns())
-        if not metrics:
-            return data
-        if data is None or not data.resource_metrics:
-            resource = self._resource()
-            own = ScopeMetrics(scope=self._scope, metrics=metrics, schema_url=self._scope.schema_url or "")
-            return MetricsData(
-                resource_metrics=[
-                    ResourceMetrics(resource=resource, scope_metrics=[own], schema_url=resource.schema_url)
-                ]
-            )
-        first, *others = data.resource_metrics
-        return MetricsData(resource_metrics=[self._merged(first, metrics), *others])
-
-    def _merged(self, resource_metrics: ResourceMetrics, metrics: list[Metric]) -> ResourceMetrics:
-        scopes = list(resource_metrics.scope_metrics)
-        for index, scope_metrics in enumerate(scopes):
-            if scope_metrics.scope.name == self._scope.name:
-                scopes[index] = ScopeMetrics(
-                    scope=scope_metrics.scope,
-                    metrics=[*scope_metrics.metrics, *metrics],
-                    schema_url=scope_metrics.schema_url,
-                )
-                break
-        else:
-            scopes.append(ScopeMetrics(scope=self._scope, metrics=metrics, schema_url=self._scope.schema_url or ""))
-        return ResourceMetrics(
-            resource=resource_metrics.resource, scope_metrics=scopes, schema_url=resource_metrics.schema_url
-        )
-
-
-def current_resource(meter_provider: object, fallback: Resource) -> Callable[[], Resource]:
-    """A getter for the MeterProvider's resource, which the SDK refreshes after a fork.
-
-    The SDK keeps it in a private attribute; if a future SDK moves it, the pipeline's resource is used.
-    """
-
-    def resource() -> Resource:
-        return provider_resource(meter_provider) or fallback
-
-    return resource
 
 
 def restart_after_fork(cell: Cell, now_ns: int) -> None:
