@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from opentelemetry.sdk.metrics import (
     MeterProvider,
@@ -25,7 +25,6 @@ from opentelemetry.sdk.metrics.view import DropAggregation, ExplicitBucketHistog
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
-from chat_turbo_metrics import multiprocess
 from chat_turbo_metrics._collection.collector import Collector, Producer
 from chat_turbo_metrics._collection.exportable import Unexportable, exportable
 from chat_turbo_metrics._collection.overflow import Overflow, OverflowWatcher
@@ -37,21 +36,11 @@ from chat_turbo_metrics._pipeline import registry as _registry
 from chat_turbo_metrics._pipeline import termination as _termination
 from chat_turbo_metrics._pipeline.fanout import Fanout
 from chat_turbo_metrics._pipeline.health import Sources
+from chat_turbo_metrics._pipeline.pull import Membership, PullExporter, ServingExporter
 from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
 from chat_turbo_metrics._recording.streams import SCOPE
 
 _logger = logging.getLogger("chat_turbo_metrics.pipeline")
-
-
-@runtime_checkable
-class PullExporter(Protocol):
-    """An exporter that is asked for data (a scrape) instead of being sent it."""
-
-    name: str
-
-    def attach(self, collect: Callable[[], MetricsData | None]) -> None: ...
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None: ...
 
 
 class PipelineReader(MetricReader):
@@ -163,7 +152,7 @@ class Pipeline:
             timeout_s=config.export_timeout_s,
         )
         self.pull_exporters: list[PullExporter] = []
-        self._memberships: list[multiprocess.Membership] = []  # pre-fork groups this pipeline serves in
+        self._memberships: list[Membership] = []  # places serving exporters took (pre-fork groups)
         self._shutdown_lock = threading.Lock()
         self._is_shutdown = False
         self._shutdown_done = threading.Event()
@@ -216,8 +205,8 @@ class Pipeline:
             self.fanout.add(exporter)
             _termination.flush_on_sigterm(self)  # a plain SIGTERM would end the process before its final export
         elif isinstance(exporter, PullExporter):
-            if isinstance(exporter, multiprocess.SharedEndpoint):
-                membership = multiprocess.serve(self, exporter)  # one scrape for every process of the service
+            if isinstance(exporter, ServingExporter):
+                membership = exporter.serve(self)  # it takes its place itself (Prometheus: for its pre-fork group)
                 if membership is not None:
                     self._memberships.append(membership)
             else:
