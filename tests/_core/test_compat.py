@@ -146,7 +146,7 @@ def _serve(port: int) -> tuple[grpc.Server, _Accepting]:
 def test_keep_grpc_channel_keeps_one_channel_through_an_outage_and_closes_it_at_shutdown() -> None:
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-    from chat_turbo_metrics._pipeline.registry import GRPC_CHANNEL_OPTIONS
+    from chat_turbo_metrics.exporters.otlp import GRPC_CHANNEL_OPTIONS
 
     port = free_port()
     exporter = OTLPMetricExporter(

@@ -276,6 +276,11 @@ class EnvironmentDataDogExporter(DataDogExporter):
     def __init__(self) -> None:
         super().__init__(**_settings(get_monitoring_config()))
 
+    @classmethod
+    def from_config(cls, config: MonitoringConfig) -> DataDogExporter:
+        """The exporter a configuration asks for (what the pipeline builds from this entry point)."""
+        return DataDogExporter.from_config(config)
+
 
 def _settings(config: MonitoringConfig) -> dict[str, Any]:
     if config.datadog_api_key is None:
