@@ -400,6 +400,7 @@ def _install_global_providers() -> None:
 
 # Frees the process-wide lock in a forked child (a thread may have been configuring).
 forks.register_function(PerformanceMonitor._after_fork_in_child, forks.Phase.LOCKS)
+otel_globals.provide_process_monitor(PerformanceMonitor.get_instance)
 
 
 # What the process-wide monitor runs on when its configuration cannot be used: every recording a no-op.

@@ -278,3 +278,23 @@ class DelegatingTracerProvider(trace.TracerProvider):
 
 METER_PROVIDER = DelegatingMeterProvider()
 TRACER_PROVIDER = DelegatingTracerProvider()
+
+_process_monitor: list[Callable[[], Any]] = []
+
+
+def provide_process_monitor(get: Callable[[], Any]) -> None:
+    """How to get the process-wide monitor, said once by the facade that owns it (``chat_turbo_metrics._monitor``,
+    imported with the package), so that the layers below it (alerting's default monitor) find it without importing
+    it."""
+    _process_monitor[:] = [get]
+
+
+def process_monitor() -> Any:
+    """The process-wide ``PerformanceMonitor`` (created from the environment on first use).
+
+    Raises:
+        RuntimeError: the facade was never imported (it is imported with ``chat_turbo_metrics``).
+    """
+    if not _process_monitor:
+        raise RuntimeError("chat_turbo_metrics._monitor was not imported: no process-wide monitor")
+    return _process_monitor[0]()

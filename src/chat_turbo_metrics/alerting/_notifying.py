@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from chat_turbo_metrics.alerting._background import Monitored
 from chat_turbo_metrics.alerting._delivery import Sender
 from chat_turbo_metrics.alerting._dispatch import Dispatcher
 from chat_turbo_metrics.alerting._matchers import Matchers
@@ -21,7 +22,7 @@ from chat_turbo_metrics.alerting.notifiers.configured import notifiers_from_conf
 class Notifying:
     """Routes, inhibitions, forwarders and flushing for :class:`~chat_turbo_metrics.alerting.AlertManager`."""
 
-    monitor: Any
+    monitor: Monitored
     _clock: Callable[[], float]
     _lock: threading.RLock
     _pipeline: Any

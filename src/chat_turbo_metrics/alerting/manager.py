@@ -10,13 +10,14 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics.export import MetricsData
 
 from chat_turbo_metrics._core import forks
-from chat_turbo_metrics.alerting._background import CycleSubscriber, register_active_gauge
+from chat_turbo_metrics._pipeline.globals import process_monitor
+from chat_turbo_metrics.alerting._background import CycleSubscriber, Monitored, register_active_gauge
 from chat_turbo_metrics.alerting._dispatch import Dispatcher
 from chat_turbo_metrics.alerting._engine import Change, RuleEvaluator
 from chat_turbo_metrics.alerting._files import load_rules
@@ -27,9 +28,6 @@ from chat_turbo_metrics.alerting._reading import SPANS, RuleReader
 from chat_turbo_metrics.alerting._statistics import STALENESS_S, SeriesStore
 from chat_turbo_metrics.alerting.rules import AlertRule, RuleError
 from chat_turbo_metrics.alerting.spans import AlertingSpanProcessor
-
-if TYPE_CHECKING:
-    from chat_turbo_metrics._monitor import PerformanceMonitor
 
 _log = logging.getLogger("chat_turbo_metrics.alerting")
 
@@ -68,7 +66,7 @@ class AlertManager(Notifying):
 
     def __init__(
         self,
-        monitor: PerformanceMonitor | None = None,
+        monitor: Monitored | None = None,
         *,
         clock: Callable[[], float] | None = None,
         evaluation_interval_s: float | None = None,
@@ -78,14 +76,10 @@ class AlertManager(Notifying):
         staleness_s: float = STALENESS_S,
         dispatcher: Dispatcher | None = None,
     ) -> None:
-        if monitor is None:
-            from chat_turbo_metrics._monitor import PerformanceMonitor
-
-            monitor = PerformanceMonitor.get_instance()
-        self.monitor = monitor
-        self._pipeline = monitor.pipeline  # the pipeline at construction: create the manager after configure()
+        self.monitor: Monitored = process_monitor() if monitor is None else monitor
+        self._pipeline = self.monitor.pipeline  # the pipeline at construction: create the manager after configure()
         self._clock = clock or time.time
-        interval = monitor.config.export_interval_s if evaluation_interval_s is None else evaluation_interval_s
+        interval = self.monitor.config.export_interval_s if evaluation_interval_s is None else evaluation_interval_s
         if not interval > 0 or not math.isfinite(interval):
             raise ValueError(f"evaluation_interval_s must be > 0, got {evaluation_interval_s!r}")
         self.evaluation_interval_s = float(interval)
