@@ -202,13 +202,3 @@ class StatementClassifier:
             if len(self._cache) < self._max_statements and len(statement) <= _MAX_CACHED_LENGTH:
                 self._cache[statement] = (operation, table)
         return operation, table
-
-    def table_label(self, table: str) -> str:
-        """``table`` if it fits in the bound of distinct tables, else ``other``."""
-        with self._lock:
-            if table in self._tables:
-                return table
-            if len(self._tables) < self._max_tables:
-                self._tables.add(table)
-                return table
-        return OTHER
