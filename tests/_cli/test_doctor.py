@@ -388,6 +388,23 @@ def test_cli_lists_metrics_and_tags_from_the_history_database(tmp_path: Path) ->
     assert listed["metrics"]["query_seconds"] == {"type": "histogram", "series": 1, "tags": ["operation", "table"]}
 
 
+def test_without_a_database_url_the_doctor_reads_the_history_the_exporter_writes_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the default history is a SQLite file in the working directory
+    config = _config(metrics_exporters=("chat_turbo_database",), self_telemetry=False)
+    monitor = PerformanceMonitor(config)
+    monitor.increment_counter("jobs", {"queue": "mail"})
+    monitor.shutdown()
+
+    report = diagnose(config, env={})
+
+    assert report["endpoints"]["database"]["reachable"] is True
+    listed: Any = report["metrics"]
+    assert listed["source"] == "database"
+    assert listed["metrics"]["jobs"]["tags"] == ["queue"]
+
+
 def test_cli_says_plainly_when_no_metrics_can_be_listed() -> None:
     status, report = _doctor(_env(OTEL_METRICS_EXPORTER="prometheus", OTEL_EXPORTER_PROMETHEUS_PORT=str(free_port())))
 

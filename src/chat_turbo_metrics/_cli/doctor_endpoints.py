@@ -22,8 +22,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from chat_turbo_metrics._cli.doctor_sources import bounded_connect_args, keeps_values, label_values, sample_value
-from chat_turbo_metrics._core.config import ConfigurationError, MonitoringConfig, setting_label
-from chat_turbo_metrics._core.secret import Secret
+from chat_turbo_metrics._core.config import ConfigurationError, MonitoringConfig, history_url, setting_label
 
 TIMEOUT_S = 3.0  # each connection, request or query of a check
 DEADLINE_S = 8.0  # each check as a whole (a trickling peer defeats per-read timeouts)
@@ -155,7 +154,7 @@ def check_database(config: MonitoringConfig, env: Mapping[str, str]) -> dict[str
 
     from chat_turbo_metrics.exporters._database_query import read_only_url, sqlite_file
 
-    secret = config.database_url or Secret("sqlite:///chat_turbo_metrics.db")
+    secret = history_url(config)
     result: dict[str, Any] = {"enabled": True, "url": secret.masked()}
     try:
         url = make_url(secret.reveal())

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from chat_turbo_metrics._core.config import MonitoringConfig
+from chat_turbo_metrics._core.config import MonitoringConfig, history_url
 from chat_turbo_metrics._core.secret import Secret
 from chat_turbo_metrics._pipeline.health import DROPPED, EXPORTS, OVERFLOW, PREFIX, QUEUE_DEPTH, SERIES
 
@@ -58,7 +58,7 @@ def stored_metrics(config: MonitoringConfig) -> dict[str, Any] | None:
             return {"source": "file", "where": str(path), "metrics": _file_families(path)}
     if "chat_turbo_database" in config.metrics_exporters:
         try:
-            return _database_metrics(config.database_url or Secret("sqlite:///chat_turbo_metrics.db"))
+            return _database_metrics(history_url(config))
         except Exception:  # the endpoint check reports an unreachable database; its message may hold the URL
             return None
     return None

@@ -185,6 +185,16 @@ def setting_label(config: MonitoringConfig, setting: str) -> str:
     return source if source in _ENV_NAMES else f"{source}: {setting}"
 
 
+def history_url(config: MonitoringConfig) -> Secret:
+    """Where the database exporter keeps the metric history: ``database_url``, else :data:`DEFAULT_DATABASE_URL`.
+
+    Example:
+        >>> history_url(MonitoringConfig()).reveal()
+        'sqlite:///chat_turbo_metrics.db'
+    """
+    return config.database_url or Secret(DEFAULT_DATABASE_URL)
+
+
 def _check_config(config: MonitoringConfig) -> None:
     checks: list[tuple[str, bool, str]] = [
         ("sampling_rate", 0.0 < config.sampling_rate <= 1.0, "must be > 0 and <= 1"),
