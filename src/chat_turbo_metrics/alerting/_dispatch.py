@@ -37,7 +37,17 @@ from chat_turbo_metrics.alerting._matchers import Matcher, Matchers, match_all, 
 from chat_turbo_metrics.alerting._model import Alert, AlertTransition
 from chat_turbo_metrics.alerting._nflog import LogEntry, NotificationLog
 from chat_turbo_metrics.alerting._notification import Notification
-from chat_turbo_metrics.alerting._routing import Forwarder, Inhibition, Route, group_key, needs_update
+from chat_turbo_metrics.alerting._routing import (
+    GROUP_BY,
+    GROUP_INTERVAL_S,
+    GROUP_WAIT_S,
+    REPEAT_INTERVAL_S,
+    Forwarder,
+    Inhibition,
+    Route,
+    group_key,
+    needs_update,
+)
 from chat_turbo_metrics.alerting._timeline import Timeline
 
 _logger = logging.getLogger("chat_turbo_metrics.alerting")
@@ -143,10 +153,10 @@ class Dispatcher:
         notifier: Sender,
         *,
         matchers: Matchers = None,
-        group_by: Sequence[str] = ("alertname",),
-        group_wait_s: float = 30.0,
-        group_interval_s: float = 300.0,
-        repeat_interval_s: float = 14400.0,
+        group_by: Sequence[str] = GROUP_BY,
+        group_wait_s: float = GROUP_WAIT_S,
+        group_interval_s: float = GROUP_INTERVAL_S,
+        repeat_interval_s: float = REPEAT_INTERVAL_S,
         send_resolved: bool = True,
         name: str | None = None,
     ) -> Route:
