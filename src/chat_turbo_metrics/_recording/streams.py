@@ -44,7 +44,7 @@ Aggregation = Literal["sum", "gauge", "histogram", "drop"]
 
 
 class OverflowReport(Protocol):
-    """Counts measurements that went to a metric's overflow series (``chat_turbo_metrics._pipeline.health``)."""
+    """Counts measurements that went to a metric's overflow series (the pipeline's ``Overflow``)."""
 
     def report(self, metric: str, count: int = 1) -> None: ...
 
