@@ -162,8 +162,9 @@ def cycles(found: Sequence[Import], package: str, units: Mapping[str, str]) -> l
     said = []
     for group in groups:
         if len(group) > 1:
-            closing = [str(edges[a][b]) for a in group for b in group if b in edges.get(a, {})]
-            said.append(f"cycle between {' <-> '.join(sorted(group))}: " + "; ".join(closing))
+            members = sorted(group)
+            closing = [str(edges[a][b]) for a in members for b in members if b in edges.get(a, {})]
+            said.append(f"cycle between {' <-> '.join(members)}: " + "; ".join(closing))
     return said
 
 
