@@ -13,11 +13,11 @@ import sys
 from typing import Any
 
 from chat_turbo_metrics import MonitoringConfig
-from chat_turbo_metrics._exposition.snapshot import MetricsSnapshot
+from chat_turbo_metrics._core.guard import Problems
 from chat_turbo_metrics._pipeline.provider import Pipeline
 from chat_turbo_metrics._recording.fast import FastRecorder
-from chat_turbo_metrics._recording.guard import Problems
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry
+from chat_turbo_metrics._snapshot import MetricsSnapshot
 
 TAG_SETS = 1_000_000
 BATCH = 10_000  # tag sets recorded between two collections in the eviction case
@@ -41,11 +41,10 @@ def build(**settings: Any) -> tuple[Pipeline, FastRecorder, Clock]:
     pipeline = Pipeline(config)
     problems = Problems()
     clock = Clock()
-    return (
-        pipeline,
-        FastRecorder(pipeline, InstrumentRegistry(problems, config.metric_limit), problems, config, clock),
-        clock,
-    )
+    registry = InstrumentRegistry(problems, config.metric_limit)
+    recorder = FastRecorder(registry, problems, config, overflow=pipeline.overflow, clock=clock)
+    pipeline.add_producer(recorder.metrics)
+    return pipeline, recorder, clock
 
 
 def series_held(recorder: FastRecorder) -> int:

@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 
 from chat_turbo_metrics import ConfigurationError, MonitoringConfig, PerformanceMonitor
-from chat_turbo_metrics._config import VARIABLES
-from chat_turbo_metrics._config_command import run_config_command
+from chat_turbo_metrics._cli.config import run_config_command
+from chat_turbo_metrics._core.config import VARIABLES
 from chat_turbo_metrics_http import _settings as http_settings
 from chat_turbo_metrics_http._settings import HttpMetricsSettings
 from conftest import MONITORING_ENV_PREFIXES, port_open, require

@@ -45,14 +45,14 @@ def test_the_check_sees_a_private_import(tmp_path: Path) -> None:
     source.write_text(
         "import chat_turbo_metrics\n"
         "from chat_turbo_metrics import _monitor, PerformanceMonitor\n"
-        "from chat_turbo_metrics._recording.guard import Problems\n"
+        "from chat_turbo_metrics._core.guard import Problems\n"
         "from chat_turbo_metrics.instrumentation import Problems as P\n"
         "from . import sibling\n"
     )
     names = _core_imports(source)
     assert [name for name in names if _private(name)] == [
         "chat_turbo_metrics._monitor",
-        "chat_turbo_metrics._recording.guard",
+        "chat_turbo_metrics._core.guard",
     ]
     assert "chat_turbo_metrics.instrumentation" in names
 

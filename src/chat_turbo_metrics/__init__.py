@@ -9,23 +9,23 @@ Example:
 """
 
 from chat_turbo_metrics._cache import cached, record_cache_hit, record_cache_miss
-from chat_turbo_metrics._config import (
+from chat_turbo_metrics._core.config import (
     ConfigurationError,
     MonitoringConfig,
     ViewConfig,
     get_monitoring_config,
     load_config_file,
 )
+from chat_turbo_metrics._core.secret import Secret
+from chat_turbo_metrics._core.version import __version__
 from chat_turbo_metrics._database import (
     monitor_database_query,
     monitor_database_query_async,
     set_database_connection,
 )
-from chat_turbo_metrics._exposition.snapshot import MetricsSnapshot
 from chat_turbo_metrics._monitor import PerformanceMonitor, Timer, configure
 from chat_turbo_metrics._recording.sdk import BoundInstrument
-from chat_turbo_metrics._secret import Secret
-from chat_turbo_metrics._version import __version__
+from chat_turbo_metrics._snapshot import MetricsSnapshot
 from chat_turbo_metrics.alerting import AlertManager, AlertRule
 
 __all__ = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from chat_turbo_metrics._config import ConfigurationError
+from chat_turbo_metrics._core.config import ConfigurationError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         "config", help="check and print the configuration, one setting a line, with its source"
     )
     config.add_argument("--environment", default=None, help="configs/<environment>.toml to load")
-    from chat_turbo_metrics.alerting import _cli as alerting_cli
+    from chat_turbo_metrics._cli import rules as alerting_cli
 
     alerting_cli.register(commands)
     commands.add_parser("doctor", help="check endpoints, exporters and metrics").add_argument(
@@ -30,14 +30,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "rules":
             return alerting_cli.run(args)
         if args.command == "demo":
-            from chat_turbo_metrics._demo import run_demo
+            from chat_turbo_metrics._cli.demo import run_demo
 
             return run_demo(duration_s=args.duration, environment=args.environment)
         if args.command == "doctor":
-            from chat_turbo_metrics._doctor import run_doctor
+            from chat_turbo_metrics._cli.doctor import run_doctor
 
             return run_doctor(as_json=args.json)
-        from chat_turbo_metrics._config_command import run_config_command
+        from chat_turbo_metrics._cli.config import run_config_command
 
         run_config_command(args.environment, None, sys.stdout)
         return 0

@@ -2,7 +2,7 @@
 
 Hits and misses are the counters ``cache_hits`` and ``cache_misses`` (Prometheus ``cache_hits_total``,
 ``cache_misses_total``) tagged ``{"cache": name}``; the ``cache_hit_ratio`` gauge is derived from them when
-metrics are collected (:mod:`chat_turbo_metrics._recording.ratio`), so a lookup costs one counter increment.
+metrics are collected (:mod:`chat_turbo_metrics._collection.ratio`), so a lookup costs one counter increment.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
+from chat_turbo_metrics._collection.ratio import HITS, MISSES
 from chat_turbo_metrics._monitor import PerformanceMonitor
-from chat_turbo_metrics._recording.ratio import HITS, MISSES
 
 F = TypeVar("F", bound=Callable[..., Any])
 _MISSING = object()

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from chat_turbo_metrics._cache import process_monitor
+from chat_turbo_metrics._core.sql import StatementClassifier
 from chat_turbo_metrics._monitor import PerformanceMonitor
-from chat_turbo_metrics._sql import StatementClassifier
 
 QUERY_DURATION = "database_query_duration_seconds"
 _classifier = StatementClassifier()

@@ -1,6 +1,6 @@
 """``opentelemetry-instrument`` integration: the distro and configurator entry points.
 
-OpenTelemetry's private configurator base class comes from :mod:`chat_turbo_metrics._pipeline.compat`. The
+OpenTelemetry's private configurator base class comes from :mod:`chat_turbo_metrics._core.compat`. The
 configurator builds exactly the pipeline that :func:`chat_turbo_metrics.configure` builds: it
 calls it.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr-defined]
 
-from chat_turbo_metrics._pipeline.compat import BaseConfigurator
+from chat_turbo_metrics._core.compat import BaseConfigurator
 
 
 class ChatTurboDistro(BaseDistro):  # type: ignore[misc]

@@ -13,20 +13,19 @@ from typing import Any, ClassVar, TypeVar
 
 from opentelemetry import metrics, trace
 
-from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, get_monitoring_config
-from chat_turbo_metrics._exposition.snapshot import MetricsSnapshot
-from chat_turbo_metrics._pipeline import forksafe
+from chat_turbo_metrics._collection.ratio import add_hit_ratios
+from chat_turbo_metrics._core import forks
+from chat_turbo_metrics._core.config import ConfigurationError, MonitoringConfig, get_monitoring_config
+from chat_turbo_metrics._core.guard import Problems
+from chat_turbo_metrics._core.naming import Kind
 from chat_turbo_metrics._pipeline import globals as otel_globals
 from chat_turbo_metrics._pipeline.health import HealthMetrics, HealthProducer
 from chat_turbo_metrics._pipeline.provider import Pipeline
 from chat_turbo_metrics._recording.bundle import bundle
-from chat_turbo_metrics._recording.guard import Problems
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry
-from chat_turbo_metrics._recording.naming import Kind
-from chat_turbo_metrics._recording.producer import current_resource
 from chat_turbo_metrics._recording.protocol import Recorder
-from chat_turbo_metrics._recording.ratio import add_hit_ratios
 from chat_turbo_metrics._recording.sdk import BoundInstrument, NoopRecorder, SdkRecorder, Tags
+from chat_turbo_metrics._snapshot import MetricsSnapshot
 
 _logger = logging.getLogger("chat_turbo_metrics")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -44,10 +43,10 @@ class _Runtime:
         if config.enabled:
             self.pipeline = Pipeline(config, strict=strict)
             self.recorder = make_recorder(config, self.pipeline, self.problems)
-            # After the recorder's producer: the ratio is derived from the collected hit and miss counters.
-            self.pipeline.reader.producers.append(add_hit_ratios)
-            if config.self_telemetry:  # last: its series counts are what every exporter receives
-                self.pipeline.reader.producers.append(health_producer(self.pipeline, self.problems))
+            # Each at its place in the collection pass (chat_turbo_metrics._collection.collector.STEPS).
+            self.pipeline.collector.add("hit_ratios", add_hit_ratios)
+            if config.self_telemetry:
+                self.pipeline.collector.add("self_telemetry", health_producer(self.pipeline, self.problems))
 
     def shutdown(self, timeout_s: float | None = None) -> None:
         if self.pipeline is not None:
@@ -57,7 +56,7 @@ class _Runtime:
 def health_producer(pipeline: Pipeline, problems: Problems) -> HealthProducer:
     """The producer that adds the pipeline's self-telemetry to every collection."""
     health = HealthMetrics(pipeline.health_sources(problems.by_cause))
-    return HealthProducer(health, current_resource(pipeline.meter_provider, pipeline.resource))
+    return HealthProducer(health, pipeline.current_resource)
 
 
 def make_recorder(config: MonitoringConfig, pipeline: Pipeline, problems: Problems) -> Recorder:
@@ -72,7 +71,9 @@ def make_recorder(config: MonitoringConfig, pipeline: Pipeline, problems: Proble
     if config.recording == "fast":
         from chat_turbo_metrics._recording.fast import FastRecorder
 
-        return FastRecorder(pipeline, registry, problems, config)
+        recorder = FastRecorder(registry, problems, config, overflow=pipeline.overflow)
+        pipeline.add_producer(recorder.metrics)  # every collection reads its cells
+        return recorder
     return SdkRecorder(pipeline.meter, registry, problems, config.sampling_rate)
 
 
@@ -172,10 +173,10 @@ class PerformanceMonitor:
             setattr(self, method, getattr(runtime.recorder, method))
         # Collection-time readings follow the monitor into the new pipeline.
         for hook in self._hooks:
-            if old is not None and old.pipeline is not None and hook in old.pipeline.reader.before_collect:
-                old.pipeline.reader.before_collect.remove(hook)
+            if old is not None and old.pipeline is not None and hook in old.pipeline.collector.hooks:
+                old.pipeline.collector.hooks.remove(hook)
             if runtime.pipeline is not None:
-                runtime.pipeline.reader.before_collect.append(hook)
+                runtime.pipeline.collector.hooks.append(hook)
 
     # --- process-wide instance and configuration ----------------------------------------------
     @classmethod
@@ -239,7 +240,7 @@ class PerformanceMonitor:
 
     @classmethod
     def _after_fork_in_child(cls) -> None:
-        forksafe.reinit(cls._global_lock)
+        forks.reinit(cls._global_lock)
 
     # --- the documented recording API (replaced per instance by the recorder's bound methods) -----
     def increment_counter(self, name: str, tags: Tags = None, value: float = 1) -> None:
@@ -332,15 +333,15 @@ class PerformanceMonitor:
         """
         self._hooks.append(hook)
         if self._runtime.pipeline is not None:
-            self._runtime.pipeline.reader.before_collect.append(hook)
+            self._runtime.pipeline.collector.hooks.append(hook)
 
     def remove_collection_hook(self, hook: Callable[[], None]) -> None:
         """Stop calling ``hook`` (added by :meth:`add_collection_hook`); unknown hooks are ignored."""
         if hook in self._hooks:
             self._hooks.remove(hook)
         pipeline = self._runtime.pipeline
-        if pipeline is not None and hook in pipeline.reader.before_collect:
-            pipeline.reader.before_collect.remove(hook)
+        if pipeline is not None and hook in pipeline.collector.hooks:
+            pipeline.collector.hooks.remove(hook)
 
     # --- data and life cycle ------------------------------------------------------------------
     @property
@@ -397,15 +398,9 @@ def _install_global_providers() -> None:
         )
 
 
-class _ForkHook:
-    """Frees the process-wide lock in a forked child (a thread may have been configuring)."""
-
-    def after_fork_in_child(self) -> None:
-        PerformanceMonitor._after_fork_in_child()
-
-
-_FORK_HOOK = _ForkHook()
-forksafe.register(_FORK_HOOK)
+# Frees the process-wide lock in a forked child (a thread may have been configuring).
+forks.register_function(PerformanceMonitor._after_fork_in_child, forks.Phase.LOCKS)
+otel_globals.provide_process_monitor(PerformanceMonitor.get_instance)
 
 
 # What the process-wide monitor runs on when its configuration cannot be used: every recording a no-op.

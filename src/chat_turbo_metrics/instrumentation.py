@@ -16,6 +16,8 @@ instrumentors are released with the core at the same version; a name here change
 - :data:`DATABASE_QUERY_DURATION`: the histogram of database query durations.
 - :func:`strip_literals`, :class:`StatementClassifier`: SQL text without its literal values, and the bounded
   operation/table labels of a statement.
+- :func:`register_after_fork`: repair an instrumentor's own state in a forked child, in the core's one fork
+  registry (never ``os.register_at_fork`` directly: ``tests/_core/test_forks.py`` checks it).
 
 Example:
     >>> from chat_turbo_metrics.instrumentation import StatementClassifier, strip_literals
@@ -27,12 +29,15 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from chat_turbo_metrics._collection.ratio import HITS as CACHE_HITS
+from chat_turbo_metrics._collection.ratio import MISSES as CACHE_MISSES
+from chat_turbo_metrics._core import forks
+from chat_turbo_metrics._core.guard import FLOAT_MAX, Problems
+from chat_turbo_metrics._core.sql import StatementClassifier, strip_literals
 from chat_turbo_metrics._database import QUERY_DURATION as DATABASE_QUERY_DURATION
 from chat_turbo_metrics._recording.bundle import bundle_produced
-from chat_turbo_metrics._recording.guard import FLOAT_MAX, Problems
-from chat_turbo_metrics._recording.ratio import HITS as CACHE_HITS
-from chat_turbo_metrics._recording.ratio import MISSES as CACHE_MISSES
-from chat_turbo_metrics._sql import StatementClassifier, strip_literals
 
 __all__ = [
     "CACHE_HITS",
@@ -42,5 +47,18 @@ __all__ = [
     "Problems",
     "StatementClassifier",
     "bundle_produced",
+    "register_after_fork",
     "strip_literals",
 ]
+
+
+def register_after_fork(repair: Callable[[], None]) -> None:
+    """Call ``repair()`` in every child forked from now on, with the pipeline's own repairs (kept for good).
+
+    It runs after the core has freed the locks a thread of the parent held and before the child's threads
+    restart; an exception from it is logged and the other repairs still run.
+
+    Args:
+        repair: a function with no arguments, e.g. one that resets an instrumentor's readings.
+    """
+    forks.register_function(repair, forks.Phase.PIPELINE)

@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 from notify_peers import alert
 
 from chat_turbo_metrics import MonitoringConfig, get_monitoring_config
-from chat_turbo_metrics._config import ConfigurationError
+from chat_turbo_metrics._core.config import ConfigurationError
 from chat_turbo_metrics.alerting import (
     DeliveryError,
     Dispatcher,
@@ -266,7 +266,7 @@ def test_untrusted_certificate_is_final_not_retried(smtp_server) -> None:
 def test_config_command_masks_the_smtp_password() -> None:
     import io
 
-    from chat_turbo_metrics._config_command import run_config_command
+    from chat_turbo_metrics._cli.config import run_config_command
 
     out = io.StringIO()
     run_config_command("test", {"ALERT_EMAIL_PASSWORD": "hunter2-secret", "ALERT_EMAIL_HOST": "smtp.x"}, out)

@@ -185,3 +185,19 @@ def test_delivery_outcomes_are_metrics_of_the_monitors_pipeline(monitor_factory)
         assert 'alert_notification_retries_total{notifier="pager"}' in text
     finally:
         dispatcher.shutdown(5.0)
+
+
+def test_a_route_added_through_the_manager_is_grouped_and_throttled_as_the_dispatchers_default(
+    monitor_factory: Any,
+) -> None:
+    manager = AlertManager(monitor_factory())
+    dispatcher = Dispatcher()
+    try:
+        via_manager = manager.add_route(lambda notification: None)
+        via_dispatcher = dispatcher.add_route(lambda notification: None)
+        settings = ("group_by", "group_wait_s", "group_interval_s", "repeat_interval_s", "send_resolved")
+        assert [getattr(via_manager, s) for s in settings] == [getattr(via_dispatcher, s) for s in settings]
+        assert (via_dispatcher.group_by, via_dispatcher.group_wait_s) == (("alertname",), 30.0)  # Alertmanager's
+    finally:
+        dispatcher.shutdown(1.0)
+        manager.dispatcher.shutdown(1.0)

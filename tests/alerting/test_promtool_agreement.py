@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from alerting_data import HistogramValue, MetricSpec, run_steps
 
-from chat_turbo_metrics._recording.naming import prometheus_name
+from chat_turbo_metrics._core.naming import prometheus_name
 from chat_turbo_metrics.alerting import AlertManager, AlertRule
 from chat_turbo_metrics.alerting.promql import alert_name, prometheus_rules
 from conftest import require_tool

@@ -38,9 +38,9 @@ from test_exit_signals import file_orders, last_otlp_orders, stored_orders
 from test_otlp import OtlpHttpReceiver, Received, start_grpc_receiver
 
 from chat_turbo_metrics import PerformanceMonitor
-from chat_turbo_metrics._pipeline.compat import keep_grpc_channel
-from chat_turbo_metrics._pipeline.registry import GRPC_CHANNEL_OPTIONS
+from chat_turbo_metrics._core.compat import keep_grpc_channel
 from chat_turbo_metrics.exporters import DatabaseExporter, DataDogExporter, FileExporter
+from chat_turbo_metrics.exporters.otlp import GRPC_CHANNEL_OPTIONS
 from conftest import require
 
 MonitorFactory = Callable[..., PerformanceMonitor]
@@ -103,7 +103,7 @@ def _otlp_http() -> Iterator[Endpoint]:
 
 
 def _grpc_exporter(endpoint: str) -> MetricExporter:
-    """Built as the pipeline builds it (registry._otlp): reconnect backoff bounded, channel kept."""
+    """Built as the pipeline builds it (exporters/otlp.py): reconnect backoff bounded, channel kept."""
     exporter = GrpcMetricExporter(
         endpoint=endpoint, insecure=True, timeout=TIMEOUT_S, channel_options=GRPC_CHANNEL_OPTIONS
     )

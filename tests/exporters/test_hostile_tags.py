@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_otlp import OtlpHttpReceiver, attributes, metrics_by_name
 
 from chat_turbo_metrics import PerformanceMonitor
-from chat_turbo_metrics._recording.naming import prometheus_label
+from chat_turbo_metrics._core.naming import prometheus_label
 from chat_turbo_metrics.alerting import AlertManager
 from chat_turbo_metrics.exporters import DatabaseExporter, DataDogExporter, FileExporter
 from chat_turbo_metrics.exporters.file import read_metric_records

@@ -29,7 +29,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 
 from chat_turbo_metrics import PerformanceMonitor, get_monitoring_config
-from chat_turbo_metrics._pipeline import compat
+from chat_turbo_metrics._core import compat
 from chat_turbo_metrics.exporters.file import read_metric_records
 from chat_turbo_metrics.exporters.prometheus import PrometheusExporter
 

@@ -1,1 +1,1 @@
-"""The pipeline: provider and reader, the push fan-out, temporality conversion, the exporter registry."""
+"""The pipeline: provider and reader, fan-out and export workers, delta conversion, self-telemetry, registry."""

@@ -10,15 +10,14 @@ collection.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricsData
 
+from chat_turbo_metrics._core import forks
 from chat_turbo_metrics._pipeline.export_worker import THREAD_NAME, ExportWorker
 from chat_turbo_metrics._pipeline.health import ExportStats
 
@@ -30,7 +29,7 @@ class Fanout:
 
     Example:
         >>> from chat_turbo_metrics.exporters.file import FileExporter, read_metric_records
-        >>> fanout = Fanout(pipeline.reader.collect_cumulative, interval_s=60, timeout_s=10)
+        >>> fanout = Fanout(pipeline.collect, interval_s=60, timeout_s=10)
         >>> fanout.add(FileExporter(tmp_path / "metrics.jsonl"))
         >>> monitor.increment_counter("jobs", value=2)
         >>> fanout.force_flush()
@@ -61,7 +60,7 @@ class Fanout:
         self._shut_down = False
         self._ticker: threading.Thread | None = None
         self._reset_synchronisation()
-        _instances.add(self)
+        forks.register(self, forks.Phase.THREADS)
 
     @property
     def exporters(self) -> tuple[MetricExporter, ...]:
@@ -219,7 +218,7 @@ class Fanout:
         self._cycle_lock = threading.Lock()
         self._stop = threading.Event()
 
-    def _after_fork_in_child(self) -> None:
+    def after_fork_in_child(self) -> None:
         # Only the forking thread survives: locks another thread held would stay held forever, and the
         # ticker and workers are gone. Workers restart on their next snapshot; the ticker restarts now because
         # nothing else would drive the child's exports.
@@ -230,16 +229,3 @@ class Fanout:
             worker.after_fork_in_child()
         if running:
             self._start_ticker()
-
-
-_instances: weakref.WeakSet[Fanout] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for fanout in list(_instances):
-        fanout._after_fork_in_child()
-
-
-# One process-wide hook: register_at_fork cannot unregister, so a hook per instance would keep each alive.
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

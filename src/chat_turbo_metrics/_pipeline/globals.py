@@ -25,8 +25,8 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackT, Meter, NoOpMeterProvider
 from opentelemetry.util.types import Attributes
 
-from chat_turbo_metrics._pipeline import forksafe
-from chat_turbo_metrics._pipeline.compat import ApiGauge
+from chat_turbo_metrics._core import forks
+from chat_turbo_metrics._core.compat import ApiGauge
 
 _Factory = Callable[[Meter], Any]
 _MAX_METERS = 1000  # identities cached; past that, meters are still handed out, just not shared
@@ -177,7 +177,7 @@ class DelegatingMeterProvider(metrics.MeterProvider):
         self._target: metrics.MeterProvider = NoOpMeterProvider()
         self._meters: weakref.WeakSet[_DelegatingMeter] = weakref.WeakSet()
         self._by_key: dict[str, _DelegatingMeter] = {}
-        forksafe.register(self)
+        forks.register(self, forks.Phase.LOCKS)
 
     def get_meter(
         self, name: str, version: str | None = None, schema_url: str | None = None, attributes: Attributes = None
@@ -241,7 +241,7 @@ class DelegatingTracerProvider(trace.TracerProvider):
         self._target: trace.TracerProvider = trace.NoOpTracerProvider()
         # Weak: libraries that call get_tracer() per request must not make this grow.
         self._tracers: weakref.WeakSet[_DelegatingTracer] = weakref.WeakSet()
-        forksafe.register(self)
+        forks.register(self, forks.Phase.LOCKS)
 
     def get_tracer(
         self,
@@ -278,3 +278,23 @@ class DelegatingTracerProvider(trace.TracerProvider):
 
 METER_PROVIDER = DelegatingMeterProvider()
 TRACER_PROVIDER = DelegatingTracerProvider()
+
+_process_monitor: list[Callable[[], Any]] = []
+
+
+def provide_process_monitor(get: Callable[[], Any]) -> None:
+    """How to get the process-wide monitor, said once by the facade that owns it (``chat_turbo_metrics._monitor``,
+    imported with the package), so that the layers below it (alerting's default monitor) find it without importing
+    it."""
+    _process_monitor[:] = [get]
+
+
+def process_monitor() -> Any:
+    """The process-wide ``PerformanceMonitor`` (created from the environment on first use).
+
+    Raises:
+        RuntimeError: the facade was never imported (it is imported with ``chat_turbo_metrics``).
+    """
+    if not _process_monitor:
+        raise RuntimeError("chat_turbo_metrics._monitor was not imported: no process-wide monitor")
+    return _process_monitor[0]()

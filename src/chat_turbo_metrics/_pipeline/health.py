@@ -7,7 +7,7 @@ buffer of their own say what it holds and what they dropped (:class:`ReportsHeal
 turns those counts into metrics when the reader collects, so every exporter and the Prometheus scrape carry
 them like any other metric (``METRICS_SELF_TELEMETRY=false`` leaves them out).
 
-Overflow past the cardinality limit is counted and warned about in :mod:`chat_turbo_metrics._pipeline.overflow`.
+Overflow past the cardinality limit is counted and warned about in :mod:`chat_turbo_metrics._collection.overflow`.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from chat_turbo_metrics._pipeline import forksafe
-from chat_turbo_metrics._pipeline.overflow import OVERFLOW_METRIC, Overflow
-from chat_turbo_metrics._recording.producer import FastPathProducer
-from chat_turbo_metrics._version import __version__
+from chat_turbo_metrics._collection.overflow import OVERFLOW_METRIC, Overflow
+from chat_turbo_metrics._collection.walk import add_metrics, walk
+from chat_turbo_metrics._core import forks
+from chat_turbo_metrics._core.version import __version__
 
 _logger = logging.getLogger("chat_turbo_metrics.health")
 
@@ -93,11 +93,11 @@ class ExportStats:
         self.start_ns = time.time_ns()
         self._outcomes: dict[str, Counter[str]] = {}
         self._durations: dict[str, _Durations] = {}
-        forksafe.register(self)
+        forks.register(self, forks.Phase.PIPELINE)
 
     def after_fork_in_child(self) -> None:
         # The child exports on its own from now on; the parent's exports are the parent's to report.
-        forksafe.reinit(self._lock)
+        forks.reinit(self._lock)
         self.start_ns = time.time_ns()
         self._outcomes = {name: Counter() for name in self._outcomes}
         self._durations = {}
@@ -163,15 +163,11 @@ def _registered_queues() -> list[HealthQueue]:
         return list(_queues)
 
 
-class _QueuesForkHook:
-    """Frees the registry's lock in a forked child (another thread may have been registering)."""
-
-    def after_fork_in_child(self) -> None:
-        forksafe.reinit(_queues_lock)
+def _after_fork_in_child() -> None:
+    forks.reinit(_queues_lock)  # another thread may have been registering
 
 
-_FORK_HOOK = _QueuesForkHook()
-forksafe.register(_FORK_HOOK)
+forks.register_function(_after_fork_in_child, forks.Phase.LOCKS)
 
 
 class Sources:
@@ -321,10 +317,8 @@ class HealthMetrics:
 
     def _series(self, data: MetricsData | None, now: int) -> Metric | None:
         series: Counter[str] = Counter()
-        for resource_metrics in data.resource_metrics if data is not None else ():
-            for scope_metrics in resource_metrics.scope_metrics:
-                for metric in scope_metrics.metrics:
-                    series[metric.name] += len(getattr(metric.data, "data_points", ()))
+        for found in walk(data):
+            series[found.metric.name] += len(getattr(found.metric.data, "data_points", ()))
         points = [
             NumberDataPoint({"metric": name}, None, now, n)  # type: ignore[arg-type]
             for name, n in sorted(series.items())
@@ -342,9 +336,10 @@ class HealthMetrics:
 
 
 class HealthProducer:
-    """A reader producer that adds the self-telemetry metrics to every collection, in their own scope.
+    """The ``self_telemetry`` step of the collection pass: adds the self-telemetry metrics, in their own scope.
 
-    Registered last in ``PipelineReader.producers``, so the series it counts are those every exporter gets.
+    Its place in the pass (:data:`chat_turbo_metrics._collection.collector.STEPS`) comes after every step that
+    adds metrics, so the series it counts are those every exporter gets.
     """
 
     def __init__(self, health: HealthMetrics, resource: Callable[[], Resource]) -> None:
@@ -352,5 +347,4 @@ class HealthProducer:
         self._resource = resource
 
     def __call__(self, data: MetricsData | None) -> MetricsData | None:
-        metrics = self._health.metrics(data, time.time_ns())
-        return FastPathProducer(lambda now: metrics, self._resource, SCOPE)(data)
+        return add_metrics(data, self._health.metrics(data, time.time_ns()), SCOPE, self._resource)

@@ -10,47 +10,37 @@ recording call is therefore the same with one exporter or ten.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from opentelemetry.sdk.metrics import (
     MeterProvider,
 )
-from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, MetricsData
+from opentelemetry.sdk.metrics.export import Metric, MetricExporter, MetricReader, MetricsData
 from opentelemetry.sdk.metrics.view import DropAggregation, ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
-from chat_turbo_metrics import multiprocess
-from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig, ViewConfig, setting_label
-from chat_turbo_metrics._exposition.values import Unexportable, exportable
-from chat_turbo_metrics._pipeline import forksafe
+from chat_turbo_metrics._collection.collector import Collector, Producer
+from chat_turbo_metrics._collection.exportable import Unexportable, exportable
+from chat_turbo_metrics._collection.overflow import Overflow, OverflowWatcher
+from chat_turbo_metrics._core import forks
+from chat_turbo_metrics._core.compat import forget_inherited_sums, provider_resource, reinit_sdk_metric_locks
+from chat_turbo_metrics._core.config import ConfigurationError, MonitoringConfig, ViewConfig, setting_label
+from chat_turbo_metrics._core.version import __version__
 from chat_turbo_metrics._pipeline import registry as _registry
 from chat_turbo_metrics._pipeline import termination as _termination
-from chat_turbo_metrics._pipeline.compat import forget_inherited_sums, reinit_sdk_metric_locks
 from chat_turbo_metrics._pipeline.fanout import Fanout
 from chat_turbo_metrics._pipeline.health import Sources
-from chat_turbo_metrics._pipeline.overflow import Overflow, OverflowWatcher
+from chat_turbo_metrics._pipeline.pull import Membership, PullExporter, ServingExporter
 from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
-from chat_turbo_metrics._version import __version__
+from chat_turbo_metrics._recording.streams import SCOPE
 
 _logger = logging.getLogger("chat_turbo_metrics.pipeline")
-
-MetricsProducer = Callable[[MetricsData | None], MetricsData | None]
-
-
-@runtime_checkable
-class PullExporter(Protocol):
-    """An exporter that is asked for data (a scrape) instead of being sent it."""
-
-    name: str
-
-    def attach(self, collect: Callable[[], MetricsData | None]) -> None: ...
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None: ...
 
 
 class PipelineReader(MetricReader):
@@ -60,45 +50,25 @@ class PipelineReader(MetricReader):
         super().__init__(cardinality_limits=dict.fromkeys(INSTRUMENT_CLASSES, cardinality_limit))
         self._lock = threading.Lock()
         self._received: MetricsData | None = None
-        # The fast recording path merges its pre-aggregated state in here (the MetricProducer seam).
-        self.producers: list[MetricsProducer] = []
-        # Called before every collection: collection-time readings (system statistics, pool usage)
-        # record through the monitor's front end here, so they cost nothing between collections.
-        self.before_collect: list[Callable[[], None]] = []
-        self._failed_hooks: set[tuple[str, type]] = set()
-        # Points no exporter could encode (bool, huge ints, NaN from OTel-API instruments), dropped here.
-        self.unexportable = Unexportable()
-        forksafe.register(self)
+        forks.register(self, forks.Phase.LOCKS)
 
     def after_fork_in_child(self) -> None:
         # A thread of the parent may have been collecting: its lock, and the SDK's, would stay held.
-        forksafe.reinit(self._lock)
+        forks.reinit(self._lock)
         self._received = None
 
     def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
         self._received = metrics_data
 
-    def collect_cumulative(self) -> MetricsData | None:
-        """Collect now; safe from any thread (cumulative data makes concurrent collections harmless)."""
-        for hook in list(self.before_collect):
-            try:
-                hook()
-            except Exception as error:  # a broken reading must not cost the scrape or the other readings
-                self._report_hook(hook, error)
+    def collect_sdk(self) -> MetricsData | None:
+        """What the SDK's instruments hold now; safe from any thread (cumulative data makes concurrent collections
+        harmless). The pipeline's :class:`Collector` adds the rest."""
         with self._lock:
             self._received = None
             self.collect()
             data = self._received
             self._received = None
-        for producer in self.producers:
-            data = producer(data)
-        return exportable(data, self.unexportable)
-
-    def _report_hook(self, hook: Callable[[], None], error: Exception) -> None:
-        key = (getattr(hook, "__qualname__", repr(hook)), type(error))
-        if key not in self._failed_hooks:  # once per cause: a scrape every few seconds must not flood the log
-            self._failed_hooks.add(key)
-            _logger.error("collection-time reading %r failed: %r (further failures are not logged)", hook, error)
+        return data
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         """Nothing to release: exporters are shut down by the pipeline."""
@@ -160,10 +130,14 @@ class Pipeline:
         self.config = config
         self.resource = build_resource(config)
         self.reader = PipelineReader(config.cardinality_limit)
-        # Measurements past a metric's cardinality limit: counted by the fast path at the call, found in the
-        # SDK's collection by the watcher (first producer: it sees the SDK's metrics alone).
+        self.collector = Collector(self.reader.collect_sdk)
+        # Measurements past a metric's cardinality limit: counted by the fast path at the call (see add_producer),
+        # found in the SDK's collection by the watcher.
         self.overflow = Overflow(config.cardinality_limit)
-        self.reader.producers.append(OverflowWatcher(self.overflow))
+        self.collector.add("overflow", OverflowWatcher(self.overflow))
+        # Points no exporter could encode (bool, huge ints, NaN from OTel-API instruments), dropped here.
+        self.unexportable = Unexportable()
+        self.collector.add("exportable", functools.partial(exportable, unexportable=self.unexportable))
         self.meter_provider = MeterProvider(
             metric_readers=[self.reader],
             resource=self.resource,
@@ -178,7 +152,7 @@ class Pipeline:
             timeout_s=config.export_timeout_s,
         )
         self.pull_exporters: list[PullExporter] = []
-        self._memberships: list[multiprocess.Membership] = []  # pre-fork groups this pipeline serves in
+        self._memberships: list[Membership] = []  # places serving exporters took (pre-fork groups)
         self._shutdown_lock = threading.Lock()
         self._is_shutdown = False
         self._shutdown_done = threading.Event()
@@ -194,13 +168,13 @@ class Pipeline:
             # A half-built pipeline must not keep a port, a thread or a file: the running one stays in charge.
             self.shutdown(1.0)
             raise
-        forksafe.register(self)
+        forks.register(self, forks.Phase.PIPELINE)
         atexit.register(self.shutdown)
 
     def after_fork_in_child(self) -> None:
         # Another thread may have been recording or collecting: the SDK's own locks would stay held.
-        forksafe.reinit(self._shutdown_lock)
-        forksafe.reinit(self._shutdown_done)
+        forks.reinit(self._shutdown_lock)
+        forks.reinit(self._shutdown_done)
         if self._is_shutdown:  # the thread that was shutting down is not in the child: nobody to wait for
             self._shutdown_done.set()
         reinit_sdk_metric_locks(self.meter_provider)
@@ -231,8 +205,8 @@ class Pipeline:
             self.fanout.add(exporter)
             _termination.flush_on_sigterm(self)  # a plain SIGTERM would end the process before its final export
         elif isinstance(exporter, PullExporter):
-            if isinstance(exporter, multiprocess.SharedEndpoint):
-                membership = multiprocess.serve(self, exporter)  # one scrape for every process of the service
+            if isinstance(exporter, ServingExporter):
+                membership = exporter.serve(self)  # it takes its place itself (Prometheus: for its pre-fork group)
                 if membership is not None:
                     self._memberships.append(membership)
             else:
@@ -248,7 +222,7 @@ class Pipeline:
         """What this pipeline's self-telemetry reads; ``dropped_recordings`` from the recorder's guard."""
         return Sources(
             dropped_recordings=dropped_recordings,
-            unexportable=lambda: self.reader.unexportable.total,
+            unexportable=lambda: self.unexportable.total,
             overflow=self.overflow,
             exports=self.fanout.stats,
             export_queues=self.fanout.pending,
@@ -269,7 +243,16 @@ class Pipeline:
 
     def collect(self) -> MetricsData | None:
         """Cumulative metrics of the whole pipeline, right now."""
-        return self.reader.collect_cumulative()
+        return self.collector.collect()
+
+    def current_resource(self) -> Resource:
+        """The resource the MeterProvider holds now (the SDK refreshes it after a fork), else the pipeline's."""
+        return provider_resource(self.meter_provider) or self.resource
+
+    def add_producer(self, metrics: Callable[[int], Sequence[Metric]]) -> None:
+        """Add what ``metrics(now_ns)`` returns (a fast recorder's metrics) to every collection, in the
+        ``chat_turbo_metrics`` scope, at the ``recorder`` step of the collection pass."""
+        self.collector.add("recorder", Producer(metrics, self.current_resource, SCOPE))
 
     def force_flush(self, timeout_s: float | None = None) -> bool:
         """Export current data to every push exporter and flush spans; False if something timed out."""

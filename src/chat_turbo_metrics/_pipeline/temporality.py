@@ -17,7 +17,7 @@ exporter added later, or a new series, loses nothing recorded before it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from opentelemetry.sdk.metrics import (
@@ -40,9 +40,10 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.metrics.export import Histogram as HistogramData
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.util.types import Attributes
 
-from chat_turbo_metrics._pipeline.compat import SdkGauge, exporter_temporality
+from chat_turbo_metrics._collection.walk import rewrite
+from chat_turbo_metrics._core.compat import SdkGauge, exporter_temporality
+from chat_turbo_metrics._recording.streams import attributes_key
 
 # Every SDK instrument class, for readers and exporters that set a preference for all of them.
 INSTRUMENT_CLASSES = (
@@ -117,19 +118,17 @@ class DeltaConverter:
         subtracted, and the bounds since start still contain every value of the interval.
         """
         pending: _Baseline = {}
-        resource_metrics = []
-        for rm in data.resource_metrics:
-            scope_metrics = []
-            for sm in rm.scope_metrics:
-                key = (rm.resource, sm.scope)
-                previous = self._baseline.get(key, {})
-                current: dict[_SeriesKey, _Point] = {}
-                metrics = [self._convert_metric(metric, previous, current) for metric in sm.metrics]
-                if current:
-                    pending[key] = current
-                scope_metrics.append(replace(sm, metrics=metrics))
-            resource_metrics.append(replace(rm, scope_metrics=scope_metrics))
-        return MetricsData(resource_metrics=resource_metrics), pending
+
+        def convert(resource: Resource, scope: InstrumentationScope, metrics: Sequence[Metric]) -> Sequence[Metric]:
+            key = (resource, scope)
+            previous = self._baseline.get(key, {})
+            current: dict[_SeriesKey, _Point] = {}
+            converted = [self._convert_metric(metric, previous, current) for metric in metrics]
+            if current:
+                pending[key] = current
+            return converted if any(new is not old for new, old in zip(converted, metrics, strict=True)) else metrics
+
+        return rewrite(data, convert) or data, pending
 
     def commit(self, pending: _Baseline) -> None:
         """Advance the baseline to the snapshot just exported successfully."""
@@ -168,24 +167,6 @@ class DeltaConverter:
                 histograms.append(_histogram_delta(hpoint, hbefore))
             return replace(metric, data=replace(data, data_points=histograms, aggregation_temporality=_DELTA))
         return metric
-
-
-AttributesKey = tuple[tuple[str, type, object], ...]
-
-
-def attributes_key(attributes: Attributes | Mapping[str, object]) -> AttributesKey:
-    """The SDK's identity of an attribute set: key order ignored, ``1``, ``1.0`` and ``True`` kept apart.
-
-    Example:
-        >>> attributes_key({"b": 1, "a": "x"}) == attributes_key({"a": "x", "b": 1})
-        True
-        >>> attributes_key({"a": 1}) == attributes_key({"a": True})
-        False
-    """
-    if not attributes:
-        return ()
-    # The SDK stores sequence values as tuples; a list from elsewhere would make the key unhashable.
-    return tuple(sorted((k, type(v), tuple(v) if isinstance(v, list) else v) for k, v in attributes.items()))
 
 
 def _number_delta(point: NumberDataPoint, before: NumberDataPoint | None, *, monotonic: bool) -> NumberDataPoint:

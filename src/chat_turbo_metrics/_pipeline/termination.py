@@ -23,7 +23,7 @@ import weakref
 from types import FrameType
 from typing import Protocol
 
-from chat_turbo_metrics._pipeline import forksafe
+from chat_turbo_metrics._core import forks
 
 _logger = logging.getLogger("chat_turbo_metrics.pipeline")
 
@@ -74,8 +74,7 @@ def _flush_then_terminate() -> None:
 
 
 def _after_fork_in_child() -> None:
-    forksafe.reinit(_lock)  # the parent's flush thread may have held it; it does not exist here
+    forks.reinit(_lock)  # the parent's flush thread may have held it; it does not exist here
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+forks.register_function(_after_fork_in_child, forks.Phase.LOCKS)

@@ -1,1 +1,1 @@
-"""Recording internals: the fast and sdk front ends, the producer seam, input guards, instruments and names."""
+"""Recording: the fast path (cells and streams, handles, bundles), the SDK path, instruments, idle-series eviction."""

@@ -3,13 +3,14 @@
 A recording call is one dict lookup keyed by ``(name, tuple(tags.items()), type(value))``, one chained
 comparison that rejects bad values (NaN, infinities, negatives, ints beyond int64: a comparison with a non-
 number raises inside a ``try`` that costs nothing when nothing is raised), and an update of a small slotted
-object (a *cell*, :mod:`chat_turbo_metrics._recording.producer`) under one uncontended lock. Everything else
+object (a *cell*, :mod:`chat_turbo_metrics._recording.streams`) under one uncontended lock. Everything else
 — name and tag validation, View attribute filters, the cardinality limit — runs once per new tag set on the
 slow path, which stores the cell the SDK would have aggregated into. Only plain ``int`` and ``float`` values
 are cached, so a ``bool``, ``Decimal``, numpy scalar or ``10**400`` never reaches a cell unconverted: it
-misses the cache and the slow path normalises it with :func:`~chat_turbo_metrics._recording.guard.number` (the
-one home of value checks, shared with the SDK path) before it touches any state. The reader collects the cells
-through :class:`~chat_turbo_metrics._recording.producer.FastPathProducer`.
+misses the cache and the slow path normalises it with :func:`~chat_turbo_metrics._core.guard.number` (the
+one home of value checks, shared with the SDK path) before it touches any state. A collection reads the cells
+through :meth:`FastRecorder.metrics`, which the layer above adds to its collection (``Pipeline.add_producer``):
+the recorder knows nothing of the pipeline.
 
 Differences from the SDK path: no exemplars are recorded; tag values that are equal in Python but of different
 types (``1``, ``1.0``, ``True``) share the series of the first one seen, where the SDK keeps them apart (the
@@ -18,21 +19,18 @@ hot path's key compares by equality).
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
-import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import Metric
 
-from chat_turbo_metrics._config import MonitoringConfig
-from chat_turbo_metrics._pipeline import forksafe
-from chat_turbo_metrics._pipeline.provider import Pipeline
-from chat_turbo_metrics._recording.guard import (
+from chat_turbo_metrics._core import forks
+from chat_turbo_metrics._core.config import MonitoringConfig
+from chat_turbo_metrics._core.guard import (
     EXACT_TYPES,
     FLOAT_MAX,
     INT64_BOUND,
@@ -43,24 +41,22 @@ from chat_turbo_metrics._recording.guard import (
     short_repr,
     timer_seconds,
 )
+from chat_turbo_metrics._core.naming import Kind
 from chat_turbo_metrics._recording.handles import HANDLES
 from chat_turbo_metrics._recording.idle import GONE, PINNED, sweep
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry, InstrumentSpec
-from chat_turbo_metrics._recording.naming import Kind
-from chat_turbo_metrics._recording.producer import (
+from chat_turbo_metrics._recording.sdk import DROPPED, BoundInstrument, Tags
+from chat_turbo_metrics._recording.streams import (
     AGGREGATE,
     NATURAL,
     Cell,
-    FastPathProducer,
     OverflowReport,
     Stream,
     bounds_problem,
-    current_resource,
     new_cell,
     restart_after_fork,
     stream_specs,
 )
-from chat_turbo_metrics._recording.sdk import DROPPED, BoundInstrument, Tags
 
 _Route = tuple[dict[Any, Any], Kind, bool]
 _I64 = INT64_BOUND
@@ -132,10 +128,11 @@ class FastRecorder:
     a fraction of the cost (well under 1 µs a call with three tags, against 7 to 12 µs for the SDK).
 
     Example:
-        >>> from chat_turbo_metrics._recording.guard import Problems
+        >>> from chat_turbo_metrics._core.guard import Problems
         >>> from chat_turbo_metrics._recording.instruments import InstrumentRegistry
         >>> problems = Problems()
-        >>> recorder = FastRecorder(pipeline, InstrumentRegistry(problems), problems, config)
+        >>> recorder = FastRecorder(InstrumentRegistry(problems), problems, config)
+        >>> pipeline.add_producer(recorder.metrics)  # what the monitor does: its collections read the cells
         >>> recorder.increment_counter("messages_sent", {"channel": "public"})
         >>> monitor.snapshot().value("messages_sent", {"channel": "public"})
         1
@@ -143,24 +140,25 @@ class FastRecorder:
 
     def __init__(
         self,
-        pipeline: Pipeline,
         registry: InstrumentRegistry,
         problems: Problems,
         config: MonitoringConfig,
+        *,
+        overflow: OverflowReport | None = None,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         """Args:
-        pipeline: the pipeline whose reader collects the cells.
         registry: names to instrument specs.
         problems: where dropped recordings are counted.
         config: views, cardinality limit, sampling rate, idle timeout.
+        overflow: where measurements past a metric's cardinality limit are counted (the pipeline's).
         clock: collection time in ns, for idle-series eviction.
         """
         self._registry = registry
         self._problems = problems
         self._views = config.views
         self._limit = config.cardinality_limit
-        self._overflow = pipeline.overflow
+        self._overflow = overflow
         # Raw tag sets cached per instrument: enough for every series plus reordered/filtered variants.
         self._cache_limit = 4 * config.cardinality_limit + 100
         self._idle_ns = int(config.series_idle_timeout_s * 1e9)  # 0: series are never evicted
@@ -186,9 +184,10 @@ class FastRecorder:
             # Sampling applies to distributions only; decided here so the unsampled path has no branch.
             self.record_histogram = self._sampled_histogram  # type: ignore[method-assign]
             self.record_timer = self._sampled_timer  # type: ignore[method-assign]
-        resource = current_resource(pipeline.meter_provider, pipeline.resource)
-        pipeline.reader.producers.append(FastPathProducer(self._collect_metrics, resource))
-        _hold_lock_across_fork(self)
+        # No cell is half-updated in a forked child, and the lock a recording thread held at the fork (a thread the
+        # child does not have) is not left locked for ever: held across the fork, released after the repair below.
+        forks.register(self, forks.Phase.PIPELINE)
+        forks.hold(self)
 
     # --- hot path -------------------------------------------------------------------------------
     def increment_counter(self, name: str, tags: Tags = None, value: float = 1) -> None:
@@ -356,10 +355,21 @@ class FastRecorder:
         spec = self._registry.define(kind, name, **settings)
         self._adopt(kind, bool(settings.get("timer")), name, spec)
 
+    def hold_for_fork(self) -> None:
+        """Just before a fork: no recording is half-way through a cell (see :func:`forks.hold`)."""
+        self._lock.acquire()
+        self._fork_held = True
+
+    def release_after_fork(self) -> None:
+        """Just after a fork, in parent and child."""
+        if self._fork_held:
+            self._fork_held = False
+            self._lock.release()
+
     def after_fork_in_child(self) -> None:
         """Count only what this forked child records: inherited sums and histograms start again at zero.
 
-        Runs while the fork hook still holds the lock, so no cell is half-updated; the hot path's caches and
+        Runs while the lock is still held across the fork, so no cell is half-updated; the hot path's caches and
         bound handles keep pointing at the same cells.
         """
         now = self._clock()  # the same clock as the collections that fold these cells
@@ -368,8 +378,8 @@ class FastRecorder:
             for cell in [*cells, *([instrument.sink] if instrument.sink is not None else [])]:
                 restart_after_fork(cell, now)
 
-    # --- collection (called by the producer) -------------------------------------------------------
-    def _collect_metrics(self, now: int) -> list[Metric]:
+    # --- collection ------------------------------------------------------------------------------
+    def metrics(self, now: int) -> list[Metric]:
         """Every stream's cumulative metric at ``now``, instruments in order of first measurement."""
         with self._lock:
             instruments = list(self._order)
@@ -385,29 +395,3 @@ class FastRecorder:
                 if metric is not None:
                     metrics.append(metric)
         return metrics
-
-
-def _hold_lock_across_fork(recorder: FastRecorder) -> None:
-    """Take the recorder's lock before ``fork()`` and free it after, in parent and child.
-
-    No cell is half-updated in the child, and the lock a recording thread held at fork time (a thread
-    the child does not have) is not left locked forever.
-    """
-    if not hasattr(os, "register_at_fork"):
-        return
-    forksafe.register(recorder)  # its after_fork_in_child runs before the lock is released below
-    ref = weakref.ref(recorder)
-
-    def before() -> None:
-        alive = ref()
-        if alive is not None:
-            alive._lock.acquire()
-            alive._fork_held = True
-
-    def after() -> None:
-        alive = ref()
-        if alive is not None and alive._fork_held:
-            alive._fork_held = False
-            alive._lock.release()
-
-    os.register_at_fork(before=before, after_in_parent=after, after_in_child=after)

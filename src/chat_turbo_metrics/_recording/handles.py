@@ -11,7 +11,7 @@ from bisect import bisect_left
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from chat_turbo_metrics._recording.guard import FLOAT_MAX, INT64_BOUND, INT64_LIMIT
+from chat_turbo_metrics._core.guard import FLOAT_MAX, INT64_BOUND, INT64_LIMIT
 from chat_turbo_metrics._recording.sdk import BoundInstrument
 
 if TYPE_CHECKING:

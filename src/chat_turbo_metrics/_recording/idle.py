@@ -21,7 +21,7 @@ second). Exempt: cells held by bound handles (:data:`PINNED`: a handle keeps its
 overflow series (one per stream).
 
 Example:
-    >>> from chat_turbo_metrics._recording.producer import Stream, stream_specs
+    >>> from chat_turbo_metrics._recording.streams import Stream, stream_specs
     >>> from chat_turbo_metrics._recording.instruments import InstrumentSpec
     >>> stream = Stream(stream_specs(InstrumentSpec("jobs", "counter", "", "Jobs."), ())[0], limit=10)
     >>> cell, _ = stream.cell({"queue": "a"})  # a new cell counts as in use
@@ -40,7 +40,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from chat_turbo_metrics._recording.producer import _OVERFLOW_KEY, Stream
+from chat_turbo_metrics._recording.streams import _OVERFLOW_KEY, Stream
 
 LIVE = 0  # cached by the hot path (if it may be); evicted once idle
 DEMOTED = 1  # out of the hot-path caches; evicted unless the slow path finds it in use

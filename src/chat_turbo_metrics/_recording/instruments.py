@@ -9,9 +9,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from chat_turbo_metrics._pipeline import forksafe
-from chat_turbo_metrics._recording.guard import Problems
-from chat_turbo_metrics._recording.naming import (
+from chat_turbo_metrics._core import forks
+from chat_turbo_metrics._core.guard import Problems
+from chat_turbo_metrics._core.naming import (
     Kind,
     counter_name,
     default_buckets,
@@ -53,10 +53,10 @@ class InstrumentRegistry:
         self._limit = limit
         self._lock = threading.Lock()
         self._specs: dict[str, InstrumentSpec] = {}  # by instrument name
-        forksafe.register(self)
+        forks.register(self, forks.Phase.LOCKS)
 
     def after_fork_in_child(self) -> None:
-        forksafe.reinit(self._lock)  # another thread of the parent may have been resolving a name
+        forks.reinit(self._lock)  # another thread of the parent may have been resolving a name
 
     @staticmethod
     def instrument_name(kind: Kind, name: str, *, timer: bool = False) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from chat_turbo_metrics._recording.naming import Kind
+from chat_turbo_metrics._core.naming import Kind
 from chat_turbo_metrics._recording.sdk import BoundInstrument, Tags
 
 

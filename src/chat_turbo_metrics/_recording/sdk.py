@@ -14,7 +14,7 @@ from typing import Any
 
 from opentelemetry.metrics import Meter
 
-from chat_turbo_metrics._recording.guard import (
+from chat_turbo_metrics._core.guard import (
     EXACT_TYPES,
     FLOAT_MAX,
     INT64_BOUND,
@@ -26,8 +26,8 @@ from chat_turbo_metrics._recording.guard import (
     short_repr,
     timer_seconds,
 )
+from chat_turbo_metrics._core.naming import Kind
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry, InstrumentSpec
-from chat_turbo_metrics._recording.naming import Kind
 
 Tags = Mapping[str, Any] | None
 _perf_counter = time.perf_counter

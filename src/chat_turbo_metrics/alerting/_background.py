@@ -5,16 +5,28 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 
 if TYPE_CHECKING:
+    from chat_turbo_metrics._core.config import MonitoringConfig
     from chat_turbo_metrics._pipeline.provider import Pipeline
     from chat_turbo_metrics.alerting.manager import AlertManager
 
 _log = logging.getLogger("chat_turbo_metrics.alerting")
+
+
+class Monitored(Protocol):
+    """What an alert manager reads of the monitor it is given (a ``PerformanceMonitor``): its configuration and
+    its pipeline. Alerting knows nothing else of the monitor."""
+
+    @property
+    def config(self) -> MonitoringConfig: ...
+
+    @property
+    def pipeline(self) -> Pipeline | None: ...
 
 
 class CycleSubscriber(MetricExporter):

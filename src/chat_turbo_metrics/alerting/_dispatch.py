@@ -31,12 +31,23 @@ from typing import Any
 
 from opentelemetry import metrics
 
+from chat_turbo_metrics._core import forks
 from chat_turbo_metrics.alerting._delivery import Channel, DeliveryStats, Job, RetryPolicy, Sender
 from chat_turbo_metrics.alerting._matchers import Matcher, Matchers, match_all, parse_matchers
 from chat_turbo_metrics.alerting._model import Alert, AlertTransition
 from chat_turbo_metrics.alerting._nflog import LogEntry, NotificationLog
 from chat_turbo_metrics.alerting._notification import Notification
-from chat_turbo_metrics.alerting._routing import Forwarder, Inhibition, Route, group_key, needs_update
+from chat_turbo_metrics.alerting._routing import (
+    GROUP_BY,
+    GROUP_INTERVAL_S,
+    GROUP_WAIT_S,
+    REPEAT_INTERVAL_S,
+    Forwarder,
+    Inhibition,
+    Route,
+    group_key,
+    needs_update,
+)
 from chat_turbo_metrics.alerting._timeline import Timeline
 
 _logger = logging.getLogger("chat_turbo_metrics.alerting")
@@ -132,7 +143,7 @@ class Dispatcher:
         self._sources: list[list[tuple[str, Alert]]] = []  # per inhibition: firing (fp, alert) matching its source
         self._closed = False
         self._warned_error = False
-        _live.add(self)
+        forks.register(self, forks.Phase.PIPELINE)
         atexit.register(_shutdown_at_exit, weakref.ref(self))
 
     # --- configuration -------------------------------------------------------------------------
@@ -142,10 +153,10 @@ class Dispatcher:
         notifier: Sender,
         *,
         matchers: Matchers = None,
-        group_by: Sequence[str] = ("alertname",),
-        group_wait_s: float = 30.0,
-        group_interval_s: float = 300.0,
-        repeat_interval_s: float = 14400.0,
+        group_by: Sequence[str] = GROUP_BY,
+        group_wait_s: float = GROUP_WAIT_S,
+        group_interval_s: float = GROUP_INTERVAL_S,
+        repeat_interval_s: float = REPEAT_INTERVAL_S,
         send_resolved: bool = True,
         name: str | None = None,
     ) -> Route:
@@ -427,7 +438,7 @@ class Dispatcher:
         self._log.save(self._clock())
         return clean
 
-    def _after_fork(self) -> None:
+    def after_fork_in_child(self) -> None:
         self._lock = threading.RLock()
         self._log.after_fork()
         self.stats.after_fork()
@@ -437,18 +448,7 @@ class Dispatcher:
             group.in_flight = 0
 
 
-_live: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
-
-
-def _reset_after_fork() -> None:
-    for dispatcher in list(_live):
-        dispatcher._after_fork()
-
-
 def _shutdown_at_exit(ref: weakref.ref[Dispatcher]) -> None:
     dispatcher = ref()
     if dispatcher is not None and not dispatcher._closed:
         dispatcher.shutdown(5.0)
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)

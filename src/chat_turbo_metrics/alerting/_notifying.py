@@ -10,18 +10,26 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from chat_turbo_metrics.alerting._background import Monitored
 from chat_turbo_metrics.alerting._delivery import Sender
 from chat_turbo_metrics.alerting._dispatch import Dispatcher
 from chat_turbo_metrics.alerting._matchers import Matchers
 from chat_turbo_metrics.alerting._model import AlertListener, EvaluationHook
-from chat_turbo_metrics.alerting._routing import Forwarder, Route
+from chat_turbo_metrics.alerting._routing import (
+    GROUP_BY,
+    GROUP_INTERVAL_S,
+    GROUP_WAIT_S,
+    REPEAT_INTERVAL_S,
+    Forwarder,
+    Route,
+)
 from chat_turbo_metrics.alerting.notifiers.configured import notifiers_from_config
 
 
 class Notifying:
     """Routes, inhibitions, forwarders and flushing for :class:`~chat_turbo_metrics.alerting.AlertManager`."""
 
-    monitor: Any
+    monitor: Monitored
     _clock: Callable[[], float]
     _lock: threading.RLock
     _pipeline: Any
@@ -65,10 +73,10 @@ class Notifying:
         notifier: Sender,
         *,
         matchers: Matchers = None,
-        group_by: Sequence[str] = ("alertname",),
-        group_wait_s: float = 30.0,
-        group_interval_s: float = 300.0,
-        repeat_interval_s: float = 14400.0,
+        group_by: Sequence[str] = GROUP_BY,
+        group_wait_s: float = GROUP_WAIT_S,
+        group_interval_s: float = GROUP_INTERVAL_S,
+        repeat_interval_s: float = REPEAT_INTERVAL_S,
         send_resolved: bool = True,
         name: str | None = None,
     ) -> Route:

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from chat_turbo_metrics._recording.naming import prometheus_label
+from chat_turbo_metrics._core.naming import prometheus_label
 from chat_turbo_metrics.alerting._model import fingerprint
 from chat_turbo_metrics.alerting._rule_checks import UNSEEN_EVALUATIONS, close_names, unseen_problem, window_problem
 from chat_turbo_metrics.alerting._statistics import Series, SeriesStore, statistic_value

@@ -17,6 +17,13 @@ from chat_turbo_metrics.alerting._nflog import LogEntry
 ALL_LABELS = "..."
 """``group_by=("...",)`` groups by every label: one message per alert, as in Alertmanager."""
 
+# A route's defaults, Alertmanager's: one message per alert name, gathered for 30 s, looked at every 5 minutes,
+# an unchanged firing group sent again every 4 hours.
+GROUP_BY: tuple[str, ...] = ("alertname",)
+GROUP_WAIT_S = 30.0
+GROUP_INTERVAL_S = 300.0
+REPEAT_INTERVAL_S = 14400.0
+
 
 @dataclass(frozen=True)
 class Route:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-from chat_turbo_metrics._recording.naming import KNOWN_METRICS, infer_unit
+from chat_turbo_metrics._core.naming import KNOWN_METRICS, infer_unit
 from chat_turbo_metrics.alerting._statistics import aliases
 from chat_turbo_metrics.alerting.rules import DEFAULT_STATISTICS, AlertRule
 

@@ -17,9 +17,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from opentelemetry.sdk.metrics.export import Gauge, Histogram, MetricsData, Sum
+from opentelemetry.sdk.metrics.export import MetricsData
 
-from chat_turbo_metrics._recording.naming import Kind, counter_name, prometheus_label, prometheus_name
+from chat_turbo_metrics._collection.records import data_kind
+from chat_turbo_metrics._collection.walk import walk
+from chat_turbo_metrics._core.naming import Kind, counter_name, prometheus_label, prometheus_name
 
 STALENESS_S = 300.0
 """How long the last sample of a series counts (Prometheus's lookback delta)."""
@@ -85,14 +87,7 @@ def aliases(name: str, unit: str, kind: str) -> set[str]:
     return names
 
 
-def _kind(data: Any) -> str | None:
-    if isinstance(data, Sum):
-        return "counter" if data.is_monotonic else "updowncounter"
-    if isinstance(data, Gauge):
-        return "gauge"
-    if isinstance(data, Histogram):
-        return "histogram"
-    return None  # exponential histograms are not read by rules
+_READ_KINDS = frozenset({"counter", "updowncounter", "gauge", "histogram"})  # exponential histograms: not read
 
 
 def _point(kind: str, data_point: Any) -> Point:
@@ -134,11 +129,8 @@ class SeriesStore:
 
     def ingest(self, data: MetricsData | None, now: float) -> None:
         """Add the points of one collection at ``now``; forget what is older than the longest window."""
-        if data is not None:
-            for resource_metrics in data.resource_metrics:
-                for scope_metrics in resource_metrics.scope_metrics:
-                    for metric in scope_metrics.metrics:
-                        self._ingest_metric(metric, now)
+        for found in walk(data):
+            self._ingest_metric(found.metric, now)
         self._prune(now)
 
     def ingest_points(self, name: str, kind: str, points: Mapping[SeriesKey, Point], now: float) -> None:
@@ -148,8 +140,8 @@ class SeriesStore:
             self._append(history, key, point, now)
 
     def _ingest_metric(self, metric: Any, now: float) -> None:
-        kind = _kind(metric.data)
-        if kind is None:
+        kind = data_kind(metric.data)
+        if kind not in _READ_KINDS:
             return
         names = self._aliases.get((metric.name, metric.unit or "", kind))
         if names is None:

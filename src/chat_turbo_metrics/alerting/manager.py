@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics.export import MetricsData
 
-from chat_turbo_metrics.alerting._background import CycleSubscriber, register_active_gauge
+from chat_turbo_metrics._core import forks
+from chat_turbo_metrics._pipeline.globals import process_monitor
+from chat_turbo_metrics.alerting._background import CycleSubscriber, Monitored, register_active_gauge
 from chat_turbo_metrics.alerting._dispatch import Dispatcher
 from chat_turbo_metrics.alerting._engine import Change, RuleEvaluator
 from chat_turbo_metrics.alerting._files import load_rules
@@ -27,9 +28,6 @@ from chat_turbo_metrics.alerting._reading import SPANS, RuleReader
 from chat_turbo_metrics.alerting._statistics import STALENESS_S, SeriesStore
 from chat_turbo_metrics.alerting.rules import AlertRule, RuleError
 from chat_turbo_metrics.alerting.spans import AlertingSpanProcessor
-
-if TYPE_CHECKING:
-    from chat_turbo_metrics._monitor import PerformanceMonitor
 
 _log = logging.getLogger("chat_turbo_metrics.alerting")
 
@@ -68,7 +66,7 @@ class AlertManager(Notifying):
 
     def __init__(
         self,
-        monitor: PerformanceMonitor | None = None,
+        monitor: Monitored | None = None,
         *,
         clock: Callable[[], float] | None = None,
         evaluation_interval_s: float | None = None,
@@ -78,14 +76,10 @@ class AlertManager(Notifying):
         staleness_s: float = STALENESS_S,
         dispatcher: Dispatcher | None = None,
     ) -> None:
-        if monitor is None:
-            from chat_turbo_metrics._monitor import PerformanceMonitor
-
-            monitor = PerformanceMonitor.get_instance()
-        self.monitor = monitor
-        self._pipeline = monitor.pipeline  # the pipeline at construction: create the manager after configure()
+        self.monitor: Monitored = process_monitor() if monitor is None else monitor
+        self._pipeline = self.monitor.pipeline  # the pipeline at construction: create the manager after configure()
         self._clock = clock or time.time
-        interval = monitor.config.export_interval_s if evaluation_interval_s is None else evaluation_interval_s
+        interval = self.monitor.config.export_interval_s if evaluation_interval_s is None else evaluation_interval_s
         if not interval > 0 or not math.isfinite(interval):
             raise ValueError(f"evaluation_interval_s must be > 0, got {evaluation_interval_s!r}")
         self.evaluation_interval_s = float(interval)
@@ -116,9 +110,9 @@ class AlertManager(Notifying):
         self._start_notifications(dispatcher)  # and routes to the notifiers ALERT_* variables configure
         if self._pipeline is not None:
             register_active_gauge(self._pipeline, self)
-        _managers.add(self)
+        forks.register(self, forks.Phase.LOCKS)
 
-    def _after_fork_in_child(self) -> None:
+    def after_fork_in_child(self) -> None:
         # Only the forking thread survives fork(): a lock an evaluation held would stay held in the child.
         self._lock = threading.RLock()
         self._evaluating = threading.RLock()
@@ -470,15 +464,3 @@ class AlertManager(Notifying):
             subscriber, self._subscriber = self._subscriber, None
         if subscriber is not None and self._pipeline is not None:
             self._pipeline.fanout.remove(subscriber)
-
-
-_managers: weakref.WeakSet[AlertManager] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for manager in list(_managers):
-        manager._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

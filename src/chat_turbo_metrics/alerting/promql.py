@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from chat_turbo_metrics._recording.naming import (
+from chat_turbo_metrics._core.naming import (
     KNOWN_METRICS,
     Kind,
     counter_name,

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from chat_turbo_metrics._config import ConfigurationError
+from chat_turbo_metrics._core.config import ConfigurationError
 from chat_turbo_metrics.alerting._rule_fields import (
     CONDITIONS,
     DEFAULT_STATISTICS,

@@ -9,16 +9,15 @@ cumulative histogram, so span rules get the same windowed statistics as metric r
 from __future__ import annotations
 
 import bisect
-import os
 import threading
-import weakref
 from collections.abc import Mapping
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind, StatusCode
 
-from chat_turbo_metrics._recording.naming import HTTP_DURATION_BUCKETS
+from chat_turbo_metrics._core import forks
+from chat_turbo_metrics._core.naming import HTTP_DURATION_BUCKETS
 from chat_turbo_metrics.alerting._statistics import HistogramPoint
 from chat_turbo_metrics.alerting.rules import SpanSelector
 
@@ -110,9 +109,9 @@ class AlertingSpanProcessor(SpanProcessor):
         self._lock = threading.Lock()
         # Replaced, never mutated: on_end reads it without a lock.
         self._aggregates: tuple[_Aggregate, ...] = ()
-        _processors.add(self)
+        forks.register(self, forks.Phase.LOCKS)
 
-    def _after_fork_in_child(self) -> None:
+    def after_fork_in_child(self) -> None:
         # A lock another thread held at fork() stays held in the child: on_end would block the application.
         self._lock = threading.Lock()
         for aggregate in self._aggregates:
@@ -154,15 +153,3 @@ class AlertingSpanProcessor(SpanProcessor):
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Nothing is buffered."""
         return True
-
-
-_processors: weakref.WeakSet[AlertingSpanProcessor] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for processor in list(_processors):
-        processor._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from sqlalchemy import URL, Engine, Subquery, func, select
 
-from chat_turbo_metrics._recording.naming import prometheus_name
+from chat_turbo_metrics._core.naming import prometheus_name
 from chat_turbo_metrics.exporters._database_schema import points, streams
 
 Instant = float | datetime

@@ -26,6 +26,7 @@ from opentelemetry.sdk.metrics.export import (
     MetricsData,
     NumberDataPoint,
 )
+from opentelemetry.sdk.resources import Resource
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -49,8 +50,9 @@ from sqlalchemy import (
     update,
 )
 
-from chat_turbo_metrics._config import ConfigurationError
-from chat_turbo_metrics._exposition.records import data_kind
+from chat_turbo_metrics._collection.records import data_kind
+from chat_turbo_metrics._collection.walk import resources, walk
+from chat_turbo_metrics._core.config import ConfigurationError
 
 SCHEMA_VERSION = 2
 # What says whose a stream is (see the module docstring); a missing attribute counts as null.
@@ -221,15 +223,15 @@ class ExportRows:
         self.streams: dict[str, dict[str, Any]] = {}
         self.points: list[tuple[str, dict[str, Any]]] = []
         self.skipped: set[str] = set()
-        self.owners: set[str] = set()
-        for resource_metrics in data.resource_metrics:
-            attributes = dict(resource_metrics.resource.attributes)
-            owner = owner_of(attributes)
-            self.owners.add(owner)
-            resource = canonical_json(attributes)
-            for scope_metrics in resource_metrics.scope_metrics:
-                for metric in scope_metrics.metrics:
-                    self._add_metric(metric.name, metric.unit, metric.description, metric.data, (resource, owner))
+        self.owners = {owner_of(dict(resource.attributes)) for resource in resources(data)}
+        last: Resource | None = None
+        source = ("", "")
+        for found in walk(data):
+            if found.resource is not last:  # computed once per resource
+                attributes = dict(found.resource.attributes)
+                last, source = found.resource, (canonical_json(attributes), owner_of(attributes))
+            metric = found.metric
+            self._add_metric(metric.name, metric.unit, metric.description, metric.data, source)
 
     def _add_metric(
         self, name: str, unit: str | None, description: str | None, data: Any, source: tuple[str, str]

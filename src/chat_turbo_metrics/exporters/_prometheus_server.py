@@ -34,8 +34,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
-from chat_turbo_metrics._exposition.prometheus_text import CONTENT_TYPE
-from chat_turbo_metrics._pipeline import forksafe
+from chat_turbo_metrics._core import forks
+from chat_turbo_metrics.exporters._prometheus_text import CONTENT_TYPE
 
 _logger = logging.getLogger("chat_turbo_metrics.exporters.prometheus")
 
@@ -292,7 +292,7 @@ class Endpoint:
 
     def after_fork_in_child(self) -> None:
         # The serve thread is the parent's. Close our copy of the socket so the port is the parent's alone.
-        forksafe.reinit(self._stopping)  # the parent's thread may have been inside wait()
+        forks.reinit(self._stopping)  # the parent's thread may have been inside wait()
         self._stopping.set()
         self._close()
         with contextlib.suppress(OSError):
@@ -305,7 +305,7 @@ class _Endpoints:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.by_key: dict[tuple[str, int], Endpoint] = {}
-        forksafe.register(self)
+        forks.register(self, forks.Phase.LOCKS)
 
     def after_fork_in_child(self) -> None:
         # Each endpoint closes its own copy (it is registered itself); none is this child's to share.
@@ -326,7 +326,7 @@ def acquire(host: str, port: int, owner: Renderer) -> Endpoint:
         endpoint = _endpoints.by_key.get((host, port)) if port else None
         if endpoint is None:
             endpoint = Endpoint(host, port)
-            forksafe.register(endpoint)
+            forks.register(endpoint, forks.Phase.LOCKS)
             if port:
                 _endpoints.by_key[host, port] = endpoint
         endpoint.owners = [*endpoint.owners, owner]

@@ -25,9 +25,15 @@ from opentelemetry.sdk.metrics.export import (
 from sqlalchemy import Engine, create_engine, insert, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from chat_turbo_metrics._config import DEFAULT_DATABASE_URL, ConfigurationError, MonitoringConfig, shown_value
-from chat_turbo_metrics._config_values import parse_database_url
-from chat_turbo_metrics._secret import Secret
+from chat_turbo_metrics._core.config import (
+    DEFAULT_DATABASE_URL,
+    ConfigurationError,
+    MonitoringConfig,
+    history_url,
+    shown_value,
+)
+from chat_turbo_metrics._core.config_values import parse_database_url
+from chat_turbo_metrics._core.secret import Secret
 from chat_turbo_metrics.exporters import _database_query as _query
 from chat_turbo_metrics.exporters._database_query import GaugePoint, HistogramRow, Instant, RateRow
 from chat_turbo_metrics.exporters._database_schema import (
@@ -298,7 +304,7 @@ class DatabaseExporter(MetricExporter):
 
     @classmethod
     def from_config(cls, config: MonitoringConfig) -> DatabaseExporter:
-        """Build the exporter from a :class:`~chat_turbo_metrics._config.MonitoringConfig`.
+        """Build the exporter from a :class:`~chat_turbo_metrics._core.config.MonitoringConfig`.
 
         Args:
             config: the configuration; ``database_url`` (default SQLite file) and ``retention_days`` are used.
@@ -306,7 +312,7 @@ class DatabaseExporter(MetricExporter):
         Returns:
             The exporter; it connects on its first export.
         """
-        return cls(config.database_url or DEFAULT_DATABASE_URL, retention_days=config.retention_days)
+        return cls(history_url(config), retention_days=config.retention_days)
 
     def history(self) -> MetricHistory:
         """A :class:`MetricHistory` sharing this exporter's engine."""

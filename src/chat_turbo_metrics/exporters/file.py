@@ -30,9 +30,9 @@ from opentelemetry.sdk.metrics.export import (
     MetricsData,
 )
 
-from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig
-from chat_turbo_metrics._config_values import parse_file_mode
-from chat_turbo_metrics._exposition.records import metric_records
+from chat_turbo_metrics._collection.records import metric_records
+from chat_turbo_metrics._core.config import ConfigurationError, MonitoringConfig
+from chat_turbo_metrics._core.config_values import parse_file_mode
 from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
 from chat_turbo_metrics.exporters._rotating_file import RotatingFile, rotated_files
 

@@ -1,7 +1,7 @@
 """Prometheus pull exporter: ``/metrics`` served from the pipeline's one reader.
 
 Metric and unit naming follow ``opentelemetry-exporter-prometheus``'s mapping, with the seed's own names
-kept as documented (``memory_usage_mb``, ``api_requests_total``); see :mod:`chat_turbo_metrics._recording.naming`.
+kept as documented (``memory_usage_mb``, ``api_requests_total``); see :mod:`chat_turbo_metrics._core.naming`.
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import MetricsData
 
-from chat_turbo_metrics._config import MonitoringConfig
-from chat_turbo_metrics._exposition.prometheus_text import to_prometheus_text
+from chat_turbo_metrics import multiprocess
+from chat_turbo_metrics._core.config import MonitoringConfig
 from chat_turbo_metrics._pipeline.ports import PortInUseError
+from chat_turbo_metrics._pipeline.pull import Membership, Source
 from chat_turbo_metrics.exporters import _prometheus_server
 from chat_turbo_metrics.exporters._prometheus_server import Endpoint
+from chat_turbo_metrics.exporters._prometheus_text import to_prometheus_text
 from chat_turbo_metrics.multiprocess import SharedEndpoint
 
 Collect = Callable[[], MetricsData | None]
@@ -81,6 +83,21 @@ class PrometheusExporter(SharedEndpoint):
                 error.errno,
                 f"Prometheus exporter cannot listen on {self.host}:{self._requested_port}: {error.strerror or error}",
             ) from None
+
+    def serve(self, source: Source) -> Membership | None:
+        """Take this exporter's place for ``source`` (a pipeline): its port, alone, or for its pre-fork group.
+
+        Called by the pipeline once. Under a pre-fork server with ``multiprocess`` on, one process of the group
+        serves the port for all of them (:mod:`chat_turbo_metrics.multiprocess`); otherwise this is :meth:`attach`.
+
+        Returns:
+            The membership the pipeline keeps (None when the port is not shared).
+
+        Raises:
+            PortInUseError: a process outside this group holds the port.
+            OSError: the port cannot be bound for another reason.
+        """
+        return multiprocess.serve(source, self)
 
     def render(self) -> str:
         """The exposition text a scrape returns now."""

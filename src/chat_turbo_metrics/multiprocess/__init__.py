@@ -22,9 +22,9 @@ Degraded, never down: a directory that is not private is refused (one error nami
 that cannot be written (full, read-only) is warned about once and the scrape is merged from memory until
 writes work again. ``chat_turbo_metrics_multiprocess_degraded`` {cause} shows either state.
 
-The pipeline and the Prometheus exporter meet this package through :func:`serve` and three protocols:
-the pipeline is a :class:`Source`, the exporter a :class:`SharedEndpoint`, and the pipeline keeps the
-:class:`Membership` it gets back.
+The Prometheus exporter is this package's one way in: its ``serve(pipeline)`` calls :func:`serve` with itself
+as the :class:`SharedEndpoint`; the pipeline is a :class:`Source` and keeps the :class:`Membership` it gets back
+(both the pipeline's protocols for any serving exporter). The pipeline knows nothing of this package.
 """
 
 from chat_turbo_metrics.multiprocess._endpoint import serve

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 
-from chat_turbo_metrics._pipeline import forksafe
+from chat_turbo_metrics._core import forks
 
 _logger = logging.getLogger("chat_turbo_metrics.multiprocess")
 
@@ -61,7 +61,7 @@ class Health:
         _logger.info(message, *args)
 
     def after_fork_in_child(self) -> None:
-        forksafe.reinit(self._lock)
+        forks.reinit(self._lock)
 
     def directory_refused(self, path: str, reason: str) -> None:
         """The group's directory cannot be used: each process keeps its own data."""

@@ -44,7 +44,8 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from chat_turbo_metrics._config import GAUGE_MODES
+from chat_turbo_metrics._collection.walk import resources, walk
+from chat_turbo_metrics._core.config import GAUGE_MODES
 from chat_turbo_metrics._pipeline.health import PREFIX as HEALTH_PREFIX
 
 _logger = logging.getLogger("chat_turbo_metrics.multiprocess")
@@ -145,16 +146,13 @@ def _encode_metric(scope: InstrumentationScope, metric: Metric) -> dict[str, Any
 def encode(data: MetricsData | None) -> State:
     """The plain, JSON-able state of a cumulative collection (``{"resource": ..., "metrics": [...]}``)."""
     state: State = {"resource": {}, "metrics": []}
-    if data is None:
-        return state
-    for resource_metrics in data.resource_metrics:
+    for resource in resources(data):
         if not state["resource"]:
-            state["resource"] = _attrs_out(resource_metrics.resource.attributes)
-        for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                entry = _encode_metric(scope_metrics.scope, metric)
-                if entry is not None:
-                    state["metrics"].append(entry)
+            state["resource"] = _attrs_out(resource.attributes)
+    for found in walk(data):
+        entry = _encode_metric(found.scope, found.metric)
+        if entry is not None:
+            state["metrics"].append(entry)
     return state
 
 

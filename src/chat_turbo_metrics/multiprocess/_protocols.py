@@ -1,26 +1,16 @@
-"""The one interface between the multiprocess feature, the pipeline and the Prometheus exporter."""
+"""The one interface between the multiprocess feature and the endpoint it shares (the Prometheus exporter).
+
+The pipeline is a :class:`Source` and keeps the :class:`Membership` it gets back; both are the pipeline's own
+protocols for any serving exporter (:mod:`chat_turbo_metrics._pipeline.pull`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
 
-from opentelemetry.sdk.metrics.export import MetricsData
+from chat_turbo_metrics._pipeline.pull import Collect, Membership, Source
 
-from chat_turbo_metrics._config import MonitoringConfig
-
-Collect = Callable[[], MetricsData | None]
-
-
-class Source(Protocol):
-    """What a group needs of a pipeline: its configuration, its collection, and its shutdown."""
-
-    @property
-    def config(self) -> MonitoringConfig: ...
-
-    def collect(self) -> MetricsData | None: ...
-
-    def shutdown(self, timeout_s: float | None = None) -> None: ...
+__all__ = ["Collect", "Membership", "SharedEndpoint", "Source"]
 
 
 @runtime_checkable
@@ -40,16 +30,4 @@ class SharedEndpoint(Protocol):
 
     def detach_after_fork(self) -> None:
         """In a forked child: forget the parent's endpoint, so that this process may attach again later."""
-        ...
-
-
-class Membership(Protocol):
-    """A pipeline's handle on its place in a group."""
-
-    def health(self) -> Mapping[str, int]:
-        """cause -> 1 while this process cannot share its metrics for that cause, 0 once it can again."""
-        ...
-
-    def close(self) -> None:
-        """Leave the group (final state written) before the endpoint stops."""
         ...

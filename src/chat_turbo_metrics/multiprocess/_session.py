@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 from opentelemetry.sdk.metrics.export import MetricsData
 
-from chat_turbo_metrics._pipeline import forksafe
+from chat_turbo_metrics._core import forks
 from chat_turbo_metrics.multiprocess._directory import PrivateDirectory
 from chat_turbo_metrics.multiprocess._group import (
     Group,
@@ -104,6 +104,7 @@ class Session:
         if base is not None:
             weakref.finalize(self, base.close)
         _sessions.add(self)
+        forks.register(self, forks.Phase.SESSIONS)
 
     # --- roles ------------------------------------------------------------------------------------
     def sibling_holds_port(self) -> bool:
@@ -395,11 +396,11 @@ class Session:
     def after_fork_in_child(self) -> None:
         """A forked child is a new member: its parent keeps the port, the sockets and the bookkeeping.
 
-        Runs after :mod:`forksafe`'s repairs (imported first, so its hook runs first): the pipeline the child
+        Runs in the fork registry's sessions phase, after the pipeline's repairs: the pipeline the child
         serves has already forgotten the sums and histograms it inherited from its parent.
         """
-        forksafe.reinit(self._scrape_lock)
-        forksafe.reinit(self._publish_lock)
+        forks.reinit(self._scrape_lock)
+        forks.reinit(self._publish_lock)
         self._health.after_fork_in_child()
         self._previous, self._unstored, self._seq = {}, {}, 0
         self._publisher, self._stop, self._final = None, threading.Event(), None
@@ -417,17 +418,8 @@ class Session:
 
 
 def guarded_collect(source: Source) -> MetricsData | None:
-    """``source.collect()``, never overlapping a fork (see :func:`forksafe.outside_fork`)."""
-    return forksafe.outside_fork(source.collect)
+    """``source.collect()``, never overlapping a fork (see :func:`forks.outside_fork`)."""
+    return forks.outside_fork(source.collect)
 
 
 _sessions: weakref.WeakSet[Session] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for session in list(_sessions):
-        session.after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

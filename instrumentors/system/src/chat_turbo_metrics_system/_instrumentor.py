@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import functools
 import gc
-import os
 from collections.abc import Collection
 from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from chat_turbo_metrics import ConfigurationError, PerformanceMonitor
+from chat_turbo_metrics.instrumentation import register_after_fork
 from chat_turbo_metrics_system._readings import SPECS, ProcessReadings, psutil_sampler
 
 _instruments: tuple[str, ...] = ()  # psutil is a dependency of this distribution, not an optional library
@@ -24,8 +24,7 @@ def _after_fork_in_child() -> None:
         readings.after_fork_in_child()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+register_after_fork(_after_fork_in_child)
 
 
 def watch_event_loop(loop: asyncio.AbstractEventLoop | None = None) -> None:

@@ -1,6 +1,6 @@
 """One JSON POST over HTTP(S) with the standard library, mapping failures to retryable or final errors.
 
-The URL is a :class:`~chat_turbo_metrics._endpoints.SecretURL`: errors name only its scheme and host. 408, 429
+The URL is a :class:`~chat_turbo_metrics._core.endpoints.SecretURL`: errors name only its scheme and host. 408, 429
 and 5xx are retryable (429 and 503 with the peer's ``Retry-After``); other 4xx are final, since sending the same
 request again cannot succeed. Redirects are not followed: a 3xx is a failed delivery (urllib would re-send a POST
 as a bodyless GET to wherever the receiver points, signature header included), final like Alertmanager's
@@ -20,9 +20,9 @@ import urllib.request
 from collections.abc import Mapping
 from urllib.parse import unquote, urljoin, urlsplit
 
-from chat_turbo_metrics._deadline import abort_after, shutdown_socket
-from chat_turbo_metrics._endpoints import SecretURL
-from chat_turbo_metrics._secret import Secret
+from chat_turbo_metrics._core.deadline import abort_after, shutdown_socket
+from chat_turbo_metrics._core.endpoints import SecretURL
+from chat_turbo_metrics._core.secret import Secret
 from chat_turbo_metrics.alerting._delivery import DeliveryError
 
 USER_AGENT = "chat-turbo-metrics-alerting"

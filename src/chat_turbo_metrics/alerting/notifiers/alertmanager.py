@@ -15,8 +15,8 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from chat_turbo_metrics._endpoints import SecretURL, parse_secret_url
-from chat_turbo_metrics._secret import Secret
+from chat_turbo_metrics._core.endpoints import SecretURL, parse_secret_url
+from chat_turbo_metrics._core.secret import Secret
 from chat_turbo_metrics.alerting._model import Alert
 from chat_turbo_metrics.alerting._notification import rfc3339
 from chat_turbo_metrics.alerting._timeline import Timeline

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chat_turbo_metrics._config import ConfigurationError, MonitoringConfig
+from chat_turbo_metrics._core.config import ConfigurationError, MonitoringConfig
 from chat_turbo_metrics.alerting._delivery import Sender
 from chat_turbo_metrics.alerting.notifiers.email import EmailNotifier
 from chat_turbo_metrics.alerting.notifiers.slack import SlackNotifier

@@ -10,8 +10,8 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Literal
 
-from chat_turbo_metrics._endpoints import is_loopback
-from chat_turbo_metrics._secret import Secret
+from chat_turbo_metrics._core.endpoints import is_loopback
+from chat_turbo_metrics._core.secret import Secret
 from chat_turbo_metrics.alerting._delivery import DeliveryError
 from chat_turbo_metrics.alerting._notification import Notification
 from chat_turbo_metrics.alerting.notifiers._render import alert_fields, header_text, plain_text, printable

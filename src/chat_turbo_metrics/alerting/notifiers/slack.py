@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from chat_turbo_metrics._endpoints import parse_secret_url
-from chat_turbo_metrics._secret import Secret
+from chat_turbo_metrics._core.endpoints import parse_secret_url
+from chat_turbo_metrics._core.secret import Secret
 from chat_turbo_metrics.alerting._notification import Notification
 from chat_turbo_metrics.alerting.notifiers._http import post
 from chat_turbo_metrics.alerting.notifiers._render import alert_fields, slack_text

@@ -6,8 +6,8 @@ import hashlib
 import hmac
 import json
 
-from chat_turbo_metrics._endpoints import parse_secret_url
-from chat_turbo_metrics._secret import Secret
+from chat_turbo_metrics._core.endpoints import parse_secret_url
+from chat_turbo_metrics._core.secret import Secret
 from chat_turbo_metrics.alerting._notification import Notification
 from chat_turbo_metrics.alerting.notifiers._http import post
 

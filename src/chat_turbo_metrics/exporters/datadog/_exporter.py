@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -19,14 +17,15 @@ from opentelemetry.sdk.metrics.export import (
     MetricsData,
 )
 
-from chat_turbo_metrics._config import (
+from chat_turbo_metrics._core import forks
+from chat_turbo_metrics._core.config import (
     ConfigurationError,
     MonitoringConfig,
     get_monitoring_config,
     setting_label,
 )
+from chat_turbo_metrics._core.secret import Secret
 from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
-from chat_turbo_metrics._secret import Secret
 from chat_turbo_metrics.exporters.datadog._batching import (
     MAX_COMPRESSED,
     MAX_DECOMPRESSED,
@@ -151,7 +150,7 @@ class DataDogExporter(MetricExporter):
         self._carried: dict[bytes, float] = {}  # series left over by a partial delivery -> when
         self._dropped = {"rejected": 0, "buffer_full": 0, "expired": 0}  # series, by cause (self-telemetry)
         self._lock = threading.Lock()  # one export at a time, even outside the fan-out
-        _instances.add(self)
+        forks.register(self, forks.Phase.PIPELINE)
 
     @classmethod
     def from_config(cls, config: MonitoringConfig) -> DataDogExporter:
@@ -255,7 +254,7 @@ class DataDogExporter(MetricExporter):
     def __repr__(self) -> str:
         return f"DataDogExporter(endpoint={self.series_url!r})"
 
-    def _after_fork_in_child(self) -> None:
+    def after_fork_in_child(self) -> None:
         # Only the forking thread survives: a lock an export held stays held, and its connection's socket is
         # shared with the parent (dropped, never closed: closing would end the parent's TLS session). Series
         # carried over from a partial delivery are the parent's to send; sending them here too would count
@@ -270,25 +269,17 @@ class DataDogExporter(MetricExporter):
         self._carried = {}
 
 
-_instances: weakref.WeakSet[DataDogExporter] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for exporter in list(_instances):
-        exporter._after_fork_in_child()
-
-
-# One process-wide hook: register_at_fork cannot unregister, so a hook per instance would keep each alive.
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 class EnvironmentDataDogExporter(DataDogExporter):
     """The ``opentelemetry_metrics_exporter`` entry point: a plain OpenTelemetry SDK set-up constructs
     exporters without arguments, so this one reads the monitoring configuration (``DD_*`` variables)."""
 
     def __init__(self) -> None:
         super().__init__(**_settings(get_monitoring_config()))
+
+    @classmethod
+    def from_config(cls, config: MonitoringConfig) -> DataDogExporter:
+        """The exporter a configuration asks for (what the pipeline builds from this entry point)."""
+        return DataDogExporter.from_config(config)
 
 
 def _settings(config: MonitoringConfig) -> dict[str, Any]:

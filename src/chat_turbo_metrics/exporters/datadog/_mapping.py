@@ -34,6 +34,8 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import Resource
 
+from chat_turbo_metrics._collection.walk import walk
+
 _logger = logging.getLogger("chat_turbo_metrics.exporters.datadog")
 
 COUNT, GAUGE = 1, 3
@@ -189,11 +191,13 @@ class SeriesMapper:
         """Return the series for ``data`` and the histogram extremes to :meth:`commit` on delivery."""
         series: list[Series] = []
         pending: Extremes = {}
-        for resource_metrics in data.resource_metrics:
-            base_tags, resources = self._resource_context(resource_metrics.resource)
-            for scope_metrics in resource_metrics.scope_metrics:
-                for metric in scope_metrics.metrics:
-                    self._map_metric(metric, base_tags, resources, series, pending)
+        last: Resource | None = None
+        base_tags: tuple[str, ...] = ()
+        resources: str | None = None
+        for found in walk(data):
+            if found.resource is not last:  # computed once per resource
+                last, (base_tags, resources) = found.resource, self._resource_context(found.resource)
+            self._map_metric(found.metric, base_tags, resources, series, pending)
         return series, pending
 
     def commit(self, pending: Extremes) -> None:

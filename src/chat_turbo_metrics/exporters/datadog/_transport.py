@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
-from chat_turbo_metrics._config import ConfigurationError
-from chat_turbo_metrics._deadline import abort_after, shutdown_socket
-from chat_turbo_metrics._endpoints import is_loopback
-from chat_turbo_metrics._secret import Secret, mask_url_userinfo
-from chat_turbo_metrics._version import __version__
+from chat_turbo_metrics._core.config import ConfigurationError
+from chat_turbo_metrics._core.deadline import abort_after, shutdown_socket
+from chat_turbo_metrics._core.endpoints import is_loopback
+from chat_turbo_metrics._core.secret import Secret, mask_url_userinfo
+from chat_turbo_metrics._core.version import __version__
 from chat_turbo_metrics.exporters.datadog._batching import Batch, Batcher
 
 _logger = logging.getLogger("chat_turbo_metrics.exporters.datadog")

@@ -1,0 +1,1 @@
+"""The ``chat-turbo-metrics`` command's subcommands: config, doctor, rules, demo (dispatched by ``__main__``)."""

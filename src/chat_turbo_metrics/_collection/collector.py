@@ -1,0 +1,120 @@
+"""One collection: the readings' hooks, the SDK's data, then one post-processing pass whose order is declared here.
+
+Whoever owns a step adds it to its place in :data:`STEPS` (the pipeline: the overflow watch and the exportable
+values; the monitor: its recorder's metrics, the hit ratios and the self-telemetry), never "first" or "last" in a
+list: the order is this table's, and ``tests/_collection/test_collector.py`` checks it. Each step takes what the
+steps before it made and returns it, changed or not (see :mod:`.walk`).
+
+Example:
+    >>> collector = Collector(lambda: None)
+    >>> collector.add("hit_ratios", lambda data: data)
+    >>> [name for name, _ in collector.steps()]
+    ['hit_ratios']
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from opentelemetry.sdk.metrics.export import Metric, MetricsData
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from chat_turbo_metrics._collection.walk import add_metrics
+
+_logger = logging.getLogger("chat_turbo_metrics.pipeline")
+
+Step = Callable[[MetricsData | None], MetricsData | None]
+
+# The post-processing pass, in the order it runs, and why each step stands where it does.
+STEPS: tuple[tuple[str, str], ...] = (
+    ("overflow", "finds the SDK's overflow series before a recorder adds metrics that count their own at the call"),
+    ("recorder", "the fast path's metrics join the SDK's, in the chat_turbo_metrics scope"),
+    ("hit_ratios", "cache_hit_ratio from the cache_hits and cache_misses counters, whichever path recorded them"),
+    ("self_telemetry", "the pipeline's own health; its series gauge counts what the steps before made"),
+    ("exportable", "a point or attribute no exporter can encode is made plain or dropped, whoever made it"),
+)
+STEP_NAMES = tuple(name for name, _ in STEPS)
+
+
+class Collector:
+    """Runs one collection: every hook, then the SDK's collection, then each step in :data:`STEPS` order."""
+
+    def __init__(self, collect: Callable[[], MetricsData | None]) -> None:
+        """Args:
+        collect: the SDK's collection (the pipeline's reader).
+        """
+        self._collect = collect
+        # Called before every collection: collection-time readings (system statistics, pool usage) record through
+        # the monitor's front end here, so they cost nothing between collections.
+        self.hooks: list[Callable[[], None]] = []
+        self._steps: dict[str, tuple[Step, ...]] = dict.fromkeys(STEP_NAMES, ())
+        self._failed_hooks: set[tuple[str, type]] = set()
+
+    def add(self, name: str, step: Step) -> None:
+        """Run ``step`` at its place ``name`` in the pass (after the steps already at that place).
+
+        Raises:
+            ValueError: ``name`` is not a step of :data:`STEPS`.
+        """
+        if name not in self._steps:
+            raise ValueError(f"{name!r} is not a collection step; the steps are {', '.join(STEP_NAMES)}")
+        self._steps[name] = (*self._steps[name], step)  # replaced, never mutated: a collection may be running
+
+    def remove(self, name: str, step: Step) -> None:
+        """Stop running ``step`` (added at ``name``); an unknown step is ignored."""
+        self._steps[name] = tuple(each for each in self._steps.get(name, ()) if each is not step)
+
+    def steps(self) -> list[tuple[str, Step]]:
+        """``(place, step)`` in the order a collection runs them."""
+        return [(name, step) for name in STEP_NAMES for step in self._steps[name]]
+
+    def collect(self) -> MetricsData | None:
+        """Collect now: hooks, the SDK's data, then every step; safe from any thread."""
+        for hook in list(self.hooks):
+            try:
+                hook()
+            except Exception as error:  # a broken reading must not cost the scrape or the other readings
+                self._report_hook(hook, error)
+        data = self._collect()
+        for name in STEP_NAMES:
+            for step in self._steps[name]:
+                data = step(data)
+        return data
+
+    def _report_hook(self, hook: Callable[[], None], error: Exception) -> None:
+        key = (getattr(hook, "__qualname__", repr(hook)), type(error))
+        if key not in self._failed_hooks:  # once per cause: a scrape every few seconds must not flood the log
+            self._failed_hooks.add(key)
+            _logger.error("collection-time reading %r failed: %r (further failures are not logged)", hook, error)
+
+
+class Producer:
+    """A step that adds metrics made at collection time (a recorder's, the self-telemetry's) in their own scope.
+
+    Example:
+        >>> from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+        >>> produce = Producer(lambda now_ns: [], lambda: pipeline.resource, InstrumentationScope("mine"))
+        >>> produce(None) is None  # nothing made, nothing added
+        True
+    """
+
+    def __init__(
+        self,
+        metrics: Callable[[int], Sequence[Metric]],
+        resource: Callable[[], Resource],
+        scope: InstrumentationScope,
+    ) -> None:
+        """Args:
+        metrics: the metrics at a collection time (ns since the epoch).
+        resource: the pipeline's current resource (it changes after a fork).
+        scope: the instrumentation scope the metrics belong to.
+        """
+        self._metrics = metrics
+        self._resource = resource
+        self._scope = scope
+
+    def __call__(self, data: MetricsData | None) -> MetricsData | None:
+        return add_metrics(data, self._metrics(time.time_ns()), self._scope, self._resource)

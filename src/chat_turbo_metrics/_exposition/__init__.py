@@ -1,1 +1,0 @@
-"""Exposition: Prometheus text, self-describing records, and the snapshot API."""

@@ -1,0 +1,60 @@
+"""The seed's ``metrics-collector`` serialization: current values as JSON or Prometheus text."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.sdk.metrics.export import MetricsData
+
+from chat_turbo_metrics._collection.records import metric_records
+from chat_turbo_metrics.exporters._prometheus_text import to_prometheus_text
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """Every metric's current (cumulative) value, taken at one instant; no exporter needed.
+
+    Example:
+        >>> monitor.increment_counter("messages_sent", {"channel": "public"}, value=3)
+        >>> snapshot = monitor.snapshot()
+        >>> snapshot.value("messages_sent", {"channel": "public"})
+        3
+        >>> print(snapshot.to_prometheus())  # doctest: +SKIP
+    """
+
+    data: MetricsData | None
+
+    def records(self) -> list[dict[str, Any]]:
+        """One dict per data point (name, kind, unit, attributes, value or histogram fields, times)."""
+        return list(metric_records(self.data))
+
+    def to_json(self, indent: int | None = None) -> str:
+        """The records as a JSON document ``{"metrics": [...]}``."""
+        return json.dumps({"metrics": self.records()}, indent=indent, ensure_ascii=False, default=str)
+
+    def to_prometheus(self) -> str:
+        """The Prometheus text exposition a scrape of ``/metrics`` returns."""
+        return to_prometheus_text(self.data)
+
+    def value(self, name: str, tags: Mapping[str, Any] | None = None) -> Any:
+        """The value of one series: a number for sums and gauges, a record dict for histograms.
+
+        Args:
+            name: the instrument name (``messages_sent``, a timer's ``api_request_duration``).
+            tags: the exact attribute set of the series; None means no attributes.
+
+        Returns:
+            The value, or None when no such series was recorded.
+        """
+        wanted = dict(tags or {})
+        for record in metric_records(self.data):
+            if record["name"] == name and record["attributes"] == wanted:
+                return record if record["kind"] == "histogram" else record["value"]
+        return None
+
+    def names(self) -> set[str]:
+        """Names of every metric in the snapshot."""
+        return {record["name"] for record in metric_records(self.data)}
