@@ -461,7 +461,7 @@ class AlertManager(Notifying):
             )
         with self._lock:
             if self._subscriber is None:
-                self._subscriber = CycleSubscriber(weakref.WeakMethod(self.evaluate_data), self._clock)
+                self._subscriber = CycleSubscriber(self.evaluate_data, self._clock)
                 self._pipeline.add_exporter(self._subscriber)
 
     def stop(self) -> None:
