@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import http.client
 import json
 import os
 import shutil
@@ -439,7 +440,7 @@ def _traffic(deployment: Deployment, stop: threading.Event, per_host_per_s: floa
     while not stop.wait(1.0 / per_host_per_s):
         for host in deployment.layout.hosts:
             if deployment.hosts[host.name].alive():
-                with contextlib.suppress(OSError, ValueError):
+                with contextlib.suppress(OSError, ValueError, http.client.HTTPException):  # a host that just died
                     deployment.request(host, "/api/messages/1")
 
 
