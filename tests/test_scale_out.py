@@ -1,4 +1,4 @@
-"""Scaling out: the reference deployment of ``scripts/scale_demo.py``, run for real and checked end to end.
+"""Scaling out: the reference deployment (``scripts/scale_deployment.py``), run for real and checked end to end.
 
 Two hosts of the service on their own loopback addresses (127.0.0.2, 127.0.0.3), on the same ``/metrics`` port and
 one multiprocess base directory, each ``opentelemetry-instrument gunicorn -w 2`` with its own Prometheus agent
@@ -43,17 +43,17 @@ pytestmark = pytest.mark.timeout(300)  # the first test to need the scenario wai
 
 
 def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("scale_demo", ROOT / "scripts" / "scale_demo.py")
+    spec = importlib.util.spec_from_file_location("scale_deployment", ROOT / "scripts" / "scale_deployment.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("scale_demo", module)  # its dataclasses look their module up
+    sys.modules.setdefault("scale_deployment", module)  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
 
-scale_demo = _load_script()
-JOB = scale_demo.JOB
+scale_deployment = _load_script()
+JOB = scale_deployment.JOB
 
 
 def _port_on(first: str, second: str) -> int:
@@ -71,15 +71,17 @@ def _port_on(first: str, second: str) -> int:
 def _layout(receiver: Receiver) -> Any:
     metrics_port = _port_on("127.0.0.2", "127.0.0.3")
     hosts = [
-        scale_demo.Host(name, address, free_port(address), metrics_port, free_port(address))
+        scale_deployment.Host(name, address, free_port(address), metrics_port, free_port(address))
         for name, address in (("h1", "127.0.0.2"), ("h2", "127.0.0.3"))
     ]
-    hosts[0] = scale_demo.Host(**{**hosts[0].__dict__, "inprocess_webhook": receiver.url + "/inprocess"})
+    hosts[0] = scale_deployment.Host(**{**hosts[0].__dict__, "inprocess_webhook": receiver.url + "/inprocess"})
     peers = tuple(
-        scale_demo.Peer(f"am{n}", f"127.0.0.{10 + n}", free_port(f"127.0.0.{10 + n}"), free_port(f"127.0.0.{10 + n}"))
+        scale_deployment.Peer(
+            f"am{n}", f"127.0.0.{10 + n}", free_port(f"127.0.0.{10 + n}"), free_port(f"127.0.0.{10 + n}")
+        )
         for n in (1, 2, 3)
     )
-    return scale_demo.Layout(
+    return scale_deployment.Layout(
         hosts=tuple(hosts),
         alertmanagers=peers,
         central=("127.0.0.10", free_port("127.0.0.10")),
@@ -138,7 +140,7 @@ def _settled(deployment: Any) -> dict[str, float]:
     """The central totals once they equal the requests sent to each host (or the last ones seen, at the deadline)."""
     wanted = {name: float(count) for name, count in deployment.sent.items()}
     with contextlib.suppress(TimeoutError):
-        scale_demo.wait_until("central totals", lambda: _central_totals(deployment) == wanted, 30)
+        scale_deployment.wait_until("central totals", lambda: _central_totals(deployment) == wanted, 30)
     return _central_totals(deployment)
 
 
@@ -190,7 +192,7 @@ def _kill_worker(scenario: Scenario) -> None:
         workers = deployment.workers(h1)
         return len(workers) == deployment.layout.workers and victim not in workers
 
-    scale_demo.wait_until("a new worker", replaced, 30)
+    scale_deployment.wait_until("a new worker", replaced, 30)
     for host in (h1, h2):
         _load(deployment, host, 30)
     scenario.run.seen["kill_worker"] = (_settled(deployment), dict(deployment.sent))
@@ -212,16 +214,18 @@ def _alert(scenario: Scenario) -> None:
     for _ in range(25):
         deployment.request(h1, "/api/fail")
         time.sleep(0.2)
-    first, *_ = scale_demo.wait_until("the central alert", lambda: scenario.alerts("/central/oncall", "firing"), 60)
-    scale_demo.wait_until("the in-process alert", lambda: scenario.alerts("/inprocess/oncall", "firing"), 30)
-    sender = scale_demo.wait_until("the peer that sent it", lambda: _webhook_sender(deployment), 10)
+    first, *_ = scale_deployment.wait_until(
+        "the central alert", lambda: scenario.alerts("/central/oncall", "firing"), 60
+    )
+    scale_deployment.wait_until("the in-process alert", lambda: scenario.alerts("/inprocess/oncall", "firing"), 30)
+    sender = scale_deployment.wait_until("the peer that sent it", lambda: _webhook_sender(deployment), 10)
     # The peer that notified dies once its notification log has had a second (five gossip intervals) to reach the
     # others. Killed before that, the next peer notifies again: Alertmanager delivers at least once.
     time.sleep(max(0.0, 1.0 - (time.monotonic() - first["at"])))
     deployment.alertmanagers[sender].kill()
     scenario.run.seen["killed_peer"] = sender
     resolved = lambda: scenario.alerts("/central/oncall", "resolved")  # noqa: E731
-    scale_demo.wait_until("the resolution, from the peers left", resolved, 60)
+    scale_deployment.wait_until("the resolution, from the peers left", resolved, 60)
 
 
 def _host_disappears(scenario: Scenario) -> None:
@@ -231,9 +235,9 @@ def _host_disappears(scenario: Scenario) -> None:
     seen["before"] = deployment.query(series)
     deployment.hosts["h2"].kill()
     gone = time.monotonic()
-    scale_demo.wait_until("h2's series stale", lambda: deployment.query(series) == [], 30)
+    scale_deployment.wait_until("h2's series stale", lambda: deployment.query(series) == [], 30)
     seen["stale_after_s"] = time.monotonic() - gone
-    scale_demo.wait_until("ServiceDown", lambda: scenario.alerts("/central/oncall", "firing", "ServiceDown"), 60)
+    scale_deployment.wait_until("ServiceDown", lambda: scenario.alerts("/central/oncall", "firing", "ServiceDown"), 60)
     time.sleep(5)  # two peer timeouts and a group interval: a peer's duplicate would have arrived by now
     seen["history"] = deployment.query(f"count_over_time({series}[1m])")
     scenario.alerts("")  # the record holds every notification
@@ -246,7 +250,7 @@ PHASES = (("spread", _spread), ("kill_worker", _kill_worker), ("restart_agent", 
 def _scenario(directory: Path) -> Run:
     """Start the deployment, run every phase until one fails, stop everything; what was seen."""
     receiver = Receiver()
-    deployment = scale_demo.Deployment(_layout(receiver), directory / "run", multiprocess_dir=directory / "mp")
+    deployment = scale_deployment.Deployment(_layout(receiver), directory / "run", multiprocess_dir=directory / "mp")
     hosts = {h.name: {"target": h.target, "metrics_port": h.metrics_port} for h in deployment.layout.hosts}
     scenario = Scenario(deployment, receiver, Run(hosts))
     try:
@@ -348,7 +352,7 @@ def test_a_host_that_disappears_goes_stale_and_service_down_fires(run: Run) -> N
 
 
 def test_configs_deploy_holds_the_rendering_of_the_default_layout() -> None:
-    for name, text in scale_demo.render(scale_demo.Layout.default()).items():
+    for name, text in scale_deployment.render(scale_deployment.Layout.default()).items():
         assert (ROOT / "configs" / "deploy" / name).read_text() == text, name
 
 
