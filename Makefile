@@ -1,4 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Each sets up what it needs.
+# `make scale-demo`: the scale-out reference deployment (README "Scaling out"), on loopback addresses.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -6,7 +7,7 @@ BIN    := $(VENV)/bin
 INSTRUMENTORS := $(wildcard instrumentors/*/pyproject.toml)
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(INSTRUMENTORS) | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint bench tools clean
+.PHONY: demo scale-demo test lint bench tools clean
 
 $(STAMP): pyproject.toml $(INSTRUMENTORS)
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +17,9 @@ $(STAMP): pyproject.toml $(INSTRUMENTORS)
 
 demo: $(STAMP)
 	$(BIN)/python -m chat_turbo_metrics demo
+
+scale-demo: $(STAMP) tools
+	$(BIN)/python scripts/scale_demo.py
 
 tools:
 	@scripts/ensure-tools

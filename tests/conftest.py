@@ -45,10 +45,10 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now (for servers that cannot bind port 0 themselves)."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now at ``host`` (for servers that cannot bind port 0 themselves)."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 
@@ -35,6 +36,25 @@ def test_start_evaluates_on_the_export_cycle_off_the_application_thread(monitor_
     assert [a.value for a in manager.alerts()] == [512]
     assert sum(isinstance(e, CycleSubscriber) for e in monitor.pipeline.fanout.exporters) == 1
     manager.stop()
+
+
+def test_a_started_manager_keeps_evaluating_when_the_caller_drops_its_reference(monitor_factory) -> None:
+    # A service starts alerting in a function at import (AlertManager().start()) and keeps no reference: the
+    # evaluation runs until stop(), like a thread, instead of stopping silently at the next garbage collection.
+    monitor = monitor_factory(export_interval_s=3600)
+    fired: list[str] = []
+
+    def start() -> None:
+        manager = AlertManager(monitor)
+        manager.add_rule(RULE)
+        manager.add_listener(lambda transition: fired.append(transition.current))
+        manager.start()
+
+    start()
+    gc.collect()
+    monitor.record_gauge("memory_usage_mb", 512)
+    assert monitor.force_flush()
+    assert fired == ["pending", "firing"]  # both at the first evaluation (no duration)
 
 
 def test_stop_ends_background_evaluation_and_start_resumes_it(monitor_factory) -> None:

@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from chat_turbo_metrics import ConfigurationError, MonitoringConfig, PerformanceMonitor, get_monitoring_config
+from chat_turbo_metrics._pipeline.ports import PortInUseError
 from chat_turbo_metrics.exporters._prometheus_text import to_prometheus_text
 from chat_turbo_metrics.multiprocess._merge import encode, merge, retire
 from conftest import free_port, service_process
@@ -165,6 +168,27 @@ def test_port_held_by_another_program_still_raises(tmp_path: Path) -> None:
     assert raised.value.errno == errno.EADDRINUSE
     assert f"pid {os.getpid()}" in str(raised.value)  # the holder, when it can be seen
     assert "METRICS_PROMETHEUS_PORT" in str(raised.value)
+
+
+def test_the_holder_named_is_the_one_on_the_address_asked_for() -> None:
+    # Two services of one machine on the same port, each on its own loopback address: a refused bind on one
+    # address names the process listening there, not the other (lower pid) service's.
+    with socket.socket() as other_service:
+        other_service.bind(("127.0.0.3", 0))
+        other_service.listen()
+        port = other_service.getsockname()[1]
+        code = f"import socket, time; s = socket.socket(); s.bind(('127.0.0.2', {port})); s.listen()"
+        code += "; print(1, flush=True); time.sleep(60)"
+        listener = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        try:
+            assert listener.stdout is not None
+            listener.stdout.readline()
+            found = {host: PortInUseError(host, port).holder for host in ("127.0.0.2", "127.0.0.3", "127.0.0.4")}
+        finally:
+            listener.kill()
+            listener.wait()
+    pids = {host: holder.pid if holder is not None else None for host, holder in found.items()}
+    assert pids == {"127.0.0.2": listener.pid, "127.0.0.3": os.getpid(), "127.0.0.4": None}
 
 
 def test_each_forked_worker_pushes_under_its_own_service_instance_id() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -79,6 +80,31 @@ def test_a_read_only_directory_does_not_stop_the_service(tmp_path: Path, monitor
     # Once per process that configured: each worker and the one that replaced the killed holder (forked ones
     # inherit the master's monitor under opentelemetry-instrument).
     assert len(refusals) == (1 if instrument else 5), log
+
+
+def test_without_a_directory_another_service_on_the_same_port_is_not_taken_for_the_holder(tmp_path: Path) -> None:
+    # Two services of one machine on one port, each on its own loopback address. Without a directory, the
+    # workers that cannot bind look the port's holder up in the process tree: it must be the one on their
+    # address, not the other service (whose pid is lower), else every worker but one fails to boot.
+    with socket.socket() as other_service, tmpfs(tmp_path / "ro", "ro,size=64k") as readonly:
+        other_service.bind(("127.0.0.3", 0))
+        other_service.listen()
+        port = other_service.getsockname()[1]
+        server = Server(
+            tmp_path,
+            workers=4,
+            metrics_port=port,
+            METRICS_MULTIPROCESS_DIR=str(readonly / "mp"),
+            OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.2",
+        )
+        try:
+            served = server.load(40)
+        finally:
+            log = server.stop()
+
+    assert len(served) == 4
+    for bad in ("Worker failed to boot", "Address already in use", "Traceback"):
+        assert bad not in log, log
 
 
 def test_a_full_directory_serves_every_scrape_and_recovers_without_losing_totals(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """A TCP port another process holds: which process (from Linux's ``/proc``, when this user may see it), and the
-error that says so.
+error that says so. Only listeners that conflict with the address asked for count: on one machine, services on
+``127.0.0.2:9464`` and ``127.0.0.3:9464`` hold different endpoints.
 
 Example:
     >>> error = PortInUseError("127.0.0.1", 9464)
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +50,7 @@ class PortInUseError(OSError):
         """The process listening on the port, when this process may see it (None elsewhere)."""
         if not self._looked_up:
             self._looked_up = True
-            self._holder = holder_of(self.port)
+            self._holder = holder_of(self.port, self.host)
         return self._holder
 
     def __str__(self) -> str:
@@ -59,9 +62,15 @@ class PortInUseError(OSError):
         )
 
 
-def holder_of(port: int) -> PortHolder | None:
-    """The process (lowest pid) with a socket listening on TCP ``port``, or None when unknown here."""
-    inodes = _listening_inodes(port)
+def holder_of(port: int, host: str | None = None) -> PortHolder | None:
+    """The process (lowest pid) with a socket listening on TCP ``port``, or None when unknown here.
+
+    Args:
+        port: the TCP port.
+        host: the address a bind was refused for: only listeners on it (or on every address) count. None, an
+            empty host or a name that does not resolve: a listener on any address counts.
+    """
+    inodes = _listening_inodes(port, _addresses(host))
     if not inodes:
         return None
     wanted = {f"socket:[{inode}]" for inode in inodes}
@@ -83,7 +92,32 @@ def holder_of(port: int) -> PortHolder | None:
     return None
 
 
-def _listening_inodes(port: int) -> set[str]:
+_WILDCARDS = frozenset({"0.0.0.0", "::"})
+
+
+def _addresses(host: str | None) -> frozenset[str] | None:
+    """The addresses whose listeners conflict with a bind to ``host`` (None: every address)."""
+    if not host or host in _WILDCARDS:
+        return None
+    try:
+        resolved = {str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+    except (OSError, UnicodeError):
+        return None
+    return frozenset(resolved | _WILDCARDS)
+
+
+def _local_address(field: str) -> str:
+    """The address of a ``/proc/net/tcp{,6}`` local-address field (hex words in host byte order)."""
+    words = bytes.fromhex(field)
+    packed = b"".join(struct.pack("=I", int.from_bytes(words[i : i + 4], "big")) for i in range(0, len(words), 4))
+    if len(packed) == 4:
+        return socket.inet_ntop(socket.AF_INET, packed)
+    if packed[:12] == b"\0" * 10 + b"\xff\xff":  # an IPv4 address on a dual-stack socket
+        return socket.inet_ntop(socket.AF_INET, packed[12:])
+    return socket.inet_ntop(socket.AF_INET6, packed)
+
+
+def _listening_inodes(port: int, addresses: frozenset[str] | None) -> set[str]:
     inodes: set[str] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -92,7 +126,10 @@ def _listening_inodes(port: int) -> set[str]:
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) > 9 and fields[3] == _LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            if len(fields) <= 9 or fields[3] != _LISTEN:
+                continue
+            address, _, hex_port = fields[1].partition(":")
+            if int(hex_port, 16) == port and (addresses is None or _local_address(address) in addresses):
                 inodes.add(fields[9])
     return inodes
 

@@ -33,25 +33,21 @@ class CycleSubscriber(MetricExporter):
     """Receives the fan-out's cumulative snapshot each export cycle, on its own worker thread, and evaluates.
 
     Being a cumulative "exporter" gives the alert manager the pipeline's one collection per cycle (fast-path
-    cells included) without a second reader, and a slow evaluation delays no exporter.
+    cells included) without a second reader, and a slow evaluation delays no exporter. It holds the manager: a
+    started manager evaluates until it is stopped (or its pipeline shut down), referenced by the caller or not.
     """
 
     name = "alerting"
 
-    def __init__(
-        self, evaluate: weakref.WeakMethod[Callable[[MetricsData | None, float], Any]], clock: Callable[[], float]
-    ) -> None:
+    def __init__(self, evaluate: Callable[[MetricsData | None, float], Any], clock: Callable[[], float]) -> None:
         super().__init__(preferred_temporality=None)  # cumulative for every kind: the snapshot as collected
         self._evaluate = evaluate
         self._clock = clock
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
         """Evaluate every rule against this snapshot."""
-        evaluate = self._evaluate()
-        if evaluate is None:  # the manager is gone
-            return MetricExportResult.SUCCESS
         try:
-            evaluate(metrics_data, self._clock())
+            self._evaluate(metrics_data, self._clock())
         except Exception:
             _log.exception("evaluating alert rules failed; trying again next cycle")
             return MetricExportResult.FAILURE

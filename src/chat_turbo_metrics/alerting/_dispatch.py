@@ -211,6 +211,12 @@ class Dispatcher:
             self._routes.append(route)
         return route
 
+    @property
+    def routes(self) -> tuple[Route, ...]:
+        """The routes, in the order they were added."""
+        with self._lock:
+            return tuple(self._routes)
+
     def add_inhibition(self, source_matchers: Matchers, target_matchers: Matchers, equal: Sequence[str] = ()) -> None:
         """Mute alerts matching ``target_matchers`` while one matching ``source_matchers`` fires with equal labels.
 

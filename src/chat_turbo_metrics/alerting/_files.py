@@ -42,7 +42,7 @@ def check_rules(path: str | Path) -> tuple[list[AlertRule], list[RuleError]]:
         ConfigurationError: unreadable file, bad syntax, or no ``rules`` list.
     """
     path = Path(path)
-    data = _read(path)
+    data = read_rule_file(path)
     specs = data.get("rules") if isinstance(data, Mapping) else None
     if not isinstance(specs, list):
         raise ConfigurationError(f"{path}: expected a list `rules` of rule tables")
@@ -63,7 +63,8 @@ def check_rules(path: str | Path) -> tuple[list[AlertRule], list[RuleError]]:
     return rules, errors
 
 
-def _read(path: Path) -> Any:
+def read_rule_file(path: Path) -> Any:
+    """The parsed content of a TOML or YAML rule file (rules, and the routes ``_route_files`` reads)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:

@@ -11,9 +11,6 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-Matchers = Mapping[str, str] | Iterable[str] | None
-"""What the public API accepts wherever alerts are selected."""
-
 _SYNTAX = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|([^"\s]*))\s*$')
 _OPERATORS = ("=", "!=", "=~", "!~")
 
@@ -70,6 +67,10 @@ class Matcher:
 
     def __str__(self) -> str:
         return f'{self.label}{self.op}"{self.value}"'
+
+
+Matchers = Mapping[str, str] | Iterable[str | Matcher] | None
+"""What the public API accepts wherever alerts are selected (strings, or matchers already parsed)."""
 
 
 def parse_matchers(matchers: Matchers, setting: str) -> tuple[Matcher, ...]:

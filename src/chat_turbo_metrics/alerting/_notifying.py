@@ -7,7 +7,8 @@ and its ``add_evaluation_hook`` / ``add_listener``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chat_turbo_metrics.alerting._background import Monitored
@@ -101,6 +102,25 @@ class Notifying:
             send_resolved=send_resolved,
             name=name,
         )
+
+    def load_routes(self, path: str | Path, receivers: Mapping[str, Sender]) -> list[Route]:
+        """Add the ``[[routes]]`` and ``[[inhibit_rules]]`` of a rule file (``rules export --format alertmanager``
+        writes the same routes for Alertmanager).
+
+        Args:
+            path: a TOML or YAML rule file.
+            receivers: a notifier (or callable) for each receiver the routes name; routes are named after them.
+
+        Returns:
+            The routes added, in file order.
+
+        Raises:
+            ConfigurationError: a bad table (naming the file, table and key), a receiver without a notifier, or a
+                route of that name already added; then nothing is added.
+        """
+        from chat_turbo_metrics.alerting._route_files import load_route_file
+
+        return load_route_file(path).apply(self.dispatcher, receivers)
 
     def add_inhibition(self, source_matchers: Matchers, target_matchers: Matchers, equal: Iterable[str] = ()) -> None:
         """Mute target alerts while a source alert with equal labels fires: see :meth:`Dispatcher.add_inhibition`.

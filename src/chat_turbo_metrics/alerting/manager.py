@@ -6,7 +6,6 @@ import logging
 import math
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -455,7 +454,7 @@ class AlertManager(Notifying):
             )
         with self._lock:
             if self._subscriber is None:
-                self._subscriber = CycleSubscriber(weakref.WeakMethod(self.evaluate_data), self._clock)
+                self._subscriber = CycleSubscriber(self.evaluate_data, self._clock)
                 self._pipeline.add_exporter(self._subscriber)
 
     def stop(self) -> None:
