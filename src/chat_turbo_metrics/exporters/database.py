@@ -32,7 +32,7 @@ from chat_turbo_metrics._core.config import (
     history_url,
     shown_value,
 )
-from chat_turbo_metrics._core.config_values import parse_database_url
+from chat_turbo_metrics._core.config.values import parse_database_url
 from chat_turbo_metrics._core.secret import Secret
 from chat_turbo_metrics.exporters import _database_query as _query
 from chat_turbo_metrics.exporters._database_query import GaugePoint, HistogramRow, Instant, RateRow

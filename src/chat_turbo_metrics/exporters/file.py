@@ -32,7 +32,7 @@ from opentelemetry.sdk.metrics.export import (
 
 from chat_turbo_metrics._collection.records import metric_records
 from chat_turbo_metrics._core.config import ConfigurationError, MonitoringConfig
-from chat_turbo_metrics._core.config_values import parse_file_mode
+from chat_turbo_metrics._core.config.values import parse_file_mode
 from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
 from chat_turbo_metrics.exporters._rotating_file import RotatingFile, rotated_files
 

@@ -25,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-from chat_turbo_metrics._core.config_values import (
+from chat_turbo_metrics._core.config.values import (
     parse_bool,
     parse_database_url,
     parse_endpoint,
@@ -617,8 +617,8 @@ def _apply_env(base: MonitoringConfig, env: Mapping[str, str]) -> MonitoringConf
 
 
 CONFIG_DIR_VARIABLE = "CHAT_TURBO_CONFIG_DIR"
-_PACKAGED = Path(__file__).resolve().parents[1] / "configs"
-_CHECKOUT = Path(__file__).resolve().parents[3] / "configs"
+_PACKAGED = Path(__file__).resolve().parents[2] / "configs"
+_CHECKOUT = Path(__file__).resolve().parents[4] / "configs"
 
 
 def config_dirs(env: Mapping[str, str] | None = None) -> tuple[Path, ...]:
