@@ -8,6 +8,7 @@ from chat_turbo_metrics.alerting._delivery import Sender
 from chat_turbo_metrics.alerting.notifiers.email import EmailNotifier
 from chat_turbo_metrics.alerting.notifiers.slack import SlackNotifier
 
+
 def notifiers_from_config(config: AlertingSettings) -> list[Sender]:
     """Build the notifiers ``config`` enables (``ALERT_SLACK_WEBHOOK_URL``, ``ALERT_EMAIL_*``).
 
