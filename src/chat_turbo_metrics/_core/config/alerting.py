@@ -52,18 +52,18 @@ class AlertingSettings(Settings):
         variable="ALERT_SLACK_WEBHOOK_URL",
         secret="whole",
         checks=(_webhook_problem,),
-        shown_default="none",
+        shown_default="not set",
         meaning="Slack incoming-webhook URL for alert notifications: an http(s) URL with a host, checked at "
         "configuration time (no spaces, control or non-ASCII characters: percent-encode them)",
     )
     alert_email_host: str = setting(
-        "", parse=parse_str, variable="ALERT_EMAIL_HOST", shown_default="none", meaning="SMTP server for alert emails"
+        "", parse=parse_str, variable="ALERT_EMAIL_HOST", shown_default="not set", meaning="SMTP server for alert emails"
     )
     alert_email_port: int = setting(
         587, parse=parse_int, variable="ALERT_EMAIL_PORT", checks=(port(1),), meaning="SMTP port"
     )
     alert_email_from: str = setting(
-        "", parse=parse_str, variable="ALERT_EMAIL_FROM", shown_default="none", meaning="sender address of alert emails"
+        "", parse=parse_str, variable="ALERT_EMAIL_FROM", shown_default="not set", meaning="sender address of alert emails"
     )
     alert_email_to: tuple[str, ...] = setting(
         (),
@@ -76,7 +76,7 @@ class AlertingSettings(Settings):
         "",
         parse=parse_str,
         variable="ALERT_EMAIL_USERNAME",
-        shown_default="none (no login)",
+        shown_default="not set (no login)",
         meaning="SMTP login user; no login when empty",
     )
     alert_email_password: Secret | None = setting(
@@ -84,7 +84,7 @@ class AlertingSettings(Settings):
         parse=parse_secret,
         variable="ALERT_EMAIL_PASSWORD",
         secret="whole",
-        shown_default="none",
+        shown_default="not set",
         meaning="SMTP login password",
     )
     # Before alert_email_tls: a variable is checked with those applied before it, and this one permits tls=none.

@@ -50,7 +50,7 @@ class DatadogSettings(Settings):
         parse=parse_secret,
         variable="DD_API_KEY",
         secret="whole",
-        shown_default="none",
+        shown_default="not set",
         meaning="the API key; required with `OTEL_METRICS_EXPORTER=datadog`, else a `ConfigurationError` naming it "
         "(prefer the environment to a command-line flag, which other users of the machine can see)",
     )
