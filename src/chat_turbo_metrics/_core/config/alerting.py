@@ -57,13 +57,21 @@ class AlertingSettings(Settings):
         "configuration time (no spaces, control or non-ASCII characters: percent-encode them)",
     )
     alert_email_host: str = setting(
-        "", parse=parse_str, variable="ALERT_EMAIL_HOST", shown_default="not set", meaning="SMTP server for alert emails"
+        "",
+        parse=parse_str,
+        variable="ALERT_EMAIL_HOST",
+        shown_default="not set",
+        meaning="SMTP server for alert emails",
     )
     alert_email_port: int = setting(
         587, parse=parse_int, variable="ALERT_EMAIL_PORT", checks=(port(1),), meaning="SMTP port"
     )
     alert_email_from: str = setting(
-        "", parse=parse_str, variable="ALERT_EMAIL_FROM", shown_default="not set", meaning="sender address of alert emails"
+        "",
+        parse=parse_str,
+        variable="ALERT_EMAIL_FROM",
+        shown_default="not set",
+        meaning="sender address of alert emails",
     )
     alert_email_to: tuple[str, ...] = setting(
         (),

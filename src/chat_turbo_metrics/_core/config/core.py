@@ -149,7 +149,7 @@ class CoreSettings(Settings):
                 lambda seconds: seconds == 0 or 1 <= seconds <= LONGEST_S, f"must be 0 (never) or >= 1 s and {AT_MOST}"
             ),
         ),
-        shown_default="0 (never)",
+        shown_default="`0` (never)",
         meaning="seconds after which a series nobody records leaves memory, freeing its slot under the cardinality "
         "limit; `0`: never; else at least 1 (see [Memory](#memory))",
     )

@@ -57,7 +57,7 @@ class StorageSettings(Settings):
         10 * 1024 * 1024,
         parse=parse_int,
         checks=(POSITIVE,),
-        shown_default="10485760 (10 MiB)",
+        shown_default="`10485760` (10 MiB)",
         meaning="size at which the file is rotated",
     )
     file_rotation_interval_s: float = setting(
@@ -70,7 +70,7 @@ class StorageSettings(Settings):
         0o600,
         parse=parse_file_mode,
         variable="METRICS_FILE_MODE",
-        shown_default="0600",
+        shown_default="`0600`",
         meaning="octal mode of the files the file exporter creates: `0600`, `0640` or `0644`; directories it creates "
         "get `0700` plus search permission for whoever may read (see [Files](#files-file-exporter))",
     )
