@@ -51,9 +51,16 @@ def _variables_cell(item: Setting) -> str:
     return named(item.variable) + twins
 
 
+_SECRET = {
+    "whole": "; a secret: never shown in logs, errors or reprs",
+    "password": "; a secret: never shown in logs, errors or reprs",
+    "userinfo": "; its user info is a secret: `config`, `doctor`, reprs and logs show `https://***@proxy`",
+}
+
+
 def setting_row(item: Setting) -> str:
     """One table row: variables, setting (the TOML key), default, meaning."""
-    meaning = item.meaning + ("; a secret: never shown in logs, errors or reprs" if item.secret else "")
+    meaning = item.meaning + _SECRET.get(item.secret or "", "")
     cells = (_variables_cell(item), f"`{item.name}`", shown_default(item), meaning)
     return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
@@ -113,7 +120,9 @@ def render_environment_variables() -> str:
     for item in (item for items in sections_of().values() for item in items):
         if item.variable is None or not item.variable.ours:
             continue
-        about = f"{item.meaning}. Setting `{item.name}`, default {shown_default(item)}."
+        about = (
+            f"{item.meaning}{_SECRET.get(item.secret or '', '')}. Setting `{item.name}`, default {shown_default(item)}."
+        )
         parts.append(f'\n{item.variable.name} = "{item.variable.name}"\n{_docstring(about)}\n')
     for other in OTHER_VARIABLES:
         for name in other.names if other.ours else ():

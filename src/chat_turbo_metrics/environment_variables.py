@@ -57,8 +57,9 @@ METRICS_FILE_MODE = "METRICS_FILE_MODE"
 ``0700`` plus search permission for whoever may read (see Files). Setting ``file_mode``, default ``0600``."""
 
 METRICS_DATABASE_URL = "METRICS_DATABASE_URL"
-"""SQLAlchemy URL of the metric history; checked at configuration time (parseable, driver installed). Setting
-``database_url``, default ``sqlite:///chat_turbo_metrics.db`` (a SQLite file in the working directory)."""
+"""SQLAlchemy URL of the metric history; checked at configuration time (parseable, driver installed); a secret: never
+shown in logs, errors or reprs. Setting ``database_url``, default ``sqlite:///chat_turbo_metrics.db`` (a SQLite
+file in the working directory)."""
 
 ALERT_EMAIL_ENABLED = "ALERT_EMAIL_ENABLED"
 """Send alert notifications by email; needs ``ALERT_EMAIL_HOST``, ``ALERT_EMAIL_FROM`` and ``ALERT_EMAIL_TO``.
@@ -66,8 +67,8 @@ Setting ``alert_email_enabled``, default ``false``."""
 
 ALERT_SLACK_WEBHOOK_URL = "ALERT_SLACK_WEBHOOK_URL"
 """Slack incoming-webhook URL for alert notifications: an http(s) URL with a host, checked at configuration time (no
-spaces, control or non-ASCII characters: percent-encode them). Setting ``alert_slack_webhook_url``, default not
-set."""
+spaces, control or non-ASCII characters: percent-encode them); a secret: never shown in logs, errors or reprs.
+Setting ``alert_slack_webhook_url``, default not set."""
 
 ALERT_EMAIL_HOST = "ALERT_EMAIL_HOST"
 """SMTP server for alert emails. Setting ``alert_email_host``, default not set."""
@@ -85,7 +86,8 @@ ALERT_EMAIL_USERNAME = "ALERT_EMAIL_USERNAME"
 """SMTP login user; no login when empty. Setting ``alert_email_username``, default not set (no login)."""
 
 ALERT_EMAIL_PASSWORD = "ALERT_EMAIL_PASSWORD"
-"""SMTP login password. Setting ``alert_email_password``, default not set."""
+"""SMTP login password; a secret: never shown in logs, errors or reprs. Setting ``alert_email_password``, default not
+set."""
 
 ALERT_EMAIL_ALLOW_INSECURE_AUTH = "ALERT_EMAIL_ALLOW_INSECURE_AUTH"
 """``true`` to log in to the SMTP server without TLS although it is not on this machine. Setting
@@ -99,8 +101,8 @@ text; Go's ``net/smtp``, which Alertmanager uses, refuses it too). Setting ``ale
 
 DD_API_KEY = "DD_API_KEY"
 """The API key; required with ``OTEL_METRICS_EXPORTER=datadog``, else a ``ConfigurationError`` naming it (prefer the
-environment to a command-line flag, which other users of the machine can see). Setting ``datadog_api_key``,
-default not set."""
+environment to a command-line flag, which other users of the machine can see); a secret: never shown in logs,
+errors or reprs. Setting ``datadog_api_key``, default not set."""
 
 DD_SITE = "DD_SITE"
 """``datadoghq.com``, ``us3.datadoghq.com``, ``us5.datadoghq.com``, ``datadoghq.eu``, ``ap1.datadoghq.com``,
@@ -108,8 +110,8 @@ DD_SITE = "DD_SITE"
 
 CHAT_TURBO_DATADOG_ENDPOINT = "CHAT_TURBO_DATADOG_ENDPOINT"
 """Base URL replacing ``https://api.<site>`` (a proxy, a test intake); ``http://`` only to loopback. User info
-(``https://user:password@proxy``, percent-encoded) is sent as ``Authorization: Basic`` and shown nowhere
-(``config``, ``doctor``, reprs and logs show ``https://***@proxy``). Setting ``datadog_endpoint``, default
+(``https://user:password@proxy``, percent-encoded) is sent as ``Authorization: Basic``; its user info is a secret:
+``config``, ``doctor``, reprs and logs show ``https://***@proxy``. Setting ``datadog_endpoint``, default
 ``https://api.<site>``."""
 
 DD_ENV = "DD_ENV"

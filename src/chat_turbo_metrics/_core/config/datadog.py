@@ -68,8 +68,7 @@ class DatadogSettings(Settings):
         secret="userinfo",
         shown_default="`https://api.<site>`",
         meaning="base URL replacing `https://api.<site>` (a proxy, a test intake); `http://` only to loopback. User "
-        "info (`https://user:password@proxy`, percent-encoded) is sent as `Authorization: Basic` and shown nowhere "
-        "(`config`, `doctor`, reprs and logs show `https://***@proxy`)",
+        "info (`https://user:password@proxy`, percent-encoded) is sent as `Authorization: Basic`",
     )
     datadog_env: str | None = setting(
         None,
