@@ -51,6 +51,10 @@ class EnvironmentVariable(str):
         variable.secret = secret
         return variable
 
+    def __reduce__(self) -> tuple[type[str], tuple[str]]:
+        # Pickled (a dict keyed by it, sent to another process) as the plain name it stands for.
+        return (str, (str(self),))
+
     def text(self, environ: Mapping[str, str] | None = None) -> str:
         """The variable's text in ``environ`` (default ``os.environ``), or the default when unset or empty."""
         raw = (os.environ if environ is None else environ).get(self, "")
