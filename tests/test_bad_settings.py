@@ -2,11 +2,11 @@
 
 The cases are generated, not picked: every variable chat_turbo_metrics and its HTTP instrumentors declare (their
 ``opentelemetry_environment_variables`` entry points) or read (the ``OTEL_*`` ones), and every key of a
-``configs/<environment>.toml``, each given every hostile value below. A value ``chat-turbo-metrics config`` (or the
-HTTP settings) refuses is a case, one per distinct reason. In each case the process-wide monitor starts from that
-environment, as under ``opentelemetry-instrument``, and every instrumentor and the seed's API then do the
-application's work in-process: the work must come out right, one error must name the setting, and what could not
-start must measure nothing.
+``configs/<environment>.toml`` (both read from the one declaration of settings), each given every hostile value
+below. A value ``chat-turbo-metrics config`` (or the HTTP settings) refuses is a case, one per distinct reason. In
+each case the process-wide monitor starts from that environment, as under ``opentelemetry-instrument``, and every
+instrumentor and the seed's API then do the application's work in-process: the work must come out right, one error
+must name the setting, and what could not start must measure nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import pytest
 
 from chat_turbo_metrics import ConfigurationError, MonitoringConfig, PerformanceMonitor
 from chat_turbo_metrics._cli.config import run_config_command
-from chat_turbo_metrics._core.config import VARIABLES
+from chat_turbo_metrics._core.config.table import SETTINGS, VARIABLES
 from chat_turbo_metrics_http import _settings as http_settings
 from chat_turbo_metrics_http._settings import HttpMetricsSettings
 from conftest import MONITORING_ENV_PREFIXES, port_open, require
@@ -43,7 +43,10 @@ HOSTILE_TEXT = ("nonsense", "-1", "0", "1.5", "1e400", "1e308", "1e-300", "nan",
 HOSTILE_TOML = ('"nonsense"', "-1", "0", "1.5", "1e308", "inf", "nan", "true", "[1, 2]", "{ a = 1 }", '""')
 HOSTILE_TOML += ("1979-05-27",)  # a date
 BASE = {"CHAT_TURBO_ENV": "test"}  # configs/test.toml: no exporter, nothing bound
-SECRETS = frozenset({"METRICS_DATABASE_URL", "ALERT_SLACK_WEBHOOK_URL", "ALERT_EMAIL_PASSWORD", "DD_API_KEY"})
+# Variables whose value an error never quotes (an endpoint's is shown with its user info masked).
+SECRETS = frozenset(
+    variable.name for item in SETTINGS if item.secret not in (None, "userinfo") for variable in item.variables
+)
 
 
 def declared_variables() -> list[str]:
@@ -92,22 +95,21 @@ def variable_cases() -> list[Case]:
 def file_cases() -> list[Case]:
     found: dict[tuple[str, str], Case] = {}
     with tempfile.TemporaryDirectory() as directory:
-        for field in dataclasses.fields(MonitoringConfig):
-            if field.name == "sources":
-                continue
+        for key in FILE_KEYS:
             for value in HOSTILE_TOML:
-                toml = f"{field.name} = {value}\n"
-                if field.name != "metrics_exporters":
+                toml = f"{key} = {value}\n"
+                if key != "metrics_exporters":
                     toml += "metrics_exporters = []\n"
                 (Path(directory) / "test.toml").write_text(toml)
                 why = refusal({**BASE, "CHAT_TURBO_CONFIG_DIR": directory})
                 if why is not None:
                     parsed = repr(tomllib.loads(f"v = {value}")["v"])
-                    key = (field.name, why.replace(directory, "").replace(parsed, ""))
-                    found.setdefault(key, Case(field.name, value, dict(BASE), toml))
+                    reason = (key, why.replace(directory, "").replace(parsed, ""))
+                    found.setdefault(reason, Case(key, value, dict(BASE), toml))
     return list(found.values())
 
 
+FILE_KEYS = [item.name for item in SETTINGS]  # a setting's name is its key in a file
 VARIABLE_CASES = variable_cases()
 FILE_CASES = file_cases()
 
@@ -121,8 +123,9 @@ def test_every_declared_variable_and_file_key_is_covered_or_takes_any_text() -> 
     for name in free:
         for value in HOSTILE_TEXT:
             assert refusal({**BASE, name: value}) is None
-    keys = {field.name for field in dataclasses.fields(MonitoringConfig)} - {"sources"}
-    assert keys == {case.name for case in FILE_CASES}  # every key refuses some value (a wrong type at least)
+    assert set(FILE_KEYS) == {field.name for field in dataclasses.fields(MonitoringConfig)} - {"sources"}
+    assert set(FILE_KEYS) == {case.name for case in FILE_CASES}  # every key refuses some value (a wrong type at least)
+    assert sorted(SECRETS) == ["ALERT_EMAIL_PASSWORD", "ALERT_SLACK_WEBHOOK_URL", "DD_API_KEY", "METRICS_DATABASE_URL"]
     assert len(VARIABLE_CASES) >= 40
     assert len(FILE_CASES) >= 100
 

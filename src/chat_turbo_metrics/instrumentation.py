@@ -16,6 +16,9 @@ instrumentors are released with the core at the same version; a name here change
 - :data:`DATABASE_QUERY_DURATION`: the histogram of database query durations.
 - :func:`strip_literals`, :class:`StatementClassifier`: SQL text without its literal values, and the bounded
   operation/table labels of a statement.
+- :class:`EnvironmentVariable`: a variable the instrumentor reads, declared (as a constant of its
+  ``opentelemetry_environment_variables`` module) with the check of its value, so that
+  ``chat-turbo-metrics config`` shows and checks it with the core's settings.
 - :func:`register_after_fork`: repair an instrumentor's own state in a forked child, in the core's one fork
   registry (never ``os.register_at_fork`` directly: ``tests/_core/test_forks.py`` checks it).
 
@@ -34,6 +37,7 @@ from collections.abc import Callable
 from chat_turbo_metrics._collection.ratio import HITS as CACHE_HITS
 from chat_turbo_metrics._collection.ratio import MISSES as CACHE_MISSES
 from chat_turbo_metrics._core import forks
+from chat_turbo_metrics._core.config.instrumentor_variables import EnvironmentVariable
 from chat_turbo_metrics._core.guard import FLOAT_MAX, Problems
 from chat_turbo_metrics._core.sql import StatementClassifier, strip_literals
 from chat_turbo_metrics._database import QUERY_DURATION as DATABASE_QUERY_DURATION
@@ -44,6 +48,7 @@ __all__ = [
     "CACHE_MISSES",
     "DATABASE_QUERY_DURATION",
     "FLOAT_MAX",
+    "EnvironmentVariable",
     "Problems",
     "StatementClassifier",
     "bundle_produced",

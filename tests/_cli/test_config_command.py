@@ -7,27 +7,44 @@ import io
 import socket
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 
 from chat_turbo_metrics import ConfigurationError, MonitoringConfig, PerformanceMonitor, ViewConfig
-from chat_turbo_metrics._cli.config import check_as_configure_would, run_config_command
+from chat_turbo_metrics._cli.config import check_as_configure_would, declared_variable_groups, run_config_command
+from chat_turbo_metrics.instrumentation import EnvironmentVariable
 from conftest import clean_env, directory_listing, old_file_history
 
 TOKEN = "XXXXSECRETTOKENXXXX"
 
 
-def lines(env: dict[str, str], environment: str | None = "test") -> dict[str, tuple[str, str]]:
-    """setting -> (value text, source) from the command's output."""
+def groups(env: dict[str, str], environment: str | None = "test") -> dict[str, dict[str, tuple[str, str]]]:
+    """group title -> setting -> (value text, source), from the command's output."""
     out = io.StringIO()
     run_config_command(environment, env, out)
-    parsed = {}
+    parsed: dict[str, dict[str, tuple[str, str]]] = {}
     for line in out.getvalue().splitlines():
-        setting, _, rest = line.partition(" = ")
-        value, _, source = rest.rpartition("  (")
-        parsed[setting.strip()] = (value, source.rstrip(")"))
+        if line.startswith("# "):
+            group = parsed.setdefault(line[2:], {})
+        elif line:
+            setting, _, rest = line.partition(" = ")
+            value, _, source = rest.rpartition("  (")
+            assert setting.strip() not in group
+            group[setting.strip()] = (value, source.rstrip(")"))
     return parsed
+
+
+def lines(env: dict[str, str], environment: str | None = "test") -> dict[str, tuple[str, str]]:
+    """setting -> (value text, source) of every setting (not the variables of other distributions)."""
+    found = groups(env, environment)
+    return {
+        name: shown
+        for title, group in found.items()
+        if not title.startswith("variables of ")
+        for name, shown in group.items()
+    }
 
 
 def test_each_setting_is_printed_once_with_its_value_and_source() -> None:
@@ -177,3 +194,58 @@ def test_the_command_deletes_no_rotated_file_a_shorter_retention_would_and_write
     assert result.returncode == 0, result.stderr
     assert len([name for name in before if name.startswith("metrics.jsonl.2")]) == 3
     assert directory_listing(tmp_path) == before
+
+
+def test_settings_are_grouped_by_subsystem_each_once() -> None:
+    found = groups({"DD_API_KEY": TOKEN, "METRICS_MULTIPROCESS_GAUGES": "max"})
+    sections = [title.partition(":")[0] for title in found if not title.startswith("variables of ")]
+
+    assert sections == ["core", "export", "storage", "alerting", "datadog", "multiprocess"]
+    by_section = {title.partition(":")[0]: group for title, group in found.items()}
+    assert by_section["datadog"]["datadog_api_key"] == ("***", "DD_API_KEY")
+    assert by_section["multiprocess"]["multiprocess_gauges"] == ("{'*': 'max'}", "METRICS_MULTIPROCESS_GAUGES")
+    assert set(by_section["storage"]) == {
+        "retention_days",
+        "file_path",
+        "file_max_bytes",
+        "file_rotation_interval_s",
+        "file_mode",
+        "database_url",
+    }
+    listed = [name for section in sections for name in by_section[section]]
+    assert sorted(listed) == sorted(
+        field.name for field in dataclasses.fields(MonitoringConfig) if field.name != "sources"
+    )
+
+
+def test_a_variable_the_http_instrumentors_declare_is_shown_and_checked() -> None:
+    (http,) = [group for title, group in groups({"CHAT_TURBO_HTTP_METRIC_NAMES": "semconv"}).items() if "http" in title]
+    assert http["CHAT_TURBO_HTTP_METRIC_NAMES"] == ("'semconv'", "CHAT_TURBO_HTTP_METRIC_NAMES")
+    assert http["CHAT_TURBO_HTTP_EXCLUDED_PATHS"] == ("''", "default")
+
+    for variable, value in (
+        ("CHAT_TURBO_HTTP_METRIC_NAMES", "prometheus"),
+        ("CHAT_TURBO_HTTP_EXCLUDED_PATHS", "/a, b"),
+    ):
+        with pytest.raises(ConfigurationError) as raised:
+            groups({variable: value})
+        assert str(raised.value).startswith(f"{variable}={value!r}: ")
+
+
+def test_any_distribution_may_declare_variables_the_command_checks_secrets_masked() -> None:
+    def parse_key(text: str) -> str:
+        if len(text) != 8:
+            raise ValueError(f"expected 8 characters, got {len(text)}")
+        return text
+
+    module = types.ModuleType("vendor_env")
+    module.VENDOR_API_KEY = EnvironmentVariable("VENDOR_API_KEY", parse=parse_key, default="00000000", secret=True)
+    module.VENDOR_PLAIN = "VENDOR_PLAIN"  # a plain name (OpenTelemetry's convention): nothing to check
+
+    shown = declared_variable_groups({"VENDOR_API_KEY": "s3cr3t-k"}, [("vendor", module)])
+    assert shown == {"variables of vendor": [("VENDOR_API_KEY", "'***'", "VENDOR_API_KEY")]}
+    assert declared_variable_groups({}, [("vendor", module)])["variables of vendor"][0][2] == "default"
+    with pytest.raises(ConfigurationError) as raised:
+        declared_variable_groups({"VENDOR_API_KEY": "s3cr3t", "VENDOR_PLAIN": "anything"}, [("vendor", module)])
+    assert str(raised.value).startswith("VENDOR_API_KEY='***': expected 8 characters, got 6")
+    assert "s3cr3t" not in str(raised.value)

@@ -29,7 +29,7 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import Metric
 
 from chat_turbo_metrics._core import forks
-from chat_turbo_metrics._core.config import MonitoringConfig
+from chat_turbo_metrics._core.config import CoreSettings
 from chat_turbo_metrics._core.guard import (
     EXACT_TYPES,
     FLOAT_MAX,
@@ -142,7 +142,7 @@ class FastRecorder:
         self,
         registry: InstrumentRegistry,
         problems: Problems,
-        config: MonitoringConfig,
+        config: CoreSettings,
         *,
         overflow: OverflowReport | None = None,
         clock: Callable[[], int] = time.time_ns,

@@ -28,11 +28,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from chat_turbo_metrics._core.config import (
     DEFAULT_DATABASE_URL,
     ConfigurationError,
-    MonitoringConfig,
+    StorageSettings,
     history_url,
     shown_value,
 )
-from chat_turbo_metrics._core.config_values import parse_database_url
+from chat_turbo_metrics._core.config.values import parse_database_url
 from chat_turbo_metrics._core.secret import Secret
 from chat_turbo_metrics.exporters import _database_query as _query
 from chat_turbo_metrics.exporters._database_query import GaugePoint, HistogramRow, Instant, RateRow
@@ -49,7 +49,7 @@ __all__ = ["DatabaseExporter", "GaugePoint", "HistogramRow", "MetricHistory", "R
 
 _logger = logging.getLogger("chat_turbo_metrics.exporters.database")
 
-_DEFAULT_RETENTION_DAYS = MonitoringConfig().retention_days
+_DEFAULT_RETENTION_DAYS = StorageSettings().retention_days
 _RETENTION_EVERY_S = 3600.0
 _DAY_S = 86400.0
 # Rows are per-interval increments for monotonic instruments; everything else stays cumulative
@@ -303,8 +303,8 @@ class DatabaseExporter(MetricExporter):
         self._next_retention = float("-inf")
 
     @classmethod
-    def from_config(cls, config: MonitoringConfig) -> DatabaseExporter:
-        """Build the exporter from a :class:`~chat_turbo_metrics._core.config.MonitoringConfig`.
+    def from_config(cls, config: StorageSettings) -> DatabaseExporter:
+        """Build the exporter from the storage settings of a :class:`~chat_turbo_metrics.MonitoringConfig`.
 
         Args:
             config: the configuration; ``database_url`` (default SQLite file) and ``retention_days`` are used.

@@ -31,8 +31,8 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from chat_turbo_metrics._collection.records import metric_records
-from chat_turbo_metrics._core.config import ConfigurationError, MonitoringConfig
-from chat_turbo_metrics._core.config_values import parse_file_mode
+from chat_turbo_metrics._core.config import ConfigurationError, StorageSettings
+from chat_turbo_metrics._core.config.values import parse_file_mode
 from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
 from chat_turbo_metrics.exporters._rotating_file import RotatingFile, rotated_files
 
@@ -41,7 +41,7 @@ __all__ = ["FileExporter", "read_metric_records"]
 _logger = logging.getLogger("chat_turbo_metrics.exporters.file")
 
 _SECONDS_PER_DAY = 86400.0
-_DEFAULTS = MonitoringConfig()
+_DEFAULTS = StorageSettings()
 _NON_FINITE = {math.inf: "+Inf", -math.inf: "-Inf"}
 
 
@@ -155,7 +155,7 @@ class FileExporter(MetricExporter):
         self._is_shutdown = False
 
     @classmethod
-    def from_config(cls, config: MonitoringConfig) -> FileExporter:
+    def from_config(cls, config: StorageSettings) -> FileExporter:
         """Build the exporter from the ``file_*`` and ``retention_days`` settings of ``config``."""
         return cls(
             config.file_path,

@@ -17,7 +17,7 @@ from importlib import import_module
 from typing import Any
 
 from chat_turbo_metrics._core.compat import keep_grpc_channel
-from chat_turbo_metrics._core.config import MonitoringConfig
+from chat_turbo_metrics._core.config import ExportSettings
 from chat_turbo_metrics._core.otlp_headers import check_otlp_headers
 
 _PACKAGES = {
@@ -51,7 +51,7 @@ class OtlpExporters:
         self.signal = signal
         self.protocol = protocol
 
-    def from_config(self, config: MonitoringConfig) -> Any:
+    def from_config(self, config: ExportSettings) -> Any:
         """The exporter; raises ImportError when the OTLP package of the protocol is not installed."""
         check_otlp_headers(os.environ, self.signal)  # before OpenTelemetry's parser could log a credential
         protocol = self.protocol or config.otlp_protocol

@@ -13,7 +13,7 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import MetricsData
 
 from chat_turbo_metrics import multiprocess
-from chat_turbo_metrics._core.config import MonitoringConfig
+from chat_turbo_metrics._core.config import ExportSettings
 from chat_turbo_metrics._pipeline.ports import PortInUseError
 from chat_turbo_metrics._pipeline.pull import Membership, Source
 from chat_turbo_metrics.exporters import _prometheus_server
@@ -49,7 +49,7 @@ class PrometheusExporter(SharedEndpoint):
         port: TCP port (default 9464). :meth:`from_config` takes both from the configuration
             (METRICS_PROMETHEUS_PORT, OTEL_EXPORTER_PROMETHEUS_HOST, ...); the constructor reads nothing else.
         """
-        defaults = MonitoringConfig()
+        defaults = ExportSettings()
         host = defaults.prometheus_host if host is None else host
         port = defaults.prometheus_port if port is None else port
         self.host = host
@@ -58,7 +58,7 @@ class PrometheusExporter(SharedEndpoint):
         self._collect: Collect | None = None
 
     @classmethod
-    def from_config(cls, config: MonitoringConfig) -> PrometheusExporter:
+    def from_config(cls, config: ExportSettings) -> PrometheusExporter:
         """The exporter a configuration asks for."""
         return cls(host=config.prometheus_host, port=config.prometheus_port)
 

@@ -12,13 +12,11 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 from chat_turbo_metrics import ConfigurationError
 from chat_turbo_metrics_http import environment_variables
+from chat_turbo_metrics_http.environment_variables import MetricNames, checked_paths, parse_metric_names
 
-MetricNames = Literal["seed", "semconv", "both"]
-METRIC_NAMES: tuple[MetricNames, ...] = ("seed", "semconv", "both")
 EXCLUDED_PATHS_VARIABLE = environment_variables.CHAT_TURBO_HTTP_EXCLUDED_PATHS
 METRIC_NAMES_VARIABLE = environment_variables.CHAT_TURBO_HTTP_METRIC_NAMES
 _logger = logging.getLogger("chat_turbo_metrics_http")
@@ -77,17 +75,17 @@ class HttpMetricsSettings:
             excluded_paths, source = env.get(EXCLUDED_PATHS_VARIABLE, ""), EXCLUDED_PATHS_VARIABLE
         if isinstance(excluded_paths, str):
             excluded_paths = excluded_paths.split(",")
-        paths = [str(path).strip() for path in excluded_paths]
-        paths = [path for path in paths if path]
-        for path in paths:
-            if not path.startswith("/"):
-                raise _error(source, f"{source}: {path!r} is not a path (it must start with '/')")
+        try:
+            paths = checked_paths(excluded_paths)
+        except ValueError as error:
+            raise _error(source, f"{source}: {error}") from None
         names_source = "metric_names"
         if metric_names is None:
             metric_names, names_source = env.get(METRIC_NAMES_VARIABLE, "seed"), METRIC_NAMES_VARIABLE
-        names = metric_names.strip().lower()
-        if names not in METRIC_NAMES:
-            raise _error(names_source, f"{names_source}: {metric_names!r} is not one of {', '.join(METRIC_NAMES)}")
+        try:
+            names = parse_metric_names(metric_names)
+        except ValueError as error:
+            raise _error(names_source, f"{names_source}: {error}") from None
         return cls(
             exact=frozenset(path for path in paths if not path.endswith("*")),
             prefixes=tuple(path[:-1] for path in paths if path.endswith("*")),

@@ -1,11 +1,47 @@
-"""Environment variables read by the HTTP instrumentors (also ``opentelemetry-instrument --flags``).
+"""Environment variables read by the HTTP instrumentors (the ``opentelemetry_environment_variables`` entry point).
 
-A bad value never stops the application: one error per process names the variable and the value, and requests
-pass through unmeasured.
+Each is declared with the check of its value, so ``chat-turbo-metrics config`` refuses a bad one as it refuses a
+bad core setting. In the application a bad value never stops anything: one error per process names the variable
+and the value, and requests pass through unmeasured.
 """
 
-CHAT_TURBO_HTTP_EXCLUDED_PATHS = "CHAT_TURBO_HTTP_EXCLUDED_PATHS"
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+from chat_turbo_metrics.instrumentation import EnvironmentVariable
+
+MetricNames = Literal["seed", "semconv", "both"]
+METRIC_NAMES: tuple[MetricNames, ...] = ("seed", "semconv", "both")
+
+
+def checked_paths(paths: Iterable[str]) -> tuple[str, ...]:
+    """Paths and ``/prefix/*`` patterns, blanks dropped; ValueError for one that does not start with ``/``."""
+    found = tuple(path for path in (str(item).strip() for item in paths) if path)
+    for path in found:
+        if not path.startswith("/"):
+            raise ValueError(f"{path!r} is not a path (it must start with '/')")
+    return found
+
+
+def parse_metric_names(text: str) -> MetricNames:
+    """``seed``, ``semconv`` or ``both`` (any case, blanks around ignored)."""
+    for names in METRIC_NAMES:
+        if text.strip().lower() == names:
+            return names
+    raise ValueError(f"{text!r} is not one of {', '.join(METRIC_NAMES)}")
+
+
+CHAT_TURBO_HTTP_EXCLUDED_PATHS = EnvironmentVariable(
+    "CHAT_TURBO_HTTP_EXCLUDED_PATHS",
+    parse=lambda text: checked_paths(text.split(",")),
+)
 """Comma-separated paths (``/health``) or prefixes (``/static/*``) never measured."""
 
-CHAT_TURBO_HTTP_METRIC_NAMES = "CHAT_TURBO_HTTP_METRIC_NAMES"
+CHAT_TURBO_HTTP_METRIC_NAMES = EnvironmentVariable(
+    "CHAT_TURBO_HTTP_METRIC_NAMES",
+    parse=parse_metric_names,
+    default="seed",
+)
 """``seed`` (default), ``semconv`` or ``both``: which metric names the HTTP instrumentors emit."""

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from chat_turbo_metrics._core.config import ConfigurationError, MonitoringConfig
+from chat_turbo_metrics._core.config import AlertingSettings, ConfigurationError
+from chat_turbo_metrics._core.config.alerting import missing_for_email
 from chat_turbo_metrics.alerting._delivery import Sender
 from chat_turbo_metrics.alerting.notifiers.email import EmailNotifier
 from chat_turbo_metrics.alerting.notifiers.slack import SlackNotifier
 
-_EMAIL_REQUIRED = (
-    ("alert_email_host", "ALERT_EMAIL_HOST"),
-    ("alert_email_from", "ALERT_EMAIL_FROM"),
-    ("alert_email_to", "ALERT_EMAIL_TO"),
-)
 
-
-def notifiers_from_config(config: MonitoringConfig) -> list[Sender]:
+def notifiers_from_config(config: AlertingSettings) -> list[Sender]:
     """Build the notifiers ``config`` enables (``ALERT_SLACK_WEBHOOK_URL``, ``ALERT_EMAIL_*``).
 
     Args:
-        config: the monitoring configuration.
+        config: the monitoring configuration (its alerting section is what is read).
 
     Returns:
         Zero, one or two notifiers, to pass to ``add_route``.
@@ -40,9 +35,9 @@ def notifiers_from_config(config: MonitoringConfig) -> list[Sender]:
         except ValueError as error:
             raise ConfigurationError(f"ALERT_SLACK_WEBHOOK_URL: {error}") from None
     if config.alert_email_enabled:
-        for setting, variable in _EMAIL_REQUIRED:
-            if not getattr(config, setting):
-                raise ConfigurationError(f"ALERT_EMAIL_ENABLED=true needs {variable} ({setting}), which is empty")
+        missing = missing_for_email(config)
+        if missing:
+            raise ConfigurationError(f"ALERT_EMAIL_ENABLED=true needs {', '.join(missing)}: empty")
         try:
             built.append(
                 EmailNotifier(
@@ -52,7 +47,7 @@ def notifiers_from_config(config: MonitoringConfig) -> list[Sender]:
                     config.alert_email_to,
                     username=config.alert_email_username or None,
                     password=config.alert_email_password if config.alert_email_username else None,
-                    tls=config.alert_email_tls,  # type: ignore[arg-type]  # checked by MonitoringConfig
+                    tls=config.alert_email_tls,
                     allow_insecure_auth=config.alert_email_allow_insecure_auth,
                 )
             )

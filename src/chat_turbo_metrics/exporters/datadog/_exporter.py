@@ -20,10 +20,11 @@ from opentelemetry.sdk.metrics.export import (
 from chat_turbo_metrics._core import forks
 from chat_turbo_metrics._core.config import (
     ConfigurationError,
-    MonitoringConfig,
+    DatadogSettings,
     get_monitoring_config,
     setting_label,
 )
+from chat_turbo_metrics._core.config.declaration import settings_of
 from chat_turbo_metrics._core.secret import Secret
 from chat_turbo_metrics._pipeline.temporality import INSTRUMENT_CLASSES
 from chat_turbo_metrics.exporters.datadog._batching import (
@@ -153,8 +154,8 @@ class DataDogExporter(MetricExporter):
         forks.register(self, forks.Phase.PIPELINE)
 
     @classmethod
-    def from_config(cls, config: MonitoringConfig) -> DataDogExporter:
-        """Build the exporter from the ``datadog_*`` settings (``DD_*`` variables).
+    def from_config(cls, config: DatadogSettings) -> DataDogExporter:
+        """Build the exporter from the ``datadog_*`` settings (``DD_*`` variables) of a ``MonitoringConfig``.
 
         Raises:
             ConfigurationError: ``DD_API_KEY`` is not set, or another setting is bad.
@@ -277,12 +278,13 @@ class EnvironmentDataDogExporter(DataDogExporter):
         super().__init__(**_settings(get_monitoring_config()))
 
     @classmethod
-    def from_config(cls, config: MonitoringConfig) -> DataDogExporter:
+    def from_config(cls, config: DatadogSettings) -> DataDogExporter:
         """The exporter a configuration asks for (what the pipeline builds from this entry point)."""
         return DataDogExporter.from_config(config)
 
 
-def _settings(config: MonitoringConfig) -> dict[str, Any]:
+def _settings(config: DatadogSettings) -> dict[str, Any]:
+    """The constructor's arguments: each ``datadog_<x>`` setting as ``<x>``."""
     if config.datadog_api_key is None:
         raise ConfigurationError(
             "DD_API_KEY is not set: the Datadog exporter (OTEL_METRICS_EXPORTER=datadog) needs an API key "
@@ -290,14 +292,4 @@ def _settings(config: MonitoringConfig) -> dict[str, Any]:
         )
     # Checked here too, so that an error names the variable the endpoint came from.
     intake_endpoint(config.datadog_site, config.datadog_endpoint, setting_label(config, "datadog_endpoint"))
-    return {
-        "api_key": config.datadog_api_key,
-        "site": config.datadog_site,
-        "endpoint": config.datadog_endpoint,
-        "service": config.datadog_service,
-        "env": config.datadog_env,
-        "version": config.datadog_version,
-        "tags": config.datadog_tags,
-        "host": config.datadog_host,
-        "histogram_buckets": config.datadog_histogram_buckets,
-    }
+    return {item.name.removeprefix("datadog_"): getattr(config, item.name) for item in settings_of(DatadogSettings)}
