@@ -15,6 +15,7 @@ from opentelemetry import metrics
 from opentelemetry.sdk.metrics.export import MetricsData
 
 from chat_turbo_metrics._core import forks
+from chat_turbo_metrics._pipeline.attached import ALERT_MANAGERS, attach
 from chat_turbo_metrics._pipeline.globals import process_monitor
 from chat_turbo_metrics.alerting._background import CycleSubscriber, Monitored, register_active_gauge
 from chat_turbo_metrics.alerting._dispatch import Dispatcher
@@ -109,6 +110,7 @@ class AlertManager(Notifying):
         self._start_notifications(dispatcher)  # and routes to the notifiers ALERT_* variables configure
         if self._pipeline is not None:
             register_active_gauge(self._pipeline, self)
+            attach(self._pipeline, ALERT_MANAGERS, self)  # the status page of the pipeline's endpoint reads it
         forks.register(self, forks.Phase.LOCKS)
 
     def after_fork_in_child(self) -> None:

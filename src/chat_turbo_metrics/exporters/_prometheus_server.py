@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from chat_turbo_metrics._core import forks
 from chat_turbo_metrics.exporters._prometheus_text import CONTENT_TYPE
+from chat_turbo_metrics.exporters._status import HEADERS as STATUS_HEADERS
 
 _logger = logging.getLogger("chat_turbo_metrics.exporters.prometheus")
 
@@ -47,9 +48,12 @@ _BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: c
 
 
 class Renderer(Protocol):
-    """What an endpoint asks for the exposition text."""
+    """What an endpoint asks for the exposition text (and, if it has ``status_page``, the status page)."""
 
     def render(self) -> str: ...
+
+
+STATUS_PATHS = ("/status", "/status.json")
 
 
 def _accepts_gzip(header: str) -> bool:
@@ -95,8 +99,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._respond(with_body=False)
 
     def _respond(self, *, with_body: bool) -> None:
-        if self.path.split("?", 1)[0] not in ("/metrics", "/"):
-            self.send_error(404, "try /metrics")
+        path = self.path.split("?", 1)[0]
+        if path in STATUS_PATHS:
+            self._respond_status(path, with_body=with_body)
+            return
+        if path not in ("/metrics", "/"):
+            self.send_error(404, "try /metrics or /status")
             return
         try:
             text = self.server.render()
@@ -116,6 +124,26 @@ class _Handler(BaseHTTPRequestHandler):
         if _accepts_gzip(self.headers.get("Accept-Encoding", "")):
             body = gzip.compress(body, compresslevel=1)
             self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if with_body:
+            self.wfile.write(body)
+
+    def _respond_status(self, path: str, *, with_body: bool) -> None:
+        try:
+            answer = self.server.status(path)
+        except Exception:
+            _logger.exception("rendering the status page failed")
+            self.send_error(500, "the status page failed; see the application's log")
+            return
+        if answer is None:
+            self.send_error(404, "no status page on this endpoint")
+            return
+        body, content_type = answer
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        for name, value in STATUS_HEADERS:
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if with_body:
@@ -175,9 +203,11 @@ class _Server(ThreadingHTTPServer):
         render: Callable[[], str | None],
         connections: _Connections,
         client_timeout_s: float,
+        status: Callable[[str], tuple[bytes, str] | None] = lambda path: None,
     ) -> None:
         super().__init__(address, _Handler)
         self.render = render
+        self.status = status
         self.connections = connections
         self.client_timeout_s = client_timeout_s
 
@@ -219,7 +249,7 @@ class Endpoint:
         self.key = (host, port)
         self.owners: list[Renderer] = []
         connections = _Connections(max_connections, min(max_connections, max_connections_per_peer))
-        self._server = _Server((host, port), self._render, connections, client_timeout_s)
+        self._server = _Server((host, port), self._render, connections, client_timeout_s, self._status)
         self._server.socket.setblocking(False)  # another process sharing it may take the connection first
         self._wake_r, self._wake_w = socket.socketpair()
         # Made here, not in the thread: if descriptors run out, binding fails loudly at set-up instead of a
@@ -245,6 +275,11 @@ class Endpoint:
     def _render(self) -> str | None:
         owners = self.owners
         return owners[-1].render() if owners else None
+
+    def _status(self, path: str) -> tuple[bytes, str] | None:
+        owners = self.owners
+        page = getattr(owners[-1], "status_page", None) if owners else None
+        return page(path) if page is not None else None
 
     def _serve(self) -> None:
         backoff = 0.0

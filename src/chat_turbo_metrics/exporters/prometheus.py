@@ -7,6 +7,7 @@ kept as documented (``memory_usage_mb``, ``api_requests_total``); see :mod:`chat
 from __future__ import annotations
 
 import errno
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,11 +15,13 @@ from opentelemetry.sdk.metrics.export import MetricsData
 
 from chat_turbo_metrics import multiprocess
 from chat_turbo_metrics._core.config import ExportSettings
+from chat_turbo_metrics._pipeline.attached import ALERT_MANAGERS, attached
 from chat_turbo_metrics._pipeline.ports import PortInUseError
 from chat_turbo_metrics._pipeline.pull import Membership, Source
 from chat_turbo_metrics.exporters import _prometheus_server
 from chat_turbo_metrics.exporters._prometheus_server import Endpoint
 from chat_turbo_metrics.exporters._prometheus_text import to_prometheus_text
+from chat_turbo_metrics.exporters._status import StatusHistory, page, status_data
 from chat_turbo_metrics.multiprocess import SharedEndpoint
 
 Collect = Callable[[], MetricsData | None]
@@ -56,6 +59,8 @@ class PrometheusExporter(SharedEndpoint):
         self._requested_port = port
         self._endpoint: Endpoint | None = None
         self._collect: Collect | None = None
+        self._source: Source | None = None  # the pipeline served: whose alert managers the status page shows
+        self._status_history = StatusHistory()
 
     @classmethod
     def from_config(cls, config: ExportSettings) -> PrometheusExporter:
@@ -97,11 +102,31 @@ class PrometheusExporter(SharedEndpoint):
             PortInUseError: a process outside this group holds the port.
             OSError: the port cannot be bound for another reason.
         """
+        self._source = source
         return multiprocess.serve(source, self)
 
     def render(self) -> str:
-        """The exposition text a scrape returns now."""
-        return to_prometheus_text(self._collect() if self._collect is not None else None)
+        """The exposition text a scrape returns now (the status page's charts take a point of it when due)."""
+        data = self._collect() if self._collect is not None else None
+        now = time.time()
+        if self._status_history.due(now):
+            self._status_history.observe(data, now)
+        return to_prometheus_text(data)
+
+    def status_page(self, path: str) -> tuple[bytes, str]:
+        """``/status`` (HTML) or ``/status.json``: alerts, silences, notifications, health, the last hour.
+
+        The alerting shown is that of the alert managers made for the pipeline this exporter serves; under a
+        pre-fork server, that of the process serving the port (the metrics are the group's).
+        """
+        source = self._source
+        data = status_data(
+            self._collect() if self._collect is not None else None,
+            attached(source, ALERT_MANAGERS) if source is not None else (),
+            self._status_history,
+            multiprocess=source is not None and source.config.multiprocess and self._requested_port > 0,
+        )
+        return page(path, data)
 
     @property
     def requested_port(self) -> int:
@@ -122,6 +147,7 @@ class PrometheusExporter(SharedEndpoint):
         """In a forked child: detach from the parent's endpoint (whose own fork hook closes the socket copy), so
         that this exporter can attach again when the child takes the port over."""
         self._endpoint, self._collect = None, None
+        self._status_history = StatusHistory()
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         """Stop answering scrapes (at once; in a forked child, without waiting for the parent's thread)."""
