@@ -215,6 +215,18 @@ def test_history_keeps_one_hour_and_one_point_per_spacing(monitor: PerformanceMo
     assert [t for t, _ in points] == [float(t) for t in range(130, 200, 5)]  # 60 s (+ a spacing) back, every 5 s
 
 
+def test_a_clock_that_steps_back_starts_the_charts_over_and_a_small_step_is_ignored(
+    monitor: PerformanceMonitor,
+) -> None:
+    history = StatusHistory(window_s=60.0, spacing_s=5.0)
+    chart = next(c for c in CHARTS if c.metric == "memory_usage_mb")
+    for second, value in ((100.0, 1.0), (110.0, 2.0), (108.0, 3.0), (50.0, 4.0), (60.0, 5.0)):
+        monitor.record_gauge("memory_usage_mb", value)
+        history.observe(monitor.snapshot().data, second)
+    # 108 is within a spacing of 110: not sampled; 50 is a step back: the points before it are gone.
+    assert history.points(chart) == [(50.0, 4.0), (60.0, 5.0)]
+
+
 def test_a_thousand_alerts_render_quickly_and_completely(monitor: PerformanceMonitor) -> None:
     manager = AlertManager(monitor, clock=lambda: 1060.0)
     manager.add_rule(

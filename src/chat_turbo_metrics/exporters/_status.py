@@ -198,7 +198,7 @@ class StatusHistory:
     def due(self, now: float) -> bool:
         """Whether a collection at ``now`` should be sampled (cheap: a time comparison)."""
         samples = self._samples
-        return not samples or now - samples[-1][0] >= self._spacing_s or now < samples[-1][0]
+        return not samples or abs(now - samples[-1][0]) >= self._spacing_s
 
     def observe(self, data: MetricsData | None, now: float) -> None:
         """Take a sample of ``data`` (collected at ``now``) if one is due."""
@@ -206,7 +206,7 @@ class StatusHistory:
             return
         readings = _read(data)
         with self._lock:
-            if self._samples and now < self._samples[-1][0]:
+            if self._samples and now <= self._samples[-1][0] - self._spacing_s:
                 self._samples.clear()  # the clock stepped back: the old points would draw in the wrong place
             self._samples.append((now, readings))
             while self._samples and self._samples[0][0] < now - self._window_s - self._spacing_s:
