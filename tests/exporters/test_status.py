@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import html.parser
 import json
+import os
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -21,7 +23,7 @@ from chat_turbo_metrics._pipeline.attached import ALERT_MANAGERS, attached
 from chat_turbo_metrics.alerting import AlertManager
 from chat_turbo_metrics.exporters._status import CHARTS, StatusHistory, render_status, status_data, status_json
 from chat_turbo_metrics.exporters.prometheus import PrometheusExporter
-from conftest import make_config
+from conftest import free_port, make_config, service_process
 
 HOSTILE = "<img src=x onerror=alert(1)>\"&'</td>"
 
@@ -297,3 +299,43 @@ def test_a_thousand_alerts_over_http(served: tuple[PerformanceMonitor, Prometheu
     per_page = time_requests(lambda: get(exporter, "/status"), 5)
     per_json = time_requests(lambda: get(exporter, "/status.json"), 5)
     print(f"1,000 alerts over HTTP: /status {per_page * 1000:.1f} ms, /status.json {per_json * 1000:.1f} ms")
+
+
+def test_under_a_prefork_group_the_page_shows_the_serving_process_alerting_and_the_group_metrics(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    holder = service_process(tmp_path, port)  # multiprocess on (the default): it binds the port, holds it
+    try:
+        manager = AlertManager(holder, clock=lambda: 1060.0)
+        firing(manager, holder, {"endpoint": "/holder"})
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # a member: its own alert manager and alert, its own count
+            try:
+                child = AlertManager(holder, clock=lambda: 1060.0)
+                firing(child, holder, {"endpoint": "/member"})
+                holder.increment_counter("jobs", value=40)
+                os.write(write_end, b"1")
+                time.sleep(3)
+                holder.shutdown()
+            finally:
+                os._exit(0)
+        try:
+            os.read(read_end, 1)
+            exporter = next(e for e in holder.pipeline.pull_exporters if isinstance(e, PrometheusExporter))  # type: ignore[union-attr]
+            deadline = time.monotonic() + 5
+            while "jobs_total 40" not in get(exporter, "/metrics")[2].decode():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            data = json.loads(get(exporter, "/status.json")[2])
+            assert data["multiprocess"] is True
+            assert data["pid"] == os.getpid()
+            # The serving process's alerting only: the member's alert is its own, not on this page.
+            assert [alert["labels"]["endpoint"] for alert in data["alerts"]] == ["/holder"]
+            text = "".join(parse(get(exporter, "/status")[2]).text)
+            assert f"alerting shown is that of process {os.getpid()}, which serves this endpoint" in text
+        finally:
+            os.waitpid(pid, 0)
+    finally:
+        holder.shutdown()
