@@ -217,6 +217,25 @@ def test_history_keeps_one_hour_and_one_point_per_spacing(monitor: PerformanceMo
     assert [t for t, _ in points] == [float(t) for t in range(130, 200, 5)]  # 60 s (+ a spacing) back, every 5 s
 
 
+def test_a_collection_the_charts_cannot_read_fails_neither_the_scrape_nor_the_page(
+    served: tuple[PerformanceMonitor, PrometheusExporter], monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    monitor, exporter = served
+    monitor.increment_counter("api_requests_total")
+
+    def broken(data: object) -> dict[str, object]:
+        raise RuntimeError("unexpected point")
+
+    monkeypatch.setattr("chat_turbo_metrics.exporters._status._read", broken)
+    status, _, body = get(exporter, "/metrics")
+    assert status == 200
+    assert b"api_requests_total 1" in body
+    assert get(exporter, "/status")[0] == 200
+    assert [r.message for r in caplog.records].count(
+        "the status page could not read a collection for its charts (logged once)"
+    ) == 1
+
+
 def test_a_clock_that_steps_back_starts_the_charts_over_and_a_small_step_is_ignored(
     monitor: PerformanceMonitor,
 ) -> None:

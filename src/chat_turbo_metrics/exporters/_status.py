@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 import os
 import threading
@@ -44,6 +45,8 @@ from opentelemetry.sdk.metrics.export import Gauge, Histogram, HistogramDataPoin
 
 from chat_turbo_metrics._collection.walk import walk
 from chat_turbo_metrics._pipeline.health import PREFIX
+
+_logger = logging.getLogger("chat_turbo_metrics.exporters.status")
 
 WINDOW_S = 3600.0
 """How far back the charts go."""
@@ -194,6 +197,7 @@ class StatusHistory:
         self._spacing_s = spacing_s
         self._lock = threading.Lock()
         self._samples: deque[Sample] = deque(maxlen=int(window_s / spacing_s) + 2)
+        self._warned = False
 
     def due(self, now: float) -> bool:
         """Whether a collection at ``now`` should be sampled (cheap: a time comparison)."""
@@ -204,7 +208,13 @@ class StatusHistory:
         """Take a sample of ``data`` (collected at ``now``) if one is due."""
         if not self.due(now):
             return
-        readings = _read(data)
+        try:
+            readings = _read(data)
+        except Exception:  # a chart must never fail the scrape that feeds it
+            if not self._warned:
+                self._warned = True
+                _logger.exception("the status page could not read a collection for its charts (logged once)")
+            return
         with self._lock:
             if self._samples and now <= self._samples[-1][0] - self._spacing_s:
                 self._samples.clear()  # the clock stepped back: the old points would draw in the wrong place
