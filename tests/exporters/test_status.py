@@ -20,7 +20,7 @@ import pytest
 
 from chat_turbo_metrics import PerformanceMonitor
 from chat_turbo_metrics._pipeline.attached import ALERT_MANAGERS, attached
-from chat_turbo_metrics.alerting import AlertManager
+from chat_turbo_metrics.alerting import AlertManager, Dispatcher
 from chat_turbo_metrics.exporters._status import CHARTS, StatusHistory, render_status, status_data, status_json
 from chat_turbo_metrics.exporters.prometheus import PrometheusExporter
 from conftest import free_port, make_config, service_process
@@ -136,7 +136,15 @@ def test_status_lists_recent_notifications_and_their_outcomes(
     served: tuple[PerformanceMonitor, PrometheusExporter],
 ) -> None:
     monitor, exporter = served
-    manager = AlertManager(monitor, clock=lambda: 1060.0)
+    dispatcher = Dispatcher(clock=lambda: 1060.0)
+    manager = AlertManager(monitor, clock=lambda: 1060.0, dispatcher=dispatcher)
+    try:
+        notified(manager, monitor, exporter)
+    finally:
+        assert dispatcher.shutdown(5.0)  # its notifiers' threads end: nothing of this test outlives it
+
+
+def notified(manager: AlertManager, monitor: PerformanceMonitor, exporter: PrometheusExporter) -> None:
     manager.add_route(lambda notification: None, name="ops", group_wait_s=0)
 
     def refuse(notification: object) -> None:
