@@ -6,6 +6,7 @@ out as text there, with no element made of it. Skips here when chromium or its d
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,3 +96,8 @@ def test_the_page_shows_a_firing_alert_and_its_labels_and_html_in_a_label_is_tex
     assert "Active alerts" in [chart.text for chart in charts]
     resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert resources == []
+    # Its links are relative (the page may be mounted under a prefix): the JSON beside it has the same alert.
+    browser.find_element(By.LINK_TEXT, "status.json").click()
+    assert browser.current_url == f"http://127.0.0.1:{exporter.port}/status.json"
+    [alert] = json.loads(browser.find_element(By.TAG_NAME, "body").text)["alerts"]
+    assert alert["labels"]["note"] == HOSTILE

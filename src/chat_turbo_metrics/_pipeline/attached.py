@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
 from typing import Any
@@ -24,7 +25,7 @@ ALERT_MANAGERS = "alert_managers"
 
 _lock = threading.Lock()
 _by_pipeline: weakref.WeakKeyDictionary[Any, dict[str, weakref.WeakSet[Any]]] = weakref.WeakKeyDictionary()
-_order = iter(range(1 << 62))
+_order = itertools.count()
 _rank: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 

@@ -476,7 +476,7 @@ def render_status(data: Mapping[str, Any]) -> bytes:
         f"<title>chat_turbo_metrics status: {firing} firing</title><style>{_STYLE}</style></head><body>",
         "<h1>chat_turbo_metrics status</h1>",
         f'<p class="meta">{_e(_when(now))} · {_e(scope)} · {data["alert_managers"]} alert manager(s) · '
-        '<a href="/metrics">/metrics</a> · <a href="/status.json">/status.json</a></p>',
+        '<a href="metrics">metrics</a> · <a href="status.json">status.json</a></p>',  # relative: it may be mounted
         f'<h2 id="alerts">Active alerts ({len(alerts)}: {firing} firing)</h2>',
     ]
     rows = []
