@@ -1,4 +1,4 @@
-"""The seed's ``PerformanceMonitor``: the documented API, bound at set-up time to a recorder."""
+"""The seed's ``PerformanceMonitor``: the documented API, delegating each call to a swappable recorder."""
 
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ from chat_turbo_metrics._snapshot import MetricsSnapshot
 
 _logger = logging.getLogger("chat_turbo_metrics")
 F = TypeVar("F", bound=Callable[..., Any])
-_RECORDING_METHODS = ("increment_counter", "record_gauge", "record_histogram", "start_timer", "record_timer")
 
 
 class _Runtime:
@@ -169,8 +168,8 @@ class PerformanceMonitor:
     def _bind(self, runtime: _Runtime) -> None:
         old = getattr(self, "_runtime", None)
         self._runtime = runtime
-        for method in _RECORDING_METHODS:
-            setattr(self, method, getattr(runtime.recorder, method))
+        # What every recording method delegates to: one attribute, swapped whole when configure() rebuilds.
+        self._recorder = runtime.recorder
         # Collection-time readings follow the monitor into the new pipeline.
         for hook in self._hooks:
             if old is not None and old.pipeline is not None and hook in old.pipeline.collector.hooks:
@@ -242,22 +241,29 @@ class PerformanceMonitor:
     def _after_fork_in_child(cls) -> None:
         forks.reinit(cls._global_lock)
 
-    # --- the documented recording API (replaced per instance by the recorder's bound methods) -----
+    # --- the documented recording API ------------------------------------------------------------
+    # Real methods, so patching the class, overriding in a subclass and calling through the class behave as in
+    # any Python class. Each delegates to the recorder of the current pipeline in one call (no extra work: the
+    # recorder checks and records; a bad value is warned about once, counted and dropped there).
     def increment_counter(self, name: str, tags: Tags = None, value: float = 1) -> None:
         """Add ``value`` (default 1) to counter ``name``; exported as ``<name>_total``."""
+        self._recorder.increment_counter(name, tags, value)
 
     def record_gauge(self, name: str, value: float, tags: Tags = None) -> None:
         """Set gauge ``name`` to ``value`` for these tags."""
+        self._recorder.record_gauge(name, value, tags)
 
     def record_histogram(self, name: str, value: float, tags: Tags = None) -> None:
         """Record ``value`` into histogram ``name``."""
+        self._recorder.record_histogram(name, value, tags)
 
     def start_timer(self, name: str | None = None) -> float:
         """A start token for :meth:`record_timer` (``time.perf_counter()`` seconds)."""
-        return 0.0
+        return self._recorder.start_timer(name)
 
     def record_timer(self, name: str, start: float, tags: Tags = None) -> None:
         """Record the seconds since ``start`` into histogram ``<name>_duration`` (``_seconds`` in Prometheus)."""
+        self._recorder.record_timer(name, start, tags)
 
     def timer(self, name: str, tags: Tags = None) -> Timer:
         """A context manager and decorator (sync or async) that records its duration like :meth:`record_timer`."""
