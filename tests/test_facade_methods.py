@@ -20,7 +20,6 @@ from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
 from conftest import make_config
 
 
-
 @pytest.fixture
 def monitor_factory(monitor_factory: Callable[..., PerformanceMonitor]) -> Callable[..., PerformanceMonitor]:
     """Monitors without self-telemetry: these tests compare the application's metrics exactly."""
