@@ -1,6 +1,6 @@
 """The AlertManager's notification methods: each evaluation hands its alerts to a :class:`Dispatcher`.
 
-A mixin, so the manager's module stays about rules and alert state; it needs the manager's clock, lock, pipeline
+A mixin, so the manager's module stays about rules and alert state; it needs the manager's clock, lock, monitor
 and its ``add_evaluation_hook`` / ``add_listener``.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from chat_turbo_metrics.alerting._background import Monitored
 from chat_turbo_metrics.alerting._delivery import Sender
@@ -33,7 +33,6 @@ class Notifying:
     monitor: Monitored
     _clock: Callable[[], float]
     _lock: threading.RLock
-    _pipeline: Any
     _dispatcher: Dispatcher | None
 
     if TYPE_CHECKING:  # provided by AlertManager, which this mixin is part of
@@ -47,8 +46,8 @@ class Notifying:
         """Routes, groups, throttles and delivers this manager's notifications, on this manager's clock."""
         with self._lock:
             if self._dispatcher is None:
-                provider = self._pipeline.meter_provider if self._pipeline is not None else None
-                self._attach(Dispatcher(clock=self._clock, meter_provider=provider))
+                # The monitor's provider follows configure(): delivery counts land in the live pipeline.
+                self._attach(Dispatcher(clock=self._clock, meter_provider=self.monitor.meter_provider))
             assert self._dispatcher is not None
             return self._dispatcher
 
