@@ -28,6 +28,8 @@ from chat_turbo_metrics.alerting._statistics import STALENESS_S, SeriesStore
 from chat_turbo_metrics.alerting.rules import AlertRule, RuleError
 from chat_turbo_metrics.alerting.spans import AlertingSpanProcessor
 
+__all__ = ["AlertManager"]
+
 _log = logging.getLogger("chat_turbo_metrics.alerting")
 
 
