@@ -63,12 +63,13 @@ SEED_ORDER = """
     def active(rule):
         return monitor.snapshot().value("alerts_active", {"rule": rule, "severity": "warning", "state": "firing"})
 
-    report = {}
+    report = {"interval_at_import": manager.evaluation_interval_s}
     # Start-up: configure() builds the pipeline the application runs on.
     chat_turbo_metrics.configure(service_name="first", export_interval_s=3600)
     monitor.record_gauge("queue_depth", 10)
     assert monitor.force_flush()  # one export cycle: the background evaluation runs on it
     report["first"] = state()
+    report["interval_after_configure"] = manager.evaluation_interval_s
     report["first_active"] = active("queue")
 
     # Reconfiguration: a new pipeline; the old one is shut down.
@@ -94,6 +95,8 @@ SEED_ORDER = """
 
 def test_seed_start_up_order_alert_follows_every_reconfiguration() -> None:
     report = run(SEED_ORDER)
+    # The environment's export interval (configs/test.toml) at import, then the one configure() set.
+    assert (report["interval_at_import"], report["interval_after_configure"]) == (1, 3600)
     assert report["first"] == [["queue", "firing", 10]]
     assert report["first_active"] == 1
     # The monitor reads 20 in the new pipeline: the alert follows it (it stayed on 10 when it read the old one).

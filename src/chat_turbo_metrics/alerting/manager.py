@@ -53,11 +53,13 @@ class AlertManager(Notifying):
     Args:
         monitor: whose pipeline to read; default the process-wide monitor.
         clock: seconds, default ``time.time``.
-        evaluation_interval_s: how often the background evaluation runs (default: the pipeline's export
-            interval, which it follows); sizes the windowed history and is the group interval of exported rules.
-        collect: where data comes from (default: the pipeline's cumulative ``collect``).
-        span_processor: the processor span rules read (default: one installed on the pipeline's TracerProvider
-            when the first span rule is added).
+        evaluation_interval_s: how often the background evaluation runs (default: the monitor's export
+            interval, which it follows through ``configure()``); sizes the windowed history and is the group
+            interval of exported rules.
+        collect: where data comes from (default: the cumulative ``collect`` of the pipeline the monitor records
+            into at each evaluation).
+        span_processor: the processor span rules read (default: one subscribed to the monitor, which sees the
+            spans of every pipeline it records into, made when the first span rule is added).
         history_size: how many transitions :meth:`history` keeps.
         staleness_s: how long a series' last sample counts before it is missing data (Prometheus: 5 minutes).
         dispatcher: where notifications go (:meth:`add_route`); default: one on this manager's clock, made when
@@ -85,6 +87,7 @@ class AlertManager(Notifying):
         if not interval > 0 or not math.isfinite(interval):
             raise ValueError(f"evaluation_interval_s must be > 0, got {evaluation_interval_s!r}")
         self.evaluation_interval_s = float(interval)
+        self._follows_interval = evaluation_interval_s is None
         self._collect = collect or self._collect_current
         self._span_processor = span_processor
         self._span_processor_installed = span_processor is not None
@@ -248,6 +251,7 @@ class AlertManager(Notifying):
         """Evaluate against an already collected snapshot (what the background evaluation does)."""
         with self._evaluating:
             with self._lock:
+                self._follow_interval()
                 self._store.ingest(data, now)
                 self._ingest_spans(now)
                 self._reader.begin()
@@ -263,6 +267,14 @@ class AlertManager(Notifying):
             for hook in self._hooks:
                 self._call(hook, now, current + ended)
         return current
+
+    def _follow_interval(self) -> None:
+        """Take the export interval a ``configure()`` set, unless one was given: the history keeps its windows."""
+        if self._follows_interval:
+            interval = self.monitor.config.export_interval_s
+            if interval != self.evaluation_interval_s:
+                self.evaluation_interval_s = self._reader.interval_s = float(interval)
+                self._watch()
 
     def _step(self, rule: AlertRule, now: float) -> list[Change]:
         """One rule's evaluation, isolated: whatever makes it fail (a malformed series, a bug), the other rules
