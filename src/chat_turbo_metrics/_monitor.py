@@ -207,7 +207,10 @@ class PerformanceMonitor:
 
     ``PerformanceMonitor()`` and ``PerformanceMonitor.get_instance()`` share the process-wide pipeline
     (configured from the environment on first use, or by :meth:`configure`). ``PerformanceMonitor(config)``
-    builds a private pipeline, e.g. for tests; shut it down when done.
+    builds a private pipeline, e.g. for tests; shut it down when done. The recording methods are ordinary methods:
+    ``unittest.mock.patch.object(PerformanceMonitor, "increment_counter")`` intercepts them, a subclass may override
+    them (``monitor.timer()`` goes through ``start_timer``/``record_timer``), and each delegates to the recorder of
+    the pipeline the monitor records into now.
 
     Example:
         >>> monitor = PerformanceMonitor.get_instance()
