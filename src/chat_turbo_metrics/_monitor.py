@@ -522,7 +522,11 @@ class PerformanceMonitor:
         return MetricsSnapshot(pipeline.collect() if pipeline is not None else None)
 
     def add_exporter(self, exporter: Any) -> None:
-        """Send metrics to ``exporter`` too: a ``PrometheusExporter`` or any OpenTelemetry ``MetricExporter``."""
+        """Send metrics to ``exporter`` too: a ``PrometheusExporter`` or any OpenTelemetry ``MetricExporter``.
+
+        The exporter joins the current pipeline and is shut down with it (a ``configure()`` builds the next one
+        from the configuration); :meth:`subscribe` one that should follow the monitor instead.
+        """
         pipeline = self._runtime.pipeline
         if pipeline is None:
             _logger.warning("monitoring is disabled; %r receives nothing", exporter)
