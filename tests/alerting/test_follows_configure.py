@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from chat_turbo_metrics import PerformanceMonitor
-from conftest import clean_env
+from conftest import clean_env, make_config
 
 
 def run(code: str) -> dict[str, Any]:
@@ -255,3 +255,24 @@ def test_private_monitor_providers_are_its_pipelines(monitor_factory: Any) -> No
     assert monitor.tracer_provider is monitor.pipeline.tracer_provider
     monitor.meter_provider.get_meter("lib").create_counter("lib_jobs").add(3)
     assert monitor.snapshot().value("lib_jobs") == 3
+
+
+def test_subscribers_end_with_the_pipeline_they_are_on(recording: str) -> None:
+    class Counting(SimpleSpanProcessor):
+        shutdowns = 0
+
+        def shutdown(self) -> None:
+            Counting.shutdowns += 1
+            super().shutdown()
+
+    monitor = PerformanceMonitor(make_config(recording=recording, export_interval_s=3600))
+    cycles, spans = Cycles(), InMemorySpanExporter()
+    monitor.subscribe(cycles)
+    monitor.subscribe(Counting(spans))
+    monitor.increment_counter("jobs")
+    monitor.tracer_provider.get_tracer("shop").start_span("work").end()
+    monitor.shutdown()  # the final export reaches the subscriber, then it is shut down with the pipeline
+    assert cycles.shut == 1
+    assert "jobs" in names(cycles.seen[-1])
+    assert Counting.shutdowns == 1
+    assert [span.name for span in spans.get_finished_spans()] == ["work"]
