@@ -28,8 +28,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# One worker per core (pytest-xdist); loadgroup hands out one test at a time, longest first (conftest.py), and
-# keeps each xdist_group on one worker.
+# One worker per core (pytest-xdist). loadgroup hands out tests one at a time, in the order of the root conftest.py
+# (longest first), to whichever worker is free: the run ends on short tests, not on one worker's long tail.
 test: $(STAMP) tools lint
 	$(BIN)/python -m pytest -q -n auto --dist loadgroup
 

@@ -8,9 +8,9 @@ by the same file's routes to a webhook receiver of the test. Host h1 also alerts
 it did on one machine.
 
 One scenario runs once (about 40 s) and records what it saw, phase by phase, as JSON; each test checks one behaviour
-against the record. Under pytest-xdist they all run on one worker (``--dist loadgroup``); with another
-distribution the first worker to need it runs it and the others read its record, so the deployment starts once per
-run. Everything is stopped at the end of the scenario, whatever happened.
+against the record. Under pytest-xdist the first worker to need it runs it and the others read its record, so the
+deployment starts once per run (the root conftest.py orders one test that needs it first and the others last, so
+no worker waits for it). Everything is stopped at the end of the scenario, whatever happened.
 """
 
 from __future__ import annotations
@@ -40,11 +40,7 @@ from alerting.notify_peers import Receiver
 from conftest import free_port, require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = [
-    pytest.mark.timeout(300),  # the first test to need the scenario waits for it
-    # `make test` (--dist loadgroup) runs them on one worker, the others never wait on the lock below.
-    pytest.mark.xdist_group("scale_out"),
-]
+pytestmark = pytest.mark.timeout(300)  # the first test to need the scenario waits for it
 
 
 def _load_script() -> ModuleType:
