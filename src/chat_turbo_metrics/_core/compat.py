@@ -3,8 +3,9 @@
 The SDK and the Prometheus exporter keep some things we need behind underscores: the configurator base class
 ``opentelemetry-instrument`` loads, the synchronous gauge class, the Prometheus unit mapping, the loggers that
 report rejected measurements, the resource a MeterProvider refreshes after a fork, the measurement consumer every
-synchronous instrument feeds, an exporter's temporality preference and the OTLP/gRPC exporter's channel. Each is imported or read here only, so an SDK upgrade that
-moves one breaks this module and ``tests/_core/test_compat.py``, not a capability somewhere else.
+synchronous instrument feeds, an exporter's temporality preference and the OTLP/gRPC exporter's channel. Each is
+imported or read here only, so an SDK upgrade that moves one breaks this module and ``tests/_core/test_compat.py``,
+not a capability somewhere else.
 
 Example:
     >>> from chat_turbo_metrics._core.compat import prometheus_unit_suffix
