@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -34,6 +35,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from chat_turbo_metrics._collection.walk import add_metrics
+from chat_turbo_metrics._core import forks
 
 _logger = logging.getLogger("chat_turbo_metrics.pipeline")
 
@@ -65,6 +67,12 @@ class Collector:
         self._failed_hooks: set[tuple[str, type]] = set()
         self._recorded: tuple[Callable[[], bool], ...] = ()
         self.collections = 0  # collections started so far (a mark for quiet_since)
+        self._counting = threading.Lock()  # two collections at once must both count
+        forks.register(self, forks.Phase.LOCKS)
+
+    def after_fork_in_child(self) -> None:
+        # A thread of the parent may have been counting its collection at the fork.
+        forks.reinit(self._counting)
 
     def add(self, name: str, step: Step) -> None:
         """Run ``step`` at its place ``name`` in the pass (after the steps already at that place).
@@ -101,7 +109,8 @@ class Collector:
 
     def collect(self, *, readings: bool = True) -> MetricsData | None:
         """Collect now: hooks (unless ``readings`` is False), the SDK's data, then every step; safe from any thread."""
-        self.collections += 1
+        with self._counting:
+            self.collections += 1
         for hook in list(self.hooks) if readings else ():
             try:
                 hook()
