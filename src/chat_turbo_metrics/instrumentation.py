@@ -39,8 +39,8 @@ Example:
 
 from __future__ import annotations
 
-import os
 import logging
+import os
 from collections.abc import Callable, Mapping
 
 from chat_turbo_metrics._collection.ratio import HITS as CACHE_HITS
