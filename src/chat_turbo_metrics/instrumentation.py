@@ -26,6 +26,8 @@ instrumentors are released with the core at the same version; a name here change
 - :class:`MetricDefinition`, :func:`define_metrics`: semantic-convention metrics whose names carry no unit
   (:data:`DB_CLIENT_OPERATION_DURATION`, :data:`DB_CLIENT_CONNECTION_COUNT`, :data:`HTTP_CLIENT_REQUEST_DURATION`),
   declared on a monitor with their unit, description and the conventions' buckets before first use.
+- :func:`prometheus_label`: the Prometheus label name of an attribute key (``http.route`` -> ``http_route``), as
+  the OpenTelemetry-Prometheus compatibility specification maps it.
 - :func:`register_after_fork`: repair an instrumentor's own state in a forked child, in the core's one fork
   registry (never ``os.register_at_fork`` directly: ``tests/_core/test_forks.py`` checks it).
 
@@ -48,6 +50,7 @@ from chat_turbo_metrics._collection.ratio import MISSES as CACHE_MISSES
 from chat_turbo_metrics._core import forks
 from chat_turbo_metrics._core.config.instrumentor_variables import EnvironmentVariable
 from chat_turbo_metrics._core.guard import FLOAT_MAX, Problems
+from chat_turbo_metrics._core.naming import prometheus_label
 from chat_turbo_metrics._core.semconv import (
     DB_CLIENT_CONNECTION_COUNT,
     DB_CLIENT_OPERATION_DURATION,
@@ -80,6 +83,7 @@ __all__ = [
     "StatementClassifier",
     "bundle_produced",
     "define_metrics",
+    "prometheus_label",
     "register_after_fork",
     "semconv_mode",
     "strip_literals",
