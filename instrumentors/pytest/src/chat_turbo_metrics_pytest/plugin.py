@@ -19,15 +19,18 @@ import pytest
 from chat_turbo_metrics import AlertManager, PerformanceMonitor, configure
 from chat_turbo_metrics_pytest import _helpers
 
-_ISOLATED = {"metrics_exporters": (), "traces_exporters": (), "self_telemetry": False}
+
+def _isolated() -> PerformanceMonitor:
+    """The process-wide monitor on a new pipeline: no exporters, no self-telemetry, no data yet."""
+    return configure(metrics_exporters=(), traces_exporters=(), self_telemetry=False)
 
 
 @pytest.fixture
 def metrics_monitor() -> Iterator[PerformanceMonitor]:
     """The process-wide monitor on a new pipeline with no exporters, for this test; again without data after."""
-    monitor = configure(**_ISOLATED)
+    monitor = _isolated()
     yield monitor
-    configure(**_ISOLATED)  # what the test recorded goes; no exporter comes back
+    _isolated()  # what the test recorded goes; no exporter comes back
 
 
 @pytest.fixture
