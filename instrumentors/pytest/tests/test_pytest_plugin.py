@@ -94,7 +94,24 @@ def test_an_alert_steps_from_inactive_to_firing_and_back(
     metrics_monitor.record_gauge("queue_depth", 2, {"queue": "mail"})
     metrics_clock.advance(60)
     alert_manager.evaluate()
-    assert alert_state(alert_manager, "slow", {"queue": "mail"}) in ("resolved", "inactive")
+    assert alert_state(alert_manager, "slow", {"queue": "mail"}) == "resolved"
+    assert alert_state(alert_manager, "slow", {"queue": "sms"}) == "inactive"  # never active
+    metrics_monitor.record_gauge("queue_depth", 30, {"queue": "mail"})
+    metrics_clock.advance(60)
+    alert_manager.evaluate()
+    assert_alert(alert_manager, "slow", "pending", {"queue": "mail"})  # active again: pending, not resolved
+
+
+def test_a_pending_alert_dropped_is_inactive(
+    metrics_monitor: PerformanceMonitor, alert_manager: AlertManager, metrics_clock: ManualClock
+) -> None:
+    alert_manager.add_rule(RULE)
+    metrics_monitor.record_gauge("queue_depth", 50, {"queue": "mail"})
+    alert_manager.evaluate()
+    metrics_monitor.record_gauge("queue_depth", 0, {"queue": "mail"})
+    metrics_clock.advance(30)
+    alert_manager.evaluate()
+    assert_alert(alert_manager, "slow", "inactive", {"queue": "mail"})
 
 
 def test_assert_alert_names_every_alert_of_the_rule(
@@ -167,3 +184,28 @@ def test_without_the_plugin_the_fixtures_are_not_there(pytester: pytest.Pytester
     result = pytester.runpytest_subprocess("-p", "no:chat_turbo_metrics", "-p", "no:cacheprovider", "-q", "-n", "0")
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(["*fixture 'sample_value' not found*"])
+
+
+def test_the_environment_cannot_turn_the_monitor_off_or_add_exporters(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PERFORMANCE_MONITORING_ENABLED", "false")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "prometheus,otlp")
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "database")  # other settings still come from it
+    pytester.makepyfile(
+        test_env=textwrap.dedent(
+            """
+            from chat_turbo_metrics.instrumentation import semconv_mode
+
+
+            def test_isolated(metrics_monitor, sample_value):
+                assert metrics_monitor.config.enabled is True
+                assert metrics_monitor.config.metrics_exporters == ()
+                assert semconv_mode("database", metrics_monitor).semconv
+                metrics_monitor.increment_counter("runs")
+                assert sample_value("runs_total") == 1
+            """
+        )
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", "-n", "0")
+    result.assert_outcomes(passed=1)

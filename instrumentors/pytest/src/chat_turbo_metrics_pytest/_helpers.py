@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -67,11 +67,17 @@ def _same(found: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
     )
 
 
+def _rule_id(manager: AlertManager, rule: str) -> str:
+    for item in manager.rules():
+        if rule in (item.id, item.name):
+            return item.id
+    known = sorted({item.id for item in manager.rules()} | {item.name for item in manager.rules()})
+    raise LookupError(f"no rule {rule!r} in this alert manager (rules: {known})")
+
+
 def _rule_alerts(manager: AlertManager, rule: str) -> list[Any]:
-    known = {item.id for item in manager.rules()} | {item.name for item in manager.rules()}
-    if rule not in known:
-        raise LookupError(f"no rule {rule!r} in this alert manager (rules: {sorted(known)})")
-    return [alert for alert in manager.alerts() if rule in (alert.rule_id, alert.name)]
+    rule_id = _rule_id(manager, rule)
+    return [alert for alert in manager.alerts() if alert.rule_id == rule_id]
 
 
 def _holding(alerts: Iterable[Any], labels: Mapping[str, Any] | None) -> list[Any]:
@@ -79,28 +85,39 @@ def _holding(alerts: Iterable[Any], labels: Mapping[str, Any] | None) -> list[An
     return [alert for alert in alerts if all(alert.labels.get(key) == value for key, value in wanted.items())]
 
 
+def _one(found: list[Any], rule: str, labels: Mapping[str, Any] | None, state: Callable[[Any], str]) -> str:
+    if len(found) > 1:
+        shown = ", ".join(f"{dict(item.labels)}: {state(item)}" for item in found)
+        raise LookupError(f"{len(found)} alerts of {rule!r} hold {dict(labels or {})}; name more labels ({shown})")
+    return state(found[0])
+
+
 def alert_state(manager: AlertManager, rule: str, labels: Mapping[str, Any] | None = None) -> str:
     """The state of ``rule``'s alert whose labels hold ``labels``, after the manager's last evaluation.
 
-    ``inactive`` when it has no such alert (never true, or dropped); otherwise ``pending``, ``firing`` or
-    ``resolved`` (as :meth:`AlertManager.alerts` shows them).
+    ``pending`` or ``firing`` for an active alert; ``resolved`` when its last transition resolved it (it stays
+    so until it is pending again); ``inactive`` when it never was active, or was dropped while pending.
 
     Raises:
         LookupError: the manager has no rule with that id or name, or several of its alerts hold ``labels``
             (name more labels).
     """
-    found = _holding(_rule_alerts(manager, rule), labels)
-    if not found:
+    active = _holding(_rule_alerts(manager, rule), labels)
+    if active:
+        return _one(active, rule, labels, lambda alert: str(alert.state))
+    latest: dict[str, Any] = {}  # fingerprint -> the alert's last transition
+    for transition in manager.history(rule_id=_rule_id(manager, rule)):
+        latest[transition.alert.fingerprint] = transition
+    ended = _holding((item.alert for item in latest.values()), labels)
+    if not ended:
         return INACTIVE
-    if len(found) > 1:
-        shown = ", ".join(f"{dict(alert.labels)}: {alert.state}" for alert in found)
-        raise LookupError(f"{len(found)} alerts of {rule!r} hold {dict(labels or {})}; name more labels ({shown})")
-    return str(found[0].state)
+    last = {id(item.alert): item.current for item in latest.values()}
+    return _one(ended, rule, labels, lambda alert: str(last[id(alert)]))
 
 
 def assert_alert(manager: AlertManager, rule: str, state: str, labels: Mapping[str, Any] | None = None) -> None:
     """Assert that ``rule``'s alert holding ``labels`` is in ``state`` (``inactive``, ``pending``, ``firing``,
-    ``resolved``); the failure names every alert of the rule with its state and value.
+    ``resolved``: see :func:`alert_state`); the failure names every active alert of the rule with its value.
 
     Raises:
         AssertionError: it is in another state.

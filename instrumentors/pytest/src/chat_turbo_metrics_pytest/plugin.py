@@ -21,8 +21,8 @@ from chat_turbo_metrics_pytest import _helpers
 
 
 def _isolated() -> PerformanceMonitor:
-    """The process-wide monitor on a new pipeline: no exporters, no self-telemetry, no data yet."""
-    return configure(metrics_exporters=(), traces_exporters=(), self_telemetry=False)
+    """The process-wide monitor on a new pipeline: enabled, no exporters, no self-telemetry, no data yet."""
+    return configure(enabled=True, metrics_exporters=(), traces_exporters=(), self_telemetry=False)
 
 
 @pytest.fixture
