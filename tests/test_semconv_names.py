@@ -4,28 +4,22 @@
 only) and to ``<signal>/dup`` (both). Each instrumentor is driven through a real library (Starlette through
 httpx, SQLAlchemy on a SQLite file, redis-py against Redis at 127.0.0.1:6379, psutil), the scrape is parsed with
 prometheus_client's parser, and every family is held with its type and label names: a renamed metric, a lost
-unit suffix or a label that kept its dot fails here. A real Prometheus then scrapes the semantic-convention names
-and must store them under the same names (the OTel-Prometheus compatibility specification's rendering).
+unit suffix or a label that kept its dot fails here. ``tests/exporters/test_prometheus_semconv.py`` has a real
+Prometheus store the semantic-convention names under the same names.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import time
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from chat_turbo_metrics import PerformanceMonitor, get_monitoring_config
 from chat_turbo_metrics.exporters.prometheus import PrometheusExporter
-from conftest import free_port, port_open, require, require_tool
+from conftest import port_open, require
 
 Families = dict[str, tuple[str, frozenset[str]]]  # family -> (type, label names of its samples)
 
@@ -218,14 +212,19 @@ def families_of(text: str) -> Families:
     return found
 
 
+def opted_in_monitor(opt_in: str) -> PerformanceMonitor:
+    """A private monitor configured from an environment where ``OTEL_SEMCONV_STABILITY_OPT_IN`` is ``opt_in``."""
+    env = {"CHAT_TURBO_ENV": "test", "OTEL_SEMCONV_STABILITY_OPT_IN": opt_in, "METRICS_SELF_TELEMETRY": "false"}
+    return PerformanceMonitor(get_monitoring_config(env=env))
+
+
 @pytest.fixture
 def opted_in() -> Iterator[Callable[[str], PerformanceMonitor]]:
     """A monitor configured from an environment with ``OTEL_SEMCONV_STABILITY_OPT_IN`` set as given."""
     made: list[PerformanceMonitor] = []
 
     def build(opt_in: str) -> PerformanceMonitor:
-        env = {"CHAT_TURBO_ENV": "test", "OTEL_SEMCONV_STABILITY_OPT_IN": opt_in, "METRICS_SELF_TELEMETRY": "false"}
-        monitor = PerformanceMonitor(get_monitoring_config(env=env))
+        monitor = opted_in_monitor(opt_in)
         made.append(monitor)
         return monitor
 
@@ -340,81 +339,3 @@ def test_configure_switches_the_names_of_a_bound_middleware() -> None:
         assert "api_requests" not in snapshot.names()
     finally:
         configure(environment="test", metrics_exporters=(), self_telemetry=False)
-
-
-# --- a real Prometheus stores them under the same names -----------------------------------------------------
-def _query(base: str, path: str, **params: str) -> Any:
-    with urllib.request.urlopen(f"{base}{path}?{urllib.parse.urlencode(params)}", timeout=5) as response:
-        body = json.load(response)
-    assert body["status"] == "success", body
-    return body["data"]
-
-
-def test_real_prometheus_stores_the_semconv_names(
-    opted_in: Callable[[str], PerformanceMonitor], tmp_path: Path
-) -> None:
-    binary = require_tool("prometheus")
-    monitor = opted_in("http,database")
-    drive_http(monitor, tmp_path)
-    database_done = drive_database(monitor, tmp_path)
-    drive_system(monitor, tmp_path)
-    exporter = PrometheusExporter(host="127.0.0.1", port=0)
-    monitor.add_exporter(exporter)
-    expected = families_of(exporter.render())
-    assert {"http_server_request_duration_seconds", "db_client_operation_duration_seconds"} <= set(expected)
-
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: semconv\n"
-        f"    static_configs:\n      - targets: ['127.0.0.1:{exporter.port}']\n",
-        encoding="utf-8",
-    )
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = tmp_path / "prometheus.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=output, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        names: set[str] = set()
-        while time.monotonic() < deadline:
-            try:
-                names = set(_query(base, "/api/v1/label/__name__/values"))
-            except OSError:
-                names = set()
-            if "http_server_request_duration_seconds_bucket" in names and "process_cpu_time_seconds_total" in names:
-                break
-            time.sleep(0.25)
-        else:
-            pytest.fail(f"never scraped; stored {sorted(names)}; log:\n{log.read_text()[-3000:]}")
-        for family, (kind, labels) in expected.items():
-            samples = {
-                "histogram": [f"{family}_bucket", f"{family}_sum", f"{family}_count"],
-                "counter": [f"{family}_total"],
-            }.get(kind, [family])
-            assert set(samples) <= names, family
-            series = _query(base, "/api/v1/series", **{"match[]": samples[0]})
-            stored = {key for item in series for key in item} - {"__name__", "job", "instance"}
-            assert stored == set(labels), family
-        # and PromQL reads the conventions' duration in seconds per route
-        rate = _query(
-            base,
-            "/api/v1/query",
-            query='sum by (http_route) (http_server_request_duration_seconds_count{http_route!=""})',
-        )
-        assert {item["metric"]["http_route"]: float(item["value"][1]) for item in rate["result"]} == {
-            "/api/messages/{id}": 1.0,
-            "/fail": 1.0,
-        }
-    finally:
-        database_done()
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
