@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -77,7 +78,7 @@ def test_postgresql_statements_carry_the_conventions_attributes(
     assert labels == {"postgresql://127.0.0.1:5432/test"}
 
 
-def test_configure_switches_the_names_of_an_instrumented_engine() -> None:
+def test_configure_switches_the_names_of_an_instrumented_engine(tmp_path: Path) -> None:
     """The instrumentor records into the process-wide monitor; reconfigured with the opt-in, it changes names."""
     from sqlalchemy import create_engine, text
 
@@ -86,7 +87,7 @@ def test_configure_switches_the_names_of_an_instrumented_engine() -> None:
     monitor = configure(environment="test", metrics_exporters=(), self_telemetry=False)
     instrumentor = SQLAlchemyInstrumentor()
     instrumentor.instrument()
-    engine = create_engine("sqlite://")
+    engine = create_engine(f"sqlite:///{tmp_path / 'switch.db'}")  # a file: a QueuePool, whose counts are read
     try:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
@@ -95,6 +96,12 @@ def test_configure_switches_the_names_of_an_instrumented_engine() -> None:
         configure(
             environment="test", metrics_exporters=(), self_telemetry=False, semconv_stability_opt_in="database/dup"
         )
+        # the pool is read under both names at the first collection, before any statement
+        pool = monitor.snapshot()
+        label = f"sqlite:///{tmp_path / 'switch.db'}"
+        assert pool.value("db.client.connection.count", {"db.client.connection.pool.name": label,
+                                                         "db.client.connection.state": "idle"}) == 1  # fmt: skip
+        assert pool.value("database_connections", {"pool": label, "state": "idle"}) == 1
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
         snapshot = monitor.snapshot()

@@ -156,6 +156,8 @@ class _Listener:
         monitor = self.hooked
         if monitor is None:
             return
+        if monitor.increment_counter is not self.marker:  # configure() since the last statement
+            self.follow(monitor)
         with self.engines_lock:
             engines = list(self.engines.items())
         for engine, label in engines:
