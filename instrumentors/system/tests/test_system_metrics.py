@@ -55,7 +55,8 @@ class FakeProcess:
     def sample(self) -> ProcessSample:
         self.samples += 1
         return ProcessSample(pid=4242, cpu_seconds=self.cpu, rss_bytes=64 * 1024 * 1024, threads=7, open_fds=12,
-                             connections=3)  # fmt: skip
+                             connections=3, cpu_user=self.cpu * 0.75, cpu_system=self.cpu * 0.25,
+                             virtual_bytes=256 * 1024 * 1024, context_switches=(40, 2), started=1.0)  # fmt: skip
 
     def clock(self) -> float:
         return self.now
