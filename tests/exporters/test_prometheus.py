@@ -278,12 +278,16 @@ class PrometheusServer:
     base_url: str
     log_path: Path
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        url = f"{self.base_url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
+    def api(self, path: str, **params: str) -> Any:
+        """The ``data`` of a successful answer of the HTTP API at ``path`` (``/api/v1/series``, ...)."""
+        url = f"{self.base_url}{path}?{urllib.parse.urlencode(params)}"
         with urllib.request.urlopen(url, timeout=5) as response:
             body = json.load(response)
         assert body["status"] == "success", body
-        return body["data"]["result"]  # type: ignore[no-any-return]
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        return self.api("/api/v1/query", query=expr)["result"]  # type: ignore[no-any-return]
 
     def wait_for(self, expr: str, done: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
         """Poll ``expr`` until ``done(result)``; fail with the last result and Prometheus's log at the deadline."""
@@ -349,6 +353,16 @@ def wait_ready(process: subprocess.Popen[bytes], server: PrometheusServer) -> No
     pytest.fail(f"prometheus did not become ready (exit code {process.poll()}); log:\n{log}")
 
 
+def stop_prometheus(process: subprocess.Popen[bytes]) -> None:
+    """Stop a Prometheus this test started: terminated, killed if it does not exit within 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @dataclass
 class Scraped:
     monitor: PerformanceMonitor
@@ -367,12 +381,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
         server.wait_for('up{job="chat_turbo"}', lambda result: values(result) == [1.0])
         yield Scraped(monitor, server)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_prometheus(process)
         monitor.shutdown()
 
 
