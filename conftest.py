@@ -37,7 +37,9 @@ def _doctest_names(
     from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
 
     monitor = PerformanceMonitor(MonitoringConfig(environment="test", metrics_exporters=(), self_telemetry=False))
-    doctest_namespace.update(monitor=monitor, pipeline=monitor.pipeline, config=monitor.config, tmp_path=tmp_path)
+    # `pipeline`: the pipeline itself (not the public view), for the internal modules' examples.
+    pipeline = monitor._runtime.pipeline
+    doctest_namespace.update(monitor=monitor, pipeline=pipeline, config=monitor.config, tmp_path=tmp_path)
     yield
     monitor.shutdown()
 

@@ -105,7 +105,7 @@ def test_opentelemetry_globals_follow_configure_for_instruments_made_before_and_
         early.add(1)
         monitor = chat_turbo_metrics.configure(metrics_exporters=(), service_name="second")
         spans = InMemorySpanExporter()
-        monitor.pipeline.add_span_processor(SimpleSpanProcessor(spans))
+        monitor.subscribe(SimpleSpanProcessor(spans))
         early.add(2)                                            # created before configure()
         metrics.get_meter("late.lib").create_counter("late_jobs").add(4)
         with early_tracer.start_as_current_span("early-span"):

@@ -26,7 +26,7 @@ def monitor(request: pytest.FixtureRequest) -> Iterator[PerformanceMonitor]:
 
 def collect(monitor: PerformanceMonitor, *, readings: bool = True) -> int:
     """Collect as a caller that remembers its collection does; the mark to ask ``quiet_since`` with."""
-    pipeline = monitor.pipeline
+    pipeline = monitor._runtime.pipeline  # the pipeline itself: collections and quiet_since are not public
     assert pipeline is not None
     mark = pipeline.collections + 1
     pipeline.collect(readings=readings)
@@ -34,8 +34,8 @@ def collect(monitor: PerformanceMonitor, *, readings: bool = True) -> int:
 
 
 def quiet(monitor: PerformanceMonitor, mark: int) -> bool:
-    assert monitor.pipeline is not None
-    return monitor.pipeline.quiet_since(mark)
+    assert monitor._runtime.pipeline is not None
+    return monitor._runtime.pipeline.quiet_since(mark)
 
 
 RECORDINGS: dict[str, Callable[[PerformanceMonitor], None]] = {
@@ -117,11 +117,11 @@ def test_a_collection_without_readings_runs_no_hook_and_keeps_what_hooks_recorde
         monitor.record_gauge("pool_in_use", len(calls))
 
     monitor.add_collection_hook(reading)
-    assert monitor.pipeline is not None
+    assert monitor._runtime.pipeline is not None
     monitor.snapshot()
-    monitor.pipeline.collect(readings=False)
+    monitor._runtime.pipeline.collect(readings=False)
     assert calls == [1]
-    data = monitor.pipeline.collect(readings=False)
+    data = monitor._runtime.pipeline.collect(readings=False)
     assert data is not None
     values = [
         point.value
@@ -148,6 +148,6 @@ def test_a_collector_without_watches_is_never_quiet() -> None:
 
 
 def test_a_producer_that_cannot_tell_keeps_the_pipeline_from_ever_being_quiet(monitor: PerformanceMonitor) -> None:
-    assert monitor.pipeline is not None
-    monitor.pipeline.add_producer(lambda now: [])
+    assert monitor._runtime.pipeline is not None
+    monitor._runtime.pipeline.add_producer(lambda now: [])
     assert not quiet(monitor, collect(monitor))

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from chat_turbo_metrics import ConfigurationError, MonitoringConfig, PerformanceMonitor, get_monitoring_config
-from chat_turbo_metrics.alerting._delivery import Channel, DeliveryStats, Job, RetryPolicy
+from chat_turbo_metrics.alerting import DeliveryStats, RetryPolicy
+from chat_turbo_metrics.alerting._delivery import Channel, Job
 from chat_turbo_metrics.multiprocess._merge import encode, gauge_modes, merge
 from conftest import free_port, service_process
 

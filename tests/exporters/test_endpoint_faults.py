@@ -199,13 +199,13 @@ def exporting_monitor(monitor_factory: MonitorFactory, endpoint: Endpoint) -> tu
     monitor = monitor_factory(export_interval_s=0.1, export_timeout_s=TIMEOUT_S, shutdown_timeout_s=2.0)
     monitor.add_exporter(endpoint.make_exporter())
     assert monitor.pipeline is not None
-    [name] = monitor.pipeline.fanout.failures
+    [name] = monitor.pipeline.export_failures
     return monitor, name
 
 
 def failures(monitor: PerformanceMonitor, name: str) -> int:
     assert monitor.pipeline is not None
-    return monitor.pipeline.fanout.failures[name]
+    return monitor.pipeline.export_failures[name]
 
 
 def fault(endpoint: Endpoint, kind: str) -> AbstractContextManager[None]:

@@ -265,7 +265,7 @@ def test_port_in_use_raises_oserror_naming_host_and_port(monitor_factory: Monito
 
     assert raised.value.errno == errno.EADDRINUSE
     assert monitor.pipeline is not None
-    assert monitor.pipeline.pull_exporters == []
+    assert monitor.pipeline.pull_exporters == ()
 
 
 # --- a real Prometheus server --------------------------------------------------------------------

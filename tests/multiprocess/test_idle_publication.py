@@ -43,7 +43,7 @@ MEMBER = textwrap.dedent(
         monitor.record_gauge("pool_in_use", len(readings))
 
     monitor.add_collection_hook(reading)
-    (session,) = monitor.pipeline._memberships
+    (session,) = monitor._runtime.pipeline._memberships
     print(session.role, session.token, flush=True)
     for line in sys.stdin:  # "jobs N": record; "readings": how many were taken; "exit": shut down
         command, *arguments = line.split()

@@ -241,6 +241,14 @@ class Pipeline:
                 f"got {type(exporter).__name__}"
             )
 
+    def remove_exporter(self, exporter: MetricExporter | PullExporter) -> bool:
+        """Stop feeding a push exporter :meth:`add_exporter` added; it is not shut down (the caller owns it again).
+
+        Returns:
+            True when it was being fed; False otherwise (a pull exporter stops only with the pipeline).
+        """
+        return isinstance(exporter, MetricExporter) and self.fanout.remove(exporter)
+
     def health_sources(self, dropped_recordings: Callable[[], Mapping[str, int]] = dict) -> Sources:
         """What this pipeline's self-telemetry reads; ``dropped_recordings`` from the recorder's guard."""
         return Sources(
