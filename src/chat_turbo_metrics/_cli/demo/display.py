@@ -8,13 +8,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
 from chat_turbo_metrics._cli.demo.alerts import Delivery
-from chat_turbo_metrics._cli.demo.service import FAILING_ROUTE
+from chat_turbo_metrics._cli.demo.service import FAILING_ROUTE, SLOW_ROUTE
 from chat_turbo_metrics._cli.demo.traffic import ClientStats
 from chat_turbo_metrics.alerting import Alert, AlertTransition
 from chat_turbo_metrics.exporters._database_query import quantile
@@ -81,22 +82,32 @@ class LiveView:
 
     def __rich__(self) -> RenderableType:
         elapsed = time.monotonic() - self.origin
-        stats = self.stats
-        table = Table.grid(padding=(0, 2))
+        stats, alerts = self.stats, self.active_alerts()
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        for column in ("requests", "req/s", "errors", f"p95 (last {stats.window_s:g} s)", "active alerts", "phase"):
+            table.add_column(column, justify="right" if column != "phase" else "left", no_wrap=True)
+        explained = "deliberate" if stats.errors == stats.deliberate else f"{stats.errors - stats.deliberate} other"
+        firing = sum(alert.state == "firing" for alert in alerts)
         table.add_row(
-            Text(f"requests {stats.requests:,}", style="bold"),
-            f"{stats.recent_rate():.0f}/s",
-            f"errors {stats.recent_error_ratio():.1%} (all from {FAILING_ROUTE}, failing on purpose)",
-            f"p95 (last {stats.window_s:.0f} s) {_ms(stats.recent_p95())}",
+            f"{stats.requests:,}",
+            f"{stats.recent_rate():.0f}",
+            f"{stats.recent_error_ratio():.1%} ({explained})",
+            _ms(stats.recent_p95()),
+            Text(f"{len(alerts)} ({firing} firing)", style="bold red" if firing else ""),
+            Text(f"slow: GET {SLOW_ROUTE} ~3 s", style="yellow") if self.slow_phase() else Text("normal"),
         )
-        alerts = self.active_alerts()
-        phase = Text("slow phase: GET /api/search takes ~3 s", style="yellow") if self.slow_phase() else Text("")
-        lines = [f"[{_STYLE.get(a.state, '')}]{a.state}[/] {a.name} on {_where(a)}" for a in alerts]
-        table.add_row(Text(f"active alerts {len(alerts)}"), phase, Text.from_markup("; ".join(lines) or "none"))
+        lines: list[RenderableType] = [table]
+        lines += [
+            Text.from_markup(f"  [{_STYLE.get(a.state, '')}]{a.state}[/] {a.name} on {_where(a)}: p95 {a.value:.2f} s")
+            for a in alerts
+            if a.value is not None
+        ]
         if self.duration_s <= 0:
-            return Group(table, Text(f"{elapsed:.0f} s, Ctrl-C to stop and print the report", style="dim"))
-        bar = ProgressBar(total=self.duration_s, completed=min(elapsed, self.duration_s), width=50)
-        return Group(table, Group(bar, Text(f"{elapsed:.0f} / {self.duration_s:.0f} s", style="dim")))
+            lines.append(Text(f"{elapsed:.0f} s; Ctrl-C stops the demo and prints the report", style="dim"))
+        else:
+            bar = ProgressBar(total=self.duration_s, completed=min(elapsed, self.duration_s), width=60)
+            lines += [bar, Text(f"{elapsed:.0f} / {self.duration_s:g} s", style="dim")]
+        return Group(*lines)
 
 
 @dataclass(frozen=True)
