@@ -71,7 +71,7 @@ def _label(attributes: tuple[tuple[str, Any], ...]) -> str:
 
 
 def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.6g}"
+    return "-" if value is None else f"{value:.4g}"
 
 
 def _clamped(value: float | None, low: float | None, high: float | None) -> float | None:
