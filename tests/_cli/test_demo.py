@@ -267,3 +267,70 @@ def test_a_second_demo_on_the_same_port_fails_and_names_the_first(tmp_path: Path
     assert not (tmp_path / "second.db").exists()  # the second wrote no history
     assert first.returncode == 0
     assert sum(row[0] for row in report_rows(output).values()) > 0
+
+
+def test_report_over_the_demo_history_counts_what_the_demo_served(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    from chat_turbo_metrics.__main__ import main
+
+    assert main(["report", str(run.history), "--since", "10m", "--metric", "api_requests_total", "--no-charts"]) == 0
+    out = capsys.readouterr().out
+    counted: dict[str, int] = {}
+    for line in out.splitlines():
+        match = re.match(r"│ endpoint=(\S+), method=(\w+), status=\d+\s+│\s+(\d+) │", line)
+        if match:
+            route = f"{match.group(2)} {match.group(1)}"
+            counted[route] = counted.get(route, 0) + int(match.group(3))
+    assert counted == {route: row[0] for route, row in report_rows(run.result.stdout).items()}
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--webhook", "http://10.1.2.3/hook"], "--webhook"),
+        (["--webhook", "ftp://127.0.0.1/hook"], "--webhook"),
+        (["--interval", "0"], "--interval"),
+        (["--rate", "nan"], "--rate"),
+        (["--slow-for", "-1"], "--slow-for"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_starts(
+    args: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from chat_turbo_metrics.__main__ import main
+
+    assert main(["demo", *args]) == 2
+    err = capsys.readouterr().err
+    assert named in err
+    assert args[1] in err
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_dry_run(venv: Path) -> list[str]:
+    result = subprocess.run(
+        ["make", "-n", "demo", f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    return result.stdout.splitlines()
+
+
+def test_make_demo_installs_the_demo_extra_and_its_instrumentors_only(tmp_path: Path) -> None:
+    (install,) = [line for line in make_dry_run(tmp_path / "venv") if "pip install" in line]
+    assert "-e '.[demo]'" in install
+    assert "[test]" not in install
+    installed = set(re.findall(r"-e (instrumentors/\w+)", install))
+    assert installed == {"instrumentors/http", "instrumentors/database", "instrumentors/system"}
+
+
+def test_make_demo_installs_nothing_once_its_stamp_or_the_test_install_is_there(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    stamps = [line for line in make_dry_run(venv) if line.startswith("rm -f") or "touch" in line]
+    stamp = re.search(r"touch (\S+)", stamps[-1])
+    assert stamp is not None, stamps
+    venv.mkdir()
+    Path(stamp.group(1)).touch()  # the demo's own stamp, as a first run leaves it
+    assert not [line for line in make_dry_run(venv) if "pip install" in line]
+    Path(stamp.group(1)).unlink()
+    test_stamp = Path(stamp.group(1).replace(".demo-installed-", ".installed-"))
+    test_stamp.touch()  # `make test`'s install, a superset
+    assert not [line for line in make_dry_run(venv) if "pip install" in line]

@@ -28,9 +28,15 @@ def _record(exporter: object) -> None:
     monitor = PerformanceMonitor(MonitoringConfig(metrics_exporters=()))
     monitor.add_exporter(exporter)  # type: ignore[arg-type]
     monitor.define("request_seconds", "histogram", buckets=BUCKETS)
-    monitor.increment_counter("messages_sent", {"channel": "public"}, value=120)
+    # Two exports: the file exporter writes cumulative points, the database one deltas; both must add up once.
+    monitor.increment_counter("messages_sent", {"channel": "public"}, value=100)
+    for value in FAST[:40] + SLOW[:5]:
+        monitor.record_histogram("request_seconds", value, {"route": "/chat"})
+    monitor.record_gauge("memory_usage_mb", 70.0)
+    monitor.force_flush()
+    monitor.increment_counter("messages_sent", {"channel": "public"}, value=20)
     monitor.increment_counter("messages_sent", {"channel": "support"}, value=30)
-    for value in FAST + MEDIUM + SLOW:
+    for value in FAST[40:] + MEDIUM + SLOW[5:]:
         monitor.record_histogram("request_seconds", value, {"route": "/chat"})
     monitor.record_gauge("memory_usage_mb", 64.0)
     monitor.force_flush()
@@ -129,7 +135,7 @@ def test_png_charts_are_images_with_content(store: str, capsys: pytest.CaptureFi
         assert pixels.shape[0] >= 300
         assert pixels.shape[1] >= 800
         assert pixels.std() > 0.05  # axes, text and lines, not a blank image
-    assert table_rows(out, "memory_usage_mb (gauge)") == {"(no attributes)": ["64", "64", "64"]}
+    assert table_rows(out, "memory_usage_mb (gauge)") == {"(no attributes)": ["64", "64", "70"]}  # last, min, max
 
 
 def test_a_metric_not_stored_is_refused_with_the_closest_names(store: str, capsys: pytest.CaptureFixture[str]) -> None:

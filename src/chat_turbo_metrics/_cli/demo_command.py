@@ -3,7 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import sys
+from importlib.util import find_spec
 from typing import Any
+from urllib.parse import urlsplit
+
+
+def _refuse(reason: str) -> int:
+    print(f"chat-turbo-metrics demo: {reason}", file=sys.stderr)
+    return 2
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def register(commands: Any) -> None:
@@ -35,8 +53,21 @@ def run(args: argparse.Namespace) -> int:
 
     for name in ("duration", "interval", "slow_after", "slow_for", "alert_window", "alert_for", "rate"):
         value = getattr(args, name)
-        if not value >= 0 or (name in ("interval", "rate", "alert_window") and value == 0):
-            raise SystemExit(f"chat-turbo-metrics demo: --{name.replace('_', '-')}={value!r}: must be > 0")
+        positive = name in ("interval", "rate", "alert_window")
+        if not (value > 0 if positive else value >= 0):  # also refuses NaN
+            return _refuse(f"--{name.replace('_', '-')}={value!r}: must be {'> 0' if positive else '>= 0'}")
+    for url in args.webhook:
+        host = urlsplit(url).hostname or ""
+        if urlsplit(url).scheme not in ("http", "https") or not _loopback(host):
+            return _refuse(f"--webhook {url!r}: the demo only notifies loopback addresses (127.0.0.1, ::1, localhost)")
+    missing = [module for module in ("starlette", "uvicorn", "httpx", "rich") if find_spec(module) is None]
+    if missing:
+        print(
+            f"demo not started: {', '.join(missing)} not installed; `make demo` installs them, "
+            "or pip install 'chat-turbo-metrics[demo]' with the http, database and system instrumentors",
+            file=sys.stderr,
+        )
+        return 2
     return run_demo(
         DemoOptions(
             duration_s=args.duration,

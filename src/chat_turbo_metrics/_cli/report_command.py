@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from importlib.util import find_spec
 from typing import Any
 
 
@@ -27,6 +29,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the report with the parsed options; returns the exit status."""
     from chat_turbo_metrics._cli.report import run_report
 
+    missing = [module for module in ("rich", "plotext", "matplotlib") if find_spec(module) is None]
+    if missing:
+        print(f"report: {', '.join(missing)} not installed: pip install 'chat-turbo-metrics[report]'", file=sys.stderr)
+        return 2
     if args.step is not None and not args.step > 0:
         raise SystemExit(f"chat-turbo-metrics report: --step={args.step!r}: must be > 0")
     return run_report(args.store, args.metric, args.since, step_s=args.step, png=args.png, charts=not args.no_charts)

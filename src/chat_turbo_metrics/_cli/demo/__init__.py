@@ -146,6 +146,14 @@ def run_demo(options: DemoOptions | None = None) -> int:
         The exit status: 0, or 1 when the monitor could not start (e.g. its Prometheus port is taken).
     """
     options = options or DemoOptions()
+    try:
+        return _run_demo(options)
+    except KeyboardInterrupt:  # before the demo's own handler was installed (start-up) or after it (shutdown)
+        print("demo interrupted", file=sys.stderr)
+        return 130
+
+
+def _run_demo(options: DemoOptions) -> int:
     history = Path(options.history).resolve()
     monitor = _start(options, f"sqlite:///{history}")
     if monitor is None:
