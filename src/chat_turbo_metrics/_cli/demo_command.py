@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import sys
 from importlib.util import find_spec
 from typing import Any
 from urllib.parse import urlsplit
 
+from chat_turbo_metrics._core.endpoints import is_loopback
+
 
 def _refuse(reason: str) -> int:
     print(f"chat-turbo-metrics demo: {reason}", file=sys.stderr)
     return 2
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def register(commands: Any) -> None:
@@ -58,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             return _refuse(f"--{name.replace('_', '-')}={value!r}: must be {'> 0' if positive else '>= 0'}")
     for url in args.webhook:
         host = urlsplit(url).hostname or ""
-        if urlsplit(url).scheme not in ("http", "https") or not _loopback(host):
+        if urlsplit(url).scheme not in ("http", "https") or not is_loopback(host):
             return _refuse(f"--webhook {url!r}: the demo only notifies loopback addresses (127.0.0.1, ::1, localhost)")
     missing = [module for module in ("starlette", "uvicorn", "httpx", "rich") if find_spec(module) is None]
     if missing:

@@ -82,19 +82,10 @@ def _database(url: str) -> tuple[str, list[Point]]:
         with engine.connect() as connection:
             if not inspect(connection).has_table(points.name):
                 raise StoreError(f"{shown} holds no metric history (no {points.name} table: nothing exported yet)")
+            wanted = ("end_ns", "value", "count", "sum", "min", "max", "bounds", "bucket_counts")
             query = select(
-                streams.c.name,
-                streams.c.kind,
-                streams.c.unit,
-                streams.c.attributes,
-                points.c.end_ns,
-                points.c.value,
-                points.c.count,
-                points.c.sum,
-                points.c.min,
-                points.c.max,
-                points.c.bounds,
-                points.c.bucket_counts,
+                *(streams.c[column] for column in ("name", "kind", "unit", "attributes")),
+                *(points.c[column] for column in wanted),
             ).join(streams, streams.c.id == points.c.stream_id)
             rows = connection.execute(query.order_by(points.c.end_ns)).all()
     except SQLAlchemyError as error:
