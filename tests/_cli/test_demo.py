@@ -72,12 +72,12 @@ class Run:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    """One 12-second demo with short alert timings, notifying the test's receiver too."""
+    """One 14-second demo with short alert timings (resolved by about +10 s), notifying the test's receiver too."""
     receiver = Receiver()
     port, history = free_port(), tmp_path_factory.mktemp("demo") / "history.db"
     try:
         result = subprocess.run(
-            demo_command("--duration", "12", *SHORT, "--history", str(history), "--webhook", receiver.url),
+            demo_command("--duration", "14", *SHORT, "--history", str(history), "--webhook", receiver.url),
             env=clean_env(METRICS_PROMETHEUS_PORT=str(port), OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1"),
             capture_output=True,
             text=True,

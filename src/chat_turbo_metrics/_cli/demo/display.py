@@ -84,17 +84,18 @@ class LiveView:
         elapsed = time.monotonic() - self.origin
         stats, alerts = self.stats, self.active_alerts()
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-        for column in ("requests", "req/s", "errors", f"p95 (last {stats.window_s:g} s)", "active alerts", "phase"):
+        for column in ("requests", "req/s", "errors", f"p95 ({stats.window_s:g} s)", "alerts", "phase"):
             table.add_column(column, justify="right" if column != "phase" else "left", no_wrap=True)
         explained = "deliberate" if stats.errors == stats.deliberate else f"{stats.errors - stats.deliberate} other"
         firing = sum(alert.state == "firing" for alert in alerts)
+        states = f"{firing} firing" if firing else (f"{len(alerts)} pending" if alerts else "none")
         table.add_row(
             f"{stats.requests:,}",
             f"{stats.recent_rate():.0f}",
             f"{stats.recent_error_ratio():.1%} ({explained})",
             _ms(stats.recent_p95()),
-            Text(f"{len(alerts)} ({firing} firing)", style="bold red" if firing else ""),
-            Text(f"slow: GET {SLOW_ROUTE} ~3 s", style="yellow") if self.slow_phase() else Text("normal"),
+            Text(states, style="bold red" if firing else ""),
+            Text(f"slow {SLOW_ROUTE}", style="yellow") if self.slow_phase() else Text("normal"),
         )
         lines: list[RenderableType] = [table]
         lines += [
@@ -169,7 +170,8 @@ def print_report(
     )
     table = Table(title="per route (estimated from the histogram buckets)")
     for column in ("route", "requests", "5xx", "p50", "p95", "p99"):
-        table.add_column(column, justify="left" if column == "route" else "right", no_wrap=True)
+        # Numbers never wrap nor shorten; a long route folds onto a second line in a narrow terminal.
+        table.add_column(column, justify="left" if column == "route" else "right", no_wrap=column != "route")
     for row in routes:
         table.add_row(row.route, str(row.requests), str(row.errors), _ms(row.p50), _ms(row.p95), _ms(row.p99))
     console.print(table)
