@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,3 +199,33 @@ def test_demo_history_by_default_reports_the_key_metrics(tmp_path: Path, capsys:
     rows = table_rows(out, "api_requests_total (counter)")
     assert rows["endpoint=/api/search, method=GET, status=200"][0] == "2"
     assert "cpu_usage_percent" not in out
+
+
+@pytest.mark.parametrize("since", ["0", "abc", "-5m", "10 minutes"])
+def test_a_bad_window_is_refused(since: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "history.db"
+    _record(DatabaseExporter(f"sqlite:///{path}"))
+    status, out, err = report(capsys, str(path), f"--since={since}")
+    assert status == 2
+    assert out == ""
+    assert f"--since={since!r}" in err
+
+
+def test_a_window_without_the_metric_says_to_widen_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "metrics.jsonl"
+    exporter = FileExporter(str(path))
+    _record(exporter)
+    old = time.time() - 7200  # a point of another metric two hours before the others
+    with path.open("a") as stream:
+        stream.write(
+            json.dumps({"name": "old_total", "kind": "counter", "unit": "", "temporality": "delta", "attributes": {},
+                        "time_unix_nano": int(old * 1e9), "start_time_unix_nano": int(old * 1e9), "value": 5})
+            + "\n"
+        )  # fmt: skip
+    status, _, err = report(capsys, str(path), "--since", "1h", "--metric", "old_total")
+    assert status == 2
+    assert "'old_total'" in err
+    assert "--since" in err
+    status, out, err = report(capsys, str(path), "--since", "3h", "--metric", "old_total", "--no-charts")
+    assert status == 0, err
+    assert table_rows(out, "old_total (counter)") == {"(no attributes)": ["5", "0.000463"]}  # 5 per 3 h
