@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from chat_turbo_metrics.exporters import MetricHistory
-from conftest import clean_env, free_port, port_open
+from conftest import clean_env, free_port
 
 # Short timings: slow phase at +1 s for 3 s, p95 over 2 s above 2 s for 1 s, evaluated every 0.5 s.
 SHORT = ["--slow-after", "1", "--slow-for", "3", "--alert-window", "2", "--alert-for", "1", "--interval", "0.5"]
@@ -236,15 +236,15 @@ def test_a_second_demo_on_the_same_port_fails_and_names_the_first(tmp_path: Path
     port = free_port()
     env = clean_env(METRICS_PROMETHEUS_PORT=str(port), OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1", TMPDIR=str(tmp_path))
     first = subprocess.Popen(
-        demo_command("--duration", "6", "--history", str(tmp_path / "first.db")),
+        demo_command("--history", str(tmp_path / "first.db")),  # runs until the SIGINT below
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while not port_open("127.0.0.1", port):
+        deadline = time.monotonic() + 60
+        while served(port) == 0:  # its port is bound and its service answers
             assert time.monotonic() < deadline, "the first demo did not start"
             assert first.poll() is None, "the first demo exited"
             time.sleep(0.1)
@@ -257,6 +257,7 @@ def test_a_second_demo_on_the_same_port_fails_and_names_the_first(tmp_path: Path
             check=False,
         )
     finally:
+        first.send_signal(signal.SIGINT)
         output, _ = first.communicate(timeout=60)
 
     assert second.returncode == 1

@@ -1,5 +1,9 @@
 """The demo (``make demo``): a small Chat-Turbo service under the distro, realistic traffic, an alert's whole life.
 
+The instrumentors are loaded from their ``opentelemetry_instrumentor`` entry points, as ``opentelemetry-instrument``
+loads them; the pipeline is built by ``configure()`` (strict), so a taken Prometheus port stops the demo with one
+line naming its holder instead of running unmeasured.
+
 Everything runs on 127.0.0.1: the service (Starlette under uvicorn, a free port), its traffic, a webhook
 receiver (a free port) and the Prometheus endpoint of the configured environment (``development``:
 http://localhost:9464/metrics; ``METRICS_PROMETHEUS_PORT`` moves it). Metrics are kept as history in a SQLite
