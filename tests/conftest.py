@@ -67,6 +67,9 @@ def make_config(**settings: object) -> MonitoringConfig:
     """A test configuration: no exporters unless asked for."""
     settings.setdefault("metrics_exporters", ())
     settings.setdefault("environment", "test")
+    # Expected expositions are written without the otel_scope_* labels; tests/exporters/test_openmetrics.py
+    # covers them (on by default).
+    settings.setdefault("prometheus_scope_labels", False)
     return MonitoringConfig(**settings)  # type: ignore[arg-type]
 
 

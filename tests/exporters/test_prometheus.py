@@ -71,7 +71,7 @@ def scrape(exporter: PrometheusExporter) -> str:
 
 
 def served_by(monitor: PerformanceMonitor) -> PrometheusExporter:
-    exporter = PrometheusExporter(host="127.0.0.1", port=0)
+    exporter = PrometheusExporter(host="127.0.0.1", port=0, scope_labels=False)
     monitor.add_exporter(exporter)
     return exporter
 
@@ -434,7 +434,7 @@ def test_exporter_can_attach_again_once_the_port_is_free(monitor_factory: Monito
     squatter.bind(("127.0.0.1", 0))
     squatter.listen()
     port = squatter.getsockname()[1]
-    exporter = PrometheusExporter(host="127.0.0.1", port=port)
+    exporter = PrometheusExporter(host="127.0.0.1", port=port, scope_labels=False)
     with pytest.raises(OSError, match="cannot listen"):
         monitor.add_exporter(exporter)
     squatter.close()
