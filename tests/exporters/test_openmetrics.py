@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -79,12 +79,12 @@ def get(url: str, accept: str | None = None, gzip_ok: bool = False) -> tuple[int
 
 
 @pytest.fixture
-def served(monitor_factory: MonitorFactory, recording: str) -> Iterator[tuple[PerformanceMonitor, PrometheusExporter]]:
+def served(monitor_factory: MonitorFactory, recording: str) -> tuple[PerformanceMonitor, PrometheusExporter]:
     monitor = monitor_factory(recording=recording)
     exporter = PrometheusExporter(host="127.0.0.1", port=0)
     monitor.add_exporter(exporter)
     record(monitor)
-    yield monitor, exporter
+    return monitor, exporter
 
 
 def samples(families: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], Any]:
@@ -115,7 +115,7 @@ def test_a_prometheus_scrape_gets_openmetrics_that_the_strict_parser_accepts(
 
 
 def exporter_version() -> str:
-    from chat_turbo_metrics import __version__  # noqa: PLC0415
+    from chat_turbo_metrics import __version__
 
     return __version__
 
@@ -151,7 +151,7 @@ def test_scope_labels_can_be_left_out(monitor_factory: MonitorFactory) -> None:
 
 
 def test_scope_labels_setting_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from chat_turbo_metrics import get_monitoring_config  # noqa: PLC0415
+    from chat_turbo_metrics import get_monitoring_config
 
     monkeypatch.setenv("METRICS_PROMETHEUS_SCOPE_LABELS", "false")
     assert get_monitoring_config().prometheus_scope_labels is False
@@ -178,7 +178,9 @@ def exemplar_of(text: str, family: str) -> list[Any]:
     ]
 
 
-def test_histogram_observed_in_a_sampled_span_carries_an_exemplar(monitor_factory: MonitorFactory, recording: str) -> None:
+def test_histogram_observed_in_a_sampled_span_carries_an_exemplar(
+    monitor_factory: MonitorFactory, recording: str
+) -> None:
     monitor = monitor_factory(recording=recording)
     monitor.record_histogram("payload_bytes", 3, {"compressed": True})  # outside a span: no exemplar
     with tracer.start_as_current_span("request") as span:

@@ -297,13 +297,32 @@ class PrometheusServer:
                 pytest.fail(f"{expr!r} still {result} after {PROMETHEUS_PATIENCE_S} s; prometheus log:\n{log}")
             time.sleep(0.25)
 
+    def wait_exemplars(self, expr: str, done: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+        """Poll the exemplars of ``expr`` (last hour) until ``done(exemplars)``; fail at the deadline."""
+        deadline = time.monotonic() + PROMETHEUS_PATIENCE_S
+        while True:
+            now = time.time()
+            query = urllib.parse.urlencode({"query": expr, "start": now - 3600, "end": now + 60})
+            with urllib.request.urlopen(f"{self.base_url}/api/v1/query_exemplars?{query}", timeout=5) as response:
+                body = json.load(response)
+            found = [e for series in body["data"] for e in series["exemplars"]]
+            if done(found):
+                return found
+            if time.monotonic() > deadline:
+                log = self.log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
+                pytest.fail(f"exemplars of {expr!r}: {found} after {PROMETHEUS_PATIENCE_S} s; log:\n{log}")
+            time.sleep(0.25)
+
 
 def values(result: list[dict[str, Any]]) -> list[float]:
     return [float(sample["value"][1]) for sample in result]
 
 
-def start_prometheus(directory: Path, target_port: int) -> tuple[subprocess.Popen[bytes], PrometheusServer]:
+def start_prometheus(
+    directory: Path, target_port: int, extra_targets: list[str] | None = None
+) -> tuple[subprocess.Popen[bytes], PrometheusServer]:
     binary = require_tool("prometheus")
+    targets = ", ".join(f"'{t}'" for t in [f"127.0.0.1:{target_port}", *(extra_targets or [])])
     config = directory / "prometheus.yml"
     config.write_text(
         "global:\n"
@@ -313,7 +332,7 @@ def start_prometheus(directory: Path, target_port: int) -> tuple[subprocess.Pope
         "scrape_configs:\n"
         "  - job_name: chat_turbo\n"
         "    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{target_port}']\n",
+        f"      - targets: [{targets}]\n",
         encoding="utf-8",
     )
     port = free_port()
@@ -326,6 +345,7 @@ def start_prometheus(directory: Path, target_port: int) -> tuple[subprocess.Pope
                 f"--storage.tsdb.path={directory / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
                 "--web.enable-lifecycle",
+                "--enable-feature=exemplar-storage",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -359,7 +359,9 @@ class FastRecorder:
             return None, False
         with self._lock:
             cell, own = instrument.record(tags, checked, self._order)
-        if isinstance(cell, HistogramCell) and checked is not None:  # the first observation of a series keeps its exemplar too
+        if (
+            isinstance(cell, HistogramCell) and checked is not None
+        ):  # the first observation of a series keeps its exemplar too
             span = _current_context().get(_SPAN)
             if span is not None:
                 keep_exemplar(cell, bisect_left(cell.bounds, checked), checked, span)

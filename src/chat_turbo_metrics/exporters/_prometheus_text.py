@@ -6,7 +6,8 @@ is byte for byte what Prometheus scrapes. OpenMetrics adds what the text format 
 latest one per bucket: trace id, span id, value, time) and the closing ``# EOF``.
 
 Every sample carries ``otel_scope_name`` and ``otel_scope_version`` (the OTel-Prometheus compatibility spec),
-unless asked not to (``scope_labels=False``; the exporter's ``METRICS_PROMETHEUS_SCOPE_LABELS``).
+when asked to (``scope_labels=True``: what the exporter and the snapshot pass unless
+``METRICS_PROMETHEUS_SCOPE_LABELS=false``).
 """
 
 from __future__ import annotations
@@ -300,7 +301,7 @@ def to_prometheus_text(
     *,
     target_info: bool = True,
     openmetrics: bool = False,
-    scope_labels: bool = True,
+    scope_labels: bool = False,
 ) -> str:
     """Render cumulative metrics as Prometheus text or OpenMetrics; delta sums must not be passed here.
 
@@ -308,7 +309,8 @@ def to_prometheus_text(
         metrics_data: what a reader collected, or None for nothing.
         target_info: add a ``target_info`` family carrying the resource attributes.
         openmetrics: OpenMetrics 1.0 (``_created``, exemplars, ``# EOF``) instead of the text format 0.0.4.
-        scope_labels: label every sample with its ``otel_scope_name`` and ``otel_scope_version``.
+        scope_labels: label every sample with its ``otel_scope_name`` and ``otel_scope_version`` (the exporter
+            and the snapshot pass their setting, on by default).
 
     Returns:
         The exposition, ending with a newline (or empty, in the text format, when there is nothing).
