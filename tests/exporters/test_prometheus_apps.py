@@ -200,8 +200,12 @@ monitor = PerformanceMonitor(MonitoringConfig(
     multiprocess_dir=sys.argv[2], multiprocess_group="apps-test", environment="test",
 ))
 monitor.increment_counter("jobs", value=5)
+from opentelemetry.sdk.trace import TracerProvider
+with TracerProvider().get_tracer("member").start_as_current_span("work") as span:
+    monitor.record_histogram("work_seconds", 0.3)
+    trace_id = f"{span.get_span_context().trace_id:032x}"
 response = Client(make_wsgi_app()).get("/metrics", headers={"Accept": sys.argv[3]})
-sys.stdout.write(f"{response.status_code}\\n{response.headers['Content-Type']}\\n{response.data.decode()}")
+sys.stdout.write(f"{trace_id}\\n{response.status_code}\\n{response.headers['Content-Type']}\\n{response.data.decode()}")
 monitor.shutdown()
 """
 
@@ -222,12 +226,18 @@ def test_a_member_of_a_prefork_group_serves_the_merged_scrape(tmp_path: Any, acc
             check=False,
         )
         assert member.returncode == 0, member.stderr
-        status, content_type, body = member.stdout.split("\n", 2)
+        trace_id, status, content_type, body = member.stdout.split("\n", 3)
         assert status == "200"
         parse = parse_openmetrics if "openmetrics" in content_type else parse_text
         assert ("openmetrics" in content_type) is (accept == OPENMETRICS_ACCEPT)
         totals = [s.value for f in parse(body) for s in f.samples if s.name == "jobs_total"]
         assert totals == [7]  # the holder's 2 and the member's 5, merged by the holder
+        if "openmetrics" in content_type:  # the member's exemplar crossed the merge (prometheus_client's cannot)
+            exemplars = [
+                s.exemplar for f in parse(body) for s in f.samples if s.name == "work_seconds_bucket" and s.exemplar
+            ]
+            assert [e.labels["trace_id"] for e in exemplars] == [trace_id]
+            assert exemplars[0].value == 0.3
     finally:
         holder.shutdown()
 
