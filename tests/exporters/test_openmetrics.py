@@ -204,3 +204,55 @@ def test_respond_routes_by_path_and_answers_errors_as_text() -> None:
     assert respond(None, "/metrics").status == 503
     assert respond(Broken(), "/metrics").status == 500
     assert respond(Broken(), "/elsewhere").status == 404
+
+
+def exponential_collection(values: list[float]) -> Any:
+    """A real SDK collection holding one exponential histogram (as a View or a third party's producer gives)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
+
+    reader = InMemoryMetricReader()
+    view = View(instrument_name="latency", aggregation=ExponentialBucketHistogramAggregation(max_size=20))
+    provider = MeterProvider(metric_readers=[reader], views=[view])
+    histogram = provider.get_meter("third.party", "1.2").create_histogram("latency", unit="s")
+    for value in values:
+        histogram.record(value, {"route": "/chat"})
+    data = reader.get_metrics_data()
+    provider.shutdown()
+    return data
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_an_exponential_histogram_is_converted_not_dropped(openmetrics: bool) -> None:
+    from chat_turbo_metrics.exporters._prometheus_text import to_prometheus_text
+
+    observed = [0.0, 0.003, 0.04, 0.04, 0.7, 3.3, 120.0, 5000.0]
+    text = to_prometheus_text(exponential_collection(observed), openmetrics=openmetrics, scope_labels=True)
+    parse = parse_openmetrics if openmetrics else parse_text
+    (family,) = [f for f in parse(text) if f.name == "latency_seconds"]
+    assert family.type == "histogram"
+    buckets = [s for s in family.samples if s.name == "latency_seconds_bucket"]
+    assert {s.labels["otel_scope_name"] for s in buckets} == {"third.party"}
+    for bucket in buckets:  # every cumulative bucket counts exactly the observations at or below its bound
+        bound = float(bucket.labels["le"])
+        assert bucket.value == sum(1 for v in observed if v <= bound), bucket
+    count = [s.value for s in family.samples if s.name == "latency_seconds_count"]
+    assert count == [len(observed)]
+    sums = [s.value for s in family.samples if s.name == "latency_seconds_sum"]
+    assert sums == [pytest.approx(sum(observed))]
+
+
+def test_negative_exponential_buckets_convert_below_zero() -> None:
+    from types import SimpleNamespace as NS
+
+    from chat_turbo_metrics.exporters._prometheus_text import explicit_buckets
+
+    # scale 0 (base 2): -3 is in the negative bucket 1, [-4, -2); -1.5 in bucket 0, [-2, -1).
+    point = NS(
+        attributes={}, start_time_unix_nano=0, count=3, sum=-2.5, exemplars=(), scale=0, zero_count=0,
+        positive=NS(offset=1, bucket_counts=[1]), negative=NS(offset=0, bucket_counts=[1, 1]),
+    )  # fmt: skip
+    converted = explicit_buckets(point)
+    assert converted.explicit_bounds == [-2.0, -1.0, 0.0, 4.0]
+    assert converted.bucket_counts == [1, 1, 0, 1, 0]

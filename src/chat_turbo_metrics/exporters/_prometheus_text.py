@@ -34,7 +34,10 @@ _TYPES: dict[Kind, str] = {"counter": "counter", "updowncounter": "gauge", "gaug
 
 
 def metric_kind(metric: Metric) -> Kind:
-    """The kind of a collected metric, from its data type (a kind Prometheus text has no type for is a gauge)."""
+    """The kind of a collected metric, from its data type (a kind Prometheus text has no type for is a gauge;
+    an exponential histogram is written as a histogram, its buckets converted)."""
+    if isinstance(metric.data, ExponentialHistogram):
+        return "histogram"
     kind = data_kind(metric.data)
     return kind if kind in _TYPES else "gauge"
 
@@ -204,7 +207,8 @@ def _histogram_lines(family: str, labels: str, point: Any, openmetrics: bool) ->
         yield line + _exemplar(exemplars[index]) if index in exemplars else line
     line = f'{family}_bucket{{{prefix}le="+Inf"}} {point.count}'
     yield line + _exemplar(exemplars[len(bounds)]) if len(bounds) in exemplars else line
-    yield _sample(f"{family}_sum", labels, point.sum)
+    if not (openmetrics and bounds and bounds[0] < 0):  # OpenMetrics: no _sum with negative buckets
+        yield _sample(f"{family}_sum", labels, point.sum)
     yield _sample(f"{family}_count", labels, point.count)
     if openmetrics and point.start_time_unix_nano:
         yield _sample(f"{family}_created", labels, _seconds(point.start_time_unix_nano))
@@ -234,15 +238,18 @@ def _add_metric(families: dict[str, _Family], metric: Metric, scope: str, openme
         family = families[name] = _Family(name, kind, metric.description or metric.name)
     elif family.kind != kind:
         return  # two metrics of different kinds cannot share one Prometheus family; first one wins
-    if isinstance(data, Histogram):
+    if isinstance(data, (Histogram, ExponentialHistogram)):
         seen = family.histogram_labels
+        convert = isinstance(data, ExponentialHistogram)  # written as the classic histogram it converts to
         for point in data.data_points:
             labels = _join(label_text(point.attributes, name, histogram=True), scope)
             if labels in seen:
                 _warn_collision(name, labels)
                 continue
             seen.add(labels)
-            family.lines.extend(_histogram_lines(name, labels, point, openmetrics))
+            family.lines.extend(
+                _histogram_lines(name, labels, explicit_buckets(point) if convert else point, openmetrics)
+            )
     elif isinstance(data, (Sum, Gauge)):
         values = family.values
         counter = kind == "counter"
@@ -256,23 +263,52 @@ def _add_metric(families: dict[str, _Family], metric: Metric, scope: str, openme
             values[labels] = number.value
             if counter and getattr(number, "start_time_unix_nano", None):
                 family.created[labels] = number.start_time_unix_nano
-    elif isinstance(data, ExponentialHistogram):
-        _warn_exponential(name)
 
 
-_exponential_warned: set[str] = set()
-exponential_dropped = [0]  # scrapes that left an exponential histogram out (counted, warned once per family)
+@dataclass
+class _Converted:
+    """An exponential histogram point as explicit buckets (what :func:`_histogram_lines` reads)."""
+
+    attributes: Any
+    start_time_unix_nano: int
+    count: int
+    sum: float
+    explicit_bounds: list[float]
+    bucket_counts: list[int]
+    exemplars: Any
 
 
-def _warn_exponential(family: str) -> None:
-    exponential_dropped[0] += 1
-    if family not in _exponential_warned and len(_exponential_warned) < 1000:
-        _exponential_warned.add(family)
-        _logger.warning(
-            "%s: an exponential histogram cannot be written in the Prometheus text format and is left out of "
-            "/metrics; use explicit buckets for it (a View), or export it over OTLP",
-            family,
-        )
+def explicit_buckets(point: Any) -> _Converted:
+    """An exponential histogram point as the classic histogram Prometheus text can carry, without loss.
+
+    Each exponential bucket ``(base**i, base**(i+1)]`` (``base = 2**(2**-scale)``) becomes the bucket
+    ``le=base**(i+1)``; negative buckets mirror them below zero and the zero bucket is ``le=0``.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> point = NS(attributes={}, start_time_unix_nano=0, count=4, sum=9.0, exemplars=(), scale=0, zero_count=1,
+        ...            positive=NS(offset=1, bucket_counts=[2, 1]), negative=NS(offset=0, bucket_counts=[]))
+        >>> converted = explicit_buckets(point)
+        >>> converted.explicit_bounds, converted.bucket_counts
+        ([0.0, 4.0, 8.0], [1, 2, 1, 0])
+    """
+    step = 2.0**-point.scale  # log2 of the base
+    bounds: list[float] = []
+    counts: list[int] = []
+    negative = point.negative
+    below_zero = range(negative.offset + len(negative.bucket_counts) - 1, negative.offset - 1, -1)
+    for index in below_zero if any(negative.bucket_counts) else ():
+        bounds.append(-(2.0 ** (index * step)))  # the bucket [-base**(i+1), -base**i)
+        counts.append(negative.bucket_counts[index - negative.offset])
+    bounds.append(0.0)
+    counts.append(point.zero_count)
+    positive = point.positive
+    for position, count in enumerate(positive.bucket_counts):
+        bounds.append(2.0 ** ((positive.offset + position + 1) * step))
+        counts.append(count)
+    counts.append(0)  # +Inf: every observation is in a finite bucket
+    exemplars = getattr(point, "exemplars", ())
+    return _Converted(point.attributes, point.start_time_unix_nano, point.count, point.sum, bounds, counts, exemplars)
 
 
 def _target_info(metrics_data: MetricsData) -> _Family | None:
