@@ -59,6 +59,7 @@ MONITORING_ENV_PREFIXES = ("OTEL_", "METRICS_", "PERFORMANCE_", "ALERT_", "CHAT_
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without monitoring variables, plus ``extra``: for subprocesses."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(MONITORING_ENV_PREFIXES)}
+    env["METRICS_PROMETHEUS_SCOPE_LABELS"] = "false"  # as make_config(): expected lines are written without them
     env.update(extra)
     return env
 
