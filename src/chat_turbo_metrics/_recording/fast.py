@@ -31,11 +31,10 @@ from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from opentelemetry import context as _otel_context
 from opentelemetry.sdk.metrics.export import Metric
-from opentelemetry.trace.propagation import _SPAN_KEY
 
 from chat_turbo_metrics._core import forks
+from chat_turbo_metrics._core.compat import SPAN_KEY, current_context_reader
 from chat_turbo_metrics._core.config import CoreSettings
 from chat_turbo_metrics._core.guard import (
     EXACT_TYPES,
@@ -76,19 +75,10 @@ _perf_counter = time.perf_counter
 _random = random.random
 _EMPTY: Mapping[str, Any] = {}
 _time_ns = time.time_ns
-_SPAN = _SPAN_KEY
+_SPAN = SPAN_KEY
 
 
-def _context_reader() -> Callable[[], Mapping[str, Any]]:
-    """The fastest way to read the current OpenTelemetry context: its context variable, when the runtime
-    context is the default contextvars one; otherwise the public ``get_current``."""
-    runtime = getattr(_otel_context, "_RUNTIME_CONTEXT", None)
-    variable = getattr(runtime, "_current_context", None)
-    getter = getattr(variable, "get", None)
-    return getter if callable(getter) else _otel_context.get_current
-
-
-_current_context = _context_reader()
+_current_context = current_context_reader()
 
 
 def keep_exemplar(cell: Any, index: int, value: float, span: Any) -> None:
