@@ -285,32 +285,33 @@ class PrometheusServer:
         assert body["status"] == "success", body
         return body["data"]["result"]  # type: ignore[no-any-return]
 
+    def exemplars(self, expr: str) -> list[dict[str, Any]]:
+        """Every exemplar Prometheus stored for ``expr`` in the last hour."""
+        now = time.time()
+        query = urllib.parse.urlencode({"query": expr, "start": now - 3600, "end": now + 60})
+        with urllib.request.urlopen(f"{self.base_url}/api/v1/query_exemplars?{query}", timeout=5) as response:
+            body = json.load(response)
+        return [exemplar for series in body["data"] for exemplar in series["exemplars"]]
+
     def wait_for(self, expr: str, done: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
         """Poll ``expr`` until ``done(result)``; fail with the last result and Prometheus's log at the deadline."""
+        return self._poll(self.query, expr, done)
+
+    def wait_exemplars(self, expr: str, done: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+        """Poll the exemplars of ``expr`` until ``done(exemplars)``; fail at the deadline."""
+        return self._poll(self.exemplars, expr, done)
+
+    def _poll(
+        self, ask: Callable[[str], list[dict[str, Any]]], expr: str, done: Callable[[list[dict[str, Any]]], bool]
+    ) -> list[dict[str, Any]]:
         deadline = time.monotonic() + PROMETHEUS_PATIENCE_S
         while True:
-            result = self.query(expr)
+            result = ask(expr)
             if done(result):
                 return result
             if time.monotonic() > deadline:
                 log = self.log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
                 pytest.fail(f"{expr!r} still {result} after {PROMETHEUS_PATIENCE_S} s; prometheus log:\n{log}")
-            time.sleep(0.25)
-
-    def wait_exemplars(self, expr: str, done: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
-        """Poll the exemplars of ``expr`` (last hour) until ``done(exemplars)``; fail at the deadline."""
-        deadline = time.monotonic() + PROMETHEUS_PATIENCE_S
-        while True:
-            now = time.time()
-            query = urllib.parse.urlencode({"query": expr, "start": now - 3600, "end": now + 60})
-            with urllib.request.urlopen(f"{self.base_url}/api/v1/query_exemplars?{query}", timeout=5) as response:
-                body = json.load(response)
-            found = [e for series in body["data"] for e in series["exemplars"]]
-            if done(found):
-                return found
-            if time.monotonic() > deadline:
-                log = self.log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
-                pytest.fail(f"exemplars of {expr!r}: {found} after {PROMETHEUS_PATIENCE_S} s; log:\n{log}")
             time.sleep(0.25)
 
 
