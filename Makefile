@@ -28,8 +28,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# One worker per core (pytest-xdist). loadgroup hands out tests one at a time, in the order of the root conftest.py
+# (longest first), to whichever worker is free: the run ends on short tests, not on one worker's long tail.
 test: $(STAMP) tools lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup
 
 bench: $(STAMP)
 	for script in bench/bench_*.py; do $(BIN)/python $$script || exit 1; done

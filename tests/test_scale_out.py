@@ -9,7 +9,8 @@ it did on one machine.
 
 One scenario runs once (about 40 s) and records what it saw, phase by phase, as JSON; each test checks one behaviour
 against the record. Under pytest-xdist the first worker to need it runs it and the others read its record, so the
-deployment starts once per run. Everything is stopped at the end of the scenario, whatever happened.
+deployment starts once per run (the root conftest.py orders one test that needs it first and the others last, so
+no worker waits for it). Everything is stopped at the end of the scenario, whatever happened.
 """
 
 from __future__ import annotations

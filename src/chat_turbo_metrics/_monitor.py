@@ -72,7 +72,7 @@ def make_recorder(config: MonitoringConfig, pipeline: Pipeline, problems: Proble
         from chat_turbo_metrics._recording.fast import FastRecorder
 
         recorder = FastRecorder(registry, problems, config, overflow=pipeline.overflow)
-        pipeline.add_producer(recorder.metrics)  # every collection reads its cells
+        pipeline.add_producer(recorder.metrics, recorder.recorded)  # every collection reads its cells
         return recorder
     return SdkRecorder(pipeline.meter, registry, problems, config.sampling_rate)
 

@@ -200,6 +200,10 @@ class FastRecorder:
         self._by_name: dict[tuple[Kind, bool, str], _Instrument] = {}
         self._by_identity: dict[tuple[Any, ...], _Instrument] = {}
         self._order: list[_Instrument] = []
+        # Recordings that took the slow path (a new series, a View-split instrument, a bound handle), and how
+        # many had when the last collection read the cells: with the cells' own deltas, what recorded() reads.
+        self._slow = 0
+        self._slow_read = 0
         # What the slow path needs per hot-path method: its cache, and the instrument kind it records.
         self._counter_route: _Route = (self._counters, "counter", False)
         self._gauge_route: _Route = (self._gauges, "gauge", False)
@@ -348,10 +352,9 @@ class FastRecorder:
             self._problems.report(("value", name, why[0]), "%s: cannot record %s: %s", name, short_repr(value), why[1])
             return None, False
         with self._lock:
+            self._slow += 1
             cell, own = instrument.record(tags, checked, self._order)
-        if (
-            isinstance(cell, HistogramCell) and checked is not None
-        ):  # the first observation of a series keeps its exemplar too
+        if isinstance(cell, HistogramCell) and checked is not None:  # a series' first observation keeps its exemplar
             span = _current_context().get(_SPAN)
             if span is not None:
                 keep_exemplar(cell, bisect_left(cell.bounds, checked), checked, span)
@@ -389,6 +392,7 @@ class FastRecorder:
         instrument = self._instrument(kind, name, timer)
         if instrument is None:
             return BoundInstrument(DROPPED, None, self._problems, str(name))
+        self._slow += 1  # a handle may make its series before its first recording
         return handle_class(self, instrument, dict(clean), name)
 
     def define(self, kind: Kind, name: str, **settings: Any) -> None:
@@ -420,10 +424,28 @@ class FastRecorder:
                 restart_after_fork(cell, now)
 
     # --- collection ------------------------------------------------------------------------------
+    def recorded(self) -> bool:
+        """Whether anything was recorded since the last collection read the cells (:meth:`metrics`).
+
+        Read from the cells themselves (a counter's delta, a histogram's min, a gauge's value) and from the slow
+        path's count: the hot path pays nothing for it, and this costs one look at each cell when idle.
+        """
+        with self._lock:
+            if self._slow != self._slow_read:
+                return True
+            instruments = list(self._order)
+        for instrument in instruments:
+            for stream in instrument.streams:
+                with self._lock:
+                    if stream.recorded():
+                        return True
+        return False
+
     def metrics(self, now: int) -> list[Metric]:
         """Every stream's cumulative metric at ``now``, instruments in order of first measurement."""
         with self._lock:
             instruments = list(self._order)
+            self._slow_read = self._slow
         metrics = []
         idle_ns = self._idle_ns
         swept_at = self._clock() if idle_ns else 0

@@ -68,9 +68,9 @@ class SumCell:
 
 
 class GaugeCell:
-    """A gauge series: the last value set."""
+    """A gauge series: the last value set, and the value the last collection read (``folded``)."""
 
-    __slots__ = ("active_ns", "attributes", "keys", "mark", "value")
+    __slots__ = ("active_ns", "attributes", "folded", "keys", "mark", "value")
 
     active_ns: int
     mark: int
@@ -78,6 +78,7 @@ class GaugeCell:
 
     def __init__(self, attributes: dict[str, Any]) -> None:
         self.value: Any = 0
+        self.folded: Any = _UNREAD
         self.attributes = attributes
         _idle_state(self)
 
@@ -142,6 +143,7 @@ def _idle_state(cell: Any) -> None:
 
 Cell = SumCell | GaugeCell | HistogramCell
 _INF = math.inf
+_UNREAD: Any = object()  # a gauge cell no collection has read yet
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
 _time_ns = time.time_ns
 
@@ -325,7 +327,10 @@ class Stream:
                     cell.delta = 0
                     folded.append((cell.attributes, cell.start_ns, total))
             elif spec.aggregation == "gauge":
-                gauges = [(cell.attributes, cell.value) for cell in cells]
+                gauges = []
+                for cell in cells:
+                    value = cell.folded = cell.value
+                    gauges.append((cell.attributes, value))
             else:
                 histograms = []
                 for cell in cells:
@@ -349,6 +354,17 @@ class Stream:
             ]
             data = Histogram(data_points=hist_points, aggregation_temporality=_CUMULATIVE)
         return Metric(name=spec.name, description=spec.description, unit=spec.unit, data=data)
+
+    def recorded(self) -> bool:
+        """Whether a recording reached a cell since the last fold: a sum's delta, a histogram's min or a gauge's
+        value moved (one look at each cell; the hot path pays nothing). Call with the recorder's lock held."""
+        cells = self.series.values()
+        aggregation = self.spec.aggregation
+        if aggregation == "sum":
+            return any(cell.delta != 0 for cell in cells)  # type: ignore[union-attr]
+        if aggregation == "gauge":
+            return any(cell.value != cell.folded for cell in cells)  # type: ignore[union-attr]
+        return any(cell.min != _INF for cell in cells)  # type: ignore[union-attr]
 
 
 def restart_after_fork(cell: Cell, now_ns: int) -> None:

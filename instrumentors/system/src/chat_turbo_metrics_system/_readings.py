@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import os
+import socket
 import threading
 import time
 import weakref
@@ -31,10 +33,19 @@ class ProcessSample:
 
 
 def psutil_sampler() -> Callable[[], ProcessSample]:
-    """Reads this process with psutil; the handle is re-made when the pid changes (after ``fork()``)."""
+    """Reads this process, and only this process: psutil for CPU, memory and threads (``/proc/self`` on Linux),
+    the process's own descriptors for its open files and TCP connections (:func:`own_descriptors`).
+
+    Nothing machine-wide is read: psutil's connection list on Linux parses the whole machine's socket tables
+    (``/proc/net/tcp*``), whose size is every socket on the host, so it is used only where psutil asks the
+    process itself (macOS); elsewhere, without ``/proc/self/fd``, connections are not reported. The handle is
+    re-made when the pid changes (after ``fork()``).
+    """
     import psutil
 
     handle: list[Any] = []
+    descriptors = own_descriptors if _getsockopt is not None else None
+    per_process_connections = bool(psutil.MACOS)
 
     def sample() -> ProcessSample:
         pid = os.getpid()
@@ -43,12 +54,19 @@ def psutil_sampler() -> Callable[[], ProcessSample]:
         process = handle[0]
         with process.oneshot():
             times = process.cpu_times()
-            fds = process.num_fds() if hasattr(process, "num_fds") else None
-            connections = getattr(process, "net_connections", None) or process.connections
-            try:
-                established = sum(1 for c in connections(kind="tcp") if c.status == psutil.CONN_ESTABLISHED)
-            except psutil.AccessDenied:
-                established = None
+            fds: int | None
+            established: int | None = None
+            if descriptors is not None:
+                fds, established = descriptors()
+            else:
+                fds = process.num_fds() if hasattr(process, "num_fds") else None
+                if per_process_connections:
+                    try:
+                        established = sum(
+                            1 for c in process.net_connections(kind="tcp") if c.status == psutil.CONN_ESTABLISHED
+                        )
+                    except psutil.AccessDenied:
+                        established = None
             return ProcessSample(
                 pid=pid,
                 cpu_seconds=times.user + times.system,
@@ -59,6 +77,69 @@ def psutil_sampler() -> Callable[[], ProcessSample]:
             )
 
     return sample
+
+
+_PROC_FD = "/proc/self/fd"
+_TCP_ESTABLISHED = 1  # tcpi_state, the first byte of struct tcp_info (Linux's TCP_ESTABLISHED)
+
+
+def _libc_getsockopt() -> Callable[..., int] | None:
+    """libc's ``getsockopt(2)``, called on a bare descriptor: a Python socket object made on the application's
+    descriptor could change it (under ``socket.setdefaulttimeout()`` it makes the socket non-blocking)."""
+    if not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        call = ctypes.CDLL(None).getsockopt
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+    call.restype = ctypes.c_int
+    return call
+
+
+_getsockopt = _libc_getsockopt() if os.path.isdir(_PROC_FD) else None
+
+
+def own_descriptors() -> tuple[int | None, int | None]:
+    """This process's open descriptors and its established TCP connections, from its own descriptors (Linux).
+
+    Lists ``/proc/self/fd`` (the count psutil's ``num_fds()`` gives) and asks each descriptor its TCP state
+    (``getsockopt(TCP_INFO)``, which only a TCP socket answers), without changing it. The cost grows with this
+    process's descriptors (a few µs each), never with the host's sockets. ``(None, None)`` where there is no
+    ``/proc/self/fd`` or no ``TCP_INFO``.
+
+    Example:
+        >>> import socket
+        >>> server = socket.create_server(("127.0.0.1", 0))
+        >>> before = own_descriptors()[1]
+        >>> client = socket.create_connection(server.getsockname())
+        >>> accepted, _ = server.accept()
+        >>> own_descriptors()[1] - before  # both ends are this process's
+        2
+        >>> for each in (client, accepted, server):
+        ...     each.close()
+    """
+    getsockopt = _getsockopt
+    if getsockopt is None:
+        return None, None
+    try:
+        names = os.listdir(_PROC_FD)
+    except OSError:
+        return None, None
+    state = ctypes.create_string_buffer(1)
+    size = ctypes.c_uint32(1)
+    length = ctypes.byref(size)
+    established = 0
+    for name in names:
+        size.value = 1
+        # Anything but a TCP socket (a file, a pipe, a UDP or unix socket, a descriptor closed meanwhile) fails.
+        if getsockopt(int(name), _TCP, _TCP_INFO, state, length) == 0 and state.raw[0] == _TCP_ESTABLISHED:
+            established += 1
+    return len(names), established
+
+
+_TCP = socket.IPPROTO_TCP
+_TCP_INFO: int = getattr(socket, "TCP_INFO", 0)
 
 
 @dataclass
