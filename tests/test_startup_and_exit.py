@@ -21,6 +21,7 @@ def run(code: str, timeout_s: float = 60, **env: str) -> tuple[dict[str, object]
         "CHAT_TURBO_ENV": "test",
         "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
         "OTEL_METRICS_EXPORTER": "prometheus",
+        "METRICS_PROMETHEUS_SCOPE_LABELS": "false",  # the expected lines are written without them
     }
     environment.update({**defaults, **env})
     result = subprocess.run(
@@ -157,6 +158,7 @@ def test_app_calling_configure_under_opentelemetry_instrument_keeps_the_port(tmp
     environment.update(
         {
             "CHAT_TURBO_ENV": "test",
+            "METRICS_PROMETHEUS_SCOPE_LABELS": "false",  # the expected lines are written without them
             "OTEL_METRICS_EXPORTER": "prometheus",
             "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
             "METRICS_PROMETHEUS_PORT": str(port),

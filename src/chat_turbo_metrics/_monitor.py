@@ -519,7 +519,8 @@ class PerformanceMonitor:
     def snapshot(self) -> MetricsSnapshot:
         """Current values of every metric, serializable to JSON and Prometheus text."""
         pipeline = self._runtime.pipeline
-        return MetricsSnapshot(pipeline.collect() if pipeline is not None else None)
+        scope_labels = self._runtime.config.prometheus_scope_labels  # as /metrics shows them
+        return MetricsSnapshot(pipeline.collect() if pipeline is not None else None, scope_labels=scope_labels)
 
     def add_exporter(self, exporter: Any) -> None:
         """Send metrics to ``exporter`` too: a ``PrometheusExporter`` or any OpenTelemetry ``MetricExporter``.

@@ -183,6 +183,7 @@ def test_health_metrics_are_in_the_prometheus_scrape() -> None:
             prometheus_port=port,
             multiprocess=False,
             cardinality_limit=1,
+            prometheus_scope_labels=False,
         )
     )
     try:

@@ -270,6 +270,25 @@ def test_http_export_carries_histogram_count_sum_buckets_and_bounds(
     assert (point.min, point.max) == (min(OBSERVED), max(OBSERVED))
 
 
+def test_http_export_carries_the_exemplars_of_observations_in_a_sampled_span(
+    http_receiver: OtlpHttpReceiver, monitor_factory: MonitorFactory, recording: str
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    monitor = otlp_monitor(monitor_factory, recording=recording)
+    monitor.record_histogram("render_seconds", 0.2, {"route": "/chat"})  # creates the series outside a span
+    with TracerProvider().get_tracer("test").start_as_current_span("request") as span:
+        context = span.get_span_context()
+        monitor.record_histogram("render_seconds", 0.3, {"route": "/chat"})
+    assert monitor.force_flush() is True
+    metric = metrics_by_name(http_receiver.received.wait_for(1)[-1])["render_seconds"]
+    (point,) = metric.histogram.data_points
+    (exemplar,) = point.exemplars
+    assert exemplar.as_double == 0.3
+    assert exemplar.trace_id == context.trace_id.to_bytes(16, "big")
+    assert exemplar.span_id == context.span_id.to_bytes(8, "big")
+
+
 def test_http_export_carries_the_last_gauge_value(
     http_receiver: OtlpHttpReceiver, monitor_factory: MonitorFactory, recording: str
 ) -> None:

@@ -71,7 +71,7 @@ def scrape(exporter: PrometheusExporter) -> str:
 
 
 def served_by(monitor: PerformanceMonitor) -> PrometheusExporter:
-    exporter = PrometheusExporter(host="127.0.0.1", port=0)
+    exporter = PrometheusExporter(host="127.0.0.1", port=0, scope_labels=False)
     monitor.add_exporter(exporter)
     return exporter
 
@@ -289,11 +289,28 @@ class PrometheusServer:
     def query(self, expr: str) -> list[dict[str, Any]]:
         return self.api("/api/v1/query", query=expr)["result"]  # type: ignore[no-any-return]
 
+    def exemplars(self, expr: str) -> list[dict[str, Any]]:
+        """Every exemplar Prometheus stored for ``expr`` in the last hour."""
+        now = time.time()
+        query = urllib.parse.urlencode({"query": expr, "start": now - 3600, "end": now + 60})
+        with urllib.request.urlopen(f"{self.base_url}/api/v1/query_exemplars?{query}", timeout=5) as response:
+            body = json.load(response)
+        return [exemplar for series in body["data"] for exemplar in series["exemplars"]]
+
     def wait_for(self, expr: str, done: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
         """Poll ``expr`` until ``done(result)``; fail with the last result and Prometheus's log at the deadline."""
+        return self._poll(self.query, expr, done)
+
+    def wait_exemplars(self, expr: str, done: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+        """Poll the exemplars of ``expr`` until ``done(exemplars)``; fail at the deadline."""
+        return self._poll(self.exemplars, expr, done)
+
+    def _poll(
+        self, ask: Callable[[str], list[dict[str, Any]]], expr: str, done: Callable[[list[dict[str, Any]]], bool]
+    ) -> list[dict[str, Any]]:
         deadline = time.monotonic() + PROMETHEUS_PATIENCE_S
         while True:
-            result = self.query(expr)
+            result = ask(expr)
             if done(result):
                 return result
             if time.monotonic() > deadline:
@@ -306,8 +323,11 @@ def values(result: list[dict[str, Any]]) -> list[float]:
     return [float(sample["value"][1]) for sample in result]
 
 
-def start_prometheus(directory: Path, target_port: int) -> tuple[subprocess.Popen[bytes], PrometheusServer]:
+def start_prometheus(
+    directory: Path, target_port: int, extra_targets: list[str] | None = None
+) -> tuple[subprocess.Popen[bytes], PrometheusServer]:
     binary = require_tool("prometheus")
+    targets = ", ".join(f"'{t}'" for t in [f"127.0.0.1:{target_port}", *(extra_targets or [])])
     config = directory / "prometheus.yml"
     config.write_text(
         "global:\n"
@@ -317,7 +337,7 @@ def start_prometheus(directory: Path, target_port: int) -> tuple[subprocess.Pope
         "scrape_configs:\n"
         "  - job_name: chat_turbo\n"
         "    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{target_port}']\n",
+        f"      - targets: [{targets}]\n",
         encoding="utf-8",
     )
     port = free_port()
@@ -330,6 +350,7 @@ def start_prometheus(directory: Path, target_port: int) -> tuple[subprocess.Pope
                 f"--storage.tsdb.path={directory / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
                 "--web.enable-lifecycle",
+                "--enable-feature=exemplar-storage",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -443,7 +464,7 @@ def test_exporter_can_attach_again_once_the_port_is_free(monitor_factory: Monito
     squatter.bind(("127.0.0.1", 0))
     squatter.listen()
     port = squatter.getsockname()[1]
-    exporter = PrometheusExporter(host="127.0.0.1", port=port)
+    exporter = PrometheusExporter(host="127.0.0.1", port=port, scope_labels=False)
     with pytest.raises(OSError, match="cannot listen"):
         monitor.add_exporter(exporter)
     squatter.close()

@@ -149,6 +149,7 @@ def _server_env(tmp_path: Path, metrics_port: int, **extra: str) -> dict[str, st
             "OTEL_EXPORTER_PROMETHEUS_PORT": str(metrics_port),
             "METRICS_MULTIPROCESS_DIR": str(tmp_path / "mp"),
             "METRICS_MULTIPROCESS_GAUGES": "worker_up=worker",
+            "METRICS_PROMETHEUS_SCOPE_LABELS": "false",  # the expected lines are written without them
             **extra,
         }
     )

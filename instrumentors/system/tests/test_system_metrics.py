@@ -27,7 +27,11 @@ from chat_turbo_metrics_system._readings import own_descriptors
 @pytest.fixture(params=["fast", "sdk"])
 def monitor(request: pytest.FixtureRequest) -> Iterator[PerformanceMonitor]:
     """A monitor on a private pipeline, for each recording path."""
-    made = PerformanceMonitor(MonitoringConfig(metrics_exporters=(), environment="test", recording=request.param))
+    made = PerformanceMonitor(
+        MonitoringConfig(
+            metrics_exporters=(), environment="test", recording=request.param, prometheus_scope_labels=False
+        )
+    )
     yield made
     made.shutdown()
 

@@ -3,7 +3,8 @@
 The SDK and the Prometheus exporter keep some things we need behind underscores: the configurator base class
 ``opentelemetry-instrument`` loads, the synchronous gauge class, the Prometheus unit mapping, the loggers that
 report rejected measurements, the resource a MeterProvider refreshes after a fork, the measurement consumer every
-synchronous instrument feeds, an exporter's temporality preference and the OTLP/gRPC exporter's channel. Each is
+synchronous instrument feeds, an exporter's temporality preference, the OTLP/gRPC exporter's channel, and the
+context key and variable that hold the current span (read on the recording hot path for exemplars). Each is
 imported or read here only, so an SDK upgrade that moves one breaks this module and ``tests/_core/test_compat.py``,
 not a capability somewhere else.
 
@@ -18,21 +19,25 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from opentelemetry import context as _otel_context
 from opentelemetry.exporter.prometheus._mapping import map_unit
 from opentelemetry.metrics import _Gauge as _ApiGauge
 from opentelemetry.sdk._configuration import _BaseConfigurator
 from opentelemetry.sdk.metrics import Counter, Histogram, UpDownCounter, _Gauge
 from opentelemetry.sdk.metrics.export import AggregationTemporality
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.trace.propagation import _SPAN_KEY
 
 from chat_turbo_metrics._core.forks import reinit
 
 __all__ = [
     "SDK_MEASUREMENT_LOGGERS",
+    "SPAN_KEY",
     "ApiGauge",
     "BaseConfigurator",
     "SdkGauge",
     "count_measurements",
+    "current_context_reader",
     "exporter_temporality",
     "forget_inherited_sums",
     "keep_grpc_channel",
@@ -49,6 +54,19 @@ SdkGauge = _Gauge
 
 ApiGauge = _ApiGauge
 """The API's synchronous gauge base class (``opentelemetry.metrics._Gauge``), for delegating instruments."""
+
+SPAN_KEY = _SPAN_KEY
+"""The key of the current span in an OpenTelemetry context (``opentelemetry.trace.propagation``)."""
+
+
+def current_context_reader() -> Callable[[], Mapping[str, Any]]:
+    """The cheapest way to read the current OpenTelemetry context: the default runtime context's context
+    variable's ``get`` (one C call), or the public ``get_current`` when another runtime context is configured."""
+    runtime = getattr(_otel_context, "_RUNTIME_CONTEXT", None)
+    variable = getattr(runtime, "_current_context", None)
+    getter = getattr(variable, "get", None)
+    return getter if callable(getter) else _otel_context.get_current
+
 
 # The SDK modules whose loggers report a measurement they dropped (named after the modules, ``_internal``).
 SDK_MEASUREMENT_LOGGERS = (

@@ -12,7 +12,12 @@ one home of value checks, shared with the SDK path) before it touches any state.
 through :meth:`FastRecorder.metrics`, which the layer above adds to its collection (``Pipeline.add_producer``):
 the recorder knows nothing of the pipeline.
 
-Differences from the SDK path: no exemplars are recorded; tag values that are equal in Python but of different
+Exemplars: a histogram or timer observation made while a sampled span is current keeps, per bucket, the latest
+(value, time, trace id, span id), as the SDK's default ``trace_based`` exemplar filter and its explicit-bucket
+reservoir do. Looking for the span is one context-variable read and one dict lookup; only an observation inside
+a span pays more (reading its context, one tuple stored, no lock).
+
+Differences from the SDK path: tag values that are equal in Python but of different
 types (``1``, ``1.0``, ``True``) share the series of the first one seen, where the SDK keeps them apart (the
 hot path's key compares by equality).
 """
@@ -29,6 +34,7 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import Metric
 
 from chat_turbo_metrics._core import forks
+from chat_turbo_metrics._core.compat import SPAN_KEY, current_context_reader
 from chat_turbo_metrics._core.config import CoreSettings
 from chat_turbo_metrics._core.guard import (
     EXACT_TYPES,
@@ -50,6 +56,7 @@ from chat_turbo_metrics._recording.streams import (
     AGGREGATE,
     NATURAL,
     Cell,
+    HistogramCell,
     OverflowReport,
     Stream,
     bounds_problem,
@@ -67,6 +74,25 @@ _EXACT = EXACT_TYPES
 _perf_counter = time.perf_counter
 _random = random.random
 _EMPTY: Mapping[str, Any] = {}
+_time_ns = time.time_ns
+_SPAN = SPAN_KEY
+
+
+_current_context = current_context_reader()
+
+
+def keep_exemplar(cell: Any, index: int, value: float, span: Any) -> None:
+    """Keep ``value`` as bucket ``index``'s exemplar if ``span`` is sampled (one list store: no lock needed)."""
+    try:
+        context = span.get_span_context()
+        if not context.trace_flags & 1:
+            return
+        kept = cell.exemplars
+        if kept is None:
+            kept = cell.exemplars = [None] * len(cell.counts)
+        kept[index] = (value, _time_ns(), context.trace_id, context.span_id)
+    except Exception:  # never raise while recording; an odd span object is no exemplar
+        return
 
 
 class _Instrument:
@@ -221,13 +247,17 @@ class FastRecorder:
         try:
             cell = self._histograms[name, tuple(tags.items()) if tags is not None else None, value.__class__]
             if 0 <= value < _FMAX:
+                index = bisect_left(cell.bounds, value)
                 with self._lock:
-                    cell.counts[bisect_left(cell.bounds, value)] += 1
+                    cell.counts[index] += 1
                     cell.sum += value
                     if value < cell.min:  # noqa: PLR1730 - an if is ~2x cheaper than min() on the hot path
                         cell.min = value
                     if value > cell.max:  # noqa: PLR1730
                         cell.max = value
+                span = _current_context().get(_SPAN)
+                if span is not None:
+                    keep_exemplar(cell, index, value, span)
                 return
         except Exception:
             pass
@@ -242,13 +272,17 @@ class FastRecorder:
             value = end - start
             cell = self._timers[name, tuple(tags.items()) if tags is not None else None, start.__class__]
             if 0 <= value < end:  # 0 < start <= end: a start token from start_timer()
+                index = bisect_left(cell.bounds, value)
                 with self._lock:
-                    cell.counts[bisect_left(cell.bounds, value)] += 1
+                    cell.counts[index] += 1
                     cell.sum += value
                     if value < cell.min:  # noqa: PLR1730 - an if is ~2x cheaper than min() on the hot path
                         cell.min = value
                     if value > cell.max:  # noqa: PLR1730
                         cell.max = value
+                span = _current_context().get(_SPAN)
+                if span is not None:
+                    keep_exemplar(cell, index, value, span)
                 return
         except Exception:
             pass
@@ -319,7 +353,12 @@ class FastRecorder:
             return None, False
         with self._lock:
             self._slow += 1
-            return instrument.record(tags, checked, self._order)
+            cell, own = instrument.record(tags, checked, self._order)
+        if isinstance(cell, HistogramCell) and checked is not None:  # a series' first observation keeps its exemplar
+            span = _current_context().get(_SPAN)
+            if span is not None:
+                keep_exemplar(cell, bisect_left(cell.bounds, checked), checked, span)
+        return cell, own
 
     def _instrument(self, kind: Kind, name: Any, timer: bool) -> _Instrument | None:
         try:
