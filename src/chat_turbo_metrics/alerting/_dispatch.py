@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from opentelemetry import metrics
 
@@ -50,7 +50,23 @@ from chat_turbo_metrics.alerting._routing import (
 )
 from chat_turbo_metrics.alerting._timeline import Timeline
 
+if TYPE_CHECKING:
+    pass  # typing.Unpack from Python 3.11
+
 _logger = logging.getLogger("chat_turbo_metrics.alerting")
+
+
+class RouteSettings(TypedDict, total=False):
+    """The keyword arguments of :meth:`Dispatcher.add_route`, which holds their defaults; whoever passes a route's
+    settings on (``AlertManager.add_route``) takes ``**settings: Unpack[RouteSettings]``."""
+
+    matchers: Matchers
+    group_by: Sequence[str]
+    group_wait_s: float
+    group_interval_s: float
+    repeat_interval_s: float
+    send_resolved: bool
+    name: str | None
 
 
 @dataclass
