@@ -71,7 +71,8 @@ def test_sample_value_of_a_private_monitor() -> None:
 
 def test_scope_labels_count_only_when_named() -> None:
     # Every scraped sample carries otel_scope_name/version (METRICS_PROMETHEUS_SCOPE_LABELS, on by default).
-    monitor = PerformanceMonitor(MonitoringConfig(environment="test", metrics_exporters=(), prometheus_scope_labels=True))
+    config = MonitoringConfig(environment="test", metrics_exporters=(), prometheus_scope_labels=True)
+    monitor = PerformanceMonitor(config)
     try:
         monitor.increment_counter("jobs", {"queue": "email"}, 4)
         assert 'otel_scope_name="chat_turbo_metrics"' in monitor.snapshot().to_prometheus()
