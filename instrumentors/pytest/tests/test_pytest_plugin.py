@@ -69,6 +69,21 @@ def test_sample_value_of_a_private_monitor() -> None:
         monitor.shutdown()
 
 
+def test_scope_labels_count_only_when_named() -> None:
+    # Every scraped sample carries otel_scope_name/version (METRICS_PROMETHEUS_SCOPE_LABELS, on by default).
+    config = MonitoringConfig(environment="test", metrics_exporters=(), prometheus_scope_labels=True)
+    monitor = PerformanceMonitor(config)
+    try:
+        monitor.increment_counter("jobs", {"queue": "email"}, 4)
+        assert 'otel_scope_name="chat_turbo_metrics"' in monitor.snapshot().to_prometheus()
+        assert read_sample(monitor, "jobs_total", {"queue": "email"}) == 4.0
+        assert read_sample(monitor, "jobs_total", {"queue": "email", "otel_scope_name": "chat_turbo_metrics"}) == 4.0
+        assert read_sample(monitor, "jobs_total", {"queue": "email", "otel_scope_name": "other"}) is None
+        assert read_sample(monitor, "jobs_total", {"queue": "sms"}) is None
+    finally:
+        monitor.shutdown()
+
+
 RULE = {
     "id": "slow",
     "name": "Slow queue",

@@ -19,13 +19,17 @@ def _label_value(value: Any) -> str:
     return str(value)
 
 
+_SCOPE_LABELS = ("otel_scope_name", "otel_scope_version")
+
+
 def sample_value(monitor: PerformanceMonitor, name: str, labels: Mapping[str, Any] | None = None) -> float | None:
     """The value of one sample in a Prometheus scrape of ``monitor``, or None when there is no such sample.
 
     As prometheus_client's ``REGISTRY.get_sample_value``: ``name`` is the sample's name as scraped (a counter's
     ``_total``, a histogram's ``_count``, ``_sum`` and ``_bucket``), and ``labels`` must be exactly the sample's
     labels. Keys may be written as recorded (``http.route``) or as scraped (``http_route``); values are compared
-    as text (``200`` matches ``"200"``, ``le=0.5`` matches ``"0.5"``).
+    as text (``200`` matches ``"200"``, ``le=0.5`` matches ``"0.5"``). The instrumentation scope labels every
+    sample carries (``otel_scope_name``, ``otel_scope_version``) count only when ``labels`` names them.
 
     Example:
         >>> monitor.increment_counter("messages_sent", {"channel": "email"}, 2)
@@ -45,7 +49,8 @@ def sample_value(monitor: PerformanceMonitor, name: str, labels: Mapping[str, An
     wanted = {prometheus_label(str(key)): _label_value(value) for key, value in (labels or {}).items()}
     for family in text_string_to_metric_families(monitor.snapshot().to_prometheus()):
         for sample in family.samples:
-            if sample.name == name and _same(sample.labels, wanted):
+            found = {k: v for k, v in sample.labels.items() if k not in _SCOPE_LABELS or k in wanted}
+            if sample.name == name and _same(found, wanted):
                 return float(sample.value)
     return None
 
