@@ -31,6 +31,8 @@ from chat_turbo_metrics.exporters._status import HEADERS as STATUS_HEADERS
 from chat_turbo_metrics.exporters._status import StatusHistory, page, status_data
 from chat_turbo_metrics.multiprocess import SharedEndpoint
 
+__all__ = ["PrometheusExporter", "make_asgi_app", "make_wsgi_app"]
+
 Collect = Callable[[], MetricsData | None]
 _logger = logging.getLogger("chat_turbo_metrics.exporters.prometheus")
 
