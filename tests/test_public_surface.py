@@ -54,6 +54,7 @@ SURFACE: dict[str, set[str]] = {
         "AlertTransition",
         "AlertingSpanProcessor",
         "AlertmanagerForwarder",
+        "Delivered",
         "DeliveryError",
         "DeliveryStats",
         "Dispatcher",
@@ -151,7 +152,7 @@ SURFACE: dict[str, set[str]] = {
         "SPANS_GRPC",
         "SPANS_HTTP",
     },
-    "chat_turbo_metrics.exporters.prometheus": {"PrometheusExporter"},
+    "chat_turbo_metrics.exporters.prometheus": {"PrometheusExporter", "make_asgi_app", "make_wsgi_app"},
     "chat_turbo_metrics.instrumentation": {
         "CACHE_HITS",
         "CACHE_MISSES",

@@ -28,6 +28,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 from chat_turbo_metrics._core.config import MonitoringConfig
+from chat_turbo_metrics._pipeline import attached
 from chat_turbo_metrics._pipeline.pull import PullExporter
 
 if TYPE_CHECKING:
@@ -89,6 +90,11 @@ class PipelineView:
     def collect(self) -> MetricsData | None:
         """Cumulative metrics of the whole pipeline, right now (what a scrape or an export reads)."""
         return self._pipeline.collect()
+
+    def attach(self, role: str, item: object) -> None:
+        """Make ``item`` findable beside this pipeline under ``role`` (an alert manager, for the status page of the
+        pipeline's endpoint); held weakly. It changes nothing the pipeline does."""
+        attached.attach(self._pipeline, role, item)
 
     def __repr__(self) -> str:
         return f"<PipelineView service={self._pipeline.config.service_name!r}>"

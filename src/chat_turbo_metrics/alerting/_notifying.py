@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from chat_turbo_metrics.alerting._background import Monitored
 from chat_turbo_metrics.alerting._delivery import Sender
-from chat_turbo_metrics.alerting._dispatch import Dispatcher, RouteSettings
+from chat_turbo_metrics.alerting._dispatch import Delivered, Dispatcher, RouteSettings
 from chat_turbo_metrics.alerting._matchers import Matchers
 from chat_turbo_metrics.alerting._model import AlertListener, EvaluationHook
 from chat_turbo_metrics.alerting._routing import Forwarder, Route
@@ -113,6 +113,16 @@ class Notifying:
             ValueError: a malformed matcher.
         """
         self.dispatcher.add_forwarder(forwarder, matchers=matchers)
+
+    def recent_notifications(self) -> tuple[Delivered, ...]:
+        """The last notifications this manager's routes sent (at most 100), oldest first, with their outcome."""
+        dispatcher = self._dispatcher  # read only: no dispatcher is made for the asking
+        return dispatcher.recent() if dispatcher is not None else ()
+
+    def notification_counts(self) -> dict[str, dict[str, int]]:
+        """Delivery outcomes so far: notifier -> ``sent``/``failed``/``dropped``/``retries`` -> count."""
+        dispatcher = self._dispatcher
+        return dispatcher.stats.snapshot() if dispatcher is not None else {}
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until queued notifications are delivered, at most ``timeout_s``.

@@ -15,6 +15,7 @@ from opentelemetry import metrics
 from opentelemetry.sdk.metrics.export import MetricsData
 
 from chat_turbo_metrics._core import forks
+from chat_turbo_metrics._pipeline.attached import ALERT_MANAGERS
 from chat_turbo_metrics._pipeline.globals import process_monitor
 from chat_turbo_metrics.alerting._background import CycleSubscriber, Monitored, register_active_gauge
 from chat_turbo_metrics.alerting._dispatch import Dispatcher
@@ -113,6 +114,7 @@ class AlertManager(Notifying):
         )
         self._start_notifications(dispatcher)  # and routes to the notifiers ALERT_* variables configure
         register_active_gauge(self.monitor.meter_provider, self)
+        self._attach_to_pipeline()  # the status page of the pipeline's endpoint reads it
         forks.register(self, forks.Phase.LOCKS)
 
     def after_fork_in_child(self) -> None:
@@ -235,6 +237,13 @@ class AlertManager(Notifying):
 
     # -- evaluation -------------------------------------------------------------------------------------
 
+    def _attach_to_pipeline(self) -> None:
+        """Be found by the status page of the pipeline the monitor records into now (again after configure())."""
+        pipeline = self.monitor.pipeline
+        attach = getattr(pipeline, "attach", None)  # a PipelineView; a stand-in monitor may have none
+        if attach is not None:
+            attach(ALERT_MANAGERS, self)
+
     def _collect_current(self) -> MetricsData | None:
         pipeline = self.monitor.pipeline  # the one the monitor records into now
         return pipeline.collect() if pipeline is not None else None
@@ -252,6 +261,7 @@ class AlertManager(Notifying):
         with self._evaluating:
             with self._lock:
                 self._follow_interval()
+                self._attach_to_pipeline()
                 self._store.ingest(data, now)
                 self._ingest_spans(now)
                 self._reader.begin()

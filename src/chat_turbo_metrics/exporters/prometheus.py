@@ -11,6 +11,7 @@ import errno
 import http.client
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
@@ -19,13 +20,18 @@ from opentelemetry.sdk.metrics.export import MetricsData
 
 from chat_turbo_metrics import multiprocess
 from chat_turbo_metrics._core.config import ExportSettings
+from chat_turbo_metrics._pipeline.attached import ALERT_MANAGERS, attached
 from chat_turbo_metrics._pipeline.ports import PortInUseError
 from chat_turbo_metrics._pipeline.pull import Membership, Source
 from chat_turbo_metrics.exporters import _prometheus_server
-from chat_turbo_metrics.exporters._prometheus_http import Response, plain, respond
+from chat_turbo_metrics.exporters._prometheus_http import Request, Response, add_page, plain, respond
 from chat_turbo_metrics.exporters._prometheus_server import Endpoint
 from chat_turbo_metrics.exporters._prometheus_text import to_prometheus_text
+from chat_turbo_metrics.exporters._status import HEADERS as STATUS_HEADERS
+from chat_turbo_metrics.exporters._status import StatusHistory, page, status_data
 from chat_turbo_metrics.multiprocess import SharedEndpoint
+
+__all__ = ["PrometheusExporter", "make_asgi_app", "make_wsgi_app"]
 
 Collect = Callable[[], MetricsData | None]
 _logger = logging.getLogger("chat_turbo_metrics.exporters.prometheus")
@@ -66,6 +72,8 @@ class PrometheusExporter(SharedEndpoint):
         self._requested_port = port
         self._endpoint: Endpoint | None = None
         self._collect: Collect | None = None
+        self._source: Source | None = None  # the pipeline served: whose alert managers the status page shows
+        self._status_history = StatusHistory()
         self._member = False  # a member of a pre-fork group: another process of the service serves the port
 
     @classmethod
@@ -111,6 +119,7 @@ class PrometheusExporter(SharedEndpoint):
             PortInUseError: a process outside this group holds the port.
             OSError: the port cannot be bound for another reason.
         """
+        self._source = source
         membership = multiprocess.serve(source, self)
         if self._collect is None and membership is not None:
             self._member = True  # the holder serves the merged data; a mounted app asks it
@@ -118,12 +127,28 @@ class PrometheusExporter(SharedEndpoint):
         return membership
 
     def render(self, openmetrics: bool = False) -> str:
-        """The exposition a scrape returns now: the text format 0.0.4, or OpenMetrics 1.0."""
-        return to_prometheus_text(
+        """The exposition a scrape returns now: the text format 0.0.4, or OpenMetrics 1.0 (the status page's
+        charts take a point of it when due)."""
+        data = self._collect() if self._collect is not None else None
+        now = time.time()
+        if self._status_history.due(now):
+            self._status_history.observe(data, now)
+        return to_prometheus_text(data, openmetrics=openmetrics, scope_labels=self.scope_labels)
+
+    def status_page(self, path: str) -> tuple[bytes, str]:
+        """``/status`` (HTML) or ``/status.json``: alerts, silences, notifications, health, the last hour.
+
+        The alerting shown is that of the alert managers made for the pipeline this exporter serves; under a
+        pre-fork server, that of the process serving the port (the metrics are the group's).
+        """
+        source = self._source
+        data = status_data(
             self._collect() if self._collect is not None else None,
-            openmetrics=openmetrics,
-            scope_labels=self.scope_labels,
+            attached(source, ALERT_MANAGERS) if source is not None else (),
+            self._status_history,
+            multiprocess=source is not None and source.config.multiprocess and self._requested_port > 0,
         )
+        return page(path, data)
 
     def respond(self, path: str = "/metrics", accept: str = "", accept_encoding: str = "") -> Response:
         """What the exporter's port answers to a GET of ``path`` with these headers, answered here.
@@ -157,6 +182,7 @@ class PrometheusExporter(SharedEndpoint):
         """In a forked child: detach from the parent's endpoint (whose own fork hook closes the socket copy), so
         that this exporter can attach again when the child takes the port over."""
         self._endpoint, self._collect = None, None
+        self._status_history = StatusHistory()
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         """Stop answering scrapes (at once; in a forked child, without waiting for the parent's thread)."""
@@ -322,3 +348,16 @@ def make_wsgi_app(
         return [b"" if method == "HEAD" else response.body]
 
     return metrics_app
+
+
+def _status_page(source: Any, request: Request) -> Response:
+    """``/status`` and ``/status.json`` on the endpoint and in the mounted apps (404 where nothing serves one)."""
+    status_page = getattr(source, "status_page", None)
+    if status_page is None:
+        return plain(404, "no status page on this endpoint")
+    body, content_type = status_page(request.path)
+    return Response(200, (("Content-Type", content_type), *STATUS_HEADERS), body)
+
+
+for _path in ("/status", "/status.json"):
+    add_page(_path, _status_page)
