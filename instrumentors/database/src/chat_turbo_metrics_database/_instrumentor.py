@@ -20,6 +20,7 @@ from chat_turbo_metrics.instrumentation import (
     StatementClassifier,
     strip_literals,
 )
+from chat_turbo_metrics_database._drivers import claim_for_sqlalchemy, release_sqlalchemy_connections
 
 _instruments = ("sqlalchemy >= 2.0",)
 CONNECTIONS = "database_connections"
@@ -84,6 +85,10 @@ class _Listener:
 
     # --- engine events ----------------------------------------------------------------------------
     def engine_connect(self, connection: Any) -> None:
+        try:  # its statements are ours to record: the driver instrumentors leave them alone
+            claim_for_sqlalchemy(connection.connection.driver_connection)
+        except Exception as error:
+            self.problems.report(("claim", type(error)), "cannot see the driver connection: %r", error)
         engine = connection.engine
         if engine not in self.engines:
             try:
@@ -191,5 +196,6 @@ class SQLAlchemyInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             return
         for name in _EVENTS:
             event.remove(Engine, name, getattr(listener, name))
+        release_sqlalchemy_connections()
         if listener.hooked is not None:
             listener.hooked.remove_collection_hook(listener.read_pools)
