@@ -86,7 +86,7 @@ class Statements:
         self._classifier = StatementClassifier(max_tables=max_tables)
         self._monitor: PerformanceMonitor | None = None
         self._marker: Any = None
-        self._series: dict[tuple[str, str], Callable[[float], None]] = {}
+        self._series: dict[str, dict[str, Callable[[float], None]]] = {"success": {}, "error": {}}
         self.problems = Problems(logging.getLogger(logger))
 
     def record(self, statement: str, status: str, elapsed: float) -> None:
@@ -94,11 +94,14 @@ class Statements:
         try:
             monitor = self._fixed or PerformanceMonitor._instance or PerformanceMonitor.get_instance()
             if monitor is not self._monitor or monitor.increment_counter is not self._marker:
-                self._series = {}
+                self._series = {"success": {}, "error": {}}
                 self._monitor, self._marker = monitor, monitor.increment_counter
-            observe = self._series.get((statement, status))
+            series = self._series[status]
+            observe = series.get(statement)
             if observe is None:
                 observe = self._new_series(monitor, statement, status)
+                if len(series) < _SERIES_LIMIT and len(statement) <= _MAX_TEXT:
+                    series[statement] = observe
             observe(elapsed)
         except Exception as error:  # never into the application's statement
             self.problems.report(("record", type(error)), "cannot record a statement: %r", error)
@@ -117,8 +120,6 @@ class Statements:
                 if _random() < rate:
                     full(value)
 
-        if len(self._series) < _SERIES_LIMIT and len(statement) <= _MAX_TEXT:
-            self._series[statement, status] = observe
         return observe
 
 
@@ -321,25 +322,28 @@ class Psycopg2Instrumentor(_DriverInstrumentor):
         def measured_connection(base: type) -> type:
             made = connections.get(base)
             if made is None:
+                base_cursor = base.cursor  # type: ignore[attr-defined]
 
                 def cursor(self: Any, name: Any = None, cursor_factory: Any = None, *args: Any, **kwargs: Any) -> Any:
-                    factory = cursor_factory or self.cursor_factory or psycopg2.extensions.cursor
-                    if on[0]:
-                        factory = measured_cursor(factory)
-                    return base.cursor(self, name, factory, *args, **kwargs)  # type: ignore[attr-defined]
+                    if cursor_factory is None:  # the connection's own, measured since connect()
+                        return base_cursor(self, name, None, *args, **kwargs)
+                    return base_cursor(
+                        self, name, measured_cursor(cursor_factory) if on[0] else cursor_factory, *args, **kwargs
+                    )
 
                 made = connections[base] = type(base.__name__, (base,), {"cursor": cursor})
             return made
 
         original = psycopg2.connect
 
-        def connect(*args: Any, connection_factory: Any = None, **kwargs: Any) -> Any:
+        def connect(*args: Any, connection_factory: Any = None, cursor_factory: Any = None, **kwargs: Any) -> Any:
             factory = connection_factory or psycopg2.extensions.connection
             if on[0]:
                 try:
                     factory = measured_connection(factory)
+                    cursor_factory = measured_cursor(cursor_factory or psycopg2.extensions.cursor)
                 except Exception as error:  # an odd factory (not a class): its connection goes unmeasured
                     statements.problems.report(("factory", type(error)), "cannot measure %r: %r", factory, error)
-            return original(*args, connection_factory=factory, **kwargs)
+            return original(*args, connection_factory=factory, cursor_factory=cursor_factory, **kwargs)
 
         saved.replace(psycopg2, "connect", connect)
