@@ -326,10 +326,10 @@ def seed_api() -> None:
 class _Ok(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Length", "2")
         self.end_headers()
@@ -372,9 +372,8 @@ def http_clients() -> None:
     url = _served[0]
 
     async def async_clients() -> list[str]:
-        async with httpx.AsyncClient() as client, aiohttp.ClientSession() as session:
-            async with session.get(url) as response:
-                return [(await client.get(url)).text, await response.text()]
+        async with httpx.AsyncClient() as client, aiohttp.ClientSession() as session, session.get(url) as response:
+            return [(await client.get(url)).text, await response.text()]
 
     try:
         assert requests.get(url, timeout=5).text == "ok"
@@ -423,8 +422,12 @@ def postgres_drivers() -> None:
 def client_requests_counted(monitor: PerformanceMonitor) -> Any:
     found = monitor.snapshot().value(
         "http_client_request_duration_seconds",
-        {"method": "GET", "server_address": "127.0.0.1", "server_port": int(_served[0].split(":")[2].split("/")[0]),
-         "status": 200},
+        {
+            "method": "GET",
+            "server_address": "127.0.0.1",
+            "server_port": int(_served[0].split(":")[2].split("/")[0]),
+            "status": 200,
+        },
     )
     return None if found is None else found["count"]
 
