@@ -256,6 +256,63 @@ def django_middleware() -> None:
     assert (response.status_code, response.content) == (200, b"hello ann")
 
 
+def aiohttp_server_instrumentor() -> None:
+    import aiohttp
+    from aiohttp import web
+
+    from chat_turbo_metrics_http.aiohttp_server import AiohttpServerInstrumentor
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text=f"hello {request.match_info['name']}")
+
+    async def run() -> tuple[int, str]:
+        app = web.Application()
+        app.add_routes([web.get("/hello/{name}", hello)])
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}/hello/ann"
+            async with aiohttp.ClientSession() as session, session.get(url) as response:
+                return response.status, await response.text()
+        finally:
+            await runner.cleanup()
+
+    instrumentor = AiohttpServerInstrumentor()
+    instrumentor.instrument()
+    try:
+        assert asyncio.run(run()) == (200, "hello ann")
+    finally:
+        instrumentor.uninstrument()
+
+
+def django_asgi_instrumentor() -> None:
+    import types
+
+    django_middleware()  # Django configured (once per process)
+    from django.conf import settings
+    from django.core.handlers.asgi import ASGIHandler
+    from django.http import HttpRequest, HttpResponse
+    from django.urls import clear_url_caches, path
+
+    from chat_turbo_metrics_http.django_asgi import DjangoAsgiInstrumentor
+
+    async def hello(request: HttpRequest, name: str) -> HttpResponse:
+        return HttpResponse(f"hello {name}")
+
+    urls = types.ModuleType("bad_settings_asgi_urls")
+    urls.urlpatterns = [path("hello/<str:name>", hello)]  # type: ignore[attr-defined]
+    settings.ROOT_URLCONF = urls
+    clear_url_caches()
+    instrumentor = DjangoAsgiInstrumentor()
+    instrumentor.instrument()
+    try:
+        assert serve_asgi(ASGIHandler()) == (200, "hello ann")
+    finally:
+        instrumentor.uninstrument()
+
+
 def sqlalchemy_instrumentor() -> None:
     from sqlalchemy import create_engine, text
 
@@ -440,6 +497,7 @@ def statements_counted(monitor: PerformanceMonitor) -> Any:
 
 
 HTTP_STEPS = (asgi_instrumentor, asgi_middleware, flask_instrumentor, wsgi_middleware, django_middleware)
+HTTP_STEPS += (aiohttp_server_instrumentor, django_asgi_instrumentor)
 STEPS = (*HTTP_STEPS, http_clients, sqlalchemy_instrumentor, postgres_drivers, redis_instrumentor)
 STEPS += (system_instrumentor, seed_api)
 
@@ -506,7 +564,8 @@ def test_the_application_works_whatever_a_setting_says(
         assert not monitor.config.enabled
         assert monitor.snapshot().value("messages_sent", {"channel": "public"}) is None
     else:  # only an exporter was refused (strict=False): the rest started and measured
-        assert requests_counted(monitor) == 3  # ASGI twice and Flask: the WSGI and Django apps use other paths
+        # ASGI twice, Flask, aiohttp's server and Django under ASGI: the WSGI and Django-middleware apps use other paths
+        assert requests_counted(monitor) == 5
         assert client_requests_counted(monitor) == 5  # requests, httpx twice, urllib3, aiohttp
         assert statements_counted(monitor) == 5  # psycopg, psycopg2, asyncpg, SQLAlchemy's and the seed API's
 
@@ -544,5 +603,5 @@ def test_the_application_works_whatever_a_setting_of_a_feature_turned_on_says(
         fresh_process({**on, name: value})
         monitor = run_application(Case(name, value, {**on, name: value}), caplog)
         if monitor.pipeline is not None:  # the exporter this setting configures was left out; the rest measured
-            assert requests_counted(monitor) == 3
+            assert requests_counted(monitor) == 5
             assert monitor.config.metrics_exporters == ("chat_turbo_file", "chat_turbo_database", "datadog")

@@ -99,8 +99,9 @@ if __name__ == "__main__":
     run_simple("127.0.0.1", int(sys.argv[1]), application, threaded=True)
 """
 
-DJANGO_ASGI_APP = DJANGO_APP.replace("django.core.wsgi import get_wsgi_application", "django.core.asgi import "
-    "get_asgi_application").replace("application = get_wsgi_application()", "application = get_asgi_application()")
+DJANGO_ASGI_APP = DJANGO_APP.replace(
+    "django.core.wsgi import get_wsgi_application", "django.core.asgi import get_asgi_application"
+).replace("application = get_wsgi_application()", "application = get_asgi_application()")
 
 AIOHTTP_APP = """
 import sys

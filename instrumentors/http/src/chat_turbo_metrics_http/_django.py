@@ -159,8 +159,9 @@ async def measure_async(metrics: RequestMetrics, get_response: Callable[[Any], A
     if response.streaming:
         status = response.status_code
         if getattr(response, "is_async", False):
-            response.streaming_content = _measured_async_stream(metrics, request, status, response.streaming_content,
-                                                                start)
+            response.streaming_content = _measured_async_stream(
+                metrics, request, status, response.streaming_content, start
+            )
         else:
             response.streaming_content = _measured_stream(metrics, request, status, response.streaming_content, start)
     else:

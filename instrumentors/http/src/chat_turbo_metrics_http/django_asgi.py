@@ -12,8 +12,8 @@ from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from chat_turbo_metrics_http._settings import usable_settings
 from chat_turbo_metrics_http._metrics import RequestMetrics
+from chat_turbo_metrics_http._settings import usable_settings
 
 
 class DjangoAsgiInstrumentor(BaseInstrumentor):  # type: ignore[misc]
