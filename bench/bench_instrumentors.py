@@ -8,6 +8,10 @@ so the servers' work (an HTTP server in a subprocess, PostgreSQL) is not counted
 - HTTP clients, ``GET`` on a keep-alive loopback server: requests, httpx (sync), urllib3, aiohttp.
 - Drivers, ``SELECT 1`` on an open connection to the PostgreSQL at 127.0.0.1:5432 (db ``test``): psycopg,
   psycopg2, asyncpg.
+- Servers, in-process, no sockets (as ``bench_http``): aiohttp's ``Application._handle`` on a mocked request,
+  against contrib's aiohttp-server instrumentation and, for scale, OTel's ASGI middleware; Django's ``ASGIHandler``
+  driven with an ASGI scope, against ``OpenTelemetryMiddleware`` around it (contrib's way for Django on ASGI).
+  The targets: 0.07 of OTel ASGI's overhead.
 
 Contrib runs with a no-op tracer provider and an SDK meter provider (its metrics on, its spans off). The ratio
 compares overheads: (ours - bare) / (contrib - bare); the targets are 0.2 or less.
@@ -193,6 +197,120 @@ def bench_drivers(monitor: PerformanceMonitor) -> None:
     loop.close()
 
 
+def bench_aiohttp_server(monitor: PerformanceMonitor) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from chat_turbo_metrics_http.aiohttp_server import AiohttpServerInstrumentor
+
+    async def message(request: web.Request) -> web.Response:
+        return web.Response(text="hi")
+
+    loop = asyncio.new_event_loop()
+    apps: list[Any] = []
+
+    def fresh_app() -> None:  # contrib's middleware is added to applications created after instrument()
+        app = web.Application()
+        app.add_routes([web.get("/api/messages/{id}", message)])
+        app.freeze()
+        apps[:] = [app]
+
+    async def handle(n: int) -> None:
+        app = apps[0]
+        for _ in range(n):
+            await app._handle(make_mocked_request("GET", "/api/messages/42", app=app))
+
+    report("aiohttp server (10 requests)", interleaved(cases(
+        lambda: loop.run_until_complete(handle(10)), AiohttpServerInstrumentor,
+        contrib("opentelemetry.instrumentation.aiohttp_server", "AioHttpServerInstrumentor"), monitor, fresh_app,
+    )))  # fmt: skip
+    loop.close()
+
+
+SCOPE = {
+    "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+    "path": "/api/messages/42", "raw_path": b"/api/messages/42", "query_string": b"", "root_path": "",
+    "headers": [(b"host", b"localhost")], "client": ("127.0.0.1", 1234), "server": ("127.0.0.1", 80),
+}  # fmt: skip
+
+
+def drive_asgi(app: Any, loop: asyncio.AbstractEventLoop, n: int) -> None:
+    async def send(message: Any) -> None:
+        pass
+
+    async def run() -> None:
+        never = asyncio.Event()
+        for _ in range(n):
+            sent = []
+
+            async def receive(sent: list[bool] = sent) -> dict[str, Any]:
+                if sent:  # Django listens for the disconnect after the body: the client stays
+                    await never.wait()
+                sent.append(True)
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            await app(dict(SCOPE), receive, send)
+
+    loop.run_until_complete(run())
+
+
+def bench_django_asgi(monitor: PerformanceMonitor) -> None:
+    import types
+
+    import django
+    from django.conf import settings
+    from django.http import HttpResponse
+    from django.urls import path
+
+    from chat_turbo_metrics_http.django_asgi import DjangoAsgiInstrumentor
+
+    async def message(request: Any, id: int) -> HttpResponse:  # noqa: A002 - the route's name
+        return HttpResponse("hi")
+
+    urls = types.ModuleType("bench_django_urls")
+    urls.urlpatterns = [path("api/messages/<int:id>", message)]  # type: ignore[attr-defined]
+    settings.configure(DEBUG=False, SECRET_KEY="bench", ALLOWED_HOSTS=["*"], ROOT_URLCONF=urls, MIDDLEWARE=[],
+                       INSTALLED_APPS=[], DATABASES={})  # fmt: skip
+    django.setup()
+    from django.core.handlers.asgi import ASGIHandler
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    loop = asyncio.new_event_loop()
+    handler = ASGIHandler()
+    otel = OpenTelemetryMiddleware(ASGIHandler(), meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
+                                   tracer_provider=NoOpTracerProvider())  # fmt: skip
+    found = interleaved({
+        "bare": (_nothing, lambda: drive_asgi(handler, loop, 5), _nothing),
+        "ours": (lambda: DjangoAsgiInstrumentor().instrument(monitor=monitor), lambda: drive_asgi(handler, loop, 5),
+                 lambda: DjangoAsgiInstrumentor().uninstrument()),
+        "contrib": (_nothing, lambda: drive_asgi(otel, loop, 5), _nothing),
+    })  # fmt: skip
+    report("Django ASGIHandler (5 requests)", found)
+    loop.close()
+
+
+def bench_otel_asgi_scale(monitor: PerformanceMonitor) -> None:
+    """OTel's ASGI middleware around a bare ASGI app: the overhead the server targets are stated against."""
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    from chat_turbo_metrics_http.asgi import AsgiMetricsMiddleware
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"hi"})
+
+    loop = asyncio.new_event_loop()
+    otel = OpenTelemetryMiddleware(app, meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
+                                   tracer_provider=NoOpTracerProvider())  # fmt: skip
+    ours = AsgiMetricsMiddleware(app, monitor=monitor)
+    report("OTel ASGI scale (10 requests)", interleaved({
+        "bare": (_nothing, lambda: drive_asgi(app, loop, 10), _nothing),
+        "ours": (_nothing, lambda: drive_asgi(ours, loop, 10), _nothing),
+        "contrib": (_nothing, lambda: drive_asgi(otel, loop, 10), _nothing),
+    }))  # fmt: skip
+    loop.close()
+
+
 def main() -> None:
     monitor = PerformanceMonitor(MonitoringConfig(metrics_exporters=(), environment="test"))
     server = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SERVER)], stdout=subprocess.PIPE, text=True)
@@ -200,8 +318,12 @@ def main() -> None:
         assert server.stdout is not None
         base = f"http://127.0.0.1:{server.stdout.readline().strip()}/items?token=x"
         print("CPU µs per call of this process (servers not counted); overheads against the bare library")
-        bench_clients(monitor, base)
-        bench_drivers(monitor)
+        only = [arg for arg in sys.argv[1:] if not arg.startswith("--")]
+        for name, run in (("clients", lambda: bench_clients(monitor, base)), ("drivers", lambda: bench_drivers(monitor)),
+                          ("aiohttp", lambda: bench_aiohttp_server(monitor)), ("asgi", lambda: bench_otel_asgi_scale(monitor)),
+                          ("django", lambda: bench_django_asgi(monitor))):  # fmt: skip
+            if not only or name in only:
+                run()
     finally:
         server.terminate()
         server.wait(5)
