@@ -264,7 +264,7 @@ def bench_django_asgi(monitor: PerformanceMonitor) -> None:
 
     from chat_turbo_metrics_http.django_asgi import DjangoAsgiInstrumentor
 
-    async def message(request: Any, id: int) -> HttpResponse:  # noqa: A002 - the route's name
+    async def message(request: Any, id: int) -> HttpResponse:
         return HttpResponse("hi")
 
     urls = types.ModuleType("bench_django_urls")
@@ -319,9 +319,14 @@ def main() -> None:
         base = f"http://127.0.0.1:{server.stdout.readline().strip()}/items?token=x"
         print("CPU µs per call of this process (servers not counted); overheads against the bare library")
         only = [arg for arg in sys.argv[1:] if not arg.startswith("--")]
-        for name, run in (("clients", lambda: bench_clients(monitor, base)), ("drivers", lambda: bench_drivers(monitor)),
-                          ("aiohttp", lambda: bench_aiohttp_server(monitor)), ("asgi", lambda: bench_otel_asgi_scale(monitor)),
-                          ("django", lambda: bench_django_asgi(monitor))):  # fmt: skip
+        sections: tuple[tuple[str, Callable[[], None]], ...] = (
+            ("clients", lambda: bench_clients(monitor, base)),
+            ("drivers", lambda: bench_drivers(monitor)),
+            ("aiohttp", lambda: bench_aiohttp_server(monitor)),
+            ("asgi", lambda: bench_otel_asgi_scale(monitor)),
+            ("django", lambda: bench_django_asgi(monitor)),
+        )
+        for name, run in sections:
             if not only or name in only:
                 run()
     finally:
