@@ -476,6 +476,25 @@ def postgres_drivers() -> None:
             instrumentor.uninstrument()
 
 
+def celery_instrumentor() -> None:
+    from celery import Celery
+
+    from chat_turbo_metrics_celery import CeleryInstrumentor
+
+    app = Celery("bad_settings", broker="memory://")
+
+    @app.task(name="bad_settings.add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    instrumentor = CeleryInstrumentor()
+    instrumentor.instrument()
+    try:
+        assert add.apply(args=(40, 2)).get() == 42
+    finally:
+        instrumentor.uninstrument()
+
+
 def client_requests_counted(monitor: PerformanceMonitor) -> Any:
     found = monitor.snapshot().value(
         "http_client_request_duration_seconds",
@@ -499,7 +518,7 @@ def statements_counted(monitor: PerformanceMonitor) -> Any:
 HTTP_STEPS = (asgi_instrumentor, asgi_middleware, flask_instrumentor, wsgi_middleware, django_middleware)
 HTTP_STEPS += (aiohttp_server_instrumentor, django_asgi_instrumentor)
 STEPS = (*HTTP_STEPS, http_clients, sqlalchemy_instrumentor, postgres_drivers, redis_instrumentor)
-STEPS += (system_instrumentor, seed_api)
+STEPS += (celery_instrumentor, system_instrumentor, seed_api)
 
 
 def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -568,6 +587,7 @@ def test_the_application_works_whatever_a_setting_says(
         assert requests_counted(monitor) == 5
         assert client_requests_counted(monitor) == 5  # requests, httpx twice, urllib3, aiohttp
         assert statements_counted(monitor) == 5  # psycopg, psycopg2, asyncpg, SQLAlchemy's and the seed API's
+        assert monitor.snapshot().value("celery_tasks", {"task": "bad_settings.add", "outcome": "success"}) == 1
 
 
 FREE_VARIABLES = sorted(set(declared_variables()) - {case.name for case in VARIABLE_CASES})
