@@ -19,6 +19,10 @@ instrumentors are released with the core at the same version; a name here change
 - :class:`EnvironmentVariable`: a variable the instrumentor reads, declared (as a constant of its
   ``opentelemetry_environment_variables`` module) with the check of its value, so that
   ``chat-turbo-metrics config`` shows and checks it with the core's settings.
+- :func:`semconv_mode`, :class:`SemconvMode`: which names an instrumentor emits for a signal (``http``,
+  ``database``): the seed's, the semantic conventions' or both, from ``OTEL_SEMCONV_STABILITY_OPT_IN`` (read as
+  OpenTelemetry's instrumentations read it) or the ``semconv_stability_opt_in`` setting of the monitor's
+  configuration. Every instrumentor asks here; none parses the variable itself.
 - :func:`register_after_fork`: repair an instrumentor's own state in a forked child, in the core's one fork
   registry (never ``os.register_at_fork`` directly: ``tests/_core/test_forks.py`` checks it).
 
@@ -32,15 +36,18 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 
 from chat_turbo_metrics._collection.ratio import HITS as CACHE_HITS
 from chat_turbo_metrics._collection.ratio import MISSES as CACHE_MISSES
 from chat_turbo_metrics._core import forks
 from chat_turbo_metrics._core.config.instrumentor_variables import EnvironmentVariable
 from chat_turbo_metrics._core.guard import FLOAT_MAX, Problems
+from chat_turbo_metrics._core.semconv import SEMCONV_STABILITY_OPT_IN, SemconvMode, Signal, opt_in_mode, parse_opt_in
 from chat_turbo_metrics._core.sql import StatementClassifier, strip_literals
 from chat_turbo_metrics._database import QUERY_DURATION as DATABASE_QUERY_DURATION
+from chat_turbo_metrics._monitor import PerformanceMonitor
 from chat_turbo_metrics._recording.bundle import bundle_produced
 
 __all__ = [
@@ -48,11 +55,14 @@ __all__ = [
     "CACHE_MISSES",
     "DATABASE_QUERY_DURATION",
     "FLOAT_MAX",
+    "SEMCONV_STABILITY_OPT_IN",
     "EnvironmentVariable",
     "Problems",
+    "SemconvMode",
     "StatementClassifier",
     "bundle_produced",
     "register_after_fork",
+    "semconv_mode",
     "strip_literals",
 ]
 
@@ -67,3 +77,36 @@ def register_after_fork(repair: Callable[[], None]) -> None:
         repair: a function with no arguments, e.g. one that resets an instrumentor's readings.
     """
     forks.register_function(repair, forks.Phase.PIPELINE)
+
+
+def semconv_mode(
+    signal: Signal, monitor: PerformanceMonitor | None = None, *, environ: Mapping[str, str] | None = None
+) -> SemconvMode:
+    """The names an instrumentor emits for ``signal``: the seed's, the semantic conventions' or both.
+
+    With a monitor, its configuration decides (``semconv_stability_opt_in``: from ``OTEL_SEMCONV_STABILITY_OPT_IN``,
+    a ``configs/*.toml`` file or ``configure()``); ask when the instrumentor binds to the monitor it records
+    into, and again when ``configure()`` replaces that monitor's recorder. Without one, the environment
+    (``environ``, default ``os.environ``) decides, read the same way. Unknown tokens never raise: the variable
+    is shared with OpenTelemetry's own instrumentations, which read tokens of their own from it.
+
+    Args:
+        signal: ``"http"`` or ``"database"`` (a cache client is a database client: Redis uses ``"database"``).
+        monitor: the monitor the instrumentor records into.
+        environ: the environment to read when no monitor is given.
+
+    Returns:
+        :class:`SemconvMode`: ``.seed`` and ``.semconv`` say which sets to emit.
+
+    Example:
+        >>> semconv_mode("http", environ={"OTEL_SEMCONV_STABILITY_OPT_IN": "http/dup,database"})
+        <SemconvMode.BOTH: 'both'>
+        >>> semconv_mode("database", environ={"OTEL_SEMCONV_STABILITY_OPT_IN": "database"}).semconv
+        True
+        >>> semconv_mode("database", environ={})
+        <SemconvMode.SEED: 'seed'>
+    """
+    if monitor is not None:
+        return opt_in_mode(monitor.config.semconv_stability_opt_in, signal)
+    env = os.environ if environ is None else environ
+    return opt_in_mode(parse_opt_in(env.get(SEMCONV_STABILITY_OPT_IN, "")), signal)

@@ -10,6 +10,7 @@ from chat_turbo_metrics._core.config.checks import AT_MOST, LONGEST_S, NOT_EMPTY
 from chat_turbo_metrics._core.config.declaration import OtherVariable, Settings, Variable, setting
 from chat_turbo_metrics._core.config.values import parse_bool, parse_float, parse_int, parse_resource, parse_str
 from chat_turbo_metrics._core.guard import configured_tags_problem, valid_text
+from chat_turbo_metrics._core.semconv import SEMCONV_STABILITY_OPT_IN, is_tokens, parse_opt_in
 
 Recording = Literal["fast", "sdk"]
 ENVIRONMENTS = ("development", "production", "test")
@@ -168,6 +169,17 @@ class CoreSettings(Settings):
         shown_default="none",
         meaning="OpenTelemetry Views: in a file, `[views.<instrument>]` tables with `name`, `description`, "
         "`buckets`, `attribute_keys`, `drop`; in code, `ViewConfig`s",
+    )
+    semconv_stability_opt_in: tuple[str, ...] = setting(
+        (),
+        parse=parse_opt_in,
+        checks=(holds(is_tokens, "must be a tuple of tokens such as ('http', 'database/dup')"),),
+        otel=(SEMCONV_STABILITY_OPT_IN,),
+        shown_default="none (the seed's names)",
+        meaning="which names the instrumentors emit, read as OpenTelemetry's instrumentations read it: `http` / "
+        "`database` the semantic conventions' names only, `http/dup` / `database/dup` both those and the seed's; "
+        "comma-separated; other tokens are left to other libraries (see [Semantic-convention names]"
+        "(#semantic-convention-names))",
     )
 
 
