@@ -11,7 +11,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from chat_turbo_metrics import ConfigurationError, PerformanceMonitor
+from chat_turbo_metrics import ConfigurationError, MonitoringConfig, PerformanceMonitor
 from chat_turbo_metrics_http_client import HttpxInstrumentor, RequestsInstrumentor, Urllib3Instrumentor
 
 Series = Callable[..., dict[Any, int]]
@@ -234,3 +234,21 @@ def test_httpx_sync_outcomes(
         tags(refused_port, status=None, error="ConnectError"): 1,
     }
     assert "s3cret" not in client_monitor.snapshot().to_prometheus()
+
+
+def test_without_the_http_switch_the_monitors_semconv_opt_in_decides(
+    client_server: Any, client_series: Series, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CHAT_TURBO_HTTP_METRIC_NAMES", raising=False)
+    monitor = PerformanceMonitor(MonitoringConfig(environment="test", metrics_exporters=(),
+                                                  semconv_stability_opt_in=("http/dup",)))  # fmt: skip
+    HttpxInstrumentor().instrument(monitor=monitor)
+    try:
+        assert httpx.get(client_server.url("/ok")).text == "ok"
+    finally:
+        HttpxInstrumentor().uninstrument()
+    semconv = {"http.request.method": "GET", "server.address": "127.0.0.1", "server.port": client_server.port,
+               "http.response.status_code": 200}  # fmt: skip
+    assert client_series(monitor, "http.client.request.duration") == {frozenset(semconv.items()): 1}
+    assert client_series(monitor) == {tags(client_server.port): 1}  # "/dup": the seed's name as well
+    monitor.shutdown()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -16,9 +17,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from chat_turbo_metrics import PerformanceMonitor
-from chat_turbo_metrics.instrumentation import Problems
+from chat_turbo_metrics.instrumentation import Problems, semconv_mode
 from chat_turbo_metrics_http._metrics import normal_method
-from chat_turbo_metrics_http._settings import usable_settings
+from chat_turbo_metrics_http._settings import METRIC_NAMES_VARIABLE, usable_settings
 
 DURATION = "http_client_request_duration_seconds"  # the seed's style
 SC_DURATION = "http.client.request.duration"  # the semantic conventions' (CHAT_TURBO_HTTP_METRIC_NAMES)
@@ -39,15 +40,20 @@ Key = tuple[str, str, int, int, str | None]  # method, server address, server po
 
 
 def metric_names(given: str | None, environ: Mapping[str, str] | None) -> str | None:
-    """``seed``, ``semconv`` or ``both``: the one place the client instrumentors choose their metric names.
+    """``seed``, ``semconv``, ``both``, or ``auto``: the one place the client instrumentors choose their names.
 
-    Read like the HTTP server instrumentors' (keyword argument, else ``CHAT_TURBO_HTTP_METRIC_NAMES``), with their
-    one error per process for a bad variable (None is returned: the caller measures nothing).
+    The keyword argument, else ``CHAT_TURBO_HTTP_METRIC_NAMES`` when it is set (read as the HTTP server
+    instrumentors read it, with their one error per process for a bad value: None is returned and the caller
+    measures nothing); else ``auto``: the monitor's ``semconv_stability_opt_in`` (``OTEL_SEMCONV_STABILITY_OPT_IN``)
+    decides, asked through :func:`chat_turbo_metrics.instrumentation.semconv_mode` when the monitor is bound.
 
     Raises:
-        ConfigurationError: ``given`` is not one of the three.
+        ConfigurationError: ``given`` is not one of ``seed``, ``semconv``, ``both``.
     """
-    settings = usable_settings((), given, environ)  # excluded paths are a server's setting: not read here
+    env = os.environ if environ is None else environ
+    if given is None and METRIC_NAMES_VARIABLE not in env:
+        return "auto"
+    settings = usable_settings((), given, env)  # excluded paths are a server's setting: not read here
     return None if settings is None else settings.metric_names
 
 
@@ -99,6 +105,7 @@ class ClientMetrics:
 
     def __init__(self, names: str, monitor: PerformanceMonitor | None = None) -> None:
         self._fixed = monitor
+        self._names = names
         self._seed = names in ("seed", "both")
         self._semconv = names in ("semconv", "both")
         self._monitor: PerformanceMonitor | None = None
@@ -126,6 +133,9 @@ class ClientMetrics:
 
     def _bind(self, monitor: PerformanceMonitor) -> None:
         self._series = {}
+        if self._names == "auto":  # asked again whenever configure() gives the monitor a new recorder
+            mode = semconv_mode("http", monitor)
+            self._seed, self._semconv = mode.seed, mode.semconv
         for name, wanted in ((DURATION, self._seed), (SC_DURATION, self._semconv)):
             if wanted:
                 try:
