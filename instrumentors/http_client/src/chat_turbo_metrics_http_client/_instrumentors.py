@@ -8,7 +8,7 @@ timeout, a cancellation) is recorded with its ``error_type`` and no status, and 
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
@@ -23,6 +23,50 @@ from chat_turbo_metrics_http_client._metrics import (
     perf_counter,
     server_of,
 )
+
+Describe = Callable[..., tuple[str, str, int]]  # the call's arguments -> (method, server address, server port)
+
+
+def measured(original: Any, metrics: ClientMetrics, describe: Describe, status: Callable[[Any], int]) -> Any:
+    """``original`` measured: one recording per outermost call, with the response's status or the error's type."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if measuring.get():
+            return original(*args, **kwargs)
+        token = measuring.set(True)
+        start = perf_counter()
+        try:
+            response = original(*args, **kwargs)
+        except BaseException as error:
+            metrics.record(*describe(*args, **kwargs), 0, error_type(error), perf_counter() - start)
+            raise
+        finally:
+            measuring.reset(token)
+        metrics.record(*describe(*args, **kwargs), status(response), None, perf_counter() - start)
+        return response
+
+    return call
+
+
+def measured_async(original: Any, metrics: ClientMetrics, describe: Describe, status: Callable[[Any], int]) -> Any:
+    """:func:`measured` for a coroutine function: a cancellation is recorded as ``CancelledError``, then raised on."""
+
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        if measuring.get():
+            return await original(*args, **kwargs)
+        token = measuring.set(True)
+        start = perf_counter()
+        try:
+            response = await original(*args, **kwargs)
+        except BaseException as error:
+            metrics.record(*describe(*args, **kwargs), 0, error_type(error), perf_counter() - start)
+            raise
+        finally:
+            measuring.reset(token)
+        metrics.record(*describe(*args, **kwargs), status(response), None, perf_counter() - start)
+        return response
+
+    return call
 
 
 class _ClientInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -82,37 +126,10 @@ class RequestsInstrumentor(_ClientInstrumentor):
     def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
         import requests
 
-        def make(original: Any) -> Any:
-            def send(session: Any, request: Any, **kwargs: Any) -> Any:
-                if measuring.get():
-                    return original(session, request, **kwargs)
-                token = measuring.set(True)
-                start = perf_counter()
-                try:
-                    response = original(session, request, **kwargs)
-                except BaseException as error:
-                    metrics.record(
-                        request.method or "",
-                        *server_of(request.url or ""),
-                        0,
-                        error_type(error),
-                        perf_counter() - start,
-                    )
-                    raise
-                finally:
-                    measuring.reset(token)
-                metrics.record(
-                    request.method or "",
-                    *server_of(request.url or ""),
-                    response.status_code,
-                    None,
-                    perf_counter() - start,
-                )
-                return response
+        def describe(session: Any, request: Any, **kwargs: Any) -> tuple[str, str, int]:
+            return (request.method or "", *server_of(request.url or ""))
 
-            return send
-
-        patches.replace(requests.Session, "send", make)
+        patches.replace(requests.Session, "send", lambda original: measured(original, metrics, describe, _status_code))
 
 
 class Urllib3Instrumentor(_ClientInstrumentor):
@@ -127,44 +144,10 @@ class Urllib3Instrumentor(_ClientInstrumentor):
     def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
         from urllib3.connectionpool import HTTPConnectionPool
 
-        def make(original: Any) -> Any:
-            def urlopen(pool: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-                if measuring.get():
-                    return original(pool, method, url, *args, **kwargs)
-                token = measuring.set(True)
-                start = perf_counter()
-                try:
-                    response = original(pool, method, url, *args, **kwargs)
-                except BaseException as error:
-                    metrics.record(
-                        method,
-                        pool.host,
-                        pool.port or DEFAULT_PORTS.get(pool.scheme, 0),
-                        0,
-                        error_type(error),
-                        perf_counter() - start,
-                    )
-                    raise
-                finally:
-                    measuring.reset(token)
-                metrics.record(
-                    method,
-                    pool.host,
-                    pool.port or DEFAULT_PORTS.get(pool.scheme, 0),
-                    response.status,
-                    None,
-                    perf_counter() - start,
-                )
-                return response
+        def describe(pool: Any, method: str, *args: Any, **kwargs: Any) -> tuple[str, str, int]:
+            return method, pool.host, pool.port or DEFAULT_PORTS.get(pool.scheme, 0)
 
-            return urlopen
-
-        patches.replace(HTTPConnectionPool, "urlopen", make)
-
-
-def _httpx_server(request: Any) -> tuple[str, int]:
-    url = request.url
-    return url.host, url.port or DEFAULT_PORTS.get(url.scheme, 0)
+        patches.replace(HTTPConnectionPool, "urlopen", lambda original: measured(original, metrics, describe, _status))
 
 
 class HttpxInstrumentor(_ClientInstrumentor):
@@ -189,52 +172,14 @@ class HttpxInstrumentor(_ClientInstrumentor):
     def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
         import httpx
 
-        def make(original: Any) -> Any:
-            def send(client: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-                if measuring.get():
-                    return original(client, request, *args, **kwargs)
-                token = measuring.set(True)
-                start = perf_counter()
-                try:
-                    response = original(client, request, *args, **kwargs)
-                except BaseException as error:
-                    metrics.record(
-                        request.method, *_httpx_server(request), 0, error_type(error), perf_counter() - start
-                    )
-                    raise
-                finally:
-                    measuring.reset(token)
-                metrics.record(
-                    request.method, *_httpx_server(request), response.status_code, None, perf_counter() - start
-                )
-                return response
+        def describe(client: Any, request: Any, *args: Any, **kwargs: Any) -> tuple[str, str, int]:
+            url = request.url
+            return request.method, url.host, url.port or DEFAULT_PORTS.get(url.scheme, 0)
 
-            return send
-
-        def make_async(original: Any) -> Any:
-            async def send(client: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-                if measuring.get():
-                    return await original(client, request, *args, **kwargs)
-                token = measuring.set(True)
-                start = perf_counter()
-                try:
-                    response = await original(client, request, *args, **kwargs)
-                except BaseException as error:  # CancelledError too: recorded, then raised on
-                    metrics.record(
-                        request.method, *_httpx_server(request), 0, error_type(error), perf_counter() - start
-                    )
-                    raise
-                finally:
-                    measuring.reset(token)
-                metrics.record(
-                    request.method, *_httpx_server(request), response.status_code, None, perf_counter() - start
-                )
-                return response
-
-            return send
-
-        patches.replace(httpx.Client, "send", make)
-        patches.replace(httpx.AsyncClient, "send", make_async)
+        patches.replace(httpx.Client, "send", lambda original: measured(original, metrics, describe, _status_code))
+        patches.replace(
+            httpx.AsyncClient, "send", lambda original: measured_async(original, metrics, describe, _status_code)
+        )
 
 
 def _aiohttp_server(session: Any, url: Any) -> tuple[str, int]:
@@ -258,22 +203,17 @@ class AiohttpClientInstrumentor(_ClientInstrumentor):
     def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
         import aiohttp
 
-        def make(original: Any) -> Any:
-            async def _request(session: Any, method: str, url: Any, *args: Any, **kwargs: Any) -> Any:
-                if measuring.get():
-                    return await original(session, method, url, *args, **kwargs)
-                token = measuring.set(True)
-                start = perf_counter()
-                try:
-                    response = await original(session, method, url, *args, **kwargs)
-                except BaseException as error:  # CancelledError and TimeoutError too
-                    metrics.record(method, *_aiohttp_server(session, url), 0, error_type(error), perf_counter() - start)
-                    raise
-                finally:
-                    measuring.reset(token)
-                metrics.record(method, *_aiohttp_server(session, url), response.status, None, perf_counter() - start)
-                return response
+        def describe(session: Any, method: str, url: Any, *args: Any, **kwargs: Any) -> tuple[str, str, int]:
+            return (method, *_aiohttp_server(session, url))
 
-            return _request
+        patches.replace(
+            aiohttp.ClientSession, "_request", lambda original: measured_async(original, metrics, describe, _status)
+        )
 
-        patches.replace(aiohttp.ClientSession, "_request", make)
+
+def _status_code(response: Any) -> int:
+    return int(response.status_code)
+
+
+def _status(response: Any) -> int:
+    return int(response.status)
