@@ -5,7 +5,10 @@ Run: ``python bench/bench_instrumentors.py`` (``--quick`` for a rough run); the 
 process's CPU time (``bench_datastores``' method: minimum over repeats and over rounds that alternate the cases),
 so the servers' work (an HTTP server in a subprocess, PostgreSQL) is not counted, only the client's.
 
-- HTTP clients, ``GET`` on a keep-alive loopback server: requests, httpx (sync), urllib3, aiohttp.
+- HTTP clients: requests and httpx (sync) with the network stubbed out below them (requests' adapter, httpx's
+  connection pool, as ``bench_datastores`` does for redis: only the client and the instrumentations are timed);
+  urllib3 and aiohttp with a ``GET`` on a keep-alive loopback server (their round trip's CPU is in the bare
+  figure: on a loaded machine the noise of a few µs per call is in every case).
 - Drivers, ``SELECT 1`` on an open connection to the PostgreSQL at 127.0.0.1:5432 (db ``test``): psycopg,
   psycopg2, asyncpg.
 - Servers, in-process, no sockets (as ``bench_http``): aiohttp's ``Application._handle`` on a mocked request,
@@ -111,14 +114,33 @@ def bench_clients(monitor: PerformanceMonitor, base: str) -> None:
     import httpx
     import requests
     import urllib3
+    from requests.adapters import HTTPAdapter
+
+    class StubAdapter(HTTPAdapter):
+        def send(self, request: Any, **kwargs: Any) -> Any:
+            response = requests.Response()
+            response.status_code, response._content, response.url, response.request = 200, b"ok", request.url, request
+            return response
+
+    class StubPool:
+        def handle_request(self, request: Any) -> Any:
+            import httpcore
+
+            return httpcore.Response(200, headers=[(b"content-length", b"2")], content=b"ok")
+
+        def close(self) -> None:
+            pass
 
     session = requests.Session()
-    report("requests GET", interleaved(cases(
+    session.mount("http://", StubAdapter())
+    report("requests GET (network stubbed)", interleaved(cases(
         lambda: session.get(base), RequestsInstrumentor,
         contrib("opentelemetry.instrumentation.requests", "RequestsInstrumentor"), monitor,
     )))  # fmt: skip
-    client = httpx.Client()
-    report("httpx Client GET", interleaved(cases(
+    transport = httpx.HTTPTransport()
+    transport._pool = StubPool()  # type: ignore[assignment]
+    client = httpx.Client(transport=transport)
+    report("httpx Client GET (network stubbed)", interleaved(cases(
         lambda: client.get(base), HttpxInstrumentor,
         contrib("opentelemetry.instrumentation.httpx", "HTTPXClientInstrumentor"), monitor,
     )))  # fmt: skip
