@@ -29,6 +29,7 @@ _MAX_TEXT = 4096
 
 # Driver connections that SQLAlchemy checked out while its instrumentor listened: it records their statements.
 sqlalchemy_connections: weakref.WeakSet[Any] = weakref.WeakSet()
+_claimed = [False]  # True once a connection was claimed: a WeakSet's truth value costs a Python-level __len__
 _owned_lock = threading.Lock()
 
 
@@ -38,6 +39,7 @@ def claim_for_sqlalchemy(driver_connection: Any) -> None:
         try:
             with _owned_lock:
                 sqlalchemy_connections.add(driver_connection)
+                _claimed[0] = True
         except TypeError:  # a driver connection that cannot be weakly referenced: the drivers never see those
             pass
 
@@ -46,6 +48,7 @@ def release_sqlalchemy_connections() -> None:
     """The SQLAlchemy instrumentor stopped: every connection's statements are the drivers' to record again."""
     with _owned_lock:
         sqlalchemy_connections.clear()
+        _claimed[0] = False
 
 
 def statement_text(statement: Any, context: Any = None) -> str:
@@ -187,7 +190,7 @@ class _DriverInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
 def _sync_method(original: Any, statements: Statements, connection_of: Callable[[Any], Any], on: list[bool]) -> Any:
     def method(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-        if not on[0] or (sqlalchemy_connections and connection_of(self) in sqlalchemy_connections):
+        if not on[0] or (_claimed[0] and connection_of(self) in sqlalchemy_connections):
             return original(self, query, *args, **kwargs)
         start = _perf_counter()
         try:
@@ -205,7 +208,7 @@ def _sync_method(original: Any, statements: Statements, connection_of: Callable[
 
 def _async_method(original: Any, statements: Statements, connection_of: Callable[[Any], Any], on: list[bool]) -> Any:
     async def method(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-        if not on[0] or (sqlalchemy_connections and connection_of(self) in sqlalchemy_connections):
+        if not on[0] or (_claimed[0] and connection_of(self) in sqlalchemy_connections):
             return await original(self, query, *args, **kwargs)
         start = _perf_counter()
         try:
