@@ -37,6 +37,58 @@ def _doctest_names(
     from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
 
     monitor = PerformanceMonitor(MonitoringConfig(environment="test", metrics_exporters=(), self_telemetry=False))
-    doctest_namespace.update(monitor=monitor, pipeline=monitor.pipeline, config=monitor.config, tmp_path=tmp_path)
+    # `pipeline`: the pipeline itself (not the public view), for the internal modules' examples.
+    pipeline = monitor._runtime.pipeline
+    doctest_namespace.update(monitor=monitor, pipeline=pipeline, config=monitor.config, tmp_path=tmp_path)
     yield
     monitor.shutdown()
+
+
+# The longest tests, longest first (from `pytest -n 2 --durations=80`): `make test` runs them before the rest, so
+# that under pytest-xdist (`--dist loadgroup`, which hands out tests one at a time in this order) the last minutes
+# are short tests spread over every worker rather than one worker finishing a long one alone. A prefix matches
+# every test (and parameter) under it; add a new test here when it takes more than a few seconds.
+# The scale-out scenario (about 40 s) runs once, for the first of its tests, and the others read its record: one
+# of them goes first and the rest last (``LAST``), so that no worker waits for the scenario on another.
+# (``xdist_group`` would not do: pytest-xdist 3.8 cannot rename the tests of pytest 9, groups are ignored.)
+LONGEST_FIRST = (
+    "tests/test_scale_out.py::test_each_host_serves_its_own_requests_on_the_same_port_of_another_address",
+    "tests/multiprocess/test_prefork_scrape.py::test_counters_survive_max_requests_recycling",
+    "tests/test_memory_bound.py::",
+    "tests/multiprocess/test_prefork_scrape.py::test_one_scrape_counts_every_request_of_every_worker",
+    "tests/test_fork_safety.py::test_forks_during_concurrent_collection_never_deadlock_the_child",
+    "tests/exporters/test_endpoint_faults.py::test_a_long_outage_keeps_no_growing_buffer",
+    "tests/multiprocess/test_prefork_degraded.py::",
+    "tests/_cli/test_demo.py::",
+    "tests/multiprocess/test_prefork_groups.py::",
+    "tests/test_distro.py::",
+    "tests/multiprocess/test_prefork.py::",
+    "tests/_cli/test_doctor.py::",
+    "tests/exporters/test_hostile_tags.py::",
+    "instrumentors/http/tests/test_http_bad_settings_served.py::",
+    "tests/test_startup_and_exit.py::",
+    "tests/exporters/test_prometheus.py::",
+    "tests/alerting/test_rules_promtool_property.py::",
+    "tests/test_instrument_datastores.py::",
+    "tests/multiprocess/test_prefork_scrape.py::",
+    "tests/test_install.py::",
+    "tests/exporters/test_endpoint_faults.py::",
+    "tests/exporters/test_exit_signals.py::",
+    "tests/exporters/test_datadog_delivery.py::",
+    "tests/_pipeline/test_self_telemetry.py::",
+    "tests/multiprocess/",
+    "instrumentors/http/tests/",
+)
+LAST = ("tests/test_scale_out.py::",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest tests first (``LONGEST_FIRST``), then the others in their usual order, then ``LAST``."""
+
+    def rank(item: pytest.Item) -> int:
+        first = next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)), None)
+        if first is not None:
+            return first
+        return len(LONGEST_FIRST) + item.nodeid.startswith(LAST)
+
+    items.sort(key=rank)  # stable: within a rank, the collection order

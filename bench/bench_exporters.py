@@ -118,7 +118,7 @@ def hot_path(recording: str, workdir: Path, sink: OtlpSink) -> list[tuple[str, f
     every = build(recording, ("prometheus", "chat_turbo_file", "chat_turbo_database", "otlp"), workdir)
     pipeline = every.pipeline
     assert pipeline is not None
-    assert len(pipeline.fanout.exporters) == 3
+    assert len(pipeline.exporters) == 3
     assert len(pipeline.pull_exporters) == 1
     rows = []
     for label, method, value in (

@@ -88,7 +88,7 @@ APP = textwrap.dedent(
         return PlainTextResponse("ok")
 
     async def status(request):
-        return JSONResponse({"failures": sum(monitor.pipeline.fanout.failures.values()), "served": served[0]})
+        return JSONResponse({"failures": sum(monitor.pipeline.export_failures.values()), "served": served[0]})
 
     app = Starlette(routes=[Route("/api/shops/{shop}", message), Route("/status", status)])
     app.add_middleware(AsgiMetricsMiddleware, excluded_paths=["/status"])

@@ -39,7 +39,7 @@ CHILD = textwrap.dedent(
     monitor = chat_turbo_metrics.configure()
     if sys.argv[1] == "stock":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-        fanout = monitor.pipeline.fanout
+        fanout = monitor._runtime.pipeline.fanout
         fanout.remove(fanout.exporters[0])
         fanout.add(OTLPMetricExporter(endpoint=os.environ["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"], timeout=1.0))
     n = 0

@@ -81,7 +81,7 @@ def ours() -> dict[str, float]:
             # What the worker's background publication (once a second, off the recording path) costs.
             for i in range(1_000):
                 holder.increment_counter("requests", {"route": f"/r/{i}"})
-            (session,) = holder.pipeline._memberships  # type: ignore[union-attr]
+            (session,) = holder._runtime.pipeline._memberships  # type: ignore[union-attr]
             assert isinstance(session, Session)
             timings["publish"] = min(timeit.repeat(session._publish, number=1, repeat=REPEAT))
             return timings

@@ -59,6 +59,7 @@ MONITORING_ENV_PREFIXES = ("OTEL_", "METRICS_", "PERFORMANCE_", "ALERT_", "CHAT_
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without monitoring variables, plus ``extra``: for subprocesses."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(MONITORING_ENV_PREFIXES)}
+    env["METRICS_PROMETHEUS_SCOPE_LABELS"] = "false"  # as make_config(): expected lines are written without them
     env.update(extra)
     return env
 
@@ -67,6 +68,9 @@ def make_config(**settings: object) -> MonitoringConfig:
     """A test configuration: no exporters unless asked for."""
     settings.setdefault("metrics_exporters", ())
     settings.setdefault("environment", "test")
+    # Expected expositions are written without the otel_scope_* labels; tests/exporters/test_openmetrics.py
+    # covers them (on by default).
+    settings.setdefault("prometheus_scope_labels", False)
     return MonitoringConfig(**settings)  # type: ignore[arg-type]
 
 

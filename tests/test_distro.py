@@ -38,7 +38,7 @@ APP = textwrap.dedent(
         "global_tracer_provider_is_ours": trace.get_tracer_provider().target is pipeline.tracer_provider,
         "readers": [type(r).__name__ for r in pipeline.meter_provider._metric_readers],
         "pull": [type(e).__name__ for e in pipeline.pull_exporters],
-        "push": [type(e).__name__ for e in pipeline.fanout.exporters],
+        "push": [type(e).__name__ for e in pipeline.exporters],
         "resource": resource,
         "config": repr(dataclasses.replace(pipeline.config, prometheus_port=0)),
         "scrape": scrape,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = ("chat_turbo_metrics", "_editable_impl_", "__editable__")
+OURS = ("chat_turbo_metrics", "pytest_chat_turbo_metrics", "_editable_impl_", "__editable__")
 
 
 @pytest.fixture
@@ -99,3 +99,33 @@ def test_the_checkout_installs_with_its_instrumentor_extras_offline(
     for _, where in installed["found"].values():  # installed into the new environment, not linked to the checkout
         assert where.startswith(installed["prefix"])
     assert {"chat_turbo_asgi", "chat_turbo_wsgi"} <= set(installed["points"])
+
+
+def pytest_plugins_of(python: Path) -> list[list[str]]:
+    """(name, value, distribution) of every ``pytest11`` entry point in the environment of ``python``."""
+    report = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import json, importlib.metadata as m\n"
+            "print(json.dumps(sorted([e.name, e.value, e.dist.name] for e in m.entry_points(group='pytest11'))))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return [item for item in json.loads(report.stdout) if "chat" in item[0] or "chat" in item[1]]
+
+
+def test_the_pytest_plugin_is_on_only_with_its_extra(clean_venv: Path) -> None:
+    from importlib.metadata import distribution
+
+    # The core declares no pytest plugin: installed alone, pytest sees nothing of ours.
+    assert [point for point in distribution("chat-turbo-metrics").entry_points if point.group == "pytest11"] == []
+    assert pytest_plugins_of(clean_venv) == []
+    extra = pip_install(clean_venv, f"{ROOT}[pytest]")
+    assert extra.returncode == 0, extra.stderr[-3000:]
+    assert pytest_plugins_of(clean_venv) == [
+        ["chat_turbo_metrics", "chat_turbo_metrics_pytest.plugin", "pytest-chat-turbo-metrics"]
+    ]

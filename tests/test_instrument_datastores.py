@@ -83,6 +83,7 @@ def run_workload(tmp_path: Path, prefix: str, **extra_env: str) -> tuple[str, li
     env.update(
         {
             "CHAT_TURBO_ENV": "test",
+            "METRICS_PROMETHEUS_SCOPE_LABELS": "false",  # the expected lines are written without them
             "OTEL_METRICS_EXPORTER": "prometheus",
             "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
             "OTEL_EXPORTER_PROMETHEUS_PORT": str(port),

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from chat_turbo_metrics import ConfigurationError, MonitoringConfig, PerformanceMonitor, get_monitoring_config
-from chat_turbo_metrics._core.guard import Problems
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry
+from chat_turbo_metrics.instrumentation import Problems
 from conftest import make_config
 
 
@@ -23,7 +23,7 @@ def test_idle_timeout_is_off_by_default_and_set_from_each_source(tmp_path: Path)
     )
     assert get_monitoring_config("test", series_idle_timeout_s=Decimal("1.5")).series_idle_timeout_s == 1.5
     (tmp_path / "svc.toml").write_text("series_idle_timeout_s = 3600\nmetric_limit = 50\n")
-    from chat_turbo_metrics._core.config import load_config_file
+    from chat_turbo_metrics import load_config_file
 
     loaded = load_config_file(tmp_path / "svc.toml")
     assert (loaded.series_idle_timeout_s, loaded.metric_limit) == (3600.0, 50)

@@ -39,7 +39,7 @@ def test_readme_has_python_blocks() -> None:
 
 def test_every_instrumentor_readme_has_a_python_block() -> None:
     found = {path.parent.name for path in INSTRUMENTOR_READMES}
-    assert found == {"cache", "celery", "database", "http", "http_client", "system"}
+    assert found == {"cache", "celery", "database", "http", "http_client", "pytest", "system"}
     assert {readme for readme, _, _ in BLOCKS} >= set(INSTRUMENTOR_READMES)
 
 

@@ -9,7 +9,8 @@ it did on one machine.
 
 One scenario runs once (about 40 s) and records what it saw, phase by phase, as JSON; each test checks one behaviour
 against the record. Under pytest-xdist the first worker to need it runs it and the others read its record, so the
-deployment starts once per run. Everything is stopped at the end of the scenario, whatever happened.
+deployment starts once per run (the root conftest.py orders one test that needs it first and the others last, so
+no worker waits for it). Everything is stopped at the end of the scenario, whatever happened.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import pytest
 import yaml
 
 from alerting.notify_peers import Receiver
+from chat_turbo_metrics import __version__
 from conftest import free_port, require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -326,7 +328,8 @@ def test_the_same_rule_fires_in_process_and_centrally(run: Run) -> None:
         # The central alert has the in-process alert's labels, plus where its series came from.
         assert alert["labels"].items() <= central["labels"].items()
         added = {key: value for key, value in central["labels"].items() if key not in alert["labels"]}
-        assert added == {"instance": run.hosts["h1"]["target"], "job": JOB, "host": "h1"}
+        scope = {"otel_scope_name": "chat_turbo_metrics", "otel_scope_version": __version__}  # on every sample
+        assert added == {"instance": run.hosts["h1"]["target"], "job": JOB, "host": "h1", **scope}
     assert central["labels"]["alertname"] == "ServerErrors"
     assert central["labels"]["endpoint"] == "/api/fail"
 

@@ -21,6 +21,7 @@ def run(code: str, timeout_s: float = 60, **env: str) -> tuple[dict[str, object]
         "CHAT_TURBO_ENV": "test",
         "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
         "OTEL_METRICS_EXPORTER": "prometheus",
+        "METRICS_PROMETHEUS_SCOPE_LABELS": "false",  # the expected lines are written without them
     }
     environment.update({**defaults, **env})
     result = subprocess.run(
@@ -105,7 +106,7 @@ def test_opentelemetry_globals_follow_configure_for_instruments_made_before_and_
         early.add(1)
         monitor = chat_turbo_metrics.configure(metrics_exporters=(), service_name="second")
         spans = InMemorySpanExporter()
-        monitor.pipeline.add_span_processor(SimpleSpanProcessor(spans))
+        monitor.subscribe(SimpleSpanProcessor(spans))
         early.add(2)                                            # created before configure()
         metrics.get_meter("late.lib").create_counter("late_jobs").add(4)
         with early_tracer.start_as_current_span("early-span"):
@@ -157,6 +158,7 @@ def test_app_calling_configure_under_opentelemetry_instrument_keeps_the_port(tmp
     environment.update(
         {
             "CHAT_TURBO_ENV": "test",
+            "METRICS_PROMETHEUS_SCOPE_LABELS": "false",  # the expected lines are written without them
             "OTEL_METRICS_EXPORTER": "prometheus",
             "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
             "METRICS_PROMETHEUS_PORT": str(port),

@@ -246,7 +246,7 @@ def test_points_from_opentelemetry_api_instruments_are_made_exportable(monitor: 
     assert points["api_big"][0].as_double == float(2**64)
     assert not points.get("api_huge")
     assert points["api_ok"][0].as_int == 3
-    assert monitor.pipeline.unexportable.counts["api_huge"] >= 1
+    assert monitor._runtime.pipeline.unexportable.counts["api_huge"] >= 1
     text = monitor.snapshot().to_prometheus()
     assert promtool_errors(text) == ""
     assert "api_ok_total 3\n" in text

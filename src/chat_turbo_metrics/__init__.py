@@ -1,6 +1,15 @@
 """chat_turbo_metrics: the Chat-Turbo performance-monitoring API on OpenTelemetry.
 
-The whole public API is on this screen. Exporters live in :mod:`chat_turbo_metrics.exporters`.
+This package holds the seed's API (``__all__`` below): the monitor, its configuration, the cache and database
+helpers and the alert manager. The other public modules, each with its own ``__all__``:
+
+- :mod:`chat_turbo_metrics.alerting`: alert rules, alerts, silences, routes and notifiers.
+- :mod:`chat_turbo_metrics.exporters`: Prometheus, file, database and Datadog exporters, and the metric history.
+- :mod:`chat_turbo_metrics.instrumentation`: what instrumentor distributions build on.
+- :mod:`chat_turbo_metrics.multiprocess`: one Prometheus scrape for a pre-fork group of processes.
+- :mod:`chat_turbo_metrics.environment_variables`: the names of the variables that configure monitoring.
+
+A module whose name starts with an underscore is private: it may change in any release.
 
 Example:
     >>> import chat_turbo_metrics
@@ -24,6 +33,7 @@ from chat_turbo_metrics._database import (
     set_database_connection,
 )
 from chat_turbo_metrics._monitor import PerformanceMonitor, Timer, configure
+from chat_turbo_metrics._pipeline.view import PipelineView
 from chat_turbo_metrics._recording.sdk import BoundInstrument
 from chat_turbo_metrics._snapshot import MetricsSnapshot
 from chat_turbo_metrics.alerting import AlertManager, AlertRule
@@ -36,6 +46,7 @@ __all__ = [
     "MetricsSnapshot",
     "MonitoringConfig",
     "PerformanceMonitor",
+    "PipelineView",
     "Secret",
     "Timer",
     "ViewConfig",

@@ -12,9 +12,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run a sub-command; returns the process exit status."""
     parser = argparse.ArgumentParser(prog="chat-turbo-metrics", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run an instrumented Chat-Turbo service with synthetic traffic")
-    demo.add_argument("--duration", type=float, default=30.0, help="seconds to run (0: until Ctrl-C)")
-    demo.add_argument("--environment", default=None, help="configs/<environment>.toml to load")
+    from chat_turbo_metrics._cli import demo_command, report_command
+
+    demo_command.register(commands)
+    report_command.register(commands)
     config = commands.add_parser(
         "config", help="check and print the configuration, one setting a line, with its source"
     )
@@ -30,9 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "rules":
             return alerting_cli.run(args)
         if args.command == "demo":
-            from chat_turbo_metrics._cli.demo import run_demo
-
-            return run_demo(duration_s=args.duration, environment=args.environment)
+            return demo_command.run(args)
+        if args.command == "report":
+            return report_command.run(args)
         if args.command == "doctor":
             from chat_turbo_metrics._cli.doctor import run_doctor
 

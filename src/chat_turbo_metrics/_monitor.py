@@ -1,4 +1,4 @@
-"""The seed's ``PerformanceMonitor``: the documented API, bound at set-up time to a recorder."""
+"""The seed's ``PerformanceMonitor``: the documented API, delegating each call to a swappable recorder."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.metrics.export import MetricExporter
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from chat_turbo_metrics._collection.ratio import add_hit_ratios
 from chat_turbo_metrics._core import forks
@@ -21,6 +24,7 @@ from chat_turbo_metrics._core.naming import Kind
 from chat_turbo_metrics._pipeline import globals as otel_globals
 from chat_turbo_metrics._pipeline.health import HealthMetrics, HealthProducer
 from chat_turbo_metrics._pipeline.provider import Pipeline
+from chat_turbo_metrics._pipeline.view import PipelineView
 from chat_turbo_metrics._recording.bundle import bundle
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry
 from chat_turbo_metrics._recording.protocol import Recorder
@@ -29,7 +33,9 @@ from chat_turbo_metrics._snapshot import MetricsSnapshot
 
 _logger = logging.getLogger("chat_turbo_metrics")
 F = TypeVar("F", bound=Callable[..., Any])
-_RECORDING_METHODS = ("increment_counter", "record_gauge", "record_histogram", "start_timer", "record_timer")
+Subscriber = MetricExporter | SpanProcessor
+_NO_METERS = metrics.NoOpMeterProvider()
+_NO_TRACERS = trace.NoOpTracerProvider()
 
 
 class _Runtime:
@@ -39,18 +45,84 @@ class _Runtime:
         self.config = config
         self.problems = Problems()
         self.pipeline: Pipeline | None = None
+        self.view: PipelineView | None = None  # what monitor.pipeline hands out
         self.recorder: Recorder = NoopRecorder()
+        self._spans: _SpanSubscribers | None = None
         if config.enabled:
             self.pipeline = Pipeline(config, strict=strict)
+            self.view = PipelineView(self.pipeline)
             self.recorder = make_recorder(config, self.pipeline, self.problems)
             # Each at its place in the collection pass (chat_turbo_metrics._collection.collector.STEPS).
             self.pipeline.collector.add("hit_ratios", add_hit_ratios)
             if config.self_telemetry:
                 self.pipeline.collector.add("self_telemetry", health_producer(self.pipeline, self.problems))
 
+    def attach(self, subscriber: Subscriber) -> None:
+        """Feed ``subscriber`` from this runtime's pipeline (nothing when monitoring is disabled)."""
+        if self.pipeline is None:
+            return
+        if isinstance(subscriber, MetricExporter):
+            self.pipeline.add_exporter(subscriber)
+            return
+        if self._spans is None:  # one processor on the TracerProvider, whatever monitors subscribe
+            self._spans = _SpanSubscribers()
+            self.pipeline.add_span_processor(self._spans)
+        self._spans.processors = (*self._spans.processors, subscriber)
+
+    def detach(self, subscriber: Subscriber) -> None:
+        """Stop feeding ``subscriber``; it is not shut down (its subscriber still owns it)."""
+        if self.pipeline is None:
+            return
+        if isinstance(subscriber, MetricExporter):
+            self.pipeline.remove_exporter(subscriber)
+        elif self._spans is not None:
+            self._spans.processors = tuple(p for p in self._spans.processors if p is not subscriber)
+
     def shutdown(self, timeout_s: float | None = None) -> None:
         if self.pipeline is not None:
             self.pipeline.shutdown(timeout_s)
+
+
+class _SpanSubscribers(SpanProcessor):
+    """The span processors monitors subscribed, installed once on a pipeline's TracerProvider.
+
+    A reconfiguration moves them out before the old pipeline shuts down, so only the pipeline they are on when it
+    ends (at exit, or ``monitor.shutdown()``) shuts them down. One that raises is logged; the span goes on.
+    """
+
+    def __init__(self) -> None:
+        self.processors: tuple[SpanProcessor, ...] = ()
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        for processor in self.processors:
+            try:
+                processor.on_start(span, parent_context=parent_context)
+            except Exception:
+                _logger.exception("span processor %r raised in on_start", processor)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        for processor in self.processors:
+            try:
+                processor.on_end(span)
+            except Exception:
+                _logger.exception("span processor %r raised in on_end", processor)
+
+    def shutdown(self) -> None:
+        for processor in self.processors:
+            try:
+                processor.shutdown()
+            except Exception:
+                _logger.exception("span processor %r raised in shutdown", processor)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        flushed = True
+        for processor in self.processors:
+            try:
+                flushed = processor.force_flush(timeout_millis) and flushed
+            except Exception:
+                _logger.exception("span processor %r raised in force_flush", processor)
+                flushed = False
+        return flushed
 
 
 def health_producer(pipeline: Pipeline, problems: Problems) -> HealthProducer:
@@ -72,7 +144,7 @@ def make_recorder(config: MonitoringConfig, pipeline: Pipeline, problems: Proble
         from chat_turbo_metrics._recording.fast import FastRecorder
 
         recorder = FastRecorder(registry, problems, config, overflow=pipeline.overflow)
-        pipeline.add_producer(recorder.metrics)  # every collection reads its cells
+        pipeline.add_producer(recorder.metrics, recorder.recorded)  # every collection reads its cells
         return recorder
     return SdkRecorder(pipeline.meter, registry, problems, config.sampling_rate)
 
@@ -135,7 +207,10 @@ class PerformanceMonitor:
 
     ``PerformanceMonitor()`` and ``PerformanceMonitor.get_instance()`` share the process-wide pipeline
     (configured from the environment on first use, or by :meth:`configure`). ``PerformanceMonitor(config)``
-    builds a private pipeline, e.g. for tests; shut it down when done.
+    builds a private pipeline, e.g. for tests; shut it down when done. The recording methods are ordinary methods:
+    ``unittest.mock.patch.object(PerformanceMonitor, "increment_counter")`` intercepts them, a subclass may override
+    them (``monitor.timer()`` goes through ``start_timer``/``record_timer``), and each delegates to the recorder of
+    the pipeline the monitor records into now.
 
     Example:
         >>> monitor = PerformanceMonitor.get_instance()
@@ -155,6 +230,8 @@ class PerformanceMonitor:
         config: build a private pipeline from this configuration; None shares the process-wide one.
         """
         self._hooks: list[Callable[[], None]] = []
+        self._subscribers: list[Subscriber] = []
+        self._shared = config is None  # on the process-wide pipeline, which configure() replaces
         if config is None:
             with PerformanceMonitor._global_lock:
                 # Implicit creation (often at import time, or an instrumentor's first request) must not crash the
@@ -169,14 +246,19 @@ class PerformanceMonitor:
     def _bind(self, runtime: _Runtime) -> None:
         old = getattr(self, "_runtime", None)
         self._runtime = runtime
-        for method in _RECORDING_METHODS:
-            setattr(self, method, getattr(runtime.recorder, method))
-        # Collection-time readings follow the monitor into the new pipeline.
+        # What every recording method delegates to: one attribute, swapped whole when configure() rebuilds.
+        self._recorder = runtime.recorder
+        # Collection-time readings and subscribers follow the monitor into the new pipeline (moved out before the
+        # old one shuts down: they are the caller's, not the pipeline's).
         for hook in self._hooks:
             if old is not None and old.pipeline is not None and hook in old.pipeline.collector.hooks:
                 old.pipeline.collector.hooks.remove(hook)
             if runtime.pipeline is not None:
                 runtime.pipeline.collector.hooks.append(hook)
+        for subscriber in self._subscribers:
+            if old is not None:
+                old.detach(subscriber)
+            runtime.attach(subscriber)
 
     # --- process-wide instance and configuration ----------------------------------------------
     @classmethod
@@ -242,22 +324,29 @@ class PerformanceMonitor:
     def _after_fork_in_child(cls) -> None:
         forks.reinit(cls._global_lock)
 
-    # --- the documented recording API (replaced per instance by the recorder's bound methods) -----
+    # --- the documented recording API ------------------------------------------------------------
+    # Real methods, so patching the class, overriding in a subclass and calling through the class behave as in
+    # any Python class. Each delegates to the recorder of the current pipeline in one call (no extra work: the
+    # recorder checks and records; a bad value is warned about once, counted and dropped there).
     def increment_counter(self, name: str, tags: Tags = None, value: float = 1) -> None:
         """Add ``value`` (default 1) to counter ``name``; exported as ``<name>_total``."""
+        self._recorder.increment_counter(name, tags, value)
 
     def record_gauge(self, name: str, value: float, tags: Tags = None) -> None:
         """Set gauge ``name`` to ``value`` for these tags."""
+        self._recorder.record_gauge(name, value, tags)
 
     def record_histogram(self, name: str, value: float, tags: Tags = None) -> None:
         """Record ``value`` into histogram ``name``."""
+        self._recorder.record_histogram(name, value, tags)
 
     def start_timer(self, name: str | None = None) -> float:
         """A start token for :meth:`record_timer` (``time.perf_counter()`` seconds)."""
-        return 0.0
+        return self._recorder.start_timer(name)
 
     def record_timer(self, name: str, start: float, tags: Tags = None) -> None:
         """Record the seconds since ``start`` into histogram ``<name>_duration`` (``_seconds`` in Prometheus)."""
+        self._recorder.record_timer(name, start, tags)
 
     def timer(self, name: str, tags: Tags = None) -> Timer:
         """A context manager and decorator (sync or async) that records its duration like :meth:`record_timer`."""
@@ -343,6 +432,53 @@ class PerformanceMonitor:
         if pipeline is not None and hook in pipeline.collector.hooks:
             pipeline.collector.hooks.remove(hook)
 
+    # --- subscribers: the pipeline's data as it is made ----------------------------------------
+    def subscribe(self, subscriber: MetricExporter | SpanProcessor) -> None:
+        """Hand ``subscriber`` the pipeline's data, following this monitor into every pipeline ``configure()`` builds.
+
+        A ``MetricExporter`` gets the cumulative collection of every export cycle, on its own worker thread (a slow
+        one delays nothing else); a ``SpanProcessor`` sees every span of the pipeline's TracerProvider. Unlike
+        :meth:`add_exporter`'s, a subscriber stays the caller's: a reconfiguration moves it instead of shutting it
+        down, and :meth:`unsubscribe` stops it. Subscribing twice is subscribing once.
+
+        Example:
+            >>> from chat_turbo_metrics.exporters.file import FileExporter, read_metric_records
+            >>> exporter = FileExporter(tmp_path / "cycle.jsonl")
+            >>> monitor.subscribe(exporter)
+            >>> monitor.increment_counter("orders", value=3)
+            >>> monitor.force_flush()
+            True
+            >>> [r["value"] for r in read_metric_records(tmp_path / "cycle.jsonl") if r["name"] == "orders"]
+            [3]
+            >>> monitor.unsubscribe(exporter)
+            True
+
+        Raises:
+            TypeError: neither a ``MetricExporter`` nor a ``SpanProcessor``.
+        """
+        if not isinstance(subscriber, MetricExporter | SpanProcessor):
+            raise TypeError(
+                f"subscribe() takes an OpenTelemetry MetricExporter or SpanProcessor; got {type(subscriber).__name__}"
+            )
+        with PerformanceMonitor._global_lock:  # configure() moves subscribers under it
+            if any(s is subscriber for s in self._subscribers):
+                return
+            self._subscribers.append(subscriber)
+            self._runtime.attach(subscriber)
+
+    def unsubscribe(self, subscriber: MetricExporter | SpanProcessor) -> bool:
+        """Stop handing ``subscriber`` data (it is not shut down); the counterpart of :meth:`subscribe`.
+
+        Returns:
+            True when it was subscribed.
+        """
+        with PerformanceMonitor._global_lock:
+            if not any(s is subscriber for s in self._subscribers):
+                return False
+            self._subscribers = [s for s in self._subscribers if s is not subscriber]
+            self._runtime.detach(subscriber)
+            return True
+
     # --- data and life cycle ------------------------------------------------------------------
     @property
     def config(self) -> MonitoringConfig:
@@ -350,9 +486,30 @@ class PerformanceMonitor:
         return self._runtime.config
 
     @property
-    def pipeline(self) -> Pipeline | None:
-        """The OpenTelemetry pipeline (None when monitoring is disabled)."""
-        return self._runtime.pipeline
+    def pipeline(self) -> PipelineView | None:
+        """A read-only view of the pipeline this monitor records into now (None when monitoring is disabled).
+
+        ``configure()`` replaces the process-wide pipeline: read this again rather than keeping it.
+        """
+        return self._runtime.view
+
+    @property
+    def meter_provider(self) -> metrics.MeterProvider:
+        """An OpenTelemetry MeterProvider that follows this monitor: its instruments record into the pipeline this
+        monitor records into, now and after every ``configure()`` (for the process-wide monitor, the one
+        OpenTelemetry's global provider delegates to)."""
+        if self._shared:
+            return otel_globals.METER_PROVIDER
+        pipeline = self._runtime.pipeline
+        return pipeline.meter_provider if pipeline is not None else _NO_METERS
+
+    @property
+    def tracer_provider(self) -> trace.TracerProvider:
+        """An OpenTelemetry TracerProvider that follows this monitor, as :attr:`meter_provider` does."""
+        if self._shared:
+            return otel_globals.TRACER_PROVIDER
+        pipeline = self._runtime.pipeline
+        return pipeline.tracer_provider if pipeline is not None else _NO_TRACERS
 
     @property
     def dropped(self) -> int:
@@ -362,10 +519,15 @@ class PerformanceMonitor:
     def snapshot(self) -> MetricsSnapshot:
         """Current values of every metric, serializable to JSON and Prometheus text."""
         pipeline = self._runtime.pipeline
-        return MetricsSnapshot(pipeline.collect() if pipeline is not None else None)
+        scope_labels = self._runtime.config.prometheus_scope_labels  # as /metrics shows them
+        return MetricsSnapshot(pipeline.collect() if pipeline is not None else None, scope_labels=scope_labels)
 
     def add_exporter(self, exporter: Any) -> None:
-        """Send metrics to ``exporter`` too: a ``PrometheusExporter`` or any OpenTelemetry ``MetricExporter``."""
+        """Send metrics to ``exporter`` too: a ``PrometheusExporter`` or any OpenTelemetry ``MetricExporter``.
+
+        The exporter joins the current pipeline and is shut down with it (a ``configure()`` builds the next one
+        from the configuration); :meth:`subscribe` one that should follow the monitor instead.
+        """
         pipeline = self._runtime.pipeline
         if pipeline is None:
             _logger.warning("monitoring is disabled; %r receives nothing", exporter)

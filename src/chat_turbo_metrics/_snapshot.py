@@ -26,6 +26,7 @@ class MetricsSnapshot:
     """
 
     data: MetricsData | None
+    scope_labels: bool = True
 
     def records(self) -> list[dict[str, Any]]:
         """One dict per data point (name, kind, unit, attributes, value or histogram fields, times)."""
@@ -35,9 +36,9 @@ class MetricsSnapshot:
         """The records as a JSON document ``{"metrics": [...]}``."""
         return json.dumps({"metrics": self.records()}, indent=indent, ensure_ascii=False, default=str)
 
-    def to_prometheus(self) -> str:
-        """The Prometheus text exposition a scrape of ``/metrics`` returns."""
-        return to_prometheus_text(self.data)
+    def to_prometheus(self, *, openmetrics: bool = False) -> str:
+        """The exposition a scrape of ``/metrics`` returns: the text format, or OpenMetrics 1.0 if asked for."""
+        return to_prometheus_text(self.data, openmetrics=openmetrics, scope_labels=self.scope_labels)
 
     def value(self, name: str, tags: Mapping[str, Any] | None = None) -> Any:
         """The value of one series: a number for sums and gauges, a record dict for histograms.

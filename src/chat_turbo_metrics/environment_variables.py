@@ -43,6 +43,11 @@ METRICS_SHUTDOWN_TIMEOUT = "METRICS_SHUTDOWN_TIMEOUT"
 METRICS_PROMETHEUS_PORT = "METRICS_PROMETHEUS_PORT"
 """Port of ``/metrics`` (``0``: any free port). Setting ``prometheus_port``, default ``9464``."""
 
+METRICS_PROMETHEUS_SCOPE_LABELS = "METRICS_PROMETHEUS_SCOPE_LABELS"
+"""Label every ``/metrics`` sample with ``otel_scope_name`` and ``otel_scope_version``, as the OTel-Prometheus
+compatibility spec requires; ``false`` leaves them out (upstream's ``without_scope_info``). Setting
+``prometheus_scope_labels``, default ``true``."""
+
 METRICS_RETENTION_DAYS = "METRICS_RETENTION_DAYS"
 """How long **stored history** is kept: rotated metric files and database rows older than this are deleted (only the
 file exporter's own files, only this service's rows). In-memory series are cumulative and live as long as the

@@ -23,6 +23,11 @@ instrumentors are released with the core at the same version; a name here change
   ``database``): the seed's, the semantic conventions' or both, from ``OTEL_SEMCONV_STABILITY_OPT_IN`` (read as
   OpenTelemetry's instrumentations read it) or the ``semconv_stability_opt_in`` setting of the monitor's
   configuration. Every instrumentor asks here; none parses the variable itself.
+- :class:`MetricDefinition`, :func:`define_metrics`: semantic-convention metrics whose names carry no unit
+  (:data:`DB_CLIENT_OPERATION_DURATION`, :data:`DB_CLIENT_CONNECTION_COUNT`, :data:`HTTP_CLIENT_REQUEST_DURATION`),
+  declared on a monitor with their unit, description and the conventions' buckets before first use.
+- :func:`prometheus_label`: the Prometheus label name of an attribute key (``http.route`` -> ``http_route``), as
+  the OpenTelemetry-Prometheus compatibility specification maps it.
 - :func:`register_after_fork`: repair an instrumentor's own state in a forked child, in the core's one fork
   registry (never ``os.register_at_fork`` directly: ``tests/_core/test_forks.py`` checks it).
 
@@ -36,6 +41,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 
@@ -44,7 +50,18 @@ from chat_turbo_metrics._collection.ratio import MISSES as CACHE_MISSES
 from chat_turbo_metrics._core import forks
 from chat_turbo_metrics._core.config.instrumentor_variables import EnvironmentVariable
 from chat_turbo_metrics._core.guard import FLOAT_MAX, Problems
-from chat_turbo_metrics._core.semconv import SEMCONV_STABILITY_OPT_IN, SemconvMode, Signal, opt_in_mode, parse_opt_in
+from chat_turbo_metrics._core.naming import prometheus_label
+from chat_turbo_metrics._core.semconv import (
+    DB_CLIENT_CONNECTION_COUNT,
+    DB_CLIENT_OPERATION_DURATION,
+    HTTP_CLIENT_REQUEST_DURATION,
+    SEMCONV_STABILITY_OPT_IN,
+    MetricDefinition,
+    SemconvMode,
+    Signal,
+    opt_in_mode,
+    parse_opt_in,
+)
 from chat_turbo_metrics._core.sql import StatementClassifier, strip_literals
 from chat_turbo_metrics._database import QUERY_DURATION as DATABASE_QUERY_DURATION
 from chat_turbo_metrics._monitor import PerformanceMonitor
@@ -54,13 +71,19 @@ __all__ = [
     "CACHE_HITS",
     "CACHE_MISSES",
     "DATABASE_QUERY_DURATION",
+    "DB_CLIENT_CONNECTION_COUNT",
+    "DB_CLIENT_OPERATION_DURATION",
     "FLOAT_MAX",
+    "HTTP_CLIENT_REQUEST_DURATION",
     "SEMCONV_STABILITY_OPT_IN",
     "EnvironmentVariable",
+    "MetricDefinition",
     "Problems",
     "SemconvMode",
     "StatementClassifier",
     "bundle_produced",
+    "define_metrics",
+    "prometheus_label",
     "register_after_fork",
     "semconv_mode",
     "strip_literals",
@@ -110,3 +133,23 @@ def semconv_mode(
         return opt_in_mode(monitor.config.semconv_stability_opt_in, signal)
     env = os.environ if environ is None else environ
     return opt_in_mode(parse_opt_in(env.get(SEMCONV_STABILITY_OPT_IN, "")), signal)
+
+
+_logger = logging.getLogger("chat_turbo_metrics.instrumentation")
+
+
+def define_metrics(monitor: PerformanceMonitor, *definitions: MetricDefinition) -> None:
+    """Declare ``definitions`` on ``monitor`` (unit, description, buckets); call it again when ``configure()``
+    gives the monitor a new recorder. A metric the application declared its own way first keeps its definition.
+
+    Example:
+        >>> define_metrics(monitor, DB_CLIENT_OPERATION_DURATION)
+        >>> monitor.record_histogram("db.client.operation.duration", 0.003, {"db.system.name": "sqlite"})
+        >>> [(r["name"], r["unit"]) for r in monitor.snapshot().records()]
+        [('db.client.operation.duration', 's')]
+    """
+    for item in definitions:
+        try:
+            monitor.define(item.name, item.kind, unit=item.unit, description=item.description, buckets=item.buckets)
+        except ValueError as error:  # the application defined it its own way first: keep theirs
+            _logger.debug("keeping the application's definition of %s: %s", item.name, error)

@@ -421,7 +421,7 @@ def test_cli_says_plainly_when_no_metrics_can_be_listed() -> None:
 
 
 def test_alert_notifications_a_service_sent_and_dropped_become_alert_spam_advice() -> None:
-    from chat_turbo_metrics.alerting._delivery import DeliveryStats
+    from chat_turbo_metrics.alerting import DeliveryStats
 
     service = PerformanceMonitor(_config(metrics_exporters=()))
     exporter = PrometheusExporter(host="127.0.0.1", port=0)

@@ -83,8 +83,8 @@ def test_a_monitors_pipeline_has_each_step_at_its_place(monitor_factory: Monitor
     sdk = monitor_factory(recording="sdk", self_telemetry=False)
     assert fast.pipeline is not None
     assert sdk.pipeline is not None
-    assert [name for name, _ in fast.pipeline.collector.steps()] == list(STEP_NAMES)
-    assert [name for name, _ in sdk.pipeline.collector.steps()] == ["overflow", "hit_ratios", "exportable"]
+    assert [name for name, _ in fast._runtime.pipeline.collector.steps()] == list(STEP_NAMES)
+    assert [name for name, _ in sdk._runtime.pipeline.collector.steps()] == ["overflow", "hit_ratios", "exportable"]
 
 
 def _series(monitor: PerformanceMonitor) -> dict[str, Any]:

@@ -178,3 +178,14 @@ def test_keep_grpc_channel_leaves_an_exporter_without_one_alone() -> None:
     exporter = ConsoleMetricExporter()
     assert compat.keep_grpc_channel(exporter) is False
     assert not hasattr(exporter, "_channel")
+
+
+def test_the_current_span_is_found_under_the_span_key_of_the_current_context() -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    read = compat.current_context_reader()
+    assert read().get(compat.SPAN_KEY) is None
+    with TracerProvider().get_tracer("compat").start_as_current_span("s") as span:
+        assert read().get(compat.SPAN_KEY) is span is trace.get_current_span()
+    assert read().get(compat.SPAN_KEY) is None

@@ -94,7 +94,7 @@ APP = textwrap.dedent(
     import chat_turbo_metrics
     monitor = chat_turbo_metrics.PerformanceMonitor.get_instance()
     monitor.increment_counter("messages_sent", {"channel": "public"})
-    print("recorded", [type(e).__name__ for e in monitor.pipeline.fanout.exporters], flush=True)
+    print("recorded", [type(e).__name__ for e in monitor.pipeline.exporters], flush=True)
     monitor.shutdown()
     """
 )

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chat_turbo_metrics._core.sql import StatementClassifier, parse, strip_literals
+from chat_turbo_metrics._core.sql import parse
+from chat_turbo_metrics.instrumentation import StatementClassifier, strip_literals
 
 
 @pytest.mark.parametrize(

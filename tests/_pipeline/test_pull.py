@@ -66,7 +66,7 @@ def test_a_serving_exporter_is_given_the_pipeline_and_its_membership_is_kept(mon
     monitor.add_exporter(exporter)
     monitor.increment_counter("jobs")
 
-    assert exporter.source is monitor.pipeline
+    assert exporter.source is monitor._runtime.pipeline  # the pipeline itself, not the public view
     assert exporter.source is not None
     assert exporter.source.config is monitor.config
     assert [r["value"] for r in monitor.snapshot().records() if r["name"] == "jobs"] == [1]

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from chat_turbo_metrics import ConfigurationError, MonitoringConfig, PerformanceMonitor, get_monitoring_config
-from chat_turbo_metrics.alerting._delivery import Channel, DeliveryStats, Job, RetryPolicy
+from chat_turbo_metrics.alerting import DeliveryStats, RetryPolicy
+from chat_turbo_metrics.alerting._delivery import Channel, Job
 from chat_turbo_metrics.multiprocess._merge import encode, gauge_modes, merge
 from conftest import free_port, service_process
 
@@ -182,6 +183,7 @@ def test_health_metrics_are_in_the_prometheus_scrape() -> None:
             prometheus_port=port,
             multiprocess=False,
             cardinality_limit=1,
+            prometheus_scope_labels=False,
         )
     )
     try:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from chat_turbo_metrics import PerformanceMonitor, ViewConfig
-from chat_turbo_metrics._recording.bundle import bundle_produced
+from chat_turbo_metrics.instrumentation import bundle_produced
 from test_fork_safety import run
 
 Factory = Callable[..., PerformanceMonitor]

@@ -420,7 +420,7 @@ def test_fast_metrics_join_the_sdk_scope_under_one_resource(monitor_factory: Fac
 def test_fast_is_the_default_recording_path(monitor_factory: Factory) -> None:
     monitor = monitor_factory()
     assert monitor.config.recording == "fast"
-    assert isinstance(monitor.increment_counter.__self__, FastRecorder)  # type: ignore[attr-defined]
+    assert isinstance(monitor._recorder, FastRecorder)  # what every recording method delegates to
 
 
 # --- cumulative temporality -------------------------------------------------------------------------

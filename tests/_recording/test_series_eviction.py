@@ -14,13 +14,12 @@ from typing import Any
 
 import pytest
 
-from chat_turbo_metrics import ViewConfig
-from chat_turbo_metrics._core.guard import Problems
+from chat_turbo_metrics import MetricsSnapshot, ViewConfig
 from chat_turbo_metrics._pipeline.provider import Pipeline
 from chat_turbo_metrics._recording.fast import FastRecorder
 from chat_turbo_metrics._recording.idle import DEMOTED, GONE, PINNED
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry
-from chat_turbo_metrics._snapshot import MetricsSnapshot
+from chat_turbo_metrics.instrumentation import Problems
 from conftest import make_config
 
 TIMEOUT_S = 60

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from test_series_eviction import TIMEOUT_S, Recording, values
 
-from chat_turbo_metrics._snapshot import MetricsSnapshot
+from chat_turbo_metrics import MetricsSnapshot
 from chat_turbo_metrics.multiprocess._directory import PrivateDirectory
 from chat_turbo_metrics.multiprocess._group import Group, group_for
 from chat_turbo_metrics.multiprocess._ledger import GroupFiles

@@ -34,7 +34,7 @@ def test_start_evaluates_on_the_export_cycle_off_the_application_thread(monitor_
     assert fired.wait(PATIENCE_S)
     assert set(threads) == {"chat-turbo-metrics-fanout-alerting"}
     assert [a.value for a in manager.alerts()] == [512]
-    assert sum(isinstance(e, CycleSubscriber) for e in monitor.pipeline.fanout.exporters) == 1
+    assert sum(isinstance(e, CycleSubscriber) for e in monitor.pipeline.exporters) == 1
     manager.stop()
 
 
@@ -69,7 +69,7 @@ def test_stop_ends_background_evaluation_and_start_resumes_it(monitor_factory) -
     manager.stop()
     assert monitor.force_flush()
     assert len(evaluations) == 1
-    assert not any(isinstance(e, CycleSubscriber) for e in monitor.pipeline.fanout.exporters)
+    assert not any(isinstance(e, CycleSubscriber) for e in monitor.pipeline.exporters)
     manager.start()
     assert monitor.force_flush()
     assert len(evaluations) == 2

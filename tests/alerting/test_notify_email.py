@@ -21,8 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from notify_peers import alert
 
-from chat_turbo_metrics import MonitoringConfig, get_monitoring_config
-from chat_turbo_metrics._core.config import ConfigurationError
+from chat_turbo_metrics import ConfigurationError, MonitoringConfig, get_monitoring_config
 from chat_turbo_metrics.alerting import (
     DeliveryError,
     Dispatcher,

@@ -46,8 +46,7 @@ from sqlalchemy import (
     text,
 )
 
-from chat_turbo_metrics._core.config import ConfigurationError, MonitoringConfig, get_monitoring_config
-from chat_turbo_metrics._core.secret import Secret
+from chat_turbo_metrics import ConfigurationError, MonitoringConfig, Secret, get_monitoring_config
 from chat_turbo_metrics.exporters.database import DatabaseExporter, GaugePoint, MetricHistory
 
 T0 = 1_700_000_000.0

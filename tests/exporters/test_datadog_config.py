@@ -127,7 +127,7 @@ def test_the_registry_builds_it_from_the_configuration(intake: DatadogIntake) ->
     monitor = PerformanceMonitor(config)
     try:
         assert monitor.pipeline is not None
-        [exporter] = monitor.pipeline.fanout.exporters
+        [exporter] = monitor.pipeline.exporters
         assert isinstance(exporter, DataDogExporter)
         monitor.increment_counter("jobs")
         assert monitor.force_flush()

@@ -410,7 +410,7 @@ def test_monitor_shutdown_returns_within_its_timeout_while_the_exporter_backs_of
     assert not monitor.force_flush(timeout_s=0.2)
     intake.wait_for(lambda i: len(i.requests) == 1)  # the worker now waits 30-60 s before its retry
     assert monitor.pipeline is not None
-    [exporter] = monitor.pipeline.fanout.exporters
+    [exporter] = monitor.pipeline.exporters
     started = time.monotonic()
     monitor.shutdown(timeout_s=1.0)
     assert time.monotonic() - started < 10  # bounded by the timeout given, not by the backoff or the 120 s

@@ -199,13 +199,13 @@ def exporting_monitor(monitor_factory: MonitorFactory, endpoint: Endpoint) -> tu
     monitor = monitor_factory(export_interval_s=0.1, export_timeout_s=TIMEOUT_S, shutdown_timeout_s=2.0)
     monitor.add_exporter(endpoint.make_exporter())
     assert monitor.pipeline is not None
-    [name] = monitor.pipeline.fanout.failures
+    [name] = monitor.pipeline.export_failures
     return monitor, name
 
 
 def failures(monitor: PerformanceMonitor, name: str) -> int:
     assert monitor.pipeline is not None
-    return monitor.pipeline.fanout.failures[name]
+    return monitor.pipeline.export_failures[name]
 
 
 def fault(endpoint: Endpoint, kind: str) -> AbstractContextManager[None]:
@@ -278,15 +278,18 @@ def snapshots_alive(monitor: PerformanceMonitor) -> int:
 
 @pytest.mark.parametrize("kind", [DOWN, STALL])
 def test_a_long_outage_keeps_no_growing_buffer(endpoint: Endpoint, monitor_factory: MonitorFactory, kind: str) -> None:
-    # A stalled PostgreSQL connect takes its connect_timeout (1 s) instead of the export timeout: fewer rounds.
-    early_failures, later_failures = (1, 4) if kind == STALL and endpoint.kind == "postgresql" else (2, 10)
+    # A stalled PostgreSQL connect takes its connect_timeout (1 s, which libpq raises to 2 s) instead of the export
+    # timeout: fewer rounds, each spanning some twenty collections. A buffer growing by one snapshot per failed
+    # export (let alone per collection) would hold 1 + 2 or 2 + 5 more by the second count.
+    early_failures, later_failures = (1, 2) if kind == STALL and endpoint.kind == "postgresql" else (2, 5)
     monitor, name = exporting_monitor(monitor_factory, endpoint)
     for series in range(200):
         monitor.increment_counter("orders", {"shop": f"s{series}"})
     recorded = 200
     # Exported and acknowledged before the fault begins. Otherwise the fault may cut the answer to the export
     # that carries these orders: a delta receiver that took it would get them again (at least once).
-    assert monitor.force_flush()
+    # Under load a healthy export may outlast its 0.5 s timeout (the first one creates the tables): flush again.
+    wait_until(monitor.force_flush, "an export acknowledged before the fault")
     endpoint.proxy.set(kind)
 
     def fail_exports(count: int) -> None:
@@ -303,7 +306,10 @@ def test_a_long_outage_keeps_no_growing_buffer(endpoint: Endpoint, monitor_facto
     endpoint.proxy.set(UP)
 
     # Several more failed exports, each with fresh snapshots (five per export during a stall), and what is held is
-    # still the snapshot being exported and the next one waiting in the slot, not one per failure.
-    assert 1 <= early <= 3
-    assert 1 <= late <= 3
+    # still the snapshot being exported and the next one waiting in the slot, not one per failure. The count may
+    # catch the collector's thread holding a new snapshot it has not yet put in the slot, and a delta exporter
+    # (Datadog, the database) exports the delta view of its snapshot, a second MetricsData alive while it exports.
+    held_at_most = 3 if endpoint.cumulative else 4
+    assert 1 <= early <= held_at_most
+    assert 1 <= late <= held_at_most
     wait_until(lambda: endpoint.delivered() == recorded, "every order after the outage")

@@ -395,5 +395,5 @@ def test_a_pipeline_built_off_the_main_thread_leaves_sigterm_alone(
     worker.join(PATIENCE_S)
 
     assert len(built) == 1
-    assert built[0].pipeline.fanout.exporters  # it has its push exporter, and relies on atexit
+    assert built[0].pipeline.exporters  # it has its push exporter, and relies on atexit
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

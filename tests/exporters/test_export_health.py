@@ -124,7 +124,7 @@ def test_snapshots_replaced_while_an_exporter_hangs_are_counted_and_queued(
     monitor = monitor_factory(export_timeout_s=30.0)
     monitor.add_exporter(OTLPMetricExporter(endpoint=intake.endpoint, timeout=30.0))
     assert monitor.pipeline is not None
-    fanout = monitor.pipeline.fanout
+    fanout = monitor._runtime.pipeline.fanout  # the fan-out itself: not public
     fanout.collect_and_export()  # taken by the worker, which now hangs on the collector
     deadline = time.monotonic() + PATIENCE_S
     while intake.requests < 1:

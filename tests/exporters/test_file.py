@@ -32,7 +32,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 
-from chat_turbo_metrics._core.config import ConfigurationError, MonitoringConfig, get_monitoring_config
+from chat_turbo_metrics import ConfigurationError, MonitoringConfig, get_monitoring_config
 from chat_turbo_metrics.exporters.file import FileExporter, read_metric_records
 
 SRC = Path(__file__).resolve().parents[2] / "src"

@@ -75,7 +75,7 @@ def sinks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     monitor = PerformanceMonitor(make_config(recording=request.param, self_telemetry=False))
     receiver = OtlpHttpReceiver()
     threading.Thread(target=receiver.serve_forever, args=(0.05,), daemon=True).start()
-    prometheus = PrometheusExporter(host="127.0.0.1", port=0)
+    prometheus = PrometheusExporter(host="127.0.0.1", port=0, scope_labels=False)
     with running_intake() as intake:
         for exporter in (
             prometheus,

@@ -270,6 +270,25 @@ def test_http_export_carries_histogram_count_sum_buckets_and_bounds(
     assert (point.min, point.max) == (min(OBSERVED), max(OBSERVED))
 
 
+def test_http_export_carries_the_exemplars_of_observations_in_a_sampled_span(
+    http_receiver: OtlpHttpReceiver, monitor_factory: MonitorFactory, recording: str
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    monitor = otlp_monitor(monitor_factory, recording=recording)
+    monitor.record_histogram("render_seconds", 0.2, {"route": "/chat"})  # creates the series outside a span
+    with TracerProvider().get_tracer("test").start_as_current_span("request") as span:
+        context = span.get_span_context()
+        monitor.record_histogram("render_seconds", 0.3, {"route": "/chat"})
+    assert monitor.force_flush() is True
+    metric = metrics_by_name(http_receiver.received.wait_for(1)[-1])["render_seconds"]
+    (point,) = metric.histogram.data_points
+    (exemplar,) = point.exemplars
+    assert exemplar.as_double == 0.3
+    assert exemplar.trace_id == context.trace_id.to_bytes(16, "big")
+    assert exemplar.span_id == context.span_id.to_bytes(8, "big")
+
+
 def test_http_export_carries_the_last_gauge_value(
     http_receiver: OtlpHttpReceiver, monitor_factory: MonitorFactory, recording: str
 ) -> None:
@@ -342,7 +361,7 @@ def test_grpc_export_carries_counter_histogram_and_gauge(
     grpc_receiver: Received, monitor_factory: MonitorFactory, recording: str
 ) -> None:
     monitor = otlp_monitor(monitor_factory, protocol="grpc", recording=recording)
-    assert isinstance(monitor.pipeline.fanout.exporters[0], GrpcMetricExporter)  # type: ignore[union-attr]
+    assert isinstance(monitor.pipeline.exporters[0], GrpcMetricExporter)  # type: ignore[union-attr]
 
     metrics = flushed_metrics(monitor, grpc_receiver)
 
@@ -385,9 +404,9 @@ def test_otel_metrics_exporter_builds_otlp_and_prometheus(
     pipeline = monitor.pipeline
     assert pipeline is not None
 
-    (push,) = pipeline.fanout.exporters
+    (push,) = pipeline.exporters
     assert isinstance(push, exporter_class)
-    assert dict(pipeline.fanout.failures) == {OTLP_NAME: 0}
+    assert dict(pipeline.export_failures) == {OTLP_NAME: 0}
     (pull,) = pipeline.pull_exporters
     assert isinstance(pull, PrometheusExporter)
     assert (pull.host, pull.port > 0) == ("127.0.0.1", True)
@@ -405,7 +424,7 @@ def test_the_grpc_exporter_keeps_its_channel_with_a_bounded_reconnect_backoff(
     if timeout_variable is not None:
         monkeypatch.setenv(timeout_variable, "2")
     monitor = otlp_monitor(monitor_factory, protocol="grpc")
-    (exporter,) = monitor.pipeline.fanout.exporters
+    (exporter,) = monitor.pipeline.exporters
     options = dict(exporter._channel_options)
     assert options["grpc.max_reconnect_backoff_ms"] == 2000
     assert options["grpc.initial_reconnect_backoff_ms"] == 500
@@ -429,12 +448,12 @@ def test_exporter_names_build_one_exporter_each(
     pipeline = monitor.pipeline
     assert pipeline is not None
 
-    assert [type(exporter).__name__ for exporter in pipeline.fanout.exporters] == [
+    assert [type(exporter).__name__ for exporter in pipeline.exporters] == [
         "OTLPMetricExporter",
         "FileExporter",
         "ConsoleMetricExporter",
     ]
-    assert isinstance(pipeline.fanout.exporters[0], HttpMetricExporter)
+    assert isinstance(pipeline.exporters[0], HttpMetricExporter)
     assert [type(exporter) for exporter in pipeline.pull_exporters] == [PrometheusExporter]
 
 
@@ -464,7 +483,7 @@ def test_slow_otlp_receiver_does_not_delay_the_file_exporter(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     receiver, monitor, path = slow_pair(start_http_receiver, monitor_factory, tmp_path)
-    fanout = monitor.pipeline.fanout  # type: ignore[union-attr]
+    failures = monitor.pipeline.export_failures  # type: ignore[union-attr]
 
     started = time.monotonic()
     flushed = monitor.force_flush()
@@ -478,13 +497,13 @@ def test_slow_otlp_receiver_does_not_delay_the_file_exporter(
     assert [(record["value"], record["attributes"]) for record in records] == [(3, {"channel": "public"})]
     assert len(receiver.received.requests) == 1
     # (Not asserting OTLP's count here: its own 1 s timeout ends it only a few ms after force_flush returns.)
-    assert fanout.failures["chat_turbo_file"] == 0
+    assert failures["chat_turbo_file"] == 0
 
     # The OTLP request is bounded by export_timeout_s: it ends as a failure counted under its name.
     deadline = time.monotonic() + PATIENCE_S
-    while fanout.failures[OTLP_NAME] == 0 and time.monotonic() < deadline:
+    while failures[OTLP_NAME] == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert dict(fanout.failures) == {OTLP_NAME: 1, "chat_turbo_file": 0}
+    assert dict(failures) == {OTLP_NAME: 1, "chat_turbo_file": 0}
 
 
 def test_otlp_export_timeout_is_counted_as_a_failure_by_name(
@@ -496,11 +515,11 @@ def test_otlp_export_timeout_is_counted_as_a_failure_by_name(
     # The OTLP exporter's own request timeout (seconds in this SDK) is what ends a hanging request.
     clean_otlp_env.setenv("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "0.5")
     _, monitor, path = slow_pair(start_http_receiver, monitor_factory, tmp_path)
-    fanout = monitor.pipeline.fanout  # type: ignore[union-attr]
+    failures = monitor.pipeline.export_failures  # type: ignore[union-attr]
 
     assert monitor.force_flush(timeout_s=PATIENCE_S) is False
 
-    assert dict(fanout.failures) == {OTLP_NAME: 1, "chat_turbo_file": 0}
+    assert dict(failures) == {OTLP_NAME: 1, "chat_turbo_file": 0}
     assert [record["value"] for record in read_metric_records(path) if record["name"] == "messages_sent"] == [3]
 
 
@@ -508,14 +527,14 @@ def test_export_timeout_setting_alone_ends_a_hanging_otlp_export(
     start_http_receiver: Callable[..., OtlpHttpReceiver], monitor_factory: MonitorFactory, tmp_path: Path
 ) -> None:
     _, monitor, _ = slow_pair(start_http_receiver, monitor_factory, tmp_path)
-    fanout = monitor.pipeline.fanout  # type: ignore[union-attr]
+    failures = monitor.pipeline.export_failures  # type: ignore[union-attr]
 
     monitor.force_flush()
     deadline = time.monotonic() + 1.5  # the receiver answers (successfully) only after 3 s
-    while fanout.failures[OTLP_NAME] == 0 and time.monotonic() < deadline:
+    while failures[OTLP_NAME] == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
 
-    assert fanout.failures[OTLP_NAME] == 1
+    assert failures[OTLP_NAME] == 1
 
 
 def test_well_formed_otlp_headers_reach_the_collector(

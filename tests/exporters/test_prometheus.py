@@ -71,7 +71,7 @@ def scrape(exporter: PrometheusExporter) -> str:
 
 
 def served_by(monitor: PerformanceMonitor) -> PrometheusExporter:
-    exporter = PrometheusExporter(host="127.0.0.1", port=0)
+    exporter = PrometheusExporter(host="127.0.0.1", port=0, scope_labels=False)
     monitor.add_exporter(exporter)
     return exporter
 
@@ -265,7 +265,7 @@ def test_port_in_use_raises_oserror_naming_host_and_port(monitor_factory: Monito
 
     assert raised.value.errno == errno.EADDRINUSE
     assert monitor.pipeline is not None
-    assert monitor.pipeline.pull_exporters == []
+    assert monitor.pipeline.pull_exporters == ()
 
 
 # --- a real Prometheus server --------------------------------------------------------------------
@@ -278,18 +278,39 @@ class PrometheusServer:
     base_url: str
     log_path: Path
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        url = f"{self.base_url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
+    def api(self, path: str, **params: str) -> Any:
+        """The ``data`` of a successful answer of the HTTP API at ``path`` (``/api/v1/series``, ...)."""
+        url = f"{self.base_url}{path}?{urllib.parse.urlencode(params)}"
         with urllib.request.urlopen(url, timeout=5) as response:
             body = json.load(response)
         assert body["status"] == "success", body
-        return body["data"]["result"]  # type: ignore[no-any-return]
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        return self.api("/api/v1/query", query=expr)["result"]  # type: ignore[no-any-return]
+
+    def exemplars(self, expr: str) -> list[dict[str, Any]]:
+        """Every exemplar Prometheus stored for ``expr`` in the last hour."""
+        now = time.time()
+        query = urllib.parse.urlencode({"query": expr, "start": now - 3600, "end": now + 60})
+        with urllib.request.urlopen(f"{self.base_url}/api/v1/query_exemplars?{query}", timeout=5) as response:
+            body = json.load(response)
+        return [exemplar for series in body["data"] for exemplar in series["exemplars"]]
 
     def wait_for(self, expr: str, done: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
         """Poll ``expr`` until ``done(result)``; fail with the last result and Prometheus's log at the deadline."""
+        return self._poll(self.query, expr, done)
+
+    def wait_exemplars(self, expr: str, done: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+        """Poll the exemplars of ``expr`` until ``done(exemplars)``; fail at the deadline."""
+        return self._poll(self.exemplars, expr, done)
+
+    def _poll(
+        self, ask: Callable[[str], list[dict[str, Any]]], expr: str, done: Callable[[list[dict[str, Any]]], bool]
+    ) -> list[dict[str, Any]]:
         deadline = time.monotonic() + PROMETHEUS_PATIENCE_S
         while True:
-            result = self.query(expr)
+            result = ask(expr)
             if done(result):
                 return result
             if time.monotonic() > deadline:
@@ -302,8 +323,11 @@ def values(result: list[dict[str, Any]]) -> list[float]:
     return [float(sample["value"][1]) for sample in result]
 
 
-def start_prometheus(directory: Path, target_port: int) -> tuple[subprocess.Popen[bytes], PrometheusServer]:
+def start_prometheus(
+    directory: Path, target_port: int, extra_targets: list[str] | None = None
+) -> tuple[subprocess.Popen[bytes], PrometheusServer]:
     binary = require_tool("prometheus")
+    targets = ", ".join(f"'{t}'" for t in [f"127.0.0.1:{target_port}", *(extra_targets or [])])
     config = directory / "prometheus.yml"
     config.write_text(
         "global:\n"
@@ -313,7 +337,7 @@ def start_prometheus(directory: Path, target_port: int) -> tuple[subprocess.Pope
         "scrape_configs:\n"
         "  - job_name: chat_turbo\n"
         "    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{target_port}']\n",
+        f"      - targets: [{targets}]\n",
         encoding="utf-8",
     )
     port = free_port()
@@ -326,6 +350,7 @@ def start_prometheus(directory: Path, target_port: int) -> tuple[subprocess.Pope
                 f"--storage.tsdb.path={directory / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
                 "--web.enable-lifecycle",
+                "--enable-feature=exemplar-storage",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -349,6 +374,16 @@ def wait_ready(process: subprocess.Popen[bytes], server: PrometheusServer) -> No
     pytest.fail(f"prometheus did not become ready (exit code {process.poll()}); log:\n{log}")
 
 
+def stop_prometheus(process: subprocess.Popen[bytes]) -> None:
+    """Stop a Prometheus this test started: terminated, killed if it does not exit within 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @dataclass
 class Scraped:
     monitor: PerformanceMonitor
@@ -367,12 +402,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
         server.wait_for('up{job="chat_turbo"}', lambda result: values(result) == [1.0])
         yield Scraped(monitor, server)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_prometheus(process)
         monitor.shutdown()
 
 
@@ -434,7 +464,7 @@ def test_exporter_can_attach_again_once_the_port_is_free(monitor_factory: Monito
     squatter.bind(("127.0.0.1", 0))
     squatter.listen()
     port = squatter.getsockname()[1]
-    exporter = PrometheusExporter(host="127.0.0.1", port=port)
+    exporter = PrometheusExporter(host="127.0.0.1", port=port, scope_labels=False)
     with pytest.raises(OSError, match="cannot listen"):
         monitor.add_exporter(exporter)
     squatter.close()

@@ -38,6 +38,7 @@ HOLDER = textwrap.dedent(
     monitor = PerformanceMonitor(MonitoringConfig(
         environment="test", metrics_exporters=("prometheus",), prometheus_host="127.0.0.1",
         prometheus_port=port, multiprocess_dir=directory, multiprocess_group="takeover",
+        prometheus_scope_labels=False,
     ))
     print("bound", flush=True)
     for line in sys.stdin:  # "jobs N": record; "exit": shut down as a recycled worker does

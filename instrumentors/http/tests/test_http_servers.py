@@ -177,6 +177,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., tuple[int, int]]]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "METRICS_", "PERFORMANCE_", "CHAT_"))}
         env.update(
             CHAT_TURBO_ENV="test",
+            METRICS_PROMETHEUS_SCOPE_LABELS="false",  # the expected lines are written without them
             OTEL_METRICS_EXPORTER="prometheus",
             OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1",
             OTEL_EXPORTER_PROMETHEUS_PORT=str(metrics_port),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import gc
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,12 +21,17 @@ import pytest
 
 from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
 from chat_turbo_metrics_system import SPECS, ProcessSample, SystemInstrumentor, watch_event_loop
+from chat_turbo_metrics_system._readings import own_descriptors
 
 
 @pytest.fixture(params=["fast", "sdk"])
 def monitor(request: pytest.FixtureRequest) -> Iterator[PerformanceMonitor]:
     """A monitor on a private pipeline, for each recording path."""
-    made = PerformanceMonitor(MonitoringConfig(metrics_exporters=(), environment="test", recording=request.param))
+    made = PerformanceMonitor(
+        MonitoringConfig(
+            metrics_exporters=(), environment="test", recording=request.param, prometheus_scope_labels=False
+        )
+    )
     yield made
     made.shutdown()
 
@@ -52,7 +59,8 @@ class FakeProcess:
     def sample(self) -> ProcessSample:
         self.samples += 1
         return ProcessSample(pid=4242, cpu_seconds=self.cpu, rss_bytes=64 * 1024 * 1024, threads=7, open_fds=12,
-                             connections=3)  # fmt: skip
+                             connections=3, cpu_user=self.cpu * 0.75, cpu_system=self.cpu * 0.25,
+                             virtual_bytes=256 * 1024 * 1024, context_switches=(40, 2), started=1.0)  # fmt: skip
 
     def clock(self) -> float:
         return self.now
@@ -109,6 +117,92 @@ def test_real_process_values(monitor: PerformanceMonitor, instrument: Callable[.
     assert during.value("process_open_fds") == before.value("process_open_fds") + 3
     assert during.value("process_threads") >= 1
     assert 5 < during.value("memory_usage_mb") < 4096
+
+
+@pytest.fixture
+def connections() -> Iterator[Callable[[int], None]]:
+    """Opens ``n`` established loopback connections in this process (both ends), plus a listener, a UDP socket
+    and a unix socket pair that are not connections; closes them all after the test."""
+    opened: list[socket.socket] = []
+
+    def open_connections(n: int) -> None:
+        server = socket.create_server(("127.0.0.1", 0))
+        opened.extend([server, socket.socket(socket.AF_INET, socket.SOCK_DGRAM), *socket.socketpair()])
+        for _ in range(n):
+            client = socket.create_connection(server.getsockname())
+            accepted, _ = server.accept()
+            opened.extend([client, accepted])
+
+    yield open_connections
+    for each in opened:
+        each.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="read from /proc/self/fd on Linux")
+def test_connections_are_this_process_s_own_established_tcp_connections(
+    monitor: PerformanceMonitor, instrument: Callable[..., None], connections: Callable[[int], None]
+) -> None:
+    instrument()
+    before = monitor.snapshot().value("active_connections", {"source": "process"})
+    connections(25)
+    during = monitor.snapshot().value("active_connections", {"source": "process"})
+    assert during - before == 50  # both ends of each; the listener, the UDP and unix sockets are not counted
+    # The same number psutil finds by reading the whole machine's socket table, which the instrumentor no longer does.
+    expected = sum(1 for c in psutil.Process().net_connections(kind="tcp") if c.status == psutil.CONN_ESTABLISHED)
+    assert own_descriptors()[1] == expected
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="read from /proc/self/fd on Linux")
+def test_the_machine_wide_socket_table_is_never_read(
+    monitor: PerformanceMonitor,
+    instrument: Callable[..., None],
+    connections: Callable[[int], None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def machine_wide(*args: object, **kwargs: object) -> None:
+        raise AssertionError("psutil's connection list reads every socket of the host (/proc/net/tcp*)")
+
+    for target in (psutil, psutil.Process):
+        for name in ("net_connections", "connections"):
+            if hasattr(target, name):
+                monkeypatch.setattr(target, name, machine_wide)
+    real_open = open
+    read: list[str] = []
+
+    def watched_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        read.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", watched_open)
+    instrument()
+    connections(3)
+    snapshot = monitor.snapshot()
+    assert snapshot.value("active_connections", {"source": "process"}) >= 6
+    assert not [path for path in read if path.startswith("/proc/net")]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="read from /proc/self/fd on Linux")
+def test_reading_connections_changes_no_socket_of_the_application(connections: Callable[[int], None]) -> None:
+    # A Python socket object made on the application's descriptor would make it non-blocking under a default
+    # timeout (and the flag belongs to the descriptor the application uses): the reading must use none.
+    connections(2)  # blocking sockets, as a sync worker's are
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(5.0)
+    try:
+        descriptors = [int(name) for name in os.listdir("/proc/self/fd")]
+        flags_before = {fd: _flags(fd) for fd in descriptors}
+        assert own_descriptors()[1] is not None
+        flags_after = {fd: _flags(fd) for fd in descriptors}
+    finally:
+        socket.setdefaulttimeout(previous)
+    assert flags_after == flags_before
+
+
+def _flags(fd: int) -> int | None:
+    try:
+        return fcntl.fcntl(fd, fcntl.F_GETFL)
+    except OSError:
+        return None  # the listing's own descriptor, closed since
 
 
 def test_gc_collections_and_pause_time(monitor: PerformanceMonitor, instrument: Callable[..., None]) -> None:

@@ -1,1 +1,1 @@
-"""The ``chat-turbo-metrics`` command's subcommands: config, doctor, rules, demo (dispatched by ``__main__``)."""
+"""The ``chat-turbo-metrics`` subcommands: config, doctor, rules, demo, report (dispatched by ``__main__``)."""

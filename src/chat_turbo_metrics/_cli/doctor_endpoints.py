@@ -216,6 +216,9 @@ def check_file(config: MonitoringConfig, env: Mapping[str, str]) -> dict[str, An
     return {"enabled": True, "path": str(path), "writable": writable}
 
 
+_NOT_TAGS = frozenset({"le", "otel_scope_name", "otel_scope_version"})  # added by the exposition, not recorded
+
+
 def parse_families(text: str) -> dict[str, dict[str, Any]]:
     """Metric family -> its type, series count and tag keys, from a Prometheus text exposition."""
     families: dict[str, dict[str, Any]] = {}
@@ -233,7 +236,7 @@ def parse_families(text: str) -> dict[str, dict[str, Any]]:
         family = next((f for f in _family_names(name) if f in families), None)
         if family is None:
             continue
-        keys = set(_LABEL.findall(labels)) - {"le"}
+        keys = set(_LABEL.findall(labels)) - _NOT_TAGS
         families[family]["tags"] |= keys
         if keeps_values(family) and name in (family, f"{family}_count"):  # self-telemetry: keep values
             families[family].setdefault("samples", []).append([label_values(labels), sample_value(line)])

@@ -5,16 +5,28 @@ values; the monitor: its recorder's metrics, the hit ratios and the self-telemet
 list: the order is this table's, and ``tests/_collection/test_collector.py`` checks it. Each step takes what the
 steps before it made and returns it, changed or not (see :mod:`.walk`).
 
+Collection-time *readings* (the hooks: system statistics, pool usage) are separate from the *recorded* data: a
+collection made for someone who reads it (a scrape, a push export) takes them, a background copy of what was
+recorded (the pre-fork publication) does not (``collect(readings=False)``). Whether anything was recorded since a
+collection is answered without collecting (:meth:`Collector.quiet_since`), from what each recorder watches
+(:meth:`Collector.watch`), so that a process where nothing happens does no collection work at all.
+
 Example:
     >>> collector = Collector(lambda: None)
     >>> collector.add("hit_ratios", lambda data: data)
     >>> [name for name, _ in collector.steps()]
     ['hit_ratios']
+    >>> collector.watch(lambda: False)  # a recorder holding nothing new
+    >>> mark = collector.collections + 1  # the number the next collection takes, if no other runs meanwhile
+    >>> collector.collect(readings=False)
+    >>> collector.quiet_since(mark)  # nothing recorded since, no other collection
+    True
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -23,6 +35,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from chat_turbo_metrics._collection.walk import add_metrics
+from chat_turbo_metrics._core import forks
 
 _logger = logging.getLogger("chat_turbo_metrics.pipeline")
 
@@ -52,6 +65,14 @@ class Collector:
         self.hooks: list[Callable[[], None]] = []
         self._steps: dict[str, tuple[Step, ...]] = dict.fromkeys(STEP_NAMES, ())
         self._failed_hooks: set[tuple[str, type]] = set()
+        self._recorded: tuple[Callable[[], bool], ...] = ()
+        self.collections = 0  # collections started so far (a mark for quiet_since)
+        self._counting = threading.Lock()  # two collections at once must both count
+        forks.register(self, forks.Phase.LOCKS)
+
+    def after_fork_in_child(self) -> None:
+        # A thread of the parent may have been counting its collection at the fork.
+        forks.reinit(self._counting)
 
     def add(self, name: str, step: Step) -> None:
         """Run ``step`` at its place ``name`` in the pass (after the steps already at that place).
@@ -71,9 +92,26 @@ class Collector:
         """``(place, step)`` in the order a collection runs them."""
         return [(name, step) for name in STEP_NAMES for step in self._steps[name]]
 
-    def collect(self) -> MetricsData | None:
-        """Collect now: hooks, the SDK's data, then every step; safe from any thread."""
-        for hook in list(self.hooks):
+    def watch(self, recorded: Callable[[], bool]) -> None:
+        """Ask ``recorded()`` in :meth:`quiet_since`: True when its recorder holds data that no collection read
+        yet (a recorder that cannot tell must not be watched: without a watch, quiet_since is always False)."""
+        self._recorded = (*self._recorded, recorded)
+
+    def quiet_since(self, mark: int) -> bool:
+        """True when collection number ``mark`` was the last one and nothing was recorded since it read the data.
+
+        ``mark`` is :attr:`collections` + 1 read just before a collection: when another collection ran in between
+        (or overlapped) the answer is False, so a caller that skips work on True never misses a recording.
+        """
+        if mark != self.collections or not self._recorded:
+            return False
+        return not any(recorded() for recorded in self._recorded)
+
+    def collect(self, *, readings: bool = True) -> MetricsData | None:
+        """Collect now: hooks (unless ``readings`` is False), the SDK's data, then every step; safe from any thread."""
+        with self._counting:
+            self.collections += 1
+        for hook in list(self.hooks) if readings else ():
             try:
                 hook()
             except Exception as error:  # a broken reading must not cost the scrape or the other readings

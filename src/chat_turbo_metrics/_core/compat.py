@@ -2,9 +2,11 @@
 
 The SDK and the Prometheus exporter keep some things we need behind underscores: the configurator base class
 ``opentelemetry-instrument`` loads, the synchronous gauge class, the Prometheus unit mapping, the loggers that
-report rejected measurements, the resource a MeterProvider refreshes after a fork, an exporter's temporality
-preference and the OTLP/gRPC exporter's channel. Each is imported or read here only, so an SDK upgrade that
-moves one breaks this module and ``tests/_core/test_compat.py``, not a capability somewhere else.
+report rejected measurements, the resource a MeterProvider refreshes after a fork, the measurement consumer every
+synchronous instrument feeds, an exporter's temporality preference, the OTLP/gRPC exporter's channel, and the
+context key and variable that hold the current span (read on the recording hot path for exemplars). Each is
+imported or read here only, so an SDK upgrade that moves one breaks this module and ``tests/_core/test_compat.py``,
+not a capability somewhere else.
 
 Example:
     >>> from chat_turbo_metrics._core.compat import prometheus_unit_suffix
@@ -14,23 +16,28 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from opentelemetry import context as _otel_context
 from opentelemetry.exporter.prometheus._mapping import map_unit
 from opentelemetry.metrics import _Gauge as _ApiGauge
 from opentelemetry.sdk._configuration import _BaseConfigurator
 from opentelemetry.sdk.metrics import Counter, Histogram, UpDownCounter, _Gauge
 from opentelemetry.sdk.metrics.export import AggregationTemporality
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.trace.propagation import _SPAN_KEY
 
 from chat_turbo_metrics._core.forks import reinit
 
 __all__ = [
     "SDK_MEASUREMENT_LOGGERS",
+    "SPAN_KEY",
     "ApiGauge",
     "BaseConfigurator",
     "SdkGauge",
+    "count_measurements",
+    "current_context_reader",
     "exporter_temporality",
     "forget_inherited_sums",
     "keep_grpc_channel",
@@ -47,6 +54,19 @@ SdkGauge = _Gauge
 
 ApiGauge = _ApiGauge
 """The API's synchronous gauge base class (``opentelemetry.metrics._Gauge``), for delegating instruments."""
+
+SPAN_KEY = _SPAN_KEY
+"""The key of the current span in an OpenTelemetry context (``opentelemetry.trace.propagation``)."""
+
+
+def current_context_reader() -> Callable[[], Mapping[str, Any]]:
+    """The cheapest way to read the current OpenTelemetry context: the default runtime context's context
+    variable's ``get`` (one C call), or the public ``get_current`` when another runtime context is configured."""
+    runtime = getattr(_otel_context, "_RUNTIME_CONTEXT", None)
+    variable = getattr(runtime, "_current_context", None)
+    getter = getattr(variable, "get", None)
+    return getter if callable(getter) else _otel_context.get_current
+
 
 # The SDK modules whose loggers report a measurement they dropped (named after the modules, ``_internal``).
 SDK_MEASUREMENT_LOGGERS = (
@@ -95,6 +115,28 @@ def reinit_sdk_metric_locks(meter_provider: Any) -> None:
                 for aggregation in list(getattr(match, "_attributes_aggregation", {}).values()):
                     reinit(getattr(aggregation, "_lock", None))
                     reinit(getattr(getattr(aggregation, "_reservoir", None), "_lock", None))
+
+
+def count_measurements(meter_provider: Any) -> Callable[[], int] | None:
+    """Count the synchronous measurements ``meter_provider`` consumes; the count, or None when it cannot be seen.
+
+    Every synchronous instrument hands its measurement to the provider's one measurement consumer
+    (``_measurement_consumer.consume_measurement``); the consumer is wrapped in place, on the instance, with a
+    call that adds one to a counter (a few tens of ns on the SDK's microseconds). Observable instruments are
+    read at collection and are not counted.
+    """
+    consumer: Any = getattr(meter_provider, "_measurement_consumer", None)
+    consume = getattr(consumer, "consume_measurement", None)
+    if consume is None:
+        return None
+    count = [0]
+
+    def consume_measurement(measurement: Any, *args: Any, **kwargs: Any) -> None:
+        count[0] += 1  # a racing increment may be lost; the count still moves, which is all a reader asks
+        consume(measurement, *args, **kwargs)
+
+    consumer.consume_measurement = consume_measurement
+    return lambda: count[0]
 
 
 _SUMMED = (Counter, UpDownCounter, Histogram)  # what a forked child must not report again as its own

@@ -15,7 +15,10 @@ Read from ``OTEL_SEMCONV_STABILITY_OPT_IN`` exactly as OpenTelemetry's Python in
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Literal
+
+from chat_turbo_metrics._core.naming import DB_DURATION_BUCKETS, HTTP_DURATION_BUCKETS, Kind
 
 SEMCONV_STABILITY_OPT_IN = "OTEL_SEMCONV_STABILITY_OPT_IN"
 Signal = Literal["http", "database"]
@@ -89,3 +92,33 @@ def parse_opt_in(raw: object) -> tuple[str, ...]:
 def is_tokens(value: object) -> bool:
     """True for what :func:`parse_opt_in` returns: a tuple of text."""
     return isinstance(value, tuple) and all(isinstance(token, str) for token in value)
+
+
+@dataclass(frozen=True)
+class MetricDefinition:
+    """A semantic-convention metric as an instrumentor declares it on a monitor before recording into it.
+
+    The name carries no unit, so the unit must be declared: Prometheus then shows ``db.client.operation.duration``
+    (unit ``s``) as ``db_client_operation_duration_seconds``, as the OpenTelemetry-Prometheus compatibility
+    specification says.
+    """
+
+    name: str
+    kind: Kind
+    unit: str
+    description: str
+    buckets: tuple[float, ...] | None = None
+
+
+DB_CLIENT_OPERATION_DURATION = MetricDefinition(
+    "db.client.operation.duration", "histogram", "s", "Duration of database client operations.", DB_DURATION_BUCKETS
+)
+DB_CLIENT_CONNECTION_COUNT = MetricDefinition(
+    "db.client.connection.count",
+    "gauge",
+    "{connection}",
+    "The number of connections that are currently in the state described by the state attribute.",
+)
+HTTP_CLIENT_REQUEST_DURATION = MetricDefinition(
+    "http.client.request.duration", "histogram", "s", "Duration of HTTP client requests.", HTTP_DURATION_BUCKETS
+)

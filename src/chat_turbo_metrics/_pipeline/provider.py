@@ -29,7 +29,12 @@ from chat_turbo_metrics._collection.collector import Collector, Producer
 from chat_turbo_metrics._collection.exportable import Unexportable, exportable
 from chat_turbo_metrics._collection.overflow import Overflow, OverflowWatcher
 from chat_turbo_metrics._core import forks
-from chat_turbo_metrics._core.compat import forget_inherited_sums, provider_resource, reinit_sdk_metric_locks
+from chat_turbo_metrics._core.compat import (
+    count_measurements,
+    forget_inherited_sums,
+    provider_resource,
+    reinit_sdk_metric_locks,
+)
 from chat_turbo_metrics._core.config import ConfigurationError, MonitoringConfig, ViewConfig, setting_label
 from chat_turbo_metrics._core.version import __version__
 from chat_turbo_metrics._pipeline import registry as _registry
@@ -50,7 +55,19 @@ class PipelineReader(MetricReader):
         super().__init__(cardinality_limits=dict.fromkeys(INSTRUMENT_CLASSES, cardinality_limit))
         self._lock = threading.Lock()
         self._received: MetricsData | None = None
+        # The SDK's count of synchronous measurements, and what it was when a collection last read the SDK.
+        self._measurements: Callable[[], int] | None = None
+        self._measurements_read = 0
         forks.register(self, forks.Phase.LOCKS)
+
+    def watch_measurements(self, count: Callable[[], int] | None) -> None:
+        """Answer :meth:`recorded` from ``count`` (the SDK's measurements so far; None: always True)."""
+        self._measurements = count
+
+    def recorded(self) -> bool:
+        """Whether the SDK took a synchronous measurement since a collection last read it."""
+        count = self._measurements
+        return count is None or count() != self._measurements_read
 
     def after_fork_in_child(self) -> None:
         # A thread of the parent may have been collecting: its lock, and the SDK's, would stay held.
@@ -65,6 +82,8 @@ class PipelineReader(MetricReader):
         harmless). The pipeline's :class:`Collector` adds the rest."""
         with self._lock:
             self._received = None
+            if self._measurements is not None:
+                self._measurements_read = self._measurements()  # before the read: a later one counts as new
             self.collect()
             data = self._received
             self._received = None
@@ -145,6 +164,10 @@ class Pipeline:
             shutdown_on_exit=False,  # our own atexit hook flushes exporters first
         )
         self.meter = self.meter_provider.get_meter("chat_turbo_metrics", __version__)
+        # Whether anything was recorded since a collection (Collector.quiet_since): the SDK's measurements here,
+        # each recorder's cells where it is added (add_producer).
+        self.reader.watch_measurements(count_measurements(self.meter_provider))
+        self.collector.watch(self.reader.recorded)
         self.tracer_provider = TracerProvider(resource=self.resource, shutdown_on_exit=False)
         self.fanout = Fanout(
             self.collect,
@@ -218,6 +241,14 @@ class Pipeline:
                 f"got {type(exporter).__name__}"
             )
 
+    def remove_exporter(self, exporter: MetricExporter | PullExporter) -> bool:
+        """Stop feeding a push exporter :meth:`add_exporter` added; it is not shut down (the caller owns it again).
+
+        Returns:
+            True when it was being fed; False otherwise (a pull exporter stops only with the pipeline).
+        """
+        return isinstance(exporter, MetricExporter) and self.fanout.remove(exporter)
+
     def health_sources(self, dropped_recordings: Callable[[], Mapping[str, int]] = dict) -> Sources:
         """What this pipeline's self-telemetry reads; ``dropped_recordings`` from the recorder's guard."""
         return Sources(
@@ -241,18 +272,38 @@ class Pipeline:
         """Install a span processor (alerting, exporting) on the pipeline's TracerProvider."""
         self.tracer_provider.add_span_processor(processor)
 
-    def collect(self) -> MetricsData | None:
-        """Cumulative metrics of the whole pipeline, right now."""
-        return self.collector.collect()
+    def collect(self, *, readings: bool = True) -> MetricsData | None:
+        """Cumulative metrics of the whole pipeline, right now; without the collection-time readings (the
+        collection hooks) when ``readings`` is False: what was recorded, as a background copy needs it."""
+        return self.collector.collect(readings=readings)
+
+    @property
+    def collections(self) -> int:
+        """Collections started so far (see :meth:`quiet_since`)."""
+        return self.collector.collections
+
+    def quiet_since(self, mark: int) -> bool:
+        """True when nothing was recorded since collection number ``mark``, the last one (``collections + 1``
+        read just before it); answered without collecting (see :meth:`Collector.quiet_since`)."""
+        return self.collector.quiet_since(mark)
 
     def current_resource(self) -> Resource:
         """The resource the MeterProvider holds now (the SDK refreshes it after a fork), else the pipeline's."""
         return provider_resource(self.meter_provider) or self.resource
 
-    def add_producer(self, metrics: Callable[[int], Sequence[Metric]]) -> None:
+    def add_producer(
+        self, metrics: Callable[[int], Sequence[Metric]], recorded: Callable[[], bool] | None = None
+    ) -> None:
         """Add what ``metrics(now_ns)`` returns (a fast recorder's metrics) to every collection, in the
-        ``chat_turbo_metrics`` scope, at the ``recorder`` step of the collection pass."""
+        ``chat_turbo_metrics`` scope, at the ``recorder`` step of the collection pass.
+
+        Args:
+            metrics: the producer's metrics at a collection time.
+            recorded: whether it holds data no collection read yet (:meth:`quiet_since`); None: it cannot
+                tell, and :meth:`quiet_since` is never True.
+        """
         self.collector.add("recorder", Producer(metrics, self.current_resource, SCOPE))
+        self.collector.watch(recorded or _always)
 
     def force_flush(self, timeout_s: float | None = None) -> bool:
         """Export current data to every push exporter and flush spans; False if something timed out."""
@@ -298,6 +349,10 @@ class Pipeline:
         # Span processors export on shutdown (OTLP retries for a long time): bounded like the rest.
         _bounded(self.tracer_provider.shutdown, _remaining(deadline), "the tracer provider")
         _bounded(self.meter_provider.shutdown, _remaining(deadline), "the meter provider")
+
+
+def _always() -> bool:
+    return True
 
 
 def _remaining(deadline: float) -> float:

@@ -30,12 +30,23 @@ class PullExporter(Protocol):
 
 
 class Source(Protocol):
-    """What a serving exporter may use of the pipeline: its configuration, its collection, its shutdown."""
+    """What a serving exporter may use of the pipeline: its configuration, its collection (with or without the
+    collection-time readings), whether anything was recorded since a collection, its shutdown."""
 
     @property
     def config(self) -> MonitoringConfig: ...
 
-    def collect(self) -> MetricsData | None: ...
+    def collect(self, *, readings: bool = True) -> MetricsData | None: ...
+
+    @property
+    def collections(self) -> int:
+        """Collections started so far."""
+        ...
+
+    def quiet_since(self, mark: int) -> bool:
+        """True when nothing was recorded since collection number ``mark`` (``collections + 1`` read just
+        before it), and no other collection ran since."""
+        ...
 
     def shutdown(self, timeout_s: float | None = None) -> None: ...
 

@@ -12,7 +12,12 @@ one home of value checks, shared with the SDK path) before it touches any state.
 through :meth:`FastRecorder.metrics`, which the layer above adds to its collection (``Pipeline.add_producer``):
 the recorder knows nothing of the pipeline.
 
-Differences from the SDK path: no exemplars are recorded; tag values that are equal in Python but of different
+Exemplars: a histogram or timer observation made while a sampled span is current keeps, per bucket, the latest
+(value, time, trace id, span id), as the SDK's default ``trace_based`` exemplar filter and its explicit-bucket
+reservoir do. Looking for the span is one context-variable read and one dict lookup; only an observation inside
+a span pays more (reading its context, one tuple stored, no lock).
+
+Differences from the SDK path: tag values that are equal in Python but of different
 types (``1``, ``1.0``, ``True``) share the series of the first one seen, where the SDK keeps them apart (the
 hot path's key compares by equality).
 """
@@ -29,6 +34,7 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import Metric
 
 from chat_turbo_metrics._core import forks
+from chat_turbo_metrics._core.compat import SPAN_KEY, current_context_reader
 from chat_turbo_metrics._core.config import CoreSettings
 from chat_turbo_metrics._core.guard import (
     EXACT_TYPES,
@@ -50,6 +56,7 @@ from chat_turbo_metrics._recording.streams import (
     AGGREGATE,
     NATURAL,
     Cell,
+    HistogramCell,
     OverflowReport,
     Stream,
     bounds_problem,
@@ -67,6 +74,25 @@ _EXACT = EXACT_TYPES
 _perf_counter = time.perf_counter
 _random = random.random
 _EMPTY: Mapping[str, Any] = {}
+_time_ns = time.time_ns
+_SPAN = SPAN_KEY
+
+
+_current_context = current_context_reader()
+
+
+def keep_exemplar(cell: Any, index: int, value: float, span: Any) -> None:
+    """Keep ``value`` as bucket ``index``'s exemplar if ``span`` is sampled (one list store: no lock needed)."""
+    try:
+        context = span.get_span_context()
+        if not context.trace_flags & 1:
+            return
+        kept = cell.exemplars
+        if kept is None:
+            kept = cell.exemplars = [None] * len(cell.counts)
+        kept[index] = (value, _time_ns(), context.trace_id, context.span_id)
+    except Exception:  # never raise while recording; an odd span object is no exemplar
+        return
 
 
 class _Instrument:
@@ -174,6 +200,10 @@ class FastRecorder:
         self._by_name: dict[tuple[Kind, bool, str], _Instrument] = {}
         self._by_identity: dict[tuple[Any, ...], _Instrument] = {}
         self._order: list[_Instrument] = []
+        # Recordings that took the slow path (a new series, a View-split instrument, a bound handle), and how
+        # many had when the last collection read the cells: with the cells' own deltas, what recorded() reads.
+        self._slow = 0
+        self._slow_read = 0
         # What the slow path needs per hot-path method: its cache, and the instrument kind it records.
         self._counter_route: _Route = (self._counters, "counter", False)
         self._gauge_route: _Route = (self._gauges, "gauge", False)
@@ -217,13 +247,17 @@ class FastRecorder:
         try:
             cell = self._histograms[name, tuple(tags.items()) if tags is not None else None, value.__class__]
             if 0 <= value < _FMAX:
+                index = bisect_left(cell.bounds, value)
                 with self._lock:
-                    cell.counts[bisect_left(cell.bounds, value)] += 1
+                    cell.counts[index] += 1
                     cell.sum += value
                     if value < cell.min:  # noqa: PLR1730 - an if is ~2x cheaper than min() on the hot path
                         cell.min = value
                     if value > cell.max:  # noqa: PLR1730
                         cell.max = value
+                span = _current_context().get(_SPAN)
+                if span is not None:
+                    keep_exemplar(cell, index, value, span)
                 return
         except Exception:
             pass
@@ -238,13 +272,17 @@ class FastRecorder:
             value = end - start
             cell = self._timers[name, tuple(tags.items()) if tags is not None else None, start.__class__]
             if 0 <= value < end:  # 0 < start <= end: a start token from start_timer()
+                index = bisect_left(cell.bounds, value)
                 with self._lock:
-                    cell.counts[bisect_left(cell.bounds, value)] += 1
+                    cell.counts[index] += 1
                     cell.sum += value
                     if value < cell.min:  # noqa: PLR1730 - an if is ~2x cheaper than min() on the hot path
                         cell.min = value
                     if value > cell.max:  # noqa: PLR1730
                         cell.max = value
+                span = _current_context().get(_SPAN)
+                if span is not None:
+                    keep_exemplar(cell, index, value, span)
                 return
         except Exception:
             pass
@@ -314,7 +352,13 @@ class FastRecorder:
             self._problems.report(("value", name, why[0]), "%s: cannot record %s: %s", name, short_repr(value), why[1])
             return None, False
         with self._lock:
-            return instrument.record(tags, checked, self._order)
+            self._slow += 1
+            cell, own = instrument.record(tags, checked, self._order)
+        if isinstance(cell, HistogramCell) and checked is not None:  # a series' first observation keeps its exemplar
+            span = _current_context().get(_SPAN)
+            if span is not None:
+                keep_exemplar(cell, bisect_left(cell.bounds, checked), checked, span)
+        return cell, own
 
     def _instrument(self, kind: Kind, name: Any, timer: bool) -> _Instrument | None:
         try:
@@ -348,6 +392,7 @@ class FastRecorder:
         instrument = self._instrument(kind, name, timer)
         if instrument is None:
             return BoundInstrument(DROPPED, None, self._problems, str(name))
+        self._slow += 1  # a handle may make its series before its first recording
         return handle_class(self, instrument, dict(clean), name)
 
     def define(self, kind: Kind, name: str, **settings: Any) -> None:
@@ -379,10 +424,28 @@ class FastRecorder:
                 restart_after_fork(cell, now)
 
     # --- collection ------------------------------------------------------------------------------
+    def recorded(self) -> bool:
+        """Whether anything was recorded since the last collection read the cells (:meth:`metrics`).
+
+        Read from the cells themselves (a counter's delta, a histogram's min, a gauge's value) and from the slow
+        path's count: the hot path pays nothing for it, and this costs one look at each cell when idle.
+        """
+        with self._lock:
+            if self._slow != self._slow_read:
+                return True
+            instruments = list(self._order)
+        for instrument in instruments:
+            for stream in instrument.streams:
+                with self._lock:
+                    if stream.recorded():
+                        return True
+        return False
+
     def metrics(self, now: int) -> list[Metric]:
         """Every stream's cumulative metric at ``now``, instruments in order of first measurement."""
         with self._lock:
             instruments = list(self._order)
+            self._slow_read = self._slow
         metrics = []
         idle_ns = self._idle_ns
         swept_at = self._clock() if idle_ns else 0

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Literal, Protocol
 
+from opentelemetry.sdk.metrics import Exemplar
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     Gauge,
@@ -67,9 +68,9 @@ class SumCell:
 
 
 class GaugeCell:
-    """A gauge series: the last value set."""
+    """A gauge series: the last value set, and the value the last collection read (``folded``)."""
 
-    __slots__ = ("active_ns", "attributes", "keys", "mark", "value")
+    __slots__ = ("active_ns", "attributes", "folded", "keys", "mark", "value")
 
     active_ns: int
     mark: int
@@ -77,6 +78,7 @@ class GaugeCell:
 
     def __init__(self, attributes: dict[str, Any]) -> None:
         self.value: Any = 0
+        self.folded: Any = _UNREAD
         self.attributes = attributes
         _idle_state(self)
 
@@ -90,6 +92,7 @@ class HistogramCell:
         "attributes",
         "bounds",
         "counts",
+        "exemplars",
         "keys",
         "mark",
         "max",
@@ -116,7 +119,17 @@ class HistogramCell:
         self.total_max: Any = -_INF
         self.start_ns = _time_ns()
         self.attributes = attributes
+        # Per bucket, the latest (value, time ns, trace id, span id) observed in a sampled span; None until one.
+        self.exemplars: list[tuple[float, int, int, int] | None] | None = None
         _idle_state(self)
+
+
+def exemplars_of(cell: HistogramCell) -> list[Exemplar]:
+    """The cell's exemplars, as the SDK's data points carry them (bucket order)."""
+    kept = cell.exemplars
+    if not kept:
+        return []
+    return [Exemplar({}, value, at, span_id, trace_id) for value, at, trace_id, span_id in filter(None, list(kept))]
 
 
 def _idle_state(cell: Any) -> None:
@@ -130,6 +143,7 @@ def _idle_state(cell: Any) -> None:
 
 Cell = SumCell | GaugeCell | HistogramCell
 _INF = math.inf
+_UNREAD: Any = object()  # a gauge cell no collection has read yet
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
 _time_ns = time.time_ns
 
@@ -313,7 +327,10 @@ class Stream:
                     cell.delta = 0
                     folded.append((cell.attributes, cell.start_ns, total))
             elif spec.aggregation == "gauge":
-                gauges = [(cell.attributes, cell.value) for cell in cells]
+                gauges = []
+                for cell in cells:
+                    value = cell.folded = cell.value
+                    gauges.append((cell.attributes, value))
             else:
                 histograms = []
                 for cell in cells:
@@ -321,7 +338,9 @@ class Stream:
                     min_ = cell.total_min = min(cell.min, cell.total_min)
                     max_ = cell.total_max = max(cell.max, cell.total_max)
                     cell.sum, cell.min, cell.max = 0, _INF, -_INF
-                    histograms.append((cell.attributes, cell.start_ns, tuple(cell.counts), sum_, min_, max_))
+                    histograms.append(
+                        (cell.attributes, cell.start_ns, tuple(cell.counts), sum_, min_, max_, exemplars_of(cell))
+                    )
         if spec.aggregation == "sum":
             points = [NumberDataPoint(a, s, now, v) for a, s, v in folded]
             data = Sum(data_points=points, aggregation_temporality=_CUMULATIVE, is_monotonic=spec.monotonic)
@@ -330,11 +349,22 @@ class Stream:
         else:
             bounds = spec.bounds
             hist_points = [
-                HistogramDataPoint(a, s, now, sum(counts), total, counts, bounds, lo, hi)
-                for a, s, counts, total, lo, hi in histograms
+                HistogramDataPoint(a, s, now, sum(counts), total, counts, bounds, lo, hi, exemplars)
+                for a, s, counts, total, lo, hi, exemplars in histograms
             ]
             data = Histogram(data_points=hist_points, aggregation_temporality=_CUMULATIVE)
         return Metric(name=spec.name, description=spec.description, unit=spec.unit, data=data)
+
+    def recorded(self) -> bool:
+        """Whether a recording reached a cell since the last fold: a sum's delta, a histogram's min or a gauge's
+        value moved (one look at each cell; the hot path pays nothing). Call with the recorder's lock held."""
+        cells = self.series.values()
+        aggregation = self.spec.aggregation
+        if aggregation == "sum":
+            return any(cell.delta != 0 for cell in cells)  # type: ignore[union-attr]
+        if aggregation == "gauge":
+            return any(cell.value != cell.folded for cell in cells)  # type: ignore[union-attr]
+        return any(cell.min != _INF for cell in cells)  # type: ignore[union-attr]
 
 
 def restart_after_fork(cell: Cell, now_ns: int) -> None:
@@ -348,4 +378,5 @@ def restart_after_fork(cell: Cell, now_ns: int) -> None:
         cell.sum = cell.total_sum = 0
         cell.min = cell.total_min = _INF
         cell.max = cell.total_max = -_INF
+        cell.exemplars = None
         cell.start_ns = now_ns

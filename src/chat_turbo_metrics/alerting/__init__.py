@@ -13,7 +13,7 @@ Example:
 """
 
 from chat_turbo_metrics.alerting._delivery import DeliveryError, DeliveryStats, RetryPolicy
-from chat_turbo_metrics.alerting._dispatch import Dispatcher
+from chat_turbo_metrics.alerting._dispatch import Delivered, Dispatcher
 from chat_turbo_metrics.alerting._files import load_rules
 from chat_turbo_metrics.alerting._lifecycle import Silence
 from chat_turbo_metrics.alerting._matchers import Matcher
@@ -48,6 +48,7 @@ __all__ = [
     "AlertTransition",
     "AlertingSpanProcessor",
     "AlertmanagerForwarder",
+    "Delivered",
     "DeliveryError",
     "DeliveryStats",
     "Dispatcher",

@@ -7,26 +7,37 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, MeterProvider, ObservableGauge, Observation
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
+from opentelemetry.sdk.trace import SpanProcessor
+
+from chat_turbo_metrics._core.version import __version__
 
 if TYPE_CHECKING:
     from chat_turbo_metrics._core.config import MonitoringConfig
-    from chat_turbo_metrics._pipeline.provider import Pipeline
+    from chat_turbo_metrics._pipeline.view import PipelineView
     from chat_turbo_metrics.alerting.manager import AlertManager
 
 _log = logging.getLogger("chat_turbo_metrics.alerting")
 
 
 class Monitored(Protocol):
-    """What an alert manager reads of the monitor it is given (a ``PerformanceMonitor``): its configuration and
-    its pipeline. Alerting knows nothing else of the monitor."""
+    """What an alert manager uses of the monitor it is given (a ``PerformanceMonitor``); alerting knows nothing
+    else of the monitor. Each follows ``configure()``: the configuration and pipeline are read when needed, the
+    providers and subscriptions move with the monitor into every new pipeline."""
 
     @property
     def config(self) -> MonitoringConfig: ...
 
     @property
-    def pipeline(self) -> Pipeline | None: ...
+    def pipeline(self) -> PipelineView | None: ...
+
+    @property
+    def meter_provider(self) -> MeterProvider: ...
+
+    def subscribe(self, subscriber: MetricExporter | SpanProcessor) -> None: ...
+
+    def unsubscribe(self, subscriber: MetricExporter | SpanProcessor) -> bool: ...
 
 
 class CycleSubscriber(MetricExporter):
@@ -62,11 +73,13 @@ class CycleSubscriber(MetricExporter):
 
 
 class _ActiveGauge:
-    """One ``alerts_active`` observable gauge per pipeline, summing over its alert managers."""
+    """One ``alerts_active`` observable gauge per meter provider, summing over its alert managers."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, meter_provider: MeterProvider) -> None:
         self.managers: weakref.WeakSet[AlertManager] = weakref.WeakSet()
-        pipeline.meter.create_observable_gauge(
+        # Kept: a provider that follows configure() re-creates only the instruments still referenced.
+        meter = meter_provider.get_meter("chat_turbo_metrics", __version__)
+        self.instrument: ObservableGauge = meter.create_observable_gauge(
             "alerts_active",
             callbacks=[self.observe],
             unit="{alert}",
@@ -86,12 +99,12 @@ class _ActiveGauge:
         ]
 
 
-_gauges: weakref.WeakKeyDictionary[Pipeline, _ActiveGauge] = weakref.WeakKeyDictionary()
+_gauges: weakref.WeakKeyDictionary[MeterProvider, _ActiveGauge] = weakref.WeakKeyDictionary()
 
 
-def register_active_gauge(pipeline: Pipeline, manager: AlertManager) -> None:
-    """Count ``manager``'s alerts in the pipeline's ``alerts_active`` gauge (created on first use)."""
-    gauge = _gauges.get(pipeline)
+def register_active_gauge(meter_provider: MeterProvider, manager: AlertManager) -> None:
+    """Count ``manager``'s alerts in the ``alerts_active`` gauge of ``meter_provider`` (created on first use)."""
+    gauge = _gauges.get(meter_provider)
     if gauge is None:
-        gauge = _gauges[pipeline] = _ActiveGauge(pipeline)
+        gauge = _gauges[meter_provider] = _ActiveGauge(meter_provider)
     gauge.managers.add(manager)

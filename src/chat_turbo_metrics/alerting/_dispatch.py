@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from opentelemetry import metrics
 
@@ -50,7 +50,23 @@ from chat_turbo_metrics.alerting._routing import (
 )
 from chat_turbo_metrics.alerting._timeline import Timeline
 
+if TYPE_CHECKING:
+    pass  # typing.Unpack from Python 3.11
+
 _logger = logging.getLogger("chat_turbo_metrics.alerting")
+
+
+class RouteSettings(TypedDict, total=False):
+    """The keyword arguments of :meth:`Dispatcher.add_route`, which holds their defaults; whoever passes a route's
+    settings on (``AlertManager.add_route``) takes ``**settings: Unpack[RouteSettings]``."""
+
+    matchers: Matchers
+    group_by: Sequence[str]
+    group_wait_s: float
+    group_interval_s: float
+    repeat_interval_s: float
+    send_resolved: bool
+    name: str | None
 
 
 @dataclass
@@ -69,6 +85,30 @@ class _Tracked:
     alert: Alert
     last_seen: float  # the evaluation's time, for the resolution's end time
     last_seen_tick: float  # its scheduling time, for resolve_timeout_s
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """One notification a route sent, and whether it reached its notifier (:meth:`Dispatcher.recent`).
+
+    Attributes:
+        at: when its delivery ended (the dispatcher's clock).
+        receiver: the route's name.
+        title: the notification's title (``[FIRING:2] HighLatency (high)``).
+        status: ``firing`` or ``resolved``.
+        alerts: how many alerts it carried.
+        delivered: True when the notifier took it; False when it failed (retries used up) or was dropped.
+    """
+
+    at: float
+    receiver: str
+    title: str
+    status: str
+    alerts: int
+    delivered: bool
+
+
+RECENT = 100  # notifications Dispatcher.recent() keeps
 
 
 def _notifier_name(notifier: object) -> str:
@@ -140,6 +180,7 @@ class Dispatcher:
         self._groups: dict[tuple[str, Any], _Group] = {}  # (route name, group label items) -> group
         self._tracked: dict[str, _Tracked] = {}
         self._ended: deque[Alert] = deque(maxlen=10_000)  # resolved between evaluations (see on_transition)
+        self._recent: deque[Delivered] = deque(maxlen=RECENT)
         self._sources: list[list[tuple[str, Alert]]] = []  # per inhibition: firing (fp, alert) matching its source
         self._closed = False
         self._warned_error = False
@@ -367,6 +408,7 @@ class Dispatcher:
                 notification = Notification.for_alerts(route.name, chosen, group.labels, group.key, self._external_url)
                 carried = {fp: a for fp, a in group.alerts.items() if a.state == "resolved"}
                 done = self._on_done_callback(identity, group, carried, key=key, entry=entry, previous=previous)
+                done = self._recorded(notification, done)
                 group.in_flight += 1
                 route.channel.submit(Job(notification, on_done=done))
         if not group.in_flight:  # nothing on its way that could still fail: the receiver knows what it needs
@@ -408,6 +450,41 @@ class Dispatcher:
 
         return done
 
+    def _recorded(self, notification: Notification, done: Callable[[bool], None]) -> Callable[[bool], None]:
+        def record(delivered: bool) -> None:
+            try:
+                done(delivered)
+            finally:
+                self._recent.append(
+                    Delivered(
+                        self._clock(),
+                        notification.receiver,
+                        notification.title,
+                        notification.status,
+                        len(notification.alerts),
+                        delivered,
+                    )
+                )
+
+        return record
+
+    def recent(self) -> tuple[Delivered, ...]:
+        """The last notifications the routes sent (at most 100), oldest first, with their outcome.
+
+        Example:
+            >>> dispatcher = Dispatcher()
+            >>> _ = dispatcher.add_route(lambda notification: None, name="log", group_wait_s=0)
+            >>> alert = Alert(rule_id="cpu", name="HighCPU", labels={"alertname": "HighCPU"},
+            ...               state="firing", active_at=0.0, value=97.0, fired_at=0.0)
+            >>> dispatcher.on_evaluated(0.0, (alert,)); dispatcher.flush(5.0)
+            True
+            >>> [(d.receiver, d.title, d.status, d.delivered) for d in dispatcher.recent()]
+            [('log', '[FIRING:1] HighCPU', 'firing', True)]
+            >>> dispatcher.shutdown(5.0)
+            True
+        """
+        return tuple(self._recent)
+
     # --- lifecycle ---------------------------------------------------------------------------------
 
     def _channels(self) -> list[Channel]:
@@ -446,6 +523,7 @@ class Dispatcher:
 
     def after_fork_in_child(self) -> None:
         self._lock = threading.RLock()
+        self._recent.clear()  # the parent's notifications, not the child's
         self._log.after_fork()
         self.stats.after_fork()
         for channel in self._channels():

@@ -1,30 +1,26 @@
 """The AlertManager's notification methods: each evaluation hands its alerts to a :class:`Dispatcher`.
 
-A mixin, so the manager's module stays about rules and alert state; it needs the manager's clock, lock, pipeline
+A mixin, so the manager's module stays about rules and alert state; it needs the manager's clock, lock, monitor
 and its ``add_evaluation_hook`` / ``add_listener``.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from chat_turbo_metrics.alerting._background import Monitored
 from chat_turbo_metrics.alerting._delivery import Sender
-from chat_turbo_metrics.alerting._dispatch import Dispatcher
+from chat_turbo_metrics.alerting._dispatch import Delivered, Dispatcher, RouteSettings
 from chat_turbo_metrics.alerting._matchers import Matchers
 from chat_turbo_metrics.alerting._model import AlertListener, EvaluationHook
-from chat_turbo_metrics.alerting._routing import (
-    GROUP_BY,
-    GROUP_INTERVAL_S,
-    GROUP_WAIT_S,
-    REPEAT_INTERVAL_S,
-    Forwarder,
-    Route,
-)
+from chat_turbo_metrics.alerting._routing import Forwarder, Route
 from chat_turbo_metrics.alerting.notifiers.configured import notifiers_from_config
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 
 class Notifying:
@@ -33,7 +29,6 @@ class Notifying:
     monitor: Monitored
     _clock: Callable[[], float]
     _lock: threading.RLock
-    _pipeline: Any
     _dispatcher: Dispatcher | None
 
     if TYPE_CHECKING:  # provided by AlertManager, which this mixin is part of
@@ -47,8 +42,8 @@ class Notifying:
         """Routes, groups, throttles and delivers this manager's notifications, on this manager's clock."""
         with self._lock:
             if self._dispatcher is None:
-                provider = self._pipeline.meter_provider if self._pipeline is not None else None
-                self._attach(Dispatcher(clock=self._clock, meter_provider=provider))
+                # The monitor's provider follows configure(): delivery counts land in the live pipeline.
+                self._attach(Dispatcher(clock=self._clock, meter_provider=self.monitor.meter_provider))
             assert self._dispatcher is not None
             return self._dispatcher
 
@@ -69,22 +64,12 @@ class Notifying:
         self.add_evaluation_hook(dispatcher.on_evaluated)
         self.add_listener(dispatcher.on_transition)
 
-    def add_route(
-        self,
-        notifier: Sender,
-        *,
-        matchers: Matchers = None,
-        group_by: Sequence[str] = GROUP_BY,
-        group_wait_s: float = GROUP_WAIT_S,
-        group_interval_s: float = GROUP_INTERVAL_S,
-        repeat_interval_s: float = REPEAT_INTERVAL_S,
-        send_resolved: bool = True,
-        name: str | None = None,
-    ) -> Route:
+    def add_route(self, notifier: Sender, **settings: Unpack[RouteSettings]) -> Route:
         """Send alerts to ``notifier``, grouped, throttled and deduplicated (Alertmanager's routing model).
 
-        Every evaluation then sends what is due at its time (``evaluate(now=t)``: at ``t``). The arguments are
-        :meth:`Dispatcher.add_route`'s.
+        Every evaluation then sends what is due at its time (``evaluate(now=t)``: at ``t``). The settings
+        (``matchers``, ``group_by``, ``group_wait_s``, ``group_interval_s``, ``repeat_interval_s``, ``send_resolved``,
+        ``name``) and their defaults are :meth:`Dispatcher.add_route`'s.
 
         Returns:
             The route.
@@ -92,16 +77,7 @@ class Notifying:
         Raises:
             ValueError: a bad setting, named in the message.
         """
-        return self.dispatcher.add_route(
-            notifier,
-            matchers=matchers,
-            group_by=group_by,
-            group_wait_s=group_wait_s,
-            group_interval_s=group_interval_s,
-            repeat_interval_s=repeat_interval_s,
-            send_resolved=send_resolved,
-            name=name,
-        )
+        return self.dispatcher.add_route(notifier, **settings)
 
     def load_routes(self, path: str | Path, receivers: Mapping[str, Sender]) -> list[Route]:
         """Add the ``[[routes]]`` and ``[[inhibit_rules]]`` of a rule file (``rules export --format alertmanager``
@@ -137,6 +113,16 @@ class Notifying:
             ValueError: a malformed matcher.
         """
         self.dispatcher.add_forwarder(forwarder, matchers=matchers)
+
+    def recent_notifications(self) -> tuple[Delivered, ...]:
+        """The last notifications this manager's routes sent (at most 100), oldest first, with their outcome."""
+        dispatcher = self._dispatcher  # read only: no dispatcher is made for the asking
+        return dispatcher.recent() if dispatcher is not None else ()
+
+    def notification_counts(self) -> dict[str, dict[str, int]]:
+        """Delivery outcomes so far: notifier -> ``sent``/``failed``/``dropped``/``retries`` -> count."""
+        dispatcher = self._dispatcher
+        return dispatcher.stats.snapshot() if dispatcher is not None else {}
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until queued notifications are delivered, at most ``timeout_s``.

@@ -15,6 +15,7 @@ from opentelemetry import metrics
 from opentelemetry.sdk.metrics.export import MetricsData
 
 from chat_turbo_metrics._core import forks
+from chat_turbo_metrics._pipeline.attached import ALERT_MANAGERS
 from chat_turbo_metrics._pipeline.globals import process_monitor
 from chat_turbo_metrics.alerting._background import CycleSubscriber, Monitored, register_active_gauge
 from chat_turbo_metrics.alerting._dispatch import Dispatcher
@@ -27,6 +28,8 @@ from chat_turbo_metrics.alerting._reading import SPANS, RuleReader
 from chat_turbo_metrics.alerting._statistics import STALENESS_S, SeriesStore
 from chat_turbo_metrics.alerting.rules import AlertRule, RuleError
 from chat_turbo_metrics.alerting.spans import AlertingSpanProcessor
+
+__all__ = ["AlertManager"]
 
 _log = logging.getLogger("chat_turbo_metrics.alerting")
 
@@ -51,11 +54,13 @@ class AlertManager(Notifying):
     Args:
         monitor: whose pipeline to read; default the process-wide monitor.
         clock: seconds, default ``time.time``.
-        evaluation_interval_s: how often the background evaluation runs (default: the pipeline's export
-            interval, which it follows); sizes the windowed history and is the group interval of exported rules.
-        collect: where data comes from (default: the pipeline's cumulative ``collect``).
-        span_processor: the processor span rules read (default: one installed on the pipeline's TracerProvider
-            when the first span rule is added).
+        evaluation_interval_s: how often the background evaluation runs (default: the monitor's export
+            interval, which it follows through ``configure()``); sizes the windowed history and is the group
+            interval of exported rules.
+        collect: where data comes from (default: the cumulative ``collect`` of the pipeline the monitor records
+            into at each evaluation).
+        span_processor: the processor span rules read (default: one subscribed to the monitor, which sees the
+            spans of every pipeline it records into, made when the first span rule is added).
         history_size: how many transitions :meth:`history` keeps.
         staleness_s: how long a series' last sample counts before it is missing data (Prometheus: 5 minutes).
         dispatcher: where notifications go (:meth:`add_route`); default: one on this manager's clock, made when
@@ -75,14 +80,16 @@ class AlertManager(Notifying):
         staleness_s: float = STALENESS_S,
         dispatcher: Dispatcher | None = None,
     ) -> None:
+        # Everything read from the monitor is read when needed, or follows it: a manager made before configure()
+        # (the seed's start-up order) evaluates the pipeline configure() builds, and the next one.
         self.monitor: Monitored = process_monitor() if monitor is None else monitor
-        self._pipeline = self.monitor.pipeline  # the pipeline at construction: create the manager after configure()
         self._clock = clock or time.time
         interval = self.monitor.config.export_interval_s if evaluation_interval_s is None else evaluation_interval_s
         if not interval > 0 or not math.isfinite(interval):
             raise ValueError(f"evaluation_interval_s must be > 0, got {evaluation_interval_s!r}")
         self.evaluation_interval_s = float(interval)
-        self._collect = collect or (self._pipeline.collect if self._pipeline is not None else lambda: None)
+        self._follows_interval = evaluation_interval_s is None
+        self._collect = collect or self._collect_current
         self._span_processor = span_processor
         self._span_processor_installed = span_processor is not None
         self._store = SeriesStore(staleness_s=staleness_s)
@@ -101,14 +108,13 @@ class AlertManager(Notifying):
         self._subscriber: CycleSubscriber | None = None
         self._failures: dict[str, int] = {}
         self._failing: set[str] = set()
-        provider = self._pipeline.meter_provider if self._pipeline is not None else None
-        meter = metrics.get_meter("chat_turbo_metrics.alerting", meter_provider=provider)
+        meter = metrics.get_meter("chat_turbo_metrics.alerting", meter_provider=self.monitor.meter_provider)
         self._failure_counter = meter.create_counter(
             "alert_rule_evaluation_failures", description="Evaluations of an alert rule that failed, by rule"
         )
         self._start_notifications(dispatcher)  # and routes to the notifiers ALERT_* variables configure
-        if self._pipeline is not None:
-            register_active_gauge(self._pipeline, self)
+        register_active_gauge(self.monitor.meter_provider, self)
+        self._attach_to_pipeline()  # the status page of the pipeline's endpoint reads it
         forks.register(self, forks.Phase.LOCKS)
 
     def after_fork_in_child(self) -> None:
@@ -215,8 +221,8 @@ class AlertManager(Notifying):
     def _spans(self) -> AlertingSpanProcessor:
         if self._span_processor is None:
             self._span_processor = AlertingSpanProcessor()
-        if not self._span_processor_installed and self._pipeline is not None:
-            self._pipeline.add_span_processor(self._span_processor)
+        if not self._span_processor_installed:
+            self.monitor.subscribe(self._span_processor)  # on every pipeline the monitor records into
             self._span_processor_installed = True
         return self._span_processor
 
@@ -231,6 +237,17 @@ class AlertManager(Notifying):
 
     # -- evaluation -------------------------------------------------------------------------------------
 
+    def _attach_to_pipeline(self) -> None:
+        """Be found by the status page of the pipeline the monitor records into now (again after configure())."""
+        pipeline = self.monitor.pipeline
+        attach = getattr(pipeline, "attach", None)  # a PipelineView; a stand-in monitor may have none
+        if attach is not None:
+            attach(ALERT_MANAGERS, self)
+
+    def _collect_current(self) -> MetricsData | None:
+        pipeline = self.monitor.pipeline  # the one the monitor records into now
+        return pipeline.collect() if pipeline is not None else None
+
     def evaluate(self, now: float | None = None) -> tuple[Alert, ...]:
         """Collect the pipeline's data and evaluate every enabled rule once at ``now`` (default: the clock).
 
@@ -243,6 +260,8 @@ class AlertManager(Notifying):
         """Evaluate against an already collected snapshot (what the background evaluation does)."""
         with self._evaluating:
             with self._lock:
+                self._follow_interval()
+                self._attach_to_pipeline()
                 self._store.ingest(data, now)
                 self._ingest_spans(now)
                 self._reader.begin()
@@ -258,6 +277,14 @@ class AlertManager(Notifying):
             for hook in self._hooks:
                 self._call(hook, now, current + ended)
         return current
+
+    def _follow_interval(self) -> None:
+        """Take the export interval a ``configure()`` set, unless one was given: the history keeps its windows."""
+        if self._follows_interval:
+            interval = self.monitor.config.export_interval_s
+            if interval != self.evaluation_interval_s:
+                self.evaluation_interval_s = self._reader.interval_s = float(interval)
+                self._watch()
 
     def _step(self, rule: AlertRule, now: float) -> list[Change]:
         """One rule's evaluation, isolated: whatever makes it fail (a malformed series, a bug), the other rules
@@ -440,11 +467,13 @@ class AlertManager(Notifying):
     # -- background -------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Evaluate on the pipeline's export cycle, on the fan-out's worker thread (never the application's)."""
-        if self._pipeline is None:
-            _log.warning("monitoring is disabled: alert rules are not evaluated in the background")
-            return
-        cycle_s = self._pipeline.config.export_interval_s
+        """Evaluate on the pipeline's export cycle, on the fan-out's worker thread (never the application's).
+
+        The evaluation follows the monitor: after ``configure()`` it runs on the new pipeline's cycle, on its data.
+        """
+        if self.monitor.pipeline is None:
+            _log.warning("monitoring is disabled: alert rules are not evaluated in the background until it is enabled")
+        cycle_s = self.monitor.config.export_interval_s
         if cycle_s != self.evaluation_interval_s:
             _log.warning(
                 "alert rules are evaluated every export cycle (%s s), not every evaluation_interval_s (%s s); "
@@ -455,11 +484,11 @@ class AlertManager(Notifying):
         with self._lock:
             if self._subscriber is None:
                 self._subscriber = CycleSubscriber(self.evaluate_data, self._clock)
-                self._pipeline.add_exporter(self._subscriber)
+                self.monitor.subscribe(self._subscriber)
 
     def stop(self) -> None:
         """Stop the background evaluation (an evaluation under way finishes)."""
         with self._lock:
             subscriber, self._subscriber = self._subscriber, None
-        if subscriber is not None and self._pipeline is not None:
-            self._pipeline.fanout.remove(subscriber)
+        if subscriber is not None:
+            self.monitor.unsubscribe(subscriber)

@@ -89,8 +89,8 @@ def _text(value: object) -> str | None:
 class AlertingSpanProcessor(SpanProcessor):
     """A SpanProcessor that turns finished spans into values for span rules.
 
-    The alert manager installs one on the pipeline's TracerProvider when the first span rule is added; pass
-    your own (``AlertManager(span_processor=...)``) to use another provider.
+    The alert manager subscribes one to its monitor when the first span rule is added (it sees the spans of every
+    pipeline the monitor records into); pass your own (``AlertManager(span_processor=...)``) to use another provider.
 
     Example:
         >>> from opentelemetry.sdk.trace import TracerProvider

@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import gzip
 import logging
 import os
 import selectors
@@ -35,7 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
 from chat_turbo_metrics._core import forks
-from chat_turbo_metrics.exporters._prometheus_text import CONTENT_TYPE
+from chat_turbo_metrics.exporters._prometheus_http import respond
 
 _logger = logging.getLogger("chat_turbo_metrics.exporters.prometheus")
 
@@ -47,22 +46,9 @@ _BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: c
 
 
 class Renderer(Protocol):
-    """What an endpoint asks for the exposition text."""
+    """What an endpoint asks for the exposition text (``openmetrics=True`` is passed only when negotiated)."""
 
     def render(self) -> str: ...
-
-
-def _accepts_gzip(header: str) -> bool:
-    """True when an Accept-Encoding header allows gzip (``gzip;q=0`` refuses it)."""
-    for item in header.split(","):
-        coding, _, params = item.strip().partition(";")
-        if coding.strip().lower() in ("gzip", "*"):
-            quality = params.strip().lower().removeprefix("q=") if params.strip().lower().startswith("q=") else "1"
-            try:
-                return float(quality) > 0
-            except ValueError:
-                return False
-    return False
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -95,31 +81,23 @@ class _Handler(BaseHTTPRequestHandler):
         self._respond(with_body=False)
 
     def _respond(self, *, with_body: bool) -> None:
-        if self.path.split("?", 1)[0] not in ("/metrics", "/"):
-            self.send_error(404, "try /metrics")
-            return
-        try:
-            text = self.server.render()
-            if text is None:
-                # Stopping (the process is exiting; under a pre-fork server a sibling takes the port over): an
-                # empty 200 would tell Prometheus every series vanished. A 503 is a failed scrape, retried.
-                self.send_error(503, "the endpoint is stopping")
-                return
-            # "replace": a tag value with a lone surrogate must not make every scrape fail.
-            body = text.encode("utf-8", "replace")
-        except Exception:
-            _logger.exception("collecting metrics for a scrape failed")
-            self.send_error(500, "collection failed; see the application's log")
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", CONTENT_TYPE)
-        if _accepts_gzip(self.headers.get("Accept-Encoding", "")):
-            body = gzip.compress(body, compresslevel=1)
-            self.send_header("Content-Encoding", "gzip")
-        self.send_header("Content-Length", str(len(body)))
+        # Every page, the negotiation and the compression are the exposition layer's (shared with the apps).
+        response = respond(
+            self.server.owner(),
+            self.path,
+            self.headers.get("Accept", ""),
+            self.headers.get("Accept-Encoding", ""),
+        )
+        self.send_response(response.status)
+        for name, value in response.headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(response.body)))
+        if response.status >= 400:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         if with_body:
-            self.wfile.write(body)
+            self.wfile.write(response.body)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are routine; keep them out of the application's log."""
@@ -172,12 +150,12 @@ class _Server(ThreadingHTTPServer):
     def __init__(
         self,
         address: tuple[str, int],
-        render: Callable[[], str | None],
+        owner: Callable[[], Any],
         connections: _Connections,
         client_timeout_s: float,
     ) -> None:
         super().__init__(address, _Handler)
-        self.render = render
+        self.owner = owner
         self.connections = connections
         self.client_timeout_s = client_timeout_s
 
@@ -219,7 +197,7 @@ class Endpoint:
         self.key = (host, port)
         self.owners: list[Renderer] = []
         connections = _Connections(max_connections, min(max_connections, max_connections_per_peer))
-        self._server = _Server((host, port), self._render, connections, client_timeout_s)
+        self._server = _Server((host, port), self._owner, connections, client_timeout_s)
         self._server.socket.setblocking(False)  # another process sharing it may take the connection first
         self._wake_r, self._wake_w = socket.socketpair()
         # Made here, not in the thread: if descriptors run out, binding fails loudly at set-up instead of a
@@ -242,9 +220,9 @@ class Endpoint:
         """The bound interface address (``127.0.0.1`` for ``localhost``)."""
         return str(self._server.server_address[0])
 
-    def _render(self) -> str | None:
+    def _owner(self) -> Renderer | None:
         owners = self.owners
-        return owners[-1].render() if owners else None
+        return owners[-1] if owners else None
 
     def _serve(self) -> None:
         backoff = 0.0

@@ -1,7 +1,13 @@
-"""Prometheus text exposition (format 0.0.4) of collected OpenTelemetry metrics.
+"""Prometheus text exposition (format 0.0.4) and OpenMetrics 1.0 of collected OpenTelemetry metrics.
 
 One serializer for the snapshot API and the ``/metrics`` endpoint, so what a test reads from a snapshot
-is byte for byte what Prometheus scrapes.
+is byte for byte what Prometheus scrapes. OpenMetrics adds what the text format cannot carry: ``_created``
+(the start of a counter's or histogram's cumulation; never on a gauge), exemplars on histogram buckets (the
+latest one per bucket: trace id, span id, value, time) and the closing ``# EOF``.
+
+Every sample carries ``otel_scope_name`` and ``otel_scope_version`` (the OTel-Prometheus compatibility spec),
+when asked to (``scope_labels=True``: what the exporter and the snapshot pass unless
+``METRICS_PROMETHEUS_SCOPE_LABELS=false``).
 """
 
 from __future__ import annotations
@@ -9,10 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from opentelemetry.sdk.metrics.export import Gauge, Histogram, Metric, MetricsData, Sum
+from opentelemetry.sdk.metrics.export import ExponentialHistogram, Gauge, Histogram, Metric, MetricsData, Sum
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from chat_turbo_metrics._collection.records import data_kind
 from chat_turbo_metrics._collection.walk import resources, walk
@@ -20,11 +29,15 @@ from chat_turbo_metrics._core.naming import Kind, is_reserved_label, prometheus_
 
 _logger = logging.getLogger("chat_turbo_metrics.exposition")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 _TYPES: dict[Kind, str] = {"counter": "counter", "updowncounter": "gauge", "gauge": "gauge", "histogram": "histogram"}
 
 
 def metric_kind(metric: Metric) -> Kind:
-    """The kind of a collected metric, from its data type (a kind Prometheus text has no type for is a gauge)."""
+    """The kind of a collected metric, from its data type (a kind Prometheus text has no type for is a gauge;
+    an exponential histogram is written as a histogram, its buckets converted)."""
+    if isinstance(metric.data, ExponentialHistogram):
+        return "histogram"
     kind = data_kind(metric.data)
     return kind if kind in _TYPES else "gauge"
 
@@ -38,6 +51,21 @@ def format_value(value: float) -> str:
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
     return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+
+
+def go_float(value: float) -> str:
+    """A bucket bound the way OpenMetrics requires it (canonical, as Go prints it: ``1.0``, ``+Inf``, ``1e+06``)."""
+    value = float(value)
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    text = repr(value)
+    dot = text.find(".")
+    if value > 0 and dot > 6:  # Go switches to an exponent sooner than Python
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
+        return f"{mantissa}e+0{dot - 1}"
+    return text
 
 
 def _label_value(value: object) -> str:
@@ -55,8 +83,9 @@ def _escape_label_value(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
+def _escape_help(text: str, openmetrics: bool = False) -> str:
+    escaped = text.replace("\\", "\\\\").replace("\n", "\\n")
+    return escaped.replace('"', '\\"') if openmetrics else escaped
 
 
 def label_text(attributes: Mapping[str, object] | None, family: str = "", *, histogram: bool = False) -> str:
@@ -109,11 +138,19 @@ class _Family:
     help: str
     lines: list[str] = field(default_factory=list)  # histogram samples, rendered as they come
     values: dict[str, float] = field(default_factory=dict)  # label text -> value of a counter or gauge
+    created: dict[str, int] = field(default_factory=dict)  # label text -> start time (ns) of a counter
     histogram_labels: set[str] = field(default_factory=set)
 
-    def render(self) -> Iterable[str]:
+    def render(self, openmetrics: bool) -> Iterable[str]:
         yield from self.lines
-        yield from (_sample(self.name, labels, value) for labels, value in self.values.items())
+        for labels, value in self.values.items():
+            yield _sample(self.name, labels, value)
+            if openmetrics and labels in self.created:
+                yield _sample(self.name[: -len("_total")] + "_created", labels, _seconds(self.created[labels]))
+
+
+def _seconds(unix_nano: int) -> float:
+    return unix_nano / 1e9
 
 
 def _warn_collision(family: str, labels: str) -> None:
@@ -134,21 +171,64 @@ def _sample(name: str, labels: str, value: float) -> str:
     return f"{name}{{{labels}}} {format_value(value)}" if labels else f"{name} {format_value(value)}"
 
 
-def _histogram_lines(family: str, labels: str, point: object) -> Iterable[str]:
-    bounds = point.explicit_bounds  # type: ignore[attr-defined]
-    counts = point.bucket_counts  # type: ignore[attr-defined]
+def _exemplar(exemplar: Any) -> str:
+    """`` # {trace_id="..",span_id=".."} value time``: an OpenMetrics exemplar (ids as W3C hex)."""
+    labels = []
+    if exemplar.trace_id:
+        labels.append(f'trace_id="{exemplar.trace_id:032x}"')
+    if exemplar.span_id:
+        labels.append(f'span_id="{exemplar.span_id:016x}"')
+    return f" # {{{','.join(labels)}}} {format_value(exemplar.value)} {_seconds(exemplar.time_unix_nano)!r}"
+
+
+def _bucket_exemplars(point: Any) -> dict[int, Any]:
+    """Bucket index -> the latest exemplar that fell in it (the point's exemplars, any order)."""
+    found: dict[int, Any] = {}
+    bounds = point.explicit_bounds
+    for exemplar in getattr(point, "exemplars", None) or ():
+        index = bisect_left(bounds, exemplar.value)
+        held = found.get(index)
+        if held is None or exemplar.time_unix_nano >= held.time_unix_nano:
+            found[index] = exemplar
+    return found
+
+
+def _histogram_lines(family: str, labels: str, point: Any, openmetrics: bool) -> Iterable[str]:
+    bounds = point.explicit_bounds
+    counts = point.bucket_counts
     prefix = labels + "," if labels else ""
+    bound_text = go_float if openmetrics else format_value
+    exemplars = _bucket_exemplars(point) if openmetrics else {}
     running = 0
     # bucket_counts has one more entry than bounds: the +Inf bucket, written from the total count below.
-    for bound, count in zip(bounds, counts, strict=False):
+    for index, (bound, count) in enumerate(zip(bounds, counts, strict=False)):
         running += count
-        yield f'{family}_bucket{{{prefix}le="{format_value(float(bound))}"}} {running}'
-    yield f'{family}_bucket{{{prefix}le="+Inf"}} {point.count}'  # type: ignore[attr-defined]
-    yield _sample(f"{family}_sum", labels, point.sum)  # type: ignore[attr-defined]
-    yield _sample(f"{family}_count", labels, point.count)  # type: ignore[attr-defined]
+        line = f'{family}_bucket{{{prefix}le="{bound_text(float(bound))}"}} {running}'
+        yield line + _exemplar(exemplars[index]) if index in exemplars else line
+    line = f'{family}_bucket{{{prefix}le="+Inf"}} {point.count}'
+    yield line + _exemplar(exemplars[len(bounds)]) if len(bounds) in exemplars else line
+    if not (openmetrics and bounds and bounds[0] < 0):  # OpenMetrics: no _sum with negative buckets
+        yield _sample(f"{family}_sum", labels, point.sum)
+    yield _sample(f"{family}_count", labels, point.count)
+    if openmetrics and point.start_time_unix_nano:
+        yield _sample(f"{family}_created", labels, _seconds(point.start_time_unix_nano))
 
 
-def _add_metric(families: dict[str, _Family], metric: Metric) -> None:
+def scope_label_text(scope: InstrumentationScope | None) -> str:
+    """``otel_scope_name="..",otel_scope_version=".."`` (no version label when the scope has none)."""
+    if scope is None or not scope.name:
+        return ""
+    text = f'otel_scope_name="{_escape_label_value(scope.name)}"'
+    if scope.version:
+        text += f',otel_scope_version="{_escape_label_value(scope.version)}"'
+    return text
+
+
+def _join(labels: str, scope: str) -> str:
+    return f"{labels},{scope}" if labels and scope else labels or scope
+
+
+def _add_metric(families: dict[str, _Family], metric: Metric, scope: str, openmetrics: bool) -> None:
     kind = metric_kind(metric)
     data = metric.data
     monotonic = isinstance(data, Sum) and data.is_monotonic
@@ -158,25 +238,77 @@ def _add_metric(families: dict[str, _Family], metric: Metric) -> None:
         family = families[name] = _Family(name, kind, metric.description or metric.name)
     elif family.kind != kind:
         return  # two metrics of different kinds cannot share one Prometheus family; first one wins
-    if isinstance(data, Histogram):
+    if isinstance(data, (Histogram, ExponentialHistogram)):
         seen = family.histogram_labels
+        convert = isinstance(data, ExponentialHistogram)  # written as the classic histogram it converts to
         for point in data.data_points:
-            labels = label_text(point.attributes, name, histogram=True)
+            labels = _join(label_text(point.attributes, name, histogram=True), scope)
             if labels in seen:
                 _warn_collision(name, labels)
                 continue
             seen.add(labels)
-            family.lines.extend(_histogram_lines(name, labels, point))
+            family.lines.extend(
+                _histogram_lines(name, labels, explicit_buckets(point) if convert else point, openmetrics)
+            )
     elif isinstance(data, (Sum, Gauge)):
         values = family.values
+        counter = kind == "counter"
         for number in data.data_points:
-            labels = label_text(number.attributes, name)
+            labels = _join(label_text(number.attributes, name), scope)
             if labels in values:
                 _warn_collision(name, labels)
-                if kind == "counter":
+                if counter:
                     values[labels] += number.value
                 continue
             values[labels] = number.value
+            if counter and getattr(number, "start_time_unix_nano", None):
+                family.created[labels] = number.start_time_unix_nano
+
+
+@dataclass
+class _Converted:
+    """An exponential histogram point as explicit buckets (what :func:`_histogram_lines` reads)."""
+
+    attributes: Any
+    start_time_unix_nano: int
+    count: int
+    sum: float
+    explicit_bounds: list[float]
+    bucket_counts: list[int]
+    exemplars: Any
+
+
+def explicit_buckets(point: Any) -> _Converted:
+    """An exponential histogram point as the classic histogram Prometheus text can carry, without loss.
+
+    Each exponential bucket ``(base**i, base**(i+1)]`` (``base = 2**(2**-scale)``) becomes the bucket
+    ``le=base**(i+1)``; negative buckets mirror them below zero and the zero bucket is ``le=0``.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> point = NS(attributes={}, start_time_unix_nano=0, count=4, sum=9.0, exemplars=(), scale=0, zero_count=1,
+        ...            positive=NS(offset=1, bucket_counts=[2, 1]), negative=NS(offset=0, bucket_counts=[]))
+        >>> converted = explicit_buckets(point)
+        >>> converted.explicit_bounds, converted.bucket_counts
+        ([0.0, 4.0, 8.0], [1, 2, 1, 0])
+    """
+    step = 2.0**-point.scale  # log2 of the base
+    bounds: list[float] = []
+    counts: list[int] = []
+    negative = point.negative
+    below_zero = range(negative.offset + len(negative.bucket_counts) - 1, negative.offset - 1, -1)
+    for index in below_zero if any(negative.bucket_counts) else ():
+        bounds.append(-(2.0 ** (index * step)))  # the bucket [-base**(i+1), -base**i)
+        counts.append(negative.bucket_counts[index - negative.offset])
+    bounds.append(0.0)
+    counts.append(point.zero_count)
+    positive = point.positive
+    for position, count in enumerate(positive.bucket_counts):
+        bounds.append(2.0 ** ((positive.offset + position + 1) * step))
+        counts.append(count)
+    counts.append(0)  # +Inf: every observation is in a finite bucket
+    exemplars = getattr(point, "exemplars", ())
+    return _Converted(point.attributes, point.start_time_unix_nano, point.count, point.sum, bounds, counts, exemplars)
 
 
 def _target_info(metrics_data: MetricsData) -> _Family | None:
@@ -189,29 +321,55 @@ def _target_info(metrics_data: MetricsData) -> _Family | None:
     return None
 
 
-def to_prometheus_text(metrics_data: MetricsData | None, *, target_info: bool = True) -> str:
-    """Render cumulative metrics as Prometheus text; delta sums must not be passed here.
+def _type_line(family: _Family, openmetrics: bool) -> tuple[str, str]:
+    """The family name the metadata lines use, and its type."""
+    if not openmetrics:
+        return family.name, _TYPES[family.kind]
+    if family.name == "target_info":
+        return "target", "info"
+    if family.kind == "counter":
+        return family.name[: -len("_total")], "counter"
+    return family.name, _TYPES[family.kind]
+
+
+def to_prometheus_text(
+    metrics_data: MetricsData | None,
+    *,
+    target_info: bool = True,
+    openmetrics: bool = False,
+    scope_labels: bool = False,
+) -> str:
+    """Render cumulative metrics as Prometheus text or OpenMetrics; delta sums must not be passed here.
 
     Args:
         metrics_data: what a reader collected, or None for nothing.
         target_info: add a ``target_info`` family carrying the resource attributes.
+        openmetrics: OpenMetrics 1.0 (``_created``, exemplars, ``# EOF``) instead of the text format 0.0.4.
+        scope_labels: label every sample with its ``otel_scope_name`` and ``otel_scope_version`` (the exporter
+            and the snapshot pass their setting, on by default).
 
     Returns:
-        The exposition, ending with a newline (or empty when there is nothing).
+        The exposition, ending with a newline (or empty, in the text format, when there is nothing).
     """
-    if metrics_data is None:
-        return ""
     families: dict[str, _Family] = {}
-    info = _target_info(metrics_data) if target_info else None
-    if info is not None:
-        families[info.name] = info
-    for found in walk(metrics_data):
-        _add_metric(families, found.metric)
+    if metrics_data is not None:
+        info = _target_info(metrics_data) if target_info else None
+        if info is not None:
+            families[info.name] = info
+        scopes: dict[int, str] = {}
+        for found in walk(metrics_data):
+            scope = ""
+            if scope_labels:
+                scope = scopes.get(id(found.scope)) or scopes.setdefault(id(found.scope), scope_label_text(found.scope))
+            _add_metric(families, found.metric, scope, openmetrics)
     out: list[str] = []
     for family in families.values():
         if not family.lines and not family.values:
             continue
-        out.append(f"# HELP {family.name} {_escape_help(family.help)}")
-        out.append(f"# TYPE {family.name} {_TYPES[family.kind]}")
-        out.extend(family.render())
+        name, kind = _type_line(family, openmetrics)
+        out.append(f"# HELP {name} {_escape_help(family.help, openmetrics)}")
+        out.append(f"# TYPE {name} {kind}")
+        out.extend(family.render(openmetrics))
+    if openmetrics:
+        out.append("# EOF")
     return "\n".join(out) + "\n" if out else ""

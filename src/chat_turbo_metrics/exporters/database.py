@@ -262,7 +262,8 @@ class DatabaseExporter(MetricExporter):
 
     Args:
         url: database URL (a :class:`Secret` when it holds a password); default
-            ``sqlite:///chat_turbo_metrics.db``. Use :meth:`from_config` to follow the configuration.
+            the configuration's (``DEFAULT_DATABASE_URL``: a SQLite file in the working directory). Use
+            :meth:`from_config` to follow the configuration.
         retention_days: how long points are kept (default 30).
         batch_size: most rows one INSERT statement carries.
         clock: unix time in seconds, for retention.

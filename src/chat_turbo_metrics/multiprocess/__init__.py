@@ -12,7 +12,10 @@ Nothing runs on the recording path. A process outside the group that finds the p
 :class:`~chat_turbo_metrics._pipeline.ports.PortInUseError`, as any program would.
 
 Every process of the group publishes its state to a file of its own before any of it is served, and leaves
-its final state there when its pipeline shuts down (:mod:`._ledger`): the holder that takes the port over,
+its final state there when its pipeline shuts down (:mod:`._ledger`). It also copies its state there every second,
+but only when something was recorded since its last publication (asked without collecting:
+``Source.quiet_since``), and without the collection-time readings, which are taken when a scrape reads them: an
+idle process does no collection work. The holder that takes the port over,
 or one that finds a process gone, continues from the files, so the service's counters never go backwards,
 whichever process exits, is recycled or is killed. A member tries to bind the port every second, so the port
 is taken over within a second when its holder exits.

@@ -1,7 +1,8 @@
 """The bookkeeping of a group's directory: who is live, who has retired, and the retired totals.
 
 Every process of the group publishes its state to a file of its own before anyone serves that state
-(``<token>.state.json``, rewritten at each answer, at each scrape it serves and every second), and leaves
+(``<token>.state.json``, rewritten at each answer, at each scrape it serves and every second while it records;
+a background copy takes no collection-time readings), and leaves
 ``<token>.final.json`` when it shuts down (answers after that repeat the final state). So whatever a scrape
 ever showed of a process, its files hold as much or more, whichever process serves the next scrape. The holder
 accounts for each process at each scrape (:meth:`GroupFiles.account`): its final state is retired; else its

@@ -25,10 +25,12 @@ Example:
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import Any
 
+from opentelemetry.sdk.metrics import Exemplar
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     Gauge,
@@ -132,6 +134,7 @@ def _encode_metric(scope: InstrumentationScope, metric: Metric) -> dict[str, Any
                 list(p.explicit_bounds),
                 p.min,
                 p.max,
+                *_exemplars_out(p),
             ]
             for p in data.data_points
         ]
@@ -187,12 +190,33 @@ def _add_sum(family: _Family, point: list[Any], member: str) -> None:
         found[1], found[2], found[3] = min(found[1], start), max(found[2], time), found[3] + value
 
 
+def _exemplars_out(point: HistogramDataPoint) -> list[list[list[Any]]]:
+    """A point's exemplars as the optional 10th field of an encoded histogram point (none: no field)."""
+    exemplars = getattr(point, "exemplars", None)
+    if not exemplars:
+        return []
+    return [[[e.value, e.time_unix_nano, e.trace_id or 0, e.span_id or 0] for e in exemplars]]
+
+
+def _exemplars_in(encoded: list[list[Any]], bounds: Sequence[float]) -> list[Exemplar]:
+    """The latest exemplar of each bucket among every process's (what a scrape shows per bucket)."""
+    latest: dict[int, list[Any]] = {}
+    for exemplar in encoded:
+        index = bisect_left(bounds, exemplar[0])
+        if index not in latest or exemplar[1] >= latest[index][1]:
+            latest[index] = exemplar
+    return [Exemplar({}, v, t, span or None, trace or None) for _, (v, t, trace, span) in sorted(latest.items())]
+
+
 def _add_histogram(family: _Family, point: list[Any], member: str) -> None:
-    attrs, start, time, count, total, counts, bounds, low, high = point
+    attrs, start, time, count, total, counts, bounds, low, high = point[:9]
+    exemplars = point[9] if len(point) > 9 else None  # a 10th field: exemplars (states of older versions: none)
     key = _series_key(attrs)
     found = family.series.get(key)
     if found is None:
         family.series[key] = [attrs, start, time, count, total, list(counts), list(bounds), low, high]
+        if exemplars:
+            family.series[key].append(list(exemplars))
         return
     if list(bounds) != found[6]:
         _warn_once(family.entry["name"], "histogram bucket boundaries differ between processes; one was left out")
@@ -202,6 +226,11 @@ def _add_histogram(family: _Family, point: list[Any], member: str) -> None:
     found[4] += total
     found[5] = [a + b for a, b in zip(found[5], counts, strict=False)]
     found[7], found[8] = min(found[7], low), max(found[8], high)
+    if exemplars:
+        if len(found) > 9:
+            found[9] = found[9] + list(exemplars)
+        else:
+            found.append(list(exemplars))
 
 
 def _add_gauge(family: _Family, point: list[Any], member: str) -> None:
@@ -265,7 +294,11 @@ def retire(retired: State | None, final: State) -> State:
     """Fold the final state of an exited process into the retired accumulation (gauges are dropped)."""
     states = [("retired", retired)] if retired else []
     states.append(("final", final))
-    return {"resource": {}, "metrics": _families_state(_families(states, gauges=False))}
+    metrics = _families_state(_families(states, gauges=False))
+    for entry in metrics:  # exemplars point at a gone process's traces: the live processes' are kept, not these
+        if entry["type"] == "histogram":
+            entry["points"] = [point[:9] for point in entry["points"]]
+    return {"resource": {}, "metrics": metrics}
 
 
 # The scope whose series leave a process's collection only when evicted as idle (METRICS_SERIES_IDLE_TIMEOUT);
@@ -348,8 +381,10 @@ def _metric(family: _Family, gauge_mode: GaugeMode) -> Metric:
     elif entry["type"] == "histogram":
         data = Histogram(
             data_points=[
-                HistogramDataPoint(_attrs_in(a), s, t, n, total, tuple(c), tuple(b), lo, hi)
-                for a, s, t, n, total, c, b, lo, hi in family.series.values()
+                HistogramDataPoint(
+                    _attrs_in(a), s, t, n, total, tuple(c), tuple(b), lo, hi, _exemplars_in(ex[0], b) if ex else []
+                )
+                for a, s, t, n, total, c, b, lo, hi, *ex in family.series.values()
             ],
             aggregation_temporality=_CUMULATIVE,
         )

@@ -9,6 +9,7 @@ design and :mod:`._ledger` for the files.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -93,6 +94,7 @@ class Session:
         self._closed = False
         self._final: bytes | None = None  # once written, this process's part is its final state
         self._published_at = 0.0
+        self._mark = -1  # the collection the last publication made (see Source.quiet_since)
         self._seq = 0  # publications of this process: the holder tells a newer state from an older one
         # The newest state of each member that could not write it (a full directory), seen in its answers.
         self._unstored: dict[str, State] = {}
@@ -211,16 +213,23 @@ class Session:
         self._health.storage_ok(self._path, operation)
 
     # --- this process's state ---------------------------------------------------------------------
-    def _publish(self, *, final: bool = False) -> tuple[State, bytes]:
+    def _publish(self, *, final: bool = False, readings: bool = True) -> tuple[State, bytes]:
         """Collect this process's state and publish it to its file, before anyone may serve it.
 
         Collected and written under one lock, so the file only ever moves forward; once the final state is
         taken, it is this process's state for good. A write that fails leaves the state in memory only.
+
+        Args:
+            final: this process's last state (it shuts down).
+            readings: take the collection-time readings (for a reader: a scrape, the final state); False for
+                a background copy of what was recorded.
         """
         with self._publish_lock:
             if self._final is not None:
                 return json.loads(self._final), self._final
-            state = encode(guarded_collect(self._source))
+            mark = self._source.collections + 1
+            state = encode(guarded_collect(self._source, readings=readings))
+            self._mark = mark
             state["parent"] = parent_identity()  # tells the holder of a named group whether it is the master
             state["group"] = self.group.key
             self._seq += 1
@@ -244,13 +253,16 @@ class Session:
         return self._publish()[1]
 
     def _publish_loop(self) -> None:
-        # A process killed with SIGKILL leaves what it last published: at most PUBLISH_INTERVAL_S is lost.
+        # A process killed with SIGKILL leaves what it last published: at most PUBLISH_INTERVAL_S of recordings is
+        # lost. Nothing recorded since the last publication: nothing to do (not even a collection). Something
+        # recorded: a copy of the recorded data, without the collection-time readings (a scrape takes them).
         stop = self._stop
         while not stop.wait(PUBLISH_INTERVAL_S):
             if time.monotonic() - self._published_at < PUBLISH_INTERVAL_S / 2:
                 continue  # an answer or a scrape published it just now
             try:
-                self._publish()
+                if not self._source.quiet_since(self._mark):
+                    self._publish(readings=False)
             except Exception:
                 _logger.exception("publishing this process's metrics for the service's scrape failed")
 
@@ -402,7 +414,7 @@ class Session:
         forks.reinit(self._scrape_lock)
         forks.reinit(self._publish_lock)
         self._health.after_fork_in_child()
-        self._previous, self._unstored, self._seq = {}, {}, 0
+        self._previous, self._unstored, self._seq, self._mark = {}, {}, 0, -1
         self._publisher, self._stop, self._final = None, threading.Event(), None
         member, self._member = self._member, None
         if member is not None:
@@ -417,9 +429,9 @@ class Session:
         self.become_member()
 
 
-def guarded_collect(source: Source) -> MetricsData | None:
+def guarded_collect(source: Source, *, readings: bool = True) -> MetricsData | None:
     """``source.collect()``, never overlapping a fork (see :func:`forks.outside_fork`)."""
-    return forks.outside_fork(source.collect)
+    return forks.outside_fork(functools.partial(source.collect, readings=readings))
 
 
 _sessions: weakref.WeakSet[Session] = weakref.WeakSet()

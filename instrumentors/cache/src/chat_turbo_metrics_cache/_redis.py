@@ -12,10 +12,18 @@ from typing import Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from chat_turbo_metrics import ConfigurationError, PerformanceMonitor
-from chat_turbo_metrics.instrumentation import CACHE_HITS, CACHE_MISSES, Problems
+from chat_turbo_metrics.instrumentation import (
+    CACHE_HITS,
+    CACHE_MISSES,
+    DB_CLIENT_OPERATION_DURATION,
+    Problems,
+    define_metrics,
+    semconv_mode,
+)
 
 _instruments = ("redis >= 4.5",)
 COMMAND_DURATION = "redis_command_duration_seconds"
+OPERATION_DURATION = DB_CLIENT_OPERATION_DURATION.name  # the conventions' name, with db.system.name="redis"
 OTHER = "other"
 _perf_counter = time.perf_counter
 
@@ -78,6 +86,8 @@ class _Recorder:
         self.commands = _BoundedLabels(limit)
         self.active = True
         self.problems = Problems(logging.getLogger("chat_turbo_metrics.redis"))
+        self.seed, self.semconv = True, False  # which names: asked of the monitor (``database`` signal)
+        self.marker: Any = None  # the monitor's recorder they were asked for (configure() makes a new one)
 
     def resolve(self) -> PerformanceMonitor:
         """The process-wide monitor, held from the first command on: it stays the same object across
@@ -85,35 +95,57 @@ class _Recorder:
         self.monitor = PerformanceMonitor.get_instance()
         return self.monitor
 
-    def record(self, args: tuple[Any, ...], response: Any, start: float, ok: bool) -> None:
-        try:
-            self._record(args, response, start, ok)
-        except Exception as error:  # e.g. a cache_name function that fails: never the application's problem
-            self.problems.report(("redis", type(error)), "redis instrumentation failed to record: %r", error)
-
-    def _record(self, args: tuple[Any, ...], response: Any, start: float, ok: bool) -> None:
-        elapsed = _perf_counter() - start
+    def current(self) -> PerformanceMonitor:
+        """The monitor to record into, with the names it asks for (asked again after ``configure()``)."""
         monitor = self.monitor or self.resolve()
+        if monitor.increment_counter is not self.marker:
+            mode = semconv_mode("database", monitor)
+            if mode.semconv:
+                define_metrics(monitor, DB_CLIENT_OPERATION_DURATION)
+            self.seed, self.semconv, self.marker = mode.seed, mode.semconv, monitor.increment_counter
+        return monitor
+
+    def duration(self, monitor: PerformanceMonitor, elapsed: float, command: str, error: BaseException | None) -> None:
+        """One command's (or pipeline's) duration, under the seed's name and/or the conventions'."""
+        if self.seed:
+            status = "success" if error is None else "error"
+            monitor.record_histogram(COMMAND_DURATION, elapsed, {"command": command, "status": status})
+        if self.semconv:
+            tags = {"db.system.name": "redis", "db.operation.name": command}
+            if error is not None:
+                tags["error.type"] = type(error).__qualname__
+            monitor.record_histogram(OPERATION_DURATION, elapsed, tags)
+
+    def record(self, args: tuple[Any, ...], response: Any, start: float, error: BaseException | None) -> None:
+        try:
+            self._record(args, response, start, error)
+        except Exception as problem:  # e.g. a cache_name function that fails: never the application's problem
+            self.problems.report(("redis", type(problem)), "redis instrumentation failed to record: %r", problem)
+
+    def _record(self, args: tuple[Any, ...], response: Any, start: float, error: BaseException | None) -> None:
+        elapsed = _perf_counter() - start
+        monitor = self.current()
         command = self.commands(_command_name(args))
-        status = "success" if ok else "error"
-        monitor.record_histogram(COMMAND_DURATION, elapsed, {"command": command, "status": status})
-        if ok:
+        self.duration(monitor, elapsed, command, error)
+        if error is None:
             self._count_lookups(monitor, command, args, response)
 
-    def record_pipeline(self, stack: list[tuple[Any, Any]], responses: Any, start: float, ok: bool) -> None:
+    def record_pipeline(
+        self, stack: list[tuple[Any, Any]], responses: Any, start: float, error: BaseException | None
+    ) -> None:
         """One latency sample for the round trip (``command="PIPELINE"``); lookups counted per queued command."""
         try:
             elapsed = _perf_counter() - start
-            monitor = self.monitor or self.resolve()
-            status = "success" if ok else "error"
-            monitor.record_histogram(COMMAND_DURATION, elapsed, {"command": "PIPELINE", "status": status})
+            monitor = self.current()
+            self.duration(monitor, elapsed, "PIPELINE", error)
+            ok = error is None
             if not ok or not isinstance(responses, list):
                 return
             for (args, _options), response in zip(stack, responses, strict=False):
                 if not isinstance(response, Exception):  # raise_on_error=False leaves errors in the list
                     self._count_lookups(monitor, _command_name(args), args, response)
-        except Exception as error:
-            self.problems.report(("redis", type(error)), "redis instrumentation failed to record: %r", error)
+        except Exception as problem:
+            self.problems.report(("redis", type(problem)), "redis instrumentation failed to record: %r", problem)
 
     def _count_lookups(self, monitor: PerformanceMonitor, command: str, args: tuple[Any, ...], response: Any) -> None:
         lookup = LOOKUPS.get(command)
@@ -136,10 +168,10 @@ def _wrap_sync(original: Callable[..., Any], recorder: _Recorder) -> Callable[..
         start = _perf_counter()
         try:
             response = original(self, *args, **options)
-        except Exception:
-            recorder.record(args, None, start, False)
+        except Exception as error:
+            recorder.record(args, None, start, error)
             raise
-        recorder.record(args, response, start, True)
+        recorder.record(args, response, start, None)
         return response
 
     return execute_command
@@ -153,10 +185,10 @@ def _wrap_async(original: Callable[..., Any], recorder: _Recorder) -> Callable[.
         start = _perf_counter()
         try:
             response = await original(self, *args, **options)
-        except Exception:
-            recorder.record(args, None, start, False)
+        except Exception as error:
+            recorder.record(args, None, start, error)
             raise
-        recorder.record(args, response, start, True)
+        recorder.record(args, response, start, None)
         return response
 
     return execute_command
@@ -170,10 +202,10 @@ def _wrap_pipeline(original: Callable[..., Any], recorder: _Recorder) -> Callabl
         stack, start = list(self.command_stack), _perf_counter()
         try:
             responses = original(self, *args, **kwargs)
-        except Exception:
-            recorder.record_pipeline(stack, None, start, False)
+        except Exception as error:
+            recorder.record_pipeline(stack, None, start, error)
             raise
-        recorder.record_pipeline(stack, responses, start, True)
+        recorder.record_pipeline(stack, responses, start, None)
         return responses
 
     return execute
@@ -187,10 +219,10 @@ def _wrap_async_pipeline(original: Callable[..., Any], recorder: _Recorder) -> C
         stack, start = list(self.command_stack), _perf_counter()
         try:
             responses = await original(self, *args, **kwargs)
-        except Exception:
-            recorder.record_pipeline(stack, None, start, False)
+        except Exception as error:
+            recorder.record_pipeline(stack, None, start, error)
             raise
-        recorder.record_pipeline(stack, responses, start, True)
+        recorder.record_pipeline(stack, responses, start, None)
         return responses
 
     return execute
@@ -222,6 +254,9 @@ class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     those a pipeline sends at once while it watches keys (between ``WATCH`` and ``MULTI``) one by one. The
     ``cache`` label is the key's prefix before ``:`` (``instrument(cache_name=...)`` to choose), bounded
     to ``max_caches`` distinct values. Works beside ``opentelemetry-instrumentation-redis`` (spans).
+    With ``OTEL_SEMCONV_STABILITY_OPT_IN=database`` (or the ``semconv_stability_opt_in`` setting) command
+    latency is the conventions' ``db.client.operation.duration`` {db.system.name="redis", db.operation.name,
+    error.type} instead of ``redis_command_duration_seconds``; ``database/dup`` emits both.
 
     Example:
         >>> RedisInstrumentor().instrument(monitor=monitor)  # doctest: +SKIP

@@ -16,11 +16,17 @@ from sqlalchemy.engine import Engine
 from chat_turbo_metrics import ConfigurationError, PerformanceMonitor
 from chat_turbo_metrics.instrumentation import (
     DATABASE_QUERY_DURATION,
+    DB_CLIENT_CONNECTION_COUNT,
+    DB_CLIENT_OPERATION_DURATION,
     Problems,
+    SemconvMode,
     StatementClassifier,
+    define_metrics,
+    semconv_mode,
     strip_literals,
 )
 from chat_turbo_metrics_database._drivers import claim_for_sqlalchemy, release_sqlalchemy_connections
+from chat_turbo_metrics_database._semconv import SemconvNames
 
 _instruments = ("sqlalchemy >= 2.0",)
 CONNECTIONS = "database_connections"
@@ -51,6 +57,8 @@ class _Listener:
         self.engines_lock = threading.Lock()  # a collection copies the engines while connects add to them
         self.stripped: dict[tuple[str, bool], str] = {}
         self.hooked: PerformanceMonitor | None = None
+        self.names = SemconvNames(SemconvMode.SEED)  # which names: asked of the monitor when it is resolved
+        self.marker: Any = None  # the monitor's recorder the names were asked for (configure() makes a new one)
         self.problems = Problems(logging.getLogger("chat_turbo_metrics.sqlalchemy"))
 
     def recorder(self) -> PerformanceMonitor:
@@ -67,7 +75,17 @@ class _Listener:
                 monitor = self.monitor or PerformanceMonitor.get_instance()
                 monitor.add_collection_hook(self.read_pools)  # pool readings join the monitor's collections
                 self.hooked = monitor
+                self.follow(monitor)
             return self.hooked
+
+    def follow(self, monitor: PerformanceMonitor) -> None:
+        """Ask which names to emit (``OTEL_SEMCONV_STABILITY_OPT_IN``'s ``database``), and declare the
+        semantic-convention metrics; again whenever ``configure()`` gives the monitor a new recorder."""
+        mode = semconv_mode("database", monitor)
+        if mode.semconv:
+            define_metrics(monitor, DB_CLIENT_OPERATION_DURATION, DB_CLIENT_CONNECTION_COUNT)
+        self.names = SemconvNames(mode)
+        self.marker = monitor.increment_counter
 
     def tags(self, statement: str, status: str, dialect: Any = None) -> dict[str, Any]:
         operation, table = self.classifier.classify(statement)
@@ -115,12 +133,25 @@ class _Listener:
         start = getattr(exception_context.execution_context, _START, None)
         statement = exception_context.statement
         if start is not None and statement is not None:
-            self.record(_perf_counter() - start, statement, "error", exception_context.dialect)
+            error = exception_context.original_exception
+            error_type = type(error).__qualname__ if error is not None else "_OTHER"
+            self.record(_perf_counter() - start, statement, "error", exception_context.dialect, error_type)
 
-    def record(self, elapsed: float, statement: str, status: str, dialect: Any = None) -> None:
+    def record(
+        self, elapsed: float, statement: str, status: str, dialect: Any = None, error_type: str | None = None
+    ) -> None:
         try:
+            monitor = self.recorder()
+            if monitor.increment_counter is not self.marker:  # configure() made a new recorder
+                self.follow(monitor)
+            names = self.names
             tags = self.tags(statement, status, dialect)
-            self.recorder().record_histogram(DATABASE_QUERY_DURATION, elapsed, tags)
+            if names.seed:
+                monitor.record_histogram(DATABASE_QUERY_DURATION, elapsed, tags)
+            if names.semconv:
+                monitor.record_histogram(
+                    DB_CLIENT_OPERATION_DURATION.name, elapsed, names.operation_tags(dialect, tags, error_type)
+                )
         except Exception as error:  # an event handler that raises would fail the application's statement
             self.problems.report(("record", type(error)), "cannot record a statement: %r", error)
 
@@ -130,6 +161,8 @@ class _Listener:
         monitor = self.hooked
         if monitor is None:
             return
+        if monitor.increment_counter is not self.marker:  # configure() since the last statement
+            self.follow(monitor)
         with self.engines_lock:
             engines = list(self.engines.items())
         for engine, label in engines:
@@ -137,8 +170,13 @@ class _Listener:
             used, idle = getattr(pool, "checkedout", None), getattr(pool, "checkedin", None)
             if used is None or idle is None:
                 continue  # StaticPool, NullPool, SingletonThreadPool: no counts to report
-            monitor.record_gauge(CONNECTIONS, used(), {"pool": label, "state": "used"})
-            monitor.record_gauge(CONNECTIONS, idle(), {"pool": label, "state": "idle"})
+            in_use, free = used(), idle()
+            if self.names.seed:
+                monitor.record_gauge(CONNECTIONS, in_use, {"pool": label, "state": "used"})
+                monitor.record_gauge(CONNECTIONS, free, {"pool": label, "state": "idle"})
+            if self.names.semconv:
+                for state, count in (("used", in_use), ("idle", free)):
+                    monitor.record_gauge(DB_CLIENT_CONNECTION_COUNT.name, count, self.names.pool_tags(label, state))
 
 
 _EVENTS = ("engine_connect", "before_cursor_execute", "after_cursor_execute", "handle_error")
@@ -152,7 +190,10 @@ class SQLAlchemyInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     {table, operation, status} like :func:`chat_turbo_metrics.monitor_database_query`, with table and
     operation read from the statement (bounded: ``other`` past ``max_tables``), and at each collection
     ``database_connections`` {pool, state=used|idle}. Parameters are never recorded; the statement text
-    only with ``record_statement=True``, literals stripped.
+    only with ``record_statement=True``, literals stripped. With ``OTEL_SEMCONV_STABILITY_OPT_IN=database``
+    (or the ``semconv_stability_opt_in`` setting) the semantic conventions' ``db.client.operation.duration``
+    {db.system.name, db.operation.name, db.collection.name, error.type} and ``db.client.connection.count``
+    {db.client.connection.pool.name, db.client.connection.state} replace them; ``database/dup`` emits both.
 
     Example:
         >>> from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor

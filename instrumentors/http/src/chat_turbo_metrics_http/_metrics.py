@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chat_turbo_metrics import PerformanceMonitor
-from chat_turbo_metrics.instrumentation import bundle_produced
+from chat_turbo_metrics.instrumentation import SemconvMode, bundle_produced, semconv_mode
 from chat_turbo_metrics_http._settings import HttpMetricsSettings
 
 _logger = logging.getLogger("chat_turbo_metrics_http")
@@ -165,8 +165,13 @@ class RequestMetrics:
         self.excludes = bool(settings.exact or settings.prefixes)  # False: skips() need not be asked
         self._fixed = monitor
         self._bound: Bound | None = None
-        self._seed = settings.metric_names in ("seed", "both")
-        self._semconv = settings.metric_names in ("semconv", "both")
+        self._chosen = None if settings.metric_names is None else SemconvMode(settings.metric_names)
+        self._names(self._chosen or SemconvMode.SEED)
+
+    def _names(self, mode: SemconvMode) -> None:
+        """Emit the seed's names, the semantic conventions' or both (series already bound keep theirs)."""
+        self.mode = mode
+        self._seed, self._semconv = mode.seed, mode.semconv
         self._definitions = (_SEED_DEFINITIONS if self._seed else ()) + (_SEMCONV_DEFINITIONS if self._semconv else ())
         self._active_names = ((IN_FLIGHT,) if self._seed else ()) + ((SC_ACTIVE,) if self._semconv else ())
 
@@ -179,6 +184,9 @@ class RequestMetrics:
         return bound
 
     def _bind(self, monitor: PerformanceMonitor) -> Bound:
+        # Not chosen by argument or CHAT_TURBO_HTTP_METRIC_NAMES: the monitor's configuration says, each time
+        # this binds to a monitor or to a recorder configure() made (OTEL_SEMCONV_STABILITY_OPT_IN, files, code).
+        self._names(self._chosen or semconv_mode("http", monitor))
         for name, kind, unit, description, buckets in self._definitions:
             try:
                 monitor.define(name, kind, unit=unit, description=description, buckets=buckets)

@@ -41,12 +41,14 @@ class HttpMetricsSettings:
         exact: paths never measured.
         prefixes: path prefixes never measured (given as ``/prefix/*``).
         metric_names: ``seed`` (``http_request_duration_seconds``, ...), ``semconv``
-            (``http.server.request.duration``, ...) or ``both``.
+            (``http.server.request.duration``, ...) or ``both``; None: what
+            :func:`chat_turbo_metrics.instrumentation.semconv_mode` says for ``http`` when the middleware binds
+            to its monitor (``OTEL_SEMCONV_STABILITY_OPT_IN``, a config file or ``configure()``).
     """
 
     exact: frozenset[str] = frozenset()
     prefixes: tuple[str, ...] = ()
-    metric_names: MetricNames = "seed"
+    metric_names: MetricNames | None = None
 
     @classmethod
     def from_options(
@@ -60,7 +62,8 @@ class HttpMetricsSettings:
         Args:
             excluded_paths: paths (``/health``) or prefixes (``/static/*``); a string is split at commas.
                 Default: ``CHAT_TURBO_HTTP_EXCLUDED_PATHS``, else none.
-            metric_names: ``seed``, ``semconv`` or ``both``. Default: ``CHAT_TURBO_HTTP_METRIC_NAMES``, else ``seed``.
+            metric_names: ``seed``, ``semconv`` or ``both``. Default: ``CHAT_TURBO_HTTP_METRIC_NAMES``, else the
+                monitor's ``semconv_stability_opt_in`` (``OTEL_SEMCONV_STABILITY_OPT_IN``), asked when binding.
             environ: the environment to read (default ``os.environ``).
 
         Returns:
@@ -81,7 +84,7 @@ class HttpMetricsSettings:
             raise _error(source, f"{source}: {error}") from None
         names_source = "metric_names"
         if metric_names is None:
-            metric_names, names_source = env.get(METRIC_NAMES_VARIABLE, "seed"), METRIC_NAMES_VARIABLE
+            metric_names, names_source = env.get(METRIC_NAMES_VARIABLE, ""), METRIC_NAMES_VARIABLE
         try:
             names = parse_metric_names(metric_names)
         except ValueError as error:

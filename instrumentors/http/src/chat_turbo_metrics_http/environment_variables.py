@@ -25,8 +25,10 @@ def checked_paths(paths: Iterable[str]) -> tuple[str, ...]:
     return found
 
 
-def parse_metric_names(text: str) -> MetricNames:
-    """``seed``, ``semconv`` or ``both`` (any case, blanks around ignored)."""
+def parse_metric_names(text: str) -> MetricNames | None:
+    """``seed``, ``semconv`` or ``both`` (any case, blanks around ignored); None for blank (not chosen here)."""
+    if not text.strip():
+        return None
     for names in METRIC_NAMES:
         if text.strip().lower() == names:
             return names
@@ -42,6 +44,7 @@ CHAT_TURBO_HTTP_EXCLUDED_PATHS = EnvironmentVariable(
 CHAT_TURBO_HTTP_METRIC_NAMES = EnvironmentVariable(
     "CHAT_TURBO_HTTP_METRIC_NAMES",
     parse=parse_metric_names,
-    default="seed",
 )
-"""``seed`` (default), ``semconv`` or ``both``: which metric names the HTTP instrumentors emit."""
+"""``seed``, ``semconv`` or ``both``: which metric names the HTTP instrumentors emit. An alias of
+``OTEL_SEMCONV_STABILITY_OPT_IN``'s HTTP part (``semconv`` is ``http``, ``both`` is ``http/dup``) that wins over
+it when set; unset, the monitor's ``semconv_stability_opt_in`` decides (the seed's names unless opted in)."""

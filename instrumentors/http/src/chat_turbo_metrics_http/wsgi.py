@@ -241,7 +241,8 @@ class WsgiMetricsMiddleware(_MeasuredApp):
     Args:
         app: the WSGI application.
         excluded_paths: paths (``/health``) or prefixes (``/static/*``) never measured.
-        metric_names: ``seed`` (default), ``semconv`` or ``both``.
+        metric_names: ``seed``, ``semconv`` or ``both`` (default: ``CHAT_TURBO_HTTP_METRIC_NAMES``, else
+            ``OTEL_SEMCONV_STABILITY_OPT_IN``: ``http`` is ``semconv``, ``http/dup`` is ``both``, unset ``seed``).
         monitor: record into this monitor instead of the process-wide one.
         environ: read defaults from this mapping instead of ``os.environ``.
     """

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import os
+import socket
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from chat_turbo_metrics import PerformanceMonitor
@@ -28,13 +30,28 @@ class ProcessSample:
     threads: int
     open_fds: int | None
     connections: int | None
+    # For the semantic conventions' process.* metrics; None where the platform (or a stand-in) does not tell.
+    cpu_user: float | None = None
+    cpu_system: float | None = None
+    virtual_bytes: int | None = None
+    context_switches: tuple[int, int] | None = None  # (voluntary, involuntary)
+    started: float | None = None  # creation time, seconds since the epoch
 
 
 def psutil_sampler() -> Callable[[], ProcessSample]:
-    """Reads this process with psutil; the handle is re-made when the pid changes (after ``fork()``)."""
+    """Reads this process, and only this process: psutil for CPU, memory and threads (``/proc/self`` on Linux),
+    the process's own descriptors for its open files and TCP connections (:func:`own_descriptors`).
+
+    Nothing machine-wide is read: psutil's connection list on Linux parses the whole machine's socket tables
+    (``/proc/net/tcp*``), whose size is every socket on the host, so it is used only where psutil asks the
+    process itself (macOS); elsewhere, without ``/proc/self/fd``, connections are not reported. The handle is
+    re-made when the pid changes (after ``fork()``).
+    """
     import psutil
 
     handle: list[Any] = []
+    descriptors = own_descriptors if _getsockopt is not None else None
+    per_process_connections = bool(psutil.MACOS)
 
     def sample() -> ProcessSample:
         pid = os.getpid()
@@ -43,22 +60,99 @@ def psutil_sampler() -> Callable[[], ProcessSample]:
         process = handle[0]
         with process.oneshot():
             times = process.cpu_times()
-            fds = process.num_fds() if hasattr(process, "num_fds") else None
-            connections = getattr(process, "net_connections", None) or process.connections
-            try:
-                established = sum(1 for c in connections(kind="tcp") if c.status == psutil.CONN_ESTABLISHED)
-            except psutil.AccessDenied:
-                established = None
+            fds: int | None
+            established: int | None = None
+            if descriptors is not None:
+                fds, established = descriptors()
+            else:
+                fds = process.num_fds() if hasattr(process, "num_fds") else None
+                if per_process_connections:
+                    try:
+                        established = sum(
+                            1 for c in process.net_connections(kind="tcp") if c.status == psutil.CONN_ESTABLISHED
+                        )
+                    except psutil.AccessDenied:
+                        established = None
+            memory = process.memory_info()
+            switches = process.num_ctx_switches()
             return ProcessSample(
                 pid=pid,
                 cpu_seconds=times.user + times.system,
-                rss_bytes=process.memory_info().rss,
+                rss_bytes=memory.rss,
                 threads=process.num_threads(),
                 open_fds=fds,
                 connections=established,
+                cpu_user=times.user,
+                cpu_system=times.system,
+                virtual_bytes=memory.vms,
+                context_switches=(switches.voluntary, switches.involuntary),
+                started=process.create_time(),
             )
 
     return sample
+
+
+_PROC_FD = "/proc/self/fd"
+_TCP_ESTABLISHED = 1  # tcpi_state, the first byte of struct tcp_info (Linux's TCP_ESTABLISHED)
+
+
+def _libc_getsockopt() -> Callable[..., int] | None:
+    """libc's ``getsockopt(2)``, called on a bare descriptor: a Python socket object made on the application's
+    descriptor could change it (under ``socket.setdefaulttimeout()`` it makes the socket non-blocking)."""
+    if not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        call = ctypes.CDLL(None).getsockopt
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+    call.restype = ctypes.c_int
+    return call
+
+
+_getsockopt = _libc_getsockopt() if os.path.isdir(_PROC_FD) else None
+
+
+def own_descriptors() -> tuple[int | None, int | None]:
+    """This process's open descriptors and its established TCP connections, from its own descriptors (Linux).
+
+    Lists ``/proc/self/fd`` (the count psutil's ``num_fds()`` gives) and asks each descriptor its TCP state
+    (``getsockopt(TCP_INFO)``, which only a TCP socket answers), without changing it. The cost grows with this
+    process's descriptors (a few µs each), never with the host's sockets. ``(None, None)`` where there is no
+    ``/proc/self/fd`` or no ``TCP_INFO``.
+
+    Example:
+        >>> import socket
+        >>> server = socket.create_server(("127.0.0.1", 0))
+        >>> before = own_descriptors()[1]
+        >>> client = socket.create_connection(server.getsockname())
+        >>> accepted, _ = server.accept()
+        >>> own_descriptors()[1] - before  # both ends are this process's
+        2
+        >>> for each in (client, accepted, server):
+        ...     each.close()
+    """
+    getsockopt = _getsockopt
+    if getsockopt is None:
+        return None, None
+    try:
+        names = os.listdir(_PROC_FD)
+    except OSError:
+        return None, None
+    state = ctypes.create_string_buffer(1)
+    size = ctypes.c_uint32(1)
+    length = ctypes.byref(size)
+    established = 0
+    for name in names:
+        size.value = 1
+        # Anything but a TCP socket (a file, a pipe, a UDP or unix socket, a descriptor closed meanwhile) fails.
+        if getsockopt(int(name), _TCP, _TCP_INFO, state, length) == 0 and state.raw[0] == _TCP_ESTABLISHED:
+            established += 1
+    return len(names), established
+
+
+_TCP = socket.IPPROTO_TCP
+_TCP_INFO: int = getattr(socket, "TCP_INFO", 0)
 
 
 @dataclass
@@ -70,6 +164,9 @@ class Reading:
     gc_collections: dict[int, int]
     gc_pause_s: dict[int, float]
     loop_lag_s: float | None
+    # Growth since the previous collection of cumulative process totals (CPU seconds by mode, context switches).
+    totals: dict[str, float] = field(default_factory=dict)
+    now: float = 0.0  # wall-clock seconds since the epoch, for the uptime
 
 
 @dataclass(frozen=True)
@@ -91,6 +188,38 @@ def _per_generation(values: dict[int, Any]) -> Pairs:
     return [(value, {"generation": str(generation)}) for generation, value in values.items() if value]
 
 
+def _totals(reading: Reading, label: str, keys: tuple[tuple[str, str], ...]) -> Pairs:
+    return [(reading.totals[key], {label: value}) for key, value in keys if reading.totals.get(key)]
+
+
+def _uptime(reading: Reading) -> Pairs:
+    started = reading.sample.started
+    return [] if started is None else [(max(0.0, reading.now - started), None)]
+
+
+_CPU_MODES = (("cpu.user", "user"), ("cpu.system", "system"))
+_SWITCH_TYPES = (("switches.voluntary", "voluntary"), ("switches.involuntary", "involuntary"))
+
+# The semantic conventions' process metrics, beside the seed's names (Prometheus: process_cpu_time_seconds_total,
+# process_memory_usage_bytes, process_thread_count, process_open_file_descriptor_count, ...).
+SEMCONV_SPECS: tuple[MetricSpec, ...] = (
+    MetricSpec("process.cpu.time", "s", "counter", lambda r: _totals(r, "cpu.mode", _CPU_MODES),
+               "Total CPU seconds broken down by different CPU modes."),
+    MetricSpec("process.memory.usage", "By", "gauge", lambda r: _one(r.sample.rss_bytes),
+               "The amount of physical memory in use."),
+    MetricSpec("process.memory.virtual", "By", "gauge", lambda r: _one(r.sample.virtual_bytes),
+               "The amount of committed virtual memory."),
+    MetricSpec("process.thread.count", "{thread}", "gauge", lambda r: _one(r.sample.threads),
+               "Process threads count."),
+    MetricSpec("process.open_file_descriptor.count", "{file_descriptor}", "gauge", lambda r: _one(r.sample.open_fds),
+               "Number of file descriptors in use by the process."),
+    MetricSpec("process.context_switches", "{context_switch}", "counter",
+               lambda r: _totals(r, "process.context_switch_type", _SWITCH_TYPES),
+               "Number of times the process has been context switched."),
+    MetricSpec("process.uptime", "s", "gauge", _uptime, "The time the process has been running."),
+)  # fmt: skip
+
+
 SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("cpu_usage_percent", "%", "gauge", lambda r: _one(r.cpu_percent),
                "CPU used by the process since the previous collection, in percent of one core."),
@@ -108,6 +237,7 @@ SPECS: tuple[MetricSpec, ...] = (
                "Time spent in garbage collection, by generation."),
     MetricSpec("event_loop_lag_seconds", "s", "gauge", lambda r: _one(r.loop_lag_s),
                "How late the watched asyncio event loop ran a callback scheduled at the previous collection."),
+    *SEMCONV_SPECS,
 )  # fmt: skip
 
 
@@ -147,6 +277,8 @@ class ProcessReadings:
         # Every generation present from the start: the GC callback never grows the dict a collection copies.
         self._pause_total: dict[int, float] = dict.fromkeys(range(len(gc_stats())), 0.0)
         self._pause_seen: dict[int, float] = {}
+        self._totals_seen: dict[str, float] = {}
+        self._totals_pid = 0
         self._gc_start = 0.0
         self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
         self._lag: float | None = None
@@ -203,7 +335,27 @@ class ProcessReadings:
         elapsed = now - baseline[2]
         percent = max(0.0, 100.0 * (sample.cpu_seconds - baseline[1]) / elapsed) if elapsed > 0 else 0.0
         self._baseline = (sample.pid, sample.cpu_seconds, now)
-        return Reading(sample, percent, self._gc_deltas(), self._pause_deltas(), self._probe_loop(now))
+        reading = Reading(sample, percent, self._gc_deltas(), self._pause_deltas(), self._probe_loop(now))
+        reading.totals, reading.now = self._total_deltas(sample), time.time()
+        return reading
+
+    def _total_deltas(self, sample: ProcessSample) -> dict[str, float]:
+        """Growth of the process's cumulative totals since the previous collection; the first collection (and
+        the first in a forked child, whose totals restart at zero) reports the whole total."""
+        totals: dict[str, float | None] = {
+            "cpu.user": sample.cpu_user,
+            "cpu.system": sample.cpu_system,
+            "switches.voluntary": None if sample.context_switches is None else sample.context_switches[0],
+            "switches.involuntary": None if sample.context_switches is None else sample.context_switches[1],
+        }
+        if self._totals_pid != sample.pid:
+            self._totals_seen, self._totals_pid = {}, sample.pid
+        deltas = {}
+        for key, total in totals.items():
+            if total is not None:
+                deltas[key] = max(0.0, total - self._totals_seen.get(key, 0.0))
+                self._totals_seen[key] = total
+        return deltas
 
     def _gc_deltas(self) -> dict[int, int]:
         deltas = {}

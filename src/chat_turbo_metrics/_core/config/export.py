@@ -6,7 +6,14 @@ from dataclasses import dataclass
 
 from chat_turbo_metrics._core.config.checks import DURATION, EXPORT_DURATION, holds, one_of, port
 from chat_turbo_metrics._core.config.declaration import OtherVariable, Settings, Variable, setting
-from chat_turbo_metrics._core.config.values import parse_float, parse_host, parse_int, parse_names, parse_str
+from chat_turbo_metrics._core.config.values import (
+    parse_bool,
+    parse_float,
+    parse_host,
+    parse_int,
+    parse_names,
+    parse_str,
+)
 
 
 def otel_milliseconds(raw: str) -> float:
@@ -91,6 +98,13 @@ class ExportSettings(Settings):
         otel=("OTEL_EXPORTER_PROMETHEUS_PORT",),
         checks=(port(0),),
         meaning="port of `/metrics` (`0`: any free port)",
+    )
+    prometheus_scope_labels: bool = setting(
+        True,
+        parse=parse_bool,
+        variable="METRICS_PROMETHEUS_SCOPE_LABELS",
+        meaning="label every `/metrics` sample with `otel_scope_name` and `otel_scope_version`, as the "
+        "OTel-Prometheus compatibility spec requires; `false` leaves them out (upstream's `without_scope_info`)",
     )
 
 
