@@ -71,8 +71,11 @@ def _free_port() -> int:
 def _scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
+    return {  # the series' own labels (the exposition adds otel_scope_name and otel_scope_version)
+        (
+            sample.name,
+            frozenset((k, v) for k, v in sample.labels.items() if not k.startswith("otel_scope_")),
+        ): sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
