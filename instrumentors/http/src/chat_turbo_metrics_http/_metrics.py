@@ -107,7 +107,8 @@ def _new_in_flight(method: str, scheme: str) -> list[None]:
     key = (method, scheme)
     flight = _in_flight.get(key)
     if flight is None:
-        if len({known for _, known in _in_flight} | {scheme}) > _SCHEME_LIMIT:
+        schemes = {known for _, known in _in_flight}
+        if scheme not in schemes and len(schemes - {OTHER_METHOD}) >= _SCHEME_LIMIT:
             key = (OTHER_METHOD, OTHER_METHOD)
         flight = _in_flight.setdefault(key, [])  # setdefault: two threads making the same key share one list
     return flight
