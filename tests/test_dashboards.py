@@ -5,7 +5,10 @@
 Redis, the system instrumentor and an alert manager that fires and notifies. Once a few scrapes are in, every
 panel query of every dashboard in ``configs/grafana/`` (template variables substituted) goes through Prometheus's
 HTTP API and must be valid and return data; so must every variable query and every exported alert rule, which
-``promtool check rules`` must accept too, and which must be exactly what ``rules export`` writes.
+``promtool check rules`` must accept too, and which must be exactly what ``rules export`` writes. The service runs
+twice: with the seed's names, for ``chat-turbo-service.json``, and under ``OTEL_SEMCONV_STABILITY_OPT_IN=http,database``
+(the semantic conventions' names), for ``chat-turbo-service-semconv.json``; the alerting dashboard, whose names do
+not change, is checked against both. The service keeps the default ``otel_scope_*`` labels on every sample.
 """
 
 from __future__ import annotations
@@ -35,6 +38,16 @@ PROMETHEUS = ROOT / "configs" / "prometheus"
 DASHBOARDS = sorted(GRAFANA.glob("*.json"))
 SCRAPES = 5  # scrapes to wait for before querying (1 s apart): enough for every rate() to have two samples
 PATIENCE_S = 20.0
+MODES = {"seed": {}, "semconv": {"OTEL_SEMCONV_STABILITY_OPT_IN": "http,database"}}  # the service's environment
+# Which naming each dashboard is written for (the alerting names are the same in both).
+RUNS = {
+    "chat-turbo-service.json": ("seed",),
+    "chat-turbo-service-semconv.json": ("semconv",),
+    "chat-turbo-alerting.json": ("seed", "semconv"),
+}
+CHECKS = [
+    pytest.param(mode, GRAFANA / name, id=f"{Path(name).stem}-{mode}") for name, modes in RUNS.items() for mode in modes
+]
 
 
 @dataclass
@@ -94,16 +107,18 @@ def wait_until(what: str, check: Any, prometheus: Prometheus | None = None) -> N
         time.sleep(0.2)
 
 
-@pytest.fixture(scope="module")
-def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
+@pytest.fixture(scope="module", params=list(MODES))
+def scraped(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
+    """A real Prometheus that has scraped the service a few times, the service naming as ``request.param`` says."""
     binary = require_tool("prometheus")
     require(port_open("127.0.0.1", 6379), "Redis is not running on 127.0.0.1:6379")
-    directory = tmp_path_factory.mktemp("dashboards")
+    directory = tmp_path_factory.mktemp(f"dashboards-{request.param}")
     service_port = free_port()
     service = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "dashboard_service.py"), str(service_port),
          str(directory / "chat.db"), f"dashboards-{service_port}"],
-        env=clean_env(), stdout=subprocess.DEVNULL, stderr=(directory / "service.log").open("wb"),
+        env=clean_env(METRICS_PROMETHEUS_SCOPE_LABELS="true", **MODES[request.param]),
+        stdout=subprocess.DEVNULL, stderr=(directory / "service.log").open("wb"),
     )  # fmt: skip
     prometheus_process: subprocess.Popen[bytes] | None = None
     try:
@@ -172,7 +187,7 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def test_the_dashboards_are_current_grafana_json_with_unique_ids() -> None:
-    assert {path.name for path in DASHBOARDS} == {"chat-turbo-service.json", "chat-turbo-alerting.json"}
+    assert {path.name for path in DASHBOARDS} == set(RUNS)
     uids = set()
     for path in DASHBOARDS:
         dashboard = load(path)
@@ -189,7 +204,7 @@ def test_the_dashboards_are_current_grafana_json_with_unique_ids() -> None:
     assert len(uids) == len(DASHBOARDS)
 
 
-@pytest.mark.parametrize("path", DASHBOARDS, ids=[path.stem for path in DASHBOARDS])
+@pytest.mark.parametrize(("scraped", "path"), CHECKS, indirect=["scraped"])
 def test_every_panel_query_is_valid_and_returns_data(scraped: Scraped, path: Path) -> None:
     dashboard = load(path)
     problems = []
@@ -207,7 +222,7 @@ def test_every_panel_query_is_valid_and_returns_data(scraped: Scraped, path: Pat
     assert problems == [], "\n".join(problems)
 
 
-@pytest.mark.parametrize("path", DASHBOARDS, ids=[path.stem for path in DASHBOARDS])
+@pytest.mark.parametrize(("scraped", "path"), CHECKS, indirect=["scraped"])
 def test_every_template_variable_lists_the_scraped_service(scraped: Scraped, path: Path) -> None:
     for variable in load(path)["templating"]["list"]:
         if variable["type"] != "query":
@@ -236,6 +251,7 @@ def test_promtool_accepts_the_exported_rules_and_the_scrape_config() -> None:
         assert "SUCCESS" in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("scraped", ["seed"], indirect=True)  # the shipped rules read the seed's names
 def test_prometheus_loads_every_exported_rule_and_each_reads_scraped_data(scraped: Scraped) -> None:
     exported = yaml.safe_load((PROMETHEUS / "alert_rules.yml").read_text(encoding="utf-8"))
     rules = [rule for group in exported["groups"] for rule in group["rules"]]
