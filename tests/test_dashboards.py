@@ -13,6 +13,7 @@ not change, is checked against both. The service keeps the default ``otel_scope_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -21,7 +22,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,17 +108,14 @@ def wait_until(what: str, check: Any, prometheus: Prometheus | None = None) -> N
         time.sleep(0.2)
 
 
-@pytest.fixture(scope="module", params=list(MODES))
-def scraped(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
-    """A real Prometheus that has scraped the service a few times, the service naming as ``request.param`` says."""
-    binary = require_tool("prometheus")
-    require(port_open("127.0.0.1", 6379), "Redis is not running on 127.0.0.1:6379")
-    directory = tmp_path_factory.mktemp(f"dashboards-{request.param}")
+@contextlib.contextmanager
+def serving(binary: str, directory: Path, mode: str) -> Iterator[tuple[Scraped, Callable[[], None]]]:
+    """The service naming as ``mode`` says and a Prometheus scraping it, started; and how to wait for the scrapes."""
     service_port = free_port()
     service = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "dashboard_service.py"), str(service_port),
          str(directory / "chat.db"), f"dashboards-{service_port}"],
-        env=clean_env(METRICS_PROMETHEUS_SCOPE_LABELS="true", **MODES[request.param]),
+        env=clean_env(METRICS_PROMETHEUS_SCOPE_LABELS="true", **MODES[mode]),
         stdout=subprocess.DEVNULL, stderr=(directory / "service.log").open("wb"),
     )  # fmt: skip
     prometheus_process: subprocess.Popen[bytes] | None = None
@@ -141,16 +139,16 @@ def scraped(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
                 return False
             return bool(answer.get("data", {}).get("result"))
 
-        wait_until(f"{SCRAPES} successful scrapes of the service", scrapes, prometheus)
-        yield Scraped(
-            prometheus,
-            {
-                "job": job,
-                "instance": f"127.0.0.1:{service_port}",
-                "__rate_interval": "10s",  # what Grafana makes of a 1 s scrape interval, rounded up
-                "__range": "1m",
-                "datasource": "prometheus",
-            },
+        substitutions = {
+            "job": job,
+            "instance": f"127.0.0.1:{service_port}",
+            "__rate_interval": "10s",  # what Grafana makes of a 1 s scrape interval, rounded up
+            "__range": "1m",
+            "datasource": "prometheus",
+        }
+        yield (
+            Scraped(prometheus, substitutions),
+            lambda: wait_until(f"{SCRAPES} successful scrapes of the service ({mode} names)", scrapes, prometheus),
         )
     finally:
         for process in (prometheus_process, service):
@@ -161,6 +159,21 @@ def scraped(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+
+
+@pytest.fixture(scope="module")
+def scraped_by_mode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Scraped]]:
+    """For each naming, a real Prometheus that has scraped the service a few times (both started at once)."""
+    binary = require_tool("prometheus")
+    require(port_open("127.0.0.1", 6379), "Redis is not running on 127.0.0.1:6379")
+    with contextlib.ExitStack() as stack:
+        started = {
+            mode: stack.enter_context(serving(binary, tmp_path_factory.mktemp(f"dashboards-{mode}"), mode))
+            for mode in MODES
+        }
+        for _, wait in started.values():
+            wait()
+        yield {mode: scraped for mode, (scraped, _) in started.items()}
 
 
 def substitute(expr: str, values: dict[str, str]) -> str:
@@ -204,8 +217,11 @@ def test_the_dashboards_are_current_grafana_json_with_unique_ids() -> None:
     assert len(uids) == len(DASHBOARDS)
 
 
-@pytest.mark.parametrize(("scraped", "path"), CHECKS, indirect=["scraped"])
-def test_every_panel_query_is_valid_and_returns_data(scraped: Scraped, path: Path) -> None:
+@pytest.mark.parametrize(("mode", "path"), CHECKS)
+def test_every_panel_query_is_valid_and_returns_data(
+    scraped_by_mode: dict[str, Scraped], mode: str, path: Path
+) -> None:
+    scraped = scraped_by_mode[mode]
     dashboard = load(path)
     problems = []
     checked = 0
@@ -222,8 +238,11 @@ def test_every_panel_query_is_valid_and_returns_data(scraped: Scraped, path: Pat
     assert problems == [], "\n".join(problems)
 
 
-@pytest.mark.parametrize(("scraped", "path"), CHECKS, indirect=["scraped"])
-def test_every_template_variable_lists_the_scraped_service(scraped: Scraped, path: Path) -> None:
+@pytest.mark.parametrize(("mode", "path"), CHECKS)
+def test_every_template_variable_lists_the_scraped_service(
+    scraped_by_mode: dict[str, Scraped], mode: str, path: Path
+) -> None:
+    scraped = scraped_by_mode[mode]
     for variable in load(path)["templating"]["list"]:
         if variable["type"] != "query":
             continue
@@ -251,8 +270,8 @@ def test_promtool_accepts_the_exported_rules_and_the_scrape_config() -> None:
         assert "SUCCESS" in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("scraped", ["seed"], indirect=True)  # the shipped rules read the seed's names
-def test_prometheus_loads_every_exported_rule_and_each_reads_scraped_data(scraped: Scraped) -> None:
+def test_prometheus_loads_every_exported_rule_and_each_reads_scraped_data(scraped_by_mode: dict[str, Scraped]) -> None:
+    scraped = scraped_by_mode["seed"]  # the shipped rules read the seed's names
     exported = yaml.safe_load((PROMETHEUS / "alert_rules.yml").read_text(encoding="utf-8"))
     rules = [rule for group in exported["groups"] for rule in group["rules"]]
     assert {rule["name"] for rule in scraped.prometheus.rules()} == {rule["alert"] for rule in rules}
