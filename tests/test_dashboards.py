@@ -217,6 +217,31 @@ def test_the_dashboards_are_current_grafana_json_with_unique_ids() -> None:
     assert len(uids) == len(DASHBOARDS)
 
 
+def metric_names(dashboard: dict[str, Any]) -> set[str]:
+    """The series names the panels' queries select (``name{...}``)."""
+    return {
+        name
+        for panel in panels(dashboard)
+        for target in panel["targets"]
+        for name in re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", target["expr"])
+    }
+
+
+def test_the_semconv_service_dashboard_has_the_seed_ones_panels_on_the_conventions_names() -> None:
+    seed, semconv = load(GRAFANA / "chat-turbo-service.json"), load(GRAFANA / "chat-turbo-service-semconv.json")
+    layout = [(p["id"], p["type"], p["title"], p["gridPos"]) for p in seed["panels"]]
+    assert [(p["id"], p["type"], p["title"], p["gridPos"]) for p in semconv["panels"]] == layout
+    assert [v["name"] for v in semconv["templating"]["list"]] == [v["name"] for v in seed["templating"]["list"]]
+    # Only the names the semantic conventions do not rename are shared; HTTP, database, Redis and process read
+    # http_server_*, db_client_* and process_* (the system instrumentor's seed gauges would work too, but are not
+    # what a semconv dashboard should show).
+    assert metric_names(seed) & metric_names(semconv) == {
+        "cache_hit_ratio", "cache_hits_total", "cache_misses_total", "python_gc_collections_total",
+        "chat_turbo_metrics_series", "chat_turbo_metrics_exports_total",
+    }  # fmt: skip
+    assert {name.split("_")[0] for name in metric_names(semconv) - metric_names(seed)} == {"http", "db", "process"}
+
+
 @pytest.mark.parametrize(("mode", "path"), CHECKS)
 def test_every_panel_query_is_valid_and_returns_data(
     scraped_by_mode: dict[str, Scraped], mode: str, path: Path
