@@ -129,7 +129,7 @@ class Bound:
 
     def __init__(self, monitor: PerformanceMonitor) -> None:
         self.monitor = monitor
-        self.marker = monitor.increment_counter  # replaced by configure(): how a new recorder is noticed
+        self.marker = monitor._recorder  # swapped whole by configure(): how a new recorder is noticed
         self.series: dict[tuple[str, str, int, str], Series] = {}
         # The same series keyed by a WSGI status line ("200 OK"): found without parsing the status.
         self.lines: dict[tuple[str, str, str, str], Series] = {}
@@ -212,7 +212,7 @@ class RequestMetrics:
         """Handles on the monitor's current recorder: the one given, else the process-wide one."""
         monitor = self._fixed or PerformanceMonitor._instance or PerformanceMonitor.get_instance()
         bound = self._bound
-        if bound is None or bound.monitor is not monitor or bound.marker is not monitor.increment_counter:
+        if bound is None or bound.monitor is not monitor or bound.marker is not monitor._recorder:
             bound = self._bind(monitor)
         return bound
 

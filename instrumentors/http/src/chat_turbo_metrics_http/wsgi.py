@@ -147,7 +147,7 @@ class _WsgiMetrics(RequestMetrics):
         if error_type is None:
             bound = self._bound
             monitor = self._fixed or PerformanceMonitor._instance
-            if bound is None or bound.monitor is not monitor or bound.marker is not monitor.increment_counter:
+            if bound is None or bound.monitor is not monitor or bound.marker is not monitor._recorder:
                 bound = self.bound()
             series = bound.lines.get(key)
             if series is not None:
