@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import pytest
+
 from chat_turbo_metrics import PerformanceMonitor
 from chat_turbo_metrics_http import _metrics
 from chat_turbo_metrics_http.asgi import AsgiMetricsMiddleware
@@ -151,3 +153,51 @@ def test_url_scheme_values_are_bounded(monkeypatch: Any) -> None:
     assert overflow is _metrics._in_flight["_OTHER", "_OTHER"]
     assert ("GET", "one-too-many") not in _metrics._in_flight
     assert _metrics.in_flight("POST", "s0") is _metrics._in_flight["POST", "s0"]  # a known scheme still counts
+
+
+def test_aiohttp_server_counts_requests_in_flight_per_method(http_monitor: PerformanceMonitor) -> None:
+    """aiohttp on 127.0.0.1 (port chosen by the OS): GETs and an unknown method held in flight together."""
+    aiohttp = pytest.importorskip("aiohttp")
+    from aiohttp import web
+
+    from chat_turbo_metrics_http.aiohttp_server import AiohttpServerInstrumentor
+
+    async def run() -> dict[tuple[str, str], Any]:
+        release, arrived = asyncio.Event(), []
+
+        async def held(request: Any) -> Any:
+            arrived.append(request.method)
+            await release.wait()
+            return web.Response(text="ok")
+
+        app = web.Application()
+        app.router.add_route("*", "/held", held)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        try:
+            async with aiohttp.ClientSession() as session:
+                calls = [session.request(method, base + "/held") for method in ("GET", "GET", "PURGE")]
+                tasks = [asyncio.ensure_future(call) for call in calls]
+                for _ in range(500):
+                    if len(arrived) == len(tasks):
+                        break
+                    await asyncio.sleep(0.01)
+                held_counts = {key: active(http_monitor, *key) for key in (("GET", "http"), ("_OTHER", "http"))}
+                release.set()
+                for response in await asyncio.gather(*tasks):
+                    response.release()
+        finally:
+            await runner.cleanup()
+        return held_counts
+
+    AiohttpServerInstrumentor().instrument(monitor=http_monitor, metric_names="semconv")
+    try:
+        seen = asyncio.run(run())
+    finally:
+        AiohttpServerInstrumentor().uninstrument()
+    assert seen == {("GET", "http"): 2, ("_OTHER", "http"): 1}
+    assert active(http_monitor, "GET", "http") == 0
+    assert active(http_monitor, "_OTHER", "http") == 0
