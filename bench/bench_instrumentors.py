@@ -1,7 +1,8 @@
 """Issue 24's instrumentors against contrib's (metrics only, traces off) and the bare library, in the same run.
 
 Run: ``python bench/bench_instrumentors.py`` (``--quick`` for a rough run); the contrib peers come with the
-``bench`` extra (``pip install -e '.[bench]'``); a peer not installed is left out of the table. Timing is this
+``bench`` extra (``pip install -e '.[bench]'``); a peer not installed is left out of the table (five need
+``pip install --no-deps``: see the ``bench`` extra in pyproject.toml). Timing is this
 process's CPU time (``bench_datastores``' method: minimum over repeats and over rounds that alternate the cases),
 so the servers' work (an HTTP server in a subprocess, PostgreSQL) is not counted, only the client's.
 
