@@ -37,7 +37,7 @@ _HTTP_SEMCONV: Families = {
     "http_server_request_duration_seconds": ("histogram", _HTTP_SERVER | {"le"}),
     "http_server_request_body_size_bytes": ("histogram", _HTTP_SERVER | {"le"}),
     "http_server_response_body_size_bytes": ("histogram", _HTTP_SERVER | {"le"}),
-    "http_server_active_requests": ("gauge", frozenset()),
+    "http_server_active_requests": ("gauge", frozenset({"http_request_method", "url_scheme"})),
 }
 _DB_SEED: Families = {
     "database_query_duration_seconds": ("histogram", frozenset({"table", "operation", "status", "le"})),
@@ -329,12 +329,10 @@ def test_configure_switches_the_names_of_a_bound_middleware() -> None:
         from chat_turbo_metrics_http._settings import HttpMetricsSettings
 
         metrics = RequestMetrics(HttpMetricsSettings.from_options(environ={}))
-        metrics.started()
-        metrics.finish("GET", "/x", 200, "http", 0.01, 0, 2, None)
+        metrics.finish("GET", "/x", 200, "http", 0.01, 0, 2, None, metrics.started("GET", "http"))
         assert monitor.snapshot().value("api_requests", {"method": "GET", "endpoint": "/x", "status": 200}) == 1
         configure(environment="test", metrics_exporters=(), self_telemetry=False, semconv_stability_opt_in="http")
-        metrics.started()
-        metrics.finish("GET", "/x", 200, "http", 0.01, 0, 2, None)
+        metrics.finish("GET", "/x", 200, "http", 0.01, 0, 2, None, metrics.started("GET", "http"))
         snapshot = monitor.snapshot()
         tags = {
             "http.request.method": "GET",

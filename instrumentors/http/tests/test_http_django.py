@@ -33,6 +33,13 @@ def _urlconf() -> types.ModuleType:
         monitor = request.META["test.monitor"]
         return JsonResponse({"in_flight": monitor.snapshot().value("http_requests_in_flight")})
 
+    def active(request: HttpRequest) -> JsonResponse:
+        # The semantic conventions' gauge of this request's own (normalised) method and scheme, while it is handled.
+        monitor = request.META["test.monitor"]
+        method = request.method if request.method in ("GET", "POST") else "_OTHER"
+        tags = {"http.request.method": method, "url.scheme": request.scheme}
+        return JsonResponse({"active": monitor.snapshot().value("http.server.active_requests", tags)})
+
     def stream(request: HttpRequest) -> StreamingHttpResponse:
         def chunks() -> Iterator[bytes]:
             yield b"first "
@@ -49,6 +56,7 @@ def _urlconf() -> types.ModuleType:
         path("echo", echo),
         path("fail", fail),
         path("busy", busy),
+        path("active", active),
         path("stream", stream),
         path("health", echo),
         path("v2/", include(users)),
@@ -133,6 +141,21 @@ def test_requests_in_flight_are_counted_while_handled(django_client: Any, instru
     response = django_client.get("/busy", **{"test.monitor": instrumented})
     assert response.json() == {"in_flight": 1}
     assert instrumented.snapshot().value("http_requests_in_flight") == 0
+
+
+def test_active_requests_are_counted_per_method_and_scheme(
+    django_client: Any, http_monitor: PerformanceMonitor, wsgi_instrumentor: WsgiMetricsInstrumentor
+) -> None:
+    wsgi_instrumentor.instrument(monitor=http_monitor, metric_names="semconv")
+    extra = {"test.monitor": http_monitor}
+    assert django_client.get("/active", **extra).json() == {"active": 1}
+    assert django_client.post("/active", secure=True, **extra).json() == {"active": 1}
+    assert django_client.generic("PURGE", "/active", **extra).json() == {"active": 1}
+    snapshot = http_monitor.snapshot()
+    for method, scheme in (("GET", "http"), ("POST", "https"), ("_OTHER", "http")):
+        tags = {"http.request.method": method, "url.scheme": scheme}
+        assert snapshot.value("http.server.active_requests", tags) == 0
+    assert snapshot.value("http.server.active_requests", {"http.request.method": "PURGE", "url.scheme": "http"}) is None
 
 
 def test_uninstrument_restores_django(

@@ -48,8 +48,7 @@ def measure(metrics: RequestMetrics, get_response: Callable[[Any], Any], request
     path = request.path_info
     if MEASURED in meta or metrics.skips(path):
         return get_response(request)
-    meta[MEASURED] = True
-    metrics.started()
+    meta[MEASURED] = metrics.started(request.method or "GET", request.scheme or "http")  # its requests in flight
     start = _perf_counter()
     try:
         response = get_response(request)
@@ -140,6 +139,7 @@ def _finish(  # noqa: PLR0917 - one call site, called per request
         content_length(meta),
         sent,
         error_type,
+        meta[MEASURED],
     )
 
 
@@ -148,8 +148,7 @@ async def measure_async(metrics: RequestMetrics, get_response: Callable[[Any], A
     meta = request.META
     if MEASURED in meta or metrics.skips(request.path_info):
         return await get_response(request)
-    meta[MEASURED] = True
-    metrics.started()
+    meta[MEASURED] = metrics.started(request.method or "GET", request.scheme or "http")  # its requests in flight
     start = _perf_counter()
     try:
         response = await get_response(request)

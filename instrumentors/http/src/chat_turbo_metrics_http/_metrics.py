@@ -5,7 +5,8 @@ Shared by the ASGI and WSGI middleware. Per request it costs a dict lookup and o
 the duration, the count and both sizes under one lock: the handles are bound once per (method, route, status,
 scheme), rebound when ``configure()`` gives the monitor a new recorder (noticed by one identity test per request),
 and the instruments' units and buckets are declared again then. The in-flight gauges are read when metrics are
-collected, not set per request.
+collected, not set per request: requests in flight are counted per (method, scheme), which
+``http.server.active_requests`` reports as it is and ``http_requests_in_flight`` sums.
 """
 
 from __future__ import annotations
@@ -56,9 +57,11 @@ _ANGLED = re.compile(r"<(?:[^<>:]+:)?([^<>:]+)>")
 _BRACED = re.compile(r"\{([^{}:]+):[^{}]*\}")
 _templates: dict[str, str] = {}
 
-# Requests and websockets in flight in this process: append/pop are atomic, so threads need no lock.
-_in_flight: list[None] = []
+# Requests in flight in this process per (method, scheme), and websockets: append/pop are atomic, so threads need
+# no lock. The method is normalised (anything outside the standard set counts under _OTHER): the keys are bounded.
+_in_flight: dict[tuple[str, str], list[None]] = {}
 _websockets: list[None] = []
+_SCHEME_LIMIT = 8  # distinct url.scheme values counted; beyond, a request counts under (_OTHER, _OTHER)
 
 
 def route_template(route: str) -> str:
@@ -87,6 +90,30 @@ def normal_method(method: str) -> str:
     return method if method in STANDARD_METHODS else OTHER_METHOD
 
 
+def in_flight(method: str, scheme: str) -> list[None]:
+    """The requests in flight of ``method`` (normalised) and ``scheme``: append when one starts, pop when it ends.
+
+    Example:
+        >>> in_flight("FROB", "http") is in_flight("_OTHER", "http")
+        True
+    """
+    flight = _in_flight.get((method, scheme))
+    return _new_in_flight(method, scheme) if flight is None else flight
+
+
+def _new_in_flight(method: str, scheme: str) -> list[None]:
+    """The first request of a (method, scheme), or a method outside the standard set (never a key of its own)."""
+    method = normal_method(method)
+    key = (method, scheme)
+    flight = _in_flight.get(key)
+    if flight is None:
+        schemes = {known for _, known in _in_flight}
+        if scheme not in schemes and len(schemes - {OTHER_METHOD}) >= _SCHEME_LIMIT:
+            key = (OTHER_METHOD, OTHER_METHOD)
+        flight = _in_flight.setdefault(key, [])  # setdefault: two threads making the same key share one list
+    return flight
+
+
 Observe = Callable[[float], None]
 Series = Callable[[float, int, int], None]  # (duration, request bytes, response bytes) of one tag set
 
@@ -102,7 +129,7 @@ class Bound:
 
     def __init__(self, monitor: PerformanceMonitor) -> None:
         self.monitor = monitor
-        self.marker = monitor.increment_counter  # replaced by configure(): how a new recorder is noticed
+        self.marker = monitor._recorder  # swapped whole by configure(): how a new recorder is noticed
         self.series: dict[tuple[str, str, int, str], Series] = {}
         # The same series keyed by a WSGI status line ("200 OK"): found without parsing the status.
         self.lines: dict[tuple[str, str, str, str], Series] = {}
@@ -117,10 +144,16 @@ _in_flight_names: weakref.WeakKeyDictionary[PerformanceMonitor, set[str]] = weak
 def _read_in_flight(monitor: weakref.ref[PerformanceMonitor], names: set[str]) -> Callable[[], None]:
     def read() -> None:
         found = monitor()
-        if found is not None:
-            count = len(_in_flight)
-            for name in tuple(names):
-                found.record_gauge(name, count)
+        if found is None:
+            return
+        counts = [(key, len(flight)) for key, flight in tuple(_in_flight.items())]
+        total = sum(count for _, count in counts)
+        for name in tuple(names):
+            if name != SC_ACTIVE:  # the seed's gauge: one process-wide count
+                found.record_gauge(name, total)
+                continue
+            for (method, scheme), count in counts:  # the conventions': per method and scheme, 0 once idle
+                found.record_gauge(name, count, {"http.request.method": method, "url.scheme": scheme})
 
     return read
 
@@ -153,8 +186,8 @@ class RequestMetrics:
 
     Example:
         >>> metrics = RequestMetrics(HttpMetricsSettings(), monitor)
-        >>> metrics.started()
-        >>> metrics.finish("GET", "/api/messages/{id}", 200, "http", 0.004, 0, 120, None)
+        >>> flight = metrics.started("GET", "http")
+        >>> metrics.finish("GET", "/api/messages/{id}", 200, "http", 0.004, 0, 120, None, flight)
         >>> monitor.snapshot().value("api_requests", {"method": "GET", "endpoint": "/api/messages/{id}", "status": 200})
         1
     """
@@ -179,7 +212,7 @@ class RequestMetrics:
         """Handles on the monitor's current recorder: the one given, else the process-wide one."""
         monitor = self._fixed or PerformanceMonitor._instance or PerformanceMonitor.get_instance()
         bound = self._bound
-        if bound is None or bound.monitor is not monitor or bound.marker is not monitor.increment_counter:
+        if bound is None or bound.monitor is not monitor or bound.marker is not monitor._recorder:
             bound = self._bind(monitor)
         return bound
 
@@ -197,11 +230,24 @@ class RequestMetrics:
         return bound
 
     # --- in flight ------------------------------------------------------------------------------
-    def started(self) -> None:
-        """Count a request in flight (the gauges read the count when metrics are collected)."""
-        _in_flight.append(None)
+    def started(self, method: str, scheme: str) -> list[None]:
+        """Count a request in flight (the gauges read the count when metrics are collected).
+
+        Args:
+            method: the request method.
+            scheme: ``http`` or ``https``.
+
+        Returns:
+            The requests in flight it counts among, for :meth:`finish` (an application that rewrites the method
+            on the way, as method-override middleware does, leaves the count right).
+        """
+        flight = _in_flight.get((method, scheme))
+        if flight is None:
+            flight = _new_in_flight(method, scheme)
+        flight.append(None)
         if self._bound is None:  # the first request: the monitor reads the gauges from now on
             self.bound()
+        return flight
 
     def websocket_opened(self) -> Bound:
         """Count an open WebSocket connection."""
@@ -226,6 +272,7 @@ class RequestMetrics:
         received: int,
         sent: int,
         error_type: str | None,
+        flight: list[None],
     ) -> None:
         """A request :meth:`started` is over: no longer in flight, and recorded.
 
@@ -238,8 +285,9 @@ class RequestMetrics:
             received: request body bytes.
             sent: response body bytes.
             error_type: the exception's class name when the application raised; None otherwise.
+            flight: what :meth:`started` returned for this request.
         """
-        _in_flight.pop()
+        flight.pop()
         bound = self.bound()
         key = (method, endpoint, status, scheme)
         if error_type is None and status < 500:

@@ -77,7 +77,7 @@ class AiohttpServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         async def _handle(app: Any, request: Any) -> Any:
             if not switch[0] or metrics.skips(request.path):
                 return await original(app, request)
-            metrics.started()
+            flight = metrics.started(request.method, request.scheme)
             start = _perf_counter()
             status, sent, error_type = 500, 0, None
             try:
@@ -100,6 +100,7 @@ class AiohttpServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                     request.content_length or 0,
                     sent,
                     error_type,
+                    flight,
                 )
 
         _handle.__wrapped__ = original  # type: ignore[attr-defined]

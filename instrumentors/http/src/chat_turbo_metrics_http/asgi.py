@@ -146,7 +146,7 @@ class AsgiMetricsMiddleware:
             return
         scope[MEASURED] = True
         root_path = scope.get("root_path", "")
-        metrics.started()
+        flight = metrics.started(scope["method"], scope.get("scheme", "http"))
         status = received = sent = 0
         end = 0.0
         start = _perf_counter()
@@ -191,6 +191,7 @@ class AsgiMetricsMiddleware:
                 received,
                 sent,
                 error_type,
+                flight,
             )
 
     async def _unmeasured(self, scope: Scope, receive: Receive, send: Send) -> None:

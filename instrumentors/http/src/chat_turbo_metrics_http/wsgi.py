@@ -24,6 +24,7 @@ from chat_turbo_metrics_http._metrics import (
     UNMATCHED,
     RequestMetrics,
     _in_flight,
+    _new_in_flight,
     _templates,
     route_template,
 )
@@ -76,6 +77,7 @@ class _Exchange:
     written: Callable[[bytes], Any]  # the server's write
     body: Iterable[bytes]
     start: float
+    flight: list[None]  # the requests in flight it counts among
     # Class defaults, not slots: a request sets only what differs (four stores fewer per request).
     status: str = ""
     route: str = ""
@@ -145,14 +147,14 @@ class _WsgiMetrics(RequestMetrics):
         if error_type is None:
             bound = self._bound
             monitor = self._fixed or PerformanceMonitor._instance
-            if bound is None or bound.monitor is not monitor or bound.marker is not monitor.increment_counter:
+            if bound is None or bound.monitor is not monitor or bound.marker is not monitor._recorder:
                 bound = self.bound()
             series = bound.lines.get(key)
             if series is not None:
-                _in_flight.pop()
+                exchange.flight.pop()
                 series(duration, received, exchange.sent)
                 return
-        self._finish_parsed(key, duration, received, exchange.sent, error_type, environ)
+        self._finish_parsed(key, duration, received, exchange.sent, error_type, exchange)
 
     def _finish_parsed(  # noqa: PLR0917 - one call site
         self,
@@ -161,7 +163,7 @@ class _WsgiMetrics(RequestMetrics):
         received: int,
         sent: int,
         error_type: str | None,
-        environ: Environ,
+        exchange: _Exchange,
     ) -> None:
         """:meth:`finish` from a status line: a 5xx is an error named by the exception the framework caught."""
         method, route, line, scheme = key
@@ -172,8 +174,8 @@ class _WsgiMetrics(RequestMetrics):
         if error_type is not None:
             status = 500
         elif status >= 500:
-            error_type = environ.get(ERROR_TYPE)
-        self.finish(method, route, status, scheme, duration, received, sent, error_type)
+            error_type = exchange.environ.get(ERROR_TYPE)
+        self.finish(method, route, status, scheme, duration, received, sent, error_type, exchange.flight)
         if error_type is None and status < 500:  # found by its status line from now on
             bound = self.bound()
             series = bound.series.get((method, route, status, scheme))
@@ -203,13 +205,19 @@ class _MeasuredApp:
         if MEASURED in environ or (metrics.excludes and metrics.skips(environ.get("PATH_INFO", ""))):
             return self.app(environ, start_response)
         environ[MEASURED] = True
-        _in_flight.append(None)  # metrics.started(), inline
+        # metrics.started(), inline
+        kind = (environ.get("REQUEST_METHOD", "GET"), environ.get("wsgi.url_scheme", "http"))
+        flight = _in_flight.get(kind)
+        if flight is None:
+            flight = _new_in_flight(*kind)
+        flight.append(None)
         if metrics._bound is None:
             metrics.bound()
         exchange = _Exchange()
         exchange.metrics = metrics
         exchange.environ = environ
         exchange.respond = start_response
+        exchange.flight = flight
         exchange.start = _perf_counter()
         try:
             body = exchange.body = self.app(environ, exchange.start_response)
