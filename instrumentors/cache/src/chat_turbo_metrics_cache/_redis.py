@@ -98,11 +98,11 @@ class _Recorder:
     def current(self) -> PerformanceMonitor:
         """The monitor to record into, with the names it asks for (asked again after ``configure()``)."""
         monitor = self.monitor or self.resolve()
-        if monitor.increment_counter is not self.marker:
+        if monitor._recorder is not self.marker:
             mode = semconv_mode("database", monitor)
             if mode.semconv:
                 define_metrics(monitor, DB_CLIENT_OPERATION_DURATION)
-            self.seed, self.semconv, self.marker = mode.seed, mode.semconv, monitor.increment_counter
+            self.seed, self.semconv, self.marker = mode.seed, mode.semconv, monitor._recorder
         return monitor
 
     def duration(self, monitor: PerformanceMonitor, elapsed: float, command: str, error: BaseException | None) -> None:

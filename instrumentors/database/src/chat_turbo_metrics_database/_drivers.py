@@ -96,9 +96,9 @@ class Statements:
         """One statement ran (``status`` ``success`` or ``error``) in ``elapsed`` seconds; never raises."""
         try:
             monitor = self._fixed or PerformanceMonitor._instance or PerformanceMonitor.get_instance()
-            if monitor is not self._monitor or monitor.increment_counter is not self._marker:
+            if monitor is not self._monitor or monitor._recorder is not self._marker:
                 self._series = {"success": {}, "error": {}}
-                self._monitor, self._marker = monitor, monitor.increment_counter
+                self._monitor, self._marker = monitor, monitor._recorder
             series = self._series[status]
             observe = series.get(statement)
             if observe is None:

@@ -85,7 +85,7 @@ class _Listener:
         if mode.semconv:
             define_metrics(monitor, DB_CLIENT_OPERATION_DURATION, DB_CLIENT_CONNECTION_COUNT)
         self.names = SemconvNames(mode)
-        self.marker = monitor.increment_counter
+        self.marker = monitor._recorder  # swapped whole by configure(): how a new recorder is noticed
 
     def tags(self, statement: str, status: str, dialect: Any = None) -> dict[str, Any]:
         operation, table = self.classifier.classify(statement)
@@ -142,7 +142,7 @@ class _Listener:
     ) -> None:
         try:
             monitor = self.recorder()
-            if monitor.increment_counter is not self.marker:  # configure() made a new recorder
+            if monitor._recorder is not self.marker:  # configure() made a new recorder
                 self.follow(monitor)
             names = self.names
             tags = self.tags(statement, status, dialect)
@@ -161,7 +161,7 @@ class _Listener:
         monitor = self.hooked
         if monitor is None:
             return
-        if monitor.increment_counter is not self.marker:  # configure() since the last statement
+        if monitor._recorder is not self.marker:  # configure() since the last statement
             self.follow(monitor)
         with self.engines_lock:
             engines = list(self.engines.items())

@@ -119,7 +119,7 @@ class ClientMetrics:
         """One finished request: ``status`` 0 when no response came, ``why`` the error type (None: none)."""
         try:
             monitor = self._fixed or PerformanceMonitor._instance or PerformanceMonitor.get_instance()
-            if monitor is not self._monitor or monitor.increment_counter is not self._marker:
+            if monitor is not self._monitor or monitor._recorder is not self._marker:
                 self._bind(monitor)
             if why is None and status >= 400:
                 why = str(status)  # the conventions' error.type of an error response
@@ -144,7 +144,7 @@ class ClientMetrics:
                     )
                 except ValueError as error:  # the application defined it its own way first: keep theirs
                     _logger.debug("keeping the application's definition of %s: %s", name, error)
-        self._monitor, self._marker = monitor, monitor.increment_counter
+        self._monitor, self._marker = monitor, monitor._recorder
 
     def _new_series(self, key: Key) -> Observe:
         method, host, port, status, why = key
