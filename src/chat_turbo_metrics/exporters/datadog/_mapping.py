@@ -2,7 +2,10 @@
 
 Delta sums become counts (type 1) with an ``interval``; cumulative non-monotonic sums and gauges become
 gauges (type 3); a histogram becomes ``.count`` and ``.sum`` counts, ``.min`` and ``.max`` gauges and,
-when asked for, ``.bucket`` counts tagged ``lower_bound``/``upper_bound``. The resource gives the
+when asked for, ``.bucket`` counts tagged ``lower_bound``/``upper_bound``. An exponential histogram becomes the
+same ``.count``, ``.sum``, ``.min`` and ``.max`` (Datadog's mapping also makes a sketch of its buckets, which only
+the agent's intake takes, not the v2 series API): a cumulative one is turned into the interval's count and sum
+by the difference from the point last delivered, as Datadog's mapping does with cumulative points. The resource gives the
 ``service``, ``env`` and ``version`` tags and the host; point attributes become ``key:value`` tags
 sanitized to Datadog's tag rules. NaN and infinities are never sent.
 
@@ -19,11 +22,13 @@ import logging
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
+    ExponentialHistogram,
+    ExponentialHistogramDataPoint,
     Gauge,
     Histogram,
     HistogramDataPoint,
@@ -82,7 +87,9 @@ Series = bytes  # one series object, UTF-8 JSON
 # One encoder for every call: json.dumps with options builds a new encoder each time.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _ExtremeKey = tuple[str, tuple[str, ...]]
-Extremes = dict[_ExtremeKey, tuple[float, float]]
+# Per series: its last delivered (min, max); for a cumulative exponential histogram, under the key of its name
+# prefixed with "\0", also its last delivered (start ns, time ns, count, sum).
+Extremes = dict[_ExtremeKey, tuple[float, ...]]
 
 
 @functools.lru_cache(maxsize=4096)  # a few names per instrument, asked for on every point of every export
@@ -256,12 +263,59 @@ class SeriesMapper:
                 self._map_histogram(
                     metric.name, hpoint, self._emitter(out, hpoint, base_tags, resources), unit, pending
                 )
+        elif isinstance(data, ExponentialHistogram):
+            delta = data.aggregation_temporality == _DELTA
+            for epoint in data.data_points:
+                tags = self._tags(base_tags, epoint.attributes)
+                interval = epoint if delta else self._interval_of(metric.name, epoint, tags, pending)
+                self._map_summary(metric.name, interval, _Emitter(self, out, interval, tags, resources), unit, pending)
         else:
             self._warn_once(metric.name, f"{type(data).__name__} data has no Datadog v2 series mapping")
+
+    def _interval_of(
+        self, name: str, point: ExponentialHistogramDataPoint, tags: list[str], pending: Extremes
+    ) -> ExponentialHistogramDataPoint:
+        """A cumulative exponential point as the interval since the point last delivered (count, sum, start).
+
+        The pipeline's delta conversion leaves exponential histograms cumulative (their buckets change scale);
+        the count and sum Datadog is sent need no buckets. A series' first point, or one that restarted (a new
+        start time, a smaller count), is sent whole: everything since it started.
+        """
+        key = ("\0" + name, tuple(tags))
+        before = self._extremes.get(key)
+        pending[key] = (point.start_time_unix_nano, point.time_unix_nano, point.count, point.sum)
+        if before is None or before[0] != point.start_time_unix_nano or point.count < before[2]:
+            return point
+        return replace(
+            point,
+            start_time_unix_nano=int(before[1]),
+            count=point.count - int(before[2]),
+            sum=point.sum - before[3],
+        )
 
     def _map_histogram(
         self, name: str, point: HistogramDataPoint, emitter: _Emitter, unit: str | None, pending: Extremes
     ) -> None:
+        self._map_summary(name, point, emitter, unit, pending)
+        if self._options.histogram_buckets:
+            bucket_name = metric_name(name, ".bucket")
+            bounds = [-math.inf, *point.explicit_bounds, math.inf]
+            for index, count in enumerate(point.bucket_counts):
+                bucket_tags = (
+                    f"lower_bound:{bound_text(bounds[index])}",
+                    f"upper_bound:{bound_text(bounds[index + 1])}",
+                )
+                emitter.emit(bucket_name, COUNT, count, None, bucket_tags)
+
+    def _map_summary(
+        self,
+        name: str,
+        point: HistogramDataPoint | ExponentialHistogramDataPoint,
+        emitter: _Emitter,
+        unit: str | None,
+        pending: Extremes,
+    ) -> None:
+        """``.count`` and ``.sum`` counts; ``.min`` and ``.max`` gauges when they are the interval's own."""
         emitter.emit(metric_name(name, ".count"), COUNT, point.count, None)
         emitter.emit(metric_name(name, ".sum"), COUNT, point.sum, unit)
         key = (name, tuple(emitter.tags))
@@ -274,15 +328,6 @@ class SeriesMapper:
             if before is None or point.max > before[1]:
                 emitter.emit(metric_name(name, ".max"), GAUGE, point.max, unit)
             pending[key] = (point.min, point.max)
-        if self._options.histogram_buckets:
-            bucket_name = metric_name(name, ".bucket")
-            bounds = [-math.inf, *point.explicit_bounds, math.inf]
-            for index, count in enumerate(point.bucket_counts):
-                bucket_tags = (
-                    f"lower_bound:{bound_text(bounds[index])}",
-                    f"upper_bound:{bound_text(bounds[index + 1])}",
-                )
-                emitter.emit(bucket_name, COUNT, count, None, bucket_tags)
 
     def _emitter(
         self,
@@ -324,7 +369,7 @@ class _Emitter:
         self,
         mapper: SeriesMapper,
         out: list[Series],
-        point: NumberDataPoint | HistogramDataPoint,
+        point: NumberDataPoint | HistogramDataPoint | ExponentialHistogramDataPoint,
         tags: list[str],
         resources: str | None,
     ) -> None:
