@@ -87,7 +87,8 @@ def test_the_scrape_has_classic_buckets_with_the_exact_counts_and_sum(
     below = [le for le in samples if le not in ("+Inf",) and not le.startswith("render") and 0 < float(le) < 1]
     assert below == []  # nothing observed between 0 and 1: the first positive bucket ends at 1
     between = [count for le, count in samples.items() if not le.startswith("render") and 4 < float(le) < 8]
-    assert between and set(between) == {4}
+    assert len(between) == 31  # the 31 buckets between 4 and 8 at scale 5, each holding the 4 values up to 4
+    assert set(between) == {4}
 
 
 def test_datadog_gets_count_sum_min_max_of_each_interval(
@@ -103,9 +104,10 @@ def test_datadog_gets_count_sum_min_max_of_each_interval(
     assert monitor.force_flush()  # nothing new: an empty interval
 
     series = intake.accepted_series()
-    values = {suffix: [one["points"][0]["value"] for one in points(series, f"latency_ms.{suffix}")] for suffix in (
-        "count", "sum", "min", "max"
-    )}
+    values = {
+        suffix: [one["points"][0]["value"] for one in points(series, f"latency_ms.{suffix}")]
+        for suffix in ("count", "sum", "min", "max")
+    }
     # The pipeline's data is cumulative: each interval's count and sum are the difference from the last one sent.
     assert values == {"count": [2, 1, 0], "sum": [3, 4, 0], "min": [1], "max": [2, 4]}
     assert all(one["type"] == 1 for one in points(series, "latency_ms.count") + points(series, "latency_ms.sum"))
@@ -157,13 +159,25 @@ def test_the_pre_fork_merge_adds_exponential_histograms_of_different_scales() ->
         expected[index] = expected.get(index, 0) + 1
     assert buckets == expected
     samples = histogram_samples(to_prometheus_text(merged), "lat")
-    assert (samples["lat_count"], samples["lat_sum"], samples["+Inf"], samples["1"], samples["2"]) == (4, 1004.5, 4, 1, 3)
+    assert (samples["lat_count"], samples["lat_sum"], samples["+Inf"], samples["1"], samples["2"]) == (
+        4,
+        1004.5,
+        4,
+        1,
+        3,
+    )
     assert retire(None, states[0][1])["metrics"][0]["type"] == "exponential"  # a worker's exit keeps them
 
 
 def test_the_merge_keeps_a_wide_exponential_histogram_within_160_buckets() -> None:
-    from opentelemetry.sdk.metrics.export import Buckets, ExponentialHistogramDataPoint, Metric, MetricsData
-    from opentelemetry.sdk.metrics.export import ResourceMetrics, ScopeMetrics
+    from opentelemetry.sdk.metrics.export import (
+        Buckets,
+        ExponentialHistogramDataPoint,
+        Metric,
+        MetricsData,
+        ResourceMetrics,
+        ScopeMetrics,
+    )
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
@@ -196,16 +210,19 @@ def test_the_spec_values_are_accepted() -> None:
     for value in ("explicit_bucket_histogram", EXPONENTIAL, "BASE2_Exponential_Bucket_Histogram"):
         config = get_monitoring_config("test", env={VARIABLE: value})
         assert config.histogram_aggregation == value.lower()
-    assert get_monitoring_config("test", env={}).histogram_aggregation == (
-        "explicit_bucket_histogram"
-    )
+    assert get_monitoring_config("test", env={}).histogram_aggregation == ("explicit_bucket_histogram")
 
 
 def test_the_config_command_exits_2_on_a_bad_value() -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("OTEL_", "METRICS_", "CHAT_TURBO"))}
     env.update({VARIABLE: "exponential", "CHAT_TURBO_ENV": "test"})
     done = subprocess.run(
-        [sys.executable, "-m", "chat_turbo_metrics", "config"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "chat_turbo_metrics", "config"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 2
     assert f"{VARIABLE}='exponential'" in done.stderr

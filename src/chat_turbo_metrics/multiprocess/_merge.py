@@ -1,14 +1,15 @@
 """Merge the cumulative collections of several processes of one service into one ``MetricsData``.
 
-A pre-fork server (gunicorn, ``uvicorn --workers``) runs one pipeline per worker; a scrape must show the
-service. Each process's collection travels as a *state*: plain JSON-able data (see :func:`encode`), small
-enough to send over a socket and to keep on disk for a worker that has exited. :func:`merge` adds the states
-up: sums (counters, up-down counters) and histogram buckets, counts and sums are added, histogram min and max
-combined; the start time is the earliest. Exponential histograms are added at the finer scale both can take (the
-coarser of the two, lowered further while the buckets would span more than 160), as the SDK merges them. Gauges have no meaningful sum in general, so each gauge follows a
-*mode* chosen per metric (:data:`GAUGE_MODES`). A *retired* state (:func:`retire`) accumulates the sums and
-histograms of processes that have exited, so that the service's counters never go backwards when a worker is
-recycled; their gauges are dropped, because a gauge of a process that is gone no longer describes anything.
+A pre-fork server (gunicorn, ``uvicorn --workers``) runs one pipeline per worker; a scrape must show the service.
+Each process's collection travels as a *state*: plain JSON-able data (see :func:`encode`), small enough to send over
+a socket and to keep on disk for a worker that has exited. :func:`merge` adds the states up: sums (counters, up-down
+counters) and histogram buckets, counts and sums are added, histogram min and max combined; the start time is the
+earliest. Exponential histograms are added at the finer scale both can take (the coarser of the two, lowered further
+while the buckets would span more than 160), as the SDK merges them. Gauges have no meaningful sum in general, so
+each gauge follows a *mode* chosen per metric (:data:`GAUGE_MODES`). A *retired* state (:func:`retire`) accumulates
+the sums and histograms of processes that have exited, so that the service's counters never go backwards when a
+worker is recycled; their gauges are dropped, because a gauge of a process that is gone no longer describes
+anything.
 
 Example:
     >>> from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
@@ -213,8 +214,11 @@ def _add_exponential(family: _Family, point: list[Any], member: str) -> None:
         return
     merged_scale = min(scale, found[5])
     sides = []
-    for ours, theirs in ((found[7:9], (p_offset, p_counts)), (found[9:11], (n_offset, n_counts))):
-        buckets = _sparse(*ours, found[5] - merged_scale)
+    for (our_offset, our_counts), theirs in (
+        ((found[7], found[8]), (p_offset, p_counts)),
+        ((found[9], found[10]), (n_offset, n_counts)),
+    ):
+        buckets = _sparse(our_offset, our_counts, found[5] - merged_scale)
         for index, n in _sparse(*theirs, scale - merged_scale).items():
             buckets[index] = buckets.get(index, 0) + n
         sides.append(buckets)

@@ -15,7 +15,6 @@ from chat_turbo_metrics._core.config.values import (
     parse_str,
 )
 
-
 EXPLICIT_HISTOGRAM = "explicit_bucket_histogram"
 EXPONENTIAL_HISTOGRAM = "base2_exponential_bucket_histogram"
 
@@ -103,10 +102,10 @@ class ExportSettings(Settings):
         parse=otel_enum,
         otel=("OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",),
         checks=(one_of(EXPLICIT_HISTOGRAM, EXPONENTIAL_HISTOGRAM),),
-        meaning="`explicit_bucket_histogram` or `base2_exponential_bucket_histogram` (any case): with the latter, histograms "
-        "without explicit View buckets are aggregated as base-2 exponential histograms (max scale 20, 160 buckets) "
-        "and recorded through the SDK (slower); OTLP and file exporters receive them as such, `/metrics` as the "
-        "classic buckets they convert to, Datadog as count/sum/min/max",
+        meaning="`explicit_bucket_histogram` or `base2_exponential_bucket_histogram` (any case): with the latter, "
+        "histograms without explicit View buckets are base-2 exponential histograms (max scale 20, 160 buckets), "
+        "recorded through the SDK (slower); OTLP and file exporters receive them as such, `/metrics` as the classic "
+        "buckets they convert to, Datadog as count/sum/min/max, the database skips them (warned once)",
     )
     prometheus_host: str = setting(
         "localhost",

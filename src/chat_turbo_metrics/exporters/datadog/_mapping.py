@@ -5,8 +5,8 @@ gauges (type 3); a histogram becomes ``.count`` and ``.sum`` counts, ``.min`` an
 when asked for, ``.bucket`` counts tagged ``lower_bound``/``upper_bound``. An exponential histogram becomes the
 same ``.count``, ``.sum``, ``.min`` and ``.max`` (Datadog's mapping also makes a sketch of its buckets, which only
 the agent's intake takes, not the v2 series API): a cumulative one is turned into the interval's count and sum
-by the difference from the point last delivered, as Datadog's mapping does with cumulative points. The resource gives the
-``service``, ``env`` and ``version`` tags and the host; point attributes become ``key:value`` tags
+by the difference from the point last delivered, as Datadog's mapping does with cumulative points. The resource
+gives the ``service``, ``env`` and ``version`` tags and the host; point attributes become ``key:value`` tags
 sanitized to Datadog's tag rules. NaN and infinities are never sent.
 
 Each series is written straight to JSON: the tags of a data point are encoded once and shared by every
