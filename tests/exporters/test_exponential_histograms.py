@@ -226,3 +226,46 @@ def test_the_config_command_exits_2_on_a_bad_value() -> None:
     )
     assert done.returncode == 2
     assert f"{VARIABLE}='exponential'" in done.stderr
+
+
+def test_the_database_stores_each_interval_as_the_classic_histogram_it_converts_to(
+    monitor_factory: MonitorFactory, tmp_path: Path
+) -> None:
+    import time
+
+    from chat_turbo_metrics.exporters.database import DatabaseExporter
+
+    monitor = exponential_monitor(monitor_factory)
+    exporter = DatabaseExporter(f"sqlite:///{tmp_path / 'metrics.db'}", retention_days=1)
+    monitor.add_exporter(exporter)
+    for value in (1, 2):
+        monitor.record_histogram("latency_ms", value)
+    assert monitor.force_flush()
+    for value in (4, 1000):  # a wider range: the cumulative point lowers its scale, the delta still subtracts
+        monitor.record_histogram("latency_ms", value)
+    assert monitor.force_flush()
+    now = time.time()
+    (row,) = exporter.history().histogram_stats("latency_ms", now - 600, now + 600, bucket_s=3600)
+    assert (row.count, row.sum, row.min, row.max) == (4, 1007, 1, 1000)
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'metrics.db'}")
+    with engine.connect() as conn:
+        stored = conn.execute(
+            text(
+                "SELECT p.count, p.bounds, p.bucket_counts FROM ctm_points p JOIN ctm_streams s ON p.stream_id = s.id "
+                "WHERE s.name = 'latency_ms' ORDER BY p.id"
+            )
+        ).all()
+        kinds = set(conn.execute(text("SELECT kind FROM ctm_streams WHERE name = 'latency_ms'")).scalars())
+    engine.dispose()
+    assert kinds == {"histogram"}
+    counts = [row[0] for row in stored]
+    assert counts == [2, 2]  # each row is its own interval
+    for count, bounds, buckets in stored:
+        assert sum(json.loads(buckets)) == count
+        assert len(json.loads(bounds)) + 1 == len(json.loads(buckets))
+    # The second interval holds 4 and 1000 only: at scale 3, 4.0 is a bucket's upper bound (inclusive).
+    bounds, buckets = json.loads(stored[1][1]), json.loads(stored[1][2])
+    assert sum(n for bound, n in zip(bounds, buckets, strict=False) if bound < 4) == 0
+    assert buckets[bounds.index(4.0)] == 1

@@ -22,6 +22,7 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
+    ExponentialHistogramDataPoint,
     HistogramDataPoint,
     MetricsData,
     NumberDataPoint,
@@ -53,6 +54,7 @@ from sqlalchemy import (
 from chat_turbo_metrics._collection.records import data_kind
 from chat_turbo_metrics._collection.walk import resources, walk
 from chat_turbo_metrics._core.config import ConfigurationError
+from chat_turbo_metrics.exporters._prometheus_text import explicit_buckets
 
 SCHEMA_VERSION = 2
 # What says whose a stream is (see the module docstring); a missing attribute counts as null.
@@ -167,13 +169,15 @@ _DELTA = AggregationTemporality.DELTA
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
 
 # Stored kind -> the temporality its rows must have: increments for counters and histograms, values for the
-# rest. Anything else (cumulative counters, delta up-down counters, exponential histograms) would make the
-# stored rows mean something the queries do not expect, so it is skipped.
+# rest. Anything else (cumulative counters, delta up-down counters, cumulative exponential histograms) would make
+# the stored rows mean something the queries do not expect, so it is skipped. A delta exponential histogram is
+# stored as the classic histogram its buckets convert to, exactly (kind ``histogram``: what the queries read).
 _STORED_TEMPORALITY: dict[str, AggregationTemporality | None] = {
     "counter": _DELTA,
     "updowncounter": _CUMULATIVE,
     "gauge": None,
     "histogram": _DELTA,
+    "exponential_histogram": _DELTA,
 }
 
 
@@ -215,6 +219,27 @@ def _histogram_row(point: HistogramDataPoint) -> dict[str, Any]:
     }
 
 
+def _exponential_row(point: ExponentialHistogramDataPoint) -> dict[str, Any]:
+    converted = explicit_buckets(point)
+    return {
+        "start_ns": point.start_time_unix_nano,
+        "end_ns": point.time_unix_nano,
+        "value": None,
+        "count": point.count,
+        "sum": float(point.sum),
+        "min": _finite(point.min),
+        "max": _finite(point.max),
+        "bounds": json.dumps([float(bound) for bound in converted.explicit_bounds]),
+        "bucket_counts": json.dumps(list(converted.bucket_counts)),
+    }
+
+
+_ROWS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "histogram": _histogram_row,
+    "exponential_histogram": _exponential_row,
+}
+
+
 class ExportRows:
     """The stream rows (by hash) and point rows (with their stream's hash) of one :class:`MetricsData`,
     and the owners of its resources."""
@@ -241,11 +266,11 @@ class ExportRows:
         if kind not in _STORED_TEMPORALITY or _STORED_TEMPORALITY[kind] != temporality:
             self.skipped.add(name)
             return
-        to_row: Callable[[Any], dict[str, Any]] = _histogram_row if kind == "histogram" else _number_row
+        to_row: Callable[[Any], dict[str, Any]] = _ROWS.get(kind, _number_row)
         for point in data.data_points:
             stream = {
                 "name": name,
-                "kind": kind,
+                "kind": "histogram" if kind == "exponential_histogram" else kind,
                 "unit": unit or "",
                 "description": description or "",
                 "attributes": canonical_json(dict(point.attributes or {})),

@@ -105,7 +105,7 @@ class ExportSettings(Settings):
         meaning="`explicit_bucket_histogram` or `base2_exponential_bucket_histogram` (any case): with the latter, "
         "histograms without explicit View buckets are base-2 exponential histograms (max scale 20, 160 buckets), "
         "recorded through the SDK (slower); OTLP and file exporters receive them as such, `/metrics` as the classic "
-        "buckets they convert to, Datadog as count/sum/min/max, the database skips them (warned once)",
+        "buckets they convert to, Datadog as count/sum/min/max, the database as classic histograms",
     )
     prometheus_host: str = setting(
         "localhost",

@@ -1,13 +1,12 @@
 """OpenTelemetry metrics to Datadog v2 series (encoded JSON), the way Datadog's own OTel mapping does it.
 
-Delta sums become counts (type 1) with an ``interval``; cumulative non-monotonic sums and gauges become
-gauges (type 3); a histogram becomes ``.count`` and ``.sum`` counts, ``.min`` and ``.max`` gauges and,
-when asked for, ``.bucket`` counts tagged ``lower_bound``/``upper_bound``. An exponential histogram becomes the
-same ``.count``, ``.sum``, ``.min`` and ``.max`` (Datadog's mapping also makes a sketch of its buckets, which only
-the agent's intake takes, not the v2 series API): a cumulative one is turned into the interval's count and sum
-by the difference from the point last delivered, as Datadog's mapping does with cumulative points. The resource
-gives the ``service``, ``env`` and ``version`` tags and the host; point attributes become ``key:value`` tags
-sanitized to Datadog's tag rules. NaN and infinities are never sent.
+Delta sums become counts (type 1) with an ``interval``; cumulative non-monotonic sums and gauges become gauges (type
+3); a histogram becomes ``.count`` and ``.sum`` counts, ``.min`` and ``.max`` gauges and, when asked for,
+``.bucket`` counts tagged ``lower_bound``/``upper_bound``. An exponential histogram becomes the same ``.count``,
+``.sum``, ``.min`` and ``.max`` (Datadog's mapping also makes a sketch of its buckets, which only the agent's intake
+takes, not the v2 series API); like explicit ones they arrive as deltas (the pipeline's delta conversion). The
+resource gives the ``service``, ``env`` and ``version`` tags and the host; point attributes become ``key:value``
+tags sanitized to Datadog's tag rules. NaN and infinities are never sent.
 
 Each series is written straight to JSON: the tags of a data point are encoded once and shared by every
 series made from it (a histogram point makes four or more); about a third cheaper than building a dict per
@@ -22,7 +21,7 @@ import logging
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import (
@@ -87,9 +86,7 @@ Series = bytes  # one series object, UTF-8 JSON
 # One encoder for every call: json.dumps with options builds a new encoder each time.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _ExtremeKey = tuple[str, tuple[str, ...]]
-# Per series: its last delivered (min, max); for a cumulative exponential histogram, under the key of its name
-# prefixed with "\0", also its last delivered (start ns, time ns, count, sum).
-Extremes = dict[_ExtremeKey, tuple[float, ...]]
+Extremes = dict[_ExtremeKey, tuple[float, float]]
 
 
 @functools.lru_cache(maxsize=4096)  # a few names per instrument, asked for on every point of every export
@@ -263,35 +260,12 @@ class SeriesMapper:
                 self._map_histogram(
                     metric.name, hpoint, self._emitter(out, hpoint, base_tags, resources), unit, pending
                 )
-        elif isinstance(data, ExponentialHistogram):
-            delta = data.aggregation_temporality == _DELTA
+        elif isinstance(data, ExponentialHistogram) and data.aggregation_temporality == _DELTA:
             for epoint in data.data_points:
-                tags = self._tags(base_tags, epoint.attributes)
-                interval = epoint if delta else self._interval_of(metric.name, epoint, tags, pending)
-                self._map_summary(metric.name, interval, _Emitter(self, out, interval, tags, resources), unit, pending)
+                emitter = _Emitter(self, out, epoint, self._tags(base_tags, epoint.attributes), resources)
+                self._map_summary(metric.name, epoint, emitter, unit, pending)
         else:
             self._warn_once(metric.name, f"{type(data).__name__} data has no Datadog v2 series mapping")
-
-    def _interval_of(
-        self, name: str, point: ExponentialHistogramDataPoint, tags: list[str], pending: Extremes
-    ) -> ExponentialHistogramDataPoint:
-        """A cumulative exponential point as the interval since the point last delivered (count, sum, start).
-
-        The pipeline's delta conversion leaves exponential histograms cumulative (their buckets change scale);
-        the count and sum Datadog is sent need no buckets. A series' first point, or one that restarted (a new
-        start time, a smaller count), is sent whole: everything since it started.
-        """
-        key = ("\0" + name, tuple(tags))
-        before = self._extremes.get(key)
-        pending[key] = (point.start_time_unix_nano, point.time_unix_nano, point.count, point.sum)
-        if before is None or before[0] != point.start_time_unix_nano or point.count < before[2]:
-            return point
-        return replace(
-            point,
-            start_time_unix_nano=int(before[1]),
-            count=point.count - int(before[2]),
-            sum=point.sum - before[3],
-        )
 
     def _map_histogram(
         self, name: str, point: HistogramDataPoint, emitter: _Emitter, unit: str | None, pending: Extremes
