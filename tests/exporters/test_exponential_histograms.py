@@ -269,3 +269,46 @@ def test_the_database_stores_each_interval_as_the_classic_histogram_it_converts_
     bounds, buckets = json.loads(stored[1][1]), json.loads(stored[1][2])
     assert sum(n for bound, n in zip(bounds, buckets, strict=False) if bound < 4) == 0
     assert buckets[bounds.index(4.0)] == 1
+
+
+def test_the_delta_of_an_exponential_histogram_whose_scale_went_down() -> None:
+    from opentelemetry.sdk.metrics.export import (
+        AggregationTemporality,
+        Buckets,
+        ExponentialHistogramDataPoint,
+        Metric,
+        MetricsData,
+        ResourceMetrics,
+        ScopeMetrics,
+    )
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    from chat_turbo_metrics._pipeline.temporality import DeltaConverter
+
+    def data(time_ns: int, count: int, scale: int, offset: int, counts: list[int]) -> MetricsData:
+        point = ExponentialHistogramDataPoint(
+            {}, 1, time_ns, count, float(count), scale, 1, Buckets(offset, counts), Buckets(0, []), 0, 0.0, 9.0
+        )
+        metric = Metric("h", "", "", ExponentialHistogram([point], AggregationTemporality.CUMULATIVE))
+        scope = ScopeMetrics(InstrumentationScope("third.party"), [metric], "")
+        return MetricsData([ResourceMetrics(Resource({}), [scope], "")])
+
+    def point_of(metrics: MetricsData) -> Any:
+        return metrics.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points[0]
+
+    converter = DeltaConverter(monotonic_sums=False, non_monotonic_sums=False, histograms=True)
+    first, pending = converter.convert(data(10, 4, 2, 4, [1, 1, 1]))  # buckets 4, 5, 6 at scale 2 (+1 zero)
+    converter.commit(pending)
+    assert point_of(first).count == 4  # a series' first delta is all of it
+    # At scale 1 those are buckets 2, 2, 3; two more observations went to bucket 3 and one to bucket 5.
+    second, _ = converter.convert(data(20, 7, 1, 2, [2, 3, 0, 1]))
+    delta = point_of(second)
+    assert second.resource_metrics[0].scope_metrics[0].metrics[0].data.aggregation_temporality == (
+        AggregationTemporality.DELTA
+    )
+    assert (delta.start_time_unix_nano, delta.count, delta.zero_count, delta.scale) == (10, 3, 0, 1)
+    assert (delta.positive.offset, list(delta.positive.bucket_counts)) == (2, [0, 2, 0, 1])
+    # A point that does not contain the earlier one (a restart) is all of its own interval.
+    restarted, _ = converter.convert(data(30, 1, 1, 2, [0, 0, 0, 0]))
+    assert point_of(restarted).count == 1
