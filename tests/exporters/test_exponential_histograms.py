@@ -19,7 +19,18 @@ from typing import Any
 
 import pytest
 from datadog_intake import DD_KEY, DatadogIntake, points, running_intake
-from opentelemetry.sdk.metrics.export import ExponentialHistogram
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Buckets,
+    ExponentialHistogram,
+    ExponentialHistogramDataPoint,
+    Metric,
+    MetricsData,
+    ResourceMetrics,
+    ScopeMetrics,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from chat_turbo_metrics import ConfigurationError, MonitoringConfig, PerformanceMonitor, get_monitoring_config
 from chat_turbo_metrics._cli.config import run_config_command
@@ -39,6 +50,18 @@ VALUES = (0, 1, 2, 4, 8)
 def intake() -> Iterator[DatadogIntake]:
     with running_intake() as server:
         yield server
+
+
+def exponential_data(
+    time_ns: int, count: int, scale: int, offset: int, counts: list[int], *, zero: int = 0
+) -> MetricsData:
+    """One cumulative exponential histogram point (started at 1 ns, sum = count, min 0, max 9) of metric ``h``."""
+    point = ExponentialHistogramDataPoint(
+        {}, 1, time_ns, count, float(count), scale, zero, Buckets(offset, counts), Buckets(0, []), 0, 0.0, 9.0
+    )
+    metric = Metric("h", "", "", ExponentialHistogram([point], AggregationTemporality.CUMULATIVE))
+    scope = ScopeMetrics(InstrumentationScope("third.party"), [metric], "")
+    return MetricsData([ResourceMetrics(Resource({}), [scope], "")])
 
 
 def exponential_monitor(factory: MonitorFactory, recording: str = "fast", **settings: Any) -> PerformanceMonitor:
@@ -170,28 +193,14 @@ def test_the_pre_fork_merge_adds_exponential_histograms_of_different_scales() ->
 
 
 def test_the_merge_keeps_a_wide_exponential_histogram_within_160_buckets() -> None:
-    from opentelemetry.sdk.metrics.export import (
-        Buckets,
-        ExponentialHistogramDataPoint,
-        Metric,
-        MetricsData,
-        ResourceMetrics,
-        ScopeMetrics,
-    )
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-
-    def state(offset: int) -> dict[str, Any]:
-        point = ExponentialHistogramDataPoint(
-            {}, 1, 2, 1, 1.0, 20, 0, Buckets(offset, [1]), Buckets(0, []), 0, 1.0, 1.0
-        )
-        metric = Metric("wide", "", "", ExponentialHistogram([point], 2))
-        scope = ScopeMetrics(InstrumentationScope("s"), [metric], "")
-        return encode(MetricsData([ResourceMetrics(Resource({}), [scope], "")]))
 
     # Two single buckets 2**20 apart at scale 20: merged, they must fit 160 buckets. At scale 7 they are 2**7 = 128
     # apart (129 buckets); at scale 8, 257 would be too many.
-    merged = merge([("1", state(0)), ("2", state(2**20))], retired=None, gauge_mode=lambda name: "sum")
+    merged = merge(
+        [("1", encode(exponential_data(2, 1, 20, 0, [1]))), ("2", encode(exponential_data(2, 1, 20, 2**20, [1])))],
+        retired=None,
+        gauge_mode=lambda name: "sum",
+    )
     point = merged.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points[0]
     assert (point.count, point.scale) == (2, 7)
     assert {point.positive.offset + i: n for i, n in enumerate(point.positive.bucket_counts) if n} == {0: 1, 128: 1}
@@ -272,37 +281,19 @@ def test_the_database_stores_each_interval_as_the_classic_histogram_it_converts_
 
 
 def test_the_delta_of_an_exponential_histogram_whose_scale_went_down() -> None:
-    from opentelemetry.sdk.metrics.export import (
-        AggregationTemporality,
-        Buckets,
-        ExponentialHistogramDataPoint,
-        Metric,
-        MetricsData,
-        ResourceMetrics,
-        ScopeMetrics,
-    )
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-
     from chat_turbo_metrics._pipeline.temporality import DeltaConverter
-
-    def data(time_ns: int, count: int, scale: int, offset: int, counts: list[int]) -> MetricsData:
-        point = ExponentialHistogramDataPoint(
-            {}, 1, time_ns, count, float(count), scale, 1, Buckets(offset, counts), Buckets(0, []), 0, 0.0, 9.0
-        )
-        metric = Metric("h", "", "", ExponentialHistogram([point], AggregationTemporality.CUMULATIVE))
-        scope = ScopeMetrics(InstrumentationScope("third.party"), [metric], "")
-        return MetricsData([ResourceMetrics(Resource({}), [scope], "")])
 
     def point_of(metrics: MetricsData) -> Any:
         return metrics.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points[0]
 
     converter = DeltaConverter(monotonic_sums=False, non_monotonic_sums=False, histograms=True)
-    first, pending = converter.convert(data(10, 4, 2, 4, [1, 1, 1]))  # buckets 4, 5, 6 at scale 2 (+1 zero)
+    first, pending = converter.convert(
+        exponential_data(10, 4, 2, 4, [1, 1, 1], zero=1)
+    )  # buckets 4, 5, 6 at scale 2 (+1 zero)
     converter.commit(pending)
     assert point_of(first).count == 4  # a series' first delta is all of it
     # At scale 1 those are buckets 2, 2, 3; two more observations went to bucket 3 and one to bucket 5.
-    second, _ = converter.convert(data(20, 7, 1, 2, [2, 3, 0, 1]))
+    second, _ = converter.convert(exponential_data(20, 7, 1, 2, [2, 3, 0, 1], zero=1))
     delta = point_of(second)
     assert second.resource_metrics[0].scope_metrics[0].metrics[0].data.aggregation_temporality == (
         AggregationTemporality.DELTA
@@ -310,5 +301,5 @@ def test_the_delta_of_an_exponential_histogram_whose_scale_went_down() -> None:
     assert (delta.start_time_unix_nano, delta.count, delta.zero_count, delta.scale) == (10, 3, 0, 1)
     assert (delta.positive.offset, list(delta.positive.bucket_counts)) == (2, [0, 2, 0, 1])
     # A point that does not contain the earlier one (a restart) is all of its own interval.
-    restarted, _ = converter.convert(data(30, 1, 1, 2, [0, 0, 0, 0]))
+    restarted, _ = converter.convert(exponential_data(30, 1, 1, 2, [0, 0, 0, 0], zero=1))
     assert point_of(restarted).count == 1

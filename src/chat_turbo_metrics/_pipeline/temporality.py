@@ -18,8 +18,9 @@ exporter added later, or a new series, loses nothing recorded before it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from opentelemetry.sdk.metrics import (
     Counter,
@@ -161,24 +162,19 @@ class DeltaConverter:
                 before = before if isinstance(before, NumberDataPoint) else None
                 numbers.append(_number_delta(point, before, monotonic=data.is_monotonic))
             return replace(metric, data=replace(data, data_points=numbers, aggregation_temporality=_DELTA))
-        if self._histograms and isinstance(data, HistogramData) and data.aggregation_temporality == _CUMULATIVE:
-            histograms: list[HistogramDataPoint] = []
+        histogram = _HISTOGRAMS.get(type(data)) if self._histograms else None
+        if histogram is not None and isinstance(data, (HistogramData, ExponentialHistogram)):
+            if data.aggregation_temporality != _CUMULATIVE:
+                return metric
+            point_type, delta = histogram
+            histograms: list[Any] = []
             for hpoint in data.data_points:
                 key = (metric.name, attributes_key(hpoint.attributes))
                 current[key] = hpoint
                 hbefore = previous.get(key)
-                hbefore = hbefore if isinstance(hbefore, HistogramDataPoint) else None
-                histograms.append(_histogram_delta(hpoint, hbefore))
-            return replace(metric, data=replace(data, data_points=histograms, aggregation_temporality=_DELTA))
-        if self._histograms and isinstance(data, ExponentialHistogram) and data.aggregation_temporality == _CUMULATIVE:
-            exponentials: list[ExponentialHistogramDataPoint] = []
-            for epoint in data.data_points:
-                key = (metric.name, attributes_key(epoint.attributes))
-                current[key] = epoint
-                ebefore = previous.get(key)
-                ebefore = ebefore if isinstance(ebefore, ExponentialHistogramDataPoint) else None
-                exponentials.append(_exponential_delta(epoint, ebefore))
-            return replace(metric, data=replace(data, data_points=exponentials, aggregation_temporality=_DELTA))
+                histograms.append(delta(hpoint, hbefore if isinstance(hbefore, point_type) else None))
+            cumulative: Any = data  # either histogram type: the same two fields are replaced
+            return replace(metric, data=replace(cumulative, data_points=histograms, aggregation_temporality=_DELTA))
         return metric
 
 
@@ -252,3 +248,10 @@ def _buckets_delta(now: Buckets, then: Buckets, shift: int) -> Buckets | None:
                 return None
             counts[index] -= count
     return None if any(count < 0 for count in counts) else Buckets(offset=now.offset, bucket_counts=counts)
+
+
+# Histogram data type -> (its point type, the delta of a cumulative point against the one last exported).
+_HISTOGRAMS: dict[type, tuple[type, Callable[[Any, Any], Any]]] = {
+    HistogramData: (HistogramDataPoint, _histogram_delta),
+    ExponentialHistogram: (ExponentialHistogramDataPoint, _exponential_delta),
+}

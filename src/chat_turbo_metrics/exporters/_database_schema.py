@@ -205,7 +205,9 @@ def _number_row(point: NumberDataPoint) -> dict[str, Any]:
     }
 
 
-def _histogram_row(point: HistogramDataPoint) -> dict[str, Any]:
+def _histogram_row(point: HistogramDataPoint | ExponentialHistogramDataPoint) -> dict[str, Any]:
+    # An exponential point is stored as the classic histogram its buckets convert to, exactly.
+    buckets = explicit_buckets(point) if isinstance(point, ExponentialHistogramDataPoint) else point
     return {
         "start_ns": point.start_time_unix_nano,
         "end_ns": point.time_unix_nano,
@@ -214,29 +216,14 @@ def _histogram_row(point: HistogramDataPoint) -> dict[str, Any]:
         "sum": float(point.sum),
         "min": _finite(point.min),
         "max": _finite(point.max),
-        "bounds": json.dumps([float(bound) for bound in point.explicit_bounds]),
-        "bucket_counts": json.dumps(list(point.bucket_counts)),
-    }
-
-
-def _exponential_row(point: ExponentialHistogramDataPoint) -> dict[str, Any]:
-    converted = explicit_buckets(point)
-    return {
-        "start_ns": point.start_time_unix_nano,
-        "end_ns": point.time_unix_nano,
-        "value": None,
-        "count": point.count,
-        "sum": float(point.sum),
-        "min": _finite(point.min),
-        "max": _finite(point.max),
-        "bounds": json.dumps([float(bound) for bound in converted.explicit_bounds]),
-        "bucket_counts": json.dumps(list(converted.bucket_counts)),
+        "bounds": json.dumps([float(bound) for bound in buckets.explicit_bounds]),
+        "bucket_counts": json.dumps(list(buckets.bucket_counts)),
     }
 
 
 _ROWS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "histogram": _histogram_row,
-    "exponential_histogram": _exponential_row,
+    "exponential_histogram": _histogram_row,
 }
 
 

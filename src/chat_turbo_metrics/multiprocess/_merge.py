@@ -109,6 +109,11 @@ def _attrs_in(attributes: dict[str, Any]) -> dict[str, Any]:
     return {key: tuple(value) if isinstance(value, list) else value for key, value in attributes.items()}
 
 
+def _distribution_head(point: Any) -> list[Any]:
+    """What an encoded histogram point of either kind starts with: attributes, start, time, count, sum."""
+    return [_attrs_out(point.attributes), point.start_time_unix_nano, point.time_unix_nano, point.count, point.sum]
+
+
 def _encode_metric(scope: InstrumentationScope, metric: Metric) -> dict[str, Any] | None:
     data = metric.data
     entry: dict[str, Any] = {
@@ -130,11 +135,7 @@ def _encode_metric(scope: InstrumentationScope, metric: Metric) -> dict[str, Any
         entry["type"] = "histogram"
         entry["points"] = [
             [
-                _attrs_out(p.attributes),
-                p.start_time_unix_nano,
-                p.time_unix_nano,
-                p.count,
-                p.sum,
+                *_distribution_head(p),
                 list(p.bucket_counts),
                 list(p.explicit_bounds),
                 p.min,
@@ -152,11 +153,7 @@ def _encode_metric(scope: InstrumentationScope, metric: Metric) -> dict[str, Any
         entry["type"] = "exponential"
         entry["points"] = [
             [
-                _attrs_out(p.attributes),
-                p.start_time_unix_nano,
-                p.time_unix_nano,
-                p.count,
-                p.sum,
+                *_distribution_head(p),
                 p.scale,
                 p.zero_count,
                 *_trimmed(p.positive.offset, p.positive.bucket_counts),
