@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import http.server
 import io
 import logging
 import os
 import sys
 import tempfile
+import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
@@ -254,6 +256,63 @@ def django_middleware() -> None:
     assert (response.status_code, response.content) == (200, b"hello ann")
 
 
+def aiohttp_server_instrumentor() -> None:
+    import aiohttp
+    from aiohttp import web
+
+    from chat_turbo_metrics_http.aiohttp_server import AiohttpServerInstrumentor
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text=f"hello {request.match_info['name']}")
+
+    async def run() -> tuple[int, str]:
+        app = web.Application()
+        app.add_routes([web.get("/hello/{name}", hello)])
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}/hello/ann"
+            async with aiohttp.ClientSession() as session, session.get(url) as response:
+                return response.status, await response.text()
+        finally:
+            await runner.cleanup()
+
+    instrumentor = AiohttpServerInstrumentor()
+    instrumentor.instrument()
+    try:
+        assert asyncio.run(run()) == (200, "hello ann")
+    finally:
+        instrumentor.uninstrument()
+
+
+def django_asgi_instrumentor() -> None:
+    import types
+
+    django_middleware()  # Django configured (once per process)
+    from django.conf import settings
+    from django.core.handlers.asgi import ASGIHandler
+    from django.http import HttpRequest, HttpResponse
+    from django.urls import clear_url_caches, path
+
+    from chat_turbo_metrics_http.django_asgi import DjangoAsgiInstrumentor
+
+    async def hello(request: HttpRequest, name: str) -> HttpResponse:
+        return HttpResponse(f"hello {name}")
+
+    urls = types.ModuleType("bad_settings_asgi_urls")
+    urls.urlpatterns = [path("hello/<str:name>", hello)]  # type: ignore[attr-defined]
+    settings.ROOT_URLCONF = urls
+    clear_url_caches()
+    instrumentor = DjangoAsgiInstrumentor()
+    instrumentor.instrument()
+    try:
+        assert serve_asgi(ASGIHandler()) == (200, "hello ann")
+    finally:
+        instrumentor.uninstrument()
+
+
 def sqlalchemy_instrumentor() -> None:
     from sqlalchemy import create_engine, text
 
@@ -318,8 +377,148 @@ def seed_api() -> None:
     engine.dispose()
 
 
+# --- issue 24: HTTP clients against a server on 127.0.0.1, the PostgreSQL drivers used directly -------------
+
+
+class _Ok(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+
+_served: list[str] = []  # the base URL of the module's HTTP server while its fixture runs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def http_server() -> Iterator[None]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    _served.append(f"http://127.0.0.1:{server.server_address[1]}/hello?token=t")
+    yield
+    _served.clear()
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def http_clients() -> None:
+    import aiohttp
+    import httpx
+    import requests
+    import urllib3
+
+    from chat_turbo_metrics_http_client import (
+        AiohttpClientInstrumentor,
+        HttpxInstrumentor,
+        RequestsInstrumentor,
+        Urllib3Instrumentor,
+    )
+
+    instrumentors = (RequestsInstrumentor(), HttpxInstrumentor(), AiohttpClientInstrumentor(), Urllib3Instrumentor())
+    for instrumentor in instrumentors:
+        instrumentor.instrument()
+    url = _served[0]
+
+    async def async_clients() -> list[str]:
+        async with httpx.AsyncClient() as client, aiohttp.ClientSession() as session, session.get(url) as response:
+            return [(await client.get(url)).text, await response.text()]
+
+    try:
+        assert requests.get(url, timeout=5).text == "ok"
+        assert httpx.get(url).text == "ok"
+        assert urllib3.request("GET", url).data == b"ok"
+        assert asyncio.run(async_clients()) == ["ok", "ok"]
+    finally:
+        for instrumentor in instrumentors:
+            instrumentor.uninstrument()
+
+
+def postgres_drivers() -> None:
+    import asyncpg
+    import psycopg
+    import psycopg2
+
+    from chat_turbo_metrics_database import AsyncpgInstrumentor, Psycopg2Instrumentor, PsycopgInstrumentor
+
+    instrumentors = (PsycopgInstrumentor(), Psycopg2Instrumentor(), AsyncpgInstrumentor())
+    for instrumentor in instrumentors:
+        instrumentor.instrument()
+
+    async def on_asyncpg() -> Any:
+        connection = await asyncpg.connect("postgresql://127.0.0.1:5432/test")
+        try:
+            return await connection.fetchval("SELECT 40 + 2")
+        finally:
+            await connection.close()
+
+    try:
+        with psycopg.connect("host=127.0.0.1 dbname=test") as connection:
+            assert connection.execute("SELECT 40 + 2").fetchone() == (42,)
+        connection2 = psycopg2.connect("host=127.0.0.1 dbname=test")
+        try:
+            cursor = connection2.cursor()
+            cursor.execute("SELECT 40 + 2")
+            assert cursor.fetchone() == (42,)
+        finally:
+            connection2.close()
+        assert asyncio.run(on_asyncpg()) == 42
+    finally:
+        for instrumentor in instrumentors:
+            instrumentor.uninstrument()
+
+
+def celery_instrumentor() -> None:
+    from celery import Celery
+
+    from chat_turbo_metrics_celery import CeleryInstrumentor
+
+    app = Celery("bad_settings", broker="memory://")
+
+    @app.task(name="bad_settings.add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    instrumentor = CeleryInstrumentor()
+    instrumentor.instrument()
+    try:
+        assert add.apply(args=(40, 2)).get() == 42
+    finally:
+        instrumentor.uninstrument()
+
+
+def client_requests_counted(monitor: PerformanceMonitor) -> Any:
+    found = monitor.snapshot().value(
+        "http_client_request_duration_seconds",
+        {
+            "method": "GET",
+            "server_address": "127.0.0.1",
+            "server_port": int(_served[0].split(":")[2].split("/")[0]),
+            "status": 200,
+        },
+    )
+    return None if found is None else found["count"]
+
+
+def statements_counted(monitor: PerformanceMonitor) -> Any:
+    found = monitor.snapshot().value(
+        "database_query_duration_seconds", {"table": "other", "operation": "select", "status": "success"}
+    )
+    return None if found is None else found["count"]
+
+
 HTTP_STEPS = (asgi_instrumentor, asgi_middleware, flask_instrumentor, wsgi_middleware, django_middleware)
-STEPS = (*HTTP_STEPS, sqlalchemy_instrumentor, redis_instrumentor, system_instrumentor, seed_api)
+HTTP_STEPS += (aiohttp_server_instrumentor, django_asgi_instrumentor)
+STEPS = (*HTTP_STEPS, http_clients, sqlalchemy_instrumentor, postgres_drivers, redis_instrumentor)
+STEPS += (celery_instrumentor, system_instrumentor, seed_api)
 
 
 def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -375,11 +574,20 @@ def test_the_application_works_whatever_a_setting_says(
     if case.http_only:  # monitoring runs; the HTTP instrumentors, told nonsense, measured nothing
         assert requests_counted(monitor) is None
         assert monitor.snapshot().value("messages_sent", {"channel": "public"}) == 1
+        if "METRIC_NAMES" in case.name:  # the clients read the names too; the drivers are not HTTP's
+            assert client_requests_counted(monitor) is None
+        else:
+            assert client_requests_counted(monitor) == 5
+        assert statements_counted(monitor) == 5
     elif monitor.pipeline is None:  # monitoring could not start: every recording was a no-op
         assert not monitor.config.enabled
         assert monitor.snapshot().value("messages_sent", {"channel": "public"}) is None
     else:  # only an exporter was refused (strict=False): the rest started and measured
-        assert requests_counted(monitor) == 3  # ASGI twice and Flask: the WSGI and Django apps use other paths
+        # ASGI twice, Flask, aiohttp's server and Django under ASGI: the WSGI and Django-middleware apps use other paths
+        assert requests_counted(monitor) == 5
+        assert client_requests_counted(monitor) == 5  # requests, httpx twice, urllib3, aiohttp
+        assert statements_counted(monitor) == 5  # psycopg, psycopg2, asyncpg, SQLAlchemy's and the seed API's
+        assert monitor.snapshot().value("celery_tasks", {"task": "bad_settings.add", "outcome": "success"}) == 1
 
 
 FREE_VARIABLES = sorted(set(declared_variables()) - {case.name for case in VARIABLE_CASES})
@@ -415,5 +623,5 @@ def test_the_application_works_whatever_a_setting_of_a_feature_turned_on_says(
         fresh_process({**on, name: value})
         monitor = run_application(Case(name, value, {**on, name: value}), caplog)
         if monitor.pipeline is not None:  # the exporter this setting configures was left out; the rest measured
-            assert requests_counted(monitor) == 3
+            assert requests_counted(monitor) == 5
             assert monitor.config.metrics_exporters == ("chat_turbo_file", "chat_turbo_database", "datadog")

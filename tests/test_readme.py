@@ -38,7 +38,8 @@ def test_readme_has_python_blocks() -> None:
 
 
 def test_every_instrumentor_readme_has_a_python_block() -> None:
-    assert {path.parent.name for path in INSTRUMENTOR_READMES} == {"cache", "database", "http", "pytest", "system"}
+    found = {path.parent.name for path in INSTRUMENTOR_READMES}
+    assert found == {"cache", "celery", "database", "http", "http_client", "pytest", "system"}
     assert {readme for readme, _, _ in BLOCKS} >= set(INSTRUMENTOR_READMES)
 
 

@@ -140,6 +140,11 @@ def django_apps() -> tuple[Any, Any]:
             INSTALLED_APPS=[],
         )
         django.setup()
+    else:  # another test module of this process configured Django first: these URLs are the ones to resolve
+        from django.urls import clear_url_caches
+
+        settings.ROOT_URLCONF = __name__
+        clear_url_caches()
     global urlpatterns
     urlpatterns = [path("hello", lambda request: HttpResponse(b"world"))]
     from django.core.asgi import get_asgi_application

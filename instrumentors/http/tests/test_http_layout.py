@@ -15,6 +15,8 @@ def test_entry_points_are_registered_under_names_contrib_does_not_use() -> None:
     assert ours == {
         "chat_turbo_asgi": "chat_turbo_metrics_http.asgi:AsgiMetricsInstrumentor",
         "chat_turbo_wsgi": "chat_turbo_metrics_http.wsgi:WsgiMetricsInstrumentor",
+        "chat_turbo_aiohttp_server": "chat_turbo_metrics_http.aiohttp_server:AiohttpServerInstrumentor",
+        "chat_turbo_django_asgi": "chat_turbo_metrics_http.django_asgi:DjangoAsgiInstrumentor",
     }
 
 
@@ -23,5 +25,5 @@ def test_opentelemetry_instrument_loads_the_distribution_when_any_covered_librar
 
     dist = distribution("chat-turbo-metrics-http")
     declared = [r for r in dist.requires or [] if "instruments-any" in r]
-    assert {r.split(";")[0].split(">=")[0].strip() for r in declared} == {"starlette", "flask", "django"}
-    assert get_dist_dependency_conflicts(dist) is None  # all three are installed here
+    assert {r.split(";")[0].split(">=")[0].strip() for r in declared} == {"starlette", "flask", "django", "aiohttp"}
+    assert get_dist_dependency_conflicts(dist) is None  # all four are installed here

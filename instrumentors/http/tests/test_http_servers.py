@@ -99,6 +99,30 @@ if __name__ == "__main__":
     run_simple("127.0.0.1", int(sys.argv[1]), application, threaded=True)
 """
 
+DJANGO_ASGI_APP = DJANGO_APP.replace(
+    "django.core.wsgi import get_wsgi_application", "django.core.asgi import get_asgi_application"
+).replace("application = get_wsgi_application()", "application = get_asgi_application()")
+
+AIOHTTP_APP = """
+import sys
+from aiohttp import web
+
+async def message(request):
+    return web.Response(text="message")
+
+async def fail(request):
+    raise KeyError("gone")
+
+async def health(request):
+    return web.Response(text="ok")
+
+app = web.Application()  # created after opentelemetry-instrument ran the instrumentors
+app.add_routes([web.get("/api/messages/{id}", message), web.get("/fail", fail), web.get("/health", health)])
+
+if __name__ == "__main__":
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
+"""
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -159,8 +183,10 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., tuple[int, int]]]:
             OTEL_EXPORTER_PROMETHEUS_PORT=str(metrics_port),
             CHAT_TURBO_HTTP_EXCLUDED_PATHS="/health",
             PYTHONPATH=str(tmp_path),
-            **extra_env,
+            # contrib's, when installed for the benchmarks: its Django instrumentor configures settings first
+            OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="django,aiohttp-server",
         )
+        env.update(extra_env)
         instrument = str(Path(sys.executable).parent / "opentelemetry-instrument")
         process = subprocess.Popen(
             [instrument, *command(app_port)],
@@ -187,6 +213,10 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., tuple[int, int]]]:
 
 def _uvicorn(port: int) -> list[str]:
     return [sys.executable, "-m", "uvicorn", "served_app:app", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def _uvicorn_django(port: int) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "served_app:application", "--host", "127.0.0.1", "--port", str(port)]
 
 
 def _werkzeug(port: int) -> list[str]:
@@ -226,8 +256,15 @@ def _check_exact_counts(process_metrics_port: int) -> None:
 
 @pytest.mark.parametrize(
     ("source", "command"),
-    [(STARLETTE_APP, _uvicorn), (FASTAPI_APP, _uvicorn), (FLASK_APP, _werkzeug), (DJANGO_APP, _werkzeug)],
-    ids=["starlette-uvicorn", "fastapi-uvicorn", "flask-werkzeug", "django-werkzeug"],
+    [
+        (STARLETTE_APP, _uvicorn),
+        (FASTAPI_APP, _uvicorn),
+        (FLASK_APP, _werkzeug),
+        (DJANGO_APP, _werkzeug),
+        (DJANGO_ASGI_APP, _uvicorn_django),
+        (AIOHTTP_APP, _werkzeug),  # the script serves itself (web.run_app)
+    ],
+    ids=["starlette-uvicorn", "fastapi-uvicorn", "flask-werkzeug", "django-werkzeug", "django-uvicorn", "aiohttp"],
 )
 def test_an_app_without_monitoring_code_is_measured_under_opentelemetry_instrument(
     serve: Callable[..., tuple[int, int]], source: str, command: Callable[[int], list[str]]

@@ -29,7 +29,10 @@ class Moving:
 
 @pytest.fixture
 def monitor() -> Iterator[PerformanceMonitor]:
-    made = PerformanceMonitor(MonitoringConfig(environment="test", metrics_exporters=(), self_telemetry=False))
+    config = MonitoringConfig(
+        environment="test", metrics_exporters=(), self_telemetry=False, prometheus_scope_labels=False
+    )
+    made = PerformanceMonitor(config)
     yield made
     made.shutdown()
 

@@ -25,6 +25,7 @@ from chat_turbo_metrics.instrumentation import (
     semconv_mode,
     strip_literals,
 )
+from chat_turbo_metrics_database._drivers import claim_for_sqlalchemy, release_sqlalchemy_connections
 from chat_turbo_metrics_database._semconv import SemconvNames
 
 _instruments = ("sqlalchemy >= 2.0",)
@@ -102,6 +103,10 @@ class _Listener:
 
     # --- engine events ----------------------------------------------------------------------------
     def engine_connect(self, connection: Any) -> None:
+        try:  # its statements are ours to record: the driver instrumentors leave them alone
+            claim_for_sqlalchemy(connection.connection.driver_connection)
+        except Exception as error:
+            self.problems.report(("claim", type(error)), "cannot see the driver connection: %r", error)
         engine = connection.engine
         if engine not in self.engines:
             try:
@@ -232,5 +237,6 @@ class SQLAlchemyInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             return
         for name in _EVENTS:
             event.remove(Engine, name, getattr(listener, name))
+        release_sqlalchemy_connections()
         if listener.hooked is not None:
             listener.hooked.remove_collection_hook(listener.read_pools)

@@ -3,14 +3,14 @@
 The route template is ``request.resolver_match.route`` (``api/messages/<int:id>`` becomes
 ``/api/messages/{id}``); an exception Django turns into a 500 response is named by the
 ``got_request_exception`` signal. Streaming responses are measured to their last chunk. Django served by
-an ASGI server (``get_response_async``) is not measured by this hook.
+an ASGI server (uvicorn, daphne: ``get_response_async``) is measured the same way by :func:`patch_django_asgi`.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 from chat_turbo_metrics_http._metrics import UNMATCHED, RequestMetrics, route_template
@@ -141,3 +141,68 @@ def _finish(  # noqa: PLR0917 - one call site, called per request
         sent,
         error_type,
     )
+
+
+async def measure_async(metrics: RequestMetrics, get_response: Callable[[Any], Awaitable[Any]], request: Any) -> Any:
+    """:func:`measure` for Django under ASGI: ``get_response`` is ``BaseHandler.get_response_async``."""
+    meta = request.META
+    if MEASURED in meta or metrics.skips(request.path_info):
+        return await get_response(request)
+    meta[MEASURED] = True
+    metrics.started()
+    start = _perf_counter()
+    try:
+        response = await get_response(request)
+    except BaseException as error:  # a cancellation (the client went away) too
+        _finish(metrics, request, 500, start, 0, type(error).__name__)
+        raise  # unchanged
+    if response.streaming:
+        status = response.status_code
+        if getattr(response, "is_async", False):
+            response.streaming_content = _measured_async_stream(
+                metrics, request, status, response.streaming_content, start
+            )
+        else:
+            response.streaming_content = _measured_stream(metrics, request, status, response.streaming_content, start)
+    else:
+        _finish(metrics, request, response.status_code, start, len(response.content), None)
+    return response
+
+
+async def _measured_async_stream(
+    metrics: RequestMetrics, request: Any, status: int, chunks: AsyncIterator[bytes], start: float
+) -> AsyncIterator[bytes]:
+    sent = 0
+    error_type = None
+    try:
+        async for chunk in chunks:
+            sent += len(chunk)
+            yield chunk
+    except GeneratorExit:  # closed before the end (the client went away): still one request
+        raise
+    except BaseException as error:
+        error_type = type(error).__name__
+        raise
+    finally:
+        _finish(metrics, request, status, start, sent, error_type)
+
+
+def patch_django_asgi(metrics: RequestMetrics) -> Callable[[], None]:
+    """Measure every Django request served through ASGI from now on; returns the undo."""
+    from django.core.handlers.base import BaseHandler
+    from django.core.signals import got_request_exception
+
+    original = BaseHandler.__dict__["get_response_async"]
+
+    async def get_response_async(self: Any, request: Any) -> Any:
+        return await measure_async(metrics, original.__get__(self), request)
+
+    get_response_async.__wrapped__ = original  # type: ignore[attr-defined]
+    BaseHandler.get_response_async = get_response_async
+    connect_errors("chat_turbo_metrics_http.asgi_instrumentor")
+
+    def undo() -> None:
+        BaseHandler.get_response_async = original
+        got_request_exception.disconnect(dispatch_uid="chat_turbo_metrics_http.asgi_instrumentor")
+
+    return undo

@@ -1,0 +1,362 @@
+"""Issue 24's instrumentors against contrib's (metrics only, traces off) and the bare library, in the same run.
+
+Run: ``python bench/bench_instrumentors.py`` (``--quick`` for a rough run); the contrib peers come with the
+``bench`` extra (``pip install -e '.[bench]'``); a peer not installed is left out of the table. Timing is this
+process's CPU time (``bench_datastores``' method: minimum over repeats and over rounds that alternate the cases),
+so the servers' work (an HTTP server in a subprocess, PostgreSQL) is not counted, only the client's.
+
+- HTTP clients: requests and httpx (sync) with the network stubbed out below them (requests' adapter, httpx's
+  connection pool, as ``bench_datastores`` does for redis: only the client and the instrumentations are timed);
+  urllib3 and aiohttp with a ``GET`` on a keep-alive loopback server (their round trip's CPU is in the bare
+  figure: on a loaded machine the noise of a few µs per call is in every case).
+- Drivers, ``SELECT 1`` on an open connection to the PostgreSQL at 127.0.0.1:5432 (db ``test``): psycopg,
+  psycopg2, asyncpg.
+- Servers, in-process, no sockets (as ``bench_http``): aiohttp's ``Application._handle`` on a mocked request,
+  against contrib's aiohttp-server instrumentation and, for scale, OTel's ASGI middleware; Django's ``ASGIHandler``
+  driven with an ASGI scope, against ``OpenTelemetryMiddleware`` around it (contrib's way for Django on ASGI).
+  The targets: 0.07 of OTel ASGI's overhead.
+
+Contrib runs with a no-op tracer provider and an SDK meter provider (its metrics on, its spans off). The ratio
+compares overheads: (ours - bare) / (contrib - bare); the targets are 0.2 or less.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench_datastores import interleaved
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.trace import NoOpTracerProvider
+
+from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
+from chat_turbo_metrics_database import AsyncpgInstrumentor, Psycopg2Instrumentor, PsycopgInstrumentor
+from chat_turbo_metrics_http_client import (
+    AiohttpClientInstrumentor,
+    HttpxInstrumentor,
+    RequestsInstrumentor,
+    Urllib3Instrumentor,
+)
+
+SERVER = """
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *args):
+        pass
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+DSN = "host=127.0.0.1 port=5432 dbname=test"
+Case = tuple[Callable[[], None], Callable[[], Any], Callable[[], None]]
+
+
+def _nothing() -> None:
+    """No set-up or tear-down."""
+
+
+def contrib(module: str, cls: str) -> Any:
+    """contrib's instrumentor class, or None when its package is not installed."""
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ImportError:
+        return None
+
+
+def contrib_on(instrumentor: Any) -> Callable[[], None]:
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    return lambda: instrumentor().instrument(tracer_provider=NoOpTracerProvider(), meter_provider=meter_provider)
+
+
+def cases(operation: Callable[[], Any], ours: Any, theirs: Any, monitor: PerformanceMonitor,
+          fresh: Callable[[], None] = _nothing) -> dict[str, Case]:  # fmt: skip
+    """bare, ours, contrib: ``fresh()`` runs after each set-up (a connection opened under the instrumentation)."""
+
+    def then(first: Callable[[], None]) -> Callable[[], None]:
+        return lambda: (first(), fresh())  # type: ignore[func-returns-value]
+
+    found: dict[str, Case] = {
+        "bare": (fresh, operation, _nothing),
+        "ours": (then(lambda: ours().instrument(monitor=monitor)), operation, lambda: ours().uninstrument()),
+    }
+    if theirs is not None:
+        found["contrib"] = (then(contrib_on(theirs)), operation, lambda: theirs().uninstrument())
+    return found
+
+
+def report(title: str, results: dict[str, float]) -> None:
+    bare = results["bare"]
+    line = f"{title:<34} bare {bare:8.2f} µs  ours +{results['ours'] - bare:6.2f} µs"
+    if "contrib" in results:
+        theirs = results["contrib"] - bare
+        line += f"  contrib +{theirs:6.2f} µs  ours/contrib {(results['ours'] - bare) / theirs:6.3f}"
+    print(line, flush=True)
+
+
+def bench_clients(monitor: PerformanceMonitor, base: str) -> None:
+    import aiohttp
+    import httpx
+    import requests
+    import urllib3
+    from requests.adapters import HTTPAdapter
+
+    class StubAdapter(HTTPAdapter):
+        def send(self, request: Any, **kwargs: Any) -> Any:
+            response = requests.Response()
+            response.status_code, response._content, response.url, response.request = 200, b"ok", request.url, request
+            return response
+
+    class StubPool:
+        def handle_request(self, request: Any) -> Any:
+            import httpcore
+
+            return httpcore.Response(200, headers=[(b"content-length", b"2")], content=b"ok")
+
+        def close(self) -> None:
+            pass
+
+    session = requests.Session()
+    session.mount("http://", StubAdapter())
+    report("requests GET (network stubbed)", interleaved(cases(
+        lambda: session.get(base), RequestsInstrumentor,
+        contrib("opentelemetry.instrumentation.requests", "RequestsInstrumentor"), monitor,
+    )))  # fmt: skip
+    transport = httpx.HTTPTransport()
+    transport._pool = StubPool()  # type: ignore[assignment]
+    client = httpx.Client(transport=transport)
+    report("httpx Client GET (network stubbed)", interleaved(cases(
+        lambda: client.get(base), HttpxInstrumentor,
+        contrib("opentelemetry.instrumentation.httpx", "HTTPXClientInstrumentor"), monitor,
+    )))  # fmt: skip
+    pool = urllib3.PoolManager()
+    report("urllib3 PoolManager GET", interleaved(cases(
+        lambda: pool.request("GET", base), Urllib3Instrumentor,
+        contrib("opentelemetry.instrumentation.urllib3", "URLLib3Instrumentor"), monitor,
+    )))  # fmt: skip
+    loop = asyncio.new_event_loop()
+    sessions: list[Any] = []
+
+    def fresh_session() -> None:  # contrib adds its trace config to sessions created after instrument()
+        async def make() -> Any:
+            return aiohttp.ClientSession()
+
+        if sessions:
+            loop.run_until_complete(sessions.pop().close())
+        sessions.append(loop.run_until_complete(make()))
+
+    async def get() -> None:
+        async with sessions[-1].get(base) as response:
+            await response.read()
+
+    report("aiohttp ClientSession GET", interleaved(cases(
+        lambda: loop.run_until_complete(get()), AiohttpClientInstrumentor,
+        contrib("opentelemetry.instrumentation.aiohttp_client", "AioHttpClientInstrumentor"), monitor, fresh_session,
+    )))  # fmt: skip
+    loop.run_until_complete(sessions.pop().close())
+    loop.close()
+    session.close()
+    client.close()
+
+
+def bench_drivers(monitor: PerformanceMonitor) -> None:
+    import asyncpg
+    import psycopg
+    import psycopg2
+
+    opened: list[Any] = []
+
+    def reopen(connect: Callable[[], Any]) -> Callable[[], None]:
+        def fresh() -> None:  # psycopg2's instrumentations both reach connections opened after instrument()
+            while opened:
+                opened.pop().close()
+            opened.append(connect())
+
+        return fresh
+
+    def on_psycopg() -> Any:
+        return opened[-1].execute("SELECT 1").fetchone()
+
+    report("psycopg SELECT 1", interleaved(cases(
+        on_psycopg, PsycopgInstrumentor, contrib("opentelemetry.instrumentation.psycopg", "PsycopgInstrumentor"),
+        monitor, reopen(lambda: psycopg.connect(DSN)),
+    )))  # fmt: skip
+
+    def on_psycopg2() -> Any:
+        cursor = opened[-1].cursor()
+        cursor.execute("SELECT 1")
+        return cursor.fetchone()
+
+    report("psycopg2 SELECT 1", interleaved(cases(
+        on_psycopg2, Psycopg2Instrumentor, contrib("opentelemetry.instrumentation.psycopg2", "Psycopg2Instrumentor"),
+        monitor, reopen(lambda: psycopg2.connect(DSN)),
+    )))  # fmt: skip
+    while opened:
+        opened.pop().close()
+
+    loop = asyncio.new_event_loop()
+    connection = loop.run_until_complete(asyncpg.connect("postgresql://127.0.0.1:5432/test"))
+    report("asyncpg fetchval SELECT 1", interleaved(cases(
+        lambda: loop.run_until_complete(connection.fetchval("SELECT 1")), AsyncpgInstrumentor,
+        contrib("opentelemetry.instrumentation.asyncpg", "AsyncPGInstrumentor"), monitor,
+    )))  # fmt: skip
+    loop.run_until_complete(connection.close())
+    loop.close()
+
+
+def bench_aiohttp_server(monitor: PerformanceMonitor) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from chat_turbo_metrics_http.aiohttp_server import AiohttpServerInstrumentor
+
+    async def message(request: web.Request) -> web.Response:
+        return web.Response(text="hi")
+
+    loop = asyncio.new_event_loop()
+    apps: list[Any] = []
+
+    def fresh_app() -> None:  # contrib's middleware is added to applications created after instrument()
+        app = web.Application()
+        app.add_routes([web.get("/api/messages/{id}", message)])
+        app.freeze()
+        apps[:] = [app]
+
+    async def handle(n: int) -> None:
+        app = apps[0]
+        for _ in range(n):
+            await app._handle(make_mocked_request("GET", "/api/messages/42", app=app))
+
+    report("aiohttp server (10 requests)", interleaved(cases(
+        lambda: loop.run_until_complete(handle(10)), AiohttpServerInstrumentor,
+        contrib("opentelemetry.instrumentation.aiohttp_server", "AioHttpServerInstrumentor"), monitor, fresh_app,
+    )))  # fmt: skip
+    loop.close()
+
+
+SCOPE = {
+    "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+    "path": "/api/messages/42", "raw_path": b"/api/messages/42", "query_string": b"", "root_path": "",
+    "headers": [(b"host", b"localhost")], "client": ("127.0.0.1", 1234), "server": ("127.0.0.1", 80),
+}  # fmt: skip
+
+
+def drive_asgi(app: Any, loop: asyncio.AbstractEventLoop, n: int) -> None:
+    async def send(message: Any) -> None:
+        pass
+
+    async def run() -> None:
+        never = asyncio.Event()
+        for _ in range(n):
+            sent = []
+
+            async def receive(sent: list[bool] = sent) -> dict[str, Any]:
+                if sent:  # Django listens for the disconnect after the body: the client stays
+                    await never.wait()
+                sent.append(True)
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            await app(dict(SCOPE), receive, send)
+
+    loop.run_until_complete(run())
+
+
+def bench_django_asgi(monitor: PerformanceMonitor) -> None:
+    import types
+
+    import django
+    from django.conf import settings
+    from django.http import HttpResponse
+    from django.urls import path
+
+    from chat_turbo_metrics_http.django_asgi import DjangoAsgiInstrumentor
+
+    async def message(request: Any, id: int) -> HttpResponse:
+        return HttpResponse("hi")
+
+    urls = types.ModuleType("bench_django_urls")
+    urls.urlpatterns = [path("api/messages/<int:id>", message)]  # type: ignore[attr-defined]
+    settings.configure(DEBUG=False, SECRET_KEY="bench", ALLOWED_HOSTS=["*"], ROOT_URLCONF=urls, MIDDLEWARE=[],
+                       INSTALLED_APPS=[], DATABASES={})  # fmt: skip
+    django.setup()
+    from django.core.handlers.asgi import ASGIHandler
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    loop = asyncio.new_event_loop()
+    handler = ASGIHandler()
+    otel = OpenTelemetryMiddleware(ASGIHandler(), meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
+                                   tracer_provider=NoOpTracerProvider())  # fmt: skip
+    found = interleaved({
+        "bare": (_nothing, lambda: drive_asgi(handler, loop, 5), _nothing),
+        "ours": (lambda: DjangoAsgiInstrumentor().instrument(monitor=monitor), lambda: drive_asgi(handler, loop, 5),
+                 lambda: DjangoAsgiInstrumentor().uninstrument()),
+        "contrib": (_nothing, lambda: drive_asgi(otel, loop, 5), _nothing),
+    })  # fmt: skip
+    report("Django ASGIHandler (5 requests)", found)
+    loop.close()
+
+
+def bench_otel_asgi_scale(monitor: PerformanceMonitor) -> None:
+    """OTel's ASGI middleware around a bare ASGI app: the overhead the server targets are stated against."""
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    from chat_turbo_metrics_http.asgi import AsgiMetricsMiddleware
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"hi"})
+
+    loop = asyncio.new_event_loop()
+    otel = OpenTelemetryMiddleware(app, meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
+                                   tracer_provider=NoOpTracerProvider())  # fmt: skip
+    ours = AsgiMetricsMiddleware(app, monitor=monitor)
+    report("OTel ASGI scale (10 requests)", interleaved({
+        "bare": (_nothing, lambda: drive_asgi(app, loop, 10), _nothing),
+        "ours": (_nothing, lambda: drive_asgi(ours, loop, 10), _nothing),
+        "contrib": (_nothing, lambda: drive_asgi(otel, loop, 10), _nothing),
+    }))  # fmt: skip
+    loop.close()
+
+
+def main() -> None:
+    monitor = PerformanceMonitor(MonitoringConfig(metrics_exporters=(), environment="test"))
+    server = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SERVER)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        base = f"http://127.0.0.1:{server.stdout.readline().strip()}/items?token=x"
+        print("CPU µs per call of this process (servers not counted); overheads against the bare library")
+        only = [arg for arg in sys.argv[1:] if not arg.startswith("--")]
+        sections: tuple[tuple[str, Callable[[], None]], ...] = (
+            ("clients", lambda: bench_clients(monitor, base)),
+            ("drivers", lambda: bench_drivers(monitor)),
+            ("aiohttp", lambda: bench_aiohttp_server(monitor)),
+            ("asgi", lambda: bench_otel_asgi_scale(monitor)),
+            ("django", lambda: bench_django_asgi(monitor)),
+        )
+        for name, run in sections:
+            if not only or name in only:
+                run()
+    finally:
+        server.terminate()
+        server.wait(5)
+        monitor.shutdown()
+    time.sleep(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,352 @@
+"""psycopg (3), psycopg2 and asyncpg used directly -> ``database_query_duration_seconds``, as the SQLAlchemy path.
+
+The same labels (``table``, ``operation``, ``status``; ``statement`` with literals stripped on request) from the
+same classifier. A statement costs a ``perf_counter`` pair, one dict lookup of its series (bound handles made once
+per statement text and status, rebound when ``configure()`` gives the monitor a new recorder) and one ``observe``.
+When SQLAlchemy runs on top and the SQLAlchemy instrumentor is on, the statements of its connections are its to
+record: the driver instrumentors pass them through (no statement is counted twice).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import weakref
+from collections.abc import Callable, Collection
+from typing import Any
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+
+from chat_turbo_metrics import ConfigurationError, PerformanceMonitor
+from chat_turbo_metrics.instrumentation import DATABASE_QUERY_DURATION, Problems, StatementClassifier, strip_literals
+
+_perf_counter = time.perf_counter
+_random = random.random
+_SERIES_LIMIT = 4096  # statement texts whose handles are kept; beyond, each statement binds its own (bounded series)
+_MAX_TEXT = 4096
+
+# Driver connections that SQLAlchemy checked out while its instrumentor listened: it records their statements.
+sqlalchemy_connections: weakref.WeakSet[Any] = weakref.WeakSet()
+_claimed = [False]  # True once a connection was claimed: a WeakSet's truth value costs a Python-level __len__
+_owned_lock = threading.Lock()
+
+
+def claim_for_sqlalchemy(driver_connection: Any) -> None:
+    """Mark a driver connection as SQLAlchemy's (its instrumentor records its statements)."""
+    if driver_connection is not None and driver_connection not in sqlalchemy_connections:
+        try:
+            with _owned_lock:
+                sqlalchemy_connections.add(driver_connection)
+                _claimed[0] = True
+        except TypeError:  # a driver connection that cannot be weakly referenced: the drivers never see those
+            pass
+
+
+def release_sqlalchemy_connections() -> None:
+    """The SQLAlchemy instrumentor stopped: every connection's statements are the drivers' to record again."""
+    with _owned_lock:
+        sqlalchemy_connections.clear()
+        _claimed[0] = False
+
+
+def statement_text(statement: Any, context: Any = None) -> str:
+    """A statement as text: a ``str`` as it is, bytes decoded, a ``psycopg.sql`` object composed."""
+    if isinstance(statement, str):
+        return statement
+    if isinstance(statement, bytes):
+        return statement.decode("utf-8", "replace")
+    as_string = getattr(statement, "as_string", None)
+    if as_string is not None:
+        try:
+            return str(as_string(context))
+        except Exception:  # a composition the driver will refuse too: classified as "other"
+            return ""
+    return str(statement)
+
+
+class Statements:
+    """Records finished statements, bound handles per (statement text, status).
+
+    Example:
+        >>> statements = Statements(monitor)
+        >>> statements.record("SELECT name FROM users WHERE id = %s", "success", 0.002)
+        >>> tags = {"table": "users", "operation": "select", "status": "success"}
+        >>> monitor.snapshot().value("database_query_duration_seconds", tags)["count"]
+        1
+    """
+
+    def __init__(
+        self,
+        monitor: PerformanceMonitor | None = None,
+        record_statement: bool = False,
+        max_tables: int = 100,
+        logger: str = "chat_turbo_metrics.database",
+    ) -> None:
+        self._fixed = monitor
+        self._record_statement = record_statement
+        self._classifier = StatementClassifier(max_tables=max_tables)
+        self._monitor: PerformanceMonitor | None = None
+        self._marker: Any = None
+        self._series: dict[str, dict[str, Callable[[float], None]]] = {"success": {}, "error": {}}
+        self.problems = Problems(logging.getLogger(logger))
+
+    def record(self, statement: str, status: str, elapsed: float) -> None:
+        """One statement ran (``status`` ``success`` or ``error``) in ``elapsed`` seconds; never raises."""
+        try:
+            monitor = self._fixed or PerformanceMonitor._instance or PerformanceMonitor.get_instance()
+            if monitor is not self._monitor or monitor.increment_counter is not self._marker:
+                self._series = {"success": {}, "error": {}}
+                self._monitor, self._marker = monitor, monitor.increment_counter
+            series = self._series[status]
+            observe = series.get(statement)
+            if observe is None:
+                observe = self._new_series(monitor, statement, status)
+                if len(series) < _SERIES_LIMIT and len(statement) <= _MAX_TEXT:
+                    series[statement] = observe
+            observe(elapsed)
+        except Exception as error:  # never into the application's statement
+            self.problems.report(("record", type(error)), "cannot record a statement: %r", error)
+
+    def _new_series(self, monitor: PerformanceMonitor, statement: str, status: str) -> Callable[[float], None]:
+        operation, table = self._classifier.classify(statement)
+        tags = {"table": table, "operation": operation, "status": status}
+        if self._record_statement:
+            tags["statement"] = strip_literals(statement)[:2048]
+        observe = monitor.histogram(DATABASE_QUERY_DURATION, tags).observe
+        rate = monitor.config.sampling_rate
+        if rate < 1.0:
+            full = observe
+
+            def observe(value: float) -> None:
+                if _random() < rate:
+                    full(value)
+
+        return observe
+
+
+def statements_from(kwargs: dict[str, Any], owner: str, logger: str) -> Statements:
+    """The :class:`Statements` of ``instrument(monitor=, record_statement=, max_tables=)``.
+
+    Raises:
+        ConfigurationError: ``max_tables`` is not a positive int.
+    """
+    max_tables = kwargs.get("max_tables", 100)
+    if isinstance(max_tables, bool) or not isinstance(max_tables, int) or max_tables < 1:
+        raise ConfigurationError(f"{owner}: max_tables={max_tables!r} must be a positive int")
+    return Statements(kwargs.get("monitor"), bool(kwargs.get("record_statement")), max_tables, logger)
+
+
+class _Saved:
+    """Attributes replaced on classes or modules, put back by :meth:`restore`."""
+
+    def __init__(self) -> None:
+        self.saved: list[tuple[Any, str, Any]] = []
+        self.on = [True]  # shared with what cannot be put back (classes made for connections already open)
+
+    def replace(self, owner: Any, name: str, wrapper: Any) -> None:
+        original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+        wrapper.__wrapped__ = original
+        self.saved.append((owner, name, original))
+        setattr(owner, name, wrapper)
+
+    def restore(self) -> None:
+        self.on[0] = False
+        while self.saved:
+            owner, name, original = self.saved.pop()
+            setattr(owner, name, original)
+
+
+class _DriverInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """``instrument(monitor=, record_statement=, max_tables=)``, as the SQLAlchemy instrumentor's."""
+
+    _library: tuple[str, ...] = ()
+    _saved: _Saved | None = None
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        """The driver versions this instrumentor covers."""
+        return self._library
+
+    def _instrument(self, **kwargs: Any) -> None:
+        name = type(self).__name__
+        statements = statements_from(kwargs, name, f"chat_turbo_metrics.{name}")
+        saved = _Saved()
+        try:
+            self._patch(saved, statements)
+        except BaseException:
+            saved.restore()
+            raise
+        self._saved = saved
+
+    def _patch(self, saved: _Saved, statements: Statements) -> None:
+        raise NotImplementedError
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        saved, self._saved = self._saved, None
+        if saved is not None:
+            saved.restore()
+
+
+def _sync_method(original: Any, statements: Statements, connection_of: Callable[[Any], Any], on: list[bool]) -> Any:
+    def method(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        if not on[0] or (_claimed[0] and connection_of(self) in sqlalchemy_connections):
+            return original(self, query, *args, **kwargs)
+        start = _perf_counter()
+        try:
+            result = original(self, query, *args, **kwargs)
+        except BaseException:
+            statements.record(statement_text(query, self), "error", _perf_counter() - start)
+            raise
+        statements.record(
+            query if type(query) is str else statement_text(query, self), "success", _perf_counter() - start
+        )
+        return result
+
+    return method
+
+
+def _async_method(original: Any, statements: Statements, connection_of: Callable[[Any], Any], on: list[bool]) -> Any:
+    async def method(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        if not on[0] or (_claimed[0] and connection_of(self) in sqlalchemy_connections):
+            return await original(self, query, *args, **kwargs)
+        start = _perf_counter()
+        try:
+            result = await original(self, query, *args, **kwargs)
+        except BaseException:  # a cancellation too: the statement did not complete
+            statements.record(statement_text(query, self), "error", _perf_counter() - start)
+            raise
+        statements.record(
+            query if type(query) is str else statement_text(query, self), "success", _perf_counter() - start
+        )
+        return result
+
+    return method
+
+
+def _cursor_connection(cursor: Any) -> Any:
+    return cursor.connection
+
+
+def _itself(connection: Any) -> Any:
+    return connection
+
+
+class PsycopgInstrumentor(_DriverInstrumentor):
+    """Measures every statement of psycopg 3 (sync and async cursors): entry point ``chat_turbo_psycopg``.
+
+    Example:
+        >>> import psycopg
+        >>> PsycopgInstrumentor().instrument(monitor=monitor)
+        >>> with psycopg.connect("host=127.0.0.1 dbname=test") as connection:
+        ...     connection.execute("SELECT 1").fetchone()
+        (1,)
+        >>> tags = {"table": "other", "operation": "select", "status": "success"}
+        >>> monitor.snapshot().value("database_query_duration_seconds", tags)["count"]
+        1
+        >>> PsycopgInstrumentor().uninstrument()
+    """
+
+    _library = ("psycopg >= 3.1",)
+
+    def _patch(self, saved: _Saved, statements: Statements) -> None:
+        import psycopg
+
+        for cls in (psycopg.Cursor, psycopg.ServerCursor):
+            for name in ("execute", "executemany"):
+                if name in cls.__dict__:
+                    saved.replace(cls, name, _sync_method(cls.__dict__[name], statements, _cursor_connection, saved.on))
+        for async_cls in (psycopg.AsyncCursor, psycopg.AsyncServerCursor):
+            for name in ("execute", "executemany"):
+                if name in async_cls.__dict__:
+                    method = _async_method(async_cls.__dict__[name], statements, _cursor_connection, saved.on)
+                    saved.replace(async_cls, name, method)
+
+
+class AsyncpgInstrumentor(_DriverInstrumentor):
+    """Measures every query of asyncpg (``execute``, ``executemany``, ``fetch*``; pools too): ``chat_turbo_asyncpg``.
+
+    Statements run through a ``PreparedStatement`` the application prepared itself are not measured.
+    """
+
+    _library = ("asyncpg >= 0.27",)
+
+    def _patch(self, saved: _Saved, statements: Statements) -> None:
+        from asyncpg.connection import Connection
+
+        for name in ("execute", "executemany", "fetch", "fetchrow", "fetchval", "fetchmany"):
+            if name in Connection.__dict__:
+                saved.replace(Connection, name, _async_method(Connection.__dict__[name], statements, _itself, saved.on))
+
+
+class Psycopg2Instrumentor(_DriverInstrumentor):
+    """Measures every statement of psycopg2's connections opened after ``instrument()``: ``chat_turbo_psycopg2``.
+
+    psycopg2's classes are C types that cannot be patched: ``psycopg2.connect`` is wrapped to open the connection
+    as a subclass whose cursors (any ``cursor_factory``: ``RealDictCursor``, ...) measure ``execute`` and
+    ``executemany``. Connections opened before ``instrument()`` (or through a ``connect`` imported before it) are
+    not measured; those opened while instrumented stop measuring at ``uninstrument()``.
+    """
+
+    _library = ("psycopg2 >= 2.8",)
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        """psycopg2, or its binary wheel ``psycopg2-binary``: whichever is installed."""
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        try:
+            distribution("psycopg2")
+        except PackageNotFoundError:
+            try:
+                distribution("psycopg2-binary")
+                return ("psycopg2-binary >= 2.8",)
+            except PackageNotFoundError:
+                pass
+        return self._library
+
+    def _patch(self, saved: _Saved, statements: Statements) -> None:
+        import psycopg2
+        import psycopg2.extensions
+
+        cursors: dict[type, type] = {}
+        connections: dict[type, type] = {}
+        on = saved.on
+
+        def measured_cursor(base: type) -> type:
+            made = cursors.get(base)
+            if made is None:
+                methods = {
+                    name: _sync_method(getattr(base, name), statements, _cursor_connection, on)
+                    for name in ("execute", "executemany")
+                }
+                made = cursors[base] = type(base.__name__, (base,), methods)
+            return made
+
+        def measured_connection(base: type) -> type:
+            made = connections.get(base)
+            if made is None:
+                base_cursor = base.cursor  # type: ignore[attr-defined]
+
+                def cursor(self: Any, name: Any = None, cursor_factory: Any = None, *args: Any, **kwargs: Any) -> Any:
+                    if cursor_factory is None:  # the connection's own, measured since connect()
+                        return base_cursor(self, name, None, *args, **kwargs)
+                    return base_cursor(
+                        self, name, measured_cursor(cursor_factory) if on[0] else cursor_factory, *args, **kwargs
+                    )
+
+                made = connections[base] = type(base.__name__, (base,), {"cursor": cursor})
+            return made
+
+        original = psycopg2.connect
+
+        def connect(*args: Any, connection_factory: Any = None, cursor_factory: Any = None, **kwargs: Any) -> Any:
+            factory = connection_factory or psycopg2.extensions.connection
+            if on[0]:
+                try:
+                    factory = measured_connection(factory)
+                    cursor_factory = measured_cursor(cursor_factory or psycopg2.extensions.cursor)
+                except Exception as error:  # an odd factory (not a class): its connection goes unmeasured
+                    statements.problems.report(("factory", type(error)), "cannot measure %r: %r", factory, error)
+            return original(*args, connection_factory=factory, cursor_factory=cursor_factory, **kwargs)
+
+        saved.replace(psycopg2, "connect", connect)

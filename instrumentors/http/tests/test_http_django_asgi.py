@@ -1,0 +1,106 @@
+"""Django's own ASGI handler (what uvicorn and daphne call), measured after ``DjangoAsgiInstrumentor.instrument()``."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from chat_turbo_metrics import PerformanceMonitor
+from chat_turbo_metrics_http.django_asgi import DjangoAsgiInstrumentor
+
+django = pytest.importorskip("django")
+Reader = Callable[..., Any]
+
+
+def _urlconf() -> types.ModuleType:
+    from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+    from django.urls import path
+
+    async def message(request: HttpRequest, id: int) -> HttpResponse:
+        return HttpResponse(f"message {id}")
+
+    def sync_message(request: HttpRequest, name: str) -> HttpResponse:
+        return HttpResponse(f"user {name}")
+
+    async def fail(request: HttpRequest) -> HttpResponse:
+        raise KeyError("gone")
+
+    async def stream(request: HttpRequest) -> StreamingHttpResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(3):
+                yield b"chunk"
+                await asyncio.sleep(0.05)
+
+        return StreamingHttpResponse(chunks())
+
+    urls = types.ModuleType("chat_turbo_http_test_asgi_urls")
+    urls.urlpatterns = [  # type: ignore[attr-defined]
+        path("api/messages/<int:id>", message),
+        path("users/<slug:name>", sync_message),
+        path("fail", fail),
+        path("stream", stream),
+        path("health", fail),
+    ]
+    return urls
+
+
+@pytest.fixture
+def django_asgi(http_monitor: PerformanceMonitor) -> Iterator[Callable[[list[str]], list[tuple[int, bytes]]]]:
+    """``call(paths)``: GET each path through Django's ASGIHandler; measured into ``http_monitor``."""
+    from django.conf import settings
+    from django.urls import clear_url_caches
+
+    if not settings.configured:
+        settings.configure(DEBUG=False, SECRET_KEY="chat-turbo-metrics-tests", ALLOWED_HOSTS=["*"],
+                           ROOT_URLCONF=_urlconf(), MIDDLEWARE=[], INSTALLED_APPS=[], DATABASES={})  # fmt: skip
+        django.setup()
+    previous = settings.ROOT_URLCONF
+    settings.ROOT_URLCONF = _urlconf()
+    clear_url_caches()
+    from django.core.handlers.asgi import ASGIHandler
+
+    DjangoAsgiInstrumentor().instrument(monitor=http_monitor, excluded_paths=["/health"])
+
+    def call(paths: list[str]) -> list[tuple[int, bytes]]:
+        async def run() -> list[tuple[int, bytes]]:
+            transport = httpx.ASGITransport(app=ASGIHandler(), raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+                return [((r := await client.get(path)).status_code, r.content) for path in paths]
+
+        return asyncio.run(run())
+
+    yield call
+    DjangoAsgiInstrumentor().uninstrument()
+    settings.ROOT_URLCONF = previous
+    clear_url_caches()
+
+
+def test_django_under_asgi_is_measured_per_route_template(
+    django_asgi: Callable[[list[str]], list[tuple[int, bytes]]], http_monitor: PerformanceMonitor, requests_of: Reader
+) -> None:
+    from django.core.handlers.base import BaseHandler
+
+    answers = django_asgi(["/api/messages/1", "/api/messages/2", "/users/ann", "/fail", "/nope", "/stream", "/health"])
+    assert [status for status, _ in answers] == [200, 200, 200, 500, 404, 200, 500]
+    assert answers[5][1] == b"chunk" * 3
+    assert requests_of(http_monitor, "/api/messages/{id}", 200) == 2
+    assert requests_of(http_monitor, "/users/{name}", 200) == 1  # a sync view, run by Django in a thread
+    assert requests_of(http_monitor, "/fail", 500) == 1
+    assert requests_of(http_monitor, "unmatched", 404) == 1
+    assert requests_of(http_monitor, "/health", 500) is None  # excluded
+    error = {"method": "GET", "endpoint": "/fail", "status": 500, "error_type": "KeyError"}
+    assert http_monitor.snapshot().value("errors", error) == 1
+    streamed = {"method": "GET", "endpoint": "/stream", "status": 200}
+    assert http_monitor.snapshot().value("http_response_size_bytes", streamed)["sum"] == 15
+    assert http_monitor.snapshot().value("http_request_duration_seconds", streamed)["sum"] >= 0.1  # to the last chunk
+    assert http_monitor.snapshot().value("http_requests_in_flight") == 0
+    DjangoAsgiInstrumentor().uninstrument()
+    assert getattr(BaseHandler.get_response_async, "__wrapped__", None) is None  # restored
+    django_asgi(["/api/messages/3"])
+    assert requests_of(http_monitor, "/api/messages/{id}", 200) == 2  # no longer measured
+    DjangoAsgiInstrumentor().instrument(monitor=http_monitor)

@@ -1,0 +1,219 @@
+"""The four client instrumentors: each replaces one method of its library and puts it back on ``uninstrument()``.
+
+A request is measured once, at the outermost instrumented call: from the call to the response's headers (and the
+body, when the library reads it before returning; a streamed body is the application's to read). The client's own
+retries and the redirects it follows are part of that one request. A request that raised (connection refused, a
+timeout, a cancellation) is recorded with its ``error_type`` and no status, and the exception goes on unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from typing import Any
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+
+from chat_turbo_metrics_http_client._metrics import (
+    DEFAULT_PORTS,
+    ClientMetrics,
+    Patches,
+    client_metrics,
+    error_type,
+    measuring,
+    perf_counter,
+    server_of,
+)
+
+Describe = Callable[..., tuple[str, str, int]]  # the call's arguments -> (method, server address, server port)
+
+
+def measured(original: Any, metrics: ClientMetrics, describe: Describe, status: Callable[[Any], int]) -> Any:
+    """``original`` measured: one recording per outermost call, with the response's status or the error's type."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if measuring.get():
+            return original(*args, **kwargs)
+        token = measuring.set(True)
+        start = perf_counter()
+        try:
+            response = original(*args, **kwargs)
+        except BaseException as error:
+            metrics.record(*describe(*args, **kwargs), 0, error_type(error), perf_counter() - start)
+            raise
+        finally:
+            measuring.reset(token)
+        metrics.record(*describe(*args, **kwargs), status(response), None, perf_counter() - start)
+        return response
+
+    return call
+
+
+def measured_async(original: Any, metrics: ClientMetrics, describe: Describe, status: Callable[[Any], int]) -> Any:
+    """:func:`measured` for a coroutine function: a cancellation is recorded as ``CancelledError``, then raised on."""
+
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        if measuring.get():
+            return await original(*args, **kwargs)
+        token = measuring.set(True)
+        start = perf_counter()
+        try:
+            response = await original(*args, **kwargs)
+        except BaseException as error:
+            metrics.record(*describe(*args, **kwargs), 0, error_type(error), perf_counter() - start)
+            raise
+        finally:
+            measuring.reset(token)
+        metrics.record(*describe(*args, **kwargs), status(response), None, perf_counter() - start)
+        return response
+
+    return call
+
+
+class _ClientInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """``instrument(metric_names=, monitor=, environ=)``: what every client instrumentor takes.
+
+    metric_names: ``seed`` (``http_client_request_duration_seconds``), ``semconv`` (``http.client.request.duration``)
+        or ``both``; default ``CHAT_TURBO_HTTP_METRIC_NAMES``, else ``seed``.
+    monitor: record into this monitor (default: the process-wide one, looked up per request).
+    """
+
+    _library: tuple[str, ...] = ()
+    _patches: Patches | None = None
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        """The library versions this instrumentor covers."""
+        return self._library
+
+    def _instrument(self, **kwargs: Any) -> None:
+        metrics = client_metrics(kwargs)
+        if metrics is None:  # a bad variable, logged once: the library is left as it is
+            return
+        patches = Patches()
+        try:
+            self._patch(patches, metrics)
+        except BaseException:
+            patches.restore()
+            raise
+        self._patches = patches
+
+    def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
+        raise NotImplementedError
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        patches, self._patches = self._patches, None
+        if patches is not None:
+            patches.restore()
+
+
+class RequestsInstrumentor(_ClientInstrumentor):
+    """Measures every request sent by ``requests`` (``Session.send``): entry point ``chat_turbo_requests``.
+
+    Example:
+        >>> import requests
+        >>> RequestsInstrumentor().instrument(monitor=monitor)
+        >>> try:
+        ...     requests.get("http://127.0.0.1:9/private?token=x", timeout=1)
+        ... except requests.ConnectionError:
+        ...     pass
+        >>> tags = {"method": "GET", "server_address": "127.0.0.1", "server_port": 9, "error_type": "ConnectionError"}
+        >>> monitor.snapshot().value("http_client_request_duration_seconds", tags)["count"]
+        1
+        >>> RequestsInstrumentor().uninstrument()
+    """
+
+    _library = ("requests >= 2.20",)
+
+    def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
+        import requests
+
+        def describe(session: Any, request: Any, **kwargs: Any) -> tuple[str, str, int]:
+            return (request.method or "", *server_of(request.url or ""))
+
+        patches.replace(requests.Session, "send", lambda original: measured(original, metrics, describe, _status_code))
+
+
+class Urllib3Instrumentor(_ClientInstrumentor):
+    """Measures every request of ``urllib3`` (``HTTPConnectionPool.urlopen``): entry point ``chat_turbo_urllib3``.
+
+    A redirect followed by a ``PoolManager`` is one request per hop (each hop is a call of a pool); the retries
+    of one pool are part of its request.
+    """
+
+    _library = ("urllib3 >= 1.26",)
+
+    def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
+        from urllib3.connectionpool import HTTPConnectionPool
+
+        def describe(pool: Any, method: str, *args: Any, **kwargs: Any) -> tuple[str, str, int]:
+            return method, pool.host, pool.port or DEFAULT_PORTS.get(pool.scheme, 0)
+
+        patches.replace(HTTPConnectionPool, "urlopen", lambda original: measured(original, metrics, describe, _status))
+
+
+class HttpxInstrumentor(_ClientInstrumentor):
+    """Measures every request of ``httpx.Client`` and ``httpx.AsyncClient``: entry point ``chat_turbo_httpx``.
+
+    Example:
+        >>> import httpx
+        >>> HttpxInstrumentor().instrument(monitor=monitor)
+        >>> def answer(request):
+        ...     return httpx.Response(204)
+        >>> with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        ...     client.delete("https://api.example.com/items/7?token=x").status_code
+        204
+        >>> tags = {"method": "DELETE", "server_address": "api.example.com", "server_port": 443, "status": 204}
+        >>> monitor.snapshot().value("http_client_request_duration_seconds", tags)["count"]
+        1
+        >>> HttpxInstrumentor().uninstrument()
+    """
+
+    _library = ("httpx >= 0.23",)
+
+    def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
+        import httpx
+
+        def describe(client: Any, request: Any, *args: Any, **kwargs: Any) -> tuple[str, str, int]:
+            url = request.url
+            return request.method, url.host, url.port or DEFAULT_PORTS.get(url.scheme, 0)
+
+        patches.replace(httpx.Client, "send", lambda original: measured(original, metrics, describe, _status_code))
+        patches.replace(
+            httpx.AsyncClient, "send", lambda original: measured_async(original, metrics, describe, _status_code)
+        )
+
+
+def _aiohttp_server(session: Any, url: Any) -> tuple[str, int]:
+    if isinstance(url, str):
+        if "://" in url:
+            return server_of(url)
+        url = getattr(session, "_base_url", None)  # a relative URL joins the session's base_url
+        if url is None:
+            return "", 0
+    return url.host or "", url.port or 0  # a yarl URL: its port is the scheme's default when none is written
+
+
+class AiohttpClientInstrumentor(_ClientInstrumentor):
+    """Measures every request of ``aiohttp.ClientSession``: entry point ``chat_turbo_aiohttp_client``.
+
+    The duration runs to the response's headers (``session.get()`` returns then; the body is read after).
+    """
+
+    _library = ("aiohttp >= 3.8",)
+
+    def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
+        import aiohttp
+
+        def describe(session: Any, method: str, url: Any, *args: Any, **kwargs: Any) -> tuple[str, str, int]:
+            return (method, *_aiohttp_server(session, url))
+
+        patches.replace(
+            aiohttp.ClientSession, "_request", lambda original: measured_async(original, metrics, describe, _status)
+        )
+
+
+def _status_code(response: Any) -> int:
+    return int(response.status_code)
+
+
+def _status(response: Any) -> int:
+    return int(response.status)

@@ -1,0 +1,220 @@
+"""What one finished client request records: its duration by method, server, status and error type.
+
+Shared by the four client instrumentors. A request costs a ``perf_counter`` pair, a dict lookup of its series
+(bound handles made once per method, server, status and error type, rebound when ``configure()`` gives the monitor
+a new recorder) and one ``observe``. Only the URL's host and port are read: never its path, query or user info.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from chat_turbo_metrics import PerformanceMonitor
+from chat_turbo_metrics.instrumentation import Problems, semconv_mode
+from chat_turbo_metrics_http._metrics import normal_method
+from chat_turbo_metrics_http._settings import METRIC_NAMES_VARIABLE, usable_settings
+
+DURATION = "http_client_request_duration_seconds"  # the seed's style
+SC_DURATION = "http.client.request.duration"  # the semantic conventions' (CHAT_TURBO_HTTP_METRIC_NAMES)
+# The semantic conventions' bucket advice for HTTP durations.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+_CACHE_LIMIT = 10_000
+_logger = logging.getLogger("chat_turbo_metrics_http_client")
+_random = random.random
+perf_counter = time.perf_counter
+
+# Set while one instrumented call is measured: a client call made inside it (requests over urllib3, a redirect
+# requests follows by calling send() again, urllib3's own retries) is part of that request, not one more.
+measuring: contextvars.ContextVar[bool] = contextvars.ContextVar("chat_turbo_http_client", default=False)
+
+Observe = Callable[[float], None]
+Key = tuple[str, str, int, int, str | None]  # method, server address, server port, status (0: none), error type
+
+
+def metric_names(given: str | None, environ: Mapping[str, str] | None) -> str | None:
+    """``seed``, ``semconv``, ``both``, or ``auto``: the one place the client instrumentors choose their names.
+
+    The keyword argument, else ``CHAT_TURBO_HTTP_METRIC_NAMES`` when it is set (read as the HTTP server
+    instrumentors read it, with their one error per process for a bad value: None is returned and the caller
+    measures nothing); else ``auto``: the monitor's ``semconv_stability_opt_in`` (``OTEL_SEMCONV_STABILITY_OPT_IN``)
+    decides, asked through :func:`chat_turbo_metrics.instrumentation.semconv_mode` when the monitor is bound.
+
+    Raises:
+        ConfigurationError: ``given`` is not one of ``seed``, ``semconv``, ``both``.
+    """
+    env = os.environ if environ is None else environ
+    if given is None and METRIC_NAMES_VARIABLE not in env:
+        return "auto"
+    settings = usable_settings((), given, env)  # excluded paths are a server's setting: not read here
+    return None if settings is None else settings.metric_names
+
+
+_authorities: dict[str, tuple[str, int]] = {}
+
+
+def server_of(url: str) -> tuple[str, int]:
+    """The host and port of an absolute URL (the scheme's default port when none is written).
+
+    Example:
+        >>> server_of("https://user:secret@api.example.com/v1/items?token=x")
+        ('api.example.com', 443)
+    """
+    start = url.find("://")
+    end = len(url)
+    for mark in "/?#":
+        found = url.find(mark, start + 3)
+        if found != -1 and found < end:
+            end = found
+    prefix = url[:end]
+    known = _authorities.get(prefix)
+    if known is None:
+        try:
+            parts = urlsplit(prefix)
+            port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower(), 0)
+            known = (parts.hostname or "", port)
+        except ValueError:  # a bad port: the library will refuse the URL; we record it as unknown
+            known = ("", 0)
+        if len(_authorities) < _CACHE_LIMIT:
+            _authorities[prefix] = known
+    return known
+
+
+def error_type(error: BaseException) -> str:
+    """The ``error_type`` of a request that raised: the exception's class name."""
+    return type(error).__name__
+
+
+class ClientMetrics:
+    """Records finished client requests into the monitor under the chosen names.
+
+    Example:
+        >>> metrics = ClientMetrics("seed", monitor)
+        >>> metrics.record("GET", "127.0.0.1", 8080, 200, None, 0.004)
+        >>> tags = {"method": "GET", "server_address": "127.0.0.1", "server_port": 8080, "status": 200}
+        >>> monitor.snapshot().value("http_client_request_duration_seconds", tags)["count"]
+        1
+    """
+
+    def __init__(self, names: str, monitor: PerformanceMonitor | None = None) -> None:
+        self._fixed = monitor
+        self._names = names
+        self._seed = names in ("seed", "both")
+        self._semconv = names in ("semconv", "both")
+        self._monitor: PerformanceMonitor | None = None
+        self._marker: Any = None
+        self._series: dict[Key, Observe] = {}
+        self.problems = Problems(_logger)
+
+    def record(  # noqa: PLR0917 - called per request; positional arguments are the cheapest to pass
+        self, method: str, host: str, port: int, status: int, why: str | None, seconds: float
+    ) -> None:
+        """One finished request: ``status`` 0 when no response came, ``why`` the error type (None: none)."""
+        try:
+            monitor = self._fixed or PerformanceMonitor._instance or PerformanceMonitor.get_instance()
+            if monitor is not self._monitor or monitor.increment_counter is not self._marker:
+                self._bind(monitor)
+            if why is None and status >= 400:
+                why = str(status)  # the conventions' error.type of an error response
+            key = (method, host, port, status, why)
+            series = self._series.get(key)
+            if series is None:
+                series = self._new_series(key)
+            series(seconds)
+        except Exception as error:  # never into the application's request
+            self.problems.report(("record", type(error)), "cannot record an HTTP client request: %r", error)
+
+    def _bind(self, monitor: PerformanceMonitor) -> None:
+        self._series = {}
+        if self._names == "auto":  # asked again whenever configure() gives the monitor a new recorder
+            mode = semconv_mode("http", monitor)
+            self._seed, self._semconv = mode.seed, mode.semconv
+        for name, wanted in ((DURATION, self._seed), (SC_DURATION, self._semconv)):
+            if wanted:
+                try:
+                    monitor.define(
+                        name, "histogram", unit="s", description="Duration of HTTP client requests.", buckets=BUCKETS
+                    )
+                except ValueError as error:  # the application defined it its own way first: keep theirs
+                    _logger.debug("keeping the application's definition of %s: %s", name, error)
+        self._monitor, self._marker = monitor, monitor.increment_counter
+
+    def _new_series(self, key: Key) -> Observe:
+        method, host, port, status, why = key
+        method = normal_method(method.upper())
+        monitor = self._monitor
+        assert monitor is not None
+        observers: list[Observe] = []
+        if self._seed:
+            tags: dict[str, Any] = {"method": method, "server_address": host, "server_port": port}
+            if status:
+                tags["status"] = status
+            if why is not None:
+                tags["error_type"] = why
+            observers.append(monitor.histogram(DURATION, tags).observe)
+        if self._semconv:
+            tags = {"http.request.method": method, "server.address": host, "server.port": port}
+            if status:
+                tags["http.response.status_code"] = status
+            if why is not None:
+                tags["error.type"] = why
+            observers.append(monitor.histogram(SC_DURATION, tags).observe)
+        series = observers[0] if len(observers) == 1 else _both(*observers)
+        rate = monitor.config.sampling_rate
+        if rate < 1.0:
+            series = _sampled(series, rate)
+        if len(self._series) < _CACHE_LIMIT:
+            self._series[key] = series
+        return series
+
+
+def _both(first: Observe, second: Observe) -> Observe:
+    def observe(value: float) -> None:
+        first(value)
+        second(value)
+
+    return observe
+
+
+def _sampled(observe: Observe, rate: float) -> Observe:
+    """The monitor samples histograms at ``sampling_rate``; a bound handle does not, so we do."""
+
+    def sampled(value: float) -> None:
+        if _random() < rate:
+            observe(value)
+
+    return sampled
+
+
+def client_metrics(kwargs: Mapping[str, Any]) -> ClientMetrics | None:
+    """The metrics an instrumentor's ``instrument(**kwargs)`` records into; None when a variable is bad."""
+    names = metric_names(kwargs.get("metric_names"), kwargs.get("environ"))
+    return None if names is None else ClientMetrics(names, kwargs.get("monitor"))
+
+
+class Patches:
+    """Attributes replaced on classes or modules, put back by :meth:`restore`."""
+
+    def __init__(self) -> None:
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def replace(self, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+        """Set ``owner.name`` to ``make(original)``, the original kept for :meth:`restore`."""
+        original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+        wrapper = make(original)
+        wrapper.__wrapped__ = original
+        self._saved.append((owner, name, original))
+        setattr(owner, name, wrapper)
+
+    def restore(self) -> None:
+        """Put every replaced attribute back, the last replaced first."""
+        while self._saved:
+            owner, name, original = self._saved.pop()
+            setattr(owner, name, original)
