@@ -303,3 +303,12 @@ def test_the_delta_of_an_exponential_histogram_whose_scale_went_down() -> None:
     # A point that does not contain the earlier one (a restart) is all of its own interval.
     restarted, _ = converter.convert(exponential_data(30, 1, 1, 2, [0, 0, 0, 0], zero=1))
     assert point_of(restarted).count == 1
+
+
+def test_the_snapshot_gives_the_record_of_an_exponential_histogram(monitor_factory: MonitorFactory) -> None:
+    monitor = exponential_monitor(monitor_factory)
+    for value in VALUES:
+        monitor.record_histogram("render_seconds", value, {"route": "/chat"})
+    record = monitor.snapshot().value("render_seconds", {"route": "/chat"})
+    assert record["kind"] == "exponential_histogram"
+    assert (record["count"], record["sum"], record["scale"], record["zero_count"]) == (5, 15, 5, 1)
