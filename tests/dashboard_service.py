@@ -6,6 +6,8 @@ instrumentor) on a free port, stores messages in SQLite through SQLAlchemy (the 
 them in Redis (the cache instrumentor), reads the process (the system instrumentor), evaluates the shipped alert
 rules plus one that fires at once, notifies a log route, and drives traffic against itself until it is killed.
 Every name it records is one the instrumentors record in a real service: the dashboards are checked against them.
+Under ``OTEL_SEMCONV_STABILITY_OPT_IN=http,database`` the instrumentors record the semantic conventions' names, and
+the rule that fires at once reads failed requests from ``http_server_request_duration_seconds`` instead.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(metrics_port: int, sqlite_path: str, redis_prefix: str) -> None:
     import chat_turbo_metrics
     from chat_turbo_metrics.alerting import AlertManager, LogNotifier
+    from chat_turbo_metrics.instrumentation import SemconvMode, semconv_mode
     from chat_turbo_metrics_cache import RedisInstrumentor
     from chat_turbo_metrics_database import SQLAlchemyInstrumentor
     from chat_turbo_metrics_http.wsgi import WsgiMetricsInstrumentor
@@ -90,8 +93,12 @@ def main(metrics_port: int, sqlite_path: str, redis_prefix: str) -> None:
 
     manager = AlertManager(monitor)
     manager.load_rules(ROOT / "configs" / "alert_rules.toml")
+    errors = {"metric": "errors_total", "statistic": "increase"}  # the seed's names
+    if semconv_mode("http", monitor) is SemconvMode.SEMCONV:  # OTEL_SEMCONV_STABILITY_OPT_IN=http: no errors_total
+        errors = {"metric": "http_server_request_duration_seconds", "statistic": "max",
+                  "matchers": {"error.type": "RuntimeError"}}  # fmt: skip
     manager.add_rule(
-        {"id": "errors-seen", "name": "Errors Seen", "metric": "errors_total", "statistic": "increase",
+        {"id": "errors-seen", "name": "Errors Seen", **errors,
          "window": "1m", "condition": "gt", "threshold": 0, "duration": 0, "severity": "warning"}
     )  # fmt: skip
     manager.add_route(LogNotifier(), name="log", group_wait_s=0.5, group_interval_s=1.0)

@@ -5,11 +5,15 @@
 Redis, the system instrumentor and an alert manager that fires and notifies. Once a few scrapes are in, every
 panel query of every dashboard in ``configs/grafana/`` (template variables substituted) goes through Prometheus's
 HTTP API and must be valid and return data; so must every variable query and every exported alert rule, which
-``promtool check rules`` must accept too, and which must be exactly what ``rules export`` writes.
+``promtool check rules`` must accept too, and which must be exactly what ``rules export`` writes. The service runs
+twice: with the seed's names, for ``chat-turbo-service.json``, and under ``OTEL_SEMCONV_STABILITY_OPT_IN=http,database``
+(the semantic conventions' names), for ``chat-turbo-service-semconv.json``; the alerting dashboard, whose names do
+not change, is checked against both. The service keeps the default ``otel_scope_*`` labels on every sample.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -18,7 +22,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,16 @@ PROMETHEUS = ROOT / "configs" / "prometheus"
 DASHBOARDS = sorted(GRAFANA.glob("*.json"))
 SCRAPES = 5  # scrapes to wait for before querying (1 s apart): enough for every rate() to have two samples
 PATIENCE_S = 20.0
+MODES = {"seed": {}, "semconv": {"OTEL_SEMCONV_STABILITY_OPT_IN": "http,database"}}  # the service's environment
+# Which naming each dashboard is written for (the alerting names are the same in both).
+RUNS = {
+    "chat-turbo-service.json": ("seed",),
+    "chat-turbo-service-semconv.json": ("semconv",),
+    "chat-turbo-alerting.json": ("seed", "semconv"),
+}
+CHECKS = [
+    pytest.param(mode, GRAFANA / name, id=f"{Path(name).stem}-{mode}") for name, modes in RUNS.items() for mode in modes
+]
 
 
 @dataclass
@@ -94,16 +108,15 @@ def wait_until(what: str, check: Any, prometheus: Prometheus | None = None) -> N
         time.sleep(0.2)
 
 
-@pytest.fixture(scope="module")
-def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
-    binary = require_tool("prometheus")
-    require(port_open("127.0.0.1", 6379), "Redis is not running on 127.0.0.1:6379")
-    directory = tmp_path_factory.mktemp("dashboards")
+@contextlib.contextmanager
+def serving(binary: str, directory: Path, mode: str) -> Iterator[tuple[Scraped, Callable[[], None]]]:
+    """The service naming as ``mode`` says and a Prometheus scraping it, started; and how to wait for the scrapes."""
     service_port = free_port()
     service = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "dashboard_service.py"), str(service_port),
          str(directory / "chat.db"), f"dashboards-{service_port}"],
-        env=clean_env(), stdout=subprocess.DEVNULL, stderr=(directory / "service.log").open("wb"),
+        env=clean_env(METRICS_PROMETHEUS_SCOPE_LABELS="true", **MODES[mode]),
+        stdout=subprocess.DEVNULL, stderr=(directory / "service.log").open("wb"),
     )  # fmt: skip
     prometheus_process: subprocess.Popen[bytes] | None = None
     try:
@@ -126,16 +139,16 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
                 return False
             return bool(answer.get("data", {}).get("result"))
 
-        wait_until(f"{SCRAPES} successful scrapes of the service", scrapes, prometheus)
-        yield Scraped(
-            prometheus,
-            {
-                "job": job,
-                "instance": f"127.0.0.1:{service_port}",
-                "__rate_interval": "10s",  # what Grafana makes of a 1 s scrape interval, rounded up
-                "__range": "1m",
-                "datasource": "prometheus",
-            },
+        substitutions = {
+            "job": job,
+            "instance": f"127.0.0.1:{service_port}",
+            "__rate_interval": "10s",  # what Grafana makes of a 1 s scrape interval, rounded up
+            "__range": "1m",
+            "datasource": "prometheus",
+        }
+        yield (
+            Scraped(prometheus, substitutions),
+            lambda: wait_until(f"{SCRAPES} successful scrapes of the service ({mode} names)", scrapes, prometheus),
         )
     finally:
         for process in (prometheus_process, service):
@@ -146,6 +159,21 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+
+
+@pytest.fixture(scope="module")
+def scraped_by_mode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Scraped]]:
+    """For each naming, a real Prometheus that has scraped the service a few times (both started at once)."""
+    binary = require_tool("prometheus")
+    require(port_open("127.0.0.1", 6379), "Redis is not running on 127.0.0.1:6379")
+    with contextlib.ExitStack() as stack:
+        started = {
+            mode: stack.enter_context(serving(binary, tmp_path_factory.mktemp(f"dashboards-{mode}"), mode))
+            for mode in MODES
+        }
+        for _, wait in started.values():
+            wait()
+        yield {mode: scraped for mode, (scraped, _) in started.items()}
 
 
 def substitute(expr: str, values: dict[str, str]) -> str:
@@ -172,7 +200,7 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def test_the_dashboards_are_current_grafana_json_with_unique_ids() -> None:
-    assert {path.name for path in DASHBOARDS} == {"chat-turbo-service.json", "chat-turbo-alerting.json"}
+    assert {path.name for path in DASHBOARDS} == set(RUNS)
     uids = set()
     for path in DASHBOARDS:
         dashboard = load(path)
@@ -189,8 +217,36 @@ def test_the_dashboards_are_current_grafana_json_with_unique_ids() -> None:
     assert len(uids) == len(DASHBOARDS)
 
 
-@pytest.mark.parametrize("path", DASHBOARDS, ids=[path.stem for path in DASHBOARDS])
-def test_every_panel_query_is_valid_and_returns_data(scraped: Scraped, path: Path) -> None:
+def metric_names(dashboard: dict[str, Any]) -> set[str]:
+    """The series names the panels' queries select (``name{...}``)."""
+    return {
+        name
+        for panel in panels(dashboard)
+        for target in panel["targets"]
+        for name in re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", target["expr"])
+    }
+
+
+def test_the_semconv_service_dashboard_has_the_seed_ones_panels_on_the_conventions_names() -> None:
+    seed, semconv = load(GRAFANA / "chat-turbo-service.json"), load(GRAFANA / "chat-turbo-service-semconv.json")
+    layout = [(p["id"], p["type"], p["title"], p["gridPos"]) for p in seed["panels"]]
+    assert [(p["id"], p["type"], p["title"], p["gridPos"]) for p in semconv["panels"]] == layout
+    assert [v["name"] for v in semconv["templating"]["list"]] == [v["name"] for v in seed["templating"]["list"]]
+    # Only the names the semantic conventions do not rename are shared; HTTP, database, Redis and process read
+    # http_server_*, db_client_* and process_* (the system instrumentor's seed gauges would work too, but are not
+    # what a semconv dashboard should show).
+    assert metric_names(seed) & metric_names(semconv) == {
+        "cache_hit_ratio", "cache_hits_total", "cache_misses_total", "python_gc_collections_total",
+        "chat_turbo_metrics_series", "chat_turbo_metrics_exports_total",
+    }  # fmt: skip
+    assert {name.split("_")[0] for name in metric_names(semconv) - metric_names(seed)} == {"http", "db", "process"}
+
+
+@pytest.mark.parametrize(("mode", "path"), CHECKS)
+def test_every_panel_query_is_valid_and_returns_data(
+    scraped_by_mode: dict[str, Scraped], mode: str, path: Path
+) -> None:
+    scraped = scraped_by_mode[mode]
     dashboard = load(path)
     problems = []
     checked = 0
@@ -207,8 +263,11 @@ def test_every_panel_query_is_valid_and_returns_data(scraped: Scraped, path: Pat
     assert problems == [], "\n".join(problems)
 
 
-@pytest.mark.parametrize("path", DASHBOARDS, ids=[path.stem for path in DASHBOARDS])
-def test_every_template_variable_lists_the_scraped_service(scraped: Scraped, path: Path) -> None:
+@pytest.mark.parametrize(("mode", "path"), CHECKS)
+def test_every_template_variable_lists_the_scraped_service(
+    scraped_by_mode: dict[str, Scraped], mode: str, path: Path
+) -> None:
+    scraped = scraped_by_mode[mode]
     for variable in load(path)["templating"]["list"]:
         if variable["type"] != "query":
             continue
@@ -236,7 +295,8 @@ def test_promtool_accepts_the_exported_rules_and_the_scrape_config() -> None:
         assert "SUCCESS" in result.stdout + result.stderr
 
 
-def test_prometheus_loads_every_exported_rule_and_each_reads_scraped_data(scraped: Scraped) -> None:
+def test_prometheus_loads_every_exported_rule_and_each_reads_scraped_data(scraped_by_mode: dict[str, Scraped]) -> None:
+    scraped = scraped_by_mode["seed"]  # the shipped rules read the seed's names
     exported = yaml.safe_load((PROMETHEUS / "alert_rules.yml").read_text(encoding="utf-8"))
     rules = [rule for group in exported["groups"] for rule in group["rules"]]
     assert {rule["name"] for rule in scraped.prometheus.rules()} == {rule["alert"] for rule in rules}

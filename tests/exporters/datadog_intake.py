@@ -301,4 +301,4 @@ def running_intake(tls: ssl.SSLContext | None = None, **limits: int) -> Iterator
         yield server
     finally:
         server.stop()
-    assert server.violations == []
+    assert server.violations == [], server.violations

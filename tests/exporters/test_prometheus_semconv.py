@@ -38,7 +38,7 @@ def test_real_prometheus_stores_the_semconv_names(tmp_path: Path) -> None:
             assert set(samples) <= names, family
             series = server.api("/api/v1/series", **{"match[]": samples[0]})
             stored = {key for item in series for key in item} - {"__name__", "job", "instance"}
-            assert stored == set(labels), family
+            assert stored == {*labels, "otel_scope_name", "otel_scope_version"}, family  # the scope of every sample
         # and PromQL reads the conventions' duration per route
         per_route = server.query('sum by (http_route) (http_server_request_duration_seconds_count{http_route!=""})')
         assert {item["metric"]["http_route"]: float(item["value"][1]) for item in per_route} == {
