@@ -312,3 +312,21 @@ def test_the_snapshot_gives_the_record_of_an_exponential_histogram(monitor_facto
     record = monitor.snapshot().value("render_seconds", {"route": "/chat"})
     assert record["kind"] == "exponential_histogram"
     assert (record["count"], record["sum"], record["scale"], record["zero_count"]) == (5, 15, 5, 1)
+
+
+def test_alert_rules_on_an_exponential_histogram_warn_once_that_they_see_no_data(
+    monitor_factory: MonitorFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    from chat_turbo_metrics.alerting._statistics import SeriesStore
+
+    monitor = exponential_monitor(monitor_factory)
+    monitor.record_histogram("render_seconds", 0.5)
+    monitor.record_histogram("queue_seconds", 0.5)
+    store = SeriesStore()
+    store.watch({"render_seconds"}, window_s=300, interval_s=60)
+    with caplog.at_level("WARNING", logger="chat_turbo_metrics.alerting"):
+        store.ingest(monitor.pipeline.collect(), 1.0)
+        store.ingest(monitor.pipeline.collect(), 2.0)
+    warned = [r.getMessage() for r in caplog.records if "exponential histogram" in r.getMessage()]
+    assert len(warned) == 1  # once, and only for the watched metric
+    assert warned[0].startswith("alert rules on render_seconds see no data")

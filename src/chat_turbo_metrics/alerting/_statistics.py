@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -22,6 +23,8 @@ from opentelemetry.sdk.metrics.export import MetricsData
 from chat_turbo_metrics._collection.records import data_kind
 from chat_turbo_metrics._collection.walk import walk
 from chat_turbo_metrics._core.naming import Kind, counter_name, prometheus_label, prometheus_name
+
+_logger = logging.getLogger("chat_turbo_metrics.alerting")
 
 STALENESS_S = 300.0
 """How long the last sample of a series counts (Prometheus's lookback delta)."""
@@ -119,6 +122,7 @@ class SeriesStore:
         self._aliases: dict[tuple[str, str, str], set[str]] = {}
         self._window_s = 0.0
         self._max_points = 2
+        self._unread: set[str] = set()  # watched metrics that arrive as exponential histograms (warned once)
 
     def watch(self, names: Iterable[str], *, window_s: float, interval_s: float) -> None:
         """Keep history only for these names, long enough for ``window_s`` at one point per ``interval_s``."""
@@ -139,9 +143,22 @@ class SeriesStore:
         for key, point in points.items():
             self._append(history, key, point, now)
 
+    def _warn_unread(self, name: str, unit: str) -> None:
+        """Once per metric: a rule watches it, but it arrives as an exponential histogram, which rules do not read."""
+        if name in self._unread or self._watched.isdisjoint(aliases(name, unit, "histogram")):
+            return
+        self._unread.add(name)
+        _logger.warning(
+            "alert rules on %s see no data: it is an exponential histogram "
+            "(OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION), which rules do not read",
+            name,
+        )
+
     def _ingest_metric(self, metric: Any, now: float) -> None:
         kind = data_kind(metric.data)
         if kind not in _READ_KINDS:
+            if kind == "exponential_histogram":
+                self._warn_unread(metric.name, metric.unit or "")
             return
         names = self._aliases.get((metric.name, metric.unit or "", kind))
         if names is None:
