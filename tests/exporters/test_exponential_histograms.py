@@ -314,19 +314,22 @@ def test_the_snapshot_gives_the_record_of_an_exponential_histogram(monitor_facto
     assert (record["count"], record["sum"], record["scale"], record["zero_count"]) == (5, 15, 5, 1)
 
 
-def test_alert_rules_on_an_exponential_histogram_warn_once_that_they_see_no_data(
-    monitor_factory: MonitorFactory, caplog: pytest.LogCaptureFixture
-) -> None:
-    from chat_turbo_metrics.alerting._statistics import SeriesStore
+def test_an_alert_rule_reads_the_quantile_of_an_exponential_histogram(monitor_factory: MonitorFactory) -> None:
+    from chat_turbo_metrics.alerting import AlertManager
 
     monitor = exponential_monitor(monitor_factory)
-    monitor.record_histogram("render_seconds", 0.5)
-    monitor.record_histogram("queue_seconds", 0.5)
-    store = SeriesStore()
-    store.watch({"render_seconds"}, window_s=300, interval_s=60)
-    with caplog.at_level("WARNING", logger="chat_turbo_metrics.alerting"):
-        store.ingest(monitor.pipeline.collect(), 1.0)
-        store.ingest(monitor.pipeline.collect(), 2.0)
-    warned = [r.getMessage() for r in caplog.records if "exponential histogram" in r.getMessage()]
-    assert len(warned) == 1  # once, and only for the watched metric
-    assert warned[0].startswith("alert rules on render_seconds see no data")
+    manager = AlertManager(monitor, evaluation_interval_s=60)
+    base = {"name": "Slow", "metric": "render_seconds", "statistic": "p95", "window": "5m", "condition": "gt"}
+    manager.add_rule({**base, "id": "slow", "threshold": 0.5})
+    manager.add_rule({**base, "id": "very-slow", "threshold": 5.0})
+    states = []
+    for step in range(4):
+        for _ in range(20):
+            monitor.record_histogram("render_seconds", 1.0)  # every observation takes a second: p95 is about 1 s
+        alerts = manager.evaluate_data(monitor.pipeline.collect(), step * 60.0)
+        states.append(sorted((alert.rule_id, alert.state) for alert in alerts))
+        values = [alert.value for alert in alerts]
+    assert states[-1] == [("slow", "firing")]
+    # All observations are 1.0, the one populated bucket: converted, it is le="1" right after le="0", so
+    # histogram_quantile interpolates 95 % of (0, 1], as Prometheus would from the scrape.
+    assert values == [pytest.approx(0.95)]

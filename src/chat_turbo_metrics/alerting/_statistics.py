@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import logging
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -20,11 +19,10 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import MetricsData
 
+from chat_turbo_metrics._collection.exponential import explicit_buckets
 from chat_turbo_metrics._collection.records import data_kind
 from chat_turbo_metrics._collection.walk import walk
 from chat_turbo_metrics._core.naming import Kind, counter_name, prometheus_label, prometheus_name
-
-_logger = logging.getLogger("chat_turbo_metrics.alerting")
 
 STALENESS_S = 300.0
 """How long the last sample of a series counts (Prometheus's lookback delta)."""
@@ -90,16 +88,25 @@ def aliases(name: str, unit: str, kind: str) -> set[str]:
     return names
 
 
-_READ_KINDS = frozenset({"counter", "updowncounter", "gauge", "histogram"})  # exponential histograms: not read
+# Collected kind -> the kind rules read it as: an exponential histogram is read as the classic one it converts to.
+_READ_KINDS = {
+    "counter": "counter",
+    "updowncounter": "updowncounter",
+    "gauge": "gauge",
+    "histogram": "histogram",
+    "exponential_histogram": "histogram",
+}
 
 
 def _point(kind: str, data_point: Any) -> Point:
     if kind == "histogram":
+        # An exponential point: its buckets as the classic ones they convert to; count, sum and max are its own.
+        buckets = data_point if hasattr(data_point, "explicit_bounds") else explicit_buckets(data_point)
         return HistogramPoint(
             count=float(data_point.count),
             sum=float(data_point.sum),
-            bounds=tuple(data_point.explicit_bounds),
-            counts=tuple(float(c) for c in data_point.bucket_counts),
+            bounds=tuple(buckets.explicit_bounds),
+            counts=tuple(float(c) for c in buckets.bucket_counts),
             max=float(data_point.max) if data_point.count else None,
         )
     return float(data_point.value)
@@ -122,7 +129,6 @@ class SeriesStore:
         self._aliases: dict[tuple[str, str, str], set[str]] = {}
         self._window_s = 0.0
         self._max_points = 2
-        self._unread: set[str] = set()  # watched metrics that arrive as exponential histograms (warned once)
 
     def watch(self, names: Iterable[str], *, window_s: float, interval_s: float) -> None:
         """Keep history only for these names, long enough for ``window_s`` at one point per ``interval_s``."""
@@ -143,22 +149,9 @@ class SeriesStore:
         for key, point in points.items():
             self._append(history, key, point, now)
 
-    def _warn_unread(self, name: str, unit: str) -> None:
-        """Once per metric: a rule watches it, but it arrives as an exponential histogram, which rules do not read."""
-        if name in self._unread or self._watched.isdisjoint(aliases(name, unit, "histogram")):
-            return
-        self._unread.add(name)
-        _logger.warning(
-            "alert rules on %s see no data: it is an exponential histogram "
-            "(OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION), which rules do not read",
-            name,
-        )
-
     def _ingest_metric(self, metric: Any, now: float) -> None:
-        kind = data_kind(metric.data)
-        if kind not in _READ_KINDS:
-            if kind == "exponential_histogram":
-                self._warn_unread(metric.name, metric.unit or "")
+        kind = _READ_KINDS.get(data_kind(metric.data) or "")
+        if kind is None:
             return
         names = self._aliases.get((metric.name, metric.unit or "", kind))
         if names is None:

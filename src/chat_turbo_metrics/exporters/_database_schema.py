@@ -51,10 +51,10 @@ from sqlalchemy import (
     update,
 )
 
+from chat_turbo_metrics._collection.exponential import explicit_buckets
 from chat_turbo_metrics._collection.records import data_kind
 from chat_turbo_metrics._collection.walk import resources, walk
 from chat_turbo_metrics._core.config import ConfigurationError
-from chat_turbo_metrics.exporters._prometheus_text import explicit_buckets
 
 SCHEMA_VERSION = 2
 # What says whose a stream is (see the module docstring); a missing attribute counts as null.
