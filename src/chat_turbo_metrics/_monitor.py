@@ -153,6 +153,12 @@ def make_recorder(config: MonitoringConfig, pipeline: Pipeline, problems: Proble
         histograms = None
         if config.histogram_aggregation == EXPONENTIAL_HISTOGRAM:
             histograms = SdkRecorder(pipeline.meter, registry, problems, config.sampling_rate)
+            if config.series_idle_timeout_s:
+                _logger.warning(
+                    "series_idle_timeout_s=%s does not evict histogram series while they are exponential "
+                    "histograms (recorded through the SDK); counters and gauges are evicted",
+                    config.series_idle_timeout_s,
+                )
         recorder = FastRecorder(registry, problems, config, overflow=pipeline.overflow, histograms=histograms)
         pipeline.add_producer(recorder.metrics, recorder.recorded)  # every collection reads its cells
         return recorder

@@ -333,3 +333,11 @@ def test_an_alert_rule_reads_the_quantile_of_an_exponential_histogram(monitor_fa
     # All observations are 1.0, the one populated bucket: converted, it is le="1" right after le="0", so
     # histogram_quantile interpolates 95 % of (0, 1], as Prometheus would from the scrape.
     assert values == [pytest.approx(0.95)]
+
+
+def test_idle_eviction_says_it_does_not_evict_exponential_histograms(
+    monitor_factory: MonitorFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="chat_turbo_metrics"):
+        exponential_monitor(monitor_factory, series_idle_timeout_s=600)
+    assert any("does not evict histogram series" in record.getMessage() for record in caplog.records)
