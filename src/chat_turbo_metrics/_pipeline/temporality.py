@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry.sdk.metrics import (
     Counter,
@@ -201,13 +201,7 @@ def _histogram_delta(point: HistogramDataPoint, before: HistogramDataPoint | Non
     buckets = [now - then for now, then in zip(point.bucket_counts, before.bucket_counts, strict=True)]
     if point.count < before.count or any(count < 0 for count in buckets):
         return point
-    return replace(
-        point,
-        start_time_unix_nano=before.time_unix_nano,
-        count=point.count - before.count,
-        sum=point.sum - before.sum,
-        bucket_counts=buckets,
-    )
+    return _since(point, before, bucket_counts=buckets)
 
 
 def _exponential_delta(
@@ -228,14 +222,20 @@ def _exponential_delta(
     negative = _buckets_delta(point.negative, before.negative, shift)
     if positive is None or negative is None:
         return point
+    return _since(point, before, zero_count=point.zero_count - before.zero_count, positive=positive, negative=negative)
+
+
+_H = TypeVar("_H", HistogramDataPoint, ExponentialHistogramDataPoint)
+
+
+def _since(point: _H, before: _H, **buckets: Any) -> _H:
+    """A histogram point of either kind as the interval since ``before``: its count, sum and ``buckets``."""
     return replace(
         point,
         start_time_unix_nano=before.time_unix_nano,
         count=point.count - before.count,
         sum=point.sum - before.sum,
-        zero_count=point.zero_count - before.zero_count,
-        positive=positive,
-        negative=negative,
+        **buckets,
     )
 
 
