@@ -50,6 +50,10 @@ def monitor(recording: str, **settings: Any) -> PerformanceMonitor:
 def per_call() -> dict[str, float]:
     fast, sdk = monitor("fast"), monitor("sdk")
     evicting = monitor("fast", series_idle_timeout_s=3600)  # idle-series eviction on: same hot path
+    # OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION=base2_exponential_bucket_histogram: histograms and
+    # timers go through the SDK's exponential aggregation, counters stay on the fast path.
+    exponential = monitor("fast", histogram_aggregation="base2_exponential_bucket_histogram")
+    exponential_obs = exponential.histogram("bound_latency", TAGS)
     reader = InMemoryMetricReader()
     meter = MeterProvider(metric_readers=[reader]).get_meter("bench")
     raw_counter = meter.create_counter("raw_requests")
@@ -69,6 +73,9 @@ def per_call() -> dict[str, float]:
         "fast record_gauge": lambda: fast.record_gauge("queue_depth", 3, TAGS),
         "fast increment_counter, eviction on": lambda: evicting.increment_counter("api_requests", TAGS),
         "fast record_histogram, eviction on": lambda: evicting.record_histogram("payload_size", 0.123, TAGS),
+        "fast record_histogram, exponential": lambda: exponential.record_histogram("payload_size", 0.123, TAGS),
+        "fast record_timer, exponential": lambda: exponential.record_timer("api_request", start, TAGS),
+        "fast bound observe(), exponential": lambda: exponential_obs.observe(0.123),
         "fast bound inc()": lambda: fast_inc.inc(),  # noqa: PLW0108
         "fast bound observe()": lambda: fast_obs.observe(0.123),
         "sdk increment_counter": lambda: sdk.increment_counter("api_requests", TAGS),
@@ -100,6 +107,7 @@ def per_call() -> dict[str, float]:
     fast.shutdown()
     sdk.shutdown()
     evicting.shutdown()
+    exponential.shutdown()
     return results
 
 

@@ -18,7 +18,12 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from chat_turbo_metrics._collection.ratio import add_hit_ratios
 from chat_turbo_metrics._core import forks
-from chat_turbo_metrics._core.config import ConfigurationError, MonitoringConfig, get_monitoring_config
+from chat_turbo_metrics._core.config import (
+    EXPONENTIAL_HISTOGRAM,
+    ConfigurationError,
+    MonitoringConfig,
+    get_monitoring_config,
+)
 from chat_turbo_metrics._core.guard import Problems
 from chat_turbo_metrics._core.naming import Kind
 from chat_turbo_metrics._pipeline import globals as otel_globals
@@ -143,7 +148,18 @@ def make_recorder(config: MonitoringConfig, pipeline: Pipeline, problems: Proble
     if config.recording == "fast":
         from chat_turbo_metrics._recording.fast import FastRecorder
 
-        recorder = FastRecorder(registry, problems, config, overflow=pipeline.overflow)
+        # Exponential histograms: the fast path has no exponential cells, so histograms and timers are recorded
+        # through the SDK, whose aggregation the reader prefers then (see PipelineReader).
+        histograms = None
+        if config.histogram_aggregation == EXPONENTIAL_HISTOGRAM:
+            histograms = SdkRecorder(pipeline.meter, registry, problems, config.sampling_rate)
+            if config.series_idle_timeout_s:
+                _logger.warning(
+                    "series_idle_timeout_s=%s does not evict histogram series while they are exponential "
+                    "histograms (recorded through the SDK); counters and gauges are evicted",
+                    config.series_idle_timeout_s,
+                )
+        recorder = FastRecorder(registry, problems, config, overflow=pipeline.overflow, histograms=histograms)
         pipeline.add_producer(recorder.metrics, recorder.recorded)  # every collection reads its cells
         return recorder
     return SdkRecorder(pipeline.meter, registry, problems, config.sampling_rate)

@@ -41,7 +41,7 @@ class MetricsSnapshot:
         return to_prometheus_text(self.data, openmetrics=openmetrics, scope_labels=self.scope_labels)
 
     def value(self, name: str, tags: Mapping[str, Any] | None = None) -> Any:
-        """The value of one series: a number for sums and gauges, a record dict for histograms.
+        """The value of one series: a number for sums and gauges, a record dict for histograms (exponential too).
 
         Args:
             name: the instrument name (``messages_sent``, a timer's ``api_request_duration``).
@@ -53,7 +53,7 @@ class MetricsSnapshot:
         wanted = dict(tags or {})
         for record in metric_records(self.data):
             if record["name"] == name and record["attributes"] == wanted:
-                return record if record["kind"] == "histogram" else record["value"]
+                return record.get("value", record)  # histograms of either kind: the whole record
         return None
 
     def names(self) -> set[str]:

@@ -548,3 +548,54 @@ def test_well_formed_otlp_headers_reach_the_collector(
 
     assert http_receiver.headers
     assert {(h["authorization"], h["x-tenant"]) for h in http_receiver.headers} == {("Bearer abc", "t1")}
+
+
+# --- OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION ------------------------------------------
+
+
+def test_http_export_carries_exponential_histograms_when_the_variable_asks_for_them(
+    http_receiver: OtlpHttpReceiver, monitor_factory: MonitorFactory, recording: str
+) -> None:
+    monitor = otlp_monitor(
+        monitor_factory, recording=recording, histogram_aggregation="base2_exponential_bucket_histogram"
+    )
+    for value in (0, 1, 2, 4, 8):
+        monitor.record_histogram("render_seconds", value, {"route": "/chat"})
+    monitor.increment_counter("messages_sent")  # counters are unchanged
+    assert monitor.force_flush() is True
+
+    metrics = metrics_by_name(http_receiver.received.wait_for(1)[-1])
+    metric = metrics["render_seconds"]
+    assert metric.WhichOneof("data") == "exponential_histogram"
+    assert metric.exponential_histogram.aggregation_temporality == (
+        AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+    )
+    (point,) = metric.exponential_histogram.data_points
+    assert attributes(point.attributes) == {"route": "/chat"}
+    assert (point.count, point.sum, point.zero_count, point.min, point.max) == (5, 15.0, 1, 0.0, 8.0)
+    # 1..8 spans three powers of two; 160 buckets hold 2**5 per power at most: scale 5. With base 2**(1/32)
+    # the bucket of v is ceil(32 * log2(v)) - 1 (upper bounds inclusive): 1 -> -1, 2 -> 31, 4 -> 63, 8 -> 95.
+    assert point.scale == 5
+    counts = {point.positive.offset + i: count for i, count in enumerate(point.positive.bucket_counts) if count}
+    assert counts == {-1: 1, 31: 1, 63: 1, 95: 1}
+    assert not any(point.negative.bucket_counts)
+    assert metrics["messages_sent"].WhichOneof("data") == "sum"
+
+
+def test_explicit_histograms_stay_the_default_and_view_buckets_win_over_the_variable(
+    http_receiver: OtlpHttpReceiver, monitor_factory: MonitorFactory
+) -> None:
+    from chat_turbo_metrics import ViewConfig
+
+    monitor = otlp_monitor(
+        monitor_factory,
+        histogram_aggregation="base2_exponential_bucket_histogram",
+        views=(ViewConfig(instrument="payload_bytes", buckets=(10.0, 100.0)),),
+    )
+    monitor.record_histogram("payload_bytes", 50)
+    monitor.record_histogram("render_seconds", 0.5)
+    assert monitor.force_flush() is True
+    metrics = metrics_by_name(http_receiver.received.wait_for(1)[-1])
+    assert metrics["payload_bytes"].WhichOneof("data") == "histogram"
+    assert list(metrics["payload_bytes"].histogram.data_points[0].bucket_counts) == [0, 1, 0]
+    assert metrics["render_seconds"].WhichOneof("data") == "exponential_histogram"

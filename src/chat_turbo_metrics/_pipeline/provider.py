@@ -17,11 +17,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from opentelemetry.sdk.metrics import Histogram as HistogramInstrument
 from opentelemetry.sdk.metrics import (
     MeterProvider,
 )
 from opentelemetry.sdk.metrics.export import Metric, MetricExporter, MetricReader, MetricsData
-from opentelemetry.sdk.metrics.view import DropAggregation, ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.metrics.view import (
+    DropAggregation,
+    ExplicitBucketHistogramAggregation,
+    ExponentialBucketHistogramAggregation,
+    View,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
@@ -35,7 +41,13 @@ from chat_turbo_metrics._core.compat import (
     provider_resource,
     reinit_sdk_metric_locks,
 )
-from chat_turbo_metrics._core.config import ConfigurationError, MonitoringConfig, ViewConfig, setting_label
+from chat_turbo_metrics._core.config import (
+    EXPONENTIAL_HISTOGRAM,
+    ConfigurationError,
+    MonitoringConfig,
+    ViewConfig,
+    setting_label,
+)
 from chat_turbo_metrics._core.version import __version__
 from chat_turbo_metrics._pipeline import registry as _registry
 from chat_turbo_metrics._pipeline import termination as _termination
@@ -49,10 +61,18 @@ _logger = logging.getLogger("chat_turbo_metrics.pipeline")
 
 
 class PipelineReader(MetricReader):
-    """The one reader: cumulative for every instrument, collected on demand by whoever needs data."""
+    """The one reader: cumulative for every instrument, collected on demand by whoever needs data.
 
-    def __init__(self, cardinality_limit: int) -> None:
-        super().__init__(cardinality_limits=dict.fromkeys(INSTRUMENT_CLASSES, cardinality_limit))
+    With ``exponential``, histograms that no View gives explicit buckets are aggregated as base-2 exponential
+    histograms (``OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION``): the reader's preferred aggregation,
+    as the SDK's OTLP exporter sets it on its own reader. Here there is one reader, so every exporter receives them.
+    """
+
+    def __init__(self, cardinality_limit: int, *, exponential: bool = False) -> None:
+        super().__init__(
+            cardinality_limits=dict.fromkeys(INSTRUMENT_CLASSES, cardinality_limit),
+            preferred_aggregation=exponential_aggregation() if exponential else None,
+        )
         self._lock = threading.Lock()
         self._received: MetricsData | None = None
         # The SDK's count of synchronous measurements, and what it was when a collection last read the SDK.
@@ -91,6 +111,17 @@ class PipelineReader(MetricReader):
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         """Nothing to release: exporters are shut down by the pipeline."""
+
+
+# The SDK's own defaults for ExponentialBucketHistogramAggregation, spelled out: they are what we document.
+EXPONENTIAL_MAX_SIZE = 160
+EXPONENTIAL_MAX_SCALE = 20
+
+
+def exponential_aggregation() -> dict[type, Any]:
+    """The reader's preferred aggregation for histogram instruments when exponential histograms are asked for."""
+    aggregation = ExponentialBucketHistogramAggregation(max_size=EXPONENTIAL_MAX_SIZE, max_scale=EXPONENTIAL_MAX_SCALE)
+    return {HistogramInstrument: aggregation}
 
 
 def build_views(views: tuple[ViewConfig, ...]) -> list[View]:
@@ -148,7 +179,9 @@ class Pipeline:
         """Build every component; with ``strict=False`` a bad exporter is logged and skipped, not raised."""
         self.config = config
         self.resource = build_resource(config)
-        self.reader = PipelineReader(config.cardinality_limit)
+        self.reader = PipelineReader(
+            config.cardinality_limit, exponential=config.histogram_aggregation == EXPONENTIAL_HISTOGRAM
+        )
         self.collector = Collector(self.reader.collect_sdk)
         # Measurements past a metric's cardinality limit: counted by the fast path at the call (see add_producer),
         # found in the SDK's collection by the watcher.

@@ -8,8 +8,9 @@ nothing is lost.
 A collected :class:`Metric` does not say which instrument made it, so the exporter's preference is read by
 data type: a monotonic ``Sum`` follows ``Counter``/``ObservableCounter``, a non-monotonic ``Sum`` follows
 ``UpDownCounter``/``ObservableUpDownCounter``, a ``Histogram`` follows ``Histogram``. When the two
-instrument kinds of one data type disagree, DELTA wins. Gauges and exponential histograms always pass
-through unchanged (the latter because buckets of different scales cannot be subtracted).
+instrument kinds of one data type disagree, DELTA wins; an ``ExponentialHistogram`` follows ``Histogram`` too (the
+earlier point's buckets are brought down to the later point's scale, which a cumulative point only ever lowers,
+then subtracted). Gauges always pass through unchanged.
 
 An exporter's first delta for a series is its whole cumulative value since the series started, so an
 exporter added later, or a new series, loses nothing recorded before it.
@@ -17,8 +18,9 @@ exporter added later, or a new series, loses nothing recorded before it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import Any, TypeVar
 
 from opentelemetry.sdk.metrics import (
     Counter,
@@ -30,6 +32,9 @@ from opentelemetry.sdk.metrics import (
 )
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
+    Buckets,
+    ExponentialHistogram,
+    ExponentialHistogramDataPoint,
     HistogramDataPoint,
     Metric,
     MetricExporter,
@@ -61,7 +66,7 @@ _CUMULATIVE = AggregationTemporality.CUMULATIVE
 # Scopes whose series leave a collection only when evicted for good (the pipeline's own meter and fast path,
 # METRICS_SERIES_IDLE_TIMEOUT): their baselines follow each export, so evicted series do not stay in memory.
 _EVICTING_SCOPES = frozenset({"chat_turbo_metrics"})
-_Point = NumberDataPoint | HistogramDataPoint
+_Point = NumberDataPoint | HistogramDataPoint | ExponentialHistogramDataPoint
 _SeriesKey = tuple[str, tuple[tuple[str, type, object], ...]]
 # Keyed by (resource, scope) first: Resource hashes by serialising its attributes, so hash it once per scope.
 _Baseline = dict[tuple[Resource, InstrumentationScope], dict[_SeriesKey, _Point]]
@@ -157,15 +162,19 @@ class DeltaConverter:
                 before = before if isinstance(before, NumberDataPoint) else None
                 numbers.append(_number_delta(point, before, monotonic=data.is_monotonic))
             return replace(metric, data=replace(data, data_points=numbers, aggregation_temporality=_DELTA))
-        if self._histograms and isinstance(data, HistogramData) and data.aggregation_temporality == _CUMULATIVE:
-            histograms: list[HistogramDataPoint] = []
+        histogram = _HISTOGRAMS.get(type(data)) if self._histograms else None
+        if histogram is not None and isinstance(data, (HistogramData, ExponentialHistogram)):
+            if data.aggregation_temporality != _CUMULATIVE:
+                return metric
+            point_type, delta = histogram
+            histograms: list[Any] = []
             for hpoint in data.data_points:
                 key = (metric.name, attributes_key(hpoint.attributes))
                 current[key] = hpoint
                 hbefore = previous.get(key)
-                hbefore = hbefore if isinstance(hbefore, HistogramDataPoint) else None
-                histograms.append(_histogram_delta(hpoint, hbefore))
-            return replace(metric, data=replace(data, data_points=histograms, aggregation_temporality=_DELTA))
+                histograms.append(delta(hpoint, hbefore if isinstance(hbefore, point_type) else None))
+            cumulative: Any = data  # either histogram type: the same two fields are replaced
+            return replace(metric, data=replace(cumulative, data_points=histograms, aggregation_temporality=_DELTA))
         return metric
 
 
@@ -192,10 +201,57 @@ def _histogram_delta(point: HistogramDataPoint, before: HistogramDataPoint | Non
     buckets = [now - then for now, then in zip(point.bucket_counts, before.bucket_counts, strict=True)]
     if point.count < before.count or any(count < 0 for count in buckets):
         return point
+    return _since(point, before, bucket_counts=buckets)
+
+
+def _exponential_delta(
+    point: ExponentialHistogramDataPoint, before: ExponentialHistogramDataPoint | None
+) -> ExponentialHistogramDataPoint:
+    # A cumulative exponential histogram only lowers its scale: the earlier buckets, brought to the current scale
+    # (index >> difference), are each inside one current bucket. Anything else means the series restarted.
+    if (
+        before is None
+        or before.start_time_unix_nano != point.start_time_unix_nano
+        or before.scale < point.scale
+        or point.count < before.count
+        or point.zero_count < before.zero_count
+    ):
+        return point
+    shift = before.scale - point.scale
+    positive = _buckets_delta(point.positive, before.positive, shift)
+    negative = _buckets_delta(point.negative, before.negative, shift)
+    if positive is None or negative is None:
+        return point
+    return _since(point, before, zero_count=point.zero_count - before.zero_count, positive=positive, negative=negative)
+
+
+_H = TypeVar("_H", HistogramDataPoint, ExponentialHistogramDataPoint)
+
+
+def _since(point: _H, before: _H, **buckets: Any) -> _H:
+    """A histogram point of either kind as the interval since ``before``: its count, sum and ``buckets``."""
     return replace(
         point,
         start_time_unix_nano=before.time_unix_nano,
         count=point.count - before.count,
         sum=point.sum - before.sum,
-        bucket_counts=buckets,
+        **buckets,
     )
+
+
+def _buckets_delta(now: Buckets, then: Buckets, shift: int) -> Buckets | None:
+    counts = list(now.bucket_counts)
+    for position, count in enumerate(then.bucket_counts):
+        if count:
+            index = ((then.offset + position) >> shift) - now.offset
+            if not 0 <= index < len(counts):
+                return None
+            counts[index] -= count
+    return None if any(count < 0 for count in counts) else Buckets(offset=now.offset, bucket_counts=counts)
+
+
+# Histogram data type -> (its point type, the delta of a cumulative point against the one last exported).
+_HISTOGRAMS: dict[type, tuple[type, Callable[[Any, Any], Any]]] = {
+    HistogramData: (HistogramDataPoint, _histogram_delta),
+    ExponentialHistogram: (ExponentialHistogramDataPoint, _exponential_delta),
+}

@@ -172,6 +172,7 @@ class FastRecorder:
         *,
         overflow: OverflowReport | None = None,
         clock: Callable[[], int] = time.time_ns,
+        histograms: Any = None,
     ) -> None:
         """Args:
         registry: names to instrument specs.
@@ -179,6 +180,8 @@ class FastRecorder:
         config: views, cardinality limit, sampling rate, idle timeout.
         overflow: where measurements past a metric's cardinality limit are counted (the pipeline's).
         clock: collection time in ns, for idle-series eviction.
+        histograms: a recorder (the SDK path) that records every histogram and timer instead of this one: the
+            cells aggregate explicit buckets only, so exponential histograms are left to the SDK's aggregation.
         """
         self._registry = registry
         self._problems = problems
@@ -214,6 +217,11 @@ class FastRecorder:
             # Sampling applies to distributions only; decided here so the unsampled path has no branch.
             self.record_histogram = self._sampled_histogram  # type: ignore[method-assign]
             self.record_timer = self._sampled_timer  # type: ignore[method-assign]
+        self._histogram_recorder = histograms
+        if histograms is not None:
+            self.record_histogram = histograms.record_histogram  # type: ignore[method-assign]
+            self.record_timer = histograms.record_timer  # type: ignore[method-assign]
+            self.start_timer = histograms.start_timer  # type: ignore[method-assign]
         # No cell is half-updated in a forked child, and the lock a recording thread held at the fork (a thread the
         # child does not have) is not left locked for ever: held across the fork, released after the repair below.
         forks.register(self, forks.Phase.PIPELINE)
@@ -383,6 +391,9 @@ class FastRecorder:
     # --- set-up time ------------------------------------------------------------------------------
     def bind(self, kind: Kind, name: str, tags: Tags, timer: bool = False) -> BoundInstrument:
         """A handle for one series; bad names or tags give a handle that drops (reported once)."""
+        if kind == "histogram" and self._histogram_recorder is not None:
+            handle: BoundInstrument = self._histogram_recorder.bind(kind, name, tags, timer)
+            return handle
         clean = _EMPTY if tags is None else checked_tags(name, tags, self._problems)
         if clean is None:
             return BoundInstrument(DROPPED, None, self._problems, str(name))
@@ -397,6 +408,9 @@ class FastRecorder:
 
     def define(self, kind: Kind, name: str, **settings: Any) -> None:
         """Create the instrument now with explicit unit/description/buckets."""
+        if kind == "histogram" and self._histogram_recorder is not None:
+            self._histogram_recorder.define(kind, name, **settings)
+            return
         spec = self._registry.define(kind, name, **settings)
         self._adopt(kind, bool(settings.get("timer")), name, spec)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import MetricsData
 
+from chat_turbo_metrics._collection.exponential import explicit_buckets
 from chat_turbo_metrics._collection.records import data_kind
 from chat_turbo_metrics._collection.walk import walk
 from chat_turbo_metrics._core.naming import Kind, counter_name, prometheus_label, prometheus_name
@@ -87,16 +88,25 @@ def aliases(name: str, unit: str, kind: str) -> set[str]:
     return names
 
 
-_READ_KINDS = frozenset({"counter", "updowncounter", "gauge", "histogram"})  # exponential histograms: not read
+# Collected kind -> the kind rules read it as: an exponential histogram is read as the classic one it converts to.
+_READ_KINDS = {
+    "counter": "counter",
+    "updowncounter": "updowncounter",
+    "gauge": "gauge",
+    "histogram": "histogram",
+    "exponential_histogram": "histogram",
+}
 
 
 def _point(kind: str, data_point: Any) -> Point:
     if kind == "histogram":
+        # An exponential point: its buckets as the classic ones they convert to; count, sum and max are its own.
+        buckets = data_point if hasattr(data_point, "explicit_bounds") else explicit_buckets(data_point)
         return HistogramPoint(
             count=float(data_point.count),
             sum=float(data_point.sum),
-            bounds=tuple(data_point.explicit_bounds),
-            counts=tuple(float(c) for c in data_point.bucket_counts),
+            bounds=tuple(buckets.explicit_bounds),
+            counts=tuple(float(c) for c in buckets.bucket_counts),
             max=float(data_point.max) if data_point.count else None,
         )
     return float(data_point.value)
@@ -140,8 +150,8 @@ class SeriesStore:
             self._append(history, key, point, now)
 
     def _ingest_metric(self, metric: Any, now: float) -> None:
-        kind = data_kind(metric.data)
-        if kind not in _READ_KINDS:
+        kind = _READ_KINDS.get(data_kind(metric.data) or "")
+        if kind is None:
             return
         names = self._aliases.get((metric.name, metric.unit or "", kind))
         if names is None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
+    ExponentialHistogramDataPoint,
     HistogramDataPoint,
     MetricsData,
     NumberDataPoint,
@@ -50,6 +51,7 @@ from sqlalchemy import (
     update,
 )
 
+from chat_turbo_metrics._collection.exponential import explicit_buckets
 from chat_turbo_metrics._collection.records import data_kind
 from chat_turbo_metrics._collection.walk import resources, walk
 from chat_turbo_metrics._core.config import ConfigurationError
@@ -167,13 +169,15 @@ _DELTA = AggregationTemporality.DELTA
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
 
 # Stored kind -> the temporality its rows must have: increments for counters and histograms, values for the
-# rest. Anything else (cumulative counters, delta up-down counters, exponential histograms) would make the
-# stored rows mean something the queries do not expect, so it is skipped.
+# rest. Anything else (cumulative counters, delta up-down counters, cumulative exponential histograms) would make
+# the stored rows mean something the queries do not expect, so it is skipped. A delta exponential histogram is
+# stored as the classic histogram its buckets convert to, exactly (kind ``histogram``: what the queries read).
 _STORED_TEMPORALITY: dict[str, AggregationTemporality | None] = {
     "counter": _DELTA,
     "updowncounter": _CUMULATIVE,
     "gauge": None,
     "histogram": _DELTA,
+    "exponential_histogram": _DELTA,
 }
 
 
@@ -201,7 +205,9 @@ def _number_row(point: NumberDataPoint) -> dict[str, Any]:
     }
 
 
-def _histogram_row(point: HistogramDataPoint) -> dict[str, Any]:
+def _histogram_row(point: HistogramDataPoint | ExponentialHistogramDataPoint) -> dict[str, Any]:
+    # An exponential point is stored as the classic histogram its buckets convert to, exactly.
+    buckets = explicit_buckets(point) if isinstance(point, ExponentialHistogramDataPoint) else point
     return {
         "start_ns": point.start_time_unix_nano,
         "end_ns": point.time_unix_nano,
@@ -210,9 +216,15 @@ def _histogram_row(point: HistogramDataPoint) -> dict[str, Any]:
         "sum": float(point.sum),
         "min": _finite(point.min),
         "max": _finite(point.max),
-        "bounds": json.dumps([float(bound) for bound in point.explicit_bounds]),
-        "bucket_counts": json.dumps(list(point.bucket_counts)),
+        "bounds": json.dumps([float(bound) for bound in buckets.explicit_bounds]),
+        "bucket_counts": json.dumps(list(buckets.bucket_counts)),
     }
+
+
+_ROWS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "histogram": _histogram_row,
+    "exponential_histogram": _histogram_row,
+}
 
 
 class ExportRows:
@@ -241,11 +253,11 @@ class ExportRows:
         if kind not in _STORED_TEMPORALITY or _STORED_TEMPORALITY[kind] != temporality:
             self.skipped.add(name)
             return
-        to_row: Callable[[Any], dict[str, Any]] = _histogram_row if kind == "histogram" else _number_row
+        to_row: Callable[[Any], dict[str, Any]] = _ROWS.get(kind, _number_row)
         for point in data.data_points:
             stream = {
                 "name": name,
-                "kind": kind,
+                "kind": "histogram" if kind == "exponential_histogram" else kind,
                 "unit": unit or "",
                 "description": description or "",
                 "attributes": canonical_json(dict(point.attributes or {})),

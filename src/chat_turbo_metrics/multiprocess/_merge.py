@@ -1,13 +1,15 @@
 """Merge the cumulative collections of several processes of one service into one ``MetricsData``.
 
-A pre-fork server (gunicorn, ``uvicorn --workers``) runs one pipeline per worker; a scrape must show the
-service. Each process's collection travels as a *state*: plain JSON-able data (see :func:`encode`), small
-enough to send over a socket and to keep on disk for a worker that has exited. :func:`merge` adds the states
-up: sums (counters, up-down counters) and histogram buckets, counts and sums are added, histogram min and max
-combined; the start time is the earliest. Gauges have no meaningful sum in general, so each gauge follows a
-*mode* chosen per metric (:data:`GAUGE_MODES`). A *retired* state (:func:`retire`) accumulates the sums and
-histograms of processes that have exited, so that the service's counters never go backwards when a worker is
-recycled; their gauges are dropped, because a gauge of a process that is gone no longer describes anything.
+A pre-fork server (gunicorn, ``uvicorn --workers``) runs one pipeline per worker; a scrape must show the service.
+Each process's collection travels as a *state*: plain JSON-able data (see :func:`encode`), small enough to send over
+a socket and to keep on disk for a worker that has exited. :func:`merge` adds the states up: sums (counters, up-down
+counters) and histogram buckets, counts and sums are added, histogram min and max combined; the start time is the
+earliest. Exponential histograms are added at the finer scale both can take (the coarser of the two, lowered further
+while the buckets would span more than 160), as the SDK merges them. Gauges have no meaningful sum in general, so
+each gauge follows a *mode* chosen per metric (:data:`GAUGE_MODES`). A *retired* state (:func:`retire`) accumulates
+the sums and histograms of processes that have exited, so that the service's counters never go backwards when a
+worker is recycled; their gauges are dropped, because a gauge of a process that is gone no longer describes
+anything.
 
 Example:
     >>> from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
@@ -33,6 +35,9 @@ from typing import Any
 from opentelemetry.sdk.metrics import Exemplar
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
+    Buckets,
+    ExponentialHistogram,
+    ExponentialHistogramDataPoint,
     Gauge,
     Histogram,
     HistogramDataPoint,
@@ -104,6 +109,11 @@ def _attrs_in(attributes: dict[str, Any]) -> dict[str, Any]:
     return {key: tuple(value) if isinstance(value, list) else value for key, value in attributes.items()}
 
 
+def _distribution_head(point: Any) -> list[Any]:
+    """What an encoded histogram point of either kind starts with: attributes, start, time, count, sum."""
+    return [_attrs_out(point.attributes), point.start_time_unix_nano, point.time_unix_nano, point.count, point.sum]
+
+
 def _encode_metric(scope: InstrumentationScope, metric: Metric) -> dict[str, Any] | None:
     data = metric.data
     entry: dict[str, Any] = {
@@ -125,11 +135,7 @@ def _encode_metric(scope: InstrumentationScope, metric: Metric) -> dict[str, Any
         entry["type"] = "histogram"
         entry["points"] = [
             [
-                _attrs_out(p.attributes),
-                p.start_time_unix_nano,
-                p.time_unix_nano,
-                p.count,
-                p.sum,
+                *_distribution_head(p),
                 list(p.bucket_counts),
                 list(p.explicit_bounds),
                 p.min,
@@ -141,9 +147,88 @@ def _encode_metric(scope: InstrumentationScope, metric: Metric) -> dict[str, Any
     elif isinstance(data, Gauge):
         entry["type"] = "gauge"
         entry["points"] = [[_attrs_out(p.attributes), p.time_unix_nano, p.value] for p in data.data_points]
+    elif isinstance(data, ExponentialHistogram):
+        if data.aggregation_temporality != _CUMULATIVE:
+            return None
+        entry["type"] = "exponential"
+        entry["points"] = [
+            [
+                *_distribution_head(p),
+                p.scale,
+                p.zero_count,
+                *_trimmed(p.positive.offset, p.positive.bucket_counts),
+                *_trimmed(p.negative.offset, p.negative.bucket_counts),
+                p.min,
+                p.max,
+            ]
+            for p in data.data_points
+        ]
     else:
-        return None  # exponential histograms: not produced by this pipeline
+        return None
     return entry
+
+
+# Most buckets a merged exponential histogram keeps per sign: the SDK's default max_size.
+EXPONENTIAL_MAX_SIZE = 160
+
+
+def _trimmed(offset: int, counts: Sequence[int]) -> tuple[int, list[int]]:
+    """Buckets without their empty ends (the SDK hands out its whole backing array)."""
+    used = [index for index, count in enumerate(counts) if count]
+    if not used:
+        return 0, []
+    return offset + used[0], list(counts[used[0] : used[-1] + 1])
+
+
+def _sparse(offset: int, counts: Sequence[int], lower_by: int) -> dict[int, int]:
+    """Bucket index -> count, at a scale ``lower_by`` below the buckets' own (each step merges pairs)."""
+    buckets: dict[int, int] = {}
+    for position, count in enumerate(counts):
+        if count:
+            index = (offset + position) >> lower_by
+            buckets[index] = buckets.get(index, 0) + count
+    return buckets
+
+
+def _span(buckets: dict[int, int]) -> int:
+    return max(buckets) - min(buckets) + 1 if buckets else 0
+
+
+def _dense(buckets: dict[int, int]) -> tuple[int, list[int]]:
+    if not buckets:
+        return 0, []
+    low = min(buckets)
+    return low, [buckets.get(index, 0) for index in range(low, max(buckets) + 1)]
+
+
+def _add_exponential(family: _Family, point: list[Any], member: str) -> None:
+    attrs, start, time, count, total, scale, zero, p_offset, p_counts, n_offset, n_counts, low, high = point
+    key = _series_key(attrs)
+    found = family.series.get(key)
+    if found is None:
+        family.series[key] = [attrs, start, time, count, total, scale, zero, p_offset, list(p_counts)]
+        family.series[key] += [n_offset, list(n_counts), low, high]
+        return
+    merged_scale = min(scale, found[5])
+    sides = []
+    for (our_offset, our_counts), theirs in (
+        ((found[7], found[8]), (p_offset, p_counts)),
+        ((found[9], found[10]), (n_offset, n_counts)),
+    ):
+        buckets = _sparse(our_offset, our_counts, found[5] - merged_scale)
+        for index, n in _sparse(*theirs, scale - merged_scale).items():
+            buckets[index] = buckets.get(index, 0) + n
+        sides.append(buckets)
+    while max(map(_span, sides)) > EXPONENTIAL_MAX_SIZE:  # too wide: one scale coarser halves the span
+        merged_scale -= 1
+        sides = [_sparse(*_dense(buckets), 1) for buckets in sides]
+    found[1], found[2] = min(found[1], start), max(found[2], time)
+    found[3] += count
+    found[4] += total
+    found[5] = merged_scale
+    found[6] += zero
+    found[7:11] = [*_dense(sides[0]), *_dense(sides[1])]
+    found[11], found[12] = min(found[11], low), max(found[12], high)
 
 
 def encode(data: MetricsData | None) -> State:
@@ -238,7 +323,7 @@ def _add_gauge(family: _Family, point: list[Any], member: str) -> None:
     family.series.setdefault(_series_key(attrs), [attrs, []])[1].append((member, time, value))
 
 
-_ADD = {"sum": _add_sum, "histogram": _add_histogram, "gauge": _add_gauge}
+_ADD = {"sum": _add_sum, "histogram": _add_histogram, "exponential": _add_exponential, "gauge": _add_gauge}
 _warned: set[tuple[str, str]] = set()
 
 
@@ -385,6 +470,29 @@ def _metric(family: _Family, gauge_mode: GaugeMode) -> Metric:
                     _attrs_in(a), s, t, n, total, tuple(c), tuple(b), lo, hi, _exemplars_in(ex[0], b) if ex else []
                 )
                 for a, s, t, n, total, c, b, lo, hi, *ex in family.series.values()
+            ],
+            aggregation_temporality=_CUMULATIVE,
+        )
+    elif entry["type"] == "exponential":
+        data = ExponentialHistogram(
+            data_points=[
+                ExponentialHistogramDataPoint(
+                    attributes=_attrs_in(a),
+                    start_time_unix_nano=s,
+                    time_unix_nano=t,
+                    count=n,
+                    sum=total,
+                    scale=scale,
+                    zero_count=zero,
+                    positive=Buckets(offset=p_offset, bucket_counts=list(p_counts)),
+                    negative=Buckets(offset=n_offset, bucket_counts=list(n_counts)),
+                    flags=0,
+                    min=lo,
+                    max=hi,
+                )
+                for a, s, t, n, total, scale, zero, p_offset, p_counts, n_offset, n_counts, lo, hi in (
+                    family.series.values()
+                )
             ],
             aggregation_temporality=_CUMULATIVE,
         )

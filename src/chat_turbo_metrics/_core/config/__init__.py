@@ -19,7 +19,7 @@ from chat_turbo_metrics._core.config.declaration import (
     Settings,
     setting_label,
 )
-from chat_turbo_metrics._core.config.export import ExportSettings
+from chat_turbo_metrics._core.config.export import EXPONENTIAL_HISTOGRAM, ExportSettings
 from chat_turbo_metrics._core.config.files import CONFIG_DIR_VARIABLE, NOT_ENVIRONMENTS, config_dirs
 from chat_turbo_metrics._core.config.model import MonitoringConfig
 from chat_turbo_metrics._core.config.multiprocess import GAUGE_MODES, MultiprocessSettings
@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_DATABASE_URL",
     "DEFAULT_SOURCE",
     "ENVIRONMENTS",
+    "EXPONENTIAL_HISTOGRAM",
     "GAUGE_MODES",
     "LONGEST_RETENTION_DAYS",
     "LONGEST_S",

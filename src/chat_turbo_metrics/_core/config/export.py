@@ -15,6 +15,19 @@ from chat_turbo_metrics._core.config.values import (
     parse_str,
 )
 
+EXPLICIT_HISTOGRAM = "explicit_bucket_histogram"
+EXPONENTIAL_HISTOGRAM = "base2_exponential_bucket_histogram"
+
+
+def otel_enum(raw: str) -> str:
+    """An OTel enum value: the specification reads them case-insensitively.
+
+    Example:
+        >>> otel_enum(" Base2_Exponential_Bucket_Histogram")
+        'base2_exponential_bucket_histogram'
+    """
+    return parse_str(raw).strip().lower()
+
 
 def otel_milliseconds(raw: str) -> float:
     """``OTEL_METRIC_EXPORT_*``'s milliseconds as seconds.
@@ -83,6 +96,16 @@ class ExportSettings(Settings):
         otel=("OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"),
         checks=(one_of("grpc", "http/protobuf"),),
         meaning="`http/protobuf` or `grpc`, for the `otlp` exporters",
+    )
+    histogram_aggregation: str = setting(
+        EXPLICIT_HISTOGRAM,
+        parse=otel_enum,
+        otel=("OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",),
+        checks=(one_of(EXPLICIT_HISTOGRAM, EXPONENTIAL_HISTOGRAM),),
+        meaning="`explicit_bucket_histogram` or `base2_exponential_bucket_histogram` (any case): with the latter, "
+        "histograms without explicit View buckets are base-2 exponential histograms (max scale 20, 160 buckets), "
+        "recorded through the SDK (slower); OTLP and file exporters receive them as such, `/metrics` as the classic "
+        "buckets they convert to, Datadog as count/sum/min/max, the database as classic histograms",
     )
     prometheus_host: str = setting(
         "localhost",

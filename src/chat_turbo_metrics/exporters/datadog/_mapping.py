@@ -1,10 +1,12 @@
 """OpenTelemetry metrics to Datadog v2 series (encoded JSON), the way Datadog's own OTel mapping does it.
 
-Delta sums become counts (type 1) with an ``interval``; cumulative non-monotonic sums and gauges become
-gauges (type 3); a histogram becomes ``.count`` and ``.sum`` counts, ``.min`` and ``.max`` gauges and,
-when asked for, ``.bucket`` counts tagged ``lower_bound``/``upper_bound``. The resource gives the
-``service``, ``env`` and ``version`` tags and the host; point attributes become ``key:value`` tags
-sanitized to Datadog's tag rules. NaN and infinities are never sent.
+Delta sums become counts (type 1) with an ``interval``; cumulative non-monotonic sums and gauges become gauges (type
+3); a histogram becomes ``.count`` and ``.sum`` counts, ``.min`` and ``.max`` gauges and, when asked for,
+``.bucket`` counts tagged ``lower_bound``/``upper_bound``. An exponential histogram becomes the same ``.count``,
+``.sum``, ``.min`` and ``.max`` (Datadog's mapping also makes a sketch of its buckets, which only the agent's intake
+takes, not the v2 series API); like explicit ones they arrive as deltas (the pipeline's delta conversion). The
+resource gives the ``service``, ``env`` and ``version`` tags and the host; point attributes become ``key:value``
+tags sanitized to Datadog's tag rules. NaN and infinities are never sent.
 
 Each series is written straight to JSON: the tags of a data point are encoded once and shared by every
 series made from it (a histogram point makes four or more); about a third cheaper than building a dict per
@@ -24,6 +26,8 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
+    ExponentialHistogram,
+    ExponentialHistogramDataPoint,
     Gauge,
     Histogram,
     HistogramDataPoint,
@@ -256,12 +260,36 @@ class SeriesMapper:
                 self._map_histogram(
                     metric.name, hpoint, self._emitter(out, hpoint, base_tags, resources), unit, pending
                 )
+        elif isinstance(data, ExponentialHistogram) and data.aggregation_temporality == _DELTA:
+            for epoint in data.data_points:
+                emitter = _Emitter(self, out, epoint, self._tags(base_tags, epoint.attributes), resources)
+                self._map_summary(metric.name, epoint, emitter, unit, pending)
         else:
             self._warn_once(metric.name, f"{type(data).__name__} data has no Datadog v2 series mapping")
 
     def _map_histogram(
         self, name: str, point: HistogramDataPoint, emitter: _Emitter, unit: str | None, pending: Extremes
     ) -> None:
+        self._map_summary(name, point, emitter, unit, pending)
+        if self._options.histogram_buckets:
+            bucket_name = metric_name(name, ".bucket")
+            bounds = [-math.inf, *point.explicit_bounds, math.inf]
+            for index, count in enumerate(point.bucket_counts):
+                bucket_tags = (
+                    f"lower_bound:{bound_text(bounds[index])}",
+                    f"upper_bound:{bound_text(bounds[index + 1])}",
+                )
+                emitter.emit(bucket_name, COUNT, count, None, bucket_tags)
+
+    def _map_summary(
+        self,
+        name: str,
+        point: HistogramDataPoint | ExponentialHistogramDataPoint,
+        emitter: _Emitter,
+        unit: str | None,
+        pending: Extremes,
+    ) -> None:
+        """``.count`` and ``.sum`` counts; ``.min`` and ``.max`` gauges when they are the interval's own."""
         emitter.emit(metric_name(name, ".count"), COUNT, point.count, None)
         emitter.emit(metric_name(name, ".sum"), COUNT, point.sum, unit)
         key = (name, tuple(emitter.tags))
@@ -274,15 +302,6 @@ class SeriesMapper:
             if before is None or point.max > before[1]:
                 emitter.emit(metric_name(name, ".max"), GAUGE, point.max, unit)
             pending[key] = (point.min, point.max)
-        if self._options.histogram_buckets:
-            bucket_name = metric_name(name, ".bucket")
-            bounds = [-math.inf, *point.explicit_bounds, math.inf]
-            for index, count in enumerate(point.bucket_counts):
-                bucket_tags = (
-                    f"lower_bound:{bound_text(bounds[index])}",
-                    f"upper_bound:{bound_text(bounds[index + 1])}",
-                )
-                emitter.emit(bucket_name, COUNT, count, None, bucket_tags)
 
     def _emitter(
         self,
@@ -324,7 +343,7 @@ class _Emitter:
         self,
         mapper: SeriesMapper,
         out: list[Series],
-        point: NumberDataPoint | HistogramDataPoint,
+        point: NumberDataPoint | HistogramDataPoint | ExponentialHistogramDataPoint,
         tags: list[str],
         resources: str | None,
     ) -> None:
