@@ -14,6 +14,7 @@ import random
 import threading
 import time
 import weakref
+from abc import abstractmethod
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -179,8 +180,9 @@ class _DriverInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             raise
         self._saved = saved
 
+    @abstractmethod
     def _patch(self, saved: _Saved, statements: Statements) -> None:
-        raise NotImplementedError
+        """Patch the library (each subclass its own), recording what it replaced in the first argument."""
 
     def _uninstrument(self, **kwargs: Any) -> None:
         saved, self._saved = self._saved, None

@@ -8,6 +8,7 @@ timeout, a cancellation) is recorded with its ``error_type`` and no status, and 
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -96,8 +97,9 @@ class _ClientInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             raise
         self._patches = patches
 
+    @abstractmethod
     def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
-        raise NotImplementedError
+        """Patch the library (each subclass its own), recording what it replaced in the first argument."""
 
     def _uninstrument(self, **kwargs: Any) -> None:
         patches, self._patches = self._patches, None
