@@ -170,9 +170,9 @@ def main() -> None:
             r["sdk record_histogram"] / r["raw otel histogram.record(v, attrs)"],
             1.10,
         ),
-        ("fast/prometheus_client, counter", r["fast increment_counter"] / r["prom labels(a,b,c).inc()"], 0.6),
-        ("fast/prometheus_client, histogram", r["fast record_histogram"] / r["prom labels(a,b,c).observe()"], 0.6),
-        ("fast/prometheus_client, timer", r["fast record_timer"] / r["prom labels(a,b,c).observe()"], 0.6),
+        ("fast/prometheus_client, counter", r["fast increment_counter"] / r["prom labels(a,b,c).inc()"], 0.45),
+        ("fast/prometheus_client, histogram", r["fast record_histogram"] / r["prom labels(a,b,c).observe()"], 0.45),
+        ("fast/prometheus_client, timer", r["fast record_timer"] / r["prom labels(a,b,c).observe()"], 0.45),
         (
             "fast/prometheus_client, histogram in a span (exemplar)",
             r["fast record_histogram, in a span"] / r["prom labels(a,b,c).observe(), in a span"],

@@ -87,7 +87,8 @@ def _bundle(
     # The function's globals: the cells are put here once every handle has found its own, so a call reads
     # them directly instead of through their handles.
     namespace: dict[str, Any] = dict.fromkeys(names)
-    namespace.update(_bisect=bisect_left, _float=float, _int=int, _FMAX=FLOAT_MAX, _lock=handles[0]._lock, ready=False)
+    namespace.update(_bisect=bisect_left, _float=float, _int=int, _FMAX=FLOAT_MAX, ready=False)
+    namespace.update(_acquire=handles[0]._lock.acquire, _release=handles[0]._lock.release)
 
     def slow(*values: Any) -> None:
         one_by_one(*values)
@@ -120,8 +121,11 @@ def _source(arity: int, positions: tuple[int, ...], counters: int, checked: bool
         "    except Exception:\n"
         "        ok = False\n"
         "    if ok:\n"
-        "        with _lock:\n"
+        "        _acquire()\n"
+        "        try:\n"
         f"{''.join(updates)}"
+        "        finally:\n"
+        "            _release()\n"
         "        return\n"
         f"    _slow({values})\n"
     )

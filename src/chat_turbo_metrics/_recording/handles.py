@@ -69,8 +69,12 @@ class _CounterHandle(_Handle):
         """Add ``value`` (default 1)."""
         try:
             if ((kind := value.__class__) is _int or kind is _float) and 0 <= value < _I64_INT:
-                with self._lock:
+                lock = self._lock
+                lock.acquire()
+                try:
                     self._cell.delta += value
+                finally:
+                    lock.release()
                 return
         except Exception:
             pass
@@ -86,13 +90,17 @@ class _HistogramHandle(_Handle):
         try:
             if ((kind := value.__class__) is _float or kind is _int) and 0 <= value < _FMAX:
                 cell = self._cell
-                with self._lock:
+                lock = self._lock
+                lock.acquire()
+                try:
                     cell.counts[bisect_left(cell.bounds, value)] += 1
                     cell.sum += value
                     if value < cell.min:  # noqa: PLR1730 - an if is ~2x cheaper than min() on the hot path
                         cell.min = value
                     if value > cell.max:  # noqa: PLR1730
                         cell.max = value
+                finally:
+                    lock.release()
                 return
         except Exception:
             pass
