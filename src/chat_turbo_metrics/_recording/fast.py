@@ -36,7 +36,6 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import Metric
 
 from chat_turbo_metrics._core import forks
-from chat_turbo_metrics._core.compat import SPAN_KEY, current_context_reader
 from chat_turbo_metrics._core.config import CoreSettings
 from chat_turbo_metrics._core.guard import (
     EXACT_TYPES,
@@ -50,6 +49,7 @@ from chat_turbo_metrics._core.guard import (
     timer_seconds,
 )
 from chat_turbo_metrics._core.naming import Kind
+from chat_turbo_metrics._recording.exemplars import SPAN, current_context, keep_exemplar
 from chat_turbo_metrics._recording.handles import HANDLES
 from chat_turbo_metrics._recording.idle import GONE, PINNED, sweep
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry, InstrumentSpec
@@ -76,11 +76,6 @@ _EXACT = EXACT_TYPES
 _perf_counter = time.perf_counter
 _random = random.random
 _EMPTY: Mapping[str, Any] = {}
-_time_ns = time.time_ns
-_SPAN = SPAN_KEY
-
-
-_current_context = current_context_reader()
 
 
 def cache_key(name: Any, value: Any, tags: Any) -> tuple[Any, ...]:
@@ -91,20 +86,6 @@ def cache_key(name: Any, value: Any, tags: Any) -> tuple[Any, ...]:
     builds the same tuple inline (a call here would cost a frame per recording).
     """
     return (name, value.__class__, *tags, *tags.values()) if tags is not None else (name, value.__class__)
-
-
-def keep_exemplar(cell: Any, index: int, value: float, span: Any) -> None:
-    """Keep ``value`` as bucket ``index``'s exemplar if ``span`` is sampled (one list store: no lock needed)."""
-    try:
-        context = span.get_span_context()
-        if not context.trace_flags & 1:
-            return
-        kept = cell.exemplars
-        if kept is None:
-            kept = cell.exemplars = [None] * len(cell.counts)
-        kept[index] = (value, _time_ns(), context.trace_id, context.span_id)
-    except Exception:  # never raise while recording; an odd span object is no exemplar
-        return
 
 
 class _Instrument:
@@ -289,8 +270,8 @@ class FastRecorder:
                         cell.max = value
                 finally:
                     lock.release()
-                context = _current_context()
-                if context and (span := context.get(_SPAN)) is not None:  # an empty context: no span, no call
+                context = current_context()
+                if context and (span := context.get(SPAN)) is not None:  # an empty context: no span, no call
                     keep_exemplar(cell, index, value, span)
                 return
         except Exception:
@@ -320,8 +301,8 @@ class FastRecorder:
                         cell.max = value
                 finally:
                     lock.release()
-                context = _current_context()
-                if context and (span := context.get(_SPAN)) is not None:  # an empty context: no span, no call
+                context = current_context()
+                if context and (span := context.get(SPAN)) is not None:  # an empty context: no span, no call
                     keep_exemplar(cell, index, value, span)
                 return
         except Exception:
@@ -393,7 +374,7 @@ class FastRecorder:
             self._slow += 1
             cell, own = instrument.record(tags, checked, self._order)
         if isinstance(cell, HistogramCell) and checked is not None:  # a series' first observation keeps its exemplar
-            span = _current_context().get(_SPAN)
+            span = current_context().get(SPAN)
             if span is not None:
                 keep_exemplar(cell, bisect_left(cell.bounds, checked), checked, span)
         return cell, own
