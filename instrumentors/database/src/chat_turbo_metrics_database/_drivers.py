@@ -2,7 +2,8 @@
 
 The same labels (``table``, ``operation``, ``status``; ``statement`` with literals stripped on request) from the
 same classifier. A statement costs a ``perf_counter`` pair, one dict lookup of its series (bound handles made once
-per statement text and status, rebound when ``configure()`` gives the monitor a new recorder) and one ``observe``.
+per statement text and status, rebound when ``configure()`` gives the monitor a new recorder: one identity check)
+and one ``observe``.
 When SQLAlchemy runs on top and the SQLAlchemy instrumentor is on, the statements of its connections are its to
 record: the driver instrumentors pass them through (no statement is counted twice).
 """
@@ -68,11 +69,11 @@ def statement_text(statement: Any, context: Any = None) -> str:
 
 
 class Statements:
-    """Records finished statements, bound handles per (statement text, status).
+    """Records finished statements (``ok``, ``failed``), bound handles per statement text and status.
 
     Example:
         >>> statements = Statements(monitor)
-        >>> statements.record("SELECT name FROM users WHERE id = %s", "success", 0.002)
+        >>> statements.ok("SELECT name FROM users WHERE id = %s", 0.002)
         >>> tags = {"table": "users", "operation": "select", "status": "success"}
         >>> monitor.snapshot().value("database_query_duration_seconds", tags)["count"]
         1
@@ -90,25 +91,48 @@ class Statements:
         self._classifier = StatementClassifier(max_tables=max_tables)
         self._monitor: PerformanceMonitor | None = None
         self._marker: Any = None
-        self._series: dict[str, dict[str, Callable[[float], None]]] = {"success": {}, "error": {}}
+        self._ok: dict[str, Callable[[float], None]] = {}  # the series of the statements that succeeded, by text
+        self._failed: dict[str, Callable[[float], None]] = {}  # and of those that raised
         self.problems = Problems(logging.getLogger(logger))
 
-    def record(self, statement: str, status: str, elapsed: float) -> None:
-        """One statement ran (``status`` ``success`` or ``error``) in ``elapsed`` seconds; never raises."""
+    def ok(self, query: Any, elapsed: float, context: Any = None) -> None:
+        """``query`` (a ``str``, or what :func:`statement_text` reads with ``context``) succeeded; never raises."""
         try:
             monitor = self._fixed or PerformanceMonitor._instance or PerformanceMonitor.get_instance()
-            if monitor is not self._monitor or monitor._recorder is not self._marker:
-                self._series = {"success": {}, "error": {}}
-                self._monitor, self._marker = monitor, monitor._recorder
-            series = self._series[status]
-            observe = series.get(statement)
+            if monitor._recorder is not self._marker:  # a recorder is one monitor's: configure() makes a new one
+                self._rebind(monitor)
+            observe = self._ok.get(query) if type(query) is str else None
             if observe is None:
-                observe = self._new_series(monitor, statement, status)
-                if len(series) < _SERIES_LIMIT and len(statement) <= _MAX_TEXT:
-                    series[statement] = observe
+                observe = self._series_of(self._ok, query, "success", context)
             observe(elapsed)
         except Exception as error:  # never into the application's statement
             self.problems.report(("record", type(error)), "cannot record a statement: %r", error)
+
+    def failed(self, query: Any, elapsed: float, context: Any = None) -> None:
+        """``query`` raised (or its ``await`` was cancelled); never raises."""
+        try:
+            monitor = self._fixed or PerformanceMonitor._instance or PerformanceMonitor.get_instance()
+            if monitor._recorder is not self._marker:
+                self._rebind(monitor)
+            self._series_of(self._failed, query, "error", context)(elapsed)
+        except Exception as error:
+            self.problems.report(("record", type(error)), "cannot record a statement: %r", error)
+
+    def _rebind(self, monitor: PerformanceMonitor) -> None:
+        self._ok, self._failed = {}, {}
+        self._monitor, self._marker = monitor, monitor._recorder
+
+    def _series_of(
+        self, known: dict[str, Callable[[float], None]], query: Any, status: str, context: Any
+    ) -> Callable[[float], None]:
+        statement = query if type(query) is str else statement_text(query, context)
+        observe = known.get(statement)
+        if observe is None:
+            assert self._monitor is not None
+            observe = self._new_series(self._monitor, statement, status)
+            if len(known) < _SERIES_LIMIT and len(statement) <= _MAX_TEXT:
+                known[statement] = observe
+        return observe
 
     def _new_series(self, monitor: PerformanceMonitor, statement: str, status: str) -> Callable[[float], None]:
         operation, table = self._classifier.classify(statement)
@@ -198,11 +222,9 @@ def _sync_method(original: Any, statements: Statements, connection_of: Callable[
         try:
             result = original(self, query, *args, **kwargs)
         except BaseException:
-            statements.record(statement_text(query, self), "error", _perf_counter() - start)
+            statements.failed(query, _perf_counter() - start, self)
             raise
-        statements.record(
-            query if type(query) is str else statement_text(query, self), "success", _perf_counter() - start
-        )
+        statements.ok(query, _perf_counter() - start, self)
         return result
 
     return method
@@ -216,11 +238,9 @@ def _async_method(original: Any, statements: Statements, connection_of: Callable
         try:
             result = await original(self, query, *args, **kwargs)
         except BaseException:  # a cancellation too: the statement did not complete
-            statements.record(statement_text(query, self), "error", _perf_counter() - start)
+            statements.failed(query, _perf_counter() - start, self)
             raise
-        statements.record(
-            query if type(query) is str else statement_text(query, self), "success", _perf_counter() - start
-        )
+        statements.ok(query, _perf_counter() - start, self)
         return result
 
     return method

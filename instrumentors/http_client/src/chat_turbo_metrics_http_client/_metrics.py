@@ -1,8 +1,9 @@
 """What one finished client request records: its duration by method, server, status and error type.
 
-Shared by the four client instrumentors. A request costs a ``perf_counter`` pair, a dict lookup of its series
-(bound handles made once per method, server, status and error type, rebound when ``configure()`` gives the monitor
-a new recorder) and one ``observe``. Only the URL's host and port are read: never its path, query or user info.
+Shared by the four client instrumentors. A request costs a ``perf_counter`` pair, a dict lookup of its series by
+method, server key (a URL's text before its path: a ``find`` and a slice, parsed only when its series is made)
+and status (bound handles, rebound when ``configure()`` gives the monitor a new recorder) and one ``observe``.
+Only the URL's host and port reach a label: never its path, query or user info.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ perf_counter = time.perf_counter
 measuring: contextvars.ContextVar[bool] = contextvars.ContextVar("chat_turbo_http_client", default=False)
 
 Observe = Callable[[float], None]
-Key = tuple[str, str, int, int, str | None]  # method, server address, server port, status (0: none), error type
+Server = str | tuple[str, int]  # a URL's text before its path, or (host, port): see authority()
+Key = tuple[Any, ...]  # (method, server, status) of a response; (method, server, 0, error type) of a raise
 
 
 def metric_names(given: str | None, environ: Mapping[str, str] | None) -> str | None:
@@ -92,15 +94,39 @@ def error_type(error: BaseException) -> str:
     return type(error).__name__
 
 
+def authority(url: str) -> Server:
+    """The cheap key of an absolute URL's server: the text before its path, or its (host, port) when that text
+    holds more than scheme and authority (user info, or a query string where no path is written).
+
+    Example:
+        >>> authority("https://api.example.com/v1/items?token=x"), authority("http://u:secret@db.local/x")
+        ('https://api.example.com', ('db.local', 80))
+    """
+    end = url.find("/", 8)  # past "https://": the first "/" of the path (a one-letter host's "/" is at 8 in http)
+    prefix = url if end == -1 else url[:end]
+    if "?" in prefix or "#" in prefix or "@" in prefix:  # never a query or a password in our state
+        return server_of(url)
+    return prefix
+
+
+def server_at(server: Server) -> tuple[str, int]:
+    """The host and port of a server key: :func:`authority`'s prefix, or a (host, port) already."""
+    return server_of(server) if isinstance(server, str) else server
+
+
 class ClientMetrics:
     """Records finished client requests into the monitor under the chosen names.
 
+    ``done(method, server, status, seconds)`` per response and ``failed(method, server, error_type, seconds)`` per
+    request that raised; ``server`` is :func:`authority`'s key (a URL's prefix, or host and port).
+
     Example:
         >>> metrics = ClientMetrics("seed", monitor)
-        >>> metrics.record("GET", "127.0.0.1", 8080, 200, None, 0.004)
+        >>> metrics.done("GET", ("127.0.0.1", 8080), 200, 0.004)
+        >>> metrics.done("GET", "http://127.0.0.1:8080", 200, 0.002)
         >>> tags = {"method": "GET", "server_address": "127.0.0.1", "server_port": 8080, "status": 200}
         >>> monitor.snapshot().value("http_client_request_duration_seconds", tags)["count"]
-        1
+        2
     """
 
     def __init__(self, names: str, monitor: PerformanceMonitor | None = None) -> None:
@@ -113,22 +139,30 @@ class ClientMetrics:
         self._series: dict[Key, Observe] = {}
         self.problems = Problems(_logger)
 
-    def record(  # noqa: PLR0917 - called per request; positional arguments are the cheapest to pass
-        self, method: str, host: str, port: int, status: int, why: str | None, seconds: float
-    ) -> None:
-        """One finished request: ``status`` 0 when no response came, ``why`` the error type (None: none)."""
+    def done(self, method: str, server: Server, status: int, seconds: float) -> None:
+        """A response came: its status; the error type is the status for 4xx and 5xx."""
         try:
             monitor = self._fixed or PerformanceMonitor._instance or PerformanceMonitor.get_instance()
-            if monitor is not self._monitor or monitor._recorder is not self._marker:
+            if monitor._recorder is not self._marker:  # a recorder is one monitor's: configure() makes a new one
                 self._bind(monitor)
-            if why is None and status >= 400:
-                why = str(status)  # the conventions' error.type of an error response
-            key = (method, host, port, status, why)
-            series = self._series.get(key)
+            series = self._series.get((method, server, status))
             if series is None:
-                series = self._new_series(key)
+                series = self._new_series((method, server, status), status, str(status) if status >= 400 else None)
             series(seconds)
         except Exception as error:  # never into the application's request
+            self.problems.report(("record", type(error)), "cannot record an HTTP client request: %r", error)
+
+    def failed(self, method: str, server: Server, why: str, seconds: float) -> None:
+        """No response came: the request raised ``why`` (the exception's class name)."""
+        try:
+            monitor = self._fixed or PerformanceMonitor._instance or PerformanceMonitor.get_instance()
+            if monitor._recorder is not self._marker:
+                self._bind(monitor)
+            series = self._series.get((method, server, 0, why))
+            if series is None:
+                series = self._new_series((method, server, 0, why), 0, why)
+            series(seconds)
+        except Exception as error:
             self.problems.report(("record", type(error)), "cannot record an HTTP client request: %r", error)
 
     def _bind(self, monitor: PerformanceMonitor) -> None:
@@ -146,9 +180,9 @@ class ClientMetrics:
                     _logger.debug("keeping the application's definition of %s: %s", name, error)
         self._monitor, self._marker = monitor, monitor._recorder
 
-    def _new_series(self, key: Key) -> Observe:
-        method, host, port, status, why = key
-        method = normal_method(method.upper())
+    def _new_series(self, key: Key, status: int, why: str | None) -> Observe:
+        method = normal_method(key[0].upper())
+        host, port = server_at(key[1])
         monitor = self._monitor
         assert monitor is not None
         observers: list[Observe] = []
