@@ -274,24 +274,67 @@ def test_sqlalchemy_on_psycopg_and_psycopg2_counts_each_statement_once(
     assert found[("select", table, "success")] == 2  # one per engine, whoever recorded it
 
 
-def test_sqlalchemy_async_on_asyncpg_counts_each_statement_once(
-    instrumented: Callable[..., None], db_monitor: PerformanceMonitor, table: str
+@pytest.mark.parametrize("with_sqlalchemy_instrumentor", [True, False])
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+def test_sqlalchemy_async_on_asyncpg_and_psycopg_counts_each_statement_once(
+    instrumented: Callable[..., None],
+    db_monitor: PerformanceMonitor,
+    table: str,
+    driver: str,
+    with_sqlalchemy_instrumentor: bool,
 ) -> None:
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    instrumented(SQLAlchemyInstrumentor)
+    if with_sqlalchemy_instrumentor:
+        instrumented(SQLAlchemyInstrumentor)
     instrumented(AsyncpgInstrumentor)
+    instrumented(PsycopgInstrumentor)
 
     async def run() -> None:
-        engine = create_async_engine("postgresql+asyncpg://127.0.0.1:5432/test")
+        engine = create_async_engine(f"postgresql+{driver}://127.0.0.1:5432/test")
         async with engine.connect() as connection:
             await connection.execute(text(f"SELECT id FROM {table}"))
-            await connection.execute(text(f"SELECT email FROM {table}"))
+            await connection.execute(text(f"SELECT email FROM {table} WHERE id = :id"), {"id": 1})
         await engine.dispose()
 
     asyncio.run(run())
+    # SQLAlchemy's asyncpg dialect runs each statement through a PreparedStatement: without the SQLAlchemy
+    # instrumentor, the driver instrumentor measures it there.
     assert counts(db_monitor)[("select", table, "success")] == 2
+
+
+def test_asyncpg_prepared_statements_and_keyword_arguments(
+    instrumented: Callable[..., None], db_monitor: PerformanceMonitor, table: str
+) -> None:
+    import asyncpg
+
+    instrumented(AsyncpgInstrumentor)
+
+    async def run() -> None:
+        connection = await asyncpg.connect(URL)
+        try:
+            await connection.executemany(command=f"INSERT INTO {table} VALUES ($1, $2)", args=[(1, "a"), (2, "b")])
+            assert await connection.fetchval(query=f"SELECT count(*) FROM {table}") == 2
+            statement = await connection.prepare(f"SELECT email FROM {table} WHERE id = $1")
+            assert await statement.fetchval(1) == "a"
+            assert [row["email"] for row in await statement.fetch(2)] == ["b"]
+            assert (await statement.fetchrow(1))["email"] == "a"
+            update = await connection.prepare(f"UPDATE {table} SET email = $2 WHERE id = $1")
+            await update.executemany([(1, "c"), (2, "d")])
+            failing = await connection.prepare("SELECT 1 / $1::int")
+            with pytest.raises(asyncpg.DivisionByZeroError):
+                await failing.fetchval(0)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+    assert counts(db_monitor) == {
+        ("insert", table, "success"): 1,
+        ("select", table, "success"): 4,  # the count, then three reads through the prepared statement
+        ("update", table, "success"): 1,
+        ("select", "other", "error"): 1,
+    }
 
 
 # --- opentelemetry-instrument ---------------------------------------------------------------------------------

@@ -214,32 +214,57 @@ class _DriverInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             saved.restore()
 
 
+QueryOf = Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]  # (self, args, kwargs) -> the statement
+
+
+def _first_argument(owner: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The statement of a driver method called with it first: positional, or ``query=`` (``command=``: asyncpg's
+    ``executemany``)."""
+    if args:
+        return args[0]
+    return kwargs.get("query", kwargs.get("command", ""))
+
+
+def _prepared_query(statement: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The statement of an asyncpg ``PreparedStatement``: the text it was prepared from."""
+    return statement.get_query()
+
+
 def _sync_method(original: Any, statements: Statements, connection_of: Callable[[Any], Any], on: list[bool]) -> Any:
-    def method(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not on[0] or (_claimed[0] and connection_of(self) in sqlalchemy_connections):
-            return original(self, query, *args, **kwargs)
+            return original(self, *args, **kwargs)
         start = _perf_counter()
         try:
-            result = original(self, query, *args, **kwargs)
+            result = original(self, *args, **kwargs)
         except BaseException:
-            statements.failed(query, _perf_counter() - start, self)
+            statements.failed(_first_argument(self, args, kwargs), _perf_counter() - start, self)
             raise
-        statements.ok(query, _perf_counter() - start, self)
+        statements.ok(args[0] if args else _first_argument(self, args, kwargs), _perf_counter() - start, self)
         return result
 
     return method
 
 
-def _async_method(original: Any, statements: Statements, connection_of: Callable[[Any], Any], on: list[bool]) -> Any:
-    async def method(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+def _async_method(
+    original: Any,
+    statements: Statements,
+    connection_of: Callable[[Any], Any],
+    on: list[bool],
+    query_of: QueryOf = _first_argument,
+) -> Any:
+    positional = query_of is _first_argument  # the statement is the first argument: read without a call
+
+    async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not on[0] or (_claimed[0] and connection_of(self) in sqlalchemy_connections):
-            return await original(self, query, *args, **kwargs)
+            return await original(self, *args, **kwargs)
         start = _perf_counter()
         try:
-            result = await original(self, query, *args, **kwargs)
+            result = await original(self, *args, **kwargs)
         except BaseException:  # a cancellation too: the statement did not complete
-            statements.failed(query, _perf_counter() - start, self)
+            statements.failed(query_of(self, args, kwargs), _perf_counter() - start, self)
             raise
+        query = args[0] if positional and args else query_of(self, args, kwargs)
         statements.ok(query, _perf_counter() - start, self)
         return result
 
@@ -252,6 +277,10 @@ def _cursor_connection(cursor: Any) -> Any:
 
 def _itself(connection: Any) -> Any:
     return connection
+
+
+def _statement_connection(statement: Any) -> Any:
+    return statement._connection  # asyncpg's PreparedStatement keeps the connection it was prepared on
 
 
 class PsycopgInstrumentor(_DriverInstrumentor):
@@ -288,17 +317,25 @@ class PsycopgInstrumentor(_DriverInstrumentor):
 class AsyncpgInstrumentor(_DriverInstrumentor):
     """Measures every query of asyncpg (``execute``, ``executemany``, ``fetch*``; pools too): ``chat_turbo_asyncpg``.
 
-    Statements run through a ``PreparedStatement`` the application prepared itself are not measured.
+    A ``PreparedStatement``'s ``fetch*`` and ``executemany`` are measured too, under the text it was prepared from
+    (SQLAlchemy's asyncpg dialect runs every statement so); its ``cursor()`` is not.
     """
 
     _library = ("asyncpg >= 0.27",)
 
     def _patch(self, saved: _Saved, statements: Statements) -> None:
         from asyncpg.connection import Connection
+        from asyncpg.prepared_stmt import PreparedStatement
 
         for name in ("execute", "executemany", "fetch", "fetchrow", "fetchval", "fetchmany"):
             if name in Connection.__dict__:
                 saved.replace(Connection, name, _async_method(Connection.__dict__[name], statements, _itself, saved.on))
+        for name in ("executemany", "fetch", "fetchrow", "fetchval", "fetchmany"):
+            if name in PreparedStatement.__dict__:
+                method = _async_method(
+                    PreparedStatement.__dict__[name], statements, _statement_connection, saved.on, _prepared_query
+                )
+                saved.replace(PreparedStatement, name, method)
 
 
 class Psycopg2Instrumentor(_DriverInstrumentor):
