@@ -14,6 +14,7 @@ from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
+from chat_turbo_metrics_http_client._connections import AIOHTTP, HTTPCORE, URLLIB3, Tracked
 from chat_turbo_metrics_http_client._metrics import (
     DEFAULT_PORTS,
     ClientMetrics,
@@ -124,22 +125,27 @@ class _ClientInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     _library: tuple[str, ...] = ()
     _patches: Patches | None = None
+    _metrics: ClientMetrics | None = None
+    _connections: Tracked | None = None  # the library's pools, whose open connections are read at collection
 
     def instrumentation_dependencies(self) -> Collection[str]:
         """The library versions this instrumentor covers."""
         return self._library
 
     def _instrument(self, **kwargs: Any) -> None:
-        metrics = client_metrics(kwargs)
+        connections = self._connections
+        metrics = client_metrics(kwargs, connections)
         if metrics is None:  # a bad variable, logged once: the library is left as it is
             return
         patches = Patches()
         try:
             self._patch(patches, metrics)
+            if connections is not None:
+                connections.acquire()
         except BaseException:
             patches.restore()
             raise
-        self._patches = patches
+        self._patches, self._metrics = patches, metrics
 
     @abstractmethod
     def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
@@ -147,8 +153,13 @@ class _ClientInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _uninstrument(self, **kwargs: Any) -> None:
         patches, self._patches = self._patches, None
+        metrics, self._metrics = self._metrics, None
         if patches is not None:
             patches.restore()
+            if self._connections is not None:
+                self._connections.release()
+        if metrics is not None:
+            metrics.close()
 
 
 class RequestsInstrumentor(_ClientInstrumentor):
@@ -168,6 +179,7 @@ class RequestsInstrumentor(_ClientInstrumentor):
     """
 
     _library = ("requests >= 2.20",)
+    _connections = URLLIB3
 
     def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
         import requests
@@ -187,6 +199,7 @@ class Urllib3Instrumentor(_ClientInstrumentor):
     """
 
     _library = ("urllib3 >= 1.26",)
+    _connections = URLLIB3
 
     def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
         from urllib3.connectionpool import HTTPConnectionPool
@@ -215,6 +228,7 @@ class HttpxInstrumentor(_ClientInstrumentor):
     """
 
     _library = ("httpx >= 0.23",)
+    _connections = HTTPCORE
 
     def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
         import httpx
@@ -247,6 +261,7 @@ class AiohttpClientInstrumentor(_ClientInstrumentor):
     """
 
     _library = ("aiohttp >= 3.8",)
+    _connections = AIOHTTP
 
     def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
         import aiohttp

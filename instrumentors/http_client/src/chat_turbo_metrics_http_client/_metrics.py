@@ -12,9 +12,12 @@ import contextvars
 import logging
 import os
 import random
+import threading
 import time
+import weakref
+from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from chat_turbo_metrics import PerformanceMonitor
@@ -23,6 +26,9 @@ from chat_turbo_metrics_http._metrics import normal_method
 from chat_turbo_metrics_http._settings import METRIC_NAMES_VARIABLE, usable_settings
 
 DURATION = "http_client_request_duration_seconds"  # the seed's style
+OPEN = "http_client_open_connections"  # a gauge {state, server_address, server_port}, read at collection
+SC_OPEN = "http.client.open_connections"  # {http.connection.state, server.address, server.port}
+OPEN_DESCRIPTION = "Number of outbound HTTP connections that are currently active or idle on the client."
 SC_DURATION = "http.client.request.duration"  # the semantic conventions' (CHAT_TURBO_HTTP_METRIC_NAMES)
 # The semantic conventions' bucket advice for HTTP durations.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -129,8 +135,12 @@ class ClientMetrics:
         2
     """
 
-    def __init__(self, names: str, monitor: PerformanceMonitor | None = None) -> None:
+    def __init__(
+        self, names: str, monitor: PerformanceMonitor | None = None, connections: Connections | None = None
+    ) -> None:
         self._fixed = monitor
+        self._connections = connections  # the library's pools: their open connections are read at each collection
+        self._hooked: PerformanceMonitor | None = None
         self._names = names
         self._seed = names in ("seed", "both")
         self._semconv = names in ("semconv", "both")
@@ -178,7 +188,25 @@ class ClientMetrics:
                     )
                 except ValueError as error:  # the application defined it its own way first: keep theirs
                     _logger.debug("keeping the application's definition of %s: %s", name, error)
+        if self._connections is not None:
+            for name, wanted in ((OPEN, self._seed), (SC_OPEN, self._semconv)):
+                if wanted:
+                    try:
+                        monitor.define(name, "gauge", unit="{connection}", description=OPEN_DESCRIPTION)
+                    except ValueError as error:
+                        _logger.debug("keeping the application's definition of %s: %s", name, error)
+            if monitor is not self._hooked:  # the readings join this monitor's collections (and follow it)
+                if self._hooked is not None:
+                    _open_connections_of(self._hooked).leave(self)
+                _open_connections_of(monitor).join(self)
+                self._hooked = monitor
         self._monitor, self._marker = monitor, monitor._recorder
+
+    def close(self) -> None:
+        """The instrumentor stopped: its library's connections are no longer read."""
+        hooked, self._hooked = self._hooked, None
+        if hooked is not None:
+            _open_connections_of(hooked).leave(self)
 
     def _new_series(self, key: Key, status: int, why: str | None) -> Observe:
         method = normal_method(key[0].upper())
@@ -209,6 +237,92 @@ class ClientMetrics:
         return series
 
 
+class Connections(Protocol):
+    """A library's pools, followed while instrumented (``_connections.Tracked``)."""
+
+    def read(self) -> Counter[tuple[str, str, int]]:
+        """The open connections now: (state, server address, server port) -> count."""
+        ...
+
+
+class OpenConnections:
+    """A monitor's one collection hook for the clients' open connections: the libraries whose instrumentors
+    record into it, each read once (requests and urllib3 share urllib3's pools) and summed per server and state,
+    so that two libraries talking to one server never overwrite each other's gauge."""
+
+    def __init__(self, monitor: PerformanceMonitor) -> None:
+        self._monitor = monitor
+        self._users: dict[ClientMetrics, None] = {}  # insertion-ordered set
+        self._reported: set[tuple[str, str, str, int]] = set()
+        self._marker: Any = None
+        self.problems = Problems(_logger)
+
+    def join(self, metrics: ClientMetrics) -> None:
+        with _hooks_lock:
+            if not self._users:
+                self._monitor.add_collection_hook(self.read)
+            self._users[metrics] = None
+
+    def leave(self, metrics: ClientMetrics) -> None:
+        with _hooks_lock:
+            if metrics in self._users:
+                del self._users[metrics]
+                if not self._users:
+                    self._monitor.remove_collection_hook(self.read)
+
+    def read(self) -> None:
+        """At a collection: record every followed library's open connections (0 for a series none has now)."""
+        try:
+            monitor = self._monitor
+            if monitor._recorder is not self._marker:  # a new pipeline starts with no series
+                self._reported, self._marker = set(), monitor._recorder
+            users = list(self._users)
+            for metrics in users:
+                if metrics._marker is not monitor._recorder:  # configure() since its last request: which names
+                    metrics._bind(monitor)
+            wanted = {
+                name: {metrics._connections for metrics in users if metrics._connections is not None and want(metrics)}
+                for name, want in ((OPEN, _wants_seed), (SC_OPEN, _wants_semconv))
+            }
+            readings = {connections: connections.read() for connections in set().union(*wanted.values())}
+            found: dict[tuple[str, str, str, int], int] = {}
+            for name, followed in wanted.items():
+                for connections in followed:
+                    for (state, host, port), count in readings[connections].items():
+                        found[name, state, host, port] = found.get((name, state, host, port), 0) + count
+            for key in self._reported - found.keys():
+                found[key] = 0
+            for (name, state, host, port), count in found.items():
+                if name == OPEN:
+                    tags = {"state": state, "server_address": host, "server_port": port}
+                else:
+                    tags = {"http.connection.state": state, "server.address": host, "server.port": port}
+                monitor.record_gauge(name, count, tags)
+            self._reported = {key for key, count in found.items() if count}
+        except Exception as error:  # never into the collection
+            self.problems.report(("open", type(error)), "cannot read the open HTTP client connections: %r", error)
+
+
+def _wants_seed(metrics: ClientMetrics) -> bool:
+    return metrics._seed
+
+
+def _wants_semconv(metrics: ClientMetrics) -> bool:
+    return metrics._semconv
+
+
+_hooks: weakref.WeakKeyDictionary[PerformanceMonitor, OpenConnections] = weakref.WeakKeyDictionary()
+_hooks_lock = threading.RLock()
+
+
+def _open_connections_of(monitor: PerformanceMonitor) -> OpenConnections:
+    with _hooks_lock:
+        hook = _hooks.get(monitor)
+        if hook is None:
+            hook = _hooks[monitor] = OpenConnections(monitor)
+        return hook
+
+
 def _both(first: Observe, second: Observe) -> Observe:
     def observe(value: float) -> None:
         first(value)
@@ -227,10 +341,10 @@ def _sampled(observe: Observe, rate: float) -> Observe:
     return sampled
 
 
-def client_metrics(kwargs: Mapping[str, Any]) -> ClientMetrics | None:
+def client_metrics(kwargs: Mapping[str, Any], connections: Connections | None = None) -> ClientMetrics | None:
     """The metrics an instrumentor's ``instrument(**kwargs)`` records into; None when a variable is bad."""
     names = metric_names(kwargs.get("metric_names"), kwargs.get("environ"))
-    return None if names is None else ClientMetrics(names, kwargs.get("monitor"))
+    return None if names is None else ClientMetrics(names, kwargs.get("monitor"), connections)
 
 
 class Patches:
