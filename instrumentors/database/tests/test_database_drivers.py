@@ -190,6 +190,12 @@ def test_psycopg2_cursor_factories_errors_and_uninstrument(
         with connection.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor:
             cursor.execute(f"SELECT email FROM {table} WHERE id = %s", (1,))
             assert cursor.fetchone() == {"email": "secret@example.com"}
+        with connection.cursor("reader") as cursor:  # a named (server-side) cursor, its name given positionally
+            cursor.execute(f"SELECT id FROM {table} ORDER BY id")
+            assert [row[0] for row in cursor.fetchall()] == [1, 2, 3]
+        with connection.cursor() as cursor:
+            cursor.execute(query=f"SELECT email FROM {table} WHERE id = %s", vars=(2,))
+            assert cursor.fetchone() == ("b",)
         with connection.cursor() as cursor, pytest.raises(psycopg2.errors.SyntaxError):
             cursor.execute("SELEKT 1")
         connection.rollback()
@@ -201,7 +207,7 @@ def test_psycopg2_cursor_factories_errors_and_uninstrument(
         connection.close()
     assert counts(db_monitor) == {
         ("insert", table, "success"): 2,
-        ("select", table, "success"): 1,
+        ("select", table, "success"): 3,
         ("other", "other", "error"): 1,
     }
     assert "secret" not in db_monitor.snapshot().to_prometheus()

@@ -10,6 +10,7 @@ record: the driver instrumentors pass them through (no statement is counted twic
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import threading
@@ -231,6 +232,8 @@ def _prepared_query(statement: Any, args: tuple[Any, ...], kwargs: dict[str, Any
 
 
 def _sync_method(original: Any, statements: Statements, connection_of: Callable[[Any], Any], on: list[bool]) -> Any:
+    ok, failed = statements.ok, statements.failed
+
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not on[0] or (_claimed[0] and connection_of(self) in sqlalchemy_connections):
             return original(self, *args, **kwargs)
@@ -238,12 +241,54 @@ def _sync_method(original: Any, statements: Statements, connection_of: Callable[
         try:
             result = original(self, *args, **kwargs)
         except BaseException:
-            statements.failed(_first_argument(self, args, kwargs), _perf_counter() - start, self)
+            failed(_first_argument(self, args, kwargs), _perf_counter() - start, self)
             raise
-        statements.ok(args[0] if args else _first_argument(self, args, kwargs), _perf_counter() - start, self)
+        ok(args[0] if args else _first_argument(self, args, kwargs), _perf_counter() - start, self)
         return result
 
     return method
+
+
+# The hottest methods with their own signatures, so a call packs no argument tuple and keyword dict (about a
+# third of the wrapper's cost): psycopg2's cursor.execute(query, vars=None), and psycopg's Cursor.execute(query,
+# params=None, *, prepare=None, binary=None) when its signature is that one.
+def _psycopg2_execute(original: Any, statements: Statements, on: list[bool]) -> Any:
+    ok, failed = statements.ok, statements.failed
+
+    def execute(self: Any, query: Any, vars: Any = None) -> Any:
+        if not on[0] or (_claimed[0] and self.connection in sqlalchemy_connections):
+            return original(self, query, vars)
+        start = _perf_counter()
+        try:
+            result = original(self, query, vars)
+        except BaseException:
+            failed(query, _perf_counter() - start, self)
+            raise
+        ok(query, _perf_counter() - start, self)
+        return result
+
+    return execute
+
+
+PSYCOPG_EXECUTE = ["self", "query", "params", "prepare", "binary"]
+
+
+def _psycopg_execute(original: Any, statements: Statements, on: list[bool]) -> Any:
+    ok, failed = statements.ok, statements.failed
+
+    def execute(self: Any, query: Any, params: Any = None, *, prepare: Any = None, binary: Any = None) -> Any:
+        if not on[0] or (_claimed[0] and self.connection in sqlalchemy_connections):
+            return original(self, query, params, prepare=prepare, binary=binary)
+        start = _perf_counter()
+        try:
+            result = original(self, query, params, prepare=prepare, binary=binary)
+        except BaseException:
+            failed(query, _perf_counter() - start, self)
+            raise
+        ok(query, _perf_counter() - start, self)
+        return result
+
+    return execute
 
 
 def _async_method(
@@ -254,6 +299,7 @@ def _async_method(
     query_of: QueryOf = _first_argument,
 ) -> Any:
     positional = query_of is _first_argument  # the statement is the first argument: read without a call
+    ok, failed = statements.ok, statements.failed
 
     async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not on[0] or (_claimed[0] and connection_of(self) in sqlalchemy_connections):
@@ -262,10 +308,9 @@ def _async_method(
         try:
             result = await original(self, *args, **kwargs)
         except BaseException:  # a cancellation too: the statement did not complete
-            statements.failed(query_of(self, args, kwargs), _perf_counter() - start, self)
+            failed(query_of(self, args, kwargs), _perf_counter() - start, self)
             raise
-        query = args[0] if positional and args else query_of(self, args, kwargs)
-        statements.ok(query, _perf_counter() - start, self)
+        ok(args[0] if positional and args else query_of(self, args, kwargs), _perf_counter() - start, self)
         return result
 
     return method
@@ -306,7 +351,11 @@ class PsycopgInstrumentor(_DriverInstrumentor):
         for cls in (psycopg.Cursor, psycopg.ServerCursor):
             for name in ("execute", "executemany"):
                 if name in cls.__dict__:
-                    saved.replace(cls, name, _sync_method(cls.__dict__[name], statements, _cursor_connection, saved.on))
+                    original = cls.__dict__[name]
+                    if name == "execute" and list(inspect.signature(original).parameters) == PSYCOPG_EXECUTE:
+                        saved.replace(cls, name, _psycopg_execute(original, statements, saved.on))
+                    else:
+                        saved.replace(cls, name, _sync_method(original, statements, _cursor_connection, saved.on))
         for async_cls in (psycopg.AsyncCursor, psycopg.AsyncServerCursor):
             for name in ("execute", "executemany"):
                 if name in async_cls.__dict__:
@@ -378,6 +427,8 @@ class Psycopg2Instrumentor(_DriverInstrumentor):
                     name: _sync_method(getattr(base, name), statements, _cursor_connection, on)
                     for name in ("execute", "executemany")
                 }
+                if base.execute is psycopg2.extensions.cursor.execute:  # type: ignore[attr-defined]  # the C one
+                    methods["execute"] = _psycopg2_execute(base.execute, statements, on)  # type: ignore[attr-defined]
                 made = cursors[base] = type(base.__name__, (base,), methods)
             return made
 
@@ -386,12 +437,17 @@ class Psycopg2Instrumentor(_DriverInstrumentor):
             if made is None:
                 base_cursor = base.cursor  # type: ignore[attr-defined]
 
-                def cursor(self: Any, name: Any = None, cursor_factory: Any = None, *args: Any, **kwargs: Any) -> Any:
+                def given(self: Any, name: Any = None, cursor_factory: Any = None, *args: Any, **kwargs: Any) -> Any:
                     if cursor_factory is None:  # the connection's own, measured since connect()
                         return base_cursor(self, name, None, *args, **kwargs)
                     return base_cursor(
                         self, name, measured_cursor(cursor_factory) if on[0] else cursor_factory, *args, **kwargs
                     )
+
+                def cursor(self: Any, *args: Any, **kwargs: Any) -> Any:
+                    if args or kwargs:  # a name, a cursor_factory for this cursor, ...
+                        return given(self, *args, **kwargs)
+                    return base_cursor(self)  # the connection's own factory, measured since connect()
 
                 made = connections[base] = type(base.__name__, (base,), {"cursor": cursor})
             return made
