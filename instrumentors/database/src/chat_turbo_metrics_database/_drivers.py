@@ -429,7 +429,9 @@ class Psycopg2Instrumentor(_DriverInstrumentor):
                 }
                 if base.execute is psycopg2.extensions.cursor.execute:  # type: ignore[attr-defined]  # the C one
                     methods["execute"] = _psycopg2_execute(base.execute, statements, on)  # type: ignore[attr-defined]
-                made = cursors[base] = type(base.__name__, (base,), methods)
+                # No __slots__ of its own: an instance has the base's layout (psycopg2's cursor has no __dict__, and
+                # gets none from us: the same attributes, the same allocation as without the instrumentor).
+                made = cursors[base] = type(base.__name__, (base,), {"__slots__": (), **methods})
             return made
 
         def measured_connection(base: type) -> type:
@@ -449,7 +451,7 @@ class Psycopg2Instrumentor(_DriverInstrumentor):
                         return given(self, *args, **kwargs)
                     return base_cursor(self)  # the connection's own factory, measured since connect()
 
-                made = connections[base] = type(base.__name__, (base,), {"cursor": cursor})
+                made = connections[base] = type(base.__name__, (base,), {"__slots__": (), "cursor": cursor})
             return made
 
         original = psycopg2.connect
