@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -23,20 +23,6 @@ from chat_turbo_metrics_http_client import (
 )
 
 Open = dict[tuple[str, int, str], float]
-
-
-@pytest.fixture
-def instrumented(client_monitor: PerformanceMonitor) -> Iterator[Callable[..., None]]:
-    done: list[Any] = []
-
-    def use(cls: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("monitor", client_monitor)
-        cls().instrument(**kwargs)
-        done.append(cls())
-
-    yield use
-    for instrumentor in done:
-        instrumentor.uninstrument()
 
 
 def open_connections(monitor: PerformanceMonitor, *ports: int, semconv: bool = False) -> Open:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -24,21 +24,6 @@ def tags(port: int, method: str = "GET", status: int | None = 200, error: str | 
     if error is not None:
         found["error_type"] = error
     return frozenset(found.items())
-
-
-@pytest.fixture
-def instrumented(client_monitor: PerformanceMonitor) -> Iterator[Callable[..., None]]:
-    """``instrumented(Instrumentor, **kwargs)``: instrument into the test's monitor; all undone after the test."""
-    done: list[Any] = []
-
-    def use(cls: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("monitor", client_monitor)
-        cls().instrument(**kwargs)
-        done.append(cls())
-
-    yield use
-    for instrumentor in done:
-        instrumentor.uninstrument()
 
 
 # --- requests -------------------------------------------------------------------------------------------------

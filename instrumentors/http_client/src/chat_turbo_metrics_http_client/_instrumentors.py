@@ -43,12 +43,11 @@ def measured(original: Any, metrics: ClientMetrics, describe: Describe, status: 
         try:
             response = original(self, *args, **kwargs)
         except BaseException as error:
-            _failed(metrics, describe, self, args, kwargs, error, start)
+            _finished(metrics, describe, self, args, kwargs, error, perf_counter() - start)
             raise
         finally:
             measuring.reset(token)
-        elapsed = perf_counter() - start
-        _done(metrics, describe, self, args, kwargs, response, status, elapsed)
+        _finished(metrics, describe, self, args, kwargs, response, perf_counter() - start, status)
         return response
 
     return call
@@ -65,48 +64,35 @@ def measured_async(original: Any, metrics: ClientMetrics, describe: Describe, st
         try:
             response = await original(self, *args, **kwargs)
         except BaseException as error:
-            _failed(metrics, describe, self, args, kwargs, error, start)
+            _finished(metrics, describe, self, args, kwargs, error, perf_counter() - start)
             raise
         finally:
             measuring.reset(token)
-        elapsed = perf_counter() - start
-        _done(metrics, describe, self, args, kwargs, response, status, elapsed)
+        _finished(metrics, describe, self, args, kwargs, response, perf_counter() - start, status)
         return response
 
     return call
 
 
-def _done(  # noqa: PLR0917 - the wrappers' shared tail, positional for speed
+def _finished(  # noqa: PLR0917 - the wrappers' shared tail, positional for speed
     metrics: ClientMetrics,
     describe: Describe,
     owner: Any,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    response: Any,
-    status: Callable[[Any], int],
+    outcome: Any,
     elapsed: float,
+    status: Callable[[Any], int] | None = None,
 ) -> None:
+    """Record one call: ``outcome`` is its response (``status`` reads its status) or, without ``status``, the
+    exception it raised."""
     try:
         method, server = describe(owner, args, kwargs)
-        metrics.done(method, server, status(response), elapsed)
-    except Exception as error:  # an odd call or response the library accepted: never into the application
-        metrics.problems.report(("describe", type(error)), "cannot describe an HTTP client request: %r", error)
-
-
-def _failed(  # noqa: PLR0917 - as _done
-    metrics: ClientMetrics,
-    describe: Describe,
-    owner: Any,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    error: BaseException,
-    start: float,
-) -> None:
-    elapsed = perf_counter() - start
-    try:
-        method, server = describe(owner, args, kwargs)
-        metrics.failed(method, server, error_type(error), elapsed)
-    except Exception as problem:
+        if status is None:
+            metrics.failed(method, server, error_type(outcome), elapsed)
+        else:
+            metrics.done(method, server, status(outcome), elapsed)
+    except Exception as problem:  # an odd call or response the library accepted: never into the application
         metrics.problems.report(("describe", type(problem)), "cannot describe an HTTP client request: %r", problem)
 
 
