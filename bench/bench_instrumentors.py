@@ -1,10 +1,12 @@
 """Issue 24's instrumentors against contrib's (metrics only, traces off) and the bare library, in the same run.
 
-Run: ``python bench/bench_instrumentors.py`` (``--quick`` for a rough run); the contrib peers come with the
-``bench`` extra (``pip install -e '.[bench]'``); a peer not installed is left out of the table (five need
-``pip install --no-deps``: see the ``bench`` extra in pyproject.toml). Timing is this
-process's CPU time (``bench_datastores``' method: minimum over repeats and over rounds that alternate the cases),
-so the servers' work (an HTTP server in a subprocess, PostgreSQL) is not counted, only the client's.
+Run: ``python bench/bench_instrumentors.py [clients] [drivers] [aiohttp] [asgi] [django]`` (``--quick`` for a
+rough run); the contrib peers come with the ``bench`` extra (``pip install -e '.[bench]'``); a peer not installed is
+left out of the table (five need ``pip install --no-deps``: see the ``bench`` extra in pyproject.toml). Timing is
+this process's CPU time, so the servers' work (an HTTP server in a subprocess, PostgreSQL) is not counted, only the
+client's. Clients and drivers: paired rounds (:func:`paired`: each overhead is the median of per-round differences
+against bare, printed with its standard error); servers: ``bench_datastores``' method (minimum over repeats and
+over rounds that alternate the cases).
 
 - HTTP clients: requests and httpx (sync) with the network stubbed out below them (requests' adapter, httpx's
   connection pool, as ``bench_datastores`` does for redis: only the client and the instrumentations are timed);
@@ -136,7 +138,7 @@ def paired(cases: dict[str, Case]) -> dict[str, tuple[float, float]]:
     names = list(cases)
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(PAIRED_ROUNDS):
-        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             set_up, operation, tear_down = cases[name]
             set_up()
             try:
