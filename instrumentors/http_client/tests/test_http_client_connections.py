@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import signal
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -191,3 +195,40 @@ def test_uninstrument_stops_the_readings_and_restores_the_libraries(
     session.close()
     gc.collect()
     assert open_connections(client_monitor, port) == {("127.0.0.1", port, "idle"): 1}  # no longer read
+
+
+def test_a_forked_child_follows_pools_though_a_parent_thread_held_the_lock(
+    instrumented: Callable[..., None], client_server: Any, client_monitor: PerformanceMonitor
+) -> None:
+    from chat_turbo_metrics_http_client._connections import URLLIB3
+
+    instrumented(Urllib3Instrumentor)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with URLLIB3._known_lock:
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(5)
+    pid = os.fork()
+    if pid == 0:  # the child: its copy of the lock would stay held forever without the repair
+        try:
+            pool = urllib3.PoolManager()
+            status = pool.request("GET", client_server.url("/ok")).status
+            found = URLLIB3.read()[("idle", "127.0.0.1", client_server.port)]
+            os._exit(0 if (status, found) == (200, 1) else 1)
+        finally:
+            os._exit(2)
+    release.set()
+    holder.join(5)
+    deadline = time.monotonic() + 20
+    while (done := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done == (0, 0):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on the lock its parent's thread held")
+    assert os.waitstatus_to_exitcode(done[1]) == 0

@@ -24,7 +24,8 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from typing import Any
 
-from chat_turbo_metrics_http_client._metrics import DEFAULT_PORTS, Patches
+from chat_turbo_metrics.instrumentation import register_after_fork
+from chat_turbo_metrics_http_client._metrics import DEFAULT_PORTS, Patches, renew_hooks_lock
 
 Reading = Counter[tuple[str, str, int]]  # (state, server address, server port) -> open connections
 IDLE, ACTIVE = "idle", "active"
@@ -215,3 +216,15 @@ def _count(found: Reading, state: str, key: Any, protocols: list[Any]) -> None:
 URLLIB3 = Urllib3Connections()
 HTTPCORE = HttpcorePools()
 AIOHTTP = AiohttpConnectors()
+
+
+def _after_fork_in_child() -> None:
+    """A thread of the parent may have held a lock at fork(): the child's copies start free (what they guard, the
+    pools and connections the child inherited, stays followed)."""
+    for tracked in (URLLIB3, HTTPCORE, AIOHTTP):
+        tracked._lock = threading.Lock()
+        tracked._known_lock = threading.Lock()
+    renew_hooks_lock()
+
+
+register_after_fork(_after_fork_in_child)

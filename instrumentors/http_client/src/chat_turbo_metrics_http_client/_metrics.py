@@ -315,6 +315,12 @@ _hooks: weakref.WeakKeyDictionary[PerformanceMonitor, OpenConnections] = weakref
 _hooks_lock = threading.RLock()
 
 
+def renew_hooks_lock() -> None:
+    """In a forked child: a fresh lock (a parent's thread may have held the old one at fork())."""
+    global _hooks_lock  # noqa: PLW0603 - the module's one lock, replaced only in a forked child
+    _hooks_lock = threading.RLock()
+
+
 def _open_connections_of(monitor: PerformanceMonitor) -> OpenConnections:
     with _hooks_lock:
         hook = _hooks.get(monitor)
