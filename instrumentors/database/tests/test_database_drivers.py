@@ -394,3 +394,43 @@ def test_opentelemetry_instrument_measures_the_drivers_with_no_code_change(tmp_p
     found = json.loads(done.stdout.strip().splitlines()[-1])
     expected = 2 if disabled else 3  # psycopg, (psycopg2), asyncpg
     assert found == [[{"table": "pg_class", "operation": "select", "status": "success"}, expected]]
+
+
+def test_drivers_bind_their_series_once_per_configure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Statements reuse the first one's handles; a configure() (a new recorder) makes them bind once more."""
+    import psycopg
+    import psycopg2
+
+    import chat_turbo_metrics
+    from chat_turbo_metrics_database._drivers import Statements
+
+    binds: list[object] = []
+    real = Statements._rebind
+
+    def counting(self: Statements, monitor: PerformanceMonitor) -> None:
+        binds.append(monitor)
+        real(self, monitor)
+
+    monkeypatch.setattr(Statements, "_rebind", counting)
+    chat_turbo_metrics.configure(environment="test", metrics_exporters=(), self_telemetry=False)
+    PsycopgInstrumentor().instrument()
+    Psycopg2Instrumentor().instrument()
+    try:
+        with psycopg.connect(DSN) as connection:
+            for _ in range(5):
+                connection.execute("SELECT 1 FROM pg_class LIMIT 1")
+        classic = psycopg2.connect(DSN)
+        for _ in range(5):
+            classic.cursor().execute("SELECT 2 FROM pg_class LIMIT 1")
+        assert len(binds) == 2  # one per instrumentor
+        chat_turbo_metrics.configure(environment="test", metrics_exporters=(), self_telemetry=False)
+        for _ in range(3):
+            classic.cursor().execute("SELECT 2 FROM pg_class LIMIT 1")
+        classic.close()
+        assert len(binds) == 3
+        tags = {"table": "pg_class", "operation": "select", "status": "success"}
+        assert PerformanceMonitor.get_instance().snapshot().value(NAME, tags)["count"] == 3
+    finally:
+        PsycopgInstrumentor().uninstrument()
+        Psycopg2Instrumentor().uninstrument()
+        chat_turbo_metrics.configure(environment="test", metrics_exporters=(), self_telemetry=False)
