@@ -317,24 +317,25 @@ def test_asyncpg_prepared_statements_and_keyword_arguments(
 
     instrumented(AsyncpgInstrumentor)
 
-    async def run() -> None:
-        connection = await asyncpg.connect(URL)
-        try:
-            await connection.executemany(command=f"INSERT INTO {table} VALUES ($1, $2)", args=[(1, "a"), (2, "b")])
-            assert await connection.fetchval(query=f"SELECT count(*) FROM {table}") == 2
-            statement = await connection.prepare(f"SELECT email FROM {table} WHERE id = $1")
-            assert await statement.fetchval(1) == "a"
-            assert [row["email"] for row in await statement.fetch(2)] == ["b"]
-            assert (await statement.fetchrow(1))["email"] == "a"
-            update = await connection.prepare(f"UPDATE {table} SET email = $2 WHERE id = $1")
-            await update.executemany([(1, "c"), (2, "d")])
-            failing = await connection.prepare("SELECT 1 / $1::int")
-            with pytest.raises(asyncpg.DivisionByZeroError):
-                await failing.fetchval(0)
-        finally:
-            await connection.close()
+    async def work(connection: Any) -> None:
+        await connection.executemany(command=f"INSERT INTO {table} VALUES ($1, $2)", args=[(1, "a"), (2, "b")])
+        assert await connection.fetchval(query=f"SELECT count(*) FROM {table}") == 2
+        statement = await connection.prepare(f"SELECT email FROM {table} WHERE id = $1")
+        assert await statement.fetchval(1) == "a"
+        assert [row["email"] for row in await statement.fetch(2)] == ["b"]
+        assert (await statement.fetchrow(1))["email"] == "a"
+        update = await connection.prepare(f"UPDATE {table} SET email = $2 WHERE id = $1")
+        await update.executemany([(1, "c"), (2, "d")])
+        failing = await connection.prepare("SELECT 1 / $1::int")
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            await failing.fetchval(0)
 
-    asyncio.run(run())
+    async def on_a_connection() -> None:
+        connection = await asyncpg.connect(URL)
+        await work(connection)
+        await connection.close()
+
+    asyncio.run(on_a_connection())
     assert counts(db_monitor) == {
         ("insert", table, "success"): 1,
         ("select", table, "success"): 4,  # the count, then three reads through the prepared statement
