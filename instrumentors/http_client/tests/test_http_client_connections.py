@@ -232,3 +232,28 @@ def test_a_forked_child_follows_pools_though_a_parent_thread_held_the_lock(
         os.waitpid(pid, 0)
         pytest.fail("the forked child hung on the lock its parent's thread held")
     assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
+def test_pools_that_cannot_be_followed_leave_the_durations_measured(
+    instrumented: Callable[..., None],
+    client_server: Any,
+    client_monitor: PerformanceMonitor,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from chat_turbo_metrics_http_client._connections import HTTPCORE
+
+    def refuse(patches: Any) -> None:
+        raise AttributeError("no pool class in this httpcore")
+
+    monkeypatch.setattr(HTTPCORE, "_patch", refuse)
+    instrumented(HttpxInstrumentor)  # does not raise
+    port = client_server.port
+    with httpx.Client() as client:
+        assert client.get(client_server.url("/ok")).status_code == 200
+    tags = {"method": "GET", "server_address": "127.0.0.1", "server_port": port, "status": 200}
+    assert client_monitor.snapshot().value("http_client_request_duration_seconds", tags)["count"] == 1
+    assert open_connections(client_monitor, port) == {}
+    assert "no pool class in this httpcore" in caplog.text  # the library's refusal, logged once
+    HttpxInstrumentor().uninstrument()
+    assert HTTPCORE._holders == 0

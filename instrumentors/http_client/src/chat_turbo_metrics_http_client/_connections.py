@@ -188,7 +188,7 @@ class AiohttpConnectors(_Objects):
             return create_connection
 
         patches.replace(aiohttp.BaseConnector, "__init__", lambda original: _kept_after(original, self))
-        patches.replace(aiohttp.TCPConnector, "_create_connection", kept)
+        patches.replace(aiohttp.TCPConnector, "_create_connection", kept)  # KeyError: not this version's
 
     def read(self) -> Reading:
         found: Reading = Counter()

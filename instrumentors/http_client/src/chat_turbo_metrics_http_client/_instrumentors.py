@@ -113,6 +113,7 @@ class _ClientInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     _patches: Patches | None = None
     _metrics: ClientMetrics | None = None
     _connections: Tracked | None = None  # the library's pools, whose open connections are read at collection
+    _following: Tracked | None = None  # _connections, while instrumented and following them
 
     def instrumentation_dependencies(self) -> Collection[str]:
         """The library versions this instrumentor covers."""
@@ -126,12 +127,17 @@ class _ClientInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         patches = Patches()
         try:
             self._patch(patches, metrics)
-            if connections is not None:
-                connections.acquire()
         except BaseException:
             patches.restore()
             raise
-        self._patches, self._metrics = patches, metrics
+        if connections is not None:
+            try:
+                connections.acquire()
+            except Exception as error:  # a library version whose pools we cannot follow: durations only
+                metrics.problems.report(("connections", type(error)), "cannot follow the open connections: %r", error)
+                metrics.forget_connections()
+                connections = None
+        self._patches, self._metrics, self._following = patches, metrics, connections
 
     @abstractmethod
     def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
@@ -140,10 +146,11 @@ class _ClientInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _uninstrument(self, **kwargs: Any) -> None:
         patches, self._patches = self._patches, None
         metrics, self._metrics = self._metrics, None
+        following, self._following = self._following, None
         if patches is not None:
             patches.restore()
-            if self._connections is not None:
-                self._connections.release()
+        if following is not None:
+            following.release()
         if metrics is not None:
             metrics.close()
 

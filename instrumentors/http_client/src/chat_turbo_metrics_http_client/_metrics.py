@@ -202,6 +202,10 @@ class ClientMetrics:
                 self._hooked = monitor
         self._monitor, self._marker = monitor, monitor._recorder
 
+    def forget_connections(self) -> None:
+        """Record durations only: the library's open connections cannot be followed."""
+        self._connections = None
+
     def close(self) -> None:
         """The instrumentor stopped: its library's connections are no longer read."""
         hooked, self._hooked = self._hooked, None
