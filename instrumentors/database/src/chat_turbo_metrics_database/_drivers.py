@@ -273,6 +273,18 @@ def _psycopg2_execute(original: Any, statements: Statements, on: list[bool]) -> 
 PSYCOPG_EXECUTE = ["self", "query", "params", "prepare", "binary"]
 
 
+def _signature_is(function: Any, names: list[str]) -> bool:
+    """``function`` takes exactly ``names``, each optional one defaulting to None (what the wrapper passes on)."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    optional = [
+        parameter.default for parameter in parameters.values() if parameter.default is not inspect.Parameter.empty
+    ]
+    return list(parameters) == names and all(default is None for default in optional)
+
+
 def _psycopg_execute(original: Any, statements: Statements, on: list[bool]) -> Any:
     ok, failed = statements.ok, statements.failed
 
@@ -352,7 +364,7 @@ class PsycopgInstrumentor(_DriverInstrumentor):
             for name in ("execute", "executemany"):
                 if name in cls.__dict__:
                     original = cls.__dict__[name]
-                    if name == "execute" and list(inspect.signature(original).parameters) == PSYCOPG_EXECUTE:
+                    if name == "execute" and _signature_is(original, PSYCOPG_EXECUTE):
                         saved.replace(cls, name, _psycopg_execute(original, statements, saved.on))
                     else:
                         saved.replace(cls, name, _sync_method(original, statements, _cursor_connection, saved.on))
