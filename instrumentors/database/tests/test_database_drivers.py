@@ -435,3 +435,61 @@ def test_drivers_bind_their_series_once_per_configure(monkeypatch: pytest.Monkey
         PsycopgInstrumentor().uninstrument()
         Psycopg2Instrumentor().uninstrument()
         chat_turbo_metrics.configure(environment="test", metrics_exporters=(), self_telemetry=False)
+
+
+def test_semconv_names_under_the_database_switch(table: str) -> None:
+    """``database/dup``: the conventions' db.client.operation.duration beside the seed's histogram, as SQLAlchemy's."""
+    import asyncpg
+    import psycopg
+
+    monitor = PerformanceMonitor(
+        MonitoringConfig(environment="test", metrics_exporters=(), semconv_stability_opt_in=("database/dup",))
+    )
+    PsycopgInstrumentor().instrument(monitor=monitor)
+    AsyncpgInstrumentor().instrument(monitor=monitor)
+    try:
+        with psycopg.connect(DSN) as connection:
+            connection.execute(f"SELECT id FROM {table}")
+            with pytest.raises(psycopg.errors.UndefinedTable):
+                connection.execute("SELECT id FROM no_such_table_i24")
+
+        async def run() -> None:
+            connection = await asyncpg.connect(URL)
+            await connection.fetch(f"SELECT id FROM {table}")
+            task = asyncio.ensure_future(connection.execute("SELECT pg_sleep(5)"))
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await connection.close()
+
+        asyncio.run(run())
+        semconv = {
+            frozenset(record["attributes"].items()): record["count"]
+            for record in monitor.snapshot().records()
+            if record["name"] == "db.client.operation.duration"
+        }
+        system = ("db.system.name", "postgresql")
+        assert semconv == {
+            frozenset({system, ("db.operation.name", "SELECT"), ("db.collection.name", table)}): 2,
+            frozenset(
+                {
+                    system,
+                    ("db.operation.name", "SELECT"),
+                    ("db.collection.name", "no_such_table_i24"),
+                    ("error.type", "UndefinedTable"),
+                }
+            ): 1,
+            frozenset({system, ("db.operation.name", "SELECT"), ("error.type", "CancelledError")}): 1,
+        }
+        assert counts(monitor) == {
+            ("select", table, "success"): 2,
+            ("select", "no_such_table_i24", "error"): 1,
+            ("select", "other", "error"): 1,
+        }
+        text = monitor.snapshot().to_prometheus()
+        assert 'db_client_operation_duration_seconds_count{db_collection_name="' + table in text
+    finally:
+        PsycopgInstrumentor().uninstrument()
+        AsyncpgInstrumentor().uninstrument()
+        monitor.shutdown()

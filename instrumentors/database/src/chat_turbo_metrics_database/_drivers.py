@@ -23,10 +23,21 @@ from typing import Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from chat_turbo_metrics import ConfigurationError, PerformanceMonitor
-from chat_turbo_metrics.instrumentation import DATABASE_QUERY_DURATION, Problems, StatementClassifier, strip_literals
+from chat_turbo_metrics.instrumentation import (
+    DATABASE_QUERY_DURATION,
+    DB_CLIENT_OPERATION_DURATION,
+    Problems,
+    SemconvMode,
+    StatementClassifier,
+    define_metrics,
+    semconv_mode,
+    strip_literals,
+)
+from chat_turbo_metrics_database._semconv import SemconvNames
 
 _perf_counter = time.perf_counter
 _random = random.random
+SYSTEM = "postgresql"  # db.system.name: every driver instrumented here speaks to PostgreSQL
 _SERIES_LIMIT = 4096  # statement texts whose handles are kept; beyond, each statement binds its own (bounded series)
 _MAX_TEXT = 4096
 
@@ -92,8 +103,9 @@ class Statements:
         self._classifier = StatementClassifier(max_tables=max_tables)
         self._monitor: PerformanceMonitor | None = None
         self._marker: Any = None
+        self._names = SemconvNames(SemconvMode.SEED)  # asked of the monitor when it is bound
         self._ok: dict[str, Callable[[float], None]] = {}  # the series of the statements that succeeded, by text
-        self._failed: dict[str, Callable[[float], None]] = {}  # and of those that raised
+        self._failed: dict[tuple[str, str], Callable[[float], None]] = {}  # and of those that raised, and why
         self.problems = Problems(logging.getLogger(logger))
 
     def ok(self, query: Any, elapsed: float, context: Any = None) -> None:
@@ -104,43 +116,56 @@ class Statements:
                 self._rebind(monitor)
             observe = self._ok.get(query) if type(query) is str else None
             if observe is None:
-                observe = self._series_of(self._ok, query, "success", context)
+                statement = query if type(query) is str else statement_text(query, context)
+                observe = self._ok.get(statement)
+                if observe is None:
+                    observe = self._new_series(monitor, statement, "success")
+                    if len(self._ok) < _SERIES_LIMIT and len(statement) <= _MAX_TEXT:
+                        self._ok[statement] = observe
             observe(elapsed)
         except Exception as error:  # never into the application's statement
             self.problems.report(("record", type(error)), "cannot record a statement: %r", error)
 
-    def failed(self, query: Any, elapsed: float, context: Any = None) -> None:
-        """``query`` raised (or its ``await`` was cancelled); never raises."""
+    def failed(self, query: Any, elapsed: float, context: Any = None, error: str = "_OTHER") -> None:
+        """``query`` raised ``error`` (the exception's class name; ``CancelledError`` for a cancelled ``await``);
+        never raises."""
         try:
             monitor = self._fixed or PerformanceMonitor._instance or PerformanceMonitor.get_instance()
             if monitor._recorder is not self._marker:
                 self._rebind(monitor)
-            self._series_of(self._failed, query, "error", context)(elapsed)
-        except Exception as error:
-            self.problems.report(("record", type(error)), "cannot record a statement: %r", error)
+            statement = query if type(query) is str else statement_text(query, context)
+            observe = self._failed.get((statement, error))
+            if observe is None:
+                observe = self._new_series(monitor, statement, "error", error)
+                if len(self._failed) < _SERIES_LIMIT and len(statement) <= _MAX_TEXT:
+                    self._failed[statement, error] = observe
+            observe(elapsed)
+        except Exception as problem:
+            self.problems.report(("record", type(problem)), "cannot record a statement: %r", problem)
 
     def _rebind(self, monitor: PerformanceMonitor) -> None:
+        """A new recorder: which names to emit (``OTEL_SEMCONV_STABILITY_OPT_IN``'s ``database``, as the SQLAlchemy
+        instrumentor asks), and new handles."""
+        self._names = SemconvNames(semconv_mode("database", monitor))
+        if self._names.semconv:
+            define_metrics(monitor, DB_CLIENT_OPERATION_DURATION)
         self._ok, self._failed = {}, {}
         self._monitor, self._marker = monitor, monitor._recorder
 
-    def _series_of(
-        self, known: dict[str, Callable[[float], None]], query: Any, status: str, context: Any
+    def _new_series(
+        self, monitor: PerformanceMonitor, statement: str, status: str, error: str | None = None
     ) -> Callable[[float], None]:
-        statement = query if type(query) is str else statement_text(query, context)
-        observe = known.get(statement)
-        if observe is None:
-            assert self._monitor is not None
-            observe = self._new_series(self._monitor, statement, status)
-            if len(known) < _SERIES_LIMIT and len(statement) <= _MAX_TEXT:
-                known[statement] = observe
-        return observe
-
-    def _new_series(self, monitor: PerformanceMonitor, statement: str, status: str) -> Callable[[float], None]:
         operation, table = self._classifier.classify(statement)
         tags = {"table": table, "operation": operation, "status": status}
-        if self._record_statement:
-            tags["statement"] = strip_literals(statement)[:2048]
-        observe = monitor.histogram(DATABASE_QUERY_DURATION, tags).observe
+        observers = []
+        if self._names.semconv:
+            semconv = self._names.operation_tags(SYSTEM, tags, error)
+            observers.append(monitor.histogram(DB_CLIENT_OPERATION_DURATION.name, semconv).observe)
+        if self._names.seed:
+            if self._record_statement:
+                tags["statement"] = strip_literals(statement)[:2048]
+            observers.append(monitor.histogram(DATABASE_QUERY_DURATION, tags).observe)
+        observe = observers[0] if len(observers) == 1 else _both(*observers)
         rate = monitor.config.sampling_rate
         if rate < 1.0:
             full = observe
@@ -150,6 +175,14 @@ class Statements:
                     full(value)
 
         return observe
+
+
+def _both(first: Callable[[float], None], second: Callable[[float], None]) -> Callable[[float], None]:
+    def observe(value: float) -> None:
+        first(value)
+        second(value)
+
+    return observe
 
 
 def statements_from(kwargs: dict[str, Any], owner: str, logger: str) -> Statements:
@@ -240,8 +273,8 @@ def _sync_method(original: Any, statements: Statements, connection_of: Callable[
         start = _perf_counter()
         try:
             result = original(self, *args, **kwargs)
-        except BaseException:
-            failed(_first_argument(self, args, kwargs), _perf_counter() - start, self)
+        except BaseException as error:
+            failed(_first_argument(self, args, kwargs), _perf_counter() - start, self, type(error).__qualname__)
             raise
         ok(args[0] if args else _first_argument(self, args, kwargs), _perf_counter() - start, self)
         return result
@@ -261,8 +294,8 @@ def _psycopg2_execute(original: Any, statements: Statements, on: list[bool]) -> 
         start = _perf_counter()
         try:
             result = original(self, query, vars)
-        except BaseException:
-            failed(query, _perf_counter() - start, self)
+        except BaseException as error:
+            failed(query, _perf_counter() - start, self, type(error).__qualname__)
             raise
         ok(query, _perf_counter() - start, self)
         return result
@@ -294,8 +327,8 @@ def _psycopg_execute(original: Any, statements: Statements, on: list[bool]) -> A
         start = _perf_counter()
         try:
             result = original(self, query, params, prepare=prepare, binary=binary)
-        except BaseException:
-            failed(query, _perf_counter() - start, self)
+        except BaseException as error:
+            failed(query, _perf_counter() - start, self, type(error).__qualname__)
             raise
         ok(query, _perf_counter() - start, self)
         return result
@@ -319,8 +352,8 @@ def _async_method(
         start = _perf_counter()
         try:
             result = await original(self, *args, **kwargs)
-        except BaseException:  # a cancellation too: the statement did not complete
-            failed(query_of(self, args, kwargs), _perf_counter() - start, self)
+        except BaseException as error:  # a cancellation too: the statement did not complete
+            failed(query_of(self, args, kwargs), _perf_counter() - start, self, type(error).__qualname__)
             raise
         ok(args[0] if positional and args else query_of(self, args, kwargs), _perf_counter() - start, self)
         return result
