@@ -22,6 +22,7 @@ from chat_turbo_metrics.instrumentation import FLOAT_MAX
 from chat_turbo_metrics_http._metrics import (
     _CACHE_LIMIT,
     UNMATCHED,
+    Flight,
     RequestMetrics,
     _in_flight,
     _new_in_flight,
@@ -69,20 +70,37 @@ class _Exchange:
     """One measured request: its ``start_response`` and ``write``, and its body, which records at the last chunk.
 
     It has no ``__init__``: :meth:`_MeasuredApp.__call__` sets the fields, which saves a call frame per request.
+    Slots, every one set before it is read: a read that found its value on the class (a default) took the
+    interpreter's generic attribute path, several times dearer inside a framework's request.
     """
+
+    __slots__ = (
+        "body",
+        "done",
+        "environ",
+        "flight",
+        "kind",
+        "metrics",
+        "respond",
+        "route",
+        "sent",
+        "start",
+        "status",
+        "written",
+    )
 
     metrics: _WsgiMetrics
     environ: Environ
     respond: StartResponse  # the server's start_response
-    written: Callable[[bytes], Any]  # the server's write
-    body: Iterable[bytes]
+    written: Callable[[bytes], Any]  # the server's write (set by start_response)
+    body: Iterable[bytes]  # (set when the application returns it)
     start: float
-    flight: list[None]  # the requests in flight it counts among
-    # Class defaults, not slots: a request sets only what differs (four stores fewer per request).
-    status: str = ""
-    route: str = ""
-    sent: int = 0
-    done: bool = False
+    flight: Flight  # the requests in flight it counts among
+    kind: tuple[str, str]  # (method, scheme)
+    status: str  # the status line, "" until start_response
+    route: str  # the endpoint, "" until start_response
+    sent: int
+    done: bool
 
     def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], None]:
         self.status = status
@@ -110,7 +128,22 @@ class _Exchange:
         except BaseException as error:
             self.metrics.finish_exchange(self, type(error).__name__)
             raise
-        self.metrics.finish_exchange(self, None)  # the duration runs to the last body chunk
+        # The duration runs to the last body chunk. The common case (a series already bound, nothing closed
+        # first) is finish_exchange() inline: inside a framework's request every call frame of ours costs.
+        metrics = self.metrics
+        bound = metrics._bound
+        monitor = metrics._fixed or PerformanceMonitor._instance
+        if self.done or bound is None or bound.monitor is not monitor or bound.marker is not monitor._recorder:
+            metrics.finish_exchange(self, None)
+            return
+        series = bound.lines.get((self.route, self.status, self.kind))
+        if series is None:
+            metrics.finish_exchange(self, None)
+            return
+        self.done = True
+        self.flight.pop()
+        environ = self.environ
+        series(_perf_counter() - self.start, content_length(environ) if "CONTENT_LENGTH" in environ else 0, self.sent)
 
     def close(self) -> None:
         try:
@@ -138,27 +171,22 @@ class _WsgiMetrics(RequestMetrics):
         duration = _perf_counter() - exchange.start
         environ = exchange.environ
         received = content_length(environ) if "CONTENT_LENGTH" in environ else 0
-        key = (
-            environ.get("REQUEST_METHOD", "GET"),
-            exchange.route or route_of(environ),
-            exchange.status,
-            environ.get("wsgi.url_scheme", "http"),
-        )
+        route = exchange.route or route_of(environ)
         if error_type is None:
             bound = self._bound
             monitor = self._fixed or PerformanceMonitor._instance
             if bound is None or bound.monitor is not monitor or bound.marker is not monitor._recorder:
                 bound = self.bound()
-            series = bound.lines.get(key)
+            series = bound.lines.get((route, exchange.status, exchange.kind))
             if series is not None:
                 exchange.flight.pop()
                 series(duration, received, exchange.sent)
                 return
-        self._finish_parsed(key, duration, received, exchange.sent, error_type, exchange)
+        self._finish_parsed(route, duration, received, exchange.sent, error_type, exchange)
 
     def _finish_parsed(  # noqa: PLR0917 - one call site
         self,
-        key: tuple[str, str, str, str],
+        route: str,
         duration: float,
         received: int,
         sent: int,
@@ -166,7 +194,8 @@ class _WsgiMetrics(RequestMetrics):
         exchange: _Exchange,
     ) -> None:
         """:meth:`finish` from a status line: a 5xx is an error named by the exception the framework caught."""
-        method, route, line, scheme = key
+        line = exchange.status
+        method, scheme = exchange.kind
         try:
             status = int(line[:3])
         except (TypeError, ValueError):
@@ -180,7 +209,7 @@ class _WsgiMetrics(RequestMetrics):
             bound = self.bound()
             series = bound.series.get((method, route, status, scheme))
             if series is not None and len(bound.lines) < _CACHE_LIMIT:
-                bound.lines[key] = series
+                bound.lines[route, line, exchange.kind] = series
 
 
 class _MeasuredApp:
@@ -218,6 +247,10 @@ class _MeasuredApp:
         exchange.environ = environ
         exchange.respond = start_response
         exchange.flight = flight
+        exchange.kind = kind
+        exchange.status = exchange.route = ""
+        exchange.sent = 0
+        exchange.done = False
         exchange.start = _perf_counter()
         try:
             body = exchange.body = self.app(environ, exchange.start_response)
