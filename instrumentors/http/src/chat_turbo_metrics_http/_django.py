@@ -45,8 +45,7 @@ def measure(metrics: RequestMetrics, get_response: Callable[[Any], Any], request
         The response (a streaming one records at its last chunk).
     """
     meta = request.META
-    path = request.path_info
-    if MEASURED in meta or metrics.skips(path):
+    if MEASURED in meta or (metrics.excludes and metrics.skips(request.path_info)):
         return get_response(request)
     meta[MEASURED] = metrics.started(request.method or "GET", request.scheme or "http")  # its requests in flight
     start = _perf_counter()
@@ -146,7 +145,7 @@ def _finish(  # noqa: PLR0917 - one call site, called per request
 async def measure_async(metrics: RequestMetrics, get_response: Callable[[Any], Awaitable[Any]], request: Any) -> Any:
     """:func:`measure` for Django under ASGI: ``get_response`` is ``BaseHandler.get_response_async``."""
     meta = request.META
-    if MEASURED in meta or metrics.skips(request.path_info):
+    if MEASURED in meta or (metrics.excludes and metrics.skips(request.path_info)):
         return await get_response(request)
     meta[MEASURED] = metrics.started(request.method or "GET", request.scheme or "http")  # its requests in flight
     start = _perf_counter()
@@ -193,9 +192,11 @@ def patch_django_asgi(metrics: RequestMetrics) -> Callable[[], None]:
 
     original = BaseHandler.__dict__["get_response_async"]
 
-    async def get_response_async(self: Any, request: Any) -> Any:
-        return await measure_async(metrics, original.__get__(self), request)
+    def get_response_async(self: Any, request: Any) -> Any:
+        # Returns measure_async()'s coroutine for Django to await: no coroutine of ours between the two.
+        return measure_async(metrics, original.__get__(self), request)
 
+    _mark_coroutine_function(get_response_async)
     get_response_async.__wrapped__ = original  # type: ignore[attr-defined]
     BaseHandler.get_response_async = get_response_async
     connect_errors("chat_turbo_metrics_http.asgi_instrumentor")
@@ -205,3 +206,13 @@ def patch_django_asgi(metrics: RequestMetrics) -> Callable[[], None]:
         got_request_exception.disconnect(dispatch_uid="chat_turbo_metrics_http.asgi_instrumentor")
 
     return undo
+
+
+def _mark_coroutine_function(function: Callable[..., Any]) -> None:
+    """``inspect.iscoroutinefunction(function)`` is true from now on, as for Django's own ``get_response_async``
+    (asgiref 3.6 and later, which Django 4.2 and later require; older ones are left unmarked: awaiting works)."""
+    try:
+        from asgiref.sync import markcoroutinefunction
+    except ImportError:
+        return
+    markcoroutinefunction(function)

@@ -135,8 +135,8 @@ class Bound:
         self.monitor = monitor
         self.marker = monitor._recorder  # swapped whole by configure(): how a new recorder is noticed
         self.series: dict[tuple[str, str, int, str], Series] = {}
-        # The same series keyed by (endpoint, WSGI status line, (method, scheme)): found without parsing "200 OK".
-        self.lines: dict[tuple[str, str, tuple[str, str]], Series] = {}
+        # The same series keyed by a WSGI status line ("200 OK"): found without parsing the status.
+        self.lines: dict[tuple[str, str, str, str], Series] = {}
         self.errored: dict[tuple[tuple[str, str, int, str], str], Series] = {}
         self.websockets = monitor.gauge(WEBSOCKETS).set
 
@@ -292,7 +292,10 @@ class RequestMetrics:
             flight: what :meth:`started` returned for this request.
         """
         flight.pop()
-        bound = self.bound()
+        bound = self._bound
+        monitor = self._fixed or PerformanceMonitor._instance
+        if bound is None or bound.monitor is not monitor or bound.marker is not monitor._recorder:
+            bound = self.bound()  # the first request, or configure() made a new recorder: :meth:`bound`, inline
         key = (method, endpoint, status, scheme)
         if error_type is None and status < 500:
             series = bound.series.get(key)

@@ -75,9 +75,10 @@ class AiohttpServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         http_exception = web.HTTPException
 
         async def _handle(app: Any, request: Any) -> Any:
-            if not switch[0] or metrics.skips(request.path):
+            if not switch[0] or (metrics.excludes and metrics.skips(request.path)):
                 return await original(app, request)
-            flight = metrics.started(request.method, request.scheme)
+            method, scheme = request.method, request.scheme  # read once: properties
+            flight = metrics.started(method, scheme)
             start = _perf_counter()
             status, sent, error_type = 500, 0, None
             try:
@@ -92,10 +93,10 @@ class AiohttpServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 raise
             finally:
                 metrics.finish(
-                    request.method,
+                    method,
                     endpoint_of(request),
                     status,
-                    request.scheme,
+                    scheme,
                     _perf_counter() - start,
                     request.content_length or 0,
                     sent,

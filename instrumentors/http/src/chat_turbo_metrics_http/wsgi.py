@@ -79,7 +79,6 @@ class _Exchange:
         "done",
         "environ",
         "flight",
-        "kind",
         "metrics",
         "respond",
         "route",
@@ -96,7 +95,6 @@ class _Exchange:
     body: Iterable[bytes]  # (set when the application returns it)
     start: float
     flight: Flight  # the requests in flight it counts among
-    kind: tuple[str, str]  # (method, scheme)
     status: str  # the status line, "" until start_response
     route: str  # the endpoint, "" until start_response
     sent: int
@@ -136,13 +134,14 @@ class _Exchange:
         if self.done or bound is None or bound.monitor is not monitor or bound.marker is not monitor._recorder:
             metrics.finish_exchange(self, None)
             return
-        series = bound.lines.get((self.route, self.status, self.kind))
+        environ = self.environ  # read now: an application may have rewritten the method or the scheme
+        key = (environ.get("REQUEST_METHOD", "GET"), self.route, self.status, environ.get("wsgi.url_scheme", "http"))
+        series = bound.lines.get(key)
         if series is None:
             metrics.finish_exchange(self, None)
             return
         self.done = True
         self.flight.pop()
-        environ = self.environ
         series(_perf_counter() - self.start, content_length(environ) if "CONTENT_LENGTH" in environ else 0, self.sent)
 
     def close(self) -> None:
@@ -171,22 +170,27 @@ class _WsgiMetrics(RequestMetrics):
         duration = _perf_counter() - exchange.start
         environ = exchange.environ
         received = content_length(environ) if "CONTENT_LENGTH" in environ else 0
-        route = exchange.route or route_of(environ)
+        key = (
+            environ.get("REQUEST_METHOD", "GET"),
+            exchange.route or route_of(environ),
+            exchange.status,
+            environ.get("wsgi.url_scheme", "http"),
+        )
         if error_type is None:
             bound = self._bound
             monitor = self._fixed or PerformanceMonitor._instance
             if bound is None or bound.monitor is not monitor or bound.marker is not monitor._recorder:
                 bound = self.bound()
-            series = bound.lines.get((route, exchange.status, exchange.kind))
+            series = bound.lines.get(key)
             if series is not None:
                 exchange.flight.pop()
                 series(duration, received, exchange.sent)
                 return
-        self._finish_parsed(route, duration, received, exchange.sent, error_type, exchange)
+        self._finish_parsed(key, duration, received, exchange.sent, error_type, exchange)
 
     def _finish_parsed(  # noqa: PLR0917 - one call site
         self,
-        route: str,
+        key: tuple[str, str, str, str],
         duration: float,
         received: int,
         sent: int,
@@ -194,8 +198,7 @@ class _WsgiMetrics(RequestMetrics):
         exchange: _Exchange,
     ) -> None:
         """:meth:`finish` from a status line: a 5xx is an error named by the exception the framework caught."""
-        line = exchange.status
-        method, scheme = exchange.kind
+        method, route, line, scheme = key
         try:
             status = int(line[:3])
         except (TypeError, ValueError):
@@ -209,7 +212,7 @@ class _WsgiMetrics(RequestMetrics):
             bound = self.bound()
             series = bound.series.get((method, route, status, scheme))
             if series is not None and len(bound.lines) < _CACHE_LIMIT:
-                bound.lines[route, line, exchange.kind] = series
+                bound.lines[key] = series
 
 
 class _MeasuredApp:
@@ -247,7 +250,6 @@ class _MeasuredApp:
         exchange.environ = environ
         exchange.respond = start_response
         exchange.flight = flight
-        exchange.kind = kind
         exchange.status = exchange.route = ""
         exchange.sent = 0
         exchange.done = False
