@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
-from chat_turbo_metrics_http._metrics import UNMATCHED, RequestMetrics, route_template
+from chat_turbo_metrics_http._metrics import UNMATCHED, Flight, RequestMetrics, _templates, route_template
 from chat_turbo_metrics_http.wsgi import ERROR_TYPE, MEASURED, content_length
 
 _perf_counter = time.perf_counter
@@ -23,7 +23,9 @@ def route_of(request: Any) -> str:
     """The template of the URL pattern Django resolved the request to, or ``unmatched``."""
     match = getattr(request, "resolver_match", None)
     route = getattr(match, "route", None)
-    return route_template(route) if isinstance(route, str) and route else UNMATCHED
+    if isinstance(route, str) and route:
+        return _templates.get(route) or route_template(route)  # a known route: no call of route_template()
+    return UNMATCHED
 
 
 def _store_error(sender: Any, request: Any = None, **extra: Any) -> None:
@@ -47,7 +49,7 @@ def measure(metrics: RequestMetrics, get_response: Callable[[Any], Any], request
     meta = request.META
     if MEASURED in meta or (metrics.excludes and metrics.skips(request.path_info)):
         return get_response(request)
-    meta[MEASURED] = metrics.started(request.method or "GET", request.scheme or "http")  # its requests in flight
+    meta[MEASURED] = _started(metrics, request)
     start = _perf_counter()
     try:
         response = get_response(request)
@@ -60,6 +62,15 @@ def measure(metrics: RequestMetrics, get_response: Callable[[Any], Any], request
     else:
         _finish(metrics, request, response.status_code, start, len(response.content), None)
     return response
+
+
+def _started(metrics: RequestMetrics, request: Any) -> tuple[Flight, str]:
+    """Count the request in flight; its requests in flight and its scheme, kept under ``META[MEASURED]``.
+
+    The scheme is read once: Django's ``request.scheme`` reads a setting through ``LazySettings`` on every access.
+    """
+    scheme = request.scheme or "http"
+    return metrics.started(request.method or "GET", scheme), scheme
 
 
 def connect_errors(uid: str) -> None:
@@ -125,6 +136,7 @@ def _finish(  # noqa: PLR0917 - one call site, called per request
 ) -> None:
     end = _perf_counter()
     meta = request.META
+    flight, scheme = meta[MEASURED]
     if error_type is not None:
         status = 500
     elif status >= 500:
@@ -133,12 +145,12 @@ def _finish(  # noqa: PLR0917 - one call site, called per request
         request.method or "GET",
         route_of(request),
         status,
-        request.scheme or "http",
+        scheme,
         end - start,
         content_length(meta),
         sent,
         error_type,
-        meta[MEASURED],
+        flight,
     )
 
 
@@ -147,7 +159,7 @@ async def measure_async(metrics: RequestMetrics, get_response: Callable[[Any], A
     meta = request.META
     if MEASURED in meta or (metrics.excludes and metrics.skips(request.path_info)):
         return await get_response(request)
-    meta[MEASURED] = metrics.started(request.method or "GET", request.scheme or "http")  # its requests in flight
+    meta[MEASURED] = _started(metrics, request)
     start = _perf_counter()
     try:
         response = await get_response(request)
