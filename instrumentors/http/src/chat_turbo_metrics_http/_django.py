@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
-from chat_turbo_metrics_http._metrics import UNMATCHED, Flight, RequestMetrics, _templates, route_template
+from chat_turbo_metrics_http._metrics import UNMATCHED, RequestMetrics, _templates, route_template
 from chat_turbo_metrics_http.wsgi import ERROR_TYPE, MEASURED, content_length
 
 _perf_counter = time.perf_counter
@@ -49,7 +49,8 @@ def measure(metrics: RequestMetrics, get_response: Callable[[Any], Any], request
     meta = request.META
     if MEASURED in meta or (metrics.excludes and metrics.skips(request.path_info)):
         return get_response(request)
-    meta[MEASURED] = _started(metrics, request)
+    scheme = request.scheme or "http"  # read once: Django's reads a setting through LazySettings on every access
+    meta[MEASURED] = (metrics.started(request.method or "GET", scheme), scheme)  # its requests in flight, its scheme
     start = _perf_counter()
     try:
         response = get_response(request)
@@ -62,15 +63,6 @@ def measure(metrics: RequestMetrics, get_response: Callable[[Any], Any], request
     else:
         _finish(metrics, request, response.status_code, start, len(response.content), None)
     return response
-
-
-def _started(metrics: RequestMetrics, request: Any) -> tuple[Flight, str]:
-    """Count the request in flight; its requests in flight and its scheme, kept under ``META[MEASURED]``.
-
-    The scheme is read once: Django's ``request.scheme`` reads a setting through ``LazySettings`` on every access.
-    """
-    scheme = request.scheme or "http"
-    return metrics.started(request.method or "GET", scheme), scheme
 
 
 def connect_errors(uid: str) -> None:
@@ -136,7 +128,7 @@ def _finish(  # noqa: PLR0917 - one call site, called per request
 ) -> None:
     end = _perf_counter()
     meta = request.META
-    flight, scheme = meta[MEASURED]
+    flight, scheme = meta[MEASURED]  # what the request started with
     if error_type is not None:
         status = 500
     elif status >= 500:
@@ -147,7 +139,7 @@ def _finish(  # noqa: PLR0917 - one call site, called per request
         status,
         scheme,
         end - start,
-        content_length(meta),
+        content_length(meta) if "CONTENT_LENGTH" in meta else 0,
         sent,
         error_type,
         flight,
@@ -159,7 +151,8 @@ async def measure_async(metrics: RequestMetrics, get_response: Callable[[Any], A
     meta = request.META
     if MEASURED in meta or (metrics.excludes and metrics.skips(request.path_info)):
         return await get_response(request)
-    meta[MEASURED] = _started(metrics, request)
+    scheme = request.scheme or "http"  # read once: Django's reads a setting through LazySettings on every access
+    meta[MEASURED] = (metrics.started(request.method or "GET", scheme), scheme)  # its requests in flight, its scheme
     start = _perf_counter()
     try:
         response = await get_response(request)
