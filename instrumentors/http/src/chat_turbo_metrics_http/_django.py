@@ -19,15 +19,6 @@ from chat_turbo_metrics_http.wsgi import ERROR_TYPE, MEASURED, content_length
 _perf_counter = time.perf_counter
 
 
-def route_of(request: Any) -> str:
-    """The template of the URL pattern Django resolved the request to, or ``unmatched``."""
-    match = getattr(request, "resolver_match", None)
-    route = getattr(match, "route", None)
-    if isinstance(route, str) and route:
-        return _templates.get(route) or route_template(route)  # a known route: no call of route_template()
-    return UNMATCHED
-
-
 def _store_error(sender: Any, request: Any = None, **extra: Any) -> None:
     """Sent inside Django's ``except`` block: the exception is the one being handled."""
     error = sys.exc_info()[1]
@@ -133,9 +124,11 @@ def _finish(  # noqa: PLR0917 - one call site, called per request
         status = 500
     elif status >= 500:
         error_type = meta.get(ERROR_TYPE)
+    # The template of the URL pattern Django resolved the request to (``resolver_match.route``), or unmatched.
+    route = getattr(getattr(request, "resolver_match", None), "route", None)
     metrics.finish(
         request.method or "GET",
-        route_of(request),
+        (_templates.get(route) or route_template(route)) if isinstance(route, str) and route else UNMATCHED,
         status,
         scheme,
         end - start,
