@@ -87,12 +87,17 @@ def per_call() -> dict[str, float]:
         "raw otel histogram.record(v, attrs)": lambda: raw_histogram.record(0.123, TAGS),
         "prom labels(a,b,c).inc()": lambda: prom_counter.labels("GET", "/api/x", "200").inc(),
         "prom labels(a,b,c).observe()": lambda: prom_histogram.labels("GET", "/api/x", "200").observe(0.123),
+        # What record_timer does, written with prometheus_client: read the clock, observe the difference.
+        "prom observe(perf_counter() - start)": lambda: prom_histogram.labels("GET", "/api/x", "200").observe(
+            time.perf_counter() - start
+        ),
     }
     # Measured while a sampled span is current: the fast path keeps an exemplar per bucket.
     in_span = {
         "fast record_histogram, in a span": cases["fast record_histogram"],
         "fast record_timer, in a span": cases["fast record_timer"],
         "prom labels(a,b,c).observe(), in a span": cases["prom labels(a,b,c).observe()"],
+        "prom observe(perf_counter() - start), in a span": cases["prom observe(perf_counter() - start)"],
     }
     results = {}
     for name, fn in cases.items():
@@ -170,9 +175,9 @@ def main() -> None:
             r["sdk record_histogram"] / r["raw otel histogram.record(v, attrs)"],
             1.10,
         ),
-        ("fast/prometheus_client, counter", r["fast increment_counter"] / r["prom labels(a,b,c).inc()"], 0.6),
-        ("fast/prometheus_client, histogram", r["fast record_histogram"] / r["prom labels(a,b,c).observe()"], 0.6),
-        ("fast/prometheus_client, timer", r["fast record_timer"] / r["prom labels(a,b,c).observe()"], 0.6),
+        ("fast/prometheus_client, counter", r["fast increment_counter"] / r["prom labels(a,b,c).inc()"], 0.45),
+        ("fast/prometheus_client, histogram", r["fast record_histogram"] / r["prom labels(a,b,c).observe()"], 0.45),
+        ("fast/prometheus_client, timer", r["fast record_timer"] / r["prom observe(perf_counter() - start)"], 0.45),
         (
             "fast/prometheus_client, histogram in a span (exemplar)",
             r["fast record_histogram, in a span"] / r["prom labels(a,b,c).observe(), in a span"],
@@ -180,7 +185,7 @@ def main() -> None:
         ),
         (
             "fast/prometheus_client, timer in a span (exemplar)",
-            r["fast record_timer, in a span"] / r["prom labels(a,b,c).observe(), in a span"],
+            r["fast record_timer, in a span"] / r["prom observe(perf_counter() - start), in a span"],
             1.0,
         ),
         ("fast/raw SDK, counter", r["fast increment_counter"] / r["raw otel counter.add(1, attrs)"], 0.15),

@@ -1,10 +1,12 @@
 """Issue 24's instrumentors against contrib's (metrics only, traces off) and the bare library, in the same run.
 
-Run: ``python bench/bench_instrumentors.py`` (``--quick`` for a rough run); the contrib peers come with the
-``bench`` extra (``pip install -e '.[bench]'``); a peer not installed is left out of the table (five need
-``pip install --no-deps``: see the ``bench`` extra in pyproject.toml). Timing is this
-process's CPU time (``bench_datastores``' method: minimum over repeats and over rounds that alternate the cases),
-so the servers' work (an HTTP server in a subprocess, PostgreSQL) is not counted, only the client's.
+Run: ``python bench/bench_instrumentors.py [clients] [drivers] [aiohttp] [asgi] [django]`` (``--quick`` for a
+rough run); the contrib peers come with the ``bench`` extra (``pip install -e '.[bench]'``); a peer not installed is
+left out of the table (five need ``pip install --no-deps``: see the ``bench`` extra in pyproject.toml). Timing is
+this process's CPU time, so the servers' work (an HTTP server in a subprocess, PostgreSQL) is not counted, only the
+client's. Clients and drivers: paired rounds (:func:`paired`: each overhead is the median of per-round differences
+against bare, printed with its standard error); servers: ``bench_datastores``' method (minimum over repeats and
+over rounds that alternate the cases).
 
 - HTTP clients: requests and httpx (sync) with the network stubbed out below them (requests' adapter, httpx's
   connection pool, as ``bench_datastores`` does for redis: only the client and the instrumentations are timed);
@@ -26,10 +28,12 @@ from __future__ import annotations
 import asyncio
 import importlib
 import io
+import statistics
 import subprocess
 import sys
 import textwrap
 import time
+import timeit
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +57,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: Nagle would hold the body for the client's ACK
     def log_message(self, *args):
         pass
     def do_GET(self):
@@ -67,6 +72,9 @@ server.serve_forever()
 """
 DSN = "host=127.0.0.1 port=5432 dbname=test"
 Case = tuple[Callable[[], None], Callable[[], Any], Callable[[], None]]
+QUICK = "--quick" in sys.argv
+PAIRED_ROUNDS = 8 if QUICK else 30
+PAIRED_BATCH_S = 0.01 if QUICK else 0.025
 
 
 def _nothing() -> None:
@@ -118,6 +126,54 @@ def report(title: str, results: dict[str, float], requests: int = 0) -> None:
     print(line, flush=True)
 
 
+def paired(cases: dict[str, Case]) -> dict[str, tuple[float, float]]:
+    """Each case's CPU µs per call minus bare's in the same round: (median over rounds, its standard error).
+
+    For the clients and drivers, whose round trip makes one call cost 10 to 300 µs of which the instrumentations
+    add about 1: a round runs every case once (set up, one warm-up call, a batch of calls timed on this process's
+    CPU time, tear down), starting with a different case each round, so drift and the order hit every case alike;
+    the median of the per-round differences is robust to the rounds another process disturbed, and its standard
+    error (1.4826 * MAD * 1.2533 / sqrt(rounds)) is printed so a figure below the noise shows as such.
+    """
+    set_up, operation, tear_down = cases["bare"]
+    set_up()
+    try:
+        operation()
+        timer = timeit.Timer(operation, timer=time.process_time)
+        number = max(20, int(PAIRED_BATCH_S / max(timer.timeit(50) / 50, 1e-9)))
+    finally:
+        tear_down()
+    names = list(cases)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(PAIRED_ROUNDS):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            set_up, operation, tear_down = cases[name]
+            set_up()
+            try:
+                operation()  # the first call after set-up binds its series, opens its connection
+                times[name].append(timeit.Timer(operation, timer=time.process_time).timeit(number) / number * 1e6)
+            finally:
+                tear_down()
+    found = {"bare": (statistics.median(times["bare"]), 0.0)}
+    for name in names[1:]:
+        differences = [mine - bare for mine, bare in zip(times[name], times["bare"], strict=True)]
+        middle = statistics.median(differences)
+        spread = statistics.median(abs(value - middle) for value in differences)
+        found[name] = (middle, 1.4826 * spread * 1.2533 / len(differences) ** 0.5)
+    return found
+
+
+def report_paired(title: str, results: dict[str, tuple[float, float]]) -> None:
+    """One line: bare's µs per call, each instrumentation's added µs (± standard error), ours/contrib."""
+    line = f"{title:<34} bare {results['bare'][0]:8.2f} µs"
+    ours, ours_error = results["ours"]
+    line += f"  ours +{ours:6.2f} ±{ours_error:4.2f} µs"
+    if "contrib" in results:
+        theirs, theirs_error = results["contrib"]
+        line += f"  contrib +{theirs:6.2f} ±{theirs_error:4.2f} µs  ours/contrib {ours / theirs:6.3f}"
+    print(line, flush=True)
+
+
 def bench_clients(monitor: PerformanceMonitor, base: str) -> None:
     import aiohttp
     import httpx
@@ -142,19 +198,19 @@ def bench_clients(monitor: PerformanceMonitor, base: str) -> None:
 
     session = requests.Session()
     session.mount("http://", StubAdapter())
-    report("requests GET (network stubbed)", interleaved(cases(
+    report_paired("requests GET (network stubbed)", paired(cases(
         lambda: session.get(base), RequestsInstrumentor,
         contrib("opentelemetry.instrumentation.requests", "RequestsInstrumentor"), monitor,
     )))  # fmt: skip
     transport = httpx.HTTPTransport()
     transport._pool = StubPool()  # type: ignore[assignment]
     client = httpx.Client(transport=transport)
-    report("httpx Client GET (network stubbed)", interleaved(cases(
+    report_paired("httpx Client GET (network stubbed)", paired(cases(
         lambda: client.get(base), HttpxInstrumentor,
         contrib("opentelemetry.instrumentation.httpx", "HTTPXClientInstrumentor"), monitor,
     )))  # fmt: skip
     pool = urllib3.PoolManager()
-    report("urllib3 PoolManager GET", interleaved(cases(
+    report_paired("urllib3 PoolManager GET", paired(cases(
         lambda: pool.request("GET", base), Urllib3Instrumentor,
         contrib("opentelemetry.instrumentation.urllib3", "URLLib3Instrumentor"), monitor,
     )))  # fmt: skip
@@ -173,7 +229,7 @@ def bench_clients(monitor: PerformanceMonitor, base: str) -> None:
         async with sessions[-1].get(base) as response:
             await response.read()
 
-    report("aiohttp ClientSession GET", interleaved(cases(
+    report_paired("aiohttp ClientSession GET", paired(cases(
         lambda: loop.run_until_complete(get()), AiohttpClientInstrumentor,
         contrib("opentelemetry.instrumentation.aiohttp_client", "AioHttpClientInstrumentor"), monitor, fresh_session,
     )))  # fmt: skip
@@ -201,7 +257,7 @@ def bench_drivers(monitor: PerformanceMonitor) -> None:
     def on_psycopg() -> Any:
         return opened[-1].execute("SELECT 1").fetchone()
 
-    report("psycopg SELECT 1", interleaved(cases(
+    report_paired("psycopg SELECT 1", paired(cases(
         on_psycopg, PsycopgInstrumentor, contrib("opentelemetry.instrumentation.psycopg", "PsycopgInstrumentor"),
         monitor, reopen(lambda: psycopg.connect(DSN)),
     )))  # fmt: skip
@@ -211,7 +267,7 @@ def bench_drivers(monitor: PerformanceMonitor) -> None:
         cursor.execute("SELECT 1")
         return cursor.fetchone()
 
-    report("psycopg2 SELECT 1", interleaved(cases(
+    report_paired("psycopg2 SELECT 1", paired(cases(
         on_psycopg2, Psycopg2Instrumentor, contrib("opentelemetry.instrumentation.psycopg2", "Psycopg2Instrumentor"),
         monitor, reopen(lambda: psycopg2.connect(DSN)),
     )))  # fmt: skip
@@ -220,7 +276,7 @@ def bench_drivers(monitor: PerformanceMonitor) -> None:
 
     loop = asyncio.new_event_loop()
     connection = loop.run_until_complete(asyncpg.connect("postgresql://127.0.0.1:5432/test"))
-    report("asyncpg fetchval SELECT 1", interleaved(cases(
+    report_paired("asyncpg fetchval SELECT 1", paired(cases(
         lambda: loop.run_until_complete(connection.fetchval("SELECT 1")), AsyncpgInstrumentor,
         contrib("opentelemetry.instrumentation.asyncpg", "AsyncPGInstrumentor"), monitor,
     )))  # fmt: skip

@@ -443,6 +443,74 @@ def test_cumulative_start_time_stays_constant_across_collections(monitor_factory
     assert (second["sizes"]["count"], second["sizes"]["sum"]) == (2, 3.0)
 
 
+# --- the hot path's cache ------------------------------------------------------------------------------
+@pytest.mark.parametrize("tags", [None, {}, {"q": "a"}, TAGS], ids=["none", "empty", "one", "three"])
+def test_a_repeated_recording_finds_its_cell_without_the_slow_path(monitor_factory: Factory, tags: Any) -> None:
+    # The hot path builds its cache key inline; the slow path caches under cache_key(). If the two ever differ,
+    # every call takes the slow path: the values stay right, so only this count shows it.
+    fast = monitor_factory(recording="fast")
+    recorder = fast._recorder
+    assert isinstance(recorder, FastRecorder)
+    start = fast.start_timer()
+    calls: list[Callable[[], None]] = [
+        lambda: fast.increment_counter("jobs", tags),
+        lambda: fast.increment_counter("jobs", tags, 2.5),
+        lambda: fast.record_gauge("depth", 3, tags),
+        lambda: fast.record_histogram("sizes", 0.25, tags),
+        lambda: fast.record_histogram("sizes", 7, tags),
+        lambda: fast.record_timer("handle", start, tags),
+    ]
+    for call in calls:
+        call()  # a new series, or a new value type: the slow path
+    slow = recorder._slow
+    for _ in range(3):
+        for call in calls:
+            call()
+    assert recorder._slow == slow
+    snapshot = fast.snapshot()
+    assert snapshot.value("jobs", tags or {}) == 4 * (1 + 2.5)
+    assert snapshot.value("depth", tags or {}) == 3
+    sizes = next(r for r in snapshot.records() if r["name"] == "sizes")
+    assert (sizes["count"], sizes["sum"]) == (8, 4 * 7.25)
+
+
+def test_tag_sets_whose_keys_and_values_flatten_alike_stay_apart(monitor_factory: Factory) -> None:
+    # The cache key is flat: (name, value type, keys..., values...). Tag sets built to collide in a naive
+    # flattening (keys and values interleaved, or swapped) must still reach their own series.
+    fast = monitor_factory(recording="fast")
+    tag_sets = [
+        {"a": "b", "c": "d"},
+        {"a": "c", "b": "d"},
+        {"a": "b"},
+        {"b": "a"},
+        {"a": "b", "b": "a"},
+        {"c": "d", "a": "b"},  # the first set in another order: the same series
+    ]
+    for n, tags in enumerate(tag_sets, start=1):
+        for _ in range(2):
+            fast.increment_counter("jobs", tags, n)
+    snapshot = fast.snapshot()
+    assert snapshot.value("jobs", {"a": "b", "c": "d"}) == 2 * (1 + 6)
+    assert snapshot.value("jobs", {"a": "c", "b": "d"}) == 2 * 2
+    assert snapshot.value("jobs", {"a": "b"}) == 2 * 3
+    assert snapshot.value("jobs", {"b": "a"}) == 2 * 4
+    assert snapshot.value("jobs", {"a": "b", "b": "a"}) == 2 * 5
+
+
+def test_a_value_of_another_type_never_reuses_a_cached_cell(monitor_factory: Factory) -> None:
+    # The value's type is part of the key: a bool or Decimal after an int misses the cache and is normalised.
+    from decimal import Decimal
+
+    fast = monitor_factory(recording="fast")
+    fast.increment_counter("jobs", {"q": "a"}, 1)
+    fast.increment_counter("jobs", {"q": "a"}, True)
+    fast.increment_counter("jobs", {"q": "a"}, Decimal("2.5"))
+    fast.increment_counter("jobs", {"q": "a"}, 1)
+    value = fast.snapshot().value("jobs", {"q": "a"})
+    assert value == 5.5
+    assert type(value) is float
+
+
 # --- threads and fork -------------------------------------------------------------------------------
 def test_sixteen_threads_give_exact_totals(monitor_factory: Factory) -> None:
     fast = monitor_factory(recording="fast")

@@ -16,7 +16,7 @@ import pytest
 
 from chat_turbo_metrics import MetricsSnapshot, ViewConfig
 from chat_turbo_metrics._pipeline.provider import Pipeline
-from chat_turbo_metrics._recording.fast import FastRecorder
+from chat_turbo_metrics._recording.fast import FastRecorder, cache_key
 from chat_turbo_metrics._recording.idle import DEMOTED, GONE, PINNED
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry
 from chat_turbo_metrics.instrumentation import Problems
@@ -93,7 +93,7 @@ def test_series_not_recorded_for_two_timeouts_leaves_export_cache_and_memory(rec
         snapshot = rec.collect(after_s=TIMEOUT_S)
     assert values(snapshot, "jobs") == {(("queue", "busy"),): 3}
     assert [cell.attributes for cell in rec.series("jobs").values()] == [{"queue": "busy"}]
-    assert [key[1] for key in rec.recorder._counters] == [(("queue", "busy"),)]
+    assert list(rec.recorder._counters) == [cache_key("jobs", 1, {"queue": "busy"})]
     assert rec.cached("jobs") == 1
 
 

@@ -190,6 +190,12 @@ def test_psycopg2_cursor_factories_errors_and_uninstrument(
         with connection.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor:
             cursor.execute(f"SELECT email FROM {table} WHERE id = %s", (1,))
             assert cursor.fetchone() == {"email": "secret@example.com"}
+        with connection.cursor("reader") as cursor:  # a named (server-side) cursor, its name given positionally
+            cursor.execute(f"SELECT id FROM {table} ORDER BY id")
+            assert [row[0] for row in cursor.fetchall()] == [1, 2, 3]
+        with connection.cursor() as cursor:
+            cursor.execute(query=f"SELECT email FROM {table} WHERE id = %s", vars=(2,))
+            assert cursor.fetchone() == ("b",)
         with connection.cursor() as cursor, pytest.raises(psycopg2.errors.SyntaxError):
             cursor.execute("SELEKT 1")
         connection.rollback()
@@ -201,7 +207,7 @@ def test_psycopg2_cursor_factories_errors_and_uninstrument(
         connection.close()
     assert counts(db_monitor) == {
         ("insert", table, "success"): 2,
-        ("select", table, "success"): 1,
+        ("select", table, "success"): 3,
         ("other", "other", "error"): 1,
     }
     assert "secret" not in db_monitor.snapshot().to_prometheus()
@@ -274,24 +280,68 @@ def test_sqlalchemy_on_psycopg_and_psycopg2_counts_each_statement_once(
     assert found[("select", table, "success")] == 2  # one per engine, whoever recorded it
 
 
-def test_sqlalchemy_async_on_asyncpg_counts_each_statement_once(
-    instrumented: Callable[..., None], db_monitor: PerformanceMonitor, table: str
+@pytest.mark.parametrize("with_sqlalchemy_instrumentor", [True, False])
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+def test_sqlalchemy_async_on_asyncpg_and_psycopg_counts_each_statement_once(
+    instrumented: Callable[..., None],
+    db_monitor: PerformanceMonitor,
+    table: str,
+    driver: str,
+    with_sqlalchemy_instrumentor: bool,
 ) -> None:
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    instrumented(SQLAlchemyInstrumentor)
+    if with_sqlalchemy_instrumentor:
+        instrumented(SQLAlchemyInstrumentor)
     instrumented(AsyncpgInstrumentor)
+    instrumented(PsycopgInstrumentor)
 
     async def run() -> None:
-        engine = create_async_engine("postgresql+asyncpg://127.0.0.1:5432/test")
+        engine = create_async_engine(f"postgresql+{driver}://127.0.0.1:5432/test")
         async with engine.connect() as connection:
             await connection.execute(text(f"SELECT id FROM {table}"))
-            await connection.execute(text(f"SELECT email FROM {table}"))
+            await connection.execute(text(f"SELECT email FROM {table} WHERE id = :id"), {"id": 1})
         await engine.dispose()
 
     asyncio.run(run())
+    # SQLAlchemy's asyncpg dialect runs each statement through a PreparedStatement: without the SQLAlchemy
+    # instrumentor, the driver instrumentor measures it there.
     assert counts(db_monitor)[("select", table, "success")] == 2
+
+
+def test_asyncpg_prepared_statements_and_keyword_arguments(
+    instrumented: Callable[..., None], db_monitor: PerformanceMonitor, table: str
+) -> None:
+    import asyncpg
+
+    instrumented(AsyncpgInstrumentor)
+
+    async def work(connection: Any) -> None:
+        await connection.executemany(command=f"INSERT INTO {table} VALUES ($1, $2)", args=[(1, "a"), (2, "b")])
+        assert await connection.fetchval(query=f"SELECT count(*) FROM {table}") == 2
+        statement = await connection.prepare(f"SELECT email FROM {table} WHERE id = $1")
+        assert await statement.fetchval(1) == "a"
+        assert [row["email"] for row in await statement.fetch(2)] == ["b"]
+        assert (await statement.fetchrow(1))["email"] == "a"
+        update = await connection.prepare(f"UPDATE {table} SET email = $2 WHERE id = $1")
+        await update.executemany([(1, "c"), (2, "d")])
+        failing = await connection.prepare("SELECT 1 / $1::int")
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            await failing.fetchval(0)
+
+    async def on_a_connection() -> None:
+        connection = await asyncpg.connect(URL)
+        await work(connection)
+        await connection.close()
+
+    asyncio.run(on_a_connection())
+    assert counts(db_monitor) == {
+        ("insert", table, "success"): 1,
+        ("select", table, "success"): 4,  # the count, then three reads through the prepared statement
+        ("update", table, "success"): 1,
+        ("select", "other", "error"): 1,
+    }
 
 
 # --- opentelemetry-instrument ---------------------------------------------------------------------------------
@@ -345,3 +395,101 @@ def test_opentelemetry_instrument_measures_the_drivers_with_no_code_change(tmp_p
     found = json.loads(done.stdout.strip().splitlines()[-1])
     expected = 2 if disabled else 3  # psycopg, (psycopg2), asyncpg
     assert found == [[{"table": "pg_class", "operation": "select", "status": "success"}, expected]]
+
+
+def test_drivers_bind_their_series_once_per_configure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Statements reuse the first one's handles; a configure() (a new recorder) makes them bind once more."""
+    import psycopg
+    import psycopg2
+
+    import chat_turbo_metrics
+    from chat_turbo_metrics_database._drivers import Statements
+
+    binds: list[object] = []
+    real = Statements._rebind
+
+    def counting(self: Statements, monitor: PerformanceMonitor) -> None:
+        binds.append(monitor)
+        real(self, monitor)
+
+    monkeypatch.setattr(Statements, "_rebind", counting)
+    chat_turbo_metrics.configure(environment="test", metrics_exporters=(), self_telemetry=False)
+    PsycopgInstrumentor().instrument()
+    Psycopg2Instrumentor().instrument()
+    try:
+        with psycopg.connect(DSN) as connection:
+            for _ in range(5):
+                connection.execute("SELECT 1 FROM pg_class LIMIT 1")
+        classic = psycopg2.connect(DSN)
+        for _ in range(5):
+            classic.cursor().execute("SELECT 2 FROM pg_class LIMIT 1")
+        assert len(binds) == 2  # one per instrumentor
+        chat_turbo_metrics.configure(environment="test", metrics_exporters=(), self_telemetry=False)
+        for _ in range(3):
+            classic.cursor().execute("SELECT 2 FROM pg_class LIMIT 1")
+        classic.close()
+        assert len(binds) == 3
+        tags = {"table": "pg_class", "operation": "select", "status": "success"}
+        assert PerformanceMonitor.get_instance().snapshot().value(NAME, tags)["count"] == 3
+    finally:
+        PsycopgInstrumentor().uninstrument()
+        Psycopg2Instrumentor().uninstrument()
+        chat_turbo_metrics.configure(environment="test", metrics_exporters=(), self_telemetry=False)
+
+
+def test_semconv_names_under_the_database_switch(table: str) -> None:
+    """``database/dup``: the conventions' db.client.operation.duration beside the seed's histogram, as SQLAlchemy's."""
+    import asyncpg
+    import psycopg
+
+    monitor = PerformanceMonitor(
+        MonitoringConfig(environment="test", metrics_exporters=(), semconv_stability_opt_in=("database/dup",))
+    )
+    PsycopgInstrumentor().instrument(monitor=monitor)
+    AsyncpgInstrumentor().instrument(monitor=monitor)
+    try:
+        with psycopg.connect(DSN) as connection:
+            connection.execute(f"SELECT id FROM {table}")
+            with pytest.raises(psycopg.errors.UndefinedTable):
+                connection.execute("SELECT id FROM no_such_table_i24")
+
+        async def run() -> None:
+            connection = await asyncpg.connect(URL)
+            await connection.fetch(f"SELECT id FROM {table}")
+            task = asyncio.ensure_future(connection.execute("SELECT pg_sleep(5)"))
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await connection.close()
+
+        asyncio.run(run())
+        semconv = {
+            frozenset(record["attributes"].items()): record["count"]
+            for record in monitor.snapshot().records()
+            if record["name"] == "db.client.operation.duration"
+        }
+        system = ("db.system.name", "postgresql")
+        assert semconv == {
+            frozenset({system, ("db.operation.name", "SELECT"), ("db.collection.name", table)}): 2,
+            frozenset(
+                {
+                    system,
+                    ("db.operation.name", "SELECT"),
+                    ("db.collection.name", "no_such_table_i24"),
+                    ("error.type", "UndefinedTable"),
+                }
+            ): 1,
+            frozenset({system, ("db.operation.name", "SELECT"), ("error.type", "CancelledError")}): 1,
+        }
+        assert counts(monitor) == {
+            ("select", table, "success"): 2,
+            ("select", "no_such_table_i24", "error"): 1,
+            ("select", "other", "error"): 1,
+        }
+        text = monitor.snapshot().to_prometheus()
+        assert 'db_client_operation_duration_seconds_count{db_collection_name="' + table in text
+    finally:
+        PsycopgInstrumentor().uninstrument()
+        AsyncpgInstrumentor().uninstrument()
+        monitor.shutdown()

@@ -121,6 +121,21 @@ def client_monitor() -> Iterator[PerformanceMonitor]:
 
 
 @pytest.fixture
+def instrumented(client_monitor: PerformanceMonitor) -> Iterator[Callable[..., None]]:
+    """``instrumented(Instrumentor, **kwargs)``: instrument into the test's monitor; all undone after the test."""
+    done: list[Any] = []
+
+    def use(cls: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("monitor", client_monitor)
+        cls().instrument(**kwargs)
+        done.append(cls())
+
+    yield use
+    for instrumentor in done:
+        instrumentor.uninstrument()
+
+
+@pytest.fixture
 def client_series() -> Callable[..., Any]:
     """``client_series(monitor)``: {frozen tags: count} of every client duration series (seed names)."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -24,21 +24,6 @@ def tags(port: int, method: str = "GET", status: int | None = 200, error: str | 
     if error is not None:
         found["error_type"] = error
     return frozenset(found.items())
-
-
-@pytest.fixture
-def instrumented(client_monitor: PerformanceMonitor) -> Iterator[Callable[..., None]]:
-    """``instrumented(Instrumentor, **kwargs)``: instrument into the test's monitor; all undone after the test."""
-    done: list[Any] = []
-
-    def use(cls: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("monitor", client_monitor)
-        cls().instrument(**kwargs)
-        done.append(cls())
-
-    yield use
-    for instrumentor in done:
-        instrumentor.uninstrument()
 
 
 # --- requests -------------------------------------------------------------------------------------------------
@@ -252,3 +237,39 @@ def test_without_the_http_switch_the_monitors_semconv_opt_in_decides(
     assert client_series(monitor, "http.client.request.duration") == {frozenset(semconv.items()): 1}
     assert client_series(monitor) == {tags(client_server.port): 1}  # "/dup": the seed's name as well
     monitor.shutdown()
+
+
+def test_requests_bind_their_series_once_per_configure(client_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hot path reuses the first request's handles; a configure() (a new recorder) makes it bind once more."""
+    import chat_turbo_metrics
+    from chat_turbo_metrics_http_client._metrics import ClientMetrics
+
+    binds: list[object] = []
+    real = ClientMetrics._bind
+
+    def counting(self: ClientMetrics, monitor: PerformanceMonitor) -> None:
+        binds.append(monitor)
+        real(self, monitor)
+
+    monkeypatch.setattr(ClientMetrics, "_bind", counting)
+    chat_turbo_metrics.configure(environment="test", metrics_exporters=(), self_telemetry=False)
+    RequestsInstrumentor().instrument()
+    try:
+        session = requests.Session()
+        for _ in range(5):
+            session.get(client_server.url("/ok"), timeout=5)
+        assert len(binds) == 1
+        chat_turbo_metrics.configure(environment="test", metrics_exporters=(), self_telemetry=False)
+        for _ in range(3):
+            session.get(client_server.url("/ok"), timeout=5)
+        assert len(binds) == 2
+        found = (
+            PerformanceMonitor.get_instance()
+            .snapshot()
+            .value("http_client_request_duration_seconds", dict(tags(client_server.port)))
+        )
+        assert found["count"] == 3  # the new pipeline's requests
+        session.close()
+    finally:
+        RequestsInstrumentor().uninstrument()
+        chat_turbo_metrics.configure(environment="test", metrics_exporters=(), self_telemetry=False)

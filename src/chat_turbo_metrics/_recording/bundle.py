@@ -22,13 +22,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from chat_turbo_metrics._core.guard import FLOAT_MAX
+from chat_turbo_metrics._recording.exemplars import SPAN, current_context, keep_exemplar
 from chat_turbo_metrics._recording.handles import _CounterHandle, _HistogramHandle
 from chat_turbo_metrics._recording.sdk import BoundInstrument
 
 Record = Callable[..., None]
 
+_INDEX = "        x{j} = _bisect(c{j}.bounds, v{i})\n"
 _OBSERVE = """\
-            c{j}.counts[_bisect(c{j}.bounds, v{i})] += 1
+            c{j}.counts[x{j}] += 1
             c{j}.sum += v{i}
             if v{i} < c{j}.min:
                 c{j}.min = v{i}
@@ -87,7 +89,9 @@ def _bundle(
     # The function's globals: the cells are put here once every handle has found its own, so a call reads
     # them directly instead of through their handles.
     namespace: dict[str, Any] = dict.fromkeys(names)
-    namespace.update(_bisect=bisect_left, _float=float, _int=int, _FMAX=FLOAT_MAX, _lock=handles[0]._lock, ready=False)
+    namespace.update(_bisect=bisect_left, _float=float, _int=int, _FMAX=FLOAT_MAX, ready=False)
+    namespace.update(_acquire=handles[0]._lock.acquire, _release=handles[0]._lock.release)
+    namespace.update(_context=current_context, _SPAN=SPAN, _keep=keep_exemplar)
 
     def slow(*values: Any) -> None:
         one_by_one(*values)
@@ -111,8 +115,18 @@ def _source(arity: int, positions: tuple[int, ...], counters: int, checked: bool
     if checked:
         check = "((t := v{i}.__class__) is _float or t is _int) and 0 <= v{i} < _FMAX"
         checks += [check.format(i=i) for i in sorted(set(positions))]
+    indexes = [_INDEX.format(i=i, j=j) for j, i in enumerate(positions)]
     updates = [_OBSERVE.format(i=i, j=j) for j, i in enumerate(positions)]
     updates += [f"            n{m}.delta += 1\n" for m in range(counters)]
+    # After the lock, as on every fast-path histogram update: the latest sampled observation per bucket.
+    exemplars = [f"            _keep(c{j}, x{j}, v{i}, span)\n" for j, i in enumerate(positions)]
+    look = (
+        "        context = _context()\n"
+        "        if context and (span := context.get(_SPAN)) is not None:\n"
+        f"{''.join(exemplars)}"
+        if exemplars
+        else ""
+    )
     return (
         f"def record({values}):\n"
         "    try:\n"
@@ -120,8 +134,13 @@ def _source(arity: int, positions: tuple[int, ...], counters: int, checked: bool
         "    except Exception:\n"
         "        ok = False\n"
         "    if ok:\n"
-        "        with _lock:\n"
+        f"{''.join(indexes)}"
+        "        _acquire()\n"
+        "        try:\n"
         f"{''.join(updates)}"
+        "        finally:\n"
+        "            _release()\n"
+        f"{look}"
         "        return\n"
         f"    _slow({values})\n"
     )

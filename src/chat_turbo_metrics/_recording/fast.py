@@ -1,9 +1,11 @@
 """The fast recording path: pre-aggregate per (instrument, tag set) at the call, export when the reader collects.
 
-A recording call is one dict lookup keyed by ``(name, tuple(tags.items()), type(value))``, one chained
-comparison that rejects bad values (NaN, infinities, negatives, ints beyond int64: a comparison with a non-
-number raises inside a ``try`` that costs nothing when nothing is raised), and an update of a small slotted
-object (a *cell*, :mod:`chat_turbo_metrics._recording.streams`) under one uncontended lock. Everything else
+A recording call is one dict lookup keyed by the flat tuple ``(name, type(value), *tags, *tags.values())``
+(:func:`cache_key`), one chained comparison that rejects bad values (NaN, infinities, negatives, ints beyond
+int64: a comparison with a non-number raises inside a ``try`` that costs nothing when nothing is raised), and an
+update of a small slotted object (a *cell*, :mod:`chat_turbo_metrics._recording.streams`) under one uncontended
+lock, taken with ``acquire()`` and released in a ``finally`` (half the cost of a ``with`` block in CPython 3.11,
+with the same guarantee). Everything else
 — name and tag validation, View attribute filters, the cardinality limit — runs once per new tag set on the
 slow path, which stores the cell the SDK would have aggregated into. Only plain ``int`` and ``float`` values
 are cached, so a ``bool``, ``Decimal``, numpy scalar or ``10**400`` never reaches a cell unconverted: it
@@ -34,7 +36,6 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import Metric
 
 from chat_turbo_metrics._core import forks
-from chat_turbo_metrics._core.compat import SPAN_KEY, current_context_reader
 from chat_turbo_metrics._core.config import CoreSettings
 from chat_turbo_metrics._core.guard import (
     EXACT_TYPES,
@@ -48,6 +49,7 @@ from chat_turbo_metrics._core.guard import (
     timer_seconds,
 )
 from chat_turbo_metrics._core.naming import Kind
+from chat_turbo_metrics._recording.exemplars import SPAN, current_context, keep_exemplar
 from chat_turbo_metrics._recording.handles import HANDLES
 from chat_turbo_metrics._recording.idle import GONE, PINNED, sweep
 from chat_turbo_metrics._recording.instruments import InstrumentRegistry, InstrumentSpec
@@ -74,25 +76,16 @@ _EXACT = EXACT_TYPES
 _perf_counter = time.perf_counter
 _random = random.random
 _EMPTY: Mapping[str, Any] = {}
-_time_ns = time.time_ns
-_SPAN = SPAN_KEY
 
 
-_current_context = current_context_reader()
+def cache_key(name: Any, value: Any, tags: Any) -> tuple[Any, ...]:
+    """The hot path's cache key for a recording: flat (name, value type, tag keys..., tag values...).
 
-
-def keep_exemplar(cell: Any, index: int, value: float, span: Any) -> None:
-    """Keep ``value`` as bucket ``index``'s exemplar if ``span`` is sampled (one list store: no lock needed)."""
-    try:
-        context = span.get_span_context()
-        if not context.trace_flags & 1:
-            return
-        kept = cell.exemplars
-        if kept is None:
-            kept = cell.exemplars = [None] * len(cell.counts)
-        kept[index] = (value, _time_ns(), context.trace_id, context.span_id)
-    except Exception:  # never raise while recording; an odd span object is no exemplar
-        return
+    Flat, so hashing it hashes each string once (a tuple of pairs hashes every pair again on every call); the
+    keys and values halves are unambiguous because both have the tag count's length. Each hot-path method
+    builds the same tuple inline (a call here would cost a frame per recording).
+    """
+    return (name, value.__class__, *tags, *tags.values()) if tags is not None else (name, value.__class__)
 
 
 class _Instrument:
@@ -230,10 +223,16 @@ class FastRecorder:
     # --- hot path -------------------------------------------------------------------------------
     def increment_counter(self, name: str, tags: Tags = None, value: float = 1) -> None:
         try:
-            cell = self._counters[name, tuple(tags.items()) if tags is not None else None, value.__class__]
+            cell = self._counters[
+                (name, value.__class__, *tags, *tags.values()) if tags is not None else (name, value.__class__)
+            ]
             if 0 <= value < _I64_INT:
-                with self._lock:
+                lock = self._lock
+                lock.acquire()
+                try:
                     cell.delta += value
+                finally:
+                    lock.release()
                 return
         except Exception:  # a new tag set, or bad input: the slow path sorts it out
             pass
@@ -241,7 +240,9 @@ class FastRecorder:
 
     def record_gauge(self, name: str, value: float, tags: Tags = None) -> None:
         try:
-            cell = self._gauges[name, tuple(tags.items()) if tags is not None else None, value.__class__]
+            cell = self._gauges[
+                (name, value.__class__, *tags, *tags.values()) if tags is not None else (name, value.__class__)
+            ]
             if -_I64 <= value < _I64:
                 cell.value = value  # one store: atomic, no lock needed
                 return
@@ -253,18 +254,24 @@ class FastRecorder:
         # The bucket update is repeated inline in record_timer and the bound handle on purpose: a shared
         # helper would add a call frame (~60 ns) to every recording.
         try:
-            cell = self._histograms[name, tuple(tags.items()) if tags is not None else None, value.__class__]
+            cell = self._histograms[
+                (name, value.__class__, *tags, *tags.values()) if tags is not None else (name, value.__class__)
+            ]
             if 0 <= value < _FMAX:
                 index = bisect_left(cell.bounds, value)
-                with self._lock:
+                lock = self._lock
+                lock.acquire()
+                try:
                     cell.counts[index] += 1
                     cell.sum += value
                     if value < cell.min:  # noqa: PLR1730 - an if is ~2x cheaper than min() on the hot path
                         cell.min = value
                     if value > cell.max:  # noqa: PLR1730
                         cell.max = value
-                span = _current_context().get(_SPAN)
-                if span is not None:
+                finally:
+                    lock.release()
+                context = current_context()
+                if context and (span := context.get(SPAN)) is not None:  # an empty context: no span, no call
                     keep_exemplar(cell, index, value, span)
                 return
         except Exception:
@@ -278,18 +285,24 @@ class FastRecorder:
         end = _perf_counter()
         try:
             value = end - start
-            cell = self._timers[name, tuple(tags.items()) if tags is not None else None, start.__class__]
+            cell = self._timers[
+                (name, start.__class__, *tags, *tags.values()) if tags is not None else (name, start.__class__)
+            ]
             if 0 <= value < end:  # 0 < start <= end: a start token from start_timer()
                 index = bisect_left(cell.bounds, value)
-                with self._lock:
+                lock = self._lock
+                lock.acquire()
+                try:
                     cell.counts[index] += 1
                     cell.sum += value
                     if value < cell.min:  # noqa: PLR1730 - an if is ~2x cheaper than min() on the hot path
                         cell.min = value
                     if value > cell.max:  # noqa: PLR1730
                         cell.max = value
-                span = _current_context().get(_SPAN)
-                if span is not None:
+                finally:
+                    lock.release()
+                context = current_context()
+                if context and (span := context.get(SPAN)) is not None:  # an empty context: no span, no call
                     keep_exemplar(cell, index, value, span)
                 return
         except Exception:
@@ -319,9 +332,7 @@ class FastRecorder:
             # Only plain int/float values may find the cell again: anything else must be normalised first.
             token = value.start if timer else value
             if own and cell is not None and token.__class__ in _EXACT:
-                self._cache(
-                    cache, (name, tuple(tags.items()) if tags is not None else None, token.__class__), cell, instrument
-                )
+                self._cache(cache, cache_key(name, token, tags), cell, instrument)
         except Exception as error:  # never raise while recording
             self._problems.report(("internal", type(error)), "%s: recording failed: %r", name, error)
 
@@ -363,7 +374,7 @@ class FastRecorder:
             self._slow += 1
             cell, own = instrument.record(tags, checked, self._order)
         if isinstance(cell, HistogramCell) and checked is not None:  # a series' first observation keeps its exemplar
-            span = _current_context().get(_SPAN)
+            span = current_context().get(SPAN)
             if span is not None:
                 keep_exemplar(cell, bisect_left(cell.bounds, checked), checked, span)
         return cell, own

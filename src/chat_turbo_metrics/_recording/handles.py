@@ -2,7 +2,8 @@
 
 A handle skips the tag lookup of :mod:`chat_turbo_metrics._recording.fast`; like the recorder's hot path it
 takes only plain ``int``/``float`` values in range (two identity tests and one chained comparison) and sends
-anything else to the recorder's slow path, which normalises or refuses it before touching the cell.
+anything else to the recorder's slow path, which normalises or refuses it before touching the cell. A histogram
+handle keeps exemplars as the recorder does (:mod:`chat_turbo_metrics._recording.exemplars`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from chat_turbo_metrics._core.guard import FLOAT_MAX, INT64_BOUND, INT64_LIMIT
+from chat_turbo_metrics._recording.exemplars import SPAN, current_context, keep_exemplar
 from chat_turbo_metrics._recording.sdk import BoundInstrument
 
 if TYPE_CHECKING:
@@ -69,8 +71,12 @@ class _CounterHandle(_Handle):
         """Add ``value`` (default 1)."""
         try:
             if ((kind := value.__class__) is _int or kind is _float) and 0 <= value < _I64_INT:
-                with self._lock:
+                lock = self._lock
+                lock.acquire()
+                try:
                     self._cell.delta += value
+                finally:
+                    lock.release()
                 return
         except Exception:
             pass
@@ -86,13 +92,21 @@ class _HistogramHandle(_Handle):
         try:
             if ((kind := value.__class__) is _float or kind is _int) and 0 <= value < _FMAX:
                 cell = self._cell
-                with self._lock:
-                    cell.counts[bisect_left(cell.bounds, value)] += 1
+                index = bisect_left(cell.bounds, value)
+                lock = self._lock
+                lock.acquire()
+                try:
+                    cell.counts[index] += 1
                     cell.sum += value
                     if value < cell.min:  # noqa: PLR1730 - an if is ~2x cheaper than min() on the hot path
                         cell.min = value
                     if value > cell.max:  # noqa: PLR1730
                         cell.max = value
+                finally:
+                    lock.release()
+                context = current_context()
+                if context and (span := context.get(SPAN)) is not None:  # an empty context: no span, no call
+                    keep_exemplar(cell, index, value, span)
                 return
         except Exception:
             pass

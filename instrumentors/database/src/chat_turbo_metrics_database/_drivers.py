@@ -2,13 +2,15 @@
 
 The same labels (``table``, ``operation``, ``status``; ``statement`` with literals stripped on request) from the
 same classifier. A statement costs a ``perf_counter`` pair, one dict lookup of its series (bound handles made once
-per statement text and status, rebound when ``configure()`` gives the monitor a new recorder) and one ``observe``.
+per statement text and status, rebound when ``configure()`` gives the monitor a new recorder: one identity check)
+and one ``observe``.
 When SQLAlchemy runs on top and the SQLAlchemy instrumentor is on, the statements of its connections are its to
 record: the driver instrumentors pass them through (no statement is counted twice).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import threading
@@ -21,10 +23,21 @@ from typing import Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from chat_turbo_metrics import ConfigurationError, PerformanceMonitor
-from chat_turbo_metrics.instrumentation import DATABASE_QUERY_DURATION, Problems, StatementClassifier, strip_literals
+from chat_turbo_metrics.instrumentation import (
+    DATABASE_QUERY_DURATION,
+    DB_CLIENT_OPERATION_DURATION,
+    Problems,
+    SemconvMode,
+    StatementClassifier,
+    define_metrics,
+    semconv_mode,
+    strip_literals,
+)
+from chat_turbo_metrics_database._semconv import SemconvNames
 
 _perf_counter = time.perf_counter
 _random = random.random
+SYSTEM = "postgresql"  # db.system.name: every driver instrumented here speaks to PostgreSQL
 _SERIES_LIMIT = 4096  # statement texts whose handles are kept; beyond, each statement binds its own (bounded series)
 _MAX_TEXT = 4096
 
@@ -68,11 +81,11 @@ def statement_text(statement: Any, context: Any = None) -> str:
 
 
 class Statements:
-    """Records finished statements, bound handles per (statement text, status).
+    """Records finished statements (``ok``, ``failed``), bound handles per statement text and status.
 
     Example:
         >>> statements = Statements(monitor)
-        >>> statements.record("SELECT name FROM users WHERE id = %s", "success", 0.002)
+        >>> statements.ok("SELECT name FROM users WHERE id = %s", 0.002)
         >>> tags = {"table": "users", "operation": "select", "status": "success"}
         >>> monitor.snapshot().value("database_query_duration_seconds", tags)["count"]
         1
@@ -90,32 +103,69 @@ class Statements:
         self._classifier = StatementClassifier(max_tables=max_tables)
         self._monitor: PerformanceMonitor | None = None
         self._marker: Any = None
-        self._series: dict[str, dict[str, Callable[[float], None]]] = {"success": {}, "error": {}}
+        self._names = SemconvNames(SemconvMode.SEED)  # asked of the monitor when it is bound
+        self._ok: dict[str, Callable[[float], None]] = {}  # the series of the statements that succeeded, by text
+        self._failed: dict[tuple[str, str], Callable[[float], None]] = {}  # and of those that raised, and why
         self.problems = Problems(logging.getLogger(logger))
 
-    def record(self, statement: str, status: str, elapsed: float) -> None:
-        """One statement ran (``status`` ``success`` or ``error``) in ``elapsed`` seconds; never raises."""
+    def ok(self, query: Any, elapsed: float, context: Any = None) -> None:
+        """``query`` (a ``str``, or what :func:`statement_text` reads with ``context``) succeeded; never raises."""
         try:
             monitor = self._fixed or PerformanceMonitor._instance or PerformanceMonitor.get_instance()
-            if monitor is not self._monitor or monitor._recorder is not self._marker:
-                self._series = {"success": {}, "error": {}}
-                self._monitor, self._marker = monitor, monitor._recorder
-            series = self._series[status]
-            observe = series.get(statement)
+            if monitor._recorder is not self._marker:  # a recorder is one monitor's: configure() makes a new one
+                self._rebind(monitor)
+            observe = self._ok.get(query) if type(query) is str else None
             if observe is None:
-                observe = self._new_series(monitor, statement, status)
-                if len(series) < _SERIES_LIMIT and len(statement) <= _MAX_TEXT:
-                    series[statement] = observe
+                statement = query if type(query) is str else statement_text(query, context)
+                observe = self._ok.get(statement)
+                if observe is None:
+                    observe = self._new_series(monitor, statement, "success")
+                    if len(self._ok) < _SERIES_LIMIT and len(statement) <= _MAX_TEXT:
+                        self._ok[statement] = observe
             observe(elapsed)
         except Exception as error:  # never into the application's statement
             self.problems.report(("record", type(error)), "cannot record a statement: %r", error)
 
-    def _new_series(self, monitor: PerformanceMonitor, statement: str, status: str) -> Callable[[float], None]:
+    def failed(self, query: Any, elapsed: float, context: Any = None, error: str = "_OTHER") -> None:
+        """``query`` raised ``error`` (the exception's class name; ``CancelledError`` for a cancelled ``await``);
+        never raises."""
+        try:
+            monitor = self._fixed or PerformanceMonitor._instance or PerformanceMonitor.get_instance()
+            if monitor._recorder is not self._marker:
+                self._rebind(monitor)
+            statement = query if type(query) is str else statement_text(query, context)
+            observe = self._failed.get((statement, error))
+            if observe is None:
+                observe = self._new_series(monitor, statement, "error", error)
+                if len(self._failed) < _SERIES_LIMIT and len(statement) <= _MAX_TEXT:
+                    self._failed[statement, error] = observe
+            observe(elapsed)
+        except Exception as problem:
+            self.problems.report(("record", type(problem)), "cannot record a statement: %r", problem)
+
+    def _rebind(self, monitor: PerformanceMonitor) -> None:
+        """A new recorder: which names to emit (``OTEL_SEMCONV_STABILITY_OPT_IN``'s ``database``, as the SQLAlchemy
+        instrumentor asks), and new handles."""
+        self._names = SemconvNames(semconv_mode("database", monitor))
+        if self._names.semconv:
+            define_metrics(monitor, DB_CLIENT_OPERATION_DURATION)
+        self._ok, self._failed = {}, {}
+        self._monitor, self._marker = monitor, monitor._recorder
+
+    def _new_series(
+        self, monitor: PerformanceMonitor, statement: str, status: str, error: str | None = None
+    ) -> Callable[[float], None]:
         operation, table = self._classifier.classify(statement)
         tags = {"table": table, "operation": operation, "status": status}
-        if self._record_statement:
-            tags["statement"] = strip_literals(statement)[:2048]
-        observe = monitor.histogram(DATABASE_QUERY_DURATION, tags).observe
+        observers = []
+        if self._names.semconv:
+            semconv = self._names.operation_tags(SYSTEM, tags, error)
+            observers.append(monitor.histogram(DB_CLIENT_OPERATION_DURATION.name, semconv).observe)
+        if self._names.seed:
+            if self._record_statement:
+                tags["statement"] = strip_literals(statement)[:2048]
+            observers.append(monitor.histogram(DATABASE_QUERY_DURATION, tags).observe)
+        observe = observers[0] if len(observers) == 1 else _both(*observers)
         rate = monitor.config.sampling_rate
         if rate < 1.0:
             full = observe
@@ -125,6 +175,14 @@ class Statements:
                     full(value)
 
         return observe
+
+
+def _both(first: Callable[[float], None], second: Callable[[float], None]) -> Callable[[float], None]:
+    def observe(value: float) -> None:
+        first(value)
+        second(value)
+
+    return observe
 
 
 def statements_from(kwargs: dict[str, Any], owner: str, logger: str) -> Statements:
@@ -190,37 +248,114 @@ class _DriverInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             saved.restore()
 
 
+QueryOf = Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]  # (self, args, kwargs) -> the statement
+
+
+def _first_argument(owner: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The statement of a driver method called with it first: positional, or ``query=`` (``command=``: asyncpg's
+    ``executemany``)."""
+    if args:
+        return args[0]
+    return kwargs.get("query", kwargs.get("command", ""))
+
+
+def _prepared_query(statement: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The statement of an asyncpg ``PreparedStatement``: the text it was prepared from."""
+    return statement.get_query()
+
+
 def _sync_method(original: Any, statements: Statements, connection_of: Callable[[Any], Any], on: list[bool]) -> Any:
-    def method(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+    ok, failed = statements.ok, statements.failed
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not on[0] or (_claimed[0] and connection_of(self) in sqlalchemy_connections):
-            return original(self, query, *args, **kwargs)
+            return original(self, *args, **kwargs)
         start = _perf_counter()
         try:
-            result = original(self, query, *args, **kwargs)
-        except BaseException:
-            statements.record(statement_text(query, self), "error", _perf_counter() - start)
+            result = original(self, *args, **kwargs)
+        except BaseException as error:
+            failed(_first_argument(self, args, kwargs), _perf_counter() - start, self, type(error).__qualname__)
             raise
-        statements.record(
-            query if type(query) is str else statement_text(query, self), "success", _perf_counter() - start
-        )
+        ok(args[0] if args else _first_argument(self, args, kwargs), _perf_counter() - start, self)
         return result
 
     return method
 
 
-def _async_method(original: Any, statements: Statements, connection_of: Callable[[Any], Any], on: list[bool]) -> Any:
-    async def method(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-        if not on[0] or (_claimed[0] and connection_of(self) in sqlalchemy_connections):
-            return await original(self, query, *args, **kwargs)
+# The hottest methods with their own signatures, so a call packs no argument tuple and keyword dict (about a
+# third of the wrapper's cost): psycopg2's cursor.execute(query, vars=None), and psycopg's Cursor.execute(query,
+# params=None, *, prepare=None, binary=None) when its signature is that one.
+def _psycopg2_execute(original: Any, statements: Statements, on: list[bool]) -> Any:
+    ok, failed = statements.ok, statements.failed
+
+    def execute(self: Any, query: Any, vars: Any = None) -> Any:
+        if not on[0] or (_claimed[0] and self.connection in sqlalchemy_connections):
+            return original(self, query, vars)
         start = _perf_counter()
         try:
-            result = await original(self, query, *args, **kwargs)
-        except BaseException:  # a cancellation too: the statement did not complete
-            statements.record(statement_text(query, self), "error", _perf_counter() - start)
+            result = original(self, query, vars)
+        except BaseException as error:
+            failed(query, _perf_counter() - start, self, type(error).__qualname__)
             raise
-        statements.record(
-            query if type(query) is str else statement_text(query, self), "success", _perf_counter() - start
-        )
+        ok(query, _perf_counter() - start, self)
+        return result
+
+    return execute
+
+
+PSYCOPG_EXECUTE = ["self", "query", "params", "prepare", "binary"]
+
+
+def _signature_is(function: Any, names: list[str]) -> bool:
+    """``function`` takes exactly ``names``, each optional one defaulting to None (what the wrapper passes on)."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    optional = [
+        parameter.default for parameter in parameters.values() if parameter.default is not inspect.Parameter.empty
+    ]
+    return list(parameters) == names and all(default is None for default in optional)
+
+
+def _psycopg_execute(original: Any, statements: Statements, on: list[bool]) -> Any:
+    ok, failed = statements.ok, statements.failed
+
+    def execute(self: Any, query: Any, params: Any = None, *, prepare: Any = None, binary: Any = None) -> Any:
+        if not on[0] or (_claimed[0] and self.connection in sqlalchemy_connections):
+            return original(self, query, params, prepare=prepare, binary=binary)
+        start = _perf_counter()
+        try:
+            result = original(self, query, params, prepare=prepare, binary=binary)
+        except BaseException as error:
+            failed(query, _perf_counter() - start, self, type(error).__qualname__)
+            raise
+        ok(query, _perf_counter() - start, self)
+        return result
+
+    return execute
+
+
+def _async_method(
+    original: Any,
+    statements: Statements,
+    connection_of: Callable[[Any], Any],
+    on: list[bool],
+    query_of: QueryOf = _first_argument,
+) -> Any:
+    positional = query_of is _first_argument  # the statement is the first argument: read without a call
+    ok, failed = statements.ok, statements.failed
+
+    async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not on[0] or (_claimed[0] and connection_of(self) in sqlalchemy_connections):
+            return await original(self, *args, **kwargs)
+        start = _perf_counter()
+        try:
+            result = await original(self, *args, **kwargs)
+        except BaseException as error:  # a cancellation too: the statement did not complete
+            failed(query_of(self, args, kwargs), _perf_counter() - start, self, type(error).__qualname__)
+            raise
+        ok(args[0] if positional and args else query_of(self, args, kwargs), _perf_counter() - start, self)
         return result
 
     return method
@@ -232,6 +367,10 @@ def _cursor_connection(cursor: Any) -> Any:
 
 def _itself(connection: Any) -> Any:
     return connection
+
+
+def _statement_connection(statement: Any) -> Any:
+    return statement._connection  # asyncpg's PreparedStatement keeps the connection it was prepared on
 
 
 class PsycopgInstrumentor(_DriverInstrumentor):
@@ -257,7 +396,11 @@ class PsycopgInstrumentor(_DriverInstrumentor):
         for cls in (psycopg.Cursor, psycopg.ServerCursor):
             for name in ("execute", "executemany"):
                 if name in cls.__dict__:
-                    saved.replace(cls, name, _sync_method(cls.__dict__[name], statements, _cursor_connection, saved.on))
+                    original = cls.__dict__[name]
+                    if name == "execute" and _signature_is(original, PSYCOPG_EXECUTE):
+                        saved.replace(cls, name, _psycopg_execute(original, statements, saved.on))
+                    else:
+                        saved.replace(cls, name, _sync_method(original, statements, _cursor_connection, saved.on))
         for async_cls in (psycopg.AsyncCursor, psycopg.AsyncServerCursor):
             for name in ("execute", "executemany"):
                 if name in async_cls.__dict__:
@@ -268,17 +411,25 @@ class PsycopgInstrumentor(_DriverInstrumentor):
 class AsyncpgInstrumentor(_DriverInstrumentor):
     """Measures every query of asyncpg (``execute``, ``executemany``, ``fetch*``; pools too): ``chat_turbo_asyncpg``.
 
-    Statements run through a ``PreparedStatement`` the application prepared itself are not measured.
+    A ``PreparedStatement``'s ``fetch*`` and ``executemany`` are measured too, under the text it was prepared from
+    (SQLAlchemy's asyncpg dialect runs every statement so); its ``cursor()`` is not.
     """
 
     _library = ("asyncpg >= 0.27",)
 
     def _patch(self, saved: _Saved, statements: Statements) -> None:
         from asyncpg.connection import Connection
+        from asyncpg.prepared_stmt import PreparedStatement
 
         for name in ("execute", "executemany", "fetch", "fetchrow", "fetchval", "fetchmany"):
             if name in Connection.__dict__:
                 saved.replace(Connection, name, _async_method(Connection.__dict__[name], statements, _itself, saved.on))
+        for name in ("executemany", "fetch", "fetchrow", "fetchval", "fetchmany"):
+            if name in PreparedStatement.__dict__:
+                method = _async_method(
+                    PreparedStatement.__dict__[name], statements, _statement_connection, saved.on, _prepared_query
+                )
+                saved.replace(PreparedStatement, name, method)
 
 
 class Psycopg2Instrumentor(_DriverInstrumentor):
@@ -321,7 +472,11 @@ class Psycopg2Instrumentor(_DriverInstrumentor):
                     name: _sync_method(getattr(base, name), statements, _cursor_connection, on)
                     for name in ("execute", "executemany")
                 }
-                made = cursors[base] = type(base.__name__, (base,), methods)
+                if base.execute is psycopg2.extensions.cursor.execute:  # type: ignore[attr-defined]  # the C one
+                    methods["execute"] = _psycopg2_execute(base.execute, statements, on)  # type: ignore[attr-defined]
+                # No __slots__ of its own: an instance has the base's layout (psycopg2's cursor has no __dict__, and
+                # gets none from us: the same attributes, the same allocation as without the instrumentor).
+                made = cursors[base] = type(base.__name__, (base,), {"__slots__": (), **methods})
             return made
 
         def measured_connection(base: type) -> type:
@@ -329,14 +484,19 @@ class Psycopg2Instrumentor(_DriverInstrumentor):
             if made is None:
                 base_cursor = base.cursor  # type: ignore[attr-defined]
 
-                def cursor(self: Any, name: Any = None, cursor_factory: Any = None, *args: Any, **kwargs: Any) -> Any:
+                def given(self: Any, name: Any = None, cursor_factory: Any = None, *args: Any, **kwargs: Any) -> Any:
                     if cursor_factory is None:  # the connection's own, measured since connect()
                         return base_cursor(self, name, None, *args, **kwargs)
                     return base_cursor(
                         self, name, measured_cursor(cursor_factory) if on[0] else cursor_factory, *args, **kwargs
                     )
 
-                made = connections[base] = type(base.__name__, (base,), {"cursor": cursor})
+                def cursor(self: Any, *args: Any, **kwargs: Any) -> Any:
+                    if args or kwargs:  # a name, a cursor_factory for this cursor, ...
+                        return given(self, *args, **kwargs)
+                    return base_cursor(self)  # the connection's own factory, measured since connect()
+
+                made = connections[base] = type(base.__name__, (base,), {"__slots__": (), "cursor": cursor})
             return made
 
         original = psycopg2.connect

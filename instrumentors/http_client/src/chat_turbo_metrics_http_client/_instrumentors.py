@@ -14,36 +14,40 @@ from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
+from chat_turbo_metrics_http_client._connections import AIOHTTP, HTTPCORE, URLLIB3, Tracked
 from chat_turbo_metrics_http_client._metrics import (
     DEFAULT_PORTS,
     ClientMetrics,
     Patches,
+    Server,
+    authority,
     client_metrics,
     error_type,
     measuring,
     perf_counter,
-    server_of,
 )
 
-Describe = Callable[..., tuple[str, str, int]]  # the call's arguments -> (method, server address, server port)
+# (the instrumented call's first argument, its other positional arguments, its keywords) -> (method, server key):
+# the arguments are passed as they came, a tuple and a dict, so describing a call costs no repacking.
+Describe = Callable[[Any, tuple[Any, ...], dict[str, Any]], tuple[str, Server]]
 
 
 def measured(original: Any, metrics: ClientMetrics, describe: Describe, status: Callable[[Any], int]) -> Any:
     """``original`` measured: one recording per outermost call, with the response's status or the error's type."""
 
-    def call(*args: Any, **kwargs: Any) -> Any:
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         if measuring.get():
-            return original(*args, **kwargs)
+            return original(self, *args, **kwargs)
         token = measuring.set(True)
         start = perf_counter()
         try:
-            response = original(*args, **kwargs)
+            response = original(self, *args, **kwargs)
         except BaseException as error:
-            metrics.record(*describe(*args, **kwargs), 0, error_type(error), perf_counter() - start)
+            _finished(metrics, describe, self, args, kwargs, error, perf_counter() - start)
             raise
         finally:
             measuring.reset(token)
-        metrics.record(*describe(*args, **kwargs), status(response), None, perf_counter() - start)
+        _finished(metrics, describe, self, args, kwargs, response, perf_counter() - start, status)
         return response
 
     return call
@@ -52,22 +56,49 @@ def measured(original: Any, metrics: ClientMetrics, describe: Describe, status: 
 def measured_async(original: Any, metrics: ClientMetrics, describe: Describe, status: Callable[[Any], int]) -> Any:
     """:func:`measured` for a coroutine function: a cancellation is recorded as ``CancelledError``, then raised on."""
 
-    async def call(*args: Any, **kwargs: Any) -> Any:
+    async def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         if measuring.get():
-            return await original(*args, **kwargs)
+            return await original(self, *args, **kwargs)
         token = measuring.set(True)
         start = perf_counter()
         try:
-            response = await original(*args, **kwargs)
+            response = await original(self, *args, **kwargs)
         except BaseException as error:
-            metrics.record(*describe(*args, **kwargs), 0, error_type(error), perf_counter() - start)
+            _finished(metrics, describe, self, args, kwargs, error, perf_counter() - start)
             raise
         finally:
             measuring.reset(token)
-        metrics.record(*describe(*args, **kwargs), status(response), None, perf_counter() - start)
+        _finished(metrics, describe, self, args, kwargs, response, perf_counter() - start, status)
         return response
 
     return call
+
+
+def _finished(  # noqa: PLR0917 - the wrappers' shared tail, positional for speed
+    metrics: ClientMetrics,
+    describe: Describe,
+    owner: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    outcome: Any,
+    elapsed: float,
+    status: Callable[[Any], int] | None = None,
+) -> None:
+    """Record one call: ``outcome`` is its response (``status`` reads its status) or, without ``status``, the
+    exception it raised."""
+    try:
+        method, server = describe(owner, args, kwargs)
+        if status is None:
+            metrics.failed(method, server, error_type(outcome), elapsed)
+        else:
+            metrics.done(method, server, status(outcome), elapsed)
+    except Exception as problem:  # an odd call or response the library accepted: never into the application
+        metrics.problems.report(("describe", type(problem)), "cannot describe an HTTP client request: %r", problem)
+
+
+def _argument(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str) -> Any:
+    """The instrumented call's argument ``name``, given at position ``index`` (after self) or as a keyword."""
+    return args[index] if len(args) > index else kwargs[name]
 
 
 class _ClientInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -80,13 +111,17 @@ class _ClientInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     _library: tuple[str, ...] = ()
     _patches: Patches | None = None
+    _metrics: ClientMetrics | None = None
+    _connections: Tracked | None = None  # the library's pools, whose open connections are read at collection
+    _following: Tracked | None = None  # _connections, while instrumented and following them
 
     def instrumentation_dependencies(self) -> Collection[str]:
         """The library versions this instrumentor covers."""
         return self._library
 
     def _instrument(self, **kwargs: Any) -> None:
-        metrics = client_metrics(kwargs)
+        connections = self._connections
+        metrics = client_metrics(kwargs, connections)
         if metrics is None:  # a bad variable, logged once: the library is left as it is
             return
         patches = Patches()
@@ -95,7 +130,14 @@ class _ClientInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         except BaseException:
             patches.restore()
             raise
-        self._patches = patches
+        if connections is not None:
+            try:
+                connections.acquire()
+            except Exception as error:  # a library version whose pools we cannot follow: durations only
+                metrics.problems.report(("connections", type(error)), "cannot follow the open connections: %r", error)
+                metrics.forget_connections()
+                connections = None
+        self._patches, self._metrics, self._following = patches, metrics, connections
 
     @abstractmethod
     def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
@@ -103,8 +145,14 @@ class _ClientInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _uninstrument(self, **kwargs: Any) -> None:
         patches, self._patches = self._patches, None
+        metrics, self._metrics = self._metrics, None
+        following, self._following = self._following, None
         if patches is not None:
             patches.restore()
+        if following is not None:
+            following.release()
+        if metrics is not None:
+            metrics.close()
 
 
 class RequestsInstrumentor(_ClientInstrumentor):
@@ -124,12 +172,14 @@ class RequestsInstrumentor(_ClientInstrumentor):
     """
 
     _library = ("requests >= 2.20",)
+    _connections = URLLIB3
 
     def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
         import requests
 
-        def describe(session: Any, request: Any, **kwargs: Any) -> tuple[str, str, int]:
-            return (request.method or "", *server_of(request.url or ""))
+        def describe(session: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Server]:
+            request = args[0] if args else kwargs["request"]
+            return request.method or "", authority(request.url or "")
 
         patches.replace(requests.Session, "send", lambda original: measured(original, metrics, describe, _status_code))
 
@@ -142,12 +192,13 @@ class Urllib3Instrumentor(_ClientInstrumentor):
     """
 
     _library = ("urllib3 >= 1.26",)
+    _connections = URLLIB3
 
     def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
         from urllib3.connectionpool import HTTPConnectionPool
 
-        def describe(pool: Any, method: str, *args: Any, **kwargs: Any) -> tuple[str, str, int]:
-            return method, pool.host, pool.port or DEFAULT_PORTS.get(pool.scheme, 0)
+        def describe(pool: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Server]:
+            return args[0] if args else kwargs["method"], (pool.host, pool.port or DEFAULT_PORTS.get(pool.scheme, 0))
 
         patches.replace(HTTPConnectionPool, "urlopen", lambda original: measured(original, metrics, describe, _status))
 
@@ -170,13 +221,15 @@ class HttpxInstrumentor(_ClientInstrumentor):
     """
 
     _library = ("httpx >= 0.23",)
+    _connections = HTTPCORE
 
     def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
         import httpx
 
-        def describe(client: Any, request: Any, *args: Any, **kwargs: Any) -> tuple[str, str, int]:
+        def describe(client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Server]:
+            request = args[0] if args else kwargs["request"]
             url = request.url
-            return request.method, url.host, url.port or DEFAULT_PORTS.get(url.scheme, 0)
+            return request.method, (url.host, url.port or DEFAULT_PORTS.get(url.scheme, 0))
 
         patches.replace(httpx.Client, "send", lambda original: measured(original, metrics, describe, _status_code))
         patches.replace(
@@ -184,10 +237,10 @@ class HttpxInstrumentor(_ClientInstrumentor):
         )
 
 
-def _aiohttp_server(session: Any, url: Any) -> tuple[str, int]:
+def _aiohttp_server(session: Any, url: Any) -> Server:
     if isinstance(url, str):
         if "://" in url:
-            return server_of(url)
+            return authority(url)
         url = getattr(session, "_base_url", None)  # a relative URL joins the session's base_url
         if url is None:
             return "", 0
@@ -201,12 +254,16 @@ class AiohttpClientInstrumentor(_ClientInstrumentor):
     """
 
     _library = ("aiohttp >= 3.8",)
+    _connections = AIOHTTP
 
     def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
         import aiohttp
 
-        def describe(session: Any, method: str, url: Any, *args: Any, **kwargs: Any) -> tuple[str, str, int]:
-            return (method, *_aiohttp_server(session, url))
+        def describe(session: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Server]:
+            if len(args) > 1:
+                return args[0], _aiohttp_server(session, args[1])
+            url = _argument(args, kwargs, 1, "str_or_url")
+            return _argument(args, kwargs, 0, "method"), _aiohttp_server(session, url)
 
         patches.replace(
             aiohttp.ClientSession, "_request", lambda original: measured_async(original, metrics, describe, _status)
