@@ -109,12 +109,14 @@ class _Exchange:
             (_templates.get(rule.rule) or route_template(rule.rule)) if rule is not None else route_of(self.environ)
         )
         self.written = self.respond(status, headers, exc_info)
-        return self.write
+        return self  # the write() callable: the exchange itself, no bound method made per request
 
-    def write(self, data: bytes) -> None:
+    def __call__(self, data: bytes) -> None:
         """PEP 3333's imperative ``write()``: its bytes count as body bytes sent."""
         self.sent += len(data)
         self.written(data)
+
+    write = __call__
 
     def __iter__(self) -> Iterator[bytes]:
         try:
