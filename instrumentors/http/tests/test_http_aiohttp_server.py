@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -145,3 +146,36 @@ def test_uninstrument_stops_measuring(http_monitor: PerformanceMonitor, requests
 
     assert serve_and_call(calls) == 200
     assert requests_of(http_monitor, "/api/messages/{id}", 200) is None
+
+
+class _OwnResponse(web.Response):
+    """A subclass: measured by its own ``content_length``."""
+
+
+def _responses() -> list[tuple[str, web.StreamResponse, int]]:
+    with_length = web.Response(body=b"abc")
+    with_length.headers["Content-Length"] = "7"  # what the application declared wins, as in content_length
+    chunked = web.Response(body=b"abcdef")
+    chunked.enable_chunked_encoding()
+    return [
+        ("text", web.Response(text="héllo"), 6),
+        ("bytes", web.Response(body=b"x" * 321), 321),
+        ("empty", web.Response(), 0),
+        ("declared", with_length, 7),
+        ("chunked", chunked, 0),
+        ("bytearray", web.Response(body=bytearray(b"abcd")), 4),
+        ("json", web.json_response({"a": 1}), 8),
+        ("payload", web.Response(body=aiohttp.payload.BytesIOPayload(io.BytesIO(b"12345"))), 0),  # length unknown
+        ("subclass", _OwnResponse(body=b"xyz"), 3),
+        ("stream", web.StreamResponse(), 0),
+    ]
+
+
+@pytest.mark.parametrize(("name", "response", "size"), _responses(), ids=[name for name, _, _ in _responses()])
+def test_the_response_size_is_what_content_length_says(name: str, response: web.StreamResponse, size: int) -> None:
+    """The size taken without ``content_length`` for a plain ``Response`` agrees with ``content_length``."""
+    from chat_turbo_metrics_http.aiohttp_server import _sent
+
+    declared = response.content_length
+    assert max(declared or 0, 0) == size  # the case is what its name says
+    assert _sent(response, web.Response) == size

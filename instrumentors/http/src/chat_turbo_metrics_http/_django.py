@@ -13,17 +13,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
-from chat_turbo_metrics_http._metrics import UNMATCHED, RequestMetrics, route_template
+from chat_turbo_metrics_http._metrics import UNMATCHED, RequestMetrics, _templates, route_template
 from chat_turbo_metrics_http.wsgi import ERROR_TYPE, MEASURED, content_length
 
 _perf_counter = time.perf_counter
-
-
-def route_of(request: Any) -> str:
-    """The template of the URL pattern Django resolved the request to, or ``unmatched``."""
-    match = getattr(request, "resolver_match", None)
-    route = getattr(match, "route", None)
-    return route_template(route) if isinstance(route, str) and route else UNMATCHED
 
 
 def _store_error(sender: Any, request: Any = None, **extra: Any) -> None:
@@ -45,10 +38,10 @@ def measure(metrics: RequestMetrics, get_response: Callable[[Any], Any], request
         The response (a streaming one records at its last chunk).
     """
     meta = request.META
-    path = request.path_info
-    if MEASURED in meta or metrics.skips(path):
+    if MEASURED in meta or (metrics.excludes and metrics.skips(request.path_info)):
         return get_response(request)
-    meta[MEASURED] = metrics.started(request.method or "GET", request.scheme or "http")  # its requests in flight
+    scheme = request.scheme or "http"  # read once: Django's reads a setting through LazySettings on every access
+    meta[MEASURED] = (metrics.started(request.method or "GET", scheme), scheme)  # its requests in flight, its scheme
     start = _perf_counter()
     try:
         response = get_response(request)
@@ -126,29 +119,33 @@ def _finish(  # noqa: PLR0917 - one call site, called per request
 ) -> None:
     end = _perf_counter()
     meta = request.META
+    flight, scheme = meta[MEASURED]  # what the request started with
     if error_type is not None:
         status = 500
     elif status >= 500:
         error_type = meta.get(ERROR_TYPE)
+    # The template of the URL pattern Django resolved the request to (``resolver_match.route``), or unmatched.
+    route = getattr(getattr(request, "resolver_match", None), "route", None)
     metrics.finish(
         request.method or "GET",
-        route_of(request),
+        (_templates.get(route) or route_template(route)) if isinstance(route, str) and route else UNMATCHED,
         status,
-        request.scheme or "http",
+        scheme,
         end - start,
-        content_length(meta),
+        content_length(meta) if "CONTENT_LENGTH" in meta else 0,
         sent,
         error_type,
-        meta[MEASURED],
+        flight,
     )
 
 
 async def measure_async(metrics: RequestMetrics, get_response: Callable[[Any], Awaitable[Any]], request: Any) -> Any:
     """:func:`measure` for Django under ASGI: ``get_response`` is ``BaseHandler.get_response_async``."""
     meta = request.META
-    if MEASURED in meta or metrics.skips(request.path_info):
+    if MEASURED in meta or (metrics.excludes and metrics.skips(request.path_info)):
         return await get_response(request)
-    meta[MEASURED] = metrics.started(request.method or "GET", request.scheme or "http")  # its requests in flight
+    scheme = request.scheme or "http"  # read once: Django's reads a setting through LazySettings on every access
+    meta[MEASURED] = (metrics.started(request.method or "GET", scheme), scheme)  # its requests in flight, its scheme
     start = _perf_counter()
     try:
         response = await get_response(request)
@@ -193,9 +190,11 @@ def patch_django_asgi(metrics: RequestMetrics) -> Callable[[], None]:
 
     original = BaseHandler.__dict__["get_response_async"]
 
-    async def get_response_async(self: Any, request: Any) -> Any:
-        return await measure_async(metrics, original.__get__(self), request)
+    def get_response_async(self: Any, request: Any) -> Any:
+        # Returns measure_async()'s coroutine for Django to await: no coroutine of ours between the two.
+        return measure_async(metrics, original.__get__(self), request)
 
+    _mark_coroutine_function(get_response_async)
     get_response_async.__wrapped__ = original  # type: ignore[attr-defined]
     BaseHandler.get_response_async = get_response_async
     connect_errors("chat_turbo_metrics_http.asgi_instrumentor")
@@ -205,3 +204,13 @@ def patch_django_asgi(metrics: RequestMetrics) -> Callable[[], None]:
         got_request_exception.disconnect(dispatch_uid="chat_turbo_metrics_http.asgi_instrumentor")
 
     return undo
+
+
+def _mark_coroutine_function(function: Callable[..., Any]) -> None:
+    """``inspect.iscoroutinefunction(function)`` is true from now on, as for Django's own ``get_response_async``
+    (asgiref 3.6 and later, which Django 4.2 and later require; older ones are left unmarked: awaiting works)."""
+    try:
+        from asgiref.sync import markcoroutinefunction
+    except ImportError:
+        return
+    markcoroutinefunction(function)

@@ -15,6 +15,7 @@ import logging
 import random
 import re
 import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -59,7 +60,10 @@ _templates: dict[str, str] = {}
 
 # Requests in flight in this process per (method, scheme), and websockets: append/pop are atomic, so threads need
 # no lock. The method is normalised (anything outside the standard set counts under _OTHER): the keys are bounded.
-_in_flight: dict[tuple[str, str], list[None]] = {}
+# A deque, not a list: a list frees its storage whenever it empties and allocates it again on the next append
+# (a malloc and a realloc per request of a one-at-a-time worker); a deque keeps its block.
+Flight = deque[None]
+_in_flight: dict[tuple[str, str], Flight] = {}
 _websockets: list[None] = []
 _SCHEME_LIMIT = 8  # distinct url.scheme values counted; beyond, a request counts under (_OTHER, _OTHER)
 
@@ -90,7 +94,7 @@ def normal_method(method: str) -> str:
     return method if method in STANDARD_METHODS else OTHER_METHOD
 
 
-def in_flight(method: str, scheme: str) -> list[None]:
+def in_flight(method: str, scheme: str) -> Flight:
     """The requests in flight of ``method`` (normalised) and ``scheme``: append when one starts, pop when it ends.
 
     Example:
@@ -101,7 +105,7 @@ def in_flight(method: str, scheme: str) -> list[None]:
     return _new_in_flight(method, scheme) if flight is None else flight
 
 
-def _new_in_flight(method: str, scheme: str) -> list[None]:
+def _new_in_flight(method: str, scheme: str) -> Flight:
     """The first request of a (method, scheme), or a method outside the standard set (never a key of its own)."""
     method = normal_method(method)
     key = (method, scheme)
@@ -110,7 +114,7 @@ def _new_in_flight(method: str, scheme: str) -> list[None]:
         schemes = {known for _, known in _in_flight}
         if scheme not in schemes and len(schemes - {OTHER_METHOD}) >= _SCHEME_LIMIT:
             key = (OTHER_METHOD, OTHER_METHOD)
-        flight = _in_flight.setdefault(key, [])  # setdefault: two threads making the same key share one list
+        flight = _in_flight.setdefault(key, deque())  # setdefault: two threads making the same key share one list
     return flight
 
 
@@ -230,7 +234,7 @@ class RequestMetrics:
         return bound
 
     # --- in flight ------------------------------------------------------------------------------
-    def started(self, method: str, scheme: str) -> list[None]:
+    def started(self, method: str, scheme: str) -> Flight:
         """Count a request in flight (the gauges read the count when metrics are collected).
 
         Args:
@@ -272,7 +276,7 @@ class RequestMetrics:
         received: int,
         sent: int,
         error_type: str | None,
-        flight: list[None],
+        flight: Flight,
     ) -> None:
         """A request :meth:`started` is over: no longer in flight, and recorded.
 
@@ -288,7 +292,10 @@ class RequestMetrics:
             flight: what :meth:`started` returned for this request.
         """
         flight.pop()
-        bound = self.bound()
+        bound = self._bound
+        monitor = self._fixed or PerformanceMonitor._instance
+        if bound is None or bound.monitor is not monitor or bound.marker is not monitor._recorder:
+            bound = self.bound()  # the first request, or configure() made a new recorder: :meth:`bound`, inline
         key = (method, endpoint, status, scheme)
         if error_type is None and status < 500:
             series = bound.series.get(key)
