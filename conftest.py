@@ -45,21 +45,23 @@ def _doctest_names(
 
 
 # The longest tests, longest first (from `pytest -n 2 --durations=80`): `make test` runs them before the rest, so
-# that under pytest-xdist (`--dist loadgroup`, which hands out tests one at a time in this order) the last minutes
+# that under pytest-xdist (`--dist loadgroup`, which hands out tests a few at a time in this order) the last minutes
 # are short tests spread over every worker rather than one worker finishing a long one alone. A prefix matches
 # every test (and parameter) under it; add a new test here when it takes more than a few seconds.
-# The scale-out scenario (about 40 s) runs once, for the first of its tests, and the others read its record: one
-# of them goes first and the rest last (``LAST``), so that no worker waits for the scenario on another.
-# (``xdist_group`` would not do: pytest-xdist 3.8 cannot rename the tests of pytest 9, groups are ignored.)
+# The scale-out scenario (about 40 s) runs once, for the first of its tests, and the others read its record. Under
+# `make test` its module is one unit of work (``SHARED``, below); run otherwise (`-n 2` alone), one of its tests
+# goes first and the rest last (``LAST``), so that no worker waits for the scenario on another.
 LONGEST_FIRST = (
     "tests/test_scale_out.py::test_each_host_serves_its_own_requests_on_the_same_port_of_another_address",
     "tests/multiprocess/test_prefork_scrape.py::test_counters_survive_max_requests_recycling",
+    "tests/_cli/test_demo.py::",
     "tests/test_memory_bound.py::",
     "tests/multiprocess/test_prefork_scrape.py::test_one_scrape_counts_every_request_of_every_worker",
+    "tests/test_dashboards.py::",
     "tests/test_fork_safety.py::test_forks_during_concurrent_collection_never_deadlock_the_child",
     "tests/exporters/test_endpoint_faults.py::test_a_long_outage_keeps_no_growing_buffer",
+    "tests/exporters/test_prometheus.py::",
     "tests/multiprocess/test_prefork_degraded.py::",
-    "tests/_cli/test_demo.py::",
     "tests/multiprocess/test_prefork_groups.py::",
     "tests/test_distro.py::",
     "tests/multiprocess/test_prefork.py::",
@@ -67,7 +69,6 @@ LONGEST_FIRST = (
     "tests/exporters/test_hostile_tags.py::",
     "instrumentors/http/tests/test_http_bad_settings_served.py::",
     "tests/test_startup_and_exit.py::",
-    "tests/exporters/test_prometheus.py::",
     "tests/alerting/test_rules_promtool_property.py::",
     "tests/test_instrument_datastores.py::",
     "tests/multiprocess/test_prefork_scrape.py::",
@@ -80,6 +81,15 @@ LONGEST_FIRST = (
     "instrumentors/http/tests/",
 )
 LAST = ("tests/test_scale_out.py::",)
+# Modules whose tests share a module-scoped fixture that takes seconds (a deployment, a demo run, a real Prometheus
+# scraping a service): under `make test` each is one unit of work, run by one worker, so the fixture runs once per
+# run instead of once per worker that happens to get one of its tests.
+SHARED = (
+    "tests/test_scale_out.py",
+    "tests/_cli/test_demo.py",
+    "tests/test_dashboards.py",
+    "tests/exporters/test_prometheus.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -92,3 +102,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return len(LONGEST_FIRST) + item.nodeid.startswith(LAST)
 
     items.sort(key=rank)  # stable: within a rank, the collection order
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup``: the tests in the order above, each a unit of work but a ``SHARED`` module's, which is one.
+
+    (pytest-xdist's own ``xdist_group`` marks would not do: pytest-xdist 3.8 cannot rename the tests of pytest 9,
+    so its groups are ignored.) A unit's place in the queue is its first test's; units are not reordered by size.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduler(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in SHARED else nodeid
+
+    config.option.loadscopereorder = False  # keep the longest-first order: a big unit is not a long one
+    return Scheduler(config, log)

@@ -11,6 +11,7 @@ Prometheus store the semantic-convention names under the same names.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -168,14 +169,17 @@ def drive_cache(monitor: PerformanceMonitor, _: Path) -> None:
 
     instrumentor = RedisInstrumentor()
     instrumentor.instrument(monitor=monitor)
+    # Keys of this test's own (the cache label is the prefix, "golden"): its parameters run side by side under
+    # pytest-xdist on the one Redis, and another's delete between this SET and GET turned the hit into a miss.
+    present, absent = (f"golden:{name}-{uuid.uuid4().hex}" for name in ("present", "absent"))
     try:
         client = redis.Redis(host="127.0.0.1", port=6379)
-        client.set("golden:present", "1")
-        client.get("golden:present")
-        client.get("golden:absent")
+        client.set(present, "1")
+        client.get(present)
+        client.get(absent)
         with pytest.raises(redis.ResponseError):
             client.execute_command("NOT_A_COMMAND")
-        client.delete("golden:present")
+        client.delete(present)
         client.close()
     finally:
         instrumentor.uninstrument()

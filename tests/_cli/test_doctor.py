@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor, Secret
+from chat_turbo_metrics._cli import doctor_endpoints
 from chat_turbo_metrics._cli.doctor import diagnose, unusable
 from chat_turbo_metrics.exporters.prometheus import PrometheusExporter
 from conftest import directory_listing, free_port, old_file_history, port_open, require
@@ -57,7 +58,7 @@ def test_a_free_port_is_reported_free_with_advice_naming_the_url() -> None:
     assert any(f"127.0.0.1:{port}" in tip for tip in report["advice"])
 
 
-def test_a_port_held_by_something_else_is_held_without_metrics() -> None:
+def test_a_port_held_by_something_else_is_held_without_metrics(one_second_checks: None) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
@@ -164,7 +165,7 @@ def test_an_otlp_grpc_collector_is_asked_over_grpc() -> None:
     ids=["otlp-http", "otlp-grpc", "datadog", "postgresql", "prometheus"],
 )
 def test_an_endpoint_that_accepts_and_never_answers_is_reported_not_answering(
-    silent_port: int, settings: dict[str, Any], variable: str
+    silent_port: int, one_second_checks: None, settings: dict[str, Any], variable: str
 ) -> None:
     where = f"http://127.0.0.1:{silent_port}"
     env = {variable: where} if variable.startswith("OTEL_") else {}
@@ -545,6 +546,12 @@ def collector() -> Iterator[Collector]:
     yield server
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def one_second_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each connection, request or query of a check gives up after 1 s instead of 3: what a silent peer costs."""
+    monkeypatch.setattr(doctor_endpoints, "TIMEOUT_S", 1.0)
 
 
 @pytest.fixture
