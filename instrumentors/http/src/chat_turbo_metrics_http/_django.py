@@ -49,15 +49,7 @@ def measure(metrics: RequestMetrics, get_response: Callable[[Any], Any], request
     if MEASURED in meta or (metrics.excludes and metrics.skips(request.path_info)):
         return get_response(request)
     scheme = request.scheme or "http"  # read once: Django's reads a setting through LazySettings on every access
-    # metrics.started(), inline: the requests in flight it counts among (per method and scheme), and its scheme.
-    kind = (request.method or "GET", scheme)
-    flight = _in_flight.get(kind)
-    if flight is None:
-        flight = _new_in_flight(*kind)
-    flight.append(None)
-    if metrics._bound is None:  # the first request: the monitor reads the gauges from now on
-        metrics.bound()
-    meta[MEASURED] = (flight, scheme)
+    meta[MEASURED] = (metrics.started(request.method or "GET", scheme), scheme)  # its requests in flight, its scheme
     start = _perf_counter()
     try:
         response = get_response(request)
@@ -165,7 +157,8 @@ async def measure_async(metrics: RequestMetrics, get_response: Callable[[Any], A
     if MEASURED in meta or (metrics.excludes and metrics.skips(request.path_info)):
         return await get_response(request)
     scheme = request.scheme or "http"  # read once: Django's reads a setting through LazySettings on every access
-    # metrics.started(), inline: the requests in flight it counts among (per method and scheme), and its scheme.
+    # metrics.started(), inline (ASGI's target is tight; the sync path above calls it): the requests in flight it
+    # counts among (per method and scheme), and its scheme.
     kind = (request.method or "GET", scheme)
     flight = _in_flight.get(kind)
     if flight is None:
