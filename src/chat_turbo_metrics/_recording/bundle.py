@@ -89,9 +89,19 @@ def _bundle(
     # The function's globals: the cells are put here once every handle has found its own, so a call reads
     # them directly instead of through their handles.
     namespace: dict[str, Any] = dict.fromkeys(names)
-    namespace.update(_bisect=bisect_left, _float=float, _int=int, _FMAX=FLOAT_MAX, ready=False)
-    namespace.update(_acquire=handles[0]._lock.acquire, _release=handles[0]._lock.release)
-    namespace.update(_context=current_context, _SPAN=SPAN, _keep=keep_exemplar)
+    lock = handles[0]._lock
+    namespace.update(
+        _bisect=bisect_left,
+        _float=float,
+        _int=int,
+        _FMAX=FLOAT_MAX,
+        _acquire=lock.acquire,
+        _release=lock.release,
+        _context=current_context,
+        _SPAN=SPAN,
+        _keep=keep_exemplar,
+        ready=False,
+    )
 
     def slow(*values: Any) -> None:
         one_by_one(*values)
