@@ -173,6 +173,7 @@ SURFACE: dict[str, set[str]] = {
         "register_after_fork",
         "semconv_mode",
         "strip_literals",
+        "when_imported",
     },
     "chat_turbo_metrics.multiprocess": {"Membership", "SharedEndpoint", "Source", "serve"},
 }

@@ -28,6 +28,8 @@ instrumentors are released with the core at the same version; a name here change
   declared on a monitor with their unit, description and the conventions' buckets before first use.
 - :func:`prometheus_label`: the Prometheus label name of an attribute key (``http.route`` -> ``http_route``), as
   the OpenTelemetry-Prometheus compatibility specification maps it.
+- :func:`when_imported`: patch a library when the application imports it (at once if it already has), so that
+  ``opentelemetry-instrument`` loads no library the application does not use; returns the undo.
 - :func:`register_after_fork`: repair an instrumentor's own state in a forked child, in the core's one fork
   registry (never ``os.register_at_fork`` directly: ``tests/_core/test_forks.py`` checks it).
 
@@ -50,6 +52,7 @@ from chat_turbo_metrics._collection.ratio import MISSES as CACHE_MISSES
 from chat_turbo_metrics._core import forks
 from chat_turbo_metrics._core.config.instrumentor_variables import EnvironmentVariable
 from chat_turbo_metrics._core.guard import FLOAT_MAX, Problems
+from chat_turbo_metrics._core.imports import when_imported
 from chat_turbo_metrics._core.naming import prometheus_label
 from chat_turbo_metrics._core.semconv import (
     DB_CLIENT_CONNECTION_COUNT,
@@ -87,6 +90,7 @@ __all__ = [
     "register_after_fork",
     "semconv_mode",
     "strip_literals",
+    "when_imported",
 ]
 
 
