@@ -8,7 +8,9 @@ process), the same trivial route ``/api/messages/<id>``:
 
 * ``bare``: no metrics;
 * ``ours``: the same command under ``opentelemetry-instrument`` with our default instrumentors (the HTTP
-  middleware, system, database and cache readings), Prometheus on a loopback port;
+  middleware, system, database and cache readings), Prometheus on a loopback port. The ``bench`` extra also
+  installs contrib's instrumentations (for ``bench_instrumentors.py``), which ``opentelemetry-instrument`` would run
+  too: they are disabled (``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``), as they are not ours to measure;
 * ``otel``: OpenTelemetry's contrib WSGI/ASGI middleware, metrics only (no-op tracer), the SDK with one reader;
 * ``peer``: prometheus-flask-exporter / starlette-exporter.
 
@@ -113,6 +115,14 @@ STARLETTE_APP = textwrap.dedent(
 )
 
 
+def _contrib_instrumentors() -> list[str]:
+    """The entry points of the installed instrumentations that are not ours (contrib's, from the bench extra)."""
+    from importlib.metadata import entry_points
+
+    found = entry_points(group="opentelemetry_instrumentor")
+    return sorted({point.name for point in found if not point.value.startswith("chat_turbo_metrics")})
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -157,6 +167,7 @@ class Server:
         if self.mode == "ours":
             command = [str(BIN / "opentelemetry-instrument"), *command]
             env.update(
+                OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=",".join(_contrib_instrumentors()),
                 CHAT_TURBO_ENV="production",
                 OTEL_METRICS_EXPORTER="prometheus",
                 OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1",
