@@ -28,26 +28,11 @@ import chat_turbo_metrics_http.django_middleware
 
 LIBRARIES = ("flask", "werkzeug", "django", "starlette", "fastapi", "aiohttp", "uvicorn")
 INSTRUMENTORS = (WsgiMetricsInstrumentor, AsgiMetricsInstrumentor, AiohttpServerInstrumentor, DjangoAsgiInstrumentor)
-mode = sys.argv[1]
 monitor = PerformanceMonitor(MonitoringConfig(environment="test", metrics_exporters=()))
 report = {"at_start": sorted(name for name in LIBRARIES if name in sys.modules)}
-
-
-def instrument():
+for action in sys.argv[1].split(","):  # instrument, uninstrument...: each instrumentor in turn
     for cls in INSTRUMENTORS:
-        cls().instrument(monitor=monitor)
-
-
-def uninstrument():
-    for cls in INSTRUMENTORS:
-        cls().uninstrument()
-
-
-instrument()
-if mode in ("cancelled", "again"):
-    uninstrument()
-if mode == "again":
-    instrument()
+        getattr(cls(), action)(**({"monitor": monitor} if action == "instrument" else {}))
 report["after_instrument"] = sorted(name for name in LIBRARIES if name in sys.modules)
 
 
@@ -210,9 +195,12 @@ print(json.dumps(report))
 ENDPOINTS = ("flask", "django", "django-asgi", "starlette", "fastapi", "aiohttp")
 
 
+MODES = {"lazy": "instrument", "cancelled": "instrument,uninstrument", "again": "instrument,uninstrument,instrument"}
+
+
 def run(mode: str) -> dict[str, Any]:
-    """The script in a fresh interpreter (whose imports are its own): what it saw, as JSON."""
-    command = [sys.executable, "-c", textwrap.dedent(SCRIPT), mode]
+    """The script in a fresh interpreter (whose imports are its own) after ``MODES[mode]``: what it saw, as JSON."""
+    command = [sys.executable, "-c", textwrap.dedent(SCRIPT), MODES[mode]]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
