@@ -236,3 +236,67 @@ def test_uninstrument_before_the_import_leaves_every_framework_unpatched() -> No
     assert report.pop("at_start") == report.pop("after_instrument") == []
     assert report.pop("measured") == {}
     assert report == served(0, HELLO)
+
+
+FORKED = """
+import json, os, sys, threading, urllib.request
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
+from chat_turbo_metrics_http.wsgi import WsgiMetricsInstrumentor
+
+monitor = PerformanceMonitor(MonitoringConfig(environment="test", metrics_exporters=()))
+
+
+class Quiet(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def worker():
+    # What a server's worker does after fork(): import the application (Flask with it), serve.
+    from flask import Flask
+
+    app = Flask("forked")
+    app.add_url_rule("/hello/<name>", "hello", lambda name: f"hello {name}")
+    server = make_server("127.0.0.1", 0, app, handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/hello/ann", timeout=10) as response:
+        status = response.status
+    server.shutdown()
+    tags = {"method": "GET", "endpoint": "/hello/{name}", "status": 200}
+    return [status, monitor.snapshot().value("api_requests", tags), hasattr(Flask.__dict__["wsgi_app"], "__wrapped__")]
+
+
+def fork_worker():
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write, json.dumps(worker()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        seen = pipe.read()
+    os.waitpid(pid, 0)
+    return json.loads(seen) if seen else None
+
+
+WsgiMetricsInstrumentor().instrument(monitor=monitor)
+first = fork_worker()
+WsgiMetricsInstrumentor().uninstrument()  # in the parent, before the next worker imports Flask
+print(json.dumps({"instrumented": first, "uninstrumented": fork_worker(), "parent_has_flask": "flask" in sys.modules}))
+"""
+
+
+def test_a_worker_forked_after_instrument_patches_flask_when_it_imports_it() -> None:
+    """gunicorn without ``--preload``: instrumented in the parent, the application (Flask) imported in each worker."""
+    command = [sys.executable, "-c", textwrap.dedent(FORKED)]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "instrumented": [200, 1, True],
+        "uninstrumented": [200, None, False],
+        "parent_has_flask": False,
+    }
