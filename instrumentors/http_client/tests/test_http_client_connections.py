@@ -243,7 +243,7 @@ def test_pools_that_cannot_be_followed_leave_the_durations_measured(
 ) -> None:
     from chat_turbo_metrics_http_client._connections import HTTPCORE
 
-    def refuse(patches: Any) -> None:
+    def refuse(patches: Any, module: Any) -> None:
         raise AttributeError("no pool class in this httpcore")
 
     monkeypatch.setattr(HTTPCORE, "_patch", refuse)

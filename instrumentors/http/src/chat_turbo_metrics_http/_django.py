@@ -25,6 +25,9 @@ from chat_turbo_metrics_http._metrics import (
 from chat_turbo_metrics_http.wsgi import ERROR_TYPE, MEASURED, content_length
 
 _perf_counter = time.perf_counter
+# The module the patches wait for: Django's BaseHandler, loaded by its WSGI and ASGI handlers and its test client
+# (``import django`` alone does not load it; nothing is patched before a request can be handled either).
+HANDLER_MODULE = "django.core.handlers.base"
 
 
 def _store_error(sender: Any, request: Any = None, **extra: Any) -> None:

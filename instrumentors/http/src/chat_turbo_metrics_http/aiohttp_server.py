@@ -3,16 +3,20 @@
 After ``AiohttpServerInstrumentor().instrument()``, ``Application._handle`` (what aiohttp's server calls per request
 once the application is started) measures each request: the endpoint is the canonical path of the resource the
 router matched (``/users/{id}``, sub-applications' prefixes included), ``unmatched`` for a 404 or 405.
+``instrument()`` does not import aiohttp: ``Application`` is patched when the application imports it
+(``aiohttp.web_app``, which ``from aiohttp import web`` loads), or at once if it already has.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from types import ModuleType
 from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
+from chat_turbo_metrics.instrumentation import when_imported
 from chat_turbo_metrics_http._metrics import UNMATCHED, RequestMetrics, route_template
 from chat_turbo_metrics_http._settings import usable_settings
 
@@ -67,61 +71,73 @@ class AiohttpServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """
 
     _switch: list[bool] = [False]  # noqa: RUF012 - off: servers started while instrumented pass requests through
-    _original: Any = None
+    _undo: list[Callable[[], None]] = []  # noqa: RUF012 - what uninstrument() restores
 
     def instrumentation_dependencies(self) -> Collection[str]:
         """aiohttp."""
         return ("aiohttp >= 3.8",)
 
     def _instrument(self, **kwargs: Any) -> None:
-        from aiohttp import web
-        from aiohttp.web_app import Application
-
         settings = usable_settings(kwargs.get("excluded_paths"), kwargs.get("metric_names"), kwargs.get("environ"))
         if settings is None:  # a bad variable, logged: applications are left as they are
             return
         metrics = RequestMetrics(settings, kwargs.get("monitor"))
         switch = AiohttpServerInstrumentor._switch = [True]
-        original = AiohttpServerInstrumentor._original = Application.__dict__["_handle"]
-        http_exception, plain = web.HTTPException, web.Response
-
-        async def _handle(app: Any, request: Any) -> Any:
-            if not switch[0] or (metrics.excludes and metrics.skips(request.path)):
-                return await original(app, request)
-            method, scheme = request.method, request.scheme  # read once: properties
-            flight = metrics.started(method, scheme)
-            start = _perf_counter()
-            status, sent, error_type = 500, 0, None
-            try:
-                response = await original(app, request)
-                status, sent = response.status, _sent(response, plain)
-                return response
-            except http_exception as error:  # aiohttp answers with its status
-                status = error.status
-                raise
-            except BaseException as error:  # aiohttp answers 500; a cancellation: the client went away
-                error_type = type(error).__name__
-                raise
-            finally:
-                metrics.finish(
-                    method,
-                    endpoint_of(request),
-                    status,
-                    scheme,
-                    _perf_counter() - start,
-                    request.content_length or 0,
-                    sent,
-                    error_type,
-                    flight,
-                )
-
-        _handle.__wrapped__ = original  # type: ignore[attr-defined]
-        Application._handle = _handle  # type: ignore[method-assign, assignment]
+        patch = _patch_application  # when the application imports aiohttp's server (now, if it has)
+        AiohttpServerInstrumentor._undo.append(when_imported(WEB_APP, lambda module: patch(module, metrics, switch)))
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        from aiohttp.web_app import Application
-
         AiohttpServerInstrumentor._switch[0] = False
-        if AiohttpServerInstrumentor._original is not None:
-            Application._handle = AiohttpServerInstrumentor._original  # type: ignore[method-assign]
-            AiohttpServerInstrumentor._original = None
+        while AiohttpServerInstrumentor._undo:
+            AiohttpServerInstrumentor._undo.pop()()
+
+
+WEB_APP = "aiohttp.web_app"  # where Application is defined (it imports web_exceptions and web_response first)
+
+
+def _patch_application(module: ModuleType, metrics: RequestMetrics, switch: list[bool]) -> Callable[[], None]:
+    """Measure every request of every ``Application`` from now on; returns the undo."""
+    from aiohttp.web_exceptions import HTTPException  # loaded before web_app (it imports from there)
+    from aiohttp.web_response import Response
+
+    application = module.Application
+    original = application.__dict__["_handle"]
+    http_exception, plain = HTTPException, Response
+
+    async def _handle(app: Any, request: Any) -> Any:
+        if not switch[0] or (metrics.excludes and metrics.skips(request.path)):
+            return await original(app, request)
+        method, scheme = request.method, request.scheme  # read once: properties
+        flight = metrics.started(method, scheme)
+        start = _perf_counter()
+        status, sent, error_type = 500, 0, None
+        try:
+            response = await original(app, request)
+            status, sent = response.status, _sent(response, plain)
+            return response
+        except http_exception as error:  # aiohttp answers with its status
+            status = error.status
+            raise
+        except BaseException as error:  # aiohttp answers 500; a cancellation: the client went away
+            error_type = type(error).__name__
+            raise
+        finally:
+            metrics.finish(
+                method,
+                endpoint_of(request),
+                status,
+                scheme,
+                _perf_counter() - start,
+                request.content_length or 0,
+                sent,
+                error_type,
+                flight,
+            )
+
+    _handle.__wrapped__ = original  # type: ignore[attr-defined]
+    application._handle = _handle
+
+    def undo() -> None:
+        application._handle = original
+
+    return undo

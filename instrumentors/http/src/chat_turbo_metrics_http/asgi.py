@@ -3,6 +3,7 @@
 Starlette and FastAPI build their middleware stack on the first request; after
 ``AsgiMetricsInstrumentor().instrument()`` that stack is wrapped in :class:`AsgiMetricsMiddleware`, so every
 application (created before or after, as long as it has not served yet) is measured with no code change.
+``instrument()`` does not import Starlette: it is patched when the application imports it (FastAPI does).
 The endpoint is the template of the route Starlette matched (``scope["route"]``), read when the request
 ends; requests no route matched share one endpoint value, ``unmatched``.
 """
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, MutableMapping
+from types import ModuleType
 from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from chat_turbo_metrics import PerformanceMonitor
+from chat_turbo_metrics.instrumentation import when_imported
 from chat_turbo_metrics_http._metrics import UNMATCHED, RequestMetrics, route_template
 from chat_turbo_metrics_http._settings import MEASURE_NOTHING, usable_settings
 
@@ -224,50 +227,65 @@ class AsgiMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """
 
     _switch: list[bool] = [False]  # noqa: RUF012 - one switch shared by every stack this instrumentor wrapped
-    _originals: dict[type, Any] = {}  # noqa: RUF012
-    _hooked: type | None = None
+    _undo: list[Callable[[], None]] = []  # noqa: RUF012 - what uninstrument() restores
 
     def instrumentation_dependencies(self) -> Collection[str]:
         """Starlette (FastAPI is built on it)."""
         return ("starlette >= 0.13",)
 
     def _instrument(self, **kwargs: Any) -> None:
-        from starlette.applications import Starlette
-
         settings = usable_settings(kwargs.get("excluded_paths"), kwargs.get("metric_names"), kwargs.get("environ"))
         if settings is None:  # a bad variable, logged: applications are left as they are
             return
         metrics = RequestMetrics(settings, kwargs.get("monitor"))
         # A new switch per instrument(): stacks wrapped before an uninstrument() stay off for good.
         switch = AsgiMetricsInstrumentor._switch = [True]
-        originals = AsgiMetricsInstrumentor._originals
-
-        def patch(cls: type) -> None:
-            original = cls.__dict__.get("build_middleware_stack")
-            if original is not None and cls not in originals:
-                originals[cls] = original
-                cls.build_middleware_stack = _measured_builder(original, metrics, switch)  # type: ignore[attr-defined]
-
-        def patch_subclass(cls: type, **kwargs: Any) -> None:
-            # FastAPI overrides build_middleware_stack, and is often imported after instrument() ran.
-            super(Starlette, cls).__init_subclass__(**kwargs)  # type: ignore[misc]
-            patch(cls)
-
-        for cls in _subclasses(Starlette):
-            patch(cls)
-        if "__init_subclass__" not in Starlette.__dict__:
-            Starlette.__init_subclass__ = classmethod(patch_subclass)  # type: ignore[assignment, arg-type]
-            AsgiMetricsInstrumentor._hooked = Starlette
+        patch = _patch_starlette  # when the application imports Starlette (now, if it has)
+        AsgiMetricsInstrumentor._undo.append(when_imported(STARLETTE, lambda module: patch(module, metrics, switch)))
 
     def _uninstrument(self, **kwargs: Any) -> None:
         AsgiMetricsInstrumentor._switch[0] = False
-        for cls, original in AsgiMetricsInstrumentor._originals.items():
+        while AsgiMetricsInstrumentor._undo:
+            AsgiMetricsInstrumentor._undo.pop()()
+
+
+STARLETTE = "starlette.applications"  # where Starlette (FastAPI's base) is defined
+
+
+def _patch_starlette(module: ModuleType, metrics: RequestMetrics, switch: list[bool]) -> Callable[[], None]:
+    """Wrap the middleware stack of every Starlette application (and subclass: FastAPI) from now on.
+
+    Returns:
+        The undo: the builders and ``Starlette.__init_subclass__`` as they were.
+    """
+    starlette = module.Starlette
+    originals: dict[type, Any] = {}
+
+    def patch(cls: type) -> None:
+        original = cls.__dict__.get("build_middleware_stack")
+        if original is not None and cls not in originals:
+            originals[cls] = original
+            cls.build_middleware_stack = _measured_builder(original, metrics, switch)  # type: ignore[attr-defined]
+
+    def patch_subclass(cls: type, /, **kwargs: Any) -> None:
+        # FastAPI overrides build_middleware_stack, and is often imported after instrument() ran.
+        super(starlette, cls).__init_subclass__(**kwargs)
+        patch(cls)
+
+    hooked = "__init_subclass__" not in starlette.__dict__
+    for cls in _subclasses(starlette):
+        patch(cls)
+    if hooked:
+        starlette.__init_subclass__ = classmethod(patch_subclass)
+
+    def undo() -> None:
+        for cls, original in originals.items():
             cls.build_middleware_stack = original  # type: ignore[attr-defined]
-        AsgiMetricsInstrumentor._originals.clear()
-        hooked = AsgiMetricsInstrumentor._hooked
-        if hooked is not None:
-            del hooked.__init_subclass__
-            AsgiMetricsInstrumentor._hooked = None
+        originals.clear()
+        if hooked:
+            del starlette.__init_subclass__
+
+    return undo
 
 
 def _subclasses(base: type) -> list[type]:

@@ -3,6 +3,7 @@
 Django under WSGI is ``chat_turbo_wsgi``'s (``BaseHandler.get_response``); under ASGI Django calls
 ``BaseHandler.get_response_async``, which this instrumentor measures with the same route templates
 (``request.resolver_match.route``), the same error names and streaming responses measured to their last chunk.
+``instrument()`` does not import Django: ``BaseHandler`` is patched when Django loads it (its ASGI handler does).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
+from chat_turbo_metrics.instrumentation import when_imported
 from chat_turbo_metrics_http._metrics import RequestMetrics
 from chat_turbo_metrics_http._settings import usable_settings
 
@@ -34,12 +36,13 @@ class DjangoAsgiInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return ("django >= 3.2",)
 
     def _instrument(self, **kwargs: Any) -> None:
-        from chat_turbo_metrics_http._django import patch_django_asgi
-
         settings = usable_settings(kwargs.get("excluded_paths"), kwargs.get("metric_names"), kwargs.get("environ"))
         if settings is None:  # a bad variable, logged: Django is left as it is
             return
-        DjangoAsgiInstrumentor._undo.append(patch_django_asgi(RequestMetrics(settings, kwargs.get("monitor"))))
+        from chat_turbo_metrics_http._django import HANDLER_MODULE, patch_django_asgi  # not Django
+
+        metrics = RequestMetrics(settings, kwargs.get("monitor"))
+        DjangoAsgiInstrumentor._undo.append(when_imported(HANDLER_MODULE, lambda base: patch_django_asgi(metrics)))
 
     def _uninstrument(self, **kwargs: Any) -> None:
         while DjangoAsgiInstrumentor._undo:

@@ -4,6 +4,9 @@ After ``WsgiMetricsInstrumentor().instrument()``, ``Flask.wsgi_app`` and Django'
 ``BaseHandler.get_response`` measure every request of every application (created before or after), with
 no code change; ``uninstrument()`` restores them. The endpoint is the route template the framework matched
 (Flask's ``url_rule``, Django's ``resolver_match.route``); requests no route matched share ``unmatched``.
+
+``instrument()`` imports neither framework: each is patched when the application imports it (Flask at
+``import flask``, Django when it loads its request handler, ``django.core.handlers.base``), at once if it has.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import sys
 import time
 import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, MutableMapping
+from types import ModuleType
 from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from chat_turbo_metrics import PerformanceMonitor
-from chat_turbo_metrics.instrumentation import FLOAT_MAX
+from chat_turbo_metrics.instrumentation import FLOAT_MAX, when_imported
 from chat_turbo_metrics_http._metrics import (
     _CACHE_LIMIT,
     UNMATCHED,
@@ -331,13 +335,12 @@ class WsgiMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         settings = usable_settings(kwargs.get("excluded_paths"), kwargs.get("metric_names"), kwargs.get("environ"))
         if settings is None:  # a bad variable, logged: the frameworks are left as they are
             return
-        metrics = _WsgiMetrics(settings, kwargs.get("monitor"))
-        if importlib.util.find_spec("flask") is not None:
-            WsgiMetricsInstrumentor._undo.append(_patch_flask(metrics))
-        if importlib.util.find_spec("django") is not None:
-            from chat_turbo_metrics_http._django import patch_django
+        from chat_turbo_metrics_http._django import HANDLER_MODULE, patch_django  # imports this module (not Django)
 
-            WsgiMetricsInstrumentor._undo.append(patch_django(metrics))
+        metrics = _WsgiMetrics(settings, kwargs.get("monitor"))
+        # Each framework is patched when the application imports it (now, if it has): none is imported here.
+        WsgiMetricsInstrumentor._undo.append(when_imported("flask", lambda flask: _patch_flask(flask, metrics)))
+        WsgiMetricsInstrumentor._undo.append(when_imported(HANDLER_MODULE, lambda base: patch_django(metrics)))
 
     def _uninstrument(self, **kwargs: Any) -> None:
         while WsgiMetricsInstrumentor._undo:
@@ -347,11 +350,9 @@ class WsgiMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 _FRAMEWORKS = (("flask", "flask >= 2.2"), ("django", "django >= 3.2"))
 
 
-def _patch_flask(metrics: _WsgiMetrics) -> Callable[[], None]:
-    import flask
-
+def _patch_flask(flask: ModuleType, metrics: _WsgiMetrics) -> Callable[[], None]:
     patch = _FlaskWsgiApp(flask.Flask.__dict__["wsgi_app"], metrics)
-    flask.Flask.wsgi_app = patch  # type: ignore[assignment]
+    flask.Flask.wsgi_app = patch
     _connect_flask_errors()
     return patch.undo
 

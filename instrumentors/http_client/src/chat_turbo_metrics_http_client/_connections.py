@@ -13,7 +13,8 @@ conventions' instrument is an UpDownCounter: both are a gauge in Prometheus, as 
 - aiohttp: every connector's idle connections (kept for reuse) and acquired ones, by host and port.
 
 Pools made before ``instrument()`` are not seen (their connections are read only for urllib3, whose connections
-made after it are). A series whose connections all closed reads 0 at the next collection.
+made after it are). A series whose connections all closed reads 0 at the next collection. No library is imported
+to follow it: each is patched when the application imports it (at once if it already has).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
-from chat_turbo_metrics.instrumentation import register_after_fork
-from chat_turbo_metrics_http_client._metrics import DEFAULT_PORTS, Patches, renew_hooks_lock
+from chat_turbo_metrics.instrumentation import register_after_fork, when_imported
+from chat_turbo_metrics_http_client._metrics import DEFAULT_PORTS, Patches, patched, renew_hooks_lock
 
 Reading = Counter[tuple[str, str, int]]  # (state, server address, server port) -> open connections
 IDLE, ACTIVE = "idle", "active"
@@ -33,37 +36,38 @@ IDLE, ACTIVE = "idle", "active"
 
 class Tracked(ABC):
     """One library's pools (or connections), followed while any instrumentor holds this: ``acquire()`` patches the
-    library on first use, ``release()`` puts it back after the last; ``read()`` counts the open connections."""
+    library on first use (when the application imports :attr:`module`), ``release()`` puts it back (or cancels the
+    patch still waiting) after the last; ``read()`` counts the open connections."""
+
+    module: str  # the module whose classes _patch() replaces: patched when it is imported
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._holders = 0
-        self._patches: Patches | None = None
+        self._undo: Callable[[], None] | None = None
 
     def acquire(self) -> None:
-        """One more instrumentor follows the library (the first patches it)."""
+        """One more instrumentor follows the library (the first patches it, when it is imported).
+
+        A library version whose pools cannot be followed is logged once and left as it is (durations only).
+        """
         with self._lock:
             if self._holders == 0:
-                patches = Patches()
-                try:
-                    self._patch(patches)
-                except BaseException:
-                    patches.restore()
-                    raise
-                self._patches = patches
+                self._undo = when_imported(self.module, lambda module: patched(lambda p: self._patch(p, module)))
             self._holders += 1
 
     def release(self) -> None:
-        """One instrumentor less (after the last, the library is as it was)."""
+        """One instrumentor less (after the last, the library is as it was, or is never patched)."""
         with self._lock:
             self._holders -= 1
-            if self._holders == 0 and self._patches is not None:
-                self._patches.restore()
-                self._patches = None
+            undo = self._undo if self._holders == 0 else None
+            if undo is not None:
+                self._undo = None
+                undo()
 
     @abstractmethod
-    def _patch(self, patches: Patches) -> None:
-        """Patch the library so that its pools (or connections) are kept, recording what it replaced."""
+    def _patch(self, patches: Patches, module: ModuleType) -> None:
+        """Patch ``module`` so that its pools (or connections) are kept, recording what it replaced."""
 
     @abstractmethod
     def read(self) -> Reading:
@@ -105,9 +109,9 @@ def _kept_after(original: Any, tracked: _Objects) -> Any:
 class Urllib3Connections(_Objects):
     """Every connection made by a urllib3 pool (``HTTPConnectionPool._new_conn``), with its pool."""
 
-    def _patch(self, patches: Patches) -> None:
-        from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+    module = "urllib3.connectionpool"
 
+    def _patch(self, patches: Patches, module: ModuleType) -> None:
         def kept(original: Any) -> Any:
             def new_conn(pool: Any, *args: Any, **kwargs: Any) -> Any:
                 connection = original(pool, *args, **kwargs)
@@ -116,7 +120,7 @@ class Urllib3Connections(_Objects):
 
             return new_conn
 
-        for cls in (HTTPConnectionPool, HTTPSConnectionPool):
+        for cls in (module.HTTPConnectionPool, module.HTTPSConnectionPool):
             if "_new_conn" in cls.__dict__:
                 patches.replace(cls, "_new_conn", kept)
 
@@ -143,10 +147,10 @@ class Urllib3Connections(_Objects):
 class HttpcorePools(_Objects):
     """Every httpcore connection pool (what ``httpx.Client`` and ``AsyncClient`` send through), sync and async."""
 
-    def _patch(self, patches: Patches) -> None:
-        import httpcore
+    module = "httpcore"  # httpx imports it when it makes its first transport (a client)
 
-        for cls in (httpcore.ConnectionPool, httpcore.AsyncConnectionPool):
+    def _patch(self, patches: Patches, module: ModuleType) -> None:
+        for cls in (module.ConnectionPool, module.AsyncConnectionPool):
             patches.replace(cls, "__init__", lambda original: _kept_after(original, self))
 
     def read(self) -> Reading:
@@ -172,9 +176,9 @@ class AiohttpConnectors(_Objects):
         super().__init__()
         self._servers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()  # protocol -> its key
 
-    def _patch(self, patches: Patches) -> None:
-        import aiohttp
+    module = "aiohttp.connector"
 
+    def _patch(self, patches: Patches, module: ModuleType) -> None:
         def kept(original: Any) -> Any:
             async def create_connection(connector: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
                 protocol = await original(connector, request, *args, **kwargs)
@@ -187,8 +191,8 @@ class AiohttpConnectors(_Objects):
 
             return create_connection
 
-        patches.replace(aiohttp.BaseConnector, "__init__", lambda original: _kept_after(original, self))
-        patches.replace(aiohttp.TCPConnector, "_create_connection", kept)  # KeyError: not this version's
+        patches.replace(module.BaseConnector, "__init__", lambda original: _kept_after(original, self))
+        patches.replace(module.TCPConnector, "_create_connection", kept)  # KeyError: not this version's
 
     def read(self) -> Reading:
         found: Reading = Counter()

@@ -1,5 +1,8 @@
 """The four client instrumentors: each replaces one method of its library and puts it back on ``uninstrument()``.
 
+``instrument()`` imports none of the libraries: each is patched when the application imports it (at once if it
+already has), and ``uninstrument()`` before that import cancels the patch.
+
 A request is measured once, at the outermost instrumented call: from the call to the response's headers (and the
 body, when the library reads it before returning; a streamed body is the application's to read). The client's own
 retries and the redirects it follows are part of that one request. A request that raised (connection refused, a
@@ -10,10 +13,12 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable, Collection
+from types import ModuleType
 from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
+from chat_turbo_metrics.instrumentation import when_imported
 from chat_turbo_metrics_http_client._connections import AIOHTTP, HTTPCORE, URLLIB3, Tracked
 from chat_turbo_metrics_http_client._metrics import (
     DEFAULT_PORTS,
@@ -24,6 +29,7 @@ from chat_turbo_metrics_http_client._metrics import (
     client_metrics,
     error_type,
     measuring,
+    patched,
     perf_counter,
 )
 
@@ -110,7 +116,8 @@ class _ClientInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """
 
     _library: tuple[str, ...] = ()
-    _patches: Patches | None = None
+    _module = ""  # the module whose import patches the library (now, if it is imported already)
+    _undo: Callable[[], None] | None = None  # restores the library, or cancels its patch still waiting
     _metrics: ClientMetrics | None = None
     _connections: Tracked | None = None  # the library's pools, whose open connections are read at collection
     _following: Tracked | None = None  # _connections, while instrumented and following them
@@ -124,31 +131,22 @@ class _ClientInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         metrics = client_metrics(kwargs, connections)
         if metrics is None:  # a bad variable, logged once: the library is left as it is
             return
-        patches = Patches()
-        try:
-            self._patch(patches, metrics)
-        except BaseException:
-            patches.restore()
-            raise
+        patch = self._patch
+        undo = when_imported(self._module, lambda module: patched(lambda patches: patch(patches, metrics, module)))
         if connections is not None:
-            try:
-                connections.acquire()
-            except Exception as error:  # a library version whose pools we cannot follow: durations only
-                metrics.problems.report(("connections", type(error)), "cannot follow the open connections: %r", error)
-                metrics.forget_connections()
-                connections = None
-        self._patches, self._metrics, self._following = patches, metrics, connections
+            connections.acquire()  # a library version whose pools we cannot follow: logged, durations only
+        self._undo, self._metrics, self._following = undo, metrics, connections
 
     @abstractmethod
-    def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
-        """Patch the library (each subclass its own), recording what it replaced in the first argument."""
+    def _patch(self, patches: Patches, metrics: ClientMetrics, module: ModuleType) -> None:
+        """Patch the library's ``module`` (each subclass its own), recording what it replaced in ``patches``."""
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        patches, self._patches = self._patches, None
+        undo, self._undo = self._undo, None
         metrics, self._metrics = self._metrics, None
         following, self._following = self._following, None
-        if patches is not None:
-            patches.restore()
+        if undo is not None:
+            undo()
         if following is not None:
             following.release()
         if metrics is not None:
@@ -172,16 +170,15 @@ class RequestsInstrumentor(_ClientInstrumentor):
     """
 
     _library = ("requests >= 2.20",)
+    _module = "requests"
     _connections = URLLIB3
 
-    def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
-        import requests
-
+    def _patch(self, patches: Patches, metrics: ClientMetrics, module: ModuleType) -> None:
         def describe(session: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Server]:
             request = args[0] if args else kwargs["request"]
             return request.method or "", authority(request.url or "")
 
-        patches.replace(requests.Session, "send", lambda original: measured(original, metrics, describe, _status_code))
+        patches.replace(module.Session, "send", lambda original: measured(original, metrics, describe, _status_code))
 
 
 class Urllib3Instrumentor(_ClientInstrumentor):
@@ -192,15 +189,16 @@ class Urllib3Instrumentor(_ClientInstrumentor):
     """
 
     _library = ("urllib3 >= 1.26",)
+    _module = "urllib3.connectionpool"  # what ``import urllib3`` (and requests) loads first
     _connections = URLLIB3
 
-    def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
-        from urllib3.connectionpool import HTTPConnectionPool
-
+    def _patch(self, patches: Patches, metrics: ClientMetrics, module: ModuleType) -> None:
         def describe(pool: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Server]:
             return args[0] if args else kwargs["method"], (pool.host, pool.port or DEFAULT_PORTS.get(pool.scheme, 0))
 
-        patches.replace(HTTPConnectionPool, "urlopen", lambda original: measured(original, metrics, describe, _status))
+        patches.replace(
+            module.HTTPConnectionPool, "urlopen", lambda original: measured(original, metrics, describe, _status)
+        )
 
 
 class HttpxInstrumentor(_ClientInstrumentor):
@@ -221,19 +219,18 @@ class HttpxInstrumentor(_ClientInstrumentor):
     """
 
     _library = ("httpx >= 0.23",)
+    _module = "httpx"
     _connections = HTTPCORE
 
-    def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
-        import httpx
-
+    def _patch(self, patches: Patches, metrics: ClientMetrics, module: ModuleType) -> None:
         def describe(client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Server]:
             request = args[0] if args else kwargs["request"]
             url = request.url
             return request.method, (url.host, url.port or DEFAULT_PORTS.get(url.scheme, 0))
 
-        patches.replace(httpx.Client, "send", lambda original: measured(original, metrics, describe, _status_code))
+        patches.replace(module.Client, "send", lambda original: measured(original, metrics, describe, _status_code))
         patches.replace(
-            httpx.AsyncClient, "send", lambda original: measured_async(original, metrics, describe, _status_code)
+            module.AsyncClient, "send", lambda original: measured_async(original, metrics, describe, _status_code)
         )
 
 
@@ -254,11 +251,10 @@ class AiohttpClientInstrumentor(_ClientInstrumentor):
     """
 
     _library = ("aiohttp >= 3.8",)
+    _module = "aiohttp.client"  # where ClientSession is defined (``import aiohttp`` loads it first)
     _connections = AIOHTTP
 
-    def _patch(self, patches: Patches, metrics: ClientMetrics) -> None:
-        import aiohttp
-
+    def _patch(self, patches: Patches, metrics: ClientMetrics, module: ModuleType) -> None:
         def describe(session: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Server]:
             if len(args) > 1:
                 return args[0], _aiohttp_server(session, args[1])
@@ -266,7 +262,7 @@ class AiohttpClientInstrumentor(_ClientInstrumentor):
             return _argument(args, kwargs, 0, "method"), _aiohttp_server(session, url)
 
         patches.replace(
-            aiohttp.ClientSession, "_request", lambda original: measured_async(original, metrics, describe, _status)
+            module.ClientSession, "_request", lambda original: measured_async(original, metrics, describe, _status)
         )
 
 

@@ -202,10 +202,6 @@ class ClientMetrics:
                 self._hooked = monitor
         self._monitor, self._marker = monitor, monitor._recorder
 
-    def forget_connections(self) -> None:
-        """Record durations only: the library's open connections cannot be followed."""
-        self._connections = None
-
     def close(self) -> None:
         """The instrumentor stopped: its library's connections are no longer read."""
         hooked, self._hooked = self._hooked, None
@@ -376,3 +372,15 @@ class Patches:
         while self._saved:
             owner, name, original = self._saved.pop()
             setattr(owner, name, original)
+
+
+def patched(patch: Callable[[Patches], None]) -> Callable[[], None]:
+    """Run ``patch`` on new :class:`Patches`, all or nothing: returns their ``restore``; a patch that raises is
+    undone as far as it went (then raised on: :func:`~chat_turbo_metrics.instrumentation.when_imported` logs it)."""
+    patches = Patches()
+    try:
+        patch(patches)
+    except BaseException:
+        patches.restore()
+        raise
+    return patches.restore
