@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from chat_turbo_metrics.instrumentation import when_imported
 
@@ -90,3 +91,30 @@ def test_a_failing_patch_is_logged_once_and_the_import_still_works() -> None:
     )
     assert out.strip() == "(0.0, 0.0, 0)"
     assert err.splitlines() == ["chat_turbo_metrics.instrumentation WARNING"]
+
+
+def test_a_module_another_thread_is_still_importing_is_patched_once_its_import_is_done(tmp_path: Path) -> None:
+    (tmp_path / "slow_library.py").write_text(
+        "import time\ntime.sleep(0.5)  # the thread's import is half-way here when the patch is asked for\n"
+        "def call():\n    return 'original'\n"
+    )
+    out = _run(
+        f"""
+        import sys, threading, time
+        sys.path.insert(0, {str(tmp_path)!r})
+        from chat_turbo_metrics.instrumentation import when_imported
+
+        importer = threading.Thread(target=__import__, args=("slow_library",))
+        importer.start()
+        while "slow_library" not in sys.modules:
+            time.sleep(0.01)
+
+        def patch(module):
+            module.call = lambda: "patched"
+
+        when_imported("slow_library", patch)
+        importer.join()
+        print(sys.modules["slow_library"].call())
+        """
+    )
+    assert out.strip() == "patched"

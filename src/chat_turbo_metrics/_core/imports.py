@@ -10,7 +10,9 @@ when the library is already there.
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from types import ModuleType
@@ -78,5 +80,11 @@ def when_imported(module: str, patch: Callable[[ModuleType], Undo | None]) -> Un
         patch: patches the module given, returning the function that restores it (or None: nothing to restore).
     """
     deferred = _Deferred(module, patch)
+    present = sys.modules.get(module)
+    if present is not None and getattr(getattr(present, "__spec__", None), "_initializing", False):
+        # Half-imported: wrapt would patch it at once, before the names the patch replaces exist. Another
+        # thread's import holds the module's lock: wait for it (in this thread's own import cycle this returns
+        # the module as it is, at once).
+        importlib.import_module(module)
     register_post_import_hook(deferred, module)
     return deferred.undo
