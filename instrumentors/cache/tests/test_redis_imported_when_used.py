@@ -6,6 +6,7 @@ Each test runs in a fresh interpreter (this one imported redis long ago), agains
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -117,3 +118,27 @@ def test_instrument_uninstrument_instrument_then_import_measures_each_command_on
     found = run("instrument,uninstrument,instrument")
     assert found["loaded"]["at instrument"] == []
     assert found["counts"] == EXPECTED
+
+
+def test_a_version_that_cannot_be_patched_whole_is_logged_once_and_left_unpatched(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import redis.asyncio.client
+    import redis.client
+
+    from chat_turbo_metrics_cache import RedisInstrumentor
+
+    client = redis.asyncio.client
+    originals = (client.Redis.execute_command, client.Pipeline.execute, redis.client.Redis.execute_command)
+    # Found missing after the async client's execute_command and Pipeline.execute are patched.
+    monkeypatch.delattr(client.Pipeline, "immediate_execute_command")
+    with caplog.at_level(logging.WARNING, logger="chat_turbo_metrics.instrumentation"):
+        RedisInstrumentor().instrument()  # already imported: patched at once, and the failure never raised
+    try:
+        assert (client.Redis.execute_command, client.Pipeline.execute) == originals[:2]  # none of it half done
+        assert redis.client.Redis.execute_command is not originals[2]  # the sync client is its own patch
+        logged = [r for r in caplog.records if r.name == "chat_turbo_metrics.instrumentation"]
+        assert [(r.levelno, "redis.asyncio.client" in r.getMessage()) for r in logged] == [(logging.WARNING, True)]
+    finally:
+        RedisInstrumentor().uninstrument()
+    assert (client.Redis.execute_command, client.Pipeline.execute, redis.client.Redis.execute_command) == originals

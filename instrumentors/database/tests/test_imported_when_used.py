@@ -8,6 +8,7 @@ dialect imports itself at ``create_engine()``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -127,3 +128,23 @@ def test_instrument_uninstrument_instrument_then_import_measures_each_statement_
     assert found["loaded"]["at instrument"] == []
     assert _of_interest(found["counts"]) == {"pg_class": 1, "pg_database": 1, "pg_roles": 1, "pg_proc": 1}
     assert len(found["wrapped"]) == 4
+
+
+def test_a_version_that_cannot_be_patched_whole_is_logged_once_and_left_unpatched(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import psycopg
+
+    from chat_turbo_metrics_database import PsycopgInstrumentor
+
+    originals = (psycopg.Cursor.execute, psycopg.AsyncCursor.execute)
+    monkeypatch.delattr(psycopg, "AsyncServerCursor")  # found missing after the sync cursors are patched
+    with caplog.at_level(logging.WARNING, logger="chat_turbo_metrics.instrumentation"):
+        PsycopgInstrumentor().instrument()  # already imported: patched at once, and the failure never raised
+    try:
+        assert (psycopg.Cursor.execute, psycopg.AsyncCursor.execute) == originals  # none of it half done
+        logged = [r for r in caplog.records if r.name == "chat_turbo_metrics.instrumentation"]
+        assert [(r.levelno, "psycopg" in r.getMessage()) for r in logged] == [(logging.WARNING, True)]
+    finally:
+        PsycopgInstrumentor().uninstrument()
+    assert (psycopg.Cursor.execute, psycopg.AsyncCursor.execute) == originals
