@@ -148,3 +148,47 @@ def test_a_version_that_cannot_be_patched_whole_is_logged_once_and_left_unpatche
     finally:
         PsycopgInstrumentor().uninstrument()
     assert (psycopg.Cursor.execute, psycopg.AsyncCursor.execute) == originals
+
+
+THREADED = """
+import importlib.abc, json, sys, threading, time
+
+from chat_turbo_metrics import PerformanceMonitor
+from chat_turbo_metrics_database import PsycopgInstrumentor
+
+stalled = threading.Event()
+
+class Stall(importlib.abc.MetaPathFinder):
+    # psycopg's __init__ imports psycopg.version after psycopg.cursor and before its server and async cursors.
+    def find_spec(self, name, path=None, target=None):
+        if name == "psycopg.version":
+            stalled.set()
+            time.sleep(1)
+        return None
+
+sys.meta_path.insert(0, Stall())
+importer = threading.Thread(target=__import__, args=("psycopg",))
+importer.start()
+stalled.wait()
+halfway = hasattr(sys.modules["psycopg"], "Cursor") and not hasattr(sys.modules["psycopg"], "AsyncCursor")
+PsycopgInstrumentor().instrument()  # in sys.modules already, but not all there: patched once it is
+importer.join()
+
+import psycopg
+
+with psycopg.connect("host=127.0.0.1 dbname=test") as connection:
+    connection.execute("SELECT 1 FROM pg_class LIMIT 1")
+tags = {"table": "pg_class", "operation": "select", "status": "success"}
+value = PerformanceMonitor.get_instance().snapshot().value("database_query_duration_seconds", tags)
+print(json.dumps({"halfway": halfway, "count": value and value["count"]}))
+"""
+
+
+def test_instrument_while_another_thread_is_importing_the_driver_waits_for_it() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "METRICS_", "PERFORMANCE_", "CHAT_"))}
+    done = subprocess.run(
+        [sys.executable, "-c", THREADED], env={**env, "CHAT_TURBO_ENV": "test"},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"halfway": True, "count": 1}

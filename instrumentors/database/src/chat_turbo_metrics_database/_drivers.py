@@ -460,8 +460,8 @@ class Psycopg2Instrumentor(_DriverInstrumentor):
     """
 
     _library = ("psycopg2 >= 2.8",)
-    # psycopg2.connect, defined by the package's __init__ after it imports psycopg2.extensions: hooked on the
-    # package, whose import ends before ``from psycopg2 import connect`` (or psycopg2.extensions's) returns.
+    # psycopg2.connect is defined by the package's __init__ after it imports psycopg2.extensions, whose hook would
+    # run before connect exists: hooked on the package, whose import ends before any ``from psycopg2 import connect``.
     _module = "psycopg2"
 
     def instrumentation_dependencies(self) -> Collection[str]:
