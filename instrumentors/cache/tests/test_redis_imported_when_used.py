@@ -64,27 +64,25 @@ print(json.dumps({"loaded": loaded, "counts": counts, "patched": ours}))
 
 
 @pytest.fixture
-def run() -> Any:
-    """``run(steps)``: SCRIPT in a fresh interpreter after ``instrument()``/``uninstrument()`` (or ``import``) per
-    step, with a key prefix of its own."""
+def fresh() -> Any:
+    """``fresh(script, *args)``: what ``script`` prints (a JSON object a line) in a fresh interpreter, given ``args``
+    and last a key prefix of its own, written ``<prefix>`` in what it printed."""
     try:
         socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
     except OSError:
         pytest.skip("Redis is not running at 127.0.0.1:6379")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "METRICS_", "PERFORMANCE_", "CHAT_"))}
 
-    def run(steps: str) -> Any:
+    def fresh(script: str, *args: str) -> list[Any]:
         prefix = f"ctm{uuid.uuid4().hex[:10]}"
         done = subprocess.run(
-            [sys.executable, "-c", SCRIPT, steps, prefix], env={**env, "CHAT_TURBO_ENV": "test"},
+            [sys.executable, "-c", script, *args, prefix], env={**env, "CHAT_TURBO_ENV": "test"},
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
-        found = json.loads(done.stdout.strip().splitlines()[-1])
-        found["counts"] = {name.replace(prefix, "<prefix>"): count for name, count in found["counts"].items()}
-        return found
+        return [json.loads(line.replace(prefix, "<prefix>")) for line in done.stdout.splitlines()]
 
-    return run
+    return fresh
 
 
 EXPECTED = {
@@ -97,25 +95,25 @@ EXPECTED = {
 }
 
 
-def test_instrument_imports_no_redis_and_its_clients_are_measured_once_imported(run: Any) -> None:
-    found = run("instrument")
+def test_instrument_imports_no_redis_and_its_clients_are_measured_once_imported(fresh: Any) -> None:
+    (found,) = fresh(SCRIPT, "instrument")
     assert found["loaded"] == {"at import": [], "at instrument": []}
     assert found["counts"] == EXPECTED
     assert found["patched"] is True
-    eager = run("import,instrument")  # redis-py imported before instrument(): patched at once, the same counts
+    (eager,) = fresh(SCRIPT, "import,instrument")  # redis-py imported before instrument(): patched at once, same counts
     assert "redis.client" in eager["loaded"]["at instrument"]
     assert eager["counts"] == EXPECTED
 
 
-def test_uninstrument_before_the_import_leaves_redis_unpatched(run: Any) -> None:
-    found = run("instrument,uninstrument")
+def test_uninstrument_before_the_import_leaves_redis_unpatched(fresh: Any) -> None:
+    (found,) = fresh(SCRIPT, "instrument,uninstrument")
     assert found["loaded"]["at instrument"] == []
     assert found["counts"] == {}
     assert found["patched"] is False
 
 
-def test_instrument_uninstrument_instrument_then_import_measures_each_command_once(run: Any) -> None:
-    found = run("instrument,uninstrument,instrument")
+def test_instrument_uninstrument_instrument_then_import_measures_each_command_once(fresh: Any) -> None:
+    (found,) = fresh(SCRIPT, "instrument,uninstrument,instrument")
     assert found["loaded"]["at instrument"] == []
     assert found["counts"] == EXPECTED
 
@@ -142,3 +140,32 @@ def test_a_version_that_cannot_be_patched_whole_is_logged_once_and_left_unpatche
     finally:
         RedisInstrumentor().uninstrument()
     assert (client.Redis.execute_command, client.Pipeline.execute, redis.client.Redis.execute_command) == originals
+
+
+FORKED = """
+import json, os, sys
+
+from chat_turbo_metrics import PerformanceMonitor
+from chat_turbo_metrics_cache import RedisInstrumentor
+
+RedisInstrumentor().instrument()
+pid = os.fork()  # a pre-fork server: instrumented in the parent, the application imported in each process
+if pid:
+    os.waitpid(pid, 0)  # the child's line first, whole
+try:
+    import redis
+
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    client.get(f"{sys.argv[1]}:gone")
+    client.close()
+    misses = PerformanceMonitor.get_instance().snapshot().value("cache_misses", {"cache": sys.argv[1]})
+    print(json.dumps({"child": pid == 0, "misses": misses}), flush=True)
+finally:
+    if pid == 0:
+        os._exit(0)  # the child's line printed, or none: it never runs on as the parent
+"""
+
+
+def test_a_process_forked_before_the_import_patches_its_own_redis(fresh: Any) -> None:
+    found = sorted(fresh(FORKED), key=lambda line: line["child"])
+    assert found == [{"child": False, "misses": 1}, {"child": True, "misses": 1}]
