@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Collection
+from types import ModuleType
 from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
@@ -19,6 +21,7 @@ from chat_turbo_metrics.instrumentation import (
     Problems,
     define_metrics,
     semconv_mode,
+    when_imported,
 )
 
 _instruments = ("redis >= 4.5",)
@@ -229,21 +232,52 @@ def _wrap_async_pipeline(original: Callable[..., Any], recorder: _Recorder) -> C
 
 
 _Wrap = Callable[[Callable[..., Any], _Recorder], Callable[..., Any]]
+Undo = Callable[[], None]
 
-
-def _patch_points() -> list[tuple[type, str, _Wrap]]:
-    import redis.asyncio.client
-    import redis.client
-
-    return [
-        (redis.client.Redis, "execute_command", _wrap_sync),
-        (redis.asyncio.client.Redis, "execute_command", _wrap_async),
-        (redis.client.Pipeline, "execute", _wrap_pipeline),
-        (redis.asyncio.client.Pipeline, "execute", _wrap_async_pipeline),
+# What is patched, by the module that defines it: each patched when (and if) the application imports it, the sync
+# client without the asyncio one (redis-py before 5 loads redis.asyncio only when asked). redis.client is imported
+# by the package's __init__ before it re-exports Redis: ``redis.Redis`` is the class patched here.
+_PATCH_POINTS: dict[str, tuple[tuple[str, str, _Wrap], ...]] = {
+    "redis.client": (
+        ("Redis", "execute_command", _wrap_sync),
+        ("Pipeline", "execute", _wrap_pipeline),
         # A pipeline between WATCH and MULTI sends each command at once, through this, not through execute().
-        (redis.client.Pipeline, "immediate_execute_command", _wrap_sync),
-        (redis.asyncio.client.Pipeline, "immediate_execute_command", _wrap_async),
-    ]
+        ("Pipeline", "immediate_execute_command", _wrap_sync),
+    ),
+    "redis.asyncio.client": (
+        ("Redis", "execute_command", _wrap_async),
+        ("Pipeline", "execute", _wrap_async_pipeline),
+        ("Pipeline", "immediate_execute_command", _wrap_async),
+    ),
+}
+
+
+def _patch(name: str, recorder: _Recorder) -> Callable[[ModuleType], Undo]:
+    """The patch of module ``name``: wraps its :data:`_PATCH_POINTS`, and returns what puts them back."""
+
+    def patch(module: ModuleType) -> Undo:
+        module = importlib.import_module(name)  # not the hook's module: waits for a thread still importing it
+        patched: list[tuple[type, str, Callable[..., Any], Callable[..., Any]]] = []
+
+        def restore() -> None:
+            while patched:
+                cls, attribute, original, wrapper = patched.pop()
+                if cls.__dict__.get(attribute) is wrapper:  # if someone wrapped ours since, it stays: a pass-through
+                    setattr(cls, attribute, original)
+
+        try:
+            for class_name, attribute, wrap in _PATCH_POINTS[name]:
+                cls = getattr(module, class_name)
+                original = getattr(cls, attribute)
+                wrapper = wrap(original, recorder)
+                setattr(cls, attribute, wrapper)
+                patched.append((cls, attribute, original, wrapper))
+        except BaseException:
+            restore()
+            raise
+        return restore
+
+    return patch
 
 
 class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -266,7 +300,7 @@ class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """
 
     _recorder: _Recorder | None = None
-    _patched: list[tuple[type, str, Callable[..., Any], Callable[..., Any]]]
+    _undo: tuple[Undo, ...] = ()
 
     def instrumentation_dependencies(self) -> Collection[str]:
         """The redis-py versions this instrumentor covers."""
@@ -284,19 +318,13 @@ class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if isinstance(max_caches, bool) or not isinstance(max_caches, int) or max_caches < 1:
             raise ConfigurationError(f"RedisInstrumentor: max_caches={max_caches!r} must be a positive int")
         recorder = _Recorder(kwargs.get("monitor"), cache_name, max_caches)
-        self._patched = []
-        for cls, attribute, wrap in _patch_points():
-            original = getattr(cls, attribute)
-            wrapper = wrap(original, recorder)
-            setattr(cls, attribute, wrapper)
-            self._patched.append((cls, attribute, original, wrapper))
         self._recorder = recorder
+        self._undo = tuple(when_imported(name, _patch(name, recorder)) for name in _PATCH_POINTS)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         if self._recorder is not None:
             self._recorder.active = False  # if someone wrapped ours since, it stays in place as a pass-through
-        for cls, attribute, original, wrapper in self._patched:
-            if cls.__dict__.get(attribute) is wrapper:
-                setattr(cls, attribute, original)
-        self._patched = []
+        undo, self._undo = self._undo, ()
+        for restore in undo:
+            restore()  # puts the client back, or cancels the patch if it was not imported since instrument()
         self._recorder = None

@@ -18,13 +18,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from types import ModuleType
 from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from chat_turbo_metrics import PerformanceMonitor
-from chat_turbo_metrics.instrumentation import Problems, register_after_fork
+from chat_turbo_metrics.instrumentation import Problems, register_after_fork, when_imported
 
 DURATION = "celery_task_duration_seconds"
 TASKS = "celery_tasks_total"
@@ -134,6 +135,39 @@ def _name(task: Any) -> str:
     return str(getattr(task, "name", None) or "unknown")
 
 
+Undo = Callable[[], None]
+# (signal of celery.signals, handler of _Recorder, dispatch_uid)
+_SIGNALS = (
+    ("before_task_publish", "published", "chat_turbo_publish"),
+    ("task_prerun", "prerun", "chat_turbo_prerun"),
+    ("task_postrun", "postrun", "chat_turbo_postrun"),
+    ("task_revoked", "revoked", "chat_turbo_revoked"),
+)
+
+
+def _connect(recorder: _Recorder) -> Callable[[ModuleType], Undo]:
+    """The patch of ``celery.signals``: connect the recorder's handlers. Every part of Celery that sends a signal
+    imports that module first, so no signal is sent before the handlers are connected; and it is the only part of
+    Celery they need (not the app, Kombu or the worker)."""
+
+    def connect(module: ModuleType) -> Undo:
+        from celery import signals  # not the hook's module: waits for a thread still importing it
+
+        def disconnect() -> None:
+            for signal, _, uid in _SIGNALS:
+                getattr(signals, signal).disconnect(dispatch_uid=uid)
+
+        try:
+            for signal, handler, uid in _SIGNALS:
+                getattr(signals, signal).connect(getattr(recorder, handler), weak=False, dispatch_uid=uid)
+        except BaseException:
+            disconnect()
+            raise
+        return disconnect
+
+    return connect
+
+
 class CeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Measures every Celery task run, publication and revocation: entry point ``chat_turbo_celery``.
 
@@ -154,6 +188,7 @@ class CeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """
 
     _recorder: _Recorder | None = None
+    _undo: Undo | None = None
     _fork_repair_registered = False
 
     def instrumentation_dependencies(self) -> Collection[str]:
@@ -161,29 +196,18 @@ class CeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return ("celery >= 5.2",)
 
     def _instrument(self, **kwargs: Any) -> None:
-        from celery import signals
-
         recorder = _Recorder(kwargs.get("monitor"))
-        signals.before_task_publish.connect(recorder.published, weak=False, dispatch_uid="chat_turbo_publish")
-        signals.task_prerun.connect(recorder.prerun, weak=False, dispatch_uid="chat_turbo_prerun")
-        signals.task_postrun.connect(recorder.postrun, weak=False, dispatch_uid="chat_turbo_postrun")
-        signals.task_revoked.connect(recorder.revoked, weak=False, dispatch_uid="chat_turbo_revoked")
         CeleryInstrumentor._recorder = recorder
+        CeleryInstrumentor._undo = when_imported("celery.signals", _connect(recorder))
         if not CeleryInstrumentor._fork_repair_registered:
             register_after_fork(_after_fork)
             CeleryInstrumentor._fork_repair_registered = True
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        from celery import signals
-
         recorder, CeleryInstrumentor._recorder = CeleryInstrumentor._recorder, None
-        for signal, uid in (
-            (signals.before_task_publish, "chat_turbo_publish"),
-            (signals.task_prerun, "chat_turbo_prerun"),
-            (signals.task_postrun, "chat_turbo_postrun"),
-            (signals.task_revoked, "chat_turbo_revoked"),
-        ):
-            signal.disconnect(dispatch_uid=uid)
+        undo, CeleryInstrumentor._undo = CeleryInstrumentor._undo, None
+        if undo is not None:
+            undo()  # disconnects, or cancels the connection if Celery was not imported since instrument()
         if recorder is not None and recorder.hooked is not None:
             recorder.hooked.remove_collection_hook(recorder.read_in_flight)
 

@@ -18,6 +18,7 @@ import time
 import weakref
 from abc import abstractmethod
 from collections.abc import Callable, Collection
+from types import ModuleType
 from typing import Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
@@ -32,6 +33,7 @@ from chat_turbo_metrics.instrumentation import (
     define_metrics,
     semconv_mode,
     strip_literals,
+    when_imported,
 )
 from chat_turbo_metrics_database._semconv import SemconvNames
 
@@ -40,6 +42,7 @@ _random = random.random
 SYSTEM = "postgresql"  # db.system.name: every driver instrumented here speaks to PostgreSQL
 _SERIES_LIMIT = 4096  # statement texts whose handles are kept; beyond, each statement binds its own (bounded series)
 _MAX_TEXT = 4096
+Undo = Callable[[], None]  # restores what a patch replaced (what when_imported returns)
 
 # Driver connections that SQLAlchemy checked out while its instrumentor listened: it records their statements.
 sqlalchemy_connections: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -218,10 +221,15 @@ class _Saved:
 
 
 class _DriverInstrumentor(BaseInstrumentor):  # type: ignore[misc]
-    """``instrument(monitor=, record_statement=, max_tables=)``, as the SQLAlchemy instrumentor's."""
+    """``instrument(monitor=, record_statement=, max_tables=)``, as the SQLAlchemy instrumentor's.
+
+    ``instrument()`` imports no driver: :meth:`_patch` runs when the application imports :attr:`_module` (at once if
+    it already has), so that ``opentelemetry-instrument`` loads no driver the application does not use.
+    """
 
     _library: tuple[str, ...] = ()
-    _saved: _Saved | None = None
+    _module = ""  # the module whose import loads all that _patch replaces
+    _undo: Undo | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
         """The driver versions this instrumentor covers."""
@@ -230,22 +238,30 @@ class _DriverInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         name = type(self).__name__
         statements = statements_from(kwargs, name, f"chat_turbo_metrics.{name}")
-        saved = _Saved()
-        try:
-            self._patch(saved, statements)
-        except BaseException:
-            saved.restore()
-            raise
-        self._saved = saved
+
+        def patch(module: ModuleType) -> Undo:
+            saved = _Saved()
+            try:
+                self._patch(saved, statements)
+            except BaseException:  # a version we cannot patch whole: none of it (when_imported logs why)
+                saved.restore()
+                raise
+            return saved.restore
+
+        self._undo = when_imported(self._module, patch)
 
     @abstractmethod
     def _patch(self, saved: _Saved, statements: Statements) -> None:
-        """Patch the library (each subclass its own), recording what it replaced in the first argument."""
+        """Patch the library (each subclass its own), recording what it replaced in the first argument.
+
+        It imports what it patches rather than reading the module given to the hook: an import waits for another
+        thread still importing the library, where the module's attributes may not all be there yet.
+        """
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        saved, self._saved = self._saved, None
-        if saved is not None:
-            saved.restore()
+        undo, self._undo = self._undo, None
+        if undo is not None:
+            undo()  # restores, or cancels the patch if the driver was not imported since instrument()
 
 
 QueryOf = Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]  # (self, args, kwargs) -> the statement
@@ -389,6 +405,7 @@ class PsycopgInstrumentor(_DriverInstrumentor):
     """
 
     _library = ("psycopg >= 3.1",)
+    _module = "psycopg"  # psycopg.Cursor and the rest: the package's __init__ loads them all
 
     def _patch(self, saved: _Saved, statements: Statements) -> None:
         import psycopg
@@ -416,6 +433,7 @@ class AsyncpgInstrumentor(_DriverInstrumentor):
     """
 
     _library = ("asyncpg >= 0.27",)
+    _module = "asyncpg.connection"  # Connection, and prepared_stmt, which it imports
 
     def _patch(self, saved: _Saved, statements: Statements) -> None:
         from asyncpg.connection import Connection
@@ -442,6 +460,9 @@ class Psycopg2Instrumentor(_DriverInstrumentor):
     """
 
     _library = ("psycopg2 >= 2.8",)
+    # psycopg2.connect is defined by the package's __init__ after it imports psycopg2.extensions, whose hook would
+    # run before connect exists: hooked on the package, whose import ends before any ``from psycopg2 import connect``.
+    _module = "psycopg2"
 
     def instrumentation_dependencies(self) -> Collection[str]:
         """psycopg2, or its binary wheel ``psycopg2-binary``: whichever is installed."""

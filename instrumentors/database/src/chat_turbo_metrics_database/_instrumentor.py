@@ -6,12 +6,11 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Collection
-from typing import Any
+from collections.abc import Callable, Collection
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
 
 from chat_turbo_metrics import ConfigurationError, PerformanceMonitor
 from chat_turbo_metrics.instrumentation import (
@@ -24,9 +23,13 @@ from chat_turbo_metrics.instrumentation import (
     define_metrics,
     semconv_mode,
     strip_literals,
+    when_imported,
 )
-from chat_turbo_metrics_database._drivers import claim_for_sqlalchemy, release_sqlalchemy_connections
+from chat_turbo_metrics_database._drivers import Undo, claim_for_sqlalchemy, release_sqlalchemy_connections
 from chat_turbo_metrics_database._semconv import SemconvNames
+
+if TYPE_CHECKING:  # SQLAlchemy is imported by the application, not by instrument(): see _listen
+    from sqlalchemy.engine import Engine
 
 _instruments = ("sqlalchemy >= 2.0",)
 CONNECTIONS = "database_connections"
@@ -182,6 +185,33 @@ class _Listener:
 _EVENTS = ("engine_connect", "before_cursor_execute", "after_cursor_execute", "handle_error")
 
 
+def _listen(listener: _Listener) -> Callable[[ModuleType], Undo]:
+    """The patch of ``sqlalchemy``: listen on the ``Engine`` class (every engine, made before or after), once the
+    package (whose ``__init__`` loads ``sqlalchemy.engine`` and ``sqlalchemy.event``) is imported."""
+
+    def listen(module: ModuleType) -> Undo:
+        from sqlalchemy import event  # imports, not the module's attributes: wait for a thread still importing it
+        from sqlalchemy.engine import Engine
+
+        added: list[str] = []
+
+        def remove() -> None:
+            while added:
+                name = added.pop()
+                event.remove(Engine, name, getattr(listener, name))
+
+        try:
+            for name in _EVENTS:
+                event.listen(Engine, name, getattr(listener, name))
+                added.append(name)
+        except BaseException:
+            remove()
+            raise
+        return remove
+
+    return listen
+
+
 class SQLAlchemyInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Records every SQLAlchemy statement's duration and every pool's usage; spans stay contrib's.
 
@@ -210,6 +240,7 @@ class SQLAlchemyInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """
 
     _listener: _Listener | None = None
+    _stop_listening: Undo | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
         """The SQLAlchemy versions this instrumentor covers."""
@@ -227,16 +258,16 @@ class SQLAlchemyInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         listener = _Listener(kwargs.get("monitor"), bool(kwargs.get("record_statement")), max_tables)
         if listener.monitor is not None:
             listener.recorder()
-        for name in _EVENTS:
-            event.listen(Engine, name, getattr(listener, name))
         self._listener = listener
+        self._stop_listening = when_imported("sqlalchemy", _listen(listener))
 
     def _uninstrument(self, **kwargs: Any) -> None:
         listener, self._listener = self._listener, None
+        stop, self._stop_listening = self._stop_listening, None
         if listener is None:
             return
-        for name in _EVENTS:
-            event.remove(Engine, name, getattr(listener, name))
+        if stop is not None:
+            stop()  # the listeners removed, or never added if SQLAlchemy was not imported since instrument()
         release_sqlalchemy_connections()
         if listener.hooked is not None:
             listener.hooked.remove_collection_hook(listener.read_pools)
