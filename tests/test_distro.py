@@ -195,3 +195,65 @@ def test_instrument_starts_quietly_with_the_pinned_instrumentations(tmp_path: Pa
     assert result.returncode == 0, result.stderr
     assert result.stdout == "app ran\n"
     assert result.stderr == ""
+
+
+LIBRARIES = (
+    "aiohttp",
+    "asyncpg",
+    "celery",
+    "django",
+    "flask",
+    "httpx",
+    "psycopg",
+    "psycopg2",
+    "redis",
+    "requests",
+    "sqlalchemy",
+    "starlette",
+    "urllib3",
+)
+
+
+def test_instrument_loads_no_library_until_the_application_imports_it(tmp_path: Path) -> None:
+    """Every instrumentor of ours patches its library when the application imports it, not at start-up.
+
+    contrib's instrumentations in the test environment import theirs at start-up; they are disabled here, as they
+    would be in a service that runs ours only. Then the application imports requests and is measured.
+    """
+    from importlib.metadata import entry_points
+
+    found = entry_points(group="opentelemetry_instrumentor")
+    ours = {point.name for point in found if point.value.startswith("chat_turbo_metrics")}
+    contrib = {point.name for point in found} - ours
+    assert len(ours) >= 15
+    app = tmp_path / "plain.py"
+    app.write_text(
+        textwrap.dedent(
+            f"""
+            import json, sys
+            loaded = [name for name in {LIBRARIES!r} if name in sys.modules]
+            import requests
+            try:
+                requests.get("http://127.0.0.1:{free_port()}/?token=secret", timeout=5)
+            except requests.ConnectionError:
+                pass
+            from chat_turbo_metrics import PerformanceMonitor
+            records = PerformanceMonitor.get_instance().snapshot().records()
+            counts = [r["count"] for r in records if r["name"] == "http_client_request_duration_seconds"]
+            print("REPORT " + json.dumps({{"loaded": loaded, "counts": counts}}))
+            """
+        )
+    )
+    env = clean_env(
+        CHAT_TURBO_ENV="test",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=",".join(sorted(contrib)),
+        PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+    )
+    tool = require_tool_in(Path(sys.executable).parent, "opentelemetry-instrument")
+    result = subprocess.run(
+        [str(tool), sys.executable, str(app)], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
+    assert json.loads(line[len("REPORT ") :]) == {"loaded": [], "counts": [1]}
