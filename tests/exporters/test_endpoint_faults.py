@@ -187,10 +187,10 @@ def record_orders(monitor: PerformanceMonitor, n: int) -> int:
     return n
 
 
-def wait_until(condition: Callable[[], bool], what: str) -> None:
+def wait_until(condition: Callable[[], bool], what: str, state: Callable[[], str] = str) -> None:
     deadline = time.monotonic() + PATIENCE_S
     while not condition():
-        assert time.monotonic() < deadline, f"not within {PATIENCE_S} s: {what}"
+        assert time.monotonic() < deadline, f"not within {PATIENCE_S} s: {what} ({state()})"
         time.sleep(0.02)
 
 
@@ -321,4 +321,4 @@ def test_a_long_outage_keeps_no_growing_buffer(endpoint: Endpoint, monitor_facto
     held_at_most = 3 if endpoint.cumulative else 4
     assert 1 <= early <= held_at_most
     assert 1 <= late <= held_at_most
-    wait_until(lambda: endpoint.delivered() == recorded, "every order after the outage")
+    wait_until(lambda: endpoint.delivered() == recorded, "every order after the outage", lambda: f"{endpoint.delivered()} of {recorded}")
