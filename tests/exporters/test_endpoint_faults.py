@@ -321,4 +321,5 @@ def test_a_long_outage_keeps_no_growing_buffer(endpoint: Endpoint, monitor_facto
     held_at_most = 3 if endpoint.cumulative else 4
     assert 1 <= early <= held_at_most
     assert 1 <= late <= held_at_most
-    wait_until(lambda: endpoint.delivered() == recorded, "every order after the outage", lambda: f"{endpoint.delivered()} of {recorded}")
+    held = lambda: f"{endpoint.delivered()} of {recorded}"  # noqa: E731
+    wait_until(lambda: endpoint.delivered() == recorded, "every order after the outage", held)
