@@ -99,8 +99,8 @@ def test_django_under_asgi_is_measured_per_route_template(
     assert http_monitor.snapshot().value("http_response_size_bytes", streamed)["sum"] == 15
     assert http_monitor.snapshot().value("http_request_duration_seconds", streamed)["sum"] >= 0.1  # to the last chunk
     assert http_monitor.snapshot().value("http_requests_in_flight") == 0
-    # Ours hands Django measure_async()'s coroutine (no coroutine of its own) and still reads as a coroutine
-    # function to Django's check (asgiref's; on Python 3.12 and later inspect's too).
+    # Ours is a coroutine function itself (Django awaits its coroutine directly), as Django's check (asgiref's; on
+    # Python 3.12 and later inspect's too) requires.
     from asgiref.sync import iscoroutinefunction
 
     assert iscoroutinefunction(BaseHandler.get_response_async)
