@@ -110,3 +110,62 @@ def test_django_under_asgi_is_measured_per_route_template(
     django_asgi(["/api/messages/3"])
     assert requests_of(http_monitor, "/api/messages/{id}", 200) == 2  # no longer measured
     DjangoAsgiInstrumentor().instrument(monitor=http_monitor)
+
+
+def test_url_scheme_is_djangos_request_scheme_as_the_proxy_header_setting_changes(
+    django_asgi: Callable[[list[str]], list[tuple[int, bytes]]], http_monitor: PerformanceMonitor
+) -> None:
+    # Ours reads SECURE_PROXY_SSL_HEADER where LazySettings keeps it: a change (override_settings, assignment) must
+    # show on the next request, as request.scheme would see it.
+    from django.conf import settings
+    from django.core.handlers.asgi import ASGIHandler, ASGIRequest
+    from django.test import override_settings
+
+    DjangoAsgiInstrumentor().uninstrument()
+    DjangoAsgiInstrumentor().instrument(monitor=http_monitor, metric_names="semconv")
+    forwarded = {"X-Forwarded-Proto": "https"}
+
+    def get(base: str, headers: dict[str, str], handler: Any = ASGIHandler) -> int:
+        async def run() -> int:
+            transport = httpx.ASGITransport(app=handler())
+            async with httpx.AsyncClient(transport=transport, base_url=base) as client:
+                return (await client.get("/api/messages/1", headers=headers)).status_code
+
+        return asyncio.run(run())
+
+    def by_scheme() -> dict[str, int]:
+        counts = {}
+        for scheme in ("http", "https"):
+            tags = {"http.request.method": "GET", "url.scheme": scheme, "http.response.status_code": 200,
+                    "http.route": "/api/messages/{id}"}  # fmt: skip
+            counts[scheme] = (http_monitor.snapshot().value("http.server.request.duration", tags) or {}).get("count", 0)
+        return counts
+
+    previous = settings.SECURE_PROXY_SSL_HEADER
+    assert not previous
+    assert get("https://testserver", {}) == 200  # the ASGI scope's scheme
+    assert get("http://testserver", forwarded) == 200  # the header means nothing without the setting
+    assert by_scheme() == {"http": 1, "https": 1}
+    with override_settings(SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https")):
+        assert get("http://testserver", forwarded) == 200  # the proxy's word
+        assert get("https://testserver", {"X-Forwarded-Proto": "http"}) == 200
+        assert by_scheme() == {"http": 2, "https": 2}
+    assert get("http://testserver", forwarded) == 200  # the setting restored: the scope's scheme again
+    assert by_scheme() == {"http": 3, "https": 2}
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")  # assigned, as some projects do at start
+    try:
+        assert get("http://testserver", forwarded) == 200
+        assert by_scheme() == {"http": 3, "https": 3}
+    finally:
+        settings.SECURE_PROXY_SSL_HEADER = previous
+    assert get("http://testserver", forwarded) == 200
+    assert by_scheme() == {"http": 4, "https": 3}
+
+    class TerminatedRequest(ASGIRequest):  # a project's request class that knows its TLS terminator
+        scheme = property(lambda self: "https")
+
+    class TerminatedHandler(ASGIHandler):
+        request_class = TerminatedRequest
+
+    assert get("http://testserver", {}, TerminatedHandler) == 200
+    assert by_scheme() == {"http": 4, "https": 4}
