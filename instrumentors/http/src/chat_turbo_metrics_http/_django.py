@@ -205,8 +205,24 @@ def measured_get_response_async(
                 response.streaming_content = _measured_stream(
                     metrics, request, status, response.streaming_content, start
                 )
-        else:
-            _finish(metrics, request, response.status_code, start, len(response.content), None)
+            return response
+        # _finish()'s common case inline (a frame less and META not read again: ASGI's target is tight): a response
+        # below 500 whose series is bound to the current recorder. Anything else goes through _finish().
+        end = _perf_counter()
+        status, sent = response.status_code, len(response.content)
+        bound = metrics._bound
+        monitor = metrics._fixed or PerformanceMonitor._instance
+        if status < 500 and bound is not None and bound.monitor is monitor and bound.marker is monitor._recorder:
+            route = getattr(getattr(request, "resolver_match", None), "route", None)
+            endpoint = UNMATCHED
+            if isinstance(route, str) and route:
+                endpoint = _templates.get(route) or route_template(route)
+            series = bound.series.get((request.method or "GET", endpoint, status, scheme))
+            if series is not None:
+                flight.pop()
+                series(end - start, content_length(meta) if "CONTENT_LENGTH" in meta else 0, sent)
+                return response
+        _finish(metrics, request, status, start, sent, None)
         return response
 
     get_response_async.__wrapped__ = original  # type: ignore[attr-defined]
