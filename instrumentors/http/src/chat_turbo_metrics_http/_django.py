@@ -163,22 +163,21 @@ def measured_get_response_async(
     with no frame of ours in between (ASGI's target is tight: each frame costs 0.1 to 0.3 µs of the 4 a request).
     """
     from django.conf import settings
-    from django.http import HttpRequest
+    from django.core.handlers.asgi import ASGIRequest
 
     # Django's request.scheme reads settings.SECURE_PROXY_SSL_HEADER through LazySettings (0.3 µs a request).
     # LazySettings keeps every setting read in its instance dict, which it empties whenever a setting changes
     # (assignment, override_settings): read there, the value is the one request.scheme would read.
     read_settings = vars(settings)
-    django_scheme = HttpRequest.scheme  # a request class with a scheme of its own is asked for it
 
     async def get_response_async(self: Any, request: Any) -> Any:
         meta = request.META
         if MEASURED in meta or (metrics.excludes and metrics.skips(request.path_info)):
             return await original(self, request)
-        if read_settings.get("SECURE_PROXY_SSL_HEADER", True) or type(request).scheme is not django_scheme:
-            scheme = request.scheme or "http"  # a proxy header set (or the setting not read yet): Django's own way
-        else:  # what request.scheme returns without a proxy header (ASGIRequest's: the scope's scheme)
-            scheme = request._get_scheme() or "http"
+        if type(request) is ASGIRequest and not read_settings.get("SECURE_PROXY_SSL_HEADER", True):
+            scheme = request.scope.get("scheme") or "http"  # what ASGIRequest.scheme returns without a proxy header
+        else:  # a proxy header set (or the setting not read yet), or a request class of the project's: Django's way
+            scheme = request.scheme or "http"
         # metrics.started(), inline (ASGI's target is tight; the sync path calls it): the requests in flight it
         # counts among (per method and scheme), and its scheme.
         kind = (request.method or "GET", scheme)
@@ -196,15 +195,9 @@ def measured_get_response_async(
             _finish(metrics, request, 500, start, 0, type(error).__name__)
             raise  # unchanged
         if response.streaming:
-            status = response.status_code
-            if getattr(response, "is_async", False):
-                response.streaming_content = _measured_async_stream(
-                    metrics, request, status, response.streaming_content, start
-                )
-            else:
-                response.streaming_content = _measured_stream(
-                    metrics, request, status, response.streaming_content, start
-                )
+            chunks, status = response.streaming_content, response.status_code
+            measured = _measured_async_stream if getattr(response, "is_async", False) else _measured_stream
+            response.streaming_content = measured(metrics, request, status, chunks, start)
             return response
         # _finish()'s common case inline (a frame less and META not read again: ASGI's target is tight): a response
         # below 500 whose series is bound to the current recorder. Anything else goes through _finish().
@@ -213,7 +206,10 @@ def measured_get_response_async(
         bound = metrics._bound
         monitor = metrics._fixed or PerformanceMonitor._instance
         if status < 500 and bound is not None and bound.monitor is monitor and bound.marker is monitor._recorder:
-            route = getattr(getattr(request, "resolver_match", None), "route", None)
+            try:  # the URL pattern Django matched (as _finish() reads it, without two getattr() calls)
+                route = request.resolver_match.route
+            except AttributeError:  # none matched: resolver_match is None
+                route = None
             endpoint = UNMATCHED
             if isinstance(route, str) and route:
                 endpoint = _templates.get(route) or route_template(route)
