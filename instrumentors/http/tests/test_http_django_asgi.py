@@ -169,3 +169,70 @@ def test_url_scheme_is_djangos_request_scheme_as_the_proxy_header_setting_change
 
     assert get("http://testserver", {}, TerminatedHandler) == 200
     assert by_scheme() == {"http": 4, "https": 4}
+
+
+def test_instrumented_before_django_loads_its_asgi_handler(tmp_path: Any) -> None:
+    # BaseHandler is patched as Django's ASGI handler module imports it, half-way through that module's own import:
+    # the patch must not need the ASGI handler (its ASGIRequest is looked up at the first request).
+    import json
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import asyncio, json, sys, types
+        import django
+        from django.conf import settings
+        from chat_turbo_metrics import MonitoringConfig, PerformanceMonitor
+        from chat_turbo_metrics_http.django_asgi import DjangoAsgiInstrumentor
+
+        monitor = PerformanceMonitor(MonitoringConfig(environment="test", metrics_exporters=()))
+        DjangoAsgiInstrumentor().instrument(monitor=monitor, metric_names="semconv")
+        assert "django.core.handlers.base" not in sys.modules
+        from django.core.asgi import get_asgi_application  # imports the ASGI handler, which imports BaseHandler
+
+        async def hello(request):
+            from django.http import HttpResponse
+            return HttpResponse("hi")
+
+        from django.urls import path
+        urls = types.ModuleType("urls")
+        urls.urlpatterns = [path("hello", hello)]
+        settings.configure(SECRET_KEY="t", ALLOWED_HOSTS=["*"], ROOT_URLCONF=urls, MIDDLEWARE=[], INSTALLED_APPS=[])
+        app = get_asgi_application()
+
+        async def get(scheme):
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+                     "scheme": scheme, "path": "/hello", "raw_path": b"/hello", "query_string": b"",
+                     "root_path": "", "headers": [(b"host", b"t")], "client": ("127.0.0.1", 1),
+                     "server": ("127.0.0.1", 80)}
+            sent = []
+            async def receive():
+                if sent:
+                    await asyncio.Event().wait()
+                sent.append(True)
+                return {"type": "http.request", "body": b"", "more_body": False}
+            async def send(message):
+                pass
+            await app(scope, receive, send)
+
+        for scheme in ("https", "https", "http"):  # the first request finds ASGIRequest, the next use it
+            asyncio.run(get(scheme))
+        counts = {}
+        for scheme in ("http", "https"):
+            tags = {"http.request.method": "GET", "url.scheme": scheme, "http.response.status_code": 200,
+                    "http.route": "/hello"}
+            counts[scheme] = monitor.snapshot().value("http.server.request.duration", tags)["count"]
+        print("REPORT " + json.dumps(counts))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "METRICS_", "PERFORMANCE_", "CHAT_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "cannot instrument" not in result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
+    assert json.loads(line[len("REPORT ") :]) == {"http": 1, "https": 2}

@@ -163,21 +163,26 @@ def measured_get_response_async(
     with no frame of ours in between (ASGI's target is tight: each frame costs 0.1 to 0.3 µs of the 4 a request).
     """
     from django.conf import settings
-    from django.core.handlers.asgi import ASGIRequest
 
     # Django's request.scheme reads settings.SECURE_PROXY_SSL_HEADER through LazySettings (0.3 µs a request).
     # LazySettings keeps every setting read in its instance dict, which it empties whenever a setting changes
     # (assignment, override_settings): read there, the value is the one request.scheme would read.
     read_settings = vars(settings)
+    # Django's ASGIRequest, whose scheme without a proxy header is the scope's. Found at the first request, not
+    # here: BaseHandler is patched as it is imported, which may be half-way through importing the ASGI handler.
+    asgi_request: Any = None
 
     async def get_response_async(self: Any, request: Any) -> Any:
+        nonlocal asgi_request
         meta = request.META
         if MEASURED in meta or (metrics.excludes and metrics.skips(request.path_info)):
             return await original(self, request)
-        if type(request) is ASGIRequest and not read_settings.get("SECURE_PROXY_SSL_HEADER", True):
+        if type(request) is asgi_request and not read_settings.get("SECURE_PROXY_SSL_HEADER", True):
             scheme = request.scope.get("scheme") or "http"  # what ASGIRequest.scheme returns without a proxy header
         else:  # a proxy header set (or the setting not read yet), or a request class of the project's: Django's way
             scheme = request.scheme or "http"
+            if asgi_request is None:
+                asgi_request = _asgi_request_class()
         # metrics.started(), inline (ASGI's target is tight; the sync path calls it): the requests in flight it
         # counts among (per method and scheme), and its scheme.
         kind = (request.method or "GET", scheme)
@@ -223,6 +228,13 @@ def measured_get_response_async(
 
     get_response_async.__wrapped__ = original  # type: ignore[attr-defined]
     return get_response_async
+
+
+def _asgi_request_class() -> Any:
+    """Django's ``ASGIRequest``: asked for while a request is handled, when the ASGI handler's module is whole."""
+    from django.core.handlers.asgi import ASGIRequest
+
+    return ASGIRequest
 
 
 async def _measured_async_stream(
