@@ -106,15 +106,22 @@ def test_statistics_are_read_only_when_something_collects(
 
 def test_real_process_values(monitor: PerformanceMonitor, instrument: Callable[..., None]) -> None:
     instrument()
-    gc.collect()
-    gc.disable()  # no finalizer of another test's leftovers may close a descriptor between the readings
-    try:
-        before = monitor.snapshot()
-        with tempfile.TemporaryFile(), tempfile.TemporaryFile(), tempfile.TemporaryFile():
-            during = monitor.snapshot()
-    finally:
-        gc.enable()
-    assert during.value("process_open_fds") == before.value("process_open_fds") + 3
+    # Another test's server or exporter thread, still ending in this worker process, may open or close a descriptor
+    # between the two readings: the three files must show as three more in one of a few tries (0 if not read).
+    added = []
+    for _ in range(5):
+        gc.collect()
+        gc.disable()  # no finalizer of another test's leftovers may close a descriptor between the readings
+        try:
+            before = monitor.snapshot()
+            with tempfile.TemporaryFile(), tempfile.TemporaryFile(), tempfile.TemporaryFile():
+                during = monitor.snapshot()
+        finally:
+            gc.enable()
+        added.append(during.value("process_open_fds") - before.value("process_open_fds"))
+        if added[-1] == 3:
+            break
+    assert added[-1] == 3, added
     assert during.value("process_threads") >= 1
     assert 5 < during.value("memory_usage_mb") < 4096
 
