@@ -39,6 +39,9 @@ HUGE = "1" * 309 + "s"  # parses to infinity
         ({"matchers": {"__name__": "x"}}, "matchers"),
         ({"labels": {"team": "ops\udce9"}}, "labels"),
         ({"annotations": {"summary": "\ud83d"}}, "annotations"),
+        # Go's template opens the action at the first "{{": "{ $value" is no command (promtool: unexpected "{")
+        ({"annotations": {"summary": "{{{ $value }}x"}}, "annotations"),
+        ({"annotations": {"summary": "{{{{ $value }}"}}, "annotations"),
         ({"name": "High\udce9"}, "name"),
     ],
 )

@@ -166,7 +166,7 @@ class AlertRule:
         for key, text in self.annotations.items():
             if not LABEL_NAME.match(key):  # Prometheus checks annotation names as label names
                 raise RuleError(self.id, "annotations", f"{key!r} is not a valid annotation name")
-            if "{{" in TEMPLATE.sub("", text):
+            if not _only_placeholders(text):
                 raise RuleError(self.id, "annotations", f"{key}: only {{{{ $value }}}} and {{{{ $labels.name }}}}")
         for key in self.matchers:
             if key.startswith("__"):
@@ -236,3 +236,15 @@ class AlertRule:
             self.threshold,
             self.duration_s,
         )
+
+
+def _only_placeholders(text: str) -> bool:
+    """Every ``{{`` of ``text`` opens a ``{{ $value }}`` or ``{{ $labels.name }}``, read left to right as Prometheus's
+    Go template does: in ``{{{ $value }}`` the action opens at the first brace, and ``{ $value`` is no command."""
+    start = text.find("{{")
+    while start != -1:
+        found = TEMPLATE.match(text, start)
+        if found is None:
+            return False
+        start = text.find("{{", found.end())
+    return True
