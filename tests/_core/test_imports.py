@@ -118,3 +118,33 @@ def test_a_module_another_thread_is_still_importing_is_patched_once_its_import_i
         """
     )
     assert out.strip() == "patched"
+
+
+def test_an_import_that_fails_in_another_thread_does_not_fail_the_patch_request(tmp_path: Path) -> None:
+    (tmp_path / "broken_library.py").write_text(
+        "import time\ntime.sleep(0.5)\nraise RuntimeError('this version does not import')\n"
+    )
+    out = _run(
+        f"""
+        import sys, threading, time
+        sys.path.insert(0, {str(tmp_path)!r})
+        from chat_turbo_metrics.instrumentation import when_imported
+
+        def import_it():
+            try:
+                import broken_library
+            except RuntimeError:
+                pass
+
+        importer = threading.Thread(target=import_it)
+        importer.start()
+        while "broken_library" not in sys.modules:
+            time.sleep(0.01)
+        calls = []
+        undo = when_imported("broken_library", calls.append)
+        importer.join()
+        print(calls, "broken_library" in sys.modules)
+        undo()
+        """
+    )
+    assert out.strip() == "[] False"

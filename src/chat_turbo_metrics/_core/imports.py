@@ -10,6 +10,7 @@ when the library is already there.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import sys
@@ -84,7 +85,9 @@ def when_imported(module: str, patch: Callable[[ModuleType], Undo | None]) -> Un
     if present is not None and getattr(getattr(present, "__spec__", None), "_initializing", False):
         # Half-imported: wrapt would patch it at once, before the names the patch replaces exist. Another
         # thread's import holds the module's lock: wait for it (in this thread's own import cycle this returns
-        # the module as it is, at once).
-        importlib.import_module(module)
+        # the module as it is, at once). If that import fails, this one tries again, as any importer waiting on it
+        # would; its failure is the application's to see, not instrument()'s: the patch waits for the next import.
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
     register_post_import_hook(deferred, module)
     return deferred.undo
