@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 import threading
 import time
@@ -256,7 +255,6 @@ def _patch(name: str, recorder: _Recorder) -> Callable[[ModuleType], Undo]:
     """The patch of module ``name``: wraps its :data:`_PATCH_POINTS`, and returns what puts them back."""
 
     def patch(module: ModuleType) -> Undo:
-        module = importlib.import_module(name)  # not the hook's module: waits for a thread still importing it
         patched: list[tuple[type, str, Callable[..., Any], Callable[..., Any]]] = []
 
         def restore() -> None:

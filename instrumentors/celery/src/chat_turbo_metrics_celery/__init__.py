@@ -150,9 +150,7 @@ def _connect(recorder: _Recorder) -> Callable[[ModuleType], Undo]:
     imports that module first, so no signal is sent before the handlers are connected; and it is the only part of
     Celery they need (not the app, Kombu or the worker)."""
 
-    def connect(module: ModuleType) -> Undo:
-        from celery import signals  # not the hook's module: waits for a thread still importing it
-
+    def connect(signals: ModuleType) -> Undo:
         def disconnect() -> None:
             for signal, _, uid in _SIGNALS:
                 getattr(signals, signal).disconnect(dispatch_uid=uid)

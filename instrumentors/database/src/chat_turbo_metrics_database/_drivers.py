@@ -254,8 +254,8 @@ class _DriverInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _patch(self, saved: _Saved, statements: Statements) -> None:
         """Patch the library (each subclass its own), recording what it replaced in the first argument.
 
-        It imports what it patches rather than reading the module given to the hook: an import waits for another
-        thread still importing the library, where the module's attributes may not all be there yet.
+        Called once :attr:`_module` is imported whole (``when_imported`` waits for another thread's import), so
+        importing what it patches here imports nothing new.
         """
 
     def _uninstrument(self, **kwargs: Any) -> None:

@@ -190,7 +190,7 @@ def _listen(listener: _Listener) -> Callable[[ModuleType], Undo]:
     package (whose ``__init__`` loads ``sqlalchemy.engine`` and ``sqlalchemy.event``) is imported."""
 
     def listen(module: ModuleType) -> Undo:
-        from sqlalchemy import event  # imports, not the module's attributes: wait for a thread still importing it
+        from sqlalchemy import event  # loaded by the package's __init__, as is sqlalchemy.engine
         from sqlalchemy.engine import Engine
 
         added: list[str] = []
