@@ -135,23 +135,18 @@ def _finish(  # noqa: PLR0917 - one call site, called per request
         status = 500
     elif status >= 500:
         error_type = meta.get(ERROR_TYPE)
-    # The template of the URL pattern Django resolved the request to (``resolver_match.route``), or unmatched.
-    route = getattr(getattr(request, "resolver_match", None), "route", None)
-    method = request.method or "GET"
-    endpoint = (_templates.get(route) or route_template(route)) if isinstance(route, str) and route else UNMATCHED
     received = content_length(meta) if "CONTENT_LENGTH" in meta else 0
-    if error_type is None and status < 500:
-        # RequestMetrics.finish()'s common case inline (a series already bound to the current recorder): one call
-        # frame less per request. Anything else goes through finish().
-        bound = metrics._bound
-        monitor = metrics._fixed or PerformanceMonitor._instance
-        if bound is not None and bound.monitor is monitor and bound.marker is monitor._recorder:
-            series = bound.series.get((method, endpoint, status, scheme))
-            if series is not None:
-                flight.pop()
-                series(end - start, received, sent)
-                return
-    metrics.finish(method, endpoint, status, scheme, end - start, received, sent, error_type, flight)
+    method = request.method or "GET"
+    metrics.finish(method, endpoint_of(request), status, scheme, end - start, received, sent, error_type, flight)
+
+
+def endpoint_of(request: Any) -> str:
+    """The template of the URL pattern Django resolved ``request`` to (``resolver_match.route``), or unmatched."""
+    try:
+        route = request.resolver_match.route
+    except AttributeError:  # none matched: resolver_match is None
+        return UNMATCHED
+    return (_templates.get(route) or route_template(route)) if isinstance(route, str) and route else UNMATCHED
 
 
 def measured_get_response_async(
@@ -211,7 +206,7 @@ def measured_get_response_async(
         bound = metrics._bound
         monitor = metrics._fixed or PerformanceMonitor._instance
         if status < 500 and bound is not None and bound.monitor is monitor and bound.marker is monitor._recorder:
-            try:  # the URL pattern Django matched (as _finish() reads it, without two getattr() calls)
+            try:  # endpoint_of(request), inline
                 route = request.resolver_match.route
             except AttributeError:  # none matched: resolver_match is None
                 route = None
@@ -269,4 +264,3 @@ def patch_django_asgi(metrics: RequestMetrics) -> Callable[[], None]:
         got_request_exception.disconnect(dispatch_uid="chat_turbo_metrics_http.asgi_instrumentor")
 
     return undo
-

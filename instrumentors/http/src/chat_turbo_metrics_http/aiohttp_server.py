@@ -83,8 +83,9 @@ class AiohttpServerInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             return
         metrics = RequestMetrics(settings, kwargs.get("monitor"))
         switch = AiohttpServerInstrumentor._switch = [True]
-        patch = _patch_application  # when the application imports aiohttp's server (now, if it has)
-        AiohttpServerInstrumentor._undo.append(when_imported(WEB_APP, lambda module: patch(module, metrics, switch)))
+        # aiohttp's server is patched when the application imports it (now, if it has).
+        undo = when_imported(WEB_APP, lambda module: _patch_application(module, metrics, switch))
+        AiohttpServerInstrumentor._undo.append(undo)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         AiohttpServerInstrumentor._switch[0] = False

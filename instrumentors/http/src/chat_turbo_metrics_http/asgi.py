@@ -240,8 +240,9 @@ class AsgiMetricsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         metrics = RequestMetrics(settings, kwargs.get("monitor"))
         # A new switch per instrument(): stacks wrapped before an uninstrument() stay off for good.
         switch = AsgiMetricsInstrumentor._switch = [True]
-        patch = _patch_starlette  # when the application imports Starlette (now, if it has)
-        AsgiMetricsInstrumentor._undo.append(when_imported(STARLETTE, lambda module: patch(module, metrics, switch)))
+        # Starlette is patched when the application imports it (now, if it has).
+        undo = when_imported(STARLETTE, lambda module: _patch_starlette(module, metrics, switch))
+        AsgiMetricsInstrumentor._undo.append(undo)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         AsgiMetricsInstrumentor._switch[0] = False
