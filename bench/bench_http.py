@@ -41,8 +41,12 @@ from chat_turbo_metrics_http.wsgi import WsgiMetricsMiddleware
 # middleware's cost, and it would swamp differences of a few microseconds.
 _clock = time.thread_time
 QUICK = "--quick" in sys.argv
-N = 4_000 if QUICK else 10_000
-ROUNDS = 3 if QUICK else 7  # the minimum of many short interleaved rounds resists a noisy machine best
+# The minimum of many short interleaved rounds resists a noisy machine best. On this VM one batch's CPU time per
+# request swings by up to half (the host's other tenants slow the core, not this process): long rounds (7 of 10,000)
+# let one slow stretch land on one case and moved a ratio by 0.03 between runs; 60 rounds of 1,000, the order
+# rotating each round, put the WSGI ratios within 0.01 of each other over repeated runs.
+N = 1_000
+ROUNDS = 15 if QUICK else 60
 
 SCOPE = {
     "type": "http",
@@ -127,9 +131,10 @@ def compare(title: str, cases: dict[str, Callable[[int], float]]) -> dict[str, f
     for run in cases.values():
         run(N // 10)  # warm up: first-request work (tag sets, middleware stacks) is not per-request cost
     best = dict.fromkeys(cases, float("inf"))
-    for _ in range(ROUNDS):
-        for name, run in cases.items():
-            best[name] = min(best[name], run(N))
+    names = list(cases)
+    for round_ in range(ROUNDS):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:  # each case first in turn
+            best[name] = min(best[name], cases[name](N))
     print(f"\n{title}")
     for name, micros in best.items():
         print(f"  {name:42s} {micros:7.2f} us/request  (+{micros - best['bare']:6.2f})")

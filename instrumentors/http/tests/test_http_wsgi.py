@@ -124,6 +124,35 @@ def test_a_generator_body_is_measured_to_its_last_chunk(http_monitor: Performanc
     assert duration["sum"] >= 0.2
 
 
+@pytest.mark.parametrize("removed", ["REQUEST_METHOD", "wsgi.url_scheme"])
+def test_an_environ_that_loses_a_key_mid_request_is_still_recorded_once(
+    http_monitor: PerformanceMonitor, removed: str
+) -> None:
+    """The key is read again at the last chunk (an application may rewrite it): gone by then, the defaults stand in
+    and nothing raises into the server, for the first request of its series and for a later one."""
+
+    def app(env: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+        del env[removed]
+        return Body([b"ab", b"c"])
+
+    middleware = WsgiMetricsMiddleware(app, monitor=http_monitor)
+    Server().serve(middleware)  # binds the series
+    for _ in range(2):
+        assert Server().serve(middleware, environ()) == b"abc"
+    count, response, duration = sizes(http_monitor)
+    assert (count, response["sum"], duration["count"]) == (3, 9, 3)
+    assert http_monitor.snapshot().value("http_requests_in_flight") == 0
+
+
+def test_an_environ_without_method_or_scheme_counts_under_the_defaults(http_monitor: PerformanceMonitor) -> None:
+    middleware = WsgiMetricsMiddleware(app_returning(Body([b"xy"])), monitor=http_monitor)
+    for _ in range(2):
+        assert Server().serve(middleware, {"PATH_INFO": "/x"}) == b"xy"
+    assert sizes(http_monitor)[0] == 2
+    assert http_monitor.snapshot().value("http_requests_in_flight") == 0
+
+
 def test_the_apps_body_is_closed_exactly_once(http_monitor: PerformanceMonitor) -> None:
     body = Body([b"a", b"bc"])
     middleware = WsgiMetricsMiddleware(app_returning(body), monitor=http_monitor)

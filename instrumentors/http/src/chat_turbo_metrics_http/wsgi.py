@@ -43,6 +43,7 @@ MEASURED = "chat_turbo_metrics.measured"  # environ key: an outer middleware of 
 ERROR_TYPE = "chat_turbo_metrics.error_type"  # environ key: the exception a framework turned into a 500
 ROUTE = "chat_turbo_metrics.route"  # environ key: the route template, for frameworks that do not keep it
 _perf_counter = time.perf_counter
+_COMPLETE = frozenset((list, tuple))  # bodies complete when the application returns them (exact types)
 
 
 def route_of(environ: Environ) -> str:
@@ -141,9 +142,9 @@ class _Exchange:
             metrics.finish_exchange(self, None)
             return
         environ = self.environ  # read now: an application may have rewritten the method or the scheme
-        key = (environ.get("REQUEST_METHOD", "GET"), self.route, self.status, environ.get("wsgi.url_scheme", "http"))
-        series = bound.lines.get(key)
-        if series is None:
+        try:  # subscripts, not get(): a method call each; an environ short of PEP 3333's keys takes the long way
+            series = bound.lines[environ["REQUEST_METHOD"], self.route, self.status, environ["wsgi.url_scheme"]]
+        except KeyError:  # a series not found by its status line yet, or an odd environ
             metrics.finish_exchange(self, None)
             return
         self.done = True
@@ -243,11 +244,11 @@ class _MeasuredApp:
         if MEASURED in environ or (metrics.excludes and metrics.skips(environ.get("PATH_INFO", ""))):
             return self.app(environ, start_response)
         environ[MEASURED] = True
-        # metrics.started(), inline
-        kind = (environ.get("REQUEST_METHOD", "GET"), environ.get("wsgi.url_scheme", "http"))
-        flight = _in_flight.get(kind)
-        if flight is None:
-            flight = _new_in_flight(*kind)
+        # metrics.started(), inline; subscripts, not get(): a method call each
+        try:
+            flight = _in_flight[environ["REQUEST_METHOD"], environ["wsgi.url_scheme"]]
+        except KeyError:  # the first request of its kind, a method outside the standard set, an odd environ
+            flight = _new_in_flight(environ.get("REQUEST_METHOD", "GET"), environ.get("wsgi.url_scheme", "http"))
         flight.append(None)
         if metrics._bound is None:
             metrics.bound()
@@ -265,7 +266,7 @@ class _MeasuredApp:
         except BaseException as error:
             metrics.finish_exchange(exchange, type(error).__name__)
             raise  # unchanged
-        if body.__class__ is list or body.__class__ is tuple:  # nothing left to wait for, nothing to close
+        if body.__class__ in _COMPLETE:  # a list or tuple: nothing left to wait for, nothing to close
             try:
                 exchange.sent += sum(map(len, body))
             except TypeError:  # not bytes: the server will say so; measure it as any other body
