@@ -108,8 +108,11 @@ class _Exchange:
     def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], None]:
         self.status = status
         # Flask drops the request from the environ when its context ends, after this call, before the body.
-        # route_of(), its common case inline: a frame less per request.
-        rule = getattr(self.environ.get("werkzeug.request"), "url_rule", None)
+        # route_of(), its common case inline: a frame less per request, no get() or getattr() call.
+        try:
+            rule = self.environ["werkzeug.request"].url_rule
+        except (KeyError, AttributeError):  # not Werkzeug's: route_of() reads what else the environ holds
+            rule = None
         self.route = (
             (_templates.get(rule.rule) or route_template(rule.rule)) if rule is not None else route_of(self.environ)
         )
