@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 QUICK = "--quick" in sys.argv
-ROUNDS = 3 if QUICK else 7
-SECONDS = 2 if QUICK else 5  # one wrk run
+ROUNDS = 3 if QUICK else 20
+SECONDS = 2  # one wrk run: many short rounds, so that a slow stretch of the host spoils one round, not a figure
 CONNECTIONS = 4
 MODES = ("bare", "ours", "otel", "peer")
 PATH = "/api/messages/42"
