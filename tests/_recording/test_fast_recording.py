@@ -539,6 +539,89 @@ def test_sixteen_threads_give_exact_totals(monitor_factory: Factory) -> None:
     assert snapshot.value("handled", {"k": "v"}) == 16 * per_thread
 
 
+def test_a_histogram_handle_defers_its_observations_to_whatever_reads_them(monitor_factory: Factory) -> None:
+    """Outside a span a handle only appends; a collection, ``recorded()`` and the handle itself at ``FOLD_AT`` fold
+    them, so nothing is lost, every reader sees the same totals and the list stays short however long nothing
+    collects."""
+    from chat_turbo_metrics._recording.streams import FOLD_AT
+
+    fast = monitor_factory(recording="fast")
+    handle = fast.histogram("waits", {"k": "v"})
+    handle.observe(0.25)  # the first call finds the cell (slow path)
+    recorder = fast._recorder
+    assert isinstance(recorder, FastRecorder)
+    fast.snapshot()  # the first collection: nothing recorded since
+    assert not recorder.recorded()
+    handle.observe(2)
+    cell = handle._cell  # type: ignore[attr-defined]
+    assert cell.pending == [2]
+    assert recorder.recorded()  # an idle-aware publication sees it before any fold
+    for n in range(10 * FOLD_AT):
+        handle.observe(n % 7)
+    assert len(cell.pending) < FOLD_AT  # folded by the handle as it went
+    point = fast.snapshot().value("waits", {"k": "v"})
+    values = [0.25, 2, *(n % 7 for n in range(10 * FOLD_AT))]
+    assert (point["count"], point["sum"], point["min"], point["max"]) == (len(values), sum(values), 0, 6)
+    assert cell.pending == []
+
+
+def test_deferred_observations_from_threads_beside_collections_are_exact(monitor_factory: Factory) -> None:
+    fast = monitor_factory(recording="fast")
+    handle = fast.histogram("sizes_bytes", {"k": "v"})
+    per_thread, threads_n = 20_000, 8
+    barrier = threading.Barrier(threads_n + 1)
+    done = threading.Event()
+
+    def work() -> None:
+        barrier.wait()
+        for n in range(per_thread):
+            handle.observe(n % 3)
+
+    def collect() -> None:  # folds while the threads append
+        barrier.wait()
+        while not done.is_set():
+            fast.snapshot()
+
+    threads = [threading.Thread(target=work) for _ in range(threads_n)]
+    collector = threading.Thread(target=collect)
+    for thread in [*threads, collector]:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    done.set()
+    collector.join()
+    point = fast.snapshot().value("sizes_bytes", {"k": "v"})
+    assert point["count"] == threads_n * per_thread
+    assert point["sum"] == threads_n * sum(n % 3 for n in range(per_thread))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_observations_pending_at_a_fork_stay_the_parents(monitor_factory: Factory) -> None:
+    fast = monitor_factory(recording="fast")
+    handle = fast.histogram("waits", {"k": "v"})
+    for value in (1, 2, 3):
+        handle.observe(value)  # the first finds the cell; the other two wait in its list
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_end)
+            handle.observe(10)
+            point = fast.snapshot().value("waits", {"k": "v"})
+            os.write(write_end, f"{point['count']} {point['sum']}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    child = read_all(read_end, timeout_s=20)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child == "1 10"  # the child's own observation only
+    point = fast.snapshot().value("waits", {"k": "v"})
+    assert (point["count"], point["sum"]) == (3, 6)  # the parent's, pending ones included
+
+
 class SelfRecordingTags(Mapping[str, str]):
     """Tags whose iteration records a metric: user code that runs while the recorder holds its lock."""
 

@@ -3,7 +3,9 @@
 A handle skips the tag lookup of :mod:`chat_turbo_metrics._recording.fast`; like the recorder's hot path it
 takes only plain ``int``/``float`` values in range (two identity tests and one chained comparison) and sends
 anything else to the recorder's slow path, which normalises or refuses it before touching the cell. A histogram
-handle keeps exemplars as the recorder does (:mod:`chat_turbo_metrics._recording.exemplars`).
+handle keeps exemplars as the recorder does (:mod:`chat_turbo_metrics._recording.exemplars`); outside a span it
+only appends the value to its cell's pending list, which the next collection folds into the buckets
+(:func:`~chat_turbo_metrics._recording.streams.fold_pending`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from chat_turbo_metrics._core.guard import FLOAT_MAX, INT64_BOUND, INT64_LIMIT
 from chat_turbo_metrics._recording.exemplars import SPAN, current_context, keep_exemplar
 from chat_turbo_metrics._recording.sdk import BoundInstrument
+from chat_turbo_metrics._recording.streams import FOLD_AT, fold_pending
 
 if TYPE_CHECKING:
     from chat_turbo_metrics._recording.fast import FastRecorder
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
 _I64 = INT64_BOUND
 _I64_INT = INT64_LIMIT  # counter increments are usually the int 1: keep that comparison int-to-int
 _FMAX = FLOAT_MAX
+_FOLD_AT = FOLD_AT
 _int = int
 _float = float
 _EMPTY: Mapping[str, Any] = {}
@@ -88,9 +92,21 @@ class _HistogramHandle(_Handle):
     _method = "observe"
 
     def observe(self, value: float) -> None:
-        """Record one observation."""
+        """Record one observation.
+
+        Outside a span it is appended to the cell's pending list, folded into the buckets when something reads
+        the cell (:func:`~chat_turbo_metrics._recording.streams.fold_pending`) or when the list reaches
+        ``FOLD_AT``; inside one the cell is updated now, keeping the exemplar of its bucket.
+        """
         try:
             if ((kind := value.__class__) is _float or kind is _int) and 0 <= value < _FMAX:
+                context = current_context()
+                if not context or context.get(SPAN) is None:  # an empty context: no span, no exemplar to keep
+                    pending = self._cell.pending
+                    pending.append(value)
+                    if len(pending) >= _FOLD_AT:
+                        self._fold()
+                    return
                 cell = self._cell
                 index = bisect_left(cell.bounds, value)
                 lock = self._lock
@@ -104,13 +120,19 @@ class _HistogramHandle(_Handle):
                         cell.max = value
                 finally:
                     lock.release()
-                context = current_context()
-                if context and (span := context.get(SPAN)) is not None:  # an empty context: no span, no call
-                    keep_exemplar(cell, index, value, span)
+                keep_exemplar(cell, index, value, context.get(SPAN))
                 return
         except Exception:
             pass
         self._miss(value)
+
+    def _fold(self) -> None:
+        lock = self._lock
+        lock.acquire()
+        try:
+            fold_pending(self._cell)
+        finally:
+            lock.release()
 
     def inc(self, value: float = 1) -> None:
         """Record ``value`` (default 1) as one observation."""

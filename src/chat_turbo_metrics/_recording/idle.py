@@ -52,7 +52,7 @@ _INF = math.inf
 # Whether a recording reached a cell through the hot path since the last fold (read before the fold).
 _USED: dict[str, Callable[[Any], bool]] = {
     "sum": lambda cell: cell.delta != 0,
-    "histogram": lambda cell: cell.min != _INF,
+    "histogram": lambda cell: cell.min != _INF or bool(cell.pending),
     "gauge": lambda cell: False,  # a store leaves no trace; demotion routes the next set() to the slow path
 }
 

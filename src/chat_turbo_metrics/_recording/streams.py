@@ -85,7 +85,11 @@ class GaugeCell:
 
 class HistogramCell:
     """A histogram series: cumulative bucket ``counts``; ``sum``/``min``/``max`` since the last collection,
-    folded into the ``total_*`` fields at each collection."""
+    folded into the ``total_*`` fields at each collection.
+
+    ``pending`` holds observations a bound handle made outside a span, not yet in the buckets: appending is all such
+    an observation costs the application (see :func:`fold_pending`); whatever reads the cell folds them first.
+    """
 
     __slots__ = (
         "active_ns",
@@ -97,6 +101,7 @@ class HistogramCell:
         "mark",
         "max",
         "min",
+        "pending",
         "start_ns",
         "sum",
         "total_max",
@@ -121,7 +126,46 @@ class HistogramCell:
         self.attributes = attributes
         # Per bucket, the latest (value, time ns, trace id, span id) observed in a sampled span; None until one.
         self.exemplars: list[tuple[float, int, int, int] | None] | None = None
+        self.pending: list[Any] = []  # one list for the cell's life: handles append to it without the lock
         _idle_state(self)
+
+
+# Observations a cell holds unfolded at most: a handle that reaches this folds them itself (a few µs, once per
+# this many calls), so a series nothing collects holds a bounded list (about 1 kB at the most).
+FOLD_AT = 32
+
+
+def fold_pending(cell: HistogramCell) -> None:
+    """Put the cell's pending observations into its buckets, sum, min and max. Call with the recorder's lock held.
+
+    The application's thread only appends (atomic), so the values are taken as a slice and deleted as one: an
+    observation appended meanwhile stays for the next fold. Folding a batch in one loop costs a fraction of updating
+    the cell at each call, which inside an application's request runs on cold caches (``bench/bench_instrumentors.py``:
+    a psycopg2 statement's histogram observation added 2.3 µs of CPU, an append 0.2 µs).
+
+    Example:
+        >>> cell = HistogramCell((1.0, 10.0), {})
+        >>> cell.pending.extend([0.5, 5, 50])
+        >>> fold_pending(cell)
+        >>> cell.counts, cell.sum, cell.min, cell.max, cell.pending
+        ([1, 1, 1], 55.5, 0.5, 50, [])
+    """
+    pending = cell.pending
+    taken = len(pending)
+    if not taken:
+        return
+    values = pending[:taken]
+    del pending[:taken]
+    counts, bounds = cell.counts, cell.bounds
+    total, low, high = cell.sum, cell.min, cell.max
+    for value in values:
+        counts[bisect_left(bounds, value)] += 1
+        total += value
+        if value < low:  # noqa: PLR1730 - cheaper than min() in the loop
+            low = value
+        if value > high:  # noqa: PLR1730
+            high = value
+    cell.sum, cell.min, cell.max = total, low, high
 
 
 def exemplars_of(cell: HistogramCell) -> list[Exemplar]:
@@ -334,6 +378,7 @@ class Stream:
             else:
                 histograms = []
                 for cell in cells:
+                    fold_pending(cell)
                     sum_ = cell.total_sum = cell.sum + cell.total_sum
                     min_ = cell.total_min = min(cell.min, cell.total_min)
                     max_ = cell.total_max = max(cell.max, cell.total_max)
@@ -364,7 +409,7 @@ class Stream:
             return any(cell.delta != 0 for cell in cells)  # type: ignore[union-attr]
         if aggregation == "gauge":
             return any(cell.value != cell.folded for cell in cells)  # type: ignore[union-attr]
-        return any(cell.min != _INF for cell in cells)  # type: ignore[union-attr]
+        return any(cell.min != _INF or cell.pending for cell in cells)  # type: ignore[union-attr]
 
 
 def restart_after_fork(cell: Cell, now_ns: int) -> None:
@@ -379,4 +424,5 @@ def restart_after_fork(cell: Cell, now_ns: int) -> None:
         cell.min = cell.total_min = _INF
         cell.max = cell.total_max = -_INF
         cell.exemplars = None
+        del cell.pending[:]  # the parent's to fold; in place, as handles hold the list
         cell.start_ns = now_ns
