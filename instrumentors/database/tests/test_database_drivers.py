@@ -213,6 +213,35 @@ def test_psycopg2_cursor_factories_errors_and_uninstrument(
     assert "secret" not in db_monitor.snapshot().to_prometheus()
 
 
+def test_psycopg2_cursor_options_pass_through_and_repeats_follow_configure(
+    instrumented: Callable[..., None], db_monitor: PerformanceMonitor, table: str
+) -> None:
+    """``cursor()``'s own parameters reach psycopg2 as given (by name or position), with psycopg2's own errors, and
+    a statement repeated on one cursor and across cursors is counted every time."""
+    import psycopg2
+
+    instrumented(Psycopg2Instrumentor)
+    connection = psycopg2.connect(DSN)
+    try:
+        with connection.cursor("held", None, True, True) as cursor:  # name, cursor_factory, withhold, scrollable
+            assert (cursor.name, cursor.withhold, cursor.scrollable) == ("held", True, True)
+            cursor.execute(f"SELECT id FROM {table}")
+        connection.commit()
+        with connection.cursor(withhold=False) as cursor:
+            for _ in range(3):
+                cursor.execute(f"SELECT id FROM {table}")
+        with pytest.raises(psycopg2.ProgrammingError):  # as without us: not on an unnamed cursor
+            connection.cursor(scrollable=False)
+        with pytest.raises(TypeError):
+            connection.cursor(nonsense=1)
+        for _ in range(2):
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT id FROM {table}")
+    finally:
+        connection.close()
+    assert counts(db_monitor) == {("select", table, "success"): 6}
+
+
 # --- asyncpg --------------------------------------------------------------------------------------------------
 
 

@@ -152,7 +152,8 @@ class Statements:
         self._names = SemconvNames(semconv_mode("database", monitor))
         if self._names.semconv:
             define_metrics(monitor, DB_CLIENT_OPERATION_DURATION)
-        self._ok, self._failed = {}, {}
+        self._ok.clear()  # in place: the statement wrappers hold this dict
+        self._failed.clear()
         self._monitor, self._marker = monitor, monitor._recorder
 
     def _new_series(
@@ -302,7 +303,7 @@ def _sync_method(original: Any, statements: Statements, connection_of: Callable[
 # third of the wrapper's cost): psycopg2's cursor.execute(query, vars=None), and psycopg's Cursor.execute(query,
 # params=None, *, prepare=None, binary=None) when its signature is that one.
 def _psycopg2_execute(original: Any, statements: Statements, on: list[bool]) -> Any:
-    ok, failed = statements.ok, statements.failed
+    ok, failed, known, fixed = statements.ok, statements.failed, statements._ok, statements._fixed
 
     def execute(self: Any, query: Any, vars: Any = None) -> Any:
         if not on[0] or (_claimed[0] and self.connection in sqlalchemy_connections):
@@ -313,7 +314,15 @@ def _psycopg2_execute(original: Any, statements: Statements, on: list[bool]) -> 
         except BaseException as error:
             failed(query, _perf_counter() - start, self, type(error).__qualname__)
             raise
-        ok(query, _perf_counter() - start, self)
+        elapsed = _perf_counter() - start
+        # statements.ok(), its common case inline (a text seen before, on the recorder it was bound to): a frame less
+        monitor = fixed or PerformanceMonitor._instance
+        if type(query) is str and monitor is not None and monitor._recorder is statements._marker:
+            observe = known.get(query)
+            if observe is not None:
+                observe(elapsed)  # a handle: never raises
+                return result
+        ok(query, elapsed, self)
         return result
 
     return execute
@@ -512,10 +521,17 @@ class Psycopg2Instrumentor(_DriverInstrumentor):
                         self, name, measured_cursor(cursor_factory) if on[0] else cursor_factory, *args, **kwargs
                     )
 
-                def cursor(self: Any, *args: Any, **kwargs: Any) -> Any:
-                    if args or kwargs:  # a name, a cursor_factory for this cursor, ...
-                        return given(self, *args, **kwargs)
-                    return base_cursor(self)  # the connection's own factory, measured since connect()
+                # psycopg2's own parameters, named: a call packs no argument tuple and keyword dict.
+                def cursor(
+                    self: Any,
+                    name: Any = None,
+                    cursor_factory: Any = None,
+                    withhold: Any = False,
+                    scrollable: Any = None,
+                ) -> Any:
+                    if name is None and cursor_factory is None and withhold is False and scrollable is None:
+                        return base_cursor(self)  # the connection's own factory, measured since connect()
+                    return given(self, name, cursor_factory, withhold=withhold, scrollable=scrollable)
 
                 made = connections[base] = type(base.__name__, (base,), {"__slots__": (), "cursor": cursor})
             return made
