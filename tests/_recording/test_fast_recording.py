@@ -21,6 +21,7 @@ import pytest
 
 from chat_turbo_metrics import PerformanceMonitor, ViewConfig
 from chat_turbo_metrics._recording.fast import FastRecorder
+from forked import in_fork
 
 Factory = Callable[..., PerformanceMonitor]
 TAGS = {"method": "GET", "endpoint": "/api/x", "status": 200}
@@ -601,23 +602,13 @@ def test_observations_pending_at_a_fork_stay_the_parents(monitor_factory: Factor
     handle = fast.histogram("waits", {"k": "v"})
     for value in (1, 2, 3):
         handle.observe(value)  # the first finds the cell; the other two wait in its list
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(read_end)
-            handle.observe(10)
-            point = fast.snapshot().value("waits", {"k": "v"})
-            os.write(write_end, f"{point['count']} {point['sum']}".encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    child = read_all(read_end, timeout_s=20)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert child == "1 10"  # the child's own observation only
+
+    def child() -> list[float]:
+        handle.observe(10)
+        point = fast.snapshot().value("waits", {"k": "v"})
+        return [point["count"], point["sum"]]
+
+    assert in_fork(child) == [1, 10]  # the child's own observation only
     point = fast.snapshot().value("waits", {"k": "v"})
     assert (point["count"], point["sum"]) == (3, 6)  # the parent's, pending ones included
 

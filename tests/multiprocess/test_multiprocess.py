@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import socket
@@ -11,7 +10,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from chat_turbo_metrics._pipeline.ports import PortInUseError
 from chat_turbo_metrics.exporters._prometheus_text import to_prometheus_text
 from chat_turbo_metrics.multiprocess._merge import encode, merge, retire
 from conftest import free_port, service_process
+from forked import in_fork
 
 
 def _worker(**settings: object) -> PerformanceMonitor:
@@ -267,26 +266,6 @@ def test_a_restarted_service_starts_at_zero(tmp_path: Path) -> None:
         second.shutdown()
 
 
-def _in_fork(work: Callable[[], object]) -> object:
-    """Run ``work`` in a forked child; what it returns (JSON) comes back through a pipe."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(read_end)
-            os.write(write_end, json.dumps(work()).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        body = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, body
-    return json.loads(body)
-
-
 def _points(monitor: PerformanceMonitor) -> dict[str, object]:
     """What the pipeline's collection (the data every push exporter gets) holds, by metric name."""
     state = encode(monitor.pipeline.collect())  # type: ignore[union-attr]
@@ -318,7 +297,7 @@ def test_a_forked_child_reports_only_what_it_records_itself(recording: str) -> N
             handle.inc()
             return _points(monitor)
 
-        forked = _in_fork(child)
+        forked = in_fork(child)
         parent = _points(monitor)
     finally:
         monitor.shutdown()
@@ -357,7 +336,7 @@ def test_a_forked_child_reports_only_its_own_drops_and_overflow(recording: str) 
             monitor.record_histogram("size", float("inf"))
             return _health(monitor)
 
-        forked = _in_fork(child)
+        forked = in_fork(child)
         parent = _health(monitor)
     finally:
         monitor.shutdown()
