@@ -41,12 +41,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# Two pytest-xdist workers per core: many tests wait on real servers, timeouts and sleeps (a 14 s demo run, a 40 s
-# deployment), and the extra workers run while they wait (on this 2-core machine: 4:42 with three workers, the
-# cores about 75 % busy, 4:04 with four). loadgroup hands out tests a few at a time, in the order of the root
-# conftest.py (longest first), to whichever worker is free, a module that shares a slow fixture as one unit: the
-# run ends on short tests, not on one worker's long tail. `make test TEST_WORKERS=2` to change.
-TEST_WORKERS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 1) * 2 )))
+# One pytest-xdist worker per core, plus one: many tests wait on real servers, timeouts and sleeps (a 14 s demo run,
+# a 40 s deployment), and the extra worker runs while they wait. loadgroup hands out tests a few at a time, in the
+# order of the root conftest.py (longest first), to whichever worker is free, a module that shares a slow fixture
+# as one unit: the run ends on short tests, not on one worker's long tail. `make test TEST_WORKERS=2` to change.
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 1) + 1 )))
 test: $(STAMP) tools lint
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 

@@ -171,6 +171,11 @@ def test_a_stalled_datadog_intake_is_counted_as_timeout_and_exports_resume(monit
         assert monitor.force_flush(PATIENCE_S) is False
         assert outcomes(monitor, "datadog")["timeout"] == 1
         intake.release.set()
-        assert monitor.force_flush(PATIENCE_S) is True  # the next answer is the default 202
-        assert outcomes(monitor, "datadog") == {"success": 1, "failure": 0, "timeout": 1, "superseded": 0}
+        # The next answer is the default 202. On a loaded machine the intake's thread can take longer than the 0.5 s
+        # export timeout to answer it: that export is a timeout too, counted as one, and the data goes with the next.
+        late = 0
+        while not monitor.force_flush(PATIENCE_S):
+            late += 1
+            assert late < 5, outcomes(monitor, "datadog")
+        assert outcomes(monitor, "datadog") == {"success": 1, "failure": 0, "timeout": 1 + late, "superseded": 0}
         monitor.shutdown()
