@@ -152,8 +152,7 @@ class Statements:
         self._names = SemconvNames(semconv_mode("database", monitor))
         if self._names.semconv:
             define_metrics(monitor, DB_CLIENT_OPERATION_DURATION)
-        self._ok.clear()  # in place: the statement wrappers hold this dict
-        self._failed.clear()
+        self._ok, self._failed = {}, {}
         self._monitor, self._marker = monitor, monitor._recorder
 
     def _new_series(
@@ -303,7 +302,7 @@ def _sync_method(original: Any, statements: Statements, connection_of: Callable[
 # third of the wrapper's cost): psycopg2's cursor.execute(query, vars=None), and psycopg's Cursor.execute(query,
 # params=None, *, prepare=None, binary=None) when its signature is that one.
 def _psycopg2_execute(original: Any, statements: Statements, on: list[bool]) -> Any:
-    ok, failed, known, fixed = statements.ok, statements.failed, statements._ok, statements._fixed
+    ok, failed = statements.ok, statements.failed
 
     def execute(self: Any, query: Any, vars: Any = None) -> Any:
         if not on[0] or (_claimed[0] and self.connection in sqlalchemy_connections):
@@ -314,15 +313,7 @@ def _psycopg2_execute(original: Any, statements: Statements, on: list[bool]) -> 
         except BaseException as error:
             failed(query, _perf_counter() - start, self, type(error).__qualname__)
             raise
-        elapsed = _perf_counter() - start
-        # statements.ok(), its common case inline (a text seen before, on the recorder it was bound to): a frame less
-        monitor = fixed or PerformanceMonitor._instance
-        if type(query) is str and monitor is not None and monitor._recorder is statements._marker:
-            observe = known.get(query)
-            if observe is not None:
-                observe(elapsed)  # a handle: never raises
-                return result
-        ok(query, elapsed, self)
+        ok(query, _perf_counter() - start, self)
         return result
 
     return execute
