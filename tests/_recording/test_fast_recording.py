@@ -566,6 +566,30 @@ def test_a_histogram_handle_defers_its_observations_to_whatever_reads_them(monit
     assert cell.pending == []
 
 
+def test_a_fold_that_fails_in_the_handle_counts_nothing_twice(
+    monitor_factory: Factory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The value is in the list before the handle folds: a failing fold is reported, never sent to the slow path
+    (which would record the value again), and the next read folds what waits."""
+    from chat_turbo_metrics._recording import handles
+    from chat_turbo_metrics._recording.streams import FOLD_AT
+
+    fast = monitor_factory(recording="fast")
+    handle = fast.histogram("waits", {"k": "v"})
+    handle.observe(1)  # finds the cell
+
+    def failing(cell: object) -> None:
+        raise RuntimeError("fold")
+
+    monkeypatch.setattr(handles, "fold_pending", failing)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(FOLD_AT):
+            handle.observe(1)
+    monkeypatch.undo()
+    assert "fold" in caplog.text
+    assert fast.snapshot().value("waits", {"k": "v"})["count"] == FOLD_AT + 1
+
+
 def test_deferred_observations_from_threads_beside_collections_are_exact(monitor_factory: Factory) -> None:
     fast = monitor_factory(recording="fast")
     handle = fast.histogram("sizes_bytes", {"k": "v"})

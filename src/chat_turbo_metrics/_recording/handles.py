@@ -127,12 +127,17 @@ class _HistogramHandle(_Handle):
         self._miss(value)
 
     def _fold(self) -> None:
+        """Fold the cell's pending values; never raises (the value is in the list already: a raise here would send
+        it to :meth:`_miss`, which would record it a second time)."""
         lock = self._lock
-        lock.acquire()
         try:
-            fold_pending(self._cell)
-        finally:
-            lock.release()
+            lock.acquire()
+            try:
+                fold_pending(self._cell)
+            finally:
+                lock.release()
+        except Exception as error:
+            self._problems.report(("internal", type(error)), "%s: folding failed: %r", self.name, error)
 
     def inc(self, value: float = 1) -> None:
         """Record ``value`` (default 1) as one observation."""
