@@ -13,7 +13,8 @@ over rounds that alternate the cases).
   urllib3 and aiohttp with a ``GET`` on a keep-alive loopback server (their round trip's CPU is in the bare
   figure: on a loaded machine the noise of a few µs per call is in every case).
 - Drivers, ``SELECT 1`` on an open connection to the PostgreSQL at 127.0.0.1:5432 (db ``test``): psycopg,
-  psycopg2, asyncpg.
+  psycopg2, asyncpg; and what one histogram observation costs inside a psycopg2 ``execute`` after its round trip
+  (:func:`bench_observe_after_a_round_trip`).
 - Servers, in-process, no sockets (as ``bench_http``): aiohttp's ``Application._handle`` on a mocked request,
   against contrib's aiohttp-server instrumentation and, for scale, OTel's ASGI middleware; Django's ``ASGIHandler``
   driven with an ASGI scope, against ``OpenTelemetryMiddleware`` around it (contrib's way for Django on ASGI).
@@ -276,6 +277,7 @@ def bench_drivers(monitor: PerformanceMonitor) -> None:
     )))  # fmt: skip
     while opened:
         opened.pop().close()
+    bench_observe_after_a_round_trip(monitor, psycopg2)
 
     loop = asyncio.new_event_loop()
     connection = loop.run_until_complete(asyncpg.connect("postgresql://127.0.0.1:5432/test"))
@@ -285,6 +287,51 @@ def bench_drivers(monitor: PerformanceMonitor) -> None:
     )))  # fmt: skip
     loop.run_until_complete(connection.close())
     loop.close()
+
+
+def bench_observe_after_a_round_trip(monitor: PerformanceMonitor, psycopg2: Any) -> None:
+    """What one histogram observation costs where a driver instrumentation makes it: in a psycopg2 cursor's
+    ``execute``, after the round trip (cold caches). A cursor subclass with a Python ``execute`` that only times the
+    statement; the same recording into a bound handle (outside a span: an append to its series, folded when read);
+    a plain list append for scale. The figures are added µs against the bare cursor."""
+    handle = monitor.histogram("bench_statement_seconds", {"bench": "observe"})
+    appended: list[float] = []
+    base = psycopg2.extensions.cursor
+
+    def timing(record: Callable[[float], None]) -> type:
+        def execute(self: Any, query: Any, vars: Any = None) -> Any:
+            start = time.perf_counter()
+            result = base.execute(self, query, vars)
+            record(time.perf_counter() - start)
+            return result
+
+        return type("TimedCursor", (base,), {"__slots__": (), "execute": execute})
+
+    opened: list[Any] = []
+
+    def reopen(factory: Any) -> Callable[[], None]:
+        def fresh() -> None:
+            while opened:
+                opened.pop().close()
+            opened.append(psycopg2.connect(DSN, cursor_factory=factory))
+
+        return fresh
+
+    def on_cursor() -> Any:
+        cursor = opened[-1].cursor()
+        cursor.execute("SELECT 1")
+        return cursor.fetchone()
+
+    results = paired({
+        "bare": (reopen(base), on_cursor, _nothing),
+        "timed, nothing recorded": (reopen(timing(lambda seconds: None)), on_cursor, _nothing),
+        "timed, list append": (reopen(timing(appended.append)), on_cursor, appended.clear),
+        "timed, handle observe": (reopen(timing(handle.observe)), on_cursor, _nothing),
+    })  # fmt: skip
+    while opened:
+        opened.pop().close()
+    line = "  ".join(f"{name} +{added:.2f} ±{error:.2f} µs" for name, (added, error) in list(results.items())[1:])
+    print(f"{'psycopg2 wrapper, one observation':<34} bare {results['bare'][0]:8.2f} µs  {line}", flush=True)
 
 
 def bench_aiohttp_server(monitor: PerformanceMonitor) -> None:
