@@ -312,6 +312,7 @@ def test_a_long_outage_keeps_no_growing_buffer(endpoint: Endpoint, monitor_facto
     early = snapshots_alive(monitor)
     fail_exports(later_failures)
     late = snapshots_alive(monitor)
+    failed_in_outage = failures(monitor, name)
     endpoint.proxy.set(UP)
 
     # Several more failed exports, each with fresh snapshots (five per export during a stall), and what is held is
@@ -322,4 +323,12 @@ def test_a_long_outage_keeps_no_growing_buffer(endpoint: Endpoint, monitor_facto
     assert 1 <= early <= held_at_most
     assert 1 <= late <= held_at_most
     held = lambda: f"{endpoint.delivered()} of {recorded}"  # noqa: E731
-    wait_until(lambda: endpoint.delivered() == recorded, "every order after the outage", held)
+    if endpoint.cumulative:
+        wait_until(lambda: endpoint.delivered() == recorded, "every order after the outage", held)
+    else:
+        # A delta receiver gets every order at least once. Exactly once unless an export failed after the endpoint
+        # came back: on a loaded machine a healthy answer can outlast the 0.5 s timeout after the receiver took it,
+        # and the exporter sends that interval again (Datadog's and the database's documented at-least-once).
+        wait_until(lambda: endpoint.delivered() >= recorded, "every order after the outage", held)
+        if failures(monitor, name) == failed_in_outage:
+            assert endpoint.delivered() == recorded, held()
