@@ -46,8 +46,10 @@ lint: $(STAMP)
 # order of the root conftest.py (longest first), to whichever worker is free, a module that shares a slow fixture
 # as one unit: the run ends on short tests, not on one worker's long tail. `make test TEST_WORKERS=2` to change.
 TEST_WORKERS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 1) + 1 )))
+# Some images set PYTHONDONTWRITEBYTECODE: every test subprocess would then compile this package from source again
+# (0.2 s of CPU each, several hundred of them) and every xdist worker would rewrite every test module's asserts.
 test: $(STAMP) tools lint
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 bench: $(STAMP)
 	for script in bench/bench_*.py; do $(BIN)/python $$script || exit 1; done
