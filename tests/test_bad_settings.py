@@ -18,6 +18,7 @@ import http.server
 import io
 import logging
 import os
+import ssl
 import sys
 import tempfile
 import threading
@@ -417,6 +418,11 @@ def http_server() -> Iterator[None]:
     thread.join(5)
 
 
+# One TLS context for every httpx client of every case: a client made without one loads the CA bundle (some 50 ms,
+# twice a case, most of this module's time). The server is plain HTTP; the context is only what httpx requires.
+TLS = ssl.create_default_context()
+
+
 def http_clients() -> None:
     import aiohttp
     import httpx
@@ -436,12 +442,16 @@ def http_clients() -> None:
     url = _served[0]
 
     async def async_clients() -> list[str]:
-        async with httpx.AsyncClient() as client, aiohttp.ClientSession() as session, session.get(url) as response:
+        async with (
+            httpx.AsyncClient(verify=TLS) as client,
+            aiohttp.ClientSession() as session,
+            session.get(url) as response,
+        ):
             return [(await client.get(url)).text, await response.text()]
 
     try:
         assert requests.get(url, timeout=5).text == "ok"
-        assert httpx.get(url).text == "ok"
+        assert httpx.get(url, verify=TLS).text == "ok"
         assert urllib3.request("GET", url).data == b"ok"
         assert asyncio.run(async_clients()) == ["ok", "ok"]
     finally:
