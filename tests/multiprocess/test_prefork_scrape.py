@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import WITHOUT_CONTRIB, free_port
 
 APP = textwrap.dedent(
     """
@@ -107,6 +107,7 @@ CLIENT = textwrap.dedent(
     def watch():  # scrapes while requests are in flight: the totals only ever grow
         while loading.is_set():
             during.append(value(scrape(), r'served_total\\{route="/"\\}'))
+            time.sleep(0.01)  # a scrape merges every worker's data: back to back, they starved the workers
 
     loading.set()
     watcher = threading.Thread(target=watch, daemon=True)
@@ -150,6 +151,7 @@ def _server_env(tmp_path: Path, metrics_port: int, **extra: str) -> dict[str, st
             "METRICS_MULTIPROCESS_DIR": str(tmp_path / "mp"),
             "METRICS_MULTIPROCESS_GAUGES": "worker_up=worker",
             "METRICS_PROMETHEUS_SCOPE_LABELS": "false",  # the expected lines are written without them
+            **WITHOUT_CONTRIB,
             **extra,
         }
     )
@@ -170,28 +172,28 @@ def _wait_for(url: str, deadline_s: float, server: subprocess.Popen[str]) -> Non
             time.sleep(0.1)
 
 
-SERVERS = {
-    "gunicorn-sync": ["gunicorn", "-w", "4", "--graceful-timeout", "10", "app:app"],
+SERVERS = {  # each started with PROCESSES workers unless a test says otherwise
+    "gunicorn-sync": ["gunicorn", "--graceful-timeout", "10", "app:app"],
     "gunicorn-uvicorn-worker": [
         "gunicorn",
-        "-w",
-        "4",
         "--graceful-timeout",
         "10",
         "-k",
         "uvicorn.workers.UvicornWorker",
         "app:asgi",
     ],
-    "uvicorn-workers": ["uvicorn", "--workers", "4", "--log-level", "warning", "app:asgi"],
+    "uvicorn-workers": ["uvicorn", "--log-level", "warning", "app:asgi"],
 }
+PROCESSES = 4
 
 
-def _command(server: str, instrument: bool, app_port: int, extra: list[str]) -> list[str]:
+def _command(server: str, instrument: bool, app_port: int, extra: list[str], processes: int) -> list[str]:
     program, *args = SERVERS[server]
-    bind = ["-b", f"127.0.0.1:{app_port}"]
     if program == "uvicorn":
-        bind = ["--host", "127.0.0.1", "--port", str(app_port)]
-    command = [str(BIN / program), *args, *bind, *extra]
+        args += ["--workers", str(processes), "--host", "127.0.0.1", "--port", str(app_port)]
+    else:
+        args += ["-w", str(processes), "-b", f"127.0.0.1:{app_port}"]
+    command = [str(BIN / program), *args, *extra]
     return [str(BIN / "opentelemetry-instrument"), *command] if instrument else command
 
 
@@ -205,15 +207,17 @@ def _run_load(
     extra: list[str] = (),  # type: ignore[assignment]
     app: str = APP,
     workers: int = 1,
+    processes: int = PROCESSES,
     pause_s: float = 0.0,
     **settings: str,
 ) -> tuple[dict[str, object], str]:
-    """Start the server, wait until ``workers`` processes have joined its scrape, run the client's load."""
+    """Start the server with ``processes`` workers, wait until ``workers`` of them have joined its scrape, then run
+    the client's load."""
     (tmp_path / "app.py").write_text(app)
     (tmp_path / "client.py").write_text(CLIENT)
     app_port, metrics_port = free_port(), free_port()
     env = _server_env(tmp_path, metrics_port, **settings)
-    command = _command(server, instrument, app_port, list(extra))
+    command = _command(server, instrument, app_port, list(extra), processes)
     # A session of its own: if the server does not stop in time, its whole process group is ended.
     process = subprocess.Popen(
         command,
@@ -288,32 +292,33 @@ def test_one_scrape_counts_every_request_of_every_worker(tmp_path: Path, server:
     assert "Address already in use" not in stderr, stderr
 
 
-# Every gunicorn worker is replaced after 7 requests: 64 requests take at least ten workers, all workers
-# recycled at once included. Without opentelemetry-instrument a worker holds the port, so the port changes hands
-# at every recycle of its holder (gunicorn forks its workers, uvicorn spawns them); under it, the master holds the
-# port throughout. uvicorn checks its limit on a timer (every 0.1 s), so its workers serve more than the limit:
-# a pause after each batch lets it recycle the workers that served the batch. Each recycle starts a worker: that
-# is this test's cost, so gunicorn recycles what the assertions need and some margin; uvicorn's new workers
-# (under opentelemetry-instrument, each a whole instrumented interpreter) are slow to come up and the next batch
-# reaches only those that are, so it needs its eight batches to show more than eight workers.
-RECYCLING = {
-    "gunicorn-plain": ("gunicorn-sync", False, ["--max-requests", "7"], 0.0, 4),
-    "gunicorn-opentelemetry-instrument": ("gunicorn-sync", True, ["--max-requests", "7"], 0.0, 4),
-    "uvicorn-plain": ("uvicorn-workers", False, ["--limit-max-requests", "2"], 0.3, 8),
-    "uvicorn-opentelemetry-instrument": ("uvicorn-workers", True, ["--limit-max-requests", "2"], 0.3, 8),
+# Every worker is replaced again and again: the test needs more than two generations of workers (more pids than
+# twice the worker count), all workers recycled at once included. Without opentelemetry-instrument a worker holds
+# the port, so the port changes hands at every recycle of its holder (gunicorn forks its workers, uvicorn spawns
+# them); under it, the master holds the port throughout. gunicorn replaces a worker after 7 requests: 64 requests
+# take at least ten workers. uvicorn checks its limit on a timer (every 0.1 s), so its workers serve more than the
+# limit: a pause after each batch lets it recycle the workers that served the batch. Each recycle starts a worker:
+# that is this test's cost. A spawned uvicorn worker is a whole new interpreter (under opentelemetry-instrument,
+# an instrumented one, about 1.5 s of CPU), so uvicorn runs two workers, not four: the same generations, half the
+# interpreters.
+RECYCLING = {  # server, opentelemetry-instrument, server options, pause after a batch, batches, workers
+    "gunicorn-plain": ("gunicorn-sync", False, ["--max-requests", "7"], 0.0, 4, 4),
+    "gunicorn-opentelemetry-instrument": ("gunicorn-sync", True, ["--max-requests", "7"], 0.0, 4, 4),
+    "uvicorn-plain": ("uvicorn-workers", False, ["--limit-max-requests", "2"], 0.3, 6, 2),
+    "uvicorn-opentelemetry-instrument": ("uvicorn-workers", True, ["--limit-max-requests", "2"], 0.3, 6, 2),
 }
 
 
 @pytest.mark.parametrize("case", sorted(RECYCLING))
 def test_counters_survive_max_requests_recycling(tmp_path: Path, case: str) -> None:
-    server, instrument, extra, pause_s, batches = RECYCLING[case]
+    server, instrument, extra, pause_s, batches, processes = RECYCLING[case]
     result, stderr = _run_load(
-        tmp_path, server, instrument, batches=batches, per_batch=16, extra=extra, pause_s=pause_s
+        tmp_path, server, instrument, batches=batches, per_batch=16, extra=extra, pause_s=pause_s, processes=processes
     )
 
     _assert_exact(result)
     pids, holders = set(result["pids"]), set(result["holders"])  # type: ignore[call-overload]
-    assert len(pids) > 8, "workers were not recycled"
+    assert len(pids) > 2 * processes, "workers were not recycled"
     if not instrument:  # a worker holds the port: it changed hands, from a recycled worker to a sibling
         assert len(holders & pids) >= 2, holders
     else:  # the master holds the port throughout
