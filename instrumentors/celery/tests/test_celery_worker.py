@@ -106,7 +106,7 @@ def worker(flushed: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
         OTEL_METRICS_EXPORTER="prometheus",
         OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1",
         OTEL_EXPORTER_PROMETHEUS_PORT=str(metrics_port),
-        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="celery,redis",  # contrib's, when installed for the benchmarks
+        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="celery,redis,sqlalchemy",  # contrib's (benchmarks, coexistence tests)
         PYTHONPATH=str(tmp_path),
     )
     instrument = str(Path(sys.executable).parent / "opentelemetry-instrument")

@@ -409,7 +409,9 @@ def test_opentelemetry_instrument_measures_the_drivers_with_no_code_change(tmp_p
 
     (tmp_path / "db_script.py").write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "METRICS_", "PERFORMANCE_", "CHAT_"))}
-    env.update(CHAT_TURBO_ENV="test", OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=f"psycopg,psycopg2,asyncpg,{disabled}")
+    # contrib's (benchmarks, coexistence tests): its Redis and SQLAlchemy ones would import their libraries at start-up
+    contrib = "psycopg,psycopg2,asyncpg,redis,sqlalchemy"
+    env.update(CHAT_TURBO_ENV="test", OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=f"{contrib},{disabled}")
     instrument = str(Path(sys.executable).parent / "opentelemetry-instrument")
     done = subprocess.run(
         [instrument, sys.executable, "db_script.py"],

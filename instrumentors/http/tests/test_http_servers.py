@@ -183,8 +183,9 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., tuple[int, int]]]:
             OTEL_EXPORTER_PROMETHEUS_PORT=str(metrics_port),
             CHAT_TURBO_HTTP_EXCLUDED_PATHS="/health",
             PYTHONPATH=str(tmp_path),
-            # contrib's, when installed for the benchmarks: its Django instrumentor configures settings first
-            OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="django,aiohttp-server",
+            # contrib's, when installed for the benchmarks: its Django instrumentor configures settings first; its
+            # Redis and SQLAlchemy ones, installed for the coexistence tests, import their libraries at start-up
+            OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="django,aiohttp-server,redis,sqlalchemy",
         )
         env.update(extra_env)
         instrument = str(Path(sys.executable).parent / "opentelemetry-instrument")

@@ -39,8 +39,10 @@ print(json.dumps([[r["name"], r["attributes"], r["count"]] for r in records if "
 def run(tmp_path: Path, base: str, **extra: str) -> list[Any]:
     (tmp_path / "client_script.py").write_text(textwrap.dedent(SCRIPT))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "METRICS_", "PERFORMANCE_", "CHAT_"))}
-    # contrib's client instrumentations, when installed (for the benchmarks), are not what is tested here
-    env.update(CHAT_TURBO_ENV="test", OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="requests,urllib3,httpx,aiohttp-client")
+    # contrib's client instrumentations, when installed (for the benchmarks), are not what is tested here; its Redis
+    # and SQLAlchemy ones (installed for the coexistence tests) would import their libraries at start-up
+    contrib = "requests,urllib3,httpx,aiohttp-client,redis,sqlalchemy"
+    env.update(CHAT_TURBO_ENV="test", OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=contrib)
     env["OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"] += extra.pop("disabled", "")
     env.update(extra)
     instrument = str(Path(sys.executable).parent / "opentelemetry-instrument")
