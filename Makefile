@@ -41,11 +41,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# One pytest-xdist worker per core, plus one: many tests wait on real servers, timeouts and sleeps (a 14 s demo run,
-# a 40 s deployment), and the extra worker runs while they wait. loadgroup hands out tests a few at a time, in the
-# order of the root conftest.py (longest first), to whichever worker is free, a module that shares a slow fixture
-# as one unit: the run ends on short tests, not on one worker's long tail. `make test TEST_WORKERS=2` to change.
-TEST_WORKERS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 1) + 1 )))
+# Two pytest-xdist workers per core: about half of the suite's wall time is tests waiting on real servers, fault
+# timeouts and sleeps (a 40 s deployment, a 14 s demo run), and the other workers run while they wait; the whole
+# suite needs some 6.5 minutes of CPU. loadgroup hands out tests a few at a time, in the order of the root
+# conftest.py (longest first), to whichever worker is free, a module that shares a slow fixture as one unit: the run
+# ends on short tests, not on one worker's long tail. `make test TEST_WORKERS=2` to change.
+TEST_WORKERS ?= $(shell echo $$(( 2 * $$(nproc 2>/dev/null || echo 1) )))
 # Some images set PYTHONDONTWRITEBYTECODE: every test subprocess would then compile this package from source again
 # (0.2 s of CPU each, several hundred of them) and every xdist worker would rewrite every test module's asserts.
 test: $(STAMP) tools lint
