@@ -10,6 +10,9 @@ from __future__ import annotations
 import ast
 import importlib
 import pkgutil
+import subprocess
+import sys
+import textwrap
 import types
 from pathlib import Path
 
@@ -246,3 +249,28 @@ def test_the_pipeline_the_monitor_hands_out_is_the_public_view(monitor: chat_tur
     assert not hasattr(view, "collector")
     with pytest.raises(AttributeError):
         view.config = monitor.config  # type: ignore[misc]
+
+
+def test_the_alert_manager_is_imported_when_first_used_and_is_the_alerting_one() -> None:
+    # A web worker that never alerts does not load the alerting package (a third of this package's modules);
+    # the seed's `from chat_turbo_metrics import AlertManager` and a star import still find both names.
+    code = textwrap.dedent(
+        """
+        import sys
+        import chat_turbo_metrics
+        print(any(name.startswith("chat_turbo_metrics.alerting") for name in sys.modules))
+        print({"AlertManager", "AlertRule"} <= set(dir(chat_turbo_metrics)))
+        from chat_turbo_metrics import AlertManager
+        from chat_turbo_metrics.alerting import AlertManager as Original, AlertRule
+        namespace = {}
+        exec("from chat_turbo_metrics import *", namespace)
+        print(AlertManager is Original, namespace["AlertRule"] is AlertRule)
+        try:
+            chat_turbo_metrics.NoSuchName
+        except AttributeError as error:
+            print(type(error).__name__)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "True", "True", "AttributeError"]
