@@ -42,12 +42,12 @@ APP = textwrap.dedent(
 )
 
 
-def wait_for(url: str, deadline_s: float) -> None:
+def wait_for(url: str, deadline_s: float) -> bytes:
+    """The body of the first answer from ``url``."""
     deadline = time.monotonic() + deadline_s
     while True:
         try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
+            return urllib.request.urlopen(url, timeout=2).read()
         except OSError:
             if time.monotonic() > deadline:
                 raise
@@ -173,9 +173,9 @@ def test_each_process_pushes_only_what_it_recorded_under_its_own_instance_id(tmp
     command = [gunicorn, "-w", "4", "--preload", "-b", f"127.0.0.1:{app_port}", "--graceful-timeout", "5", "app:app"]
     server = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(f"http://127.0.0.1:{app_port}/", 30)  # one request served
-        pids = {json.loads(urllib.request.urlopen(f"http://127.0.0.1:{app_port}/", timeout=5).read())["pid"]}
-        for _ in range(39):
+        # The probe is a request too: the worker that served it counts, the first to come up, often no other.
+        pids = {json.loads(wait_for(f"http://127.0.0.1:{app_port}/", 30))["pid"]}
+        for _ in range(40):
             pids.add(json.loads(urllib.request.urlopen(f"http://127.0.0.1:{app_port}/", timeout=5).read())["pid"])
     finally:
         server.send_signal(signal.SIGTERM)  # every process flushes its exporters as it exits
