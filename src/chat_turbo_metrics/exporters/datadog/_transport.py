@@ -124,8 +124,9 @@ class Intake:
         self._port = parts.port
         self._path = (parts.path or "").rstrip("/") + SERIES_PATH
         self._api_key = api_key
-        # Loading the system's CA bundle takes some 35 ms of CPU: only an https endpoint needs it.
-        self._ssl_context = ssl_context if ssl_context is not None or not self._https else ssl.create_default_context()
+        if ssl_context is None and self._https:  # the system's CA bundle: 35 ms of CPU, for https only
+            ssl_context = ssl.create_default_context()
+        self._ssl_context = ssl_context
         self._lock = threading.Lock()
         self._connection: http.client.HTTPConnection | None = None
 
